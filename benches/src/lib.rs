@@ -1,0 +1,1 @@
+//! Criterion benchmarks for the vamp workspace (see `benches/`).

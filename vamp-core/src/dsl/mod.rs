@@ -1,0 +1,241 @@
+//! Vamp's DSL: read YAML/JSON documents into artifacts, with every shortcut form and Vamp's
+//! validation.
+//!
+//! * [`read_str`] reads every document of a stream (lists are flattened) into [`Artifact`]s.
+//! * [`read_node`] reads one already-loaded document.
+//! * [`read_import`] reads the `import:` form used with templates.
+//!
+//! Keys that no reader consumes are errors (`UnexpectedElement`), as in Vamp.
+//!
+//! ```
+//! use vamp_core::dsl::read_str;
+//! use vamp_core::model::ArtifactKind;
+//!
+//! let err = read_str("name: sava\nport: 8080/tcp\nsticky: route\nroutes: {a: {weight: 100%}}\n",
+//!                    Some(ArtifactKind::Gateway)).unwrap_err();
+//! assert_eq!(err.code(), "StickyPortTypeError");
+//! assert_eq!(err.to_string(),
+//!     "gateways 'sava', at 'sticky': Sticky sessions are not allowed for TCP port: '8080/tcp'.");
+//! ```
+
+mod read;
+mod source;
+mod time;
+mod validate;
+
+use crate::error::{Notification, ReadError, ReadResult};
+use crate::model::*;
+use crate::node::{Map, Node, load_yaml};
+
+/// An artifact of any kind.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Artifact {
+    /// A breed.
+    Breed(DefaultBreed),
+    /// A blueprint.
+    Blueprint(DefaultBlueprint),
+    /// A gateway.
+    Gateway(Gateway),
+    /// A route.
+    Route(Route),
+    /// A condition.
+    Condition(DefaultCondition),
+    /// A rewrite.
+    Rewrite(PathRewrite),
+    /// An SLA.
+    Sla(Sla),
+    /// An escalation.
+    Escalation(Escalation),
+    /// A scale.
+    Scale(DefaultScale),
+    /// A workflow.
+    Workflow(Workflow),
+    /// A template.
+    Template(Template),
+    /// An event.
+    Event(Event),
+    /// An event query.
+    EventQuery(EventQuery),
+}
+
+impl Artifact {
+    /// The artifact's kind.
+    pub fn kind(&self) -> ArtifactKind {
+        match self {
+            Self::Breed(_) => ArtifactKind::Breed,
+            Self::Blueprint(_) => ArtifactKind::Blueprint,
+            Self::Gateway(_) => ArtifactKind::Gateway,
+            Self::Route(_) => ArtifactKind::Route,
+            Self::Condition(_) => ArtifactKind::Condition,
+            Self::Rewrite(_) => ArtifactKind::Rewrite,
+            Self::Sla(_) => ArtifactKind::Sla,
+            Self::Escalation(_) => ArtifactKind::Escalation,
+            Self::Scale(_) => ArtifactKind::Scale,
+            Self::Workflow(_) => ArtifactKind::Workflow,
+            Self::Template(_) => ArtifactKind::Template,
+            Self::Event(_) => ArtifactKind::Event,
+            Self::EventQuery(_) => ArtifactKind::EventQuery,
+        }
+    }
+
+    /// The artifact's name ("" for events and queries).
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Breed(b) => &b.name,
+            Self::Blueprint(b) => &b.name,
+            Self::Gateway(g) => &g.name,
+            Self::Route(Route::Default(r)) => &r.name,
+            Self::Route(Route::Reference { name, .. }) => name,
+            Self::Condition(c) => &c.name,
+            Self::Rewrite(r) => &r.name,
+            Self::Sla(s) => s.name(),
+            Self::Escalation(e) => match e {
+                Escalation::Reference(n) => n,
+                Escalation::ToAll { name, .. }
+                | Escalation::ToOne { name, .. }
+                | Escalation::ScaleInstances { name, .. }
+                | Escalation::ScaleCpu { name, .. }
+                | Escalation::ScaleMemory { name, .. }
+                | Escalation::Generic { name, .. } => name,
+            },
+            Self::Scale(s) => &s.name,
+            Self::Workflow(w) => &w.name,
+            Self::Template(t) => &t.name,
+            Self::Event(_) | Self::EventQuery(_) => "",
+        }
+    }
+}
+
+/// Loads the documents of a YAML/JSON stream; a document that is a list contributes its items.
+///
+/// # Errors
+/// `YamlParsingError` for a syntax error or a custom tag.
+pub fn load_documents(text: &str) -> ReadResult<Vec<Node>> {
+    let docs = load_yaml(text)
+        .map_err(|e| ReadError::new(Notification::YamlParsingError { message: e.message }, ""))?;
+    Ok(docs
+        .into_iter()
+        .flat_map(|d| match d {
+            Node::Seq(items) => items,
+            Node::Null => Vec::new(),
+            other => vec![other],
+        })
+        .collect())
+}
+
+/// Reads every document of `text`. The reader is chosen by `kind`, or else by each document's
+/// `kind:` key.
+///
+/// # Errors
+/// The first document's [`ReadError`], with Vamp's notification.
+pub fn read_str(text: &str, kind: Option<ArtifactKind>) -> ReadResult<Vec<Artifact>> {
+    load_documents(text)?
+        .into_iter()
+        .map(|d| read_node(d, kind))
+        .collect()
+}
+
+/// The kind a document declares with `kind:` (singular or plural), if any.
+pub fn document_kind(node: &Node) -> Option<ArtifactKind> {
+    node.as_map()?
+        .get("kind")?
+        .scalar_string()
+        .and_then(|k| ArtifactKind::parse(&k))
+}
+
+/// Reads one document as `kind` (or the kind it declares).
+///
+/// # Errors
+/// A [`ReadError`] with Vamp's notification, the artifact and the path in the document.
+pub fn read_node(node: Node, kind: Option<ArtifactKind>) -> ReadResult<Artifact> {
+    let declared = node
+        .as_map()
+        .and_then(|m| m.get("kind"))
+        .and_then(Node::scalar_string);
+    let kind = match (kind, &declared) {
+        (Some(k), _) => k,
+        (None, Some(d)) => ArtifactKind::parse(d).ok_or_else(|| {
+            ReadError::new(
+                Notification::UnexpectedArtifact {
+                    artifact: d.clone(),
+                },
+                "kind",
+            )
+        })?,
+        (None, None) => {
+            return Err(ReadError::new(
+                Notification::UnexpectedArtifact {
+                    artifact: "(no kind given)".into(),
+                },
+                "kind",
+            ));
+        }
+    };
+    let Node::Map(mut m) = node else {
+        return Err(ReadError::new(
+            Notification::UnexpectedTypeError {
+                path: "/".into(),
+                expected: "Map".into(),
+                actual: node.type_name().into(),
+            },
+            "",
+        )
+        .in_artifact(kind, None));
+    };
+    let name = m.get("name").and_then(Node::scalar_string);
+    let result = read_map(&mut m, kind).and_then(|a| {
+        m.shift_remove("kind");
+        m.shift_remove("metadata");
+        m.shift_remove("lookup_name");
+        source::check_consumed(m)?;
+        Ok(a)
+    });
+    result.map_err(|e| e.in_artifact(kind, name.as_deref()))
+}
+
+fn read_map(m: &mut Map, kind: ArtifactKind) -> ReadResult<Artifact> {
+    Ok(match kind {
+        ArtifactKind::Breed => Artifact::Breed(read::breed(m, "")?),
+        ArtifactKind::Blueprint => Artifact::Blueprint(read::blueprint(m, "")?),
+        ArtifactKind::Gateway => Artifact::Gateway(read::gateway(m, "")?),
+        ArtifactKind::Route => Artifact::Route(read::route(m, "")?),
+        ArtifactKind::Condition => Artifact::Condition(read::condition(m, "")?),
+        ArtifactKind::Rewrite => Artifact::Rewrite(read::rewrite(m, "")?),
+        ArtifactKind::Sla => Artifact::Sla(read::sla(m, "")?),
+        ArtifactKind::Escalation => Artifact::Escalation(read::escalation_artifact(m, "")?),
+        ArtifactKind::Scale => Artifact::Scale(read::scale(m, "")?),
+        ArtifactKind::Workflow => Artifact::Workflow(read::workflow(m, "")?),
+        ArtifactKind::Template => Artifact::Template(read::template(m, "")?),
+        ArtifactKind::Event => Artifact::Event(read::event(m, "")?),
+        ArtifactKind::EventQuery => Artifact::EventQuery(read::event_query(m, "")?),
+        ArtifactKind::Deployment => {
+            return Err(ReadError::new(
+                Notification::UnexpectedArtifact {
+                    artifact: "deployments (reading exported deployments is not supported yet)"
+                        .into(),
+                },
+                "kind",
+            ));
+        }
+    })
+}
+
+/// Reads the `import:` form of a document: what it imports and the rest of it.
+///
+/// # Errors
+/// `EmptyImportError` for `import: ""`, `ImportDefinitionError` for an entry that is not a
+/// `name` or `kind/name` string.
+pub fn read_import(node: Node) -> ReadResult<Import> {
+    match node {
+        Node::Map(m) => read::import(m, ""),
+        other => Err(ReadError::new(
+            Notification::UnexpectedTypeError {
+                path: "/".into(),
+                expected: "Map".into(),
+                actual: other.type_name().into(),
+            },
+            "",
+        )),
+    }
+}

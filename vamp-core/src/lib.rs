@@ -1,0 +1,32 @@
+//! # vamp-core
+//!
+//! The model and the DSL of [Vamp](https://github.com/magneticio/vamp), the canary-release and
+//! A/B-testing control plane, as an embeddable library.
+//!
+//! * [`model`]: breeds, blueprints, deployments, gateways, routes, conditions, rewrites,
+//!   scales, SLAs, escalations, workflows, templates and events, named as in Vamp.
+//! * [`dsl`]: reads Vamp's YAML/JSON DSL with every shortcut form, validates it with Vamp's
+//!   notifications ([`error::Notification`]), and writes the canonical form back.
+//! * [`lookup`]: Vamp's SHA-1 lookup names, so HAProxy names match an existing installation.
+//! * [`parser`]: value interpolation (`$db.host`), boolean expressions and route selectors.
+//! * [`condition`]: the gateway route condition grammar (`user-agent = Chrome and has cookie x`).
+//!
+//! `vamp-core` does no I/O and depends on no async runtime.
+//!
+//! ```
+//! use vamp_core::dsl::{read_str, Artifact};
+//!
+//! let doc = "name: sava\nport: 8080/http\nroutes:\n  sava1: {weight: 90%}\n  sava2: {weight: 10%}\n";
+//! let artifact = read_str(doc, Some(vamp_core::model::ArtifactKind::Gateway)).unwrap().remove(0);
+//! let Artifact::Gateway(gateway) = artifact else { unreachable!() };
+//! assert_eq!(gateway.routes.len(), 2);
+//! ```
+
+pub mod condition;
+pub mod dsl;
+pub mod error;
+pub mod lookup;
+pub mod model;
+pub mod node;
+pub mod parser;
+pub mod units;
