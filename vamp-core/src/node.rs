@@ -219,6 +219,44 @@ pub struct YamlError {
 /// assert_eq!(docs[1], Node::Seq(vec![Node::Int(80)]));
 /// ```
 pub fn load_yaml(text: &str) -> Result<Vec<Node>, YamlError> {
+    let mut text = std::borrow::Cow::Borrowed(text);
+    // SnakeYAML (like libyaml) accepts a flow collection's closing bracket at the indentation
+    // of its key (`key: [\n  a\n]`); saphyr rejects it. Where that is the only problem, move
+    // the bracket (whose position inside a flow collection means nothing) and parse again.
+    for _ in 0..64 {
+        let mut indent_line = None;
+        match load_yaml_strict(&text, &mut indent_line) {
+            Err(e) => match indent_line.and_then(|line| reindent_flow_closer(&text, line)) {
+                Some(fixed) => text = std::borrow::Cow::Owned(fixed),
+                None => return Err(e),
+            },
+            ok => return ok,
+        }
+    }
+    load_yaml_strict(&text, &mut None)
+}
+
+/// Re-indents `line` (1-based) if it starts with a `]`/`}` closer, to the previous non-blank
+/// line's indentation (at least one column deeper than now).
+fn reindent_flow_closer(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.split('\n').collect();
+    let idx = line.checked_sub(1)?;
+    let target = lines.get(idx)?;
+    let trimmed = target.trim_start_matches(' ');
+    let first = trimmed.chars().next()?;
+    if first != ']' && first != '}' {
+        return None;
+    }
+    let current = target.len() - trimmed.len();
+    let prev = lines[..idx].iter().rev().find(|l| !l.trim().is_empty())?;
+    let indent = (prev.len() - prev.trim_start_matches(' ').len()).max(current + 1);
+    let mut out: Vec<String> = lines.iter().map(|l| (*l).to_owned()).collect();
+    out[idx] = format!("{}{}", " ".repeat(indent), trimmed);
+    Some(out.join("\n"))
+}
+
+/// Loads without compatibility retries; an "invalid indentation" error carries its line.
+fn load_yaml_strict(text: &str, indent_line: &mut Option<usize>) -> Result<Vec<Node>, YamlError> {
     enum Frame {
         Seq(Vec<Node>, usize),
         Map(Map, Option<Node>, usize),
@@ -267,13 +305,17 @@ pub fn load_yaml(text: &str) -> Result<Vec<Node>, YamlError> {
 
     let mut parser = Parser::new_from_str(text);
     while let Some(event) = parser.next_event() {
-        let (event, span) = event.map_err(|e| YamlError {
-            message: format!(
+        let (event, span) = event.map_err(|e| {
+            if e.info() == "invalid indentation" {
+                *indent_line = Some(e.marker().line());
+            }
+            let message = format!(
                 "{} at line {} column {}",
                 e.info(),
                 e.marker().line(),
                 e.marker().col() + 1
-            ),
+            );
+            YamlError { message }
         })?;
         let at = |what: &str| YamlError {
             message: format!(
@@ -562,6 +604,18 @@ mod tests {
             prev = c;
         }
         assert!(load_yaml(&text).unwrap_err().message.contains("too large"));
+    }
+
+    #[test]
+    fn flow_closer_at_key_indentation_is_accepted() {
+        let m = one("a: [\n  x,\n  y\n]\nb: 1\n");
+        let m = m.as_map().unwrap();
+        assert_eq!(
+            m["a"],
+            Node::Seq(vec![Node::Str("x".into()), Node::Str("y".into())])
+        );
+        assert_eq!(m["b"], Node::Int(1));
+        assert!(load_yaml("a: [x\n b: ]]]\n").is_err());
     }
 
     #[test]
