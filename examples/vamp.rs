@@ -2,18 +2,22 @@
 //!
 //! ```text
 //! vamp validate [--kind KIND] [--output text|json] FILE...
+//! vamp convert --to yaml|json [--kind KIND] FILE
 //! ```
 //!
-//! Validates every document of every file. With `--output json` it prints one JSON object per
-//! document. Exit codes: 0 all valid, 1 some invalid, 2 usage or I/O error.
+//! `validate` checks every document of every file; with `--output json` it prints one JSON
+//! object per document. `convert` prints the canonical form of every document (YAML documents
+//! separated by `---`; JSON as one object, or an array for several). Exit codes: 0 all valid,
+//! 1 some invalid, 2 usage or I/O error.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use serde_json::json;
-use vamp_core::dsl::{Artifact, document_kind, load_documents, read_node};
+use vamp_core::dsl::{Artifact, document_kind, load_documents, read_node, to_node, to_yaml};
 use vamp_core::model::ArtifactKind;
 
-const USAGE: &str = "usage: vamp validate [--kind KIND] [--output text|json] FILE...";
+const USAGE: &str = "usage: vamp validate [--kind KIND] [--output text|json] FILE...\n       vamp convert --to yaml|json [--kind KIND] FILE";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Output {
@@ -23,22 +27,33 @@ enum Output {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let code = run(
+        &args,
+        &mut std::io::stdout().lock(),
+        &mut std::io::stderr().lock(),
+    );
+    ExitCode::from(code)
+}
+
+/// Runs the tool; returns the exit code.
+fn run(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     match args.first().map(String::as_str) {
-        Some("validate") => validate(&args[1..]),
+        Some("validate") => validate(&args[1..], out, err),
+        Some("convert") => convert(&args[1..], out, err),
         Some("-h" | "--help" | "help") => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
+            let _ = writeln!(out, "{USAGE}");
+            0
         }
-        _ => usage("expected a command"),
+        _ => usage(err, "expected a command"),
     }
 }
 
-fn usage(why: &str) -> ExitCode {
-    eprintln!("vamp: {why}\n{USAGE}");
-    ExitCode::from(2)
+fn usage(err: &mut dyn Write, why: &str) -> u8 {
+    let _ = writeln!(err, "vamp: {why}\n{USAGE}");
+    2
 }
 
-fn validate(args: &[String]) -> ExitCode {
+fn validate(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let mut kind = None;
     let mut output = Output::Text;
     let mut files = Vec::new();
@@ -47,35 +62,35 @@ fn validate(args: &[String]) -> ExitCode {
         match a.as_str() {
             "--kind" => match it.next().map(|k| (k, ArtifactKind::parse(k))) {
                 Some((_, Some(k))) => kind = Some(k),
-                Some((k, None)) => return usage(&format!("unknown kind '{k}'")),
-                None => return usage("--kind needs a value"),
+                Some((k, None)) => return usage(err, &format!("unknown kind '{k}'")),
+                None => return usage(err, "--kind needs a value"),
             },
             "--output" => match it.next().map(String::as_str) {
                 Some("text") => output = Output::Text,
                 Some("json") => output = Output::Json,
-                _ => return usage("--output takes text or json"),
+                _ => return usage(err, "--output takes text or json"),
             },
-            s if s.starts_with("--") => return usage(&format!("unknown option '{s}'")),
+            s if s.starts_with("--") => return usage(err, &format!("unknown option '{s}'")),
             f => files.push(f.to_owned()),
         }
     }
     if files.is_empty() {
-        return usage("no files given");
+        return usage(err, "no files given");
     }
     let mut all_valid = true;
     for file in &files {
         let text = match std::fs::read_to_string(file) {
             Ok(t) => t,
             Err(e) => {
-                eprintln!("vamp: cannot read {file}: {e}");
-                return ExitCode::from(2);
+                let _ = writeln!(err, "vamp: cannot read {file}: {e}");
+                return 2;
             }
         };
         let docs = match load_documents(&text) {
             Ok(d) => d,
             Err(e) => {
                 all_valid = false;
-                report_error(output, file, 1, &e);
+                report_error(out, output, file, 1, &e);
                 continue;
             }
         };
@@ -83,38 +98,226 @@ fn validate(args: &[String]) -> ExitCode {
             let n = i + 1;
             let declared = document_kind(&doc);
             match read_node(doc, kind.or(declared)) {
-                Ok(a) => report_ok(output, file, n, &a),
+                Ok(a) => report_ok(out, output, file, n, &a),
                 Err(e) => {
                     all_valid = false;
-                    report_error(output, file, n, &e);
+                    report_error(out, output, file, n, &e);
                 }
             }
         }
     }
-    if all_valid {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
+    if all_valid { 0 } else { 1 }
 }
 
-fn report_ok(output: Output, file: &str, n: usize, a: &Artifact) {
+fn report_ok(out: &mut dyn Write, output: Output, file: &str, n: usize, a: &Artifact) {
     match output {
-        Output::Json => println!(
+        Output::Json => drop(writeln!(
+            out,
             "{}",
             json!({"file": file, "document": n, "ok": true, "kind": a.kind().as_str(), "name": a.name()})
-        ),
-        Output::Text => println!("{file}#{n}: ok: {} '{}'", a.kind(), a.name()),
+        )),
+        Output::Text => {
+            let _ = writeln!(out, "{file}#{n}: ok: {} '{}'", a.kind(), a.name());
+        }
     }
 }
 
-fn report_error(output: Output, file: &str, n: usize, e: &vamp_core::error::ReadError) {
+fn report_error(
+    out: &mut dyn Write,
+    output: Output,
+    file: &str,
+    n: usize,
+    e: &vamp_core::error::ReadError,
+) {
     match output {
-        Output::Json => println!(
+        Output::Json => drop(writeln!(
+            out,
             "{}",
             json!({"file": file, "document": n, "ok": false,
                    "error": {"code": e.code(), "message": e.to_string()}})
-        ),
-        Output::Text => println!("{file}#{n}: {}: {e}", e.code()),
+        )),
+        Output::Text => {
+            let _ = writeln!(out, "{file}#{n}: {}: {e}", e.code());
+        }
+    }
+}
+
+fn convert(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let mut kind = None;
+    let mut to = None;
+    let mut file = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--to" => match it.next().map(String::as_str) {
+                Some("yaml") => to = Some(false),
+                Some("json") => to = Some(true),
+                _ => return usage(err, "--to takes yaml or json"),
+            },
+            "--kind" => match it.next().map(|k| (k, ArtifactKind::parse(k))) {
+                Some((_, Some(k))) => kind = Some(k),
+                Some((k, None)) => return usage(err, &format!("unknown kind '{k}'")),
+                None => return usage(err, "--kind needs a value"),
+            },
+            s if s.starts_with("--") => return usage(err, &format!("unknown option '{s}'")),
+            f if file.is_none() => file = Some(f.to_owned()),
+            _ => return usage(err, "convert takes one file"),
+        }
+    }
+    let (Some(json), Some(file)) = (to, file) else {
+        return usage(err, "convert needs --to and a file");
+    };
+    let text = match std::fs::read_to_string(&file) {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = writeln!(err, "vamp: cannot read {file}: {e}");
+            return 2;
+        }
+    };
+    let docs = match load_documents(&text) {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = writeln!(err, "{file}#1: {}: {e}", e.code());
+            return 1;
+        }
+    };
+    let mut artifacts = Vec::new();
+    for (i, doc) in docs.into_iter().enumerate() {
+        let declared = document_kind(&doc);
+        match read_node(doc, kind.or(declared)) {
+            Ok(a) => artifacts.push(a),
+            Err(e) => {
+                let _ = writeln!(err, "{file}#{}: {}: {e}", i + 1, e.code());
+                return 1;
+            }
+        }
+    }
+    if json {
+        let values: Vec<serde_json::Value> =
+            artifacts.iter().map(|a| to_node(a).to_json()).collect();
+        let doc = if values.len() == 1 {
+            values[0].clone()
+        } else {
+            serde_json::Value::Array(values)
+        };
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&doc).unwrap_or_default()
+        );
+    } else {
+        let docs: Vec<String> = artifacts.iter().map(to_yaml).collect();
+        let _ = write!(out, "{}", docs.join("---\n"));
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIXTURES: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../vamp-core/tests/fixtures/reader"
+    );
+
+    fn vamp(args: &[&str]) -> (u8, String, String) {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = run(&args, &mut out, &mut err);
+        (
+            code,
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+        )
+    }
+
+    #[test]
+    fn validate_json_reports_kind_name_and_vamp_codes() {
+        let ok = format!("{FIXTURES}/breed/breed1.yml");
+        let bad = format!("{FIXTURES}/breed/breed11.yml");
+        let (code, out, _) = vamp(&["validate", "--kind", "breed", "--output", "json", &ok, &bad]);
+        assert_eq!(code, 1);
+        let lines: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(
+            lines[0],
+            json!({"file": ok, "document": 1, "ok": true, "kind": "breeds", "name": "monarch"})
+        );
+        assert_eq!(lines[1]["ok"], false);
+        assert_eq!(lines[1]["error"]["code"], "MissingPortValueError");
+        let message = lines[1]["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("breeds 'monarch'") && message.contains("ports/port"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn validate_exit_codes() {
+        let ok = format!("{FIXTURES}/breed/breed1.yml");
+        assert_eq!(vamp(&["validate", "--kind", "breed", &ok]).0, 0);
+        assert_eq!(vamp(&["validate", "/nonexistent/file.yml"]).0, 2);
+        assert_eq!(vamp(&["validate"]).0, 2);
+        assert_eq!(vamp(&["validate", "--kind", "nonsense", &ok]).0, 2);
+        assert_eq!(vamp(&["frobnicate"]).0, 2);
+        // Without --kind, a document without `kind:` cannot be read: invalid, not a crash.
+        let no_kind = format!("{FIXTURES}/breed/breed3.yml");
+        let (code, out, _) = vamp(&["validate", "--output", "json", &no_kind]);
+        assert_eq!(code, 1);
+        assert!(out.contains("UnexpectedArtifact"), "{out}");
+    }
+
+    #[test]
+    fn validate_reports_every_document_of_a_stream() {
+        let dir = std::env::temp_dir().join(format!("vamp-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("multi.yml");
+        std::fs::write(&file, "kind: scale\nname: small\ncpu: 0.1\nmemory: 64MB\n---\nkind: scale\nname: bad\ncpu: 0.1\nmemory: 64\n").unwrap();
+        let (code, out, _) = vamp(&["validate", "--output", "json", file.to_str().unwrap()]);
+        assert_eq!(code, 1);
+        let lines: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(
+            (lines[0]["ok"].clone(), lines[0]["name"].clone()),
+            (json!(true), json!("small"))
+        );
+        assert_eq!(
+            (
+                lines[1]["document"].clone(),
+                lines[1]["error"]["code"].clone()
+            ),
+            (json!(2), json!("UnexpectedTypeError"))
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn convert_prints_canonical_forms_that_validate() {
+        let file = format!("{FIXTURES}/gateway/gateway12.yml");
+        let (code, json_out, _) = vamp(&["convert", "--to", "json", "--kind", "gateway", &file]);
+        assert_eq!(code, 0);
+        let v: serde_json::Value = serde_json::from_str(&json_out).unwrap();
+        assert_eq!(v["kind"], "gateways");
+        assert_eq!(
+            v["service"],
+            json!({"host": "127.0.0.1", "port": "31234/http"})
+        );
+        let (code, yaml_out, _) = vamp(&["convert", "--to", "yaml", "--kind", "gateway", &file]);
+        assert_eq!(code, 0);
+        let from_yaml = vamp_core::dsl::read_str(&yaml_out, None).unwrap();
+        let from_json = vamp_core::dsl::read_str(&json_out, None).unwrap();
+        assert_eq!(from_yaml, from_json);
+        assert_eq!(vamp(&["convert", "--kind", "gateway", &file]).0, 2);
+        let bad = format!("{FIXTURES}/gateway/gateway16.yml");
+        assert_eq!(
+            vamp(&["convert", "--to", "yaml", "--kind", "gateway", &bad]).0,
+            1
+        );
     }
 }

@@ -416,3 +416,35 @@ fn invalid1_custom_tag_is_a_yaml_parsing_error() {
         "{err}"
     );
 }
+
+/// Round trip: for every valid fixture, read → write YAML → read and read → write JSON → read
+/// give equal artifacts, and writing is stable (the second write equals the first).
+#[test]
+fn every_valid_fixture_round_trips_through_yaml_and_json() {
+    use vamp_core::dsl::{read_str, to_json, to_yaml};
+    let mut checked = 0;
+    for (file, kind, expected) in TABLE {
+        if *expected != "OK" || *kind == Template {
+            continue;
+        }
+        let text = std::fs::read_to_string(format!("{FIXTURES}/{file}")).unwrap();
+        let original = read_node(load_documents(&text).unwrap().remove(0), Some(*kind)).unwrap();
+        let yaml = to_yaml(&original);
+        let from_yaml = read_str(&yaml, None).unwrap_or_else(|e| panic!("{file}: {e}\n{yaml}"));
+        assert_eq!(
+            from_yaml,
+            vec![original.clone()],
+            "{file} via YAML:\n{yaml}"
+        );
+        assert_eq!(
+            to_yaml(&from_yaml[0]),
+            yaml,
+            "{file}: YAML output is stable"
+        );
+        let json = to_json(&original);
+        let from_json = read_str(&json, None).unwrap_or_else(|e| panic!("{file}: {e}\n{json}"));
+        assert_eq!(from_json, vec![original], "{file} via JSON:\n{json}");
+        checked += 1;
+    }
+    assert!(checked > 100, "only {checked} fixtures round-tripped");
+}

@@ -22,6 +22,9 @@ mod read;
 mod source;
 mod time;
 mod validate;
+mod write;
+
+pub use write::{node_to_yaml, to_json, to_node, to_yaml};
 
 use crate::error::{Notification, ReadError, ReadResult};
 use crate::model::*;
@@ -35,6 +38,8 @@ pub enum Artifact {
     Breed(DefaultBreed),
     /// A blueprint.
     Blueprint(DefaultBlueprint),
+    /// A deployment (in Vamp's export form).
+    Deployment(Deployment),
     /// A gateway.
     Gateway(Gateway),
     /// A route.
@@ -65,6 +70,7 @@ impl Artifact {
         match self {
             Self::Breed(_) => ArtifactKind::Breed,
             Self::Blueprint(_) => ArtifactKind::Blueprint,
+            Self::Deployment(_) => ArtifactKind::Deployment,
             Self::Gateway(_) => ArtifactKind::Gateway,
             Self::Route(_) => ArtifactKind::Route,
             Self::Condition(_) => ArtifactKind::Condition,
@@ -84,6 +90,7 @@ impl Artifact {
         match self {
             Self::Breed(b) => &b.name,
             Self::Blueprint(b) => &b.name,
+            Self::Deployment(d) => &d.name,
             Self::Gateway(g) => &g.name,
             Self::Route(Route::Default(r)) => &r.name,
             Self::Route(Route::Reference { name, .. }) => name,
@@ -209,15 +216,7 @@ fn read_map(m: &mut Map, kind: ArtifactKind) -> ReadResult<Artifact> {
         ArtifactKind::Template => Artifact::Template(read::template(m, "")?),
         ArtifactKind::Event => Artifact::Event(read::event(m, "")?),
         ArtifactKind::EventQuery => Artifact::EventQuery(read::event_query(m, "")?),
-        ArtifactKind::Deployment => {
-            return Err(ReadError::new(
-                Notification::UnexpectedArtifact {
-                    artifact: "deployments (reading exported deployments is not supported yet)"
-                        .into(),
-                },
-                "kind",
-            ));
-        }
+        ArtifactKind::Deployment => Artifact::Deployment(read::deployment(m, "")?),
     })
 }
 

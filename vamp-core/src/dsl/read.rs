@@ -1914,3 +1914,254 @@ pub(crate) fn event_query(m: &mut Map, path: &str) -> ReadResult<EventQuery> {
         aggregator,
     })
 }
+
+// === deployments ===
+
+fn service_status(m: &mut Map, path: &str) -> ReadResult<ServiceStatus> {
+    let sp = join(path, "status");
+    let st = descend(m, "status", path)?.ok_or_else(|| missing(&join(&sp, "intention")))?;
+    let intention_text = req_string(st, "intention", &sp)?;
+    let intention = match intention_text.as_str() {
+        "Deployment" | "Deploy" => Intention::Deployment,
+        "Undeployment" | "Undeploy" => Intention::Undeployment,
+        _ => {
+            return err(
+                N::UndefinedStateIntentionError {
+                    name: intention_text,
+                },
+                &join(&sp, "intention"),
+            );
+        }
+    };
+    let since = string(st, "since", &sp)?.unwrap_or_default();
+    let pp = join(&sp, "phase");
+    let phase = match descend(st, "phase", &sp)? {
+        None => Phase::Initiated {
+            since: since.clone(),
+        },
+        Some(ph) => {
+            let name = req_string(ph, "name", &pp)?;
+            let psince = string(ph, "since", &pp)?.unwrap_or_default();
+            match name.as_str() {
+                "Initiated" => Phase::Initiated { since: psince },
+                "Updating" => Phase::Updating { since: psince },
+                "Done" => Phase::Done { since: psince },
+                "Failed" => Phase::Failed {
+                    since: psince,
+                    notification: string(ph, "notification", &pp)?.unwrap_or_default(),
+                },
+                _ => return err(N::UndefinedStateStepError { name }, &join(&pp, "name")),
+            }
+        }
+    };
+    Ok(ServiceStatus {
+        intention,
+        since,
+        phase,
+    })
+}
+
+/// Environment variables in the API form (map) or the persistence form (list of
+/// `{name, alias, value, interpolated}`).
+fn deployment_env(m: &mut Map, path: &str) -> ReadResult<Vec<EnvironmentVariable>> {
+    let p = join(path, "environment_variables");
+    match m.get("environment_variables") {
+        Some(Node::Seq(_)) => {
+            let Some(Node::Seq(items)) = m.shift_remove("environment_variables") else {
+                unreachable!()
+            };
+            let mut out = Vec::new();
+            let mut rest = Vec::new();
+            for (i, item) in items.into_iter().enumerate() {
+                let ip = join(&p, &i.to_string());
+                let Node::Map(mut em) = item else {
+                    return err(
+                        N::UnexpectedTypeError {
+                            path: ip.clone(),
+                            expected: "Map".into(),
+                            actual: item.type_name().into(),
+                        },
+                        &ip,
+                    );
+                };
+                out.push(EnvironmentVariable {
+                    name: req_string(&mut em, "name", &ip)?,
+                    alias: string(&mut em, "alias", &ip)?,
+                    value: string(&mut em, "value", &ip)?,
+                    interpolated: string(&mut em, "interpolated", &ip)?,
+                });
+                rest.push(Node::Map(em));
+            }
+            m.insert("environment_variables".into(), Node::Seq(rest));
+            Ok(out)
+        }
+        _ => environment_variables(m, path, true),
+    }
+}
+
+fn deployment_service(m: &mut Map, path: &str) -> ReadResult<DeploymentService> {
+    let status = service_status(m, path)?;
+    let bp = join(path, "breed");
+    let breed = match m.get_mut("breed") {
+        Some(Node::Map(bm)) => {
+            let b = breed(bm, &bp)?;
+            if bm.is_empty() {
+                m.shift_remove("breed");
+            }
+            b
+        }
+        _ => return Err(missing(&join(&bp, "name"))),
+    };
+    let environment_variables = deployment_env(m, path)?;
+    let scale = match scale_position(m, "scale", path)? {
+        None => None,
+        Some(Ref::Inline(s)) => Some(s),
+        Some(Ref::Reference(r)) => {
+            let p = join(path, "scale");
+            return err(
+                N::UnexpectedTypeError {
+                    path: p.clone(),
+                    expected: "an expanded scale".into(),
+                    actual: format!("reference '{r}'"),
+                },
+                &p,
+            );
+        }
+    };
+    let instances = instances(m, path)?;
+    let arguments = arguments(m, path)?;
+    let health_checks = health_checks(m, path)?;
+    let network = string(m, "network", path)?;
+    let mut dependencies = IndexMap::new();
+    if let Some(dm) = descend(m, "dependencies", path)? {
+        let dp = join(path, "dependencies");
+        let keys: Vec<String> = dm.keys().cloned().collect();
+        for k in keys {
+            let v = req_string(dm, &k, &dp)?;
+            dependencies.insert(k, v);
+        }
+    }
+    let dialects = dialects(m, path)?;
+    let health = match descend(m, "health", path)? {
+        None => None,
+        Some(h) => {
+            let hp = join(path, "health");
+            Some(Health {
+                staged: req_int(h, "staged", &hp)?,
+                running: req_int(h, "running", &hp)?,
+                healthy: req_int(h, "healthy", &hp)?,
+                unhealthy: req_int(h, "unhealthy", &hp)?,
+            })
+        }
+    };
+    Ok(DeploymentService {
+        status,
+        breed,
+        environment_variables,
+        scale,
+        instances,
+        arguments,
+        health_checks,
+        network,
+        dependencies,
+        dialects,
+        health,
+    })
+}
+
+/// A deployment in Vamp's export/persistence form (the output of `GET /deployments/x`).
+pub(crate) fn deployment(m: &mut Map, path: &str) -> ReadResult<Deployment> {
+    let name = req_string(m, "name", path)?;
+    let with = |e: ReadError| e.in_artifact(ArtifactKind::Deployment, Some(&name));
+    (|| {
+        validate_name(&name, &join(path, "name"))?;
+        kind_check(m, "deployments", path)?;
+        let meta = metadata(m, path)?;
+        let mut clusters = Vec::new();
+        if let Some(cm) = descend(m, "clusters", path)? {
+            let cp = join(path, "clusters");
+            for (cname, c) in cm.iter_mut() {
+                let ccp = join(&cp, cname);
+                validate_name(cname, &ccp)?;
+                let Node::Map(c) = c else {
+                    return err(
+                        N::UnexpectedTypeError {
+                            path: ccp.clone(),
+                            expected: "Map".into(),
+                            actual: c.type_name().into(),
+                        },
+                        &ccp,
+                    );
+                };
+                let cmeta = metadata(c, &ccp)?;
+                let mut services = Vec::new();
+                if let Some(Node::Seq(items)) = c.get_mut("services") {
+                    let sp = join(&ccp, "services");
+                    for (i, item) in items.iter_mut().enumerate() {
+                        let ip = join(&sp, &i.to_string());
+                        let Node::Map(sm) = item else {
+                            return err(
+                                N::UnexpectedTypeError {
+                                    path: ip.clone(),
+                                    expected: "Map".into(),
+                                    actual: item.type_name().into(),
+                                },
+                                &ip,
+                            );
+                        };
+                        services.push(deployment_service(sm, &ip)?);
+                    }
+                }
+                clusters.push(DeploymentCluster {
+                    name: cname.clone(),
+                    metadata: cmeta,
+                    services,
+                    gateways: cluster_gateways(c, &ccp)?,
+                    health_checks: health_checks(c, &ccp)?,
+                    network: string(c, "network", &ccp)?,
+                    sla: sla_position(c, &ccp)?,
+                    dialects: dialects(c, &ccp)?,
+                });
+            }
+        }
+        let gateways = blueprint_gateways(m, path)?;
+        let with_group = |name: String, group: &str| match name.split_once('.') {
+            Some((c, rest)) if !rest.starts_with(&format!("{group}.")) => {
+                format!("{c}.{group}.{rest}")
+            }
+            _ => name,
+        };
+        let ports = trait_map(m, &["ports"], path)?
+            .into_iter()
+            .map(|(n, v, _)| {
+                Port::new(with_group(n.clone(), "ports"), v).ok_or_else(|| {
+                    ReadError::new(N::MalformedTraitError { name: n }, join(path, "ports"))
+                })
+            })
+            .collect::<ReadResult<Vec<_>>>()?;
+        let environment_variables = deployment_env(m, path)?;
+        let hosts = trait_map(m, &["hosts"], path)?
+            .into_iter()
+            .map(|(n, value, _)| Host {
+                name: if n.ends_with(".hosts.host") {
+                    n
+                } else {
+                    format!("{n}.hosts.host")
+                },
+                value,
+            })
+            .collect();
+        let dialects = dialects(m, path)?;
+        Ok(Deployment {
+            name: name.clone(),
+            metadata: meta,
+            clusters,
+            gateways,
+            ports,
+            environment_variables,
+            hosts,
+            dialects,
+        })
+    })()
+    .map_err(with)
+}
