@@ -448,3 +448,41 @@ fn every_valid_fixture_round_trips_through_yaml_and_json() {
     }
     assert!(checked > 100, "only {checked} fixtures round-tripped");
 }
+
+// reader-fixtures.md §1: invalid2 read as Int, invalid3 through a scalar.
+#[test]
+fn invalid2_string_where_int_expected() {
+    use vamp_core::dsl::lookup_int;
+    use vamp_core::error::Notification;
+    let text = std::fs::read_to_string(format!("{FIXTURES}/invalid2.yml")).unwrap();
+    let doc = load_documents(&text).unwrap().remove(0);
+    let err = lookup_int(&doc, "integer").unwrap_err();
+    assert_eq!(
+        *err.notification,
+        Notification::UnexpectedTypeError {
+            path: "integer".into(),
+            expected: "Int".into(),
+            actual: "String".into()
+        }
+    );
+}
+
+#[test]
+fn invalid3_path_through_a_scalar() {
+    use vamp_core::dsl::lookup_string;
+    use vamp_core::error::Notification;
+    let text = std::fs::read_to_string(format!("{FIXTURES}/invalid3.yml")).unwrap();
+    let doc = load_documents(&text).unwrap().remove(0);
+    let err = lookup_string(&doc, "root/nested/next").unwrap_err();
+    assert_eq!(
+        *err.notification,
+        Notification::UnexpectedInnerElementError {
+            path: "nested".into(),
+            found: "String".into()
+        }
+    );
+    assert_eq!(
+        lookup_string(&doc, "root/nested").unwrap().as_deref(),
+        Some("value")
+    );
+}

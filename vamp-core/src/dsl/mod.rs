@@ -18,12 +18,14 @@
 //!     "gateways 'sava', at 'sticky': Sticky sessions are not allowed for TCP port: '8080/tcp'.");
 //! ```
 
+mod compose;
 mod read;
 mod source;
 mod time;
 mod validate;
 mod write;
 
+pub use compose::{ComposeBlueprint, read_compose_ports, read_docker_compose};
 pub use write::{node_to_yaml, to_json, to_node, to_yaml};
 
 use crate::error::{Notification, ReadError, ReadResult};
@@ -236,5 +238,80 @@ pub fn read_import(node: Node) -> ReadResult<Import> {
             },
             "",
         )),
+    }
+}
+
+/// Reads the value at a `/`-separated path of a document, the way Vamp's generic reader did.
+///
+/// # Errors
+/// `UnexpectedInnerElementError` when the path runs through a value that is not a map (naming
+/// the step that was not a map and what was found there).
+///
+/// ```
+/// use vamp_core::dsl::{load_documents, lookup};
+/// let doc = load_documents("root:\n  nested: value\n").unwrap().remove(0);
+/// assert_eq!(lookup(&doc, "root/nested").unwrap().and_then(|n| n.as_str()), Some("value"));
+/// assert_eq!(lookup(&doc, "root/nested/next").unwrap_err().code(), "UnexpectedInnerElementError");
+/// ```
+pub fn lookup<'n>(doc: &'n Node, path: &str) -> ReadResult<Option<&'n Node>> {
+    let mut cur = doc;
+    let mut previous = "";
+    for step in path.split('/').filter(|s| !s.is_empty()) {
+        match cur {
+            Node::Map(m) => match m.get(step) {
+                Some(next) => cur = next,
+                None => return Ok(None),
+            },
+            other => {
+                return Err(ReadError::new(
+                    Notification::UnexpectedInnerElementError {
+                        path: previous.to_owned(),
+                        found: other.type_name().to_owned(),
+                    },
+                    path,
+                ));
+            }
+        }
+        previous = step;
+    }
+    Ok(Some(cur))
+}
+
+/// The integer at `path` (a string is not converted, as in Vamp).
+///
+/// # Errors
+/// `UnexpectedTypeError` for another type; `UnexpectedInnerElementError` as [`lookup`].
+pub fn lookup_int(doc: &Node, path: &str) -> ReadResult<Option<i64>> {
+    match lookup(doc, path)? {
+        None | Some(Node::Null) => Ok(None),
+        Some(Node::Int(i)) => Ok(Some(*i)),
+        Some(other) => Err(ReadError::new(
+            Notification::UnexpectedTypeError {
+                path: path.to_owned(),
+                expected: "Int".into(),
+                actual: other.type_name().into(),
+            },
+            path,
+        )),
+    }
+}
+
+/// The text at `path` (any scalar is turned into text, as in Vamp).
+///
+/// # Errors
+/// `UnexpectedTypeError` for a map or a list; `UnexpectedInnerElementError` as [`lookup`].
+pub fn lookup_string(doc: &Node, path: &str) -> ReadResult<Option<String>> {
+    match lookup(doc, path)? {
+        None | Some(Node::Null) => Ok(None),
+        Some(n) => n.scalar_string().map(Some).ok_or_else(|| {
+            ReadError::new(
+                Notification::UnexpectedTypeError {
+                    path: path.to_owned(),
+                    expected: "String".into(),
+                    actual: n.type_name().into(),
+                },
+                path,
+            )
+        }),
     }
 }

@@ -261,3 +261,81 @@ pub(crate) fn descend<'m>(
         Some(n) => Err(unexpected_type(&join(path, key), "Map", n)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! reader-fixtures.md §11 (YamlSourceReaderTest): what reading consumes.
+    use super::*;
+    use crate::node::load_yaml;
+
+    fn tree(text: &str) -> Map {
+        match load_yaml(text).unwrap().remove(0) {
+            Node::Map(m) => m,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn left(m: Map) -> Node {
+        leftovers(Node::Map(m)).unwrap_or(Node::Map(Map::new()))
+    }
+
+    const DOC: &str = "{a: b, c: {d: e, f: g}, h: i, j: {k: l, m: n}, o: [p, q], s: [t, v]}";
+
+    // Rule 1: reading a, c/d and the scalar list o consumes exactly those.
+    #[test]
+    fn reading_scalars_and_scalar_lists_consumes_them() {
+        let mut m = tree(DOC);
+        assert_eq!(string(&mut m, "a", "").unwrap().as_deref(), Some("b"));
+        let c = descend(&mut m, "c", "").unwrap().unwrap();
+        assert_eq!(string(c, "d", "c").unwrap().as_deref(), Some("e"));
+        assert!(take(&mut m, "o").is_some());
+        assert_eq!(
+            left(m),
+            Node::Map(tree("{c: {f: g}, h: i, j: {k: l, m: n}, s: [t, v]}"))
+        );
+    }
+
+    // Rules 3-6: reading a map wholesale (metadata, dialects) consumes all of it, nested too.
+    #[test]
+    fn reading_a_free_map_consumes_it_recursively() {
+        let mut m = tree("{metadata: {k: l, o: {p: q}}, dialects: {x: {y: z}}, h: i}");
+        assert_eq!(metadata(&mut m, "").unwrap().len(), 2);
+        assert_eq!(dialects(&mut m, "").unwrap().len(), 1);
+        assert_eq!(left(m), Node::Map(tree("{h: i}")));
+    }
+
+    // Rule 7: a list of maps is not consumed by being looked at; its elements are checked.
+    // Rule 9: reading breed/ref in the first element leaves that element's other keys.
+    #[test]
+    fn list_elements_are_consumed_key_by_key() {
+        let mut m = tree("{services: [{breed: {ref: x}, scale: {cpu: '0.2'}}]}");
+        assert_eq!(left(m.clone()), Node::Map(m.clone()));
+        let Some(Node::Seq(items)) = m.get_mut("services") else {
+            panic!()
+        };
+        let Node::Map(first) = &mut items[0] else {
+            panic!()
+        };
+        let breed = descend(first, "breed", "services/0").unwrap().unwrap();
+        assert_eq!(string(breed, "ref", "").unwrap().as_deref(), Some("x"));
+        assert_eq!(
+            left(m),
+            Node::Map(tree("{services: [{scale: {cpu: '0.2'}}]}"))
+        );
+    }
+
+    // A null key that nobody reads is still reported.
+    #[test]
+    fn unread_null_is_reported() {
+        let m = tree("{a: ~, b: {}}");
+        assert_eq!(left(m), Node::Map(tree("{a: ~}")));
+    }
+
+    #[test]
+    fn unexpected_element_names_the_first_leftover_path() {
+        let err = check_consumed(tree("{clusters: {sava: {services: [{scala: {cpu: 1}}]}}}"))
+            .unwrap_err();
+        assert_eq!(err.code(), "UnexpectedElement");
+        assert_eq!(err.path, "clusters/sava/services/scala/cpu");
+    }
+}
