@@ -815,3 +815,14 @@ fn slas_workflows_events_imports() {
     );
     assert_eq!(import.base.keys().collect::<Vec<_>>(), ["name"]);
 }
+
+#[test]
+fn event_types_are_ascii_word_characters() {
+    let event = |t: &str| format!("tags: [a]\ntype: \"{t}\"\n");
+    let read_event = |t: &str| vamp_core::dsl::read_str(&event(t), Some(ArtifactKind::Event));
+    assert!(read_event("metrics_1-a").is_ok());
+    for bad in ["12#", "métrique", "a b", ""] {
+        let err = read_event(bad).unwrap_err();
+        assert_eq!(err.code(), if bad.is_empty() { "EventTypeError" } else { "EventTypeError" }, "{bad:?}");
+    }
+}

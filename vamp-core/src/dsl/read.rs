@@ -1817,7 +1817,7 @@ pub(crate) fn import(mut m: Map, path: &str) -> ReadResult<Import> {
 fn event_type_ok(t: &str) -> bool {
     !t.is_empty()
         && t.chars()
-            .all(|c| c.is_alphanumeric() || c == '-' || c == '_')
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// An event.
