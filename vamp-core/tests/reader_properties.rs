@@ -823,6 +823,6 @@ fn event_types_are_ascii_word_characters() {
     assert!(read_event("metrics_1-a").is_ok());
     for bad in ["12#", "métrique", "a b", ""] {
         let err = read_event(bad).unwrap_err();
-        assert_eq!(err.code(), if bad.is_empty() { "EventTypeError" } else { "EventTypeError" }, "{bad:?}");
+        assert_eq!(err.code(), "EventTypeError", "{bad:?}");
     }
 }

@@ -20,6 +20,7 @@
 
 mod compose;
 mod read;
+mod serde_impl;
 mod source;
 mod time;
 mod validate;

@@ -270,7 +270,7 @@ fn gateway_body(g: &Gateway, mut m: M) -> M {
     m
 }
 
-fn gateway_node(g: &Gateway) -> Node {
+pub(crate) fn gateway_node(g: &Gateway) -> Node {
     let m = M::new()
         .put("kind", s("gateways"))
         .put("name", s(g.name.clone()));
@@ -537,7 +537,7 @@ fn cluster_tail(
         .nonempty_map("dialects", dialects)
 }
 
-fn blueprint_node(bp: &DefaultBlueprint) -> Node {
+pub(crate) fn blueprint_node(bp: &DefaultBlueprint) -> Node {
     let clusters = bp
         .clusters
         .iter()
@@ -604,7 +604,7 @@ fn period_text(p: &RepeatPeriod) -> String {
     }
 }
 
-fn workflow_node(w: &Workflow) -> Node {
+pub(crate) fn workflow_node(w: &Workflow) -> Node {
     let schedule = match &w.schedule {
         Schedule::Daemon => s("daemon"),
         Schedule::Event { tags } => M::new()
@@ -712,7 +712,7 @@ fn env_var_list(vars: &[EnvironmentVariable]) -> Node {
     )
 }
 
-fn deployment_node(d: &Deployment) -> Node {
+pub(crate) fn deployment_node(d: &Deployment) -> Node {
     let clusters = d
         .clusters
         .iter()
@@ -815,6 +815,97 @@ fn deployment_node(d: &Deployment) -> Node {
     m.nonempty_map("dialects", &d.dialects).done()
 }
 
+pub(crate) fn route_node(r: &Route) -> Node {
+    match r {
+        Route::Default(r) => route_body(r, true),
+        Route::Reference { name, .. } => M::new()
+            .put("kind", s("routes"))
+            .put("reference", s(name.clone()))
+            .done(),
+    }
+}
+
+pub(crate) fn condition_node(c: &DefaultCondition) -> Node {
+    M::new()
+        .put("kind", s("conditions"))
+        .name(&c.name)
+        .nonempty_map("metadata", &c.metadata)
+        .put("condition", s(c.definition.clone()))
+        .done()
+}
+
+pub(crate) fn template_node(t: &Template) -> Node {
+    M::new()
+        .put("kind", s("templates"))
+        .put("name", s(t.name.clone()))
+        .nonempty_map("metadata", &t.metadata)
+        .put("definition", Node::Map(t.definition.clone()))
+        .done()
+}
+
+pub(crate) fn event_node(e: &Event) -> Node {
+    M::new()
+        .put("kind", s("events"))
+        .opt("id", e.id.as_ref().map(|x| s(x.clone())))
+        .opt("version", e.version.as_ref().map(|x| s(x.clone())))
+        .put(
+            "tags",
+            Node::Seq(e.tags.iter().map(|t| s(t.clone())).collect()),
+        )
+        .put("value", e.value.clone())
+        .put("timestamp", s(e.timestamp.clone()))
+        .put("type", s(e.event_type.clone()))
+        .opt("digest", e.digest.as_ref().map(|x| s(x.clone())))
+        .done()
+}
+
+pub(crate) fn event_query_node(q: &EventQuery) -> Node {
+    M::new()
+        .put("kind", s("event-queries"))
+        .put(
+            "tags",
+            Node::Seq(q.tags.iter().map(|t| s(t.clone())).collect()),
+        )
+        .opt("type", q.event_type.as_ref().map(|x| s(x.clone())))
+        .opt(
+            "timestamp",
+            q.timestamp.as_ref().map(|t| {
+                M::new()
+                    .opt("lt", t.lt.as_ref().map(|x| s(x.clone())))
+                    .opt("lte", t.lte.as_ref().map(|x| s(x.clone())))
+                    .opt("gt", t.gt.as_ref().map(|x| s(x.clone())))
+                    .opt("gte", t.gte.as_ref().map(|x| s(x.clone())))
+                    .done()
+            }),
+        )
+        .opt(
+            "aggregator",
+            q.aggregator.as_ref().map(|a| {
+                M::new()
+                    .put("type", s(a.aggregator_type.to_string()))
+                    .put("field", s(a.field.clone()))
+                    .done()
+            }),
+        )
+        .done()
+}
+
+pub(crate) fn top_breed(b: &DefaultBreed) -> Node {
+    breed_node(b, true)
+}
+pub(crate) fn top_scale(x: &DefaultScale) -> Node {
+    scale_node(x, true)
+}
+pub(crate) fn top_rewrite(r: &PathRewrite) -> Node {
+    rewrite_node(r, true)
+}
+pub(crate) fn top_sla(x: &Sla) -> Node {
+    sla_node(x, true)
+}
+pub(crate) fn top_escalation(e: &Escalation) -> Node {
+    escalation_node(e, true)
+}
+
 /// The canonical DSL tree of an artifact (with `kind`).
 pub fn to_node(artifact: &Artifact) -> Node {
     match artifact {
@@ -822,69 +913,16 @@ pub fn to_node(artifact: &Artifact) -> Node {
         Artifact::Blueprint(b) => blueprint_node(b),
         Artifact::Deployment(d) => deployment_node(d),
         Artifact::Gateway(g) => gateway_node(g),
-        Artifact::Route(Route::Default(r)) => route_body(r, true),
-        Artifact::Route(Route::Reference { name, .. }) => M::new()
-            .put("kind", s("routes"))
-            .put("reference", s(name.clone()))
-            .done(),
-        Artifact::Condition(c) => M::new()
-            .put("kind", s("conditions"))
-            .name(&c.name)
-            .nonempty_map("metadata", &c.metadata)
-            .put("condition", s(c.definition.clone()))
-            .done(),
+        Artifact::Route(r) => route_node(r),
+        Artifact::Condition(c) => condition_node(c),
         Artifact::Rewrite(r) => rewrite_node(r, true),
         Artifact::Sla(x) => sla_node(x, true),
         Artifact::Escalation(e) => escalation_node(e, true),
         Artifact::Scale(x) => scale_node(x, true),
         Artifact::Workflow(w) => workflow_node(w),
-        Artifact::Template(t) => M::new()
-            .put("kind", s("templates"))
-            .put("name", s(t.name.clone()))
-            .nonempty_map("metadata", &t.metadata)
-            .put("definition", Node::Map(t.definition.clone()))
-            .done(),
-        Artifact::Event(e) => M::new()
-            .put("kind", s("events"))
-            .opt("id", e.id.as_ref().map(|x| s(x.clone())))
-            .opt("version", e.version.as_ref().map(|x| s(x.clone())))
-            .put(
-                "tags",
-                Node::Seq(e.tags.iter().map(|t| s(t.clone())).collect()),
-            )
-            .put("value", e.value.clone())
-            .put("timestamp", s(e.timestamp.clone()))
-            .put("type", s(e.event_type.clone()))
-            .opt("digest", e.digest.as_ref().map(|x| s(x.clone())))
-            .done(),
-        Artifact::EventQuery(q) => M::new()
-            .put("kind", s("event-queries"))
-            .put(
-                "tags",
-                Node::Seq(q.tags.iter().map(|t| s(t.clone())).collect()),
-            )
-            .opt("type", q.event_type.as_ref().map(|x| s(x.clone())))
-            .opt(
-                "timestamp",
-                q.timestamp.as_ref().map(|t| {
-                    M::new()
-                        .opt("lt", t.lt.as_ref().map(|x| s(x.clone())))
-                        .opt("lte", t.lte.as_ref().map(|x| s(x.clone())))
-                        .opt("gt", t.gt.as_ref().map(|x| s(x.clone())))
-                        .opt("gte", t.gte.as_ref().map(|x| s(x.clone())))
-                        .done()
-                }),
-            )
-            .opt(
-                "aggregator",
-                q.aggregator.as_ref().map(|a| {
-                    M::new()
-                        .put("type", s(a.aggregator_type.to_string()))
-                        .put("field", s(a.field.clone()))
-                        .done()
-                }),
-            )
-            .done(),
+        Artifact::Template(t) => template_node(t),
+        Artifact::Event(e) => event_node(e),
+        Artifact::EventQuery(q) => event_query_node(q),
     }
 }
 
