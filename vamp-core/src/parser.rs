@@ -6,8 +6,11 @@
 
 use std::fmt;
 
-/// Maximum nesting of parentheses in boolean expressions.
+/// Maximum nesting of parentheses and negations in boolean expressions.
 pub const MAX_EXPRESSION_DEPTH: usize = 64;
+
+/// Maximum number of operands and operators in one boolean expression.
+pub const MAX_EXPRESSION_TERMS: usize = 1024;
 
 // === value interpolation ===
 
@@ -355,7 +358,8 @@ pub fn parse_bool<'a, T>(
     operand: &mut dyn FnMut(&mut Cursor<'a>) -> Option<T>,
 ) -> Result<BoolExpr<T>, String> {
     let mut c = Cursor::new(text);
-    let e = expr(&mut c, syntax, operand, 0)?;
+    let mut budget = MAX_EXPRESSION_TERMS;
+    let e = expr(&mut c, syntax, operand, 0, &mut budget)?;
     c.ws();
     if !c.at_end() {
         return Err(format!("unexpected '{}' in '{text}'", c.rest()));
@@ -363,13 +367,21 @@ pub fn parse_bool<'a, T>(
     Ok(e)
 }
 
+fn spend(budget: &mut usize) -> Result<(), String> {
+    *budget = budget
+        .checked_sub(1)
+        .ok_or_else(|| format!("expression has more than {MAX_EXPRESSION_TERMS} terms"))?;
+    Ok(())
+}
+
 fn expr<'a, T>(
     c: &mut Cursor<'a>,
     s: BoolSyntax,
     op: &mut dyn FnMut(&mut Cursor<'a>) -> Option<T>,
     depth: usize,
+    budget: &mut usize,
 ) -> Result<BoolExpr<T>, String> {
-    let mut left = term(c, s, op, depth)?;
+    let mut left = term(c, s, op, depth, budget)?;
     loop {
         let save = *c;
         c.ws();
@@ -386,7 +398,8 @@ fn expr<'a, T>(
             *c = save;
             return Ok(left);
         }
-        let right = term(c, s, op, depth)?;
+        spend(budget)?;
+        let right = term(c, s, op, depth, budget)?;
         left = BoolExpr::Or(Box::new(left), Box::new(right));
     }
 }
@@ -396,8 +409,9 @@ fn term<'a, T>(
     s: BoolSyntax,
     op: &mut dyn FnMut(&mut Cursor<'a>) -> Option<T>,
     depth: usize,
+    budget: &mut usize,
 ) -> Result<BoolExpr<T>, String> {
-    let mut left = factor(c, s, op, depth)?;
+    let mut left = factor(c, s, op, depth, budget)?;
     loop {
         let save = *c;
         c.ws();
@@ -414,7 +428,8 @@ fn term<'a, T>(
             *c = save;
             return Ok(left);
         }
-        let right = factor(c, s, op, depth)?;
+        spend(budget)?;
+        let right = factor(c, s, op, depth, budget)?;
         left = BoolExpr::And(Box::new(left), Box::new(right));
     }
 }
@@ -424,6 +439,7 @@ fn factor<'a, T>(
     s: BoolSyntax,
     op: &mut dyn FnMut(&mut Cursor<'a>) -> Option<T>,
     depth: usize,
+    budget: &mut usize,
 ) -> Result<BoolExpr<T>, String> {
     if depth > MAX_EXPRESSION_DEPTH {
         return Err(format!(
@@ -432,13 +448,13 @@ fn factor<'a, T>(
     }
     c.ws();
     if c.eat("!", false) {
-        let inner = factor(c, s, op, depth + 1)?;
+        let inner = factor(c, s, op, depth + 1, budget)?;
         return Ok(BoolExpr::Not(Box::new(inner)));
     }
     {
         let save = *c;
         if c.eat("not", !s.lower_case_not) && (c.ws() || c.rest().starts_with('(')) {
-            let inner = factor(c, s, op, depth + 1)?;
+            let inner = factor(c, s, op, depth + 1, budget)?;
             return Ok(BoolExpr::Not(Box::new(inner)));
         }
         *c = save;
@@ -447,11 +463,12 @@ fn factor<'a, T>(
     let save = *c;
     if let Some(v) = op(c) {
         c.ws();
+        spend(budget)?;
         return Ok(BoolExpr::Value(v));
     }
     *c = save;
     if c.eat("(", false) {
-        let inner = expr(c, s, op, depth + 1)?;
+        let inner = expr(c, s, op, depth + 1, budget)?;
         c.ws();
         if !c.eat(")", false) {
             return Err(format!("missing ')' before '{}'", c.rest()));

@@ -957,6 +957,7 @@ fn scalar_yaml(n: &Node, out: &mut String) {
         Node::Float(f) => {
             let _ = write!(out, "{f:?}");
         }
+        Node::Timestamp(v) if resolve_plain(v) == Node::Timestamp(v.clone()) => out.push_str(v),
         Node::Str(v) | Node::Timestamp(v) => {
             if plain_ok(v) {
                 out.push_str(v);
