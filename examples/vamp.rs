@@ -14,7 +14,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use serde_json::json;
-use vamp_core::dsl::{Artifact, document_kind, load_documents, read_node, to_node, to_yaml};
+use vamp_core::dsl::{AnyArtifact, document_kind, load_documents, read_node, to_node, to_yaml};
 use vamp_core::model::ArtifactKind;
 
 const USAGE: &str = "usage: vamp validate [--kind KIND] [--output text|json] FILE...\n       vamp convert --to yaml|json [--kind KIND] FILE";
@@ -109,7 +109,7 @@ fn validate(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     if all_valid { 0 } else { 1 }
 }
 
-fn report_ok(out: &mut dyn Write, output: Output, file: &str, n: usize, a: &Artifact) {
+fn report_ok(out: &mut dyn Write, output: Output, file: &str, n: usize, a: &AnyArtifact) {
     match output {
         Output::Json => drop(writeln!(
             out,

@@ -37,12 +37,16 @@ fn bench_dsl(c: &mut Criterion) {
     for n in [1usize, 10, 100] {
         let text = blueprint(n);
         g.throughput(Throughput::Bytes(text.len() as u64));
-        g.bench_with_input(BenchmarkId::new("load_yaml", n), &text, |b, t| b.iter(|| load_documents(black_box(t)).unwrap()));
+        g.bench_with_input(BenchmarkId::new("load_yaml", n), &text, |b, t| {
+            b.iter(|| load_documents(black_box(t)).unwrap())
+        });
         g.bench_with_input(BenchmarkId::new("read_blueprint", n), &text, |b, t| {
             b.iter(|| read_str(black_box(t), Some(ArtifactKind::Blueprint)).unwrap())
         });
         let artifact = read_str(&text, None).unwrap().remove(0);
-        g.bench_with_input(BenchmarkId::new("write_yaml", n), &artifact, |b, a| b.iter(|| to_yaml(black_box(a))));
+        g.bench_with_input(BenchmarkId::new("write_yaml", n), &artifact, |b, a| {
+            b.iter(|| to_yaml(black_box(a)))
+        });
     }
     g.finish();
 }

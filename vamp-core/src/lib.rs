@@ -14,11 +14,11 @@
 //! `vamp-core` does no I/O and depends on no async runtime.
 //!
 //! ```
-//! use vamp_core::dsl::{read_str, Artifact};
+//! use vamp_core::dsl::{read_str, AnyArtifact};
 //!
 //! let doc = "name: sava\nport: 8080/http\nroutes:\n  sava1: {weight: 90%}\n  sava2: {weight: 10%}\n";
 //! let artifact = read_str(doc, Some(vamp_core::model::ArtifactKind::Gateway)).unwrap().remove(0);
-//! let Artifact::Gateway(gateway) = artifact else { unreachable!() };
+//! let AnyArtifact::Gateway(gateway) = artifact else { unreachable!() };
 //! assert_eq!(gateway.routes.len(), 2);
 //! ```
 

@@ -1,35 +1,35 @@
 //! Conformance, property level: what reader-fixtures.md says each fixture reads to (values
 //! transcribed from the table), and the fields of the notifications for invalid ones.
 
-use vamp_core::dsl::{Artifact, load_documents, read_import, read_node};
+use vamp_core::dsl::{AnyArtifact, load_documents, read_import, read_node};
 use vamp_core::error::{Notification, ReadError};
 use vamp_core::model::*;
 use vamp_core::units::{MegaByte, Percentage, Quantity};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/reader");
 
-fn read(file: &str, kind: ArtifactKind) -> Result<Artifact, ReadError> {
+fn read(file: &str, kind: ArtifactKind) -> Result<AnyArtifact, ReadError> {
     let text = std::fs::read_to_string(format!("{FIXTURES}/{file}")).unwrap();
     read_node(load_documents(&text)?.remove(0), Some(kind))
 }
 
 fn breed(file: &str) -> DefaultBreed {
     match read(file, ArtifactKind::Breed).unwrap() {
-        Artifact::Breed(b) => b,
+        AnyArtifact::Breed(b) => b,
         other => panic!("{other:?}"),
     }
 }
 
 fn blueprint(file: &str) -> DefaultBlueprint {
     match read(file, ArtifactKind::Blueprint).unwrap() {
-        Artifact::Blueprint(b) => b,
+        AnyArtifact::Blueprint(b) => b,
         other => panic!("{other:?}"),
     }
 }
 
 fn gateway(file: &str) -> Gateway {
     match read(file, ArtifactKind::Gateway).unwrap() {
-        Artifact::Gateway(g) => g,
+        AnyArtifact::Gateway(g) => g,
         other => panic!("{other:?}"),
     }
 }
@@ -671,7 +671,7 @@ fn gateways() {
 
 #[test]
 fn slas_workflows_events_imports() {
-    let Artifact::Sla(sla) = read("sla/sla2.yml", ArtifactKind::Sla).unwrap() else {
+    let AnyArtifact::Sla(sla) = read("sla/sla2.yml", ArtifactKind::Sla).unwrap() else {
         panic!()
     };
     let Sla::ResponseTimeSlidingWindow {
@@ -690,7 +690,7 @@ fn slas_workflows_events_imports() {
         matches!(&escalations[..], [Escalation::Generic { escalation_type, .. }] if escalation_type == "scale_nothing")
     );
 
-    let Artifact::Sla(sla) = read("sla/sla6.yml", ArtifactKind::Sla).unwrap() else {
+    let AnyArtifact::Sla(sla) = read("sla/sla6.yml", ArtifactKind::Sla).unwrap() else {
         panic!()
     };
     let [
@@ -730,7 +730,7 @@ fn slas_workflows_events_imports() {
     assert_eq!(inner[1], Escalation::Reference("email".into()));
 
     let wf = |file: &str| match read(file, ArtifactKind::Workflow).unwrap() {
-        Artifact::Workflow(w) => w,
+        AnyArtifact::Workflow(w) => w,
         other => panic!("{other:?}"),
     };
     let w = wf("workflow/workflow1.yml");
@@ -774,7 +774,7 @@ fn slas_workflows_events_imports() {
         WorkflowStatus::Restarting(None)
     );
 
-    let Artifact::Event(e) = read("event/event1.yml", ArtifactKind::Event).unwrap() else {
+    let AnyArtifact::Event(e) = read("event/event1.yml", ArtifactKind::Event).unwrap() else {
         panic!()
     };
     assert_eq!(
@@ -785,7 +785,7 @@ fn slas_workflows_events_imports() {
             "metrics"
         )
     );
-    let Artifact::EventQuery(q) = read("event/query1.yml", ArtifactKind::EventQuery).unwrap()
+    let AnyArtifact::EventQuery(q) = read("event/query1.yml", ArtifactKind::EventQuery).unwrap()
     else {
         panic!()
     };

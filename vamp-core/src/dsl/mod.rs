@@ -36,7 +36,7 @@ use crate::node::{Map, Node, load_yaml};
 /// An artifact of any kind.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
-pub enum Artifact {
+pub enum AnyArtifact {
     /// A breed.
     Breed(DefaultBreed),
     /// A blueprint.
@@ -67,7 +67,7 @@ pub enum Artifact {
     EventQuery(EventQuery),
 }
 
-impl Artifact {
+impl AnyArtifact {
     /// The artifact's kind.
     pub fn kind(&self) -> ArtifactKind {
         match self {
@@ -139,7 +139,7 @@ pub fn load_documents(text: &str) -> ReadResult<Vec<Node>> {
 ///
 /// # Errors
 /// The first document's [`ReadError`], with Vamp's notification.
-pub fn read_str(text: &str, kind: Option<ArtifactKind>) -> ReadResult<Vec<Artifact>> {
+pub fn read_str(text: &str, kind: Option<ArtifactKind>) -> ReadResult<Vec<AnyArtifact>> {
     load_documents(text)?
         .into_iter()
         .map(|d| read_node(d, kind))
@@ -158,7 +158,7 @@ pub fn document_kind(node: &Node) -> Option<ArtifactKind> {
 ///
 /// # Errors
 /// A [`ReadError`] with Vamp's notification, the artifact and the path in the document.
-pub fn read_node(node: Node, kind: Option<ArtifactKind>) -> ReadResult<Artifact> {
+pub fn read_node(node: Node, kind: Option<ArtifactKind>) -> ReadResult<AnyArtifact> {
     let declared = node
         .as_map()
         .and_then(|m| m.get("kind"))
@@ -204,22 +204,22 @@ pub fn read_node(node: Node, kind: Option<ArtifactKind>) -> ReadResult<Artifact>
     result.map_err(|e| e.in_artifact(kind, name.as_deref()))
 }
 
-fn read_map(m: &mut Map, kind: ArtifactKind) -> ReadResult<Artifact> {
+fn read_map(m: &mut Map, kind: ArtifactKind) -> ReadResult<AnyArtifact> {
     Ok(match kind {
-        ArtifactKind::Breed => Artifact::Breed(read::breed(m, "")?),
-        ArtifactKind::Blueprint => Artifact::Blueprint(read::blueprint(m, "")?),
-        ArtifactKind::Gateway => Artifact::Gateway(read::gateway(m, "")?),
-        ArtifactKind::Route => Artifact::Route(read::route(m, "")?),
-        ArtifactKind::Condition => Artifact::Condition(read::condition(m, "")?),
-        ArtifactKind::Rewrite => Artifact::Rewrite(read::rewrite(m, "")?),
-        ArtifactKind::Sla => Artifact::Sla(read::sla(m, "")?),
-        ArtifactKind::Escalation => Artifact::Escalation(read::escalation_artifact(m, "")?),
-        ArtifactKind::Scale => Artifact::Scale(read::scale(m, "")?),
-        ArtifactKind::Workflow => Artifact::Workflow(read::workflow(m, "")?),
-        ArtifactKind::Template => Artifact::Template(read::template(m, "")?),
-        ArtifactKind::Event => Artifact::Event(read::event(m, "")?),
-        ArtifactKind::EventQuery => Artifact::EventQuery(read::event_query(m, "")?),
-        ArtifactKind::Deployment => Artifact::Deployment(read::deployment(m, "")?),
+        ArtifactKind::Breed => AnyArtifact::Breed(read::breed(m, "")?),
+        ArtifactKind::Blueprint => AnyArtifact::Blueprint(read::blueprint(m, "")?),
+        ArtifactKind::Gateway => AnyArtifact::Gateway(read::gateway(m, "")?),
+        ArtifactKind::Route => AnyArtifact::Route(read::route(m, "")?),
+        ArtifactKind::Condition => AnyArtifact::Condition(read::condition(m, "")?),
+        ArtifactKind::Rewrite => AnyArtifact::Rewrite(read::rewrite(m, "")?),
+        ArtifactKind::Sla => AnyArtifact::Sla(read::sla(m, "")?),
+        ArtifactKind::Escalation => AnyArtifact::Escalation(read::escalation_artifact(m, "")?),
+        ArtifactKind::Scale => AnyArtifact::Scale(read::scale(m, "")?),
+        ArtifactKind::Workflow => AnyArtifact::Workflow(read::workflow(m, "")?),
+        ArtifactKind::Template => AnyArtifact::Template(read::template(m, "")?),
+        ArtifactKind::Event => AnyArtifact::Event(read::event(m, "")?),
+        ArtifactKind::EventQuery => AnyArtifact::EventQuery(read::event_query(m, "")?),
+        ArtifactKind::Deployment => AnyArtifact::Deployment(read::deployment(m, "")?),
     })
 }
 

@@ -5,7 +5,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::write;
-use super::{Artifact, read_node, to_node};
+use super::{AnyArtifact, read_node, to_node};
 use crate::model::*;
 use crate::node::Node;
 
@@ -23,7 +23,7 @@ macro_rules! dsl_serde {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 let node = Node::deserialize(d)?;
                 match read_node(node, Some($kind)).map_err(D::Error::custom)? {
-                    Artifact::$variant(x) => Ok(x),
+                    AnyArtifact::$variant(x) => Ok(x),
                     other => Err(D::Error::custom(format!(
                         "expected {}, read {}",
                         $kind,
@@ -90,14 +90,14 @@ dsl_serde!(
     write::event_query_node
 );
 
-impl Serialize for Artifact {
+impl Serialize for AnyArtifact {
     /// Writes the canonical DSL form (with `kind`).
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         to_node(self).serialize(s)
     }
 }
 
-impl<'de> Deserialize<'de> for Artifact {
+impl<'de> Deserialize<'de> for AnyArtifact {
     /// Reads the DSL; the document must say its `kind`.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         read_node(Node::deserialize(d)?, None).map_err(D::Error::custom)
@@ -130,11 +130,11 @@ mod tests {
             "{err}"
         );
 
-        let a: Artifact = serde_json::from_str(
+        let a: AnyArtifact = serde_json::from_str(
             r#"{"kind": "scales", "name": "small", "cpu": 0.5, "memory": "256MB"}"#,
         )
         .unwrap();
         assert_eq!(a.kind(), ArtifactKind::Scale);
-        assert!(serde_json::from_str::<Artifact>(r#"{"name": "small"}"#).is_err());
+        assert!(serde_json::from_str::<AnyArtifact>(r#"{"name": "small"}"#).is_err());
     }
 }

@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use super::Artifact;
+use super::AnyArtifact;
 use crate::model::*;
 use crate::node::{Map, Node, resolve_plain};
 
@@ -907,22 +907,22 @@ pub(crate) fn top_escalation(e: &Escalation) -> Node {
 }
 
 /// The canonical DSL tree of an artifact (with `kind`).
-pub fn to_node(artifact: &Artifact) -> Node {
+pub fn to_node(artifact: &AnyArtifact) -> Node {
     match artifact {
-        Artifact::Breed(b) => breed_node(b, true),
-        Artifact::Blueprint(b) => blueprint_node(b),
-        Artifact::Deployment(d) => deployment_node(d),
-        Artifact::Gateway(g) => gateway_node(g),
-        Artifact::Route(r) => route_node(r),
-        Artifact::Condition(c) => condition_node(c),
-        Artifact::Rewrite(r) => rewrite_node(r, true),
-        Artifact::Sla(x) => sla_node(x, true),
-        Artifact::Escalation(e) => escalation_node(e, true),
-        Artifact::Scale(x) => scale_node(x, true),
-        Artifact::Workflow(w) => workflow_node(w),
-        Artifact::Template(t) => template_node(t),
-        Artifact::Event(e) => event_node(e),
-        Artifact::EventQuery(q) => event_query_node(q),
+        AnyArtifact::Breed(b) => breed_node(b, true),
+        AnyArtifact::Blueprint(b) => blueprint_node(b),
+        AnyArtifact::Deployment(d) => deployment_node(d),
+        AnyArtifact::Gateway(g) => gateway_node(g),
+        AnyArtifact::Route(r) => route_node(r),
+        AnyArtifact::Condition(c) => condition_node(c),
+        AnyArtifact::Rewrite(r) => rewrite_node(r, true),
+        AnyArtifact::Sla(x) => sla_node(x, true),
+        AnyArtifact::Escalation(e) => escalation_node(e, true),
+        AnyArtifact::Scale(x) => scale_node(x, true),
+        AnyArtifact::Workflow(w) => workflow_node(w),
+        AnyArtifact::Template(t) => template_node(t),
+        AnyArtifact::Event(e) => event_node(e),
+        AnyArtifact::EventQuery(q) => event_query_node(q),
     }
 }
 
@@ -1047,11 +1047,11 @@ pub fn node_to_yaml(n: &Node) -> String {
 /// assert!(yaml.starts_with("kind: gateways\nname: sava\nport: \"8080\"\n"), "{yaml}");
 /// assert_eq!(read_str(&yaml, None).unwrap(), a);
 /// ```
-pub fn to_yaml(artifact: &Artifact) -> String {
+pub fn to_yaml(artifact: &AnyArtifact) -> String {
     node_to_yaml(&to_node(artifact))
 }
 
 /// The canonical JSON of an artifact (pretty-printed).
-pub fn to_json(artifact: &Artifact) -> String {
+pub fn to_json(artifact: &AnyArtifact) -> String {
     serde_json::to_string_pretty(&to_node(artifact).to_json()).unwrap_or_default()
 }
