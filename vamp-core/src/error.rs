@@ -596,3 +596,124 @@ impl std::error::Error for ReadError {
 
 /// The result of reading a document.
 pub type ReadResult<T> = Result<T, ReadError>;
+
+/// A boxed error from a backend's own client library.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// An error from a backend (key-value store, persistence, scheduler, metrics).
+///
+/// Each backend keeps its own error type and converts it into one of these variants; the
+/// original error stays reachable through [`std::error::Error::source`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The key, artifact or service does not exist.
+    #[error("{kind} '{name}' not found in {backend}")]
+    NotFound {
+        /// The backend's label.
+        backend: String,
+        /// What was looked for (`key`, `breeds`, `service`, ...).
+        kind: String,
+        /// Its name.
+        name: String,
+    },
+    /// A create-only write found an existing entry.
+    #[error("'{key}' already exists in {backend}")]
+    AlreadyExists {
+        /// The backend's label.
+        backend: String,
+        /// The key or `kind/name`.
+        key: String,
+    },
+    /// A compare-and-swap write found another version.
+    #[error("version conflict on '{key}' in {backend}: expected {expected}, found {}", found.map_or_else(|| "none".to_owned(), |v| v.to_string()))]
+    Conflict {
+        /// The backend's label.
+        backend: String,
+        /// The key or `kind/name`.
+        key: String,
+        /// The version the writer expected.
+        expected: u64,
+        /// The version found (`None`: the entry no longer exists).
+        found: Option<u64>,
+    },
+    /// The backend does not support the operation (see its capabilities).
+    #[error("{operation} is not supported by {backend}")]
+    NotSupported {
+        /// The backend's label.
+        backend: String,
+        /// The operation.
+        operation: &'static str,
+    },
+    /// The backend cannot be reached or timed out. Temporary: a retry may succeed.
+    #[error("{backend} is unavailable")]
+    Unavailable {
+        /// The backend's label.
+        backend: String,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+    /// A key, name or value the backend cannot store.
+    #[error("invalid {what} '{value}': {reason}")]
+    Invalid {
+        /// What was invalid (`key`, `name`, `value`, ...).
+        what: &'static str,
+        /// The offending value (truncated for display).
+        value: String,
+        /// Why.
+        reason: String,
+    },
+    /// A stored or given artifact is not valid DSL.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// A backend configuration that cannot work.
+    #[error("invalid configuration for {backend}: {message}")]
+    InvalidConfig {
+        /// The backend's name.
+        backend: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The backend is compiled out: enable its cargo feature.
+    #[error("backend '{backend}' requires cargo feature '{feature}' of vamp-backends")]
+    FeatureDisabled {
+        /// The backend's name.
+        backend: &'static str,
+        /// The feature to enable.
+        feature: &'static str,
+    },
+    /// Any other backend error.
+    #[error("{backend} error")]
+    Backend {
+        /// The backend's label.
+        backend: String,
+        /// The backend's own error.
+        #[source]
+        source: BoxError,
+    },
+    /// A retry wrapper gave up; the last error is the source.
+    #[error("gave up after {attempts} attempts")]
+    RetriesExhausted {
+        /// How many attempts were made.
+        attempts: u32,
+        /// The last error.
+        #[source]
+        source: Box<Error>,
+    },
+}
+
+impl Error {
+    /// Whether a retry may succeed (the backend was unavailable or timed out).
+    pub fn is_temporary(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
+
+    /// Whether this is a version conflict or a create-only write that found an entry.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Self::Conflict { .. } | Self::AlreadyExists { .. })
+    }
+}
+
+/// The result of a backend operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

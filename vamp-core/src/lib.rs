@@ -10,6 +10,9 @@
 //! * [`lookup`]: Vamp's SHA-1 lookup names, so HAProxy names match an existing installation.
 //! * [`parser`]: value interpolation (`$db.host`), boolean expressions and route selectors.
 //! * [`condition`]: the gateway route condition grammar (`user-agent = Chrome and has cookie x`).
+//! * [`kv`]: the key-value store trait and Vamp's key layout; [`memory`] holds the in-memory
+//!   implementations; [`layers`] the namespacing and retry wrappers; `conformance` (feature
+//!   `conformance`) the suites every backend runs.
 //!
 //! `vamp-core` does no I/O and depends on no async runtime.
 //!
@@ -23,10 +26,18 @@
 //! ```
 
 pub mod condition;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 pub mod dsl;
 pub mod error;
+pub mod kv;
+pub mod layers;
 pub mod lookup;
+pub mod memory;
 pub mod model;
 pub mod node;
 pub mod parser;
+pub mod rt;
 pub mod units;
+
+pub use error::{Error, Result};

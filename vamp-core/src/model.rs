@@ -152,6 +152,63 @@ impl fmt::Display for ArtifactKind {
     }
 }
 
+/// A stored artifact kind: its [`ArtifactKind`] and name (kube-core's `Resource` idea).
+///
+/// Implemented by the top-level artifacts that a [`PersistenceStore`](crate::persistence::PersistenceStore)
+/// keeps; their serde form is the canonical DSL.
+pub trait Artifact:
+    Clone
+    + fmt::Debug
+    + PartialEq
+    + serde::Serialize
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    /// The kind.
+    const KIND: ArtifactKind;
+
+    /// The artifact's name.
+    fn name(&self) -> &str;
+}
+
+macro_rules! artifact {
+    ($ty:ty, $kind:ident, |$x:ident| $name:expr) => {
+        impl Artifact for $ty {
+            const KIND: ArtifactKind = ArtifactKind::$kind;
+            fn name(&self) -> &str {
+                let $x = self;
+                $name
+            }
+        }
+    };
+}
+
+artifact!(DefaultBreed, Breed, |x| &x.name);
+artifact!(DefaultBlueprint, Blueprint, |x| &x.name);
+artifact!(Deployment, Deployment, |x| &x.name);
+artifact!(Gateway, Gateway, |x| &x.name);
+artifact!(DefaultCondition, Condition, |x| &x.name);
+artifact!(PathRewrite, Rewrite, |x| &x.name);
+artifact!(Sla, Sla, |x| x.name());
+artifact!(DefaultScale, Scale, |x| &x.name);
+artifact!(Workflow, Workflow, |x| &x.name);
+artifact!(Template, Template, |x| &x.name);
+artifact!(Route, Route, |x| match x {
+    Route::Default(r) => &r.name,
+    Route::Reference { name, .. } => name,
+});
+artifact!(Escalation, Escalation, |x| match x {
+    Escalation::Reference(n) => n,
+    Escalation::ToAll { name, .. }
+    | Escalation::ToOne { name, .. }
+    | Escalation::ScaleInstances { name, .. }
+    | Escalation::ScaleCpu { name, .. }
+    | Escalation::ScaleMemory { name, .. }
+    | Escalation::Generic { name, .. } => name,
+});
+
 // === breeds ===
 
 /// What a breed deploys: a container image or a command, with its type.

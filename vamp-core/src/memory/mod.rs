@@ -1,0 +1,6 @@
+//! In-memory implementations of every backend trait: the embedded defaults, always compiled,
+//! correct under concurrent use, with change streams.
+
+mod kv;
+
+pub use kv::InMemoryKv;
