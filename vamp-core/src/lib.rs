@@ -37,6 +37,7 @@ pub mod memory;
 pub mod model;
 pub mod node;
 pub mod parser;
+pub mod persistence;
 pub mod rt;
 pub mod units;
 

@@ -4,3 +4,4 @@
 //! Behind the `conformance` feature. Not covered by semver.
 
 pub mod kv;
+pub mod persistence;

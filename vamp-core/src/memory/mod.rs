@@ -2,5 +2,7 @@
 //! correct under concurrent use, with change streams.
 
 mod kv;
+mod persistence;
 
 pub use kv::InMemoryKv;
+pub use persistence::InMemoryPersistence;
