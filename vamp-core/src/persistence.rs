@@ -86,20 +86,12 @@ impl ArtifactWrite {
 /// A page of a listing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
+#[derive(Default)]
 pub struct ListOptions {
     /// Entries to skip.
     pub offset: usize,
     /// Entries to return at most (`None`: all).
     pub limit: Option<usize>,
-}
-
-impl Default for ListOptions {
-    fn default() -> Self {
-        Self {
-            offset: 0,
-            limit: None,
-        }
-    }
 }
 
 impl ListOptions {

@@ -132,15 +132,15 @@ impl PersistenceStore for InMemoryPersistence {
                 }
                 WriteOp::Delete { expected } => {
                     let found = current.as_ref().map(|r| r.version);
-                    if let Some(expected) = expected {
-                        if found != Some(expected) {
-                            return Err(Error::Conflict {
-                                backend,
-                                key: label,
-                                expected: expected.0,
-                                found: found.map(|v| v.0),
-                            });
-                        }
+                    if let Some(expected) = expected
+                        && found != Some(expected)
+                    {
+                        return Err(Error::Conflict {
+                            backend,
+                            key: label,
+                            expected: expected.0,
+                            found: found.map(|v| v.0),
+                        });
                     }
                     if found.is_none() {
                         results.push(None);
