@@ -39,6 +39,7 @@ pub mod node;
 pub mod parser;
 pub mod persistence;
 pub mod rt;
+pub mod scheduler;
 pub mod units;
 
 pub use error::{Error, Result};

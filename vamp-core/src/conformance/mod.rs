@@ -5,3 +5,4 @@
 
 pub mod kv;
 pub mod persistence;
+pub mod scheduler;

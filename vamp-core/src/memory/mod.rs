@@ -3,6 +3,8 @@
 
 mod kv;
 mod persistence;
+mod scheduler;
 
 pub use kv::InMemoryKv;
 pub use persistence::InMemoryPersistence;
+pub use scheduler::InMemoryScheduler;
