@@ -201,8 +201,10 @@ impl ServiceSpec {
                 });
             }
         }
-        if !(self.cpu.is_finite() && self.cpu > 0.0)
-            || !(self.memory_mb.is_finite() && self.memory_mb > 0.0)
+        if !(self.cpu.is_finite()
+            && self.cpu > 0.0
+            && self.memory_mb.is_finite()
+            && self.memory_mb > 0.0)
         {
             return Err(Error::Invalid {
                 what: "resources",

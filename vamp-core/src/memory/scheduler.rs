@@ -263,7 +263,7 @@ mod tests {
         suite::run_all(&InMemoryScheduler::new(), "direct", &image()).await;
         let arc: Arc<DynContainerScheduler> = Arc::new(InMemoryScheduler::new());
         suite::run_all(&arc, "arc", &image()).await;
-        let boxed: Box<DynContainerScheduler> = Box::new(InMemoryScheduler::new());
+        let boxed: Box<DynContainerScheduler> = Box::<InMemoryScheduler>::default();
         suite::run_all(&boxed, "box", &image()).await;
     }
 
