@@ -332,11 +332,12 @@ pub enum Notification {
         /// The gateway.
         gateway: Box<Gateway>,
     },
-    /// Two blueprint gateways on the same port number.
+    /// Two blueprint gateways on the same port number, or two gateways of a cluster on the
+    /// same breed port.
     #[error("Duplicate gateway port: '{port}'.")]
     DuplicateGatewayPortError {
-        /// The port number.
-        port: i64,
+        /// The port number (blueprint gateways) or breed port name (cluster gateways).
+        port: String,
     },
     /// A rewrite not of the form `X if Y`.
     #[error("Unsupported path rewrite: {definition}.")]

@@ -34,12 +34,14 @@ pub mod kv;
 pub mod layers;
 pub mod lookup;
 pub mod memory;
+pub mod metrics;
 pub mod model;
 pub mod node;
 pub mod parser;
 pub mod persistence;
 pub mod rt;
 pub mod scheduler;
+pub mod time;
 pub mod units;
 
 pub use error::{Error, Result};

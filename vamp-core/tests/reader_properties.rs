@@ -511,7 +511,9 @@ fn blueprint_errors_carry_vamp_fields() {
     );
     assert_eq!(
         notification("blueprint/blueprint74.yml", B),
-        Notification::DuplicateGatewayPortError { port: 8080 }
+        Notification::DuplicateGatewayPortError {
+            port: "8080".into()
+        }
     );
     assert_eq!(
         notification("blueprint/blueprint77.yml", B),
@@ -825,4 +827,17 @@ fn event_types_are_ascii_word_characters() {
         let err = read_event(bad).unwrap_err();
         assert_eq!(err.code(), "EventTypeError", "{bad:?}");
     }
+}
+
+#[test]
+fn two_cluster_gateways_for_one_port_are_rejected() {
+    // Found by the mutation property: an empty key beside `web:` made an anonymous gateway that
+    // was then renamed to `web`, giving the cluster two gateways for one port.
+    let doc = "name: b\nclusters:\n  c:\n    gateways:\n      web: {sticky: route}\n      '': {}\n    services:\n      breed: {name: s, deployable: x, ports: {web: 8080/http}}\n";
+    let err = vamp_core::dsl::read_str(doc, Some(ArtifactKind::Blueprint)).unwrap_err();
+    assert_eq!(
+        *err.notification,
+        Notification::DuplicateGatewayPortError { port: "web".into() }
+    );
+    assert_eq!(err.path, "clusters/c/gateways");
 }

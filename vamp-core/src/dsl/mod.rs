@@ -22,7 +22,6 @@ mod compose;
 mod read;
 mod serde_impl;
 mod source;
-mod time;
 mod validate;
 mod write;
 

@@ -1607,7 +1607,7 @@ fn schedule(m: &mut Map, path: &str) -> ReadResult<Schedule> {
                         let s = node_string(&n, &join(&tp, "start"))?;
                         if s.trim().eq_ignore_ascii_case("now") {
                             None
-                        } else if super::time::valid_offset_date_time(&s) {
+                        } else if crate::time::valid_offset_date_time(&s) {
                             Some(s)
                         } else {
                             return err(
@@ -1829,8 +1829,8 @@ pub(crate) fn event(m: &mut Map, path: &str) -> ReadResult<Event> {
     }
     let value = m.shift_remove("value").unwrap_or(Node::Null);
     let timestamp = match string(m, "timestamp", path)? {
-        None => super::time::now_iso(),
-        Some(ts) if super::time::valid_offset_date_time(&ts) => ts,
+        None => crate::time::now_iso(),
+        Some(ts) if crate::time::valid_offset_date_time(&ts) => ts,
         Some(ts) => {
             return err(
                 N::EventTimestampError { timestamp: ts },

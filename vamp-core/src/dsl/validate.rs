@@ -253,6 +253,19 @@ pub(crate) fn blueprint(bp: &mut DefaultBlueprint, path: &str) -> ReadResult<()>
                 }
             }
         }
+        // Two gateways of one cluster for the same port (e.g. an anonymous one renamed onto a
+        // named one): Vamp kept both, which made two internal gateways of one name.
+        let mut seen = HashSet::new();
+        for g in &c.gateways {
+            if !seen.insert(g.port.name.as_str()) {
+                return err(
+                    N::DuplicateGatewayPortError {
+                        port: g.port.name.clone(),
+                    },
+                    &join(&cpath(&c.name), "gateways"),
+                );
+            }
+        }
     }
     let cluster = |name: &str| bp.clusters.iter().find(|c| c.name == name);
     // 2a. blueprint gateway routes → cluster/port
@@ -480,7 +493,7 @@ pub(crate) fn blueprint(bp: &mut DefaultBlueprint, path: &str) -> ReadResult<()>
         if !seen.insert(g.port.number) {
             return err(
                 N::DuplicateGatewayPortError {
-                    port: g.port.number,
+                    port: g.port.number.to_string(),
                 },
                 &join(path, "gateways"),
             );

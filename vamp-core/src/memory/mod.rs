@@ -2,9 +2,11 @@
 //! correct under concurrent use, with change streams.
 
 mod kv;
+mod metrics;
 mod persistence;
 mod scheduler;
 
 pub use kv::InMemoryKv;
+pub use metrics::InMemoryMetrics;
 pub use persistence::InMemoryPersistence;
 pub use scheduler::InMemoryScheduler;

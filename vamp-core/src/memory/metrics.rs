@@ -1,0 +1,215 @@
+//! The in-memory event and metrics store.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_channel::mpsc;
+use futures_util::stream::{BoxStream, StreamExt};
+use parking_lot::Mutex;
+
+use crate::error::Result;
+use crate::metrics::*;
+use crate::model::{Event, EventQuery};
+use crate::persistence::ListOptions;
+
+type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+struct Subscriber {
+    tags: Vec<String>,
+    event_type: Option<String>,
+    tx: mpsc::UnboundedSender<Result<Event>>,
+}
+
+#[derive(Default)]
+struct State {
+    events: Vec<Event>,
+    next_id: u64,
+    subscribers: Vec<Subscriber>,
+    requests: VecDeque<RequestRecord>,
+}
+
+/// An in-memory [`EventStore`] and [`MetricsStore`]: the embedded default, fed straight from
+/// HAProxy's logs by the gateway agent.
+///
+/// Request records older than the retention (default one hour) are dropped as new ones
+/// arrive; events are kept. The clock is injectable for tests. Cloning shares the store.
+#[derive(Clone)]
+pub struct InMemoryMetrics {
+    state: Arc<Mutex<State>>,
+    clock: Clock,
+    retention: Duration,
+}
+
+impl Default for InMemoryMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InMemoryMetrics {
+    /// An empty store on the system clock.
+    pub fn new() -> Self {
+        Self::with_clock(crate::time::now_millis)
+    }
+
+    /// An empty store on a given clock (milliseconds since the Unix epoch).
+    pub fn with_clock(clock: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+        Self {
+            state: Arc::default(),
+            clock: Arc::new(clock),
+            retention: Duration::from_secs(3600),
+        }
+    }
+
+    /// Sets how long request records are kept.
+    #[must_use]
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    fn matching(&self, s: &State, query: &EventQuery) -> Result<Vec<Event>> {
+        let now = (self.clock)();
+        let bound = |t: &Option<String>| t.as_deref().map(|t| parse_query_time(t, now)).transpose();
+        let range = query.timestamp.clone().unwrap_or_default();
+        let (lt, lte, gt, gte) = (
+            bound(&range.lt)?,
+            bound(&range.lte)?,
+            bound(&range.gt)?,
+            bound(&range.gte)?,
+        );
+        let mut out: Vec<Event> = s
+            .events
+            .iter()
+            .filter(|e| query.tags.iter().all(|t| e.tags.contains(t)))
+            .filter(|e| query.event_type.as_ref().is_none_or(|t| &e.event_type == t))
+            .filter(|e| {
+                let Some(ts) = crate::time::parse_millis(&e.timestamp) else {
+                    return false;
+                };
+                lt.is_none_or(|b| ts < b)
+                    && lte.is_none_or(|b| ts <= b)
+                    && gt.is_none_or(|b| ts > b)
+                    && gte.is_none_or(|b| ts >= b)
+            })
+            .cloned()
+            .collect();
+        // Newest first; equal timestamps in reverse publication order.
+        out.reverse();
+        out.sort_by_key(|e| std::cmp::Reverse(crate::time::parse_millis(&e.timestamp)));
+        Ok(out)
+    }
+}
+
+impl fmt::Debug for InMemoryMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.state.lock();
+        f.debug_struct("InMemoryMetrics")
+            .field("events", &s.events.len())
+            .field("requests", &s.requests.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for InMemoryMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("InMemoryMetrics")
+    }
+}
+
+#[async_trait]
+impl EventStore for InMemoryMetrics {
+    async fn publish(&self, mut event: Event) -> Result<Event> {
+        event.tags = expand_tags(&event.tags);
+        let mut s = self.state.lock();
+        if event.id.is_none() {
+            s.next_id += 1;
+            event.id = Some(format!("{:016x}", s.next_id));
+        }
+        s.events.push(event.clone());
+        s.subscribers.retain(|sub| {
+            let matches = sub.tags.iter().all(|t| event.tags.contains(t))
+                && sub
+                    .event_type
+                    .as_ref()
+                    .is_none_or(|t| t == &event.event_type);
+            !matches || sub.tx.unbounded_send(Ok(event.clone())).is_ok()
+        });
+        Ok(event)
+    }
+
+    async fn query(&self, query: &EventQuery, page: ListOptions) -> Result<Vec<Event>> {
+        let s = self.state.lock();
+        let all = self.matching(&s, query)?;
+        let it = all.into_iter().skip(page.offset);
+        Ok(match page.limit {
+            Some(n) => it.take(n).collect(),
+            None => it.collect(),
+        })
+    }
+
+    async fn aggregate(
+        &self,
+        query: &EventQuery,
+        aggregation: Aggregation,
+        field: &str,
+    ) -> Result<AggregationResult> {
+        let s = self.state.lock();
+        let events = self.matching(&s, query)?;
+        let values = events
+            .iter()
+            .filter_map(|e| event_field(e, field))
+            .collect();
+        Ok(aggregate_values(aggregation, values, events.len() as u64))
+    }
+
+    fn subscribe(
+        &self,
+        tags: Vec<String>,
+        event_type: Option<String>,
+    ) -> BoxStream<'static, Result<Event>> {
+        let (tx, rx) = mpsc::unbounded();
+        self.state.lock().subscribers.push(Subscriber {
+            tags,
+            event_type,
+            tx,
+        });
+        rx.boxed()
+    }
+
+    fn capabilities(&self) -> EventCapabilities {
+        EventCapabilities {
+            aggregate: true,
+            percentiles: true,
+            subscribe: true,
+        }
+    }
+}
+
+#[async_trait]
+impl MetricsStore for InMemoryMetrics {
+    async fn record(&self, records: Vec<RequestRecord>) -> Result<()> {
+        let cutoff = (self.clock)() - self.retention.as_millis() as i64;
+        let mut s = self.state.lock();
+        s.requests
+            .extend(records.into_iter().filter(|r| r.timestamp_ms > cutoff));
+        while s.requests.front().is_some_and(|r| r.timestamp_ms <= cutoff) {
+            s.requests.pop_front();
+        }
+        Ok(())
+    }
+
+    async fn request_metrics(&self, frontend: &str, window: Duration) -> Result<RequestMetrics> {
+        let now = (self.clock)();
+        let from = now - window.as_millis() as i64;
+        let s = self.state.lock();
+        let in_window = s
+            .requests
+            .iter()
+            .filter(|r| r.frontend == frontend && r.timestamp_ms > from && r.timestamp_ms <= now);
+        Ok(RequestMetrics::compute(window, in_window))
+    }
+}
