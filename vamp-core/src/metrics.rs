@@ -89,10 +89,11 @@ pub fn expand_tags(tags: &[String]) -> Vec<String> {
         if !out.contains(t) {
             out.push(t.clone());
         }
-        if let Some((head, _)) = t.split_once(':') {
-            if !head.is_empty() && !out.iter().any(|x| x == head) {
-                out.push(head.to_owned());
-            }
+        if let Some((head, _)) = t.split_once(':')
+            && !head.is_empty()
+            && !out.iter().any(|x| x == head)
+        {
+            out.push(head.to_owned());
         }
     }
     out
