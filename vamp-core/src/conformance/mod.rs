@@ -4,5 +4,6 @@
 //! Behind the `conformance` feature. Not covered by semver.
 
 pub mod kv;
+pub mod metrics;
 pub mod persistence;
 pub mod scheduler;

@@ -213,3 +213,102 @@ impl MetricsStore for InMemoryMetrics {
         Ok(RequestMetrics::compute(window, in_window))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::metrics as suite;
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    #[tokio::test]
+    async fn in_memory_passes_the_suites() {
+        let store = InMemoryMetrics::with_clock(|| NOW);
+        suite::run_all_events(&store, "direct", NOW).await;
+        suite::request_metrics(&store, "direct", NOW).await;
+        let arc: Arc<DynEventStore> = Arc::new(InMemoryMetrics::with_clock(|| NOW));
+        suite::run_all_events(&arc, "arc", NOW).await;
+        let boxed: Box<DynMetricsStore> = Box::new(InMemoryMetrics::with_clock(|| NOW));
+        suite::request_metrics(&boxed, "box", NOW).await;
+        // On the system clock too.
+        let real = InMemoryMetrics::new();
+        suite::run_all_events(&real, "real", crate::time::now_millis()).await;
+    }
+
+    #[tokio::test]
+    async fn old_records_are_dropped_after_the_retention() {
+        let store = InMemoryMetrics::with_clock(|| NOW).with_retention(Duration::from_secs(60));
+        let r = |ago: i64| RequestRecord {
+            timestamp_ms: NOW - ago,
+            frontend: "f".into(),
+            backend: "b".into(),
+            server: None,
+            status: Some(200),
+            total_time_ms: 1,
+            bytes_read: 0,
+        };
+        store
+            .record(vec![r(120_000), r(30_000), r(1_000)])
+            .await
+            .unwrap();
+        assert_eq!(store.state.lock().requests.len(), 2);
+        assert_eq!(
+            store
+                .request_metrics("f", Duration::from_secs(3600))
+                .await
+                .unwrap()
+                .requests,
+            2
+        );
+    }
+
+    /// A store that ignores the type filter.
+    #[derive(Debug)]
+    struct IgnoresType(InMemoryMetrics);
+
+    impl fmt::Display for IgnoresType {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("IgnoresType")
+        }
+    }
+
+    #[async_trait]
+    impl EventStore for IgnoresType {
+        async fn publish(&self, event: Event) -> Result<Event> {
+            self.0.publish(event).await
+        }
+        async fn query(&self, query: &EventQuery, page: ListOptions) -> Result<Vec<Event>> {
+            let mut q = query.clone();
+            q.event_type = None;
+            self.0.query(&q, page).await
+        }
+        async fn aggregate(
+            &self,
+            query: &EventQuery,
+            aggregation: Aggregation,
+            field: &str,
+        ) -> Result<AggregationResult> {
+            self.0.aggregate(query, aggregation, field).await
+        }
+        fn subscribe(
+            &self,
+            tags: Vec<String>,
+            event_type: Option<String>,
+        ) -> BoxStream<'static, Result<Event>> {
+            self.0.subscribe(tags, event_type)
+        }
+        fn capabilities(&self) -> EventCapabilities {
+            self.0.capabilities()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_suite_catches_an_ignored_type_filter() {
+        use futures_util::FutureExt;
+        let broken = IgnoresType(InMemoryMetrics::with_clock(|| NOW));
+        let result = std::panic::AssertUnwindSafe(suite::publish_and_query(&broken, "broken", NOW))
+            .catch_unwind()
+            .await;
+        assert!(result.is_err());
+    }
+}
