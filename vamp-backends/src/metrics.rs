@@ -1,0 +1,114 @@
+//! Events and metrics store selection.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use vamp_core::Error;
+use vamp_core::memory::InMemoryMetrics;
+use vamp_core::metrics::{DynEventStore, DynMetricsStore};
+
+use crate::url::BackendUrl;
+use crate::{Secret, invalid};
+
+/// Elasticsearch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ElasticsearchConfig {
+    /// The address (default `http://127.0.0.1:9200`).
+    pub address: String,
+    /// The pulse index base name (default `vamp-pulse`).
+    pub index: String,
+    /// User name.
+    pub user: Option<String>,
+    /// Password.
+    pub password: Option<Secret>,
+}
+
+/// Which events and metrics store, with its settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum MetricsBackendConfig {
+    /// In memory, fed by the gateway agent from HAProxy's logs.
+    Memory,
+    /// Elasticsearch (feature `metrics-elasticsearch`).
+    Elasticsearch(ElasticsearchConfig),
+}
+
+/// The built stores: one object may serve both.
+#[derive(Clone, Debug)]
+pub struct MetricsBackends {
+    /// Events.
+    pub events: Arc<DynEventStore>,
+    /// Request metrics.
+    pub requests: Arc<DynMetricsStore>,
+}
+
+impl MetricsBackendConfig {
+    /// Parses a URL: `memory://`, `elasticsearch://[user:pass@]host:9200?index=vamp-pulse`
+    /// (also `es://`, `elasticsearch+https://`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for an unknown scheme or a malformed URL.
+    pub fn from_url(url: &str) -> Result<Self, Error> {
+        let u = BackendUrl::parse(url)?;
+        Ok(match u.scheme.as_str() {
+            "memory" | "mem" => Self::Memory,
+            "elasticsearch" | "es" | "elasticsearch+https" | "es+https" => {
+                let tls = if u.scheme.ends_with("+https") {
+                    "https"
+                } else {
+                    "http"
+                };
+                Self::Elasticsearch(ElasticsearchConfig {
+                    address: u.hosts_with_port(9200).first().map_or_else(
+                        || "http://127.0.0.1:9200".to_owned(),
+                        |h| format!("{tls}://{h}"),
+                    ),
+                    index: u
+                        .query
+                        .get("index")
+                        .cloned()
+                        .unwrap_or_else(|| "vamp-pulse".into()),
+                    user: u.user.clone(),
+                    password: u.password.clone().map(Secret),
+                })
+            }
+            other => {
+                return Err(invalid(
+                    "metrics",
+                    format!("unknown metrics scheme '{other}' (memory, elasticsearch)"),
+                ));
+            }
+        })
+    }
+
+    /// The backend's name.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Elasticsearch(_) => "elasticsearch",
+        }
+    }
+
+    /// Builds the stores.
+    ///
+    /// # Errors
+    /// [`Error::FeatureDisabled`] for a backend compiled out; connection errors.
+    pub async fn build(self) -> Result<MetricsBackends, Error> {
+        match self {
+            Self::Memory => {
+                let store = Arc::new(InMemoryMetrics::new());
+                Ok(MetricsBackends {
+                    events: Arc::clone(&store) as Arc<DynEventStore>,
+                    requests: store,
+                })
+            }
+            Self::Elasticsearch(_) => Err(Error::FeatureDisabled {
+                backend: "elasticsearch",
+                feature: "metrics-elasticsearch",
+            }),
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Persistence selection.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use vamp_core::Error;
+use vamp_core::memory::InMemoryPersistence;
+use vamp_core::persistence::DynPersistenceStore;
+
+use crate::url::BackendUrl;
+use crate::{Secret, invalid};
+
+/// A SQL database reached by URL (the password is kept out of `Debug`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct SqlConfig {
+    /// The connection URL (`postgres://user:pass@host:5432/db`).
+    pub url: Secret,
+    /// The table (default `artifacts`).
+    #[serde(default = "table")]
+    pub table: String,
+}
+
+fn table() -> String {
+    "artifacts".into()
+}
+
+/// SQLite.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct SqliteConfig {
+    /// The database file, or `:memory:`.
+    pub path: String,
+    /// The table (default `artifacts`).
+    #[serde(default = "table")]
+    pub table: String,
+}
+
+/// Which persistence store, with its settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum PersistenceBackendConfig {
+    /// In memory (lost on restart).
+    Memory,
+    /// PostgreSQL (feature `persistence-postgres`).
+    Postgres(SqlConfig),
+    /// MySQL or MariaDB (feature `persistence-mysql`).
+    Mysql(SqlConfig),
+    /// SQLite (feature `persistence-sqlite`).
+    Sqlite(SqliteConfig),
+    /// SQL Server (feature `persistence-mssql`).
+    Mssql(SqlConfig),
+}
+
+impl PersistenceBackendConfig {
+    /// Parses a URL: `memory://`, `postgres://…` / `postgresql://…`, `mysql://…` /
+    /// `mariadb://…`, `sqlite:///path/to/file.db` / `sqlite://:memory:`, `mssql://…` /
+    /// `sqlserver://…`. A `table=` query parameter sets the table.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for an unknown scheme or a malformed URL.
+    pub fn from_url(url: &str) -> Result<Self, Error> {
+        let u = BackendUrl::parse(url)?;
+        let table = u.query.get("table").cloned().unwrap_or_else(table);
+        let sql = |scheme: &str| {
+            let rest = url.split_once("://").map_or("", |(_, r)| r);
+            SqlConfig {
+                url: Secret(format!("{scheme}://{rest}")),
+                table: table.clone(),
+            }
+        };
+        Ok(match u.scheme.as_str() {
+            "memory" | "mem" | "in-memory" => Self::Memory,
+            "postgres" | "postgresql" => Self::Postgres(sql("postgres")),
+            "mysql" | "mariadb" => Self::Mysql(sql("mysql")),
+            "mssql" | "sqlserver" => Self::Mssql(sql("mssql")),
+            "sqlite" => {
+                let path = url
+                    .split_once("://")
+                    .map_or("", |(_, r)| r)
+                    .split('?')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                if path.is_empty() {
+                    return Err(invalid(
+                        "sqlite",
+                        "a path is required (sqlite:///path/to/file.db or sqlite://:memory:)",
+                    ));
+                }
+                Self::Sqlite(SqliteConfig { path, table })
+            }
+            other => {
+                return Err(invalid(
+                    "persistence",
+                    format!(
+                        "unknown persistence scheme '{other}' (memory, postgres, mysql, sqlite, mssql)"
+                    ),
+                ));
+            }
+        })
+    }
+
+    /// The backend's name.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Postgres(_) => "postgres",
+            Self::Mysql(_) => "mysql",
+            Self::Sqlite(_) => "sqlite",
+            Self::Mssql(_) => "mssql",
+        }
+    }
+
+    /// Builds the store.
+    ///
+    /// # Errors
+    /// [`Error::FeatureDisabled`] for a backend compiled out; connection errors.
+    pub async fn build(self) -> Result<Arc<DynPersistenceStore>, Error> {
+        match self {
+            Self::Memory => Ok(Arc::new(InMemoryPersistence::new())),
+            Self::Postgres(_) => Err(Error::FeatureDisabled {
+                backend: "postgres",
+                feature: "persistence-postgres",
+            }),
+            Self::Mysql(_) => Err(Error::FeatureDisabled {
+                backend: "mysql",
+                feature: "persistence-mysql",
+            }),
+            Self::Sqlite(_) => Err(Error::FeatureDisabled {
+                backend: "sqlite",
+                feature: "persistence-sqlite",
+            }),
+            Self::Mssql(_) => Err(Error::FeatureDisabled {
+                backend: "mssql",
+                feature: "persistence-mssql",
+            }),
+        }
+    }
+}

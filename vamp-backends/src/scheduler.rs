@@ -1,0 +1,133 @@
+//! Container scheduler selection.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use vamp_core::Error;
+use vamp_core::memory::InMemoryScheduler;
+use vamp_core::scheduler::DynContainerScheduler;
+
+use crate::url::BackendUrl;
+use crate::{Secret, invalid};
+
+/// An HTTP API endpoint (Kubernetes, Marathon, Docker over TCP).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ApiConfig {
+    /// The API's address; `None`: the backend's default (in-cluster, local socket).
+    pub address: Option<String>,
+    /// A namespace (Kubernetes) or group (Marathon).
+    pub namespace: Option<String>,
+    /// A bearer token.
+    pub token: Option<Secret>,
+}
+
+/// Local processes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct LocalConfig {
+    /// Working directory for the processes (default: a temporary directory).
+    pub workdir: Option<String>,
+}
+
+/// Which scheduler, with its settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum SchedulerBackendConfig {
+    /// Simulated in memory.
+    Memory,
+    /// Local processes (feature `scheduler-local`).
+    Local(LocalConfig),
+    /// Docker (feature `scheduler-docker`).
+    Docker(ApiConfig),
+    /// Kubernetes (feature `scheduler-kubernetes`).
+    Kubernetes(ApiConfig),
+    /// Marathon / DC/OS (feature `scheduler-marathon`).
+    Marathon(ApiConfig),
+}
+
+impl SchedulerBackendConfig {
+    /// Parses a URL: `memory://`, `local:///workdir`, `docker://` (local socket),
+    /// `docker:///path/to/docker.sock`, `docker://host:2375`, `kubernetes://` (in-cluster) or
+    /// `kubernetes://host:6443?namespace=vamp`, `marathon://host:8080?group=vamp`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for an unknown scheme or a malformed URL.
+    pub fn from_url(url: &str) -> Result<Self, Error> {
+        let u = BackendUrl::parse(url)?;
+        let api = |default_port: u16, https: bool| {
+            let address = u
+                .hosts_with_port(default_port)
+                .first()
+                .map(|h| format!("{}://{h}", if https { "https" } else { "http" }));
+            let address =
+                address.or_else(|| (!u.path.is_empty()).then(|| format!("unix://{}", u.path)));
+            ApiConfig {
+                address,
+                namespace: u
+                    .query
+                    .get("namespace")
+                    .or_else(|| u.query.get("group"))
+                    .cloned(),
+                token: u.query.get("token").cloned().map(Secret),
+            }
+        };
+        Ok(match u.scheme.as_str() {
+            "memory" | "mem" => Self::Memory,
+            "local" => Self::Local(LocalConfig {
+                workdir: (!u.path.is_empty()).then(|| u.path.clone()),
+            }),
+            "docker" => Self::Docker(api(2375, false)),
+            "kubernetes" | "k8s" => Self::Kubernetes(api(6443, true)),
+            "marathon" | "dcos" => Self::Marathon(api(8080, false)),
+            other => {
+                return Err(invalid(
+                    "scheduler",
+                    format!(
+                        "unknown scheduler scheme '{other}' (memory, local, docker, kubernetes, marathon)"
+                    ),
+                ));
+            }
+        })
+    }
+
+    /// The backend's name.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Local(_) => "local",
+            Self::Docker(_) => "docker",
+            Self::Kubernetes(_) => "kubernetes",
+            Self::Marathon(_) => "marathon",
+        }
+    }
+
+    /// Builds the scheduler.
+    ///
+    /// # Errors
+    /// [`Error::FeatureDisabled`] for a backend compiled out; connection errors.
+    pub async fn build(self) -> Result<Arc<DynContainerScheduler>, Error> {
+        match self {
+            Self::Memory => Ok(Arc::new(InMemoryScheduler::new())),
+            Self::Local(_) => Err(Error::FeatureDisabled {
+                backend: "local",
+                feature: "scheduler-local",
+            }),
+            Self::Docker(_) => Err(Error::FeatureDisabled {
+                backend: "docker",
+                feature: "scheduler-docker",
+            }),
+            Self::Kubernetes(_) => Err(Error::FeatureDisabled {
+                backend: "kubernetes",
+                feature: "scheduler-kubernetes",
+            }),
+            Self::Marathon(_) => Err(Error::FeatureDisabled {
+                backend: "marathon",
+                feature: "scheduler-marathon",
+            }),
+        }
+    }
+}
