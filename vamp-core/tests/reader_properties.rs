@@ -841,3 +841,25 @@ fn two_cluster_gateways_for_one_port_are_rejected() {
     );
     assert_eq!(err.path, "clusters/c/gateways");
 }
+
+#[test]
+fn a_route_listed_twice_is_one_route() {
+    // Found by the mutation property: `routes: [a, a]` gave two routes on one path.
+    let g = |text: &str| match vamp_core::dsl::read_str(text, Some(ArtifactKind::Gateway))
+        .unwrap()
+        .remove(0)
+    {
+        AnyArtifact::Gateway(g) => g,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        g("name: g\nport: 80\nroutes: [web, web]\n").routes,
+        vec![route("web", None)]
+    );
+    let twice =
+        g("name: g\nport: 80\nroutes: [{web: {weight: 10%}}, other, {web: {weight: 100%}}]\n");
+    assert_eq!(
+        twice.routes,
+        vec![route("web", Some(100)), route("other", None)]
+    );
+}

@@ -1,4 +1,22 @@
-//! Renders Vamp gateways to HAProxy configuration.
+//! # vamp-haproxy
 //!
-//! The generator is pure (sans-IO): artifact model in, configuration text out. It is being built
-//! on top of `vamp-core`'s gateway model.
+//! Renders Vamp gateways to HAProxy configuration: a pure library (gateways in, text out, no
+//! I/O), deterministic, injection-proof, and name-compatible with Vamp (lookup names, `o_` and
+//! `im_` prefixes, ACL names), targeting HAProxy 2.6+.
+//!
+//! * [`render`] / [`convert_in_order`]: gateways to the typed model [`HaProxyConfig`], which
+//!   renders with [`HaProxyConfig::render`].
+//! * [`acl`]: route conditions to ACLs, minimised correctly.
+//! * [`log`]: Vamp's JSON log lines back into request records.
+//!
+//! Deliberate differences from Vamp's output are listed in `COMPATIBILITY.md`.
+
+pub mod acl;
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod log;
+
+pub use config::HaProxyConfig;
+pub use convert::{RenderOptions, convert_in_order, render, with_defaults};
+pub use error::RenderError;

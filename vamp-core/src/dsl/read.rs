@@ -758,14 +758,18 @@ fn routes(m: &mut Map, path: &str, keys: RouteKeys) -> ReadResult<Vec<Route>> {
         None => return Ok(Vec::new()),
         Some(Node::Map(rm)) => rm.into_iter().collect(),
         Some(Node::Seq(items)) => {
-            let mut out = Vec::new();
+            // The list form becomes a map, as in Vamp: a path given twice is one route (the
+            // last definition wins, at the first position).
+            let mut out = Map::new();
             for item in items {
                 match item {
                     Node::Map(im) => out.extend(im),
-                    other => out.push((node_string(&other, &p)?, Node::Map(Map::new()))),
+                    other => {
+                        out.insert(node_string(&other, &p)?, Node::Map(Map::new()));
+                    }
                 }
             }
-            out
+            out.into_iter().collect()
         }
         Some(other) => vec![(node_string(&other, &p)?, Node::Map(Map::new()))],
     };
