@@ -48,7 +48,6 @@ pub fn haproxy_check(generated: &str) -> Option<Result<(), String>> {
     std::fs::write(&file, format!("{BASE_CONFIG}\n{generated}")).unwrap();
     let out = Command::new(bin)
         .arg("-c")
-        .arg("-q")
         .arg("-f")
         .arg(&file)
         .output()
