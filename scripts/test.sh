@@ -14,6 +14,21 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# Debian packages the integration tests need; installed when missing (as root).
+need_packages=()
+command -v haproxy >/dev/null 2>&1 || need_packages+=(haproxy)
+if ((${#need_packages[@]})); then
+  step "installing ${need_packages[*]}"
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_packages[@]}" >/dev/null
+  else
+    echo "missing: ${need_packages[*]} (install them with: sudo apt-get install ${need_packages[*]})" >&2
+  fi
+fi
+# In CI every integration test must run; a missing server fails it.
+export VAMP_TEST_INTEGRATION="${VAMP_TEST_INTEGRATION:-${CI:+1}}"
+
 step "cargo fmt --check"
 cargo fmt --all --check
 
