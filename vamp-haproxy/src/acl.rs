@@ -282,11 +282,112 @@ pub fn raw(value: &str, what: &'static str) -> Result<String, RenderError> {
     Ok(v.to_owned())
 }
 
+/// Splits on whitespace outside single and double quotes.
+fn words(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = None;
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for (i, c) in text.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match (quote, c) {
+            (Some('"'), '\\') => escaped = true,
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                start.get_or_insert(i);
+            }
+            (None, c) if c.is_whitespace() => {
+                if let Some(s) = start.take() {
+                    out.push(&text[s..i]);
+                }
+            }
+            (None, _) => {
+                start.get_or_insert(i);
+            }
+        }
+    }
+    if let Some(s) = start {
+        out.push(&text[s..]);
+    }
+    out
+}
+
+/// A raw ACL criterion (`<hdr_sub(user-agent) Android>`, or a condition that does not parse):
+/// it must start with a known HAProxy fetch ([`crate::fetches`]), use only the `-i`, `-n`,
+/// `-m <method>` and `--` flags (no `-f` or `-M` files), and pass [`raw`]'s line checks.
+pub fn raw_criterion(value: &str) -> Result<String, RenderError> {
+    let v = raw(value, "raw ACL")?;
+    let unsafe_raw = |reason: &'static str| RenderError::Unsafe {
+        what: "raw ACL",
+        value: value.to_owned(),
+        reason,
+    };
+    let ws = words(&v);
+    let first = ws.first().copied().unwrap_or_default();
+    let (fetch, args) = match first.find('(') {
+        Some(i) => (&first[..i], &first[i..]),
+        None => (first, ""),
+    };
+    if !crate::fetches::is_fetch(fetch) {
+        return Err(unsafe_raw(
+            "must start with an HAProxy 2.6 sample fetch (e.g. hdr_sub(user-agent), path_beg, req.hdr(host))",
+        ));
+    }
+    if !args.is_empty() && (!args.ends_with(')') || args[1..args.len() - 1].contains(['(', ')'])) {
+        return Err(unsafe_raw("the fetch's arguments must be one (...) group"));
+    }
+    let mut rest = ws[1..].iter();
+    while let Some(w) = rest.next() {
+        match *w {
+            "--" => break,
+            "-i" | "-n" => {}
+            "-m" => {
+                let method = rest.next().copied().unwrap_or_default();
+                if ![
+                    "found", "bool", "int", "ip", "bin", "len", "str", "sub", "reg", "beg", "end",
+                    "dir", "dom",
+                ]
+                .contains(&method)
+                {
+                    return Err(unsafe_raw(
+                        "-m needs a match method (found, bool, int, ip, bin, len, str, sub, reg, beg, end, dir, dom)",
+                    ));
+                }
+            }
+            w if w.starts_with('-')
+                && w.len() > 1
+                && !w[1..].starts_with(|c: char| c.is_ascii_digit()) =>
+            {
+                return Err(unsafe_raw("only the -i, -n, -m and -- flags are allowed"));
+            }
+            _ => break,
+        }
+    }
+    Ok(v)
+}
+
+/// A pattern, after `--` when it starts with `-` (HAProxy would read it as a flag).
+fn pattern(quoted: String, value: &str) -> String {
+    if value.starts_with('-') {
+        format!("-- {quoted}")
+    } else {
+        quoted
+    }
+}
+
 /// The ACL criterion of a test with a polarity; the bool says whether the criterion already
 /// includes the negation (Vamp's `req.cook_cnt(x) eq 0` for a missing cookie).
 fn criterion(test: &ConditionOperand, positive: bool) -> Result<(String, bool), RenderError> {
     Ok(match (test, positive) {
-        (ConditionOperand::Host(v), _) => (format!("req.hdr(host) {}", quote(v, "host")?), false),
+        (ConditionOperand::Host(v), _) => (
+            format!("req.hdr(host) {}", pattern(quote(v, "host")?, v)),
+            false,
+        ),
         (ConditionOperand::Cookie(v), true) => (
             format!("req.cook({}) -m found", name(v, "cookie name")?),
             false,
@@ -306,7 +407,7 @@ fn criterion(test: &ConditionOperand, positive: bool) -> Result<(String, bool), 
         (ConditionOperand::UserAgent(v), _) => (
             format!(
                 "req.fhdr(User-Agent) -m sub {}",
-                quote_sub(v, "user agent")?
+                pattern(quote_sub(v, "user agent")?, v)
             ),
             false,
         ),
@@ -315,7 +416,7 @@ fn criterion(test: &ConditionOperand, positive: bool) -> Result<(String, bool), 
             format!(
                 "req.cook({}) -m sub {}",
                 name(n, "cookie name")?,
-                quote(v, "cookie value")?
+                pattern(quote(v, "cookie value")?, v)
             ),
             false,
         ),
@@ -323,11 +424,11 @@ fn criterion(test: &ConditionOperand, positive: bool) -> Result<(String, bool), 
             format!(
                 "req.fhdr({}) -m sub {}",
                 name(n, "header name")?,
-                quote_sub(v, "header value")?
+                pattern(quote_sub(v, "header value")?, v)
             ),
             false,
         ),
-        (ConditionOperand::Value(v), _) => (raw(v, "raw ACL")?, false),
+        (ConditionOperand::Value(v), _) => (raw_criterion(v)?, false),
     })
 }
 

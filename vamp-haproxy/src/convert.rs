@@ -120,7 +120,7 @@ fn unsafe_value(what: &'static str, value: &str, reason: &'static str) -> Render
 fn address(host: &str, port: i64, what: &'static str) -> Result<String, RenderError> {
     static HOST: OnceLock<Regex> = OnceLock::new();
     let re = HOST.get_or_init(|| {
-        Regex::new(r"^(?:[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?|\[[0-9A-Fa-f:.]+\])$")
+        Regex::new(r"^(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?)*|\[[0-9A-Fa-f:.]+\])$")
             .expect("static regex")
     });
     if !re.is_match(host) {

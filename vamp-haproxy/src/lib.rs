@@ -15,6 +15,7 @@ pub mod acl;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod fetches;
 pub mod log;
 
 pub use config::HaProxyConfig;

@@ -248,8 +248,18 @@ fn convert_conditions_spec() {
 // minimal equivalent form.
 #[test]
 fn pinned_behaviours() {
-    let (a, b, c) = ("256eb642c2d55aef", "42291fc5d02ecb68", "2e0ead0d4848bcb6");
-    let cond = |s: &str| resolve(s).unwrap().and_then(|x| x.condition);
+    // Vamp's examples use `<a>`, `<b>`, `<c>`; raw criteria must be real HAProxy here.
+    let (a, b, c) = (
+        Acl::new("path_beg /a").name,
+        Acl::new("path_beg /b").name,
+        Acl::new("path_beg /c").name,
+    );
+    let raw = |s: &str| {
+        s.replace("<a>", "<path_beg /a>")
+            .replace("<b>", "<path_beg /b>")
+            .replace("<c>", "<path_beg /c>")
+    };
+    let cond = |s: &str| resolve(&raw(s)).unwrap().and_then(|x| x.condition);
     assert_eq!(
         cond("<a> or <b> or <c>").unwrap(),
         format!("{a} or {b} or {c}"),
@@ -268,7 +278,7 @@ fn pinned_behaviours() {
     assert_eq!(cond("<a> & !<b>").unwrap(), format!("{a} !{b}"));
     for always in ["<a> or not <a>", "has cookie x or misses cookie x"] {
         assert_eq!(
-            resolve(always).unwrap(),
+            resolve(&raw(always)).unwrap(),
             Some(Acls {
                 acls: vec![],
                 condition: None
@@ -276,10 +286,12 @@ fn pinned_behaviours() {
             "{always}"
         );
     }
-    assert_eq!(resolve("<a> and not <a>").unwrap(), None);
+    assert_eq!(resolve(&raw("<a> and not <a>")).unwrap(), None);
+    // Vamp passed any text through as an ACL; it must start with an HAProxy fetch here.
+    assert!(resolve("foo bar").is_err());
     assert_eq!(
-        resolve("foo bar").unwrap().unwrap().acls,
-        vec![Acl::new("foo bar")]
+        resolve("path_beg /api").unwrap().unwrap().acls,
+        vec![Acl::new("path_beg /api")]
     );
     assert_eq!(
         resolve("user-agent = IE").unwrap().unwrap().acls[0].definition,
@@ -333,6 +345,15 @@ fn values_that_would_break_a_line_are_quoted_or_refused() {
         "a cookie name that is not a token"
     );
     assert!(resolve("raw with \"unbalanced").is_err());
+    assert!(
+        resolve("<hdr(x) -f /etc/passwd>").is_err(),
+        "no pattern files from conditions"
+    );
+    assert_eq!(
+        resolve("host = -x").unwrap().unwrap().acls[0].definition,
+        "req.hdr(host) -- -x",
+        "a pattern is not a flag"
+    );
     let too_many: Vec<String> = (0..13).map(|i| format!("has header h{i}")).collect();
     assert!(
         resolve(&too_many.join(" or ")).is_err(),
@@ -344,7 +365,7 @@ fn values_that_would_break_a_line_are_quoted_or_refused() {
 
 fn operand() -> impl Strategy<Value = String> {
     prop_oneof![
-        (0..4u8).prop_map(|i| format!("<test{i}>")),
+        (0..4u8).prop_map(|i| format!("<path_beg /test{i}>")),
         (0..3u8).prop_map(|i| format!("has header h{i}")),
         (0..3u8).prop_map(|i| format!("misses cookie c{i}")),
         (0..3u8).prop_map(|i| format!("host = host{i}.example")),
