@@ -3,7 +3,12 @@
 //! ```text
 //! vamp validate [--kind KIND] [--output text|json] FILE...
 //! vamp convert --to yaml|json [--kind KIND] FILE
+//! vamp render haproxy [--check] [--socket-dir DIR] FILE...
 //! ```
+//!
+//! `render haproxy` reads gateways and deployments (documents need `kind:`), resolves their
+//! route targets as Vamp's synchroniser did, and prints the HAProxy configuration; `--check`
+//! also runs `haproxy -c` on it (with [`vamp_haproxy::BASE_CONFIG`]) and reports the verdict.
 //!
 //! `validate` checks every document of every file; with `--output json` it prints one JSON
 //! object per document. `convert` prints the canonical form of every document (YAML documents
@@ -15,9 +20,11 @@ use std::process::ExitCode;
 
 use serde_json::json;
 use vamp_core::dsl::{AnyArtifact, document_kind, load_documents, read_node, to_node, to_yaml};
+
+type Artifact = AnyArtifact;
 use vamp_core::model::ArtifactKind;
 
-const USAGE: &str = "usage: vamp validate [--kind KIND] [--output text|json] FILE...\n       vamp convert --to yaml|json [--kind KIND] FILE";
+const USAGE: &str = "usage: vamp validate [--kind KIND] [--output text|json] FILE...\n       vamp convert --to yaml|json [--kind KIND] FILE\n       vamp render haproxy [--check] [--socket-dir DIR] FILE...";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Output {
@@ -40,6 +47,7 @@ fn run(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     match args.first().map(String::as_str) {
         Some("validate") => validate(&args[1..], out, err),
         Some("convert") => convert(&args[1..], out, err),
+        Some("render") => render(&args[1..], out, err),
         Some("-h" | "--help" | "help") => {
             let _ = writeln!(out, "{USAGE}");
             0
@@ -212,6 +220,118 @@ fn convert(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     0
 }
 
+fn render(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    use vamp_core::model::Gateway;
+    if args.first().map(String::as_str) != Some("haproxy") {
+        return usage(err, "render takes 'haproxy'");
+    }
+    let mut check = false;
+    let mut opts = vamp_haproxy::RenderOptions::default();
+    let mut files = Vec::new();
+    let mut it = args[1..].iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--check" => check = true,
+            "--socket-dir" => match it.next() {
+                Some(d) => opts = opts.with_socket_dir(d.clone()),
+                None => return usage(err, "--socket-dir needs a directory"),
+            },
+            s if s.starts_with("--") => return usage(err, &format!("unknown option '{s}'")),
+            f => files.push(f.to_owned()),
+        }
+    }
+    if files.is_empty() {
+        return usage(err, "no files given");
+    }
+    let mut gateways: Vec<Gateway> = Vec::new();
+    let mut deployments = Vec::new();
+    for file in &files {
+        let text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = writeln!(err, "vamp: cannot read {file}: {e}");
+                return 2;
+            }
+        };
+        let docs = match load_documents(&text) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = writeln!(err, "{file}#1: {}: {e}", e.code());
+                return 1;
+            }
+        };
+        for (i, doc) in docs.into_iter().enumerate() {
+            let kind = document_kind(&doc).or(Some(ArtifactKind::Gateway));
+            match read_node(doc, kind) {
+                Ok(Artifact::Gateway(g)) => gateways.push(g),
+                Ok(Artifact::Deployment(d)) => {
+                    gateways.extend(vamp_haproxy::targets::deployment_gateways(&d));
+                    deployments.push(d);
+                }
+                Ok(other) => {
+                    let _ = writeln!(
+                        err,
+                        "{file}#{}: {} '{}' is not a gateway or a deployment",
+                        i + 1,
+                        other.kind(),
+                        other.name()
+                    );
+                    return 1;
+                }
+                Err(e) => {
+                    let _ = writeln!(err, "{file}#{}: {}: {e}", i + 1, e.code());
+                    return 1;
+                }
+            }
+        }
+    }
+    vamp_haproxy::targets::resolve_targets(&mut gateways, &deployments);
+    let config = match vamp_haproxy::render(&gateways, &opts) {
+        Ok(c) => c.render(),
+        Err(e) => {
+            let _ = writeln!(err, "vamp: {e}");
+            return 1;
+        }
+    };
+    let _ = write!(out, "{config}");
+    if check {
+        let path = std::env::temp_dir().join(format!("vamp-render-{}.cfg", std::process::id()));
+        if let Err(e) = std::fs::write(&path, format!("{}\n{config}", vamp_haproxy::BASE_CONFIG)) {
+            let _ = writeln!(err, "vamp: cannot write {}: {e}", path.display());
+            return 2;
+        }
+        let bin = std::env::var("VAMP_HAPROXY_BIN").unwrap_or_else(|_| "haproxy".into());
+        let result = std::process::Command::new(&bin)
+            .arg("-c")
+            .arg("-f")
+            .arg(&path)
+            .output();
+        let _ = std::fs::remove_file(&path);
+        match result {
+            Err(e) => {
+                let _ = writeln!(
+                    err,
+                    "vamp: cannot run {bin}: {e} (install HAProxy 2.6+, e.g. apt-get install haproxy)"
+                );
+                return 2;
+            }
+            Ok(o) if o.status.success() => {
+                let _ = writeln!(err, "haproxy -c: configuration is valid");
+            }
+            Ok(o) => {
+                let _ = writeln!(
+                    err,
+                    "haproxy -c: configuration is INVALID\n{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                return 1;
+            }
+        }
+    }
+    0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,6 +414,41 @@ mod tests {
             ),
             (json!(2), json!("UnexpectedTypeError"))
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn render_haproxy_from_gateways_and_deployments() {
+        let dir = std::env::temp_dir().join(format!("vamp-cli-render-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("gateways.yml");
+        std::fs::write(&file, "kind: gateways\nname: sava\nport: 9050\nroutes:\n  '[127.0.0.1:8080]': {weight: 90%}\n  '[127.0.0.1:8081]': {weight: 10%, condition: has header X-Canary}\n").unwrap();
+        let (code, out, errs) = vamp(&["render", "haproxy", file.to_str().unwrap()]);
+        assert_eq!(code, 0, "{errs}");
+        assert!(out.contains("bind 0.0.0.0:9050"), "{out}");
+        assert!(
+            out.contains("127.0.0.1:8080") && out.contains("weight 90 check"),
+            "{out}"
+        );
+        assert!(out.contains("req.hdr_cnt(X-Canary) gt 0"), "{out}");
+        if std::process::Command::new("haproxy")
+            .arg("-v")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            let (code, _, errs) = vamp(&["render", "haproxy", "--check", file.to_str().unwrap()]);
+            assert_eq!(code, 0, "{errs}");
+            assert!(errs.contains("configuration is valid"), "{errs}");
+        }
+        std::fs::write(
+            &file,
+            "kind: gateways\nname: bad\nport: 9050\nroutes: {a: {weight: 100%, balance: custom}}\n",
+        )
+        .unwrap();
+        let (code, _, errs) = vamp(&["render", "haproxy", file.to_str().unwrap()]);
+        assert_eq!(code, 1);
+        assert!(errs.contains("unsupported balance 'custom'"), "{errs}");
+        assert_eq!(vamp(&["render", "nginx", file.to_str().unwrap()]).0, 2);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

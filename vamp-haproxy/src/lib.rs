@@ -17,7 +17,8 @@ pub mod convert;
 pub mod error;
 pub mod fetches;
 pub mod log;
+pub mod targets;
 
-pub use config::HaProxyConfig;
+pub use config::{BASE_CONFIG, HaProxyConfig};
 pub use convert::{RenderOptions, convert_in_order, render, with_defaults};
 pub use error::RenderError;

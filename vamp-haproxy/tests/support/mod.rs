@@ -8,8 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use vamp_core::dsl::{AnyArtifact, read_str};
 use vamp_core::model::{ArtifactKind, Gateway, Route, RouteTarget};
 
-/// The agent-side part of a configuration: `global` and `defaults` for HAProxy 2.6.
-pub const BASE_CONFIG: &str = "global\n  maxconn 4096\n\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  default-server init-addr last,libc,none\n";
+pub use vamp_haproxy::BASE_CONFIG;
 
 /// Whether integration tests must run (a missing server is a failure).
 pub fn integration_required() -> bool {
