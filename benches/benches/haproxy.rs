@@ -1,0 +1,101 @@
+//! Rendering gateways to HAProxy configuration, next to the time `haproxy -c` takes to check
+//! the same output (same machine, same run).
+//!
+//! `cargo bench -p vamp-benches --bench haproxy`
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use vamp_core::model::*;
+use vamp_core::units::Percentage;
+use vamp_haproxy::{BASE_CONFIG, RenderOptions, render};
+
+/// `n` gateways with 4 routes each (weights 70/10/10/10), one conditional route and one
+/// target per route.
+fn gateways(n: usize) -> Vec<Gateway> {
+    (0..n)
+        .map(|i| {
+            let mut g = Gateway::new(Port::new("", Some((10_000 + i).to_string())).expect("port"));
+            g.name = format!("bench/{i}/web");
+            g.routes = (0..4)
+                .map(|r| {
+                    let mut d = DefaultRoute::new(format!("bench/{i}/svc{r}:1.0.0/web"));
+                    d.weight = Some(Percentage(if r == 0 { 70 } else { 10 }));
+                    if r == 1 {
+                        d.condition = Some(Ref::Inline(DefaultCondition {
+                            name: String::new(),
+                            metadata: Default::default(),
+                            definition: "user-agent = Chrome and has cookie beta".into(),
+                        }));
+                        d.condition_strength = Some(Percentage(50));
+                    }
+                    d.targets = vec![RouteTarget::Internal {
+                        name: format!("i{i}-{r}"),
+                        host: Some("127.0.0.1".into()),
+                        port: 30_000 + r,
+                    }];
+                    Route::Default(d)
+                })
+                .collect();
+            g
+        })
+        .collect()
+}
+
+fn haproxy_check_time(config: &str) -> Option<(Duration, bool, String)> {
+    let path = std::env::temp_dir().join(format!("vamp-bench-{}.cfg", std::process::id()));
+    std::fs::write(&path, format!("{BASE_CONFIG}\n{config}")).ok()?;
+    let start = Instant::now();
+    let out = std::process::Command::new("haproxy")
+        .arg("-c")
+        .arg("-f")
+        .arg(&path)
+        .output()
+        .ok()?;
+    let elapsed = start.elapsed();
+    let _ = std::fs::remove_file(&path);
+    let message = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| l.contains("ALERT"))
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" | ");
+    Some((elapsed, out.status.success(), message))
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    let sizes = [1_000usize, 10_000];
+    let opts = RenderOptions::default();
+    {
+        let mut g = c.benchmark_group("haproxy_render");
+        g.sample_size(10);
+        for &n in &sizes {
+            let input = gateways(n);
+            g.throughput(Throughput::Elements(n as u64));
+            g.bench_with_input(BenchmarkId::new("gateways", n), &input, |b, input| {
+                b.iter(|| render(black_box(input), &opts).expect("render").render())
+            });
+        }
+        g.finish();
+    }
+    c.final_summary();
+    for &n in &sizes {
+        let config = render(&gateways(n), &opts).expect("render").render();
+        match haproxy_check_time(&config) {
+            Some((t, ok, msg)) => println!(
+                "haproxy -c on {n} gateways ({} KiB): {:.3} s, {}{}",
+                config.len() / 1024,
+                t.as_secs_f64(),
+                if ok { "valid" } else { "REJECTED" },
+                if msg.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({msg})")
+                }
+            ),
+            None => println!("haproxy -c on {n} gateways: HAProxy not installed"),
+        }
+    }
+}
