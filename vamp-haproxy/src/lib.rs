@@ -22,3 +22,8 @@ pub mod targets;
 pub use config::{BASE_CONFIG, HaProxyConfig};
 pub use convert::{RenderOptions, convert_in_order, render, with_defaults};
 pub use error::RenderError;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
