@@ -1371,3 +1371,74 @@ pub struct EventQuery {
     /// Aggregation.
     pub aggregator: Option<Aggregator>,
 }
+
+#[cfg(test)]
+mod time_schedule_spec {
+    //! reader-fixtures.md A.7 TimeScheduleSpec, through the workflow reader.
+    use super::*;
+    use crate::dsl::{AnyArtifact, read_str};
+
+    fn period(p: &str) -> RepeatPeriod {
+        let doc = format!("name: w\nbreed: b\nschedule:\n  time: {{period: '{p}'}}\n");
+        match read_str(&doc, Some(ArtifactKind::Workflow))
+            .unwrap()
+            .remove(0)
+        {
+            AnyArtifact::Workflow(Workflow {
+                schedule:
+                    Schedule::Time {
+                        period,
+                        repeat: Repeat::Forever,
+                        start: None,
+                    },
+                ..
+            }) => period,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn spec() {
+        assert_eq!(
+            period(""),
+            RepeatPeriod {
+                period: None,
+                duration: None
+            }
+        );
+        assert_eq!(period(""), RepeatPeriod::default());
+        assert_eq!(
+            RepeatPeriod::default().to_string(),
+            "PT1S",
+            "Vamp formats the empty period as PT1S"
+        );
+        assert_eq!(
+            period("P1Y2M3D"),
+            RepeatPeriod {
+                period: Some((1, 2, 3)),
+                duration: None
+            }
+        );
+        assert_eq!(
+            period("PT1H2M3S"),
+            RepeatPeriod {
+                period: None,
+                duration: Some(3723)
+            }
+        );
+        assert_eq!(
+            period("P1Y2M3DT1H2M3S"),
+            RepeatPeriod {
+                period: Some((1, 2, 3)),
+                duration: Some(3723)
+            }
+        );
+        assert_eq!(period("P1Y2M3DT1H2M3S").to_string(), "P1Y2M3DT1H2M3S");
+        let bad = read_str(
+            "name: w\nbreed: b\nschedule: {time: {period: 1Y}}\n",
+            Some(ArtifactKind::Workflow),
+        )
+        .unwrap_err();
+        assert_eq!(bad.code(), "IllegalWorkflowSchedulePeriod");
+    }
+}

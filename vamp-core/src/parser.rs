@@ -753,3 +753,83 @@ mod tests {
         assert!(parse_selector(&nots).is_err());
     }
 }
+
+#[cfg(test)]
+mod boolean_parser_spec {
+    //! reader-fixtures.md A.2 BooleanParserSpec: the plain boolean grammar with word operands.
+    use super::*;
+
+    fn word(c: &mut Cursor<'_>) -> Option<String> {
+        let save = *c;
+        let w = c.take_while(|ch| ch.is_ascii_alphabetic());
+        let lower = w.to_ascii_lowercase();
+        if w.is_empty() || ["and", "or", "not", "true", "false", "t", "f"].contains(&lower.as_str())
+        {
+            *c = save;
+            return None;
+        }
+        Some(w.to_owned())
+    }
+
+    fn parse(s: &str) -> BoolExpr<String> {
+        parse_bool(
+            s,
+            BoolSyntax {
+                constants: true,
+                lower_case_not: false,
+            },
+            &mut word,
+        )
+        .unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    fn v(s: &str) -> BoolExpr<String> {
+        BoolExpr::Value(s.into())
+    }
+    fn and(a: BoolExpr<String>, b: BoolExpr<String>) -> BoolExpr<String> {
+        BoolExpr::And(Box::new(a), Box::new(b))
+    }
+    fn or(a: BoolExpr<String>, b: BoolExpr<String>) -> BoolExpr<String> {
+        BoolExpr::Or(Box::new(a), Box::new(b))
+    }
+    fn not(a: BoolExpr<String>) -> BoolExpr<String> {
+        BoolExpr::Not(Box::new(a))
+    }
+
+    #[test]
+    fn spec() {
+        for s in ["a", " a", "a ", " a ", "((a))"] {
+            assert_eq!(parse(s), v("a"), "{s}");
+        }
+        for s in ["TRUE", "t ", " 1 ", "((1))"] {
+            assert_eq!(parse(s), BoolExpr::True, "{s}");
+        }
+        for s in ["False", " F", " 0 ", "(false)"] {
+            assert_eq!(parse(s), BoolExpr::False, "{s}");
+        }
+        for s in ["not a", "! a", " not a "] {
+            assert_eq!(parse(s), not(v("a")), "{s}");
+        }
+        for s in ["a and b", "a && b", "a & b", " a & b "] {
+            assert_eq!(parse(s), and(v("a"), v("b")), "{s}");
+        }
+        assert_eq!(parse("a AND b And c"), and(and(v("a"), v("b")), v("c")));
+        assert_eq!(parse("true and true"), and(BoolExpr::True, BoolExpr::True));
+        assert_eq!(parse("1 and 0"), and(BoolExpr::True, BoolExpr::False));
+        assert_eq!(parse("F && F"), and(BoolExpr::False, BoolExpr::False));
+        assert_eq!(parse("a and true"), and(v("a"), BoolExpr::True));
+        assert_eq!(parse("a & false"), and(v("a"), BoolExpr::False));
+        for s in ["a or b", "a || b", "a | b", " a or  b "] {
+            assert_eq!(parse(s), or(v("a"), v("b")), "{s}");
+        }
+        assert_eq!(parse("a Or b | c"), or(or(v("a"), v("b")), v("c")));
+        assert_eq!(parse("(a and b) and c"), and(and(v("a"), v("b")), v("c")));
+        assert_eq!(parse("a and (b and c)"), and(v("a"), and(v("b"), v("c"))));
+        assert_eq!(parse("a and b or c"), or(and(v("a"), v("b")), v("c")));
+        assert_eq!(parse("a or b and c"), or(v("a"), and(v("b"), v("c"))));
+        assert_eq!(
+            parse("!(a and b) and c"),
+            and(not(and(v("a"), v("b"))), v("c"))
+        );
+    }
+}

@@ -437,3 +437,34 @@ proptest! {
         }
     }
 }
+
+// reader-fixtures.md A.3 BooleanFlatterSpec `flatten`, with raw criteria for a, b, c: the
+// minimal forms (Vamp's equalities are commutative).
+#[test]
+fn boolean_flatter_spec() {
+    let word = regex::Regex::new(r"\b([abc])\b").unwrap();
+    let raw = |s: &str| word.replace_all(s, "<path_beg /$1>").into_owned();
+    let (a, b, c) = (
+        Acl::new("path_beg /a").name,
+        Acl::new("path_beg /b").name,
+        Acl::new("path_beg /c").name,
+    );
+    let flat = |s: &str| match minimise(&raw(s)).unwrap().1 {
+        Dnf::True => "true".to_owned(),
+        Dnf::False => "false".to_owned(),
+        Dnf::Terms(_) => resolve(&raw(s)).unwrap().unwrap().condition.unwrap(),
+    };
+    let cases = [
+        ("a or a", a.clone()),
+        ("a or !a", "true".into()),
+        ("a and a", a.clone()),
+        ("a and !a", "false".into()),
+        ("a or b", format!("{a} or {b}")),
+        ("a or !b", format!("!{b} or {a}")),
+        ("(a or b) and c", format!("{a} {c} or {b} {c}")),
+        ("(a or !b) and c", format!("!{b} {c} or {a} {c}")),
+    ];
+    for (input, expected) in cases {
+        assert_eq!(flat(input), expected, "{input}");
+    }
+}

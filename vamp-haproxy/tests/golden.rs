@@ -402,3 +402,110 @@ fn haproxy_check_rejects_vamp_invalid_output() {
         assert!(err.contains("balance only supports"), "{err}");
     }
 }
+
+/// The same gateways in any order give byte-identical text.
+#[test]
+fn rendering_is_independent_of_gateway_order() {
+    let mut gateways = vec![
+        sava("33001", Some("route")),
+        port_gateway("9050/http", 33002),
+    ];
+    gateways.extend(deployments(Some(("first", "source"))));
+    let expected = vamp_haproxy::render(&gateways, &RenderOptions::default())
+        .unwrap()
+        .render();
+    for rotation in 1..gateways.len() {
+        gateways.rotate_left(1);
+        assert_eq!(
+            vamp_haproxy::render(&gateways, &RenderOptions::default())
+                .unwrap()
+                .render(),
+            expected,
+            "rotation {rotation}"
+        );
+    }
+    gateways.reverse();
+    assert_eq!(
+        vamp_haproxy::render(&gateways, &RenderOptions::default())
+            .unwrap()
+            .render(),
+        expected
+    );
+}
+
+/// Vamp's weight filling (GatewayActor.process): weightless routes share what is left and
+/// move first; condition strength defaults to 100% with a condition, else 0%.
+#[test]
+fn missing_weights_are_filled_like_vamp() {
+    use vamp_core::model::Route;
+    let weights = |g: &Gateway| -> Vec<(String, u8, u8)> {
+        vamp_haproxy::with_defaults(g)
+            .unwrap()
+            .routes
+            .iter()
+            .map(|r| match r {
+                Route::Default(d) => (
+                    d.path.source.clone(),
+                    d.weight.unwrap().0,
+                    d.condition_strength.unwrap().0,
+                ),
+                Route::Reference { .. } => unreachable!(),
+            })
+            .collect()
+    };
+    let three = gateway("name: g\nport: 80\nroutes: {a: {}, b: {}, c: {}}\n");
+    assert_eq!(
+        weights(&three),
+        [
+            ("a".into(), 33, 0),
+            ("b".into(), 33, 0),
+            ("c".into(), 34, 0)
+        ]
+    );
+    let new_service = gateway(
+        "name: g\nport: 80\nroutes: {old: {weight: 100%}, new: {condition: has header x}}\n",
+    );
+    assert_eq!(
+        weights(&new_service),
+        [("new".into(), 0, 100), ("old".into(), 100, 0)],
+        "a new route starts at 0%, first"
+    );
+    // The reader rejects a partial total; operations build such gateways (a new service).
+    let mut partial = three.clone();
+    if let Route::Default(d) = &mut partial.routes[0] {
+        d.weight = Some(vamp_core::units::Percentage(50));
+    }
+    assert_eq!(
+        weights(&partial),
+        [
+            ("b".into(), 25, 0),
+            ("c".into(), 25, 0),
+            ("a".into(), 50, 0)
+        ]
+    );
+    assert_eq!(
+        weights(&partial),
+        [
+            ("b".into(), 25, 0),
+            ("c".into(), 25, 0),
+            ("a".into(), 50, 0)
+        ]
+    );
+    let zero = gateway("name: g\nport: 80\nroutes: {a: {weight: 0%}, b: {weight: 0%}}\n");
+    assert_eq!(
+        weights(&zero),
+        [("a".into(), 0, 0), ("b".into(), 0, 0)],
+        "0% everywhere is allowed"
+    );
+    let mut bad = three.clone();
+    if let Route::Default(d) = &mut bad.routes[0] {
+        d.weight = Some(vamp_core::units::Percentage(60));
+    }
+    if let Route::Default(d) = &mut bad.routes[1] {
+        d.weight = Some(vamp_core::units::Percentage(60));
+    }
+    assert!(matches!(
+        vamp_haproxy::with_defaults(&bad),
+        Err(RenderError::InvalidWeights { total: 120, .. })
+    ));
+}
