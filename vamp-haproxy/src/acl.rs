@@ -246,6 +246,49 @@ fn name(value: &str, what: &'static str) -> Result<String, RenderError> {
     }
 }
 
+/// Checks raw text with HAProxy's line lexer rules: single quotes are literal, double quotes
+/// allow backslash escapes and would expand `$NAME` (refused: raw text must not read the
+/// environment), `\\xHH` needs two hex digits, and quotes must close.
+fn lex(v: &str) -> Result<(), &'static str> {
+    #[derive(PartialEq)]
+    enum State {
+        Plain,
+        Single,
+        Double,
+    }
+    let mut state = State::Plain;
+    let mut chars = v.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (&state, c) {
+            (State::Single, '\'') => state = State::Plain,
+            (State::Single, _) => {}
+            (_, '\\') => match chars.next() {
+                None => return Err("a trailing backslash"),
+                Some('x') => {
+                    let hex = (chars.next(), chars.next());
+                    if !matches!(hex, (Some(a), Some(b)) if a.is_ascii_hexdigit() && b.is_ascii_hexdigit())
+                    {
+                        return Err("\\x must be followed by two hex digits");
+                    }
+                }
+                Some(_) => {}
+            },
+            (State::Plain, '\'') => state = State::Single,
+            (State::Plain, '"') => state = State::Double,
+            (State::Double, '"') => state = State::Plain,
+            (State::Double, '$') => {
+                return Err("'$' inside double quotes would read an environment variable");
+            }
+            _ => {}
+        }
+    }
+    if state == State::Plain {
+        Ok(())
+    } else {
+        Err("an unclosed quote")
+    }
+}
+
 /// A raw HAProxy criterion (`<...>` in a condition, or a condition that does not parse):
 /// passed through, but it must stay on its line and hold no comment.
 pub fn raw(value: &str, what: &'static str) -> Result<String, RenderError> {
@@ -271,14 +314,11 @@ pub fn raw(value: &str, what: &'static str) -> Result<String, RenderError> {
             reason: "'#' would start a comment",
         });
     }
-    let (single, double) = (v.matches('\'').count(), v.matches('"').count());
-    if single % 2 == 1 || double % 2 == 1 || v.ends_with('\\') {
-        return Err(RenderError::Unsafe {
-            what,
-            value: value.to_owned(),
-            reason: "unbalanced quotes or a trailing backslash",
-        });
-    }
+    lex(v).map_err(|reason| RenderError::Unsafe {
+        what,
+        value: value.to_owned(),
+        reason,
+    })?;
     Ok(v.to_owned())
 }
 
@@ -371,9 +411,15 @@ pub fn raw_criterion(value: &str) -> Result<String, RenderError> {
     Ok(v)
 }
 
-/// A pattern, after `--` when it starts with `-` (HAProxy would read it as a flag).
+/// A pattern, after `--` when HAProxy would otherwise misread it: a leading `-` is a flag, and
+/// a first word that names a converter is taken as a converter ([`crate::fetches::CONVERTERS`]).
 fn pattern(quoted: String, value: &str) -> String {
-    if value.starts_with('-') {
+    let lead: String = value
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect::<String>()
+        .to_ascii_lowercase();
+    if value.starts_with('-') || crate::fetches::is_converter(&lead) {
         format!("-- {quoted}")
     } else {
         quoted

@@ -354,6 +354,20 @@ fn values_that_would_break_a_line_are_quoted_or_refused() {
         "req.hdr(host) -- -x",
         "a pattern is not a flag"
     );
+    // Found by the hostile-string test: HAProxy reads a first word naming a converter as one.
+    assert_eq!(
+        resolve("host = \"mod's\"").unwrap().unwrap().acls[0].definition,
+        "req.hdr(host) -- \"mod's\""
+    );
+    assert_eq!(
+        resolve("host = lower").unwrap().unwrap().acls[0].definition,
+        "req.hdr(host) -- lower"
+    );
+    assert_eq!(
+        resolve("host = localhost").unwrap().unwrap().acls[0].definition,
+        "req.hdr(host) localhost",
+        "ordinary hosts keep Vamp's text"
+    );
     let too_many: Vec<String> = (0..13).map(|i| format!("has header h{i}")).collect();
     assert!(
         resolve(&too_many.join(" or ")).is_err(),
