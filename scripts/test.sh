@@ -35,6 +35,9 @@ cargo fmt --all --check
 step "cargo clippy (all targets, all features, -D warnings)"
 cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
 
+step "cargo doc (warnings denied: broken intra-doc links fail)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps --quiet
+
 step "vamp-core has no runtime, HTTP or backend SDK in its normal dependencies"
 if cargo tree -p vamp-core -e normal --prefix none | grep -E '^(tokio|reqwest|hyper|async-std|etcd-client|sqlx|redis|kube) '; then
   echo "vamp-core must not depend on the crates above" >&2
