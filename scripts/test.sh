@@ -17,6 +17,7 @@ step() { printf '\n==> %s\n' "$*"; }
 # Debian packages the integration tests need; installed when missing (as root).
 need_packages=()
 command -v haproxy >/dev/null 2>&1 || need_packages+=(haproxy)
+command -v redis-server >/dev/null 2>&1 || need_packages+=(redis-server)
 if ((${#need_packages[@]})); then
   step "installing ${need_packages[*]}"
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -28,6 +29,29 @@ if ((${#need_packages[@]})); then
 fi
 # In CI every integration test must run; a missing server fails it.
 export VAMP_TEST_INTEGRATION="${VAMP_TEST_INTEGRATION:-${CI:+1}}"
+
+# Servers for the integration tests: each on loopback, on a free port, in a temporary
+# directory; only the processes started here are stopped on exit.
+SERVERS_DIR="$(mktemp -d -t vamp-servers.XXXXXX)"
+started_pids=()
+cleanup() {
+  for pid in "${started_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  rm -rf "$SERVERS_DIR"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+if command -v redis-server >/dev/null 2>&1; then
+  step "starting redis-server"
+  redis_port="$(free_port)"
+  mkdir -p "$SERVERS_DIR/redis"
+  redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$SERVERS_DIR/redis" \
+    --logfile "$SERVERS_DIR/redis/redis.log" >/dev/null 2>&1 &
+  started_pids+=($!)
+  for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  export VAMP_REDIS_URL="redis://127.0.0.1:$redis_port/0"
+  echo "redis-server on $VAMP_REDIS_URL"
+fi
 
 step "cargo fmt --check"
 cargo fmt --all --check
@@ -43,6 +67,16 @@ if cargo tree -p vamp-core -e normal --prefix none | grep -E '^(tokio|reqwest|hy
   echo "vamp-core must not depend on the crates above" >&2
   exit 1
 fi
+
+step "each vamp-backends feature builds alone, and none builds a backend SDK by default"
+cargo check -p vamp-backends --no-default-features --quiet
+if cargo tree -p vamp-backends -e normal --no-default-features --prefix none | grep -E '^(redis|etcd-client|sqlx|tiberius|zookeeper-client) '; then
+  echo "vamp-backends without features must not build backend SDKs" >&2
+  exit 1
+fi
+for feature in kv-redis; do
+  cargo check -p vamp-backends --no-default-features --features "$feature" --quiet
+done
 
 step "cargo test --workspace"
 cargo test --workspace --all-features 2>&1 | tee "${CARGO_TARGET_DIR}/test.log"

@@ -1,4 +1,7 @@
-//! Key-value store selection.
+//! Key-value store selection, and the key-value backends.
+
+#[cfg(feature = "kv-redis")]
+pub mod redis;
 
 use std::sync::Arc;
 
@@ -271,6 +274,27 @@ impl KvBackendConfig {
                 backend: "zookeeper",
                 feature: "kv-zookeeper",
             }),
+            #[cfg(feature = "kv-redis")]
+            Self::Redis(c) => {
+                let auth = match (&c.user, &c.password) {
+                    (Some(u), Some(p)) => format!("{u}:{}@", p.0),
+                    (None, Some(p)) => format!(":{}@", p.0),
+                    (Some(u), None) => format!("{u}@"),
+                    (None, None) => String::new(),
+                };
+                let kv = redis::RedisKv::connect(
+                    &format!("redis://{auth}{}/{}", c.address, c.database),
+                    "vamp",
+                )
+                .await?;
+                let prefix = KeyPath::parse(&c.prefix)?;
+                Ok(if prefix.is_root() {
+                    Arc::new(kv)
+                } else {
+                    Arc::new(Namespaced::new(kv, prefix))
+                })
+            }
+            #[cfg(not(feature = "kv-redis"))]
             Self::Redis(_) => Err(Error::FeatureDisabled {
                 backend: "redis",
                 feature: "kv-redis",

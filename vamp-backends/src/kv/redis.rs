@@ -1,0 +1,373 @@
+//! Redis as a [`KeyValueStore`] (feature `kv-redis`).
+//!
+//! Layout under a store name `S` (default `vamp`): `S:d:<key>` is a hash with the value (`d`)
+//! and version (`v`); `S:rev` is the store-wide revision counter; `S:index` is a sorted set of
+//! keys for prefix listing; `S:events` is a stream that every write appends to. Writes run as
+//! Lua scripts, so create-only and compare-and-swap are atomic in Redis and every change lands
+//! in the stream with its version. Watches read the stream from the last ID they saw, so they
+//! resume after a reconnect without losing events that Redis still keeps (the stream is
+//! trimmed to about 100,000 entries).
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::{self, BoxStream};
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::streams::{StreamReadOptions, StreamReadReply};
+use vamp_core::Error;
+use vamp_core::kv::*;
+
+const PUT: &str = r"
+local cur = redis.call('HGET', KEYS[1], 'v')
+if ARGV[3] == 'c' and cur then return {-1, cur} end
+if ARGV[3] == 'u' and ((not cur) or cur ~= ARGV[4]) then return {-2, cur or ''} end
+local v = redis.call('INCR', KEYS[2])
+redis.call('HSET', KEYS[1], 'd', ARGV[2], 'v', v)
+redis.call('ZADD', KEYS[3], 0, ARGV[1])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', 100000, '*', 'k', ARGV[1], 'o', 'p', 'v', v, 'd', ARGV[2])
+return {0, v}
+";
+
+const DELETE: &str = r"
+local cur = redis.call('HGET', KEYS[1], 'v')
+if not cur then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+local v = redis.call('INCR', KEYS[2])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', 100000, '*', 'k', ARGV[1], 'o', 'd', 'v', v)
+return v
+";
+
+/// A [`KeyValueStore`] on Redis. Cloning shares the connection, which reconnects by itself;
+/// while Redis is down, operations fail with [`Error::Unavailable`] (temporary).
+///
+/// ```no_run
+/// # async fn example() -> Result<(), vamp_core::Error> {
+/// use vamp_backends::kv::redis::RedisKv;
+/// use vamp_core::kv::{keys, KeyValueStoreExt};
+///
+/// let kv = RedisKv::connect("redis://127.0.0.1:6379/0", "vamp").await?;
+/// kv.put(&keys::haproxy_configuration("default", "1.7")?, "frontend ...".into()).await?;
+/// # Ok(()) }
+/// ```
+///
+/// Through the selection: `KvBackendConfig::from_url("redis://:password@host:6379/0?prefix=/vamp")`.
+#[derive(Clone)]
+pub struct RedisKv {
+    client: redis::Client,
+    conn: ConnectionManager,
+    name: String,
+    label: String,
+}
+
+fn map_err(label: &str, e: redis::RedisError) -> Error {
+    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
+        Error::Unavailable {
+            backend: label.to_owned(),
+            source: Box::new(e),
+        }
+    } else {
+        Error::Backend {
+            backend: label.to_owned(),
+            source: Box::new(e),
+        }
+    }
+}
+
+impl RedisKv {
+    /// Connects to `url` (`redis://[user:pass@]host:port/db`), keeping its data under the store
+    /// name `name` (`vamp` by default in [`crate::kv::KvBackendConfig`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a bad URL, [`Error::Unavailable`] when Redis cannot be reached.
+    pub async fn connect(url: &str, name: &str) -> Result<Self, Error> {
+        let label = format!("Redis({})", url.rsplit('@').next().unwrap_or(url));
+        let client = redis::Client::open(url).map_err(|e| Error::InvalidConfig {
+            backend: "redis".into(),
+            message: e.to_string(),
+        })?;
+        let conn = ConnectionManager::new(client.clone())
+            .await
+            .map_err(|e| map_err(&label, e))?;
+        Ok(Self {
+            client,
+            conn,
+            name: name.to_owned(),
+            label,
+        })
+    }
+
+    fn data_key(&self, key: &KeyPath) -> String {
+        format!("{}:d:{}", self.name, key.as_str())
+    }
+    fn rev_key(&self) -> String {
+        format!("{}:rev", self.name)
+    }
+    fn index_key(&self) -> String {
+        format!("{}:index", self.name)
+    }
+    fn stream_key(&self) -> String {
+        format!("{}:events", self.name)
+    }
+
+    async fn keys_under(&self, prefix: &KeyPath) -> Result<Vec<KeyPath>, Error> {
+        let mut conn = self.conn.clone();
+        let (min, max) = if prefix.is_root() {
+            ("-".to_owned(), "+".to_owned())
+        } else {
+            (
+                format!("[{}", prefix.as_str()),
+                format!("[{}/\u{10FFFF}", prefix.as_str()),
+            )
+        };
+        let members: Vec<String> = conn
+            .zrangebylex(self.index_key(), min, max)
+            .await
+            .map_err(|e| map_err(&self.label, e))?;
+        Ok(members
+            .iter()
+            .filter_map(|m| KeyPath::parse(m).ok())
+            .filter(|k| k.starts_with(prefix))
+            .collect())
+    }
+}
+
+impl fmt::Debug for RedisKv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisKv")
+            .field("store", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for RedisKv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.label)
+    }
+}
+
+struct WatchState {
+    kv: RedisKv,
+    conn: Option<MultiplexedConnection>,
+    prefix: KeyPath,
+    last_id: Option<String>,
+    initial: bool,
+    pending: VecDeque<WatchEvent>,
+    snapshot: HashMap<KeyPath, Version>,
+}
+
+impl WatchState {
+    async fn next(mut self) -> Option<(Result<WatchEvent, Error>, Self)> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Some((Ok(e), self));
+            }
+            if let Err(e) = self.fill().await {
+                // Drop the connection; the next poll reconnects and resumes from last_id.
+                self.conn = None;
+                return Some((Err(e), self));
+            }
+        }
+    }
+
+    async fn fill(&mut self) -> Result<(), Error> {
+        if self.conn.is_none() {
+            self.conn = Some(
+                self.kv
+                    .client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map_err(|e| map_err(&self.kv.label, e))?,
+            );
+        }
+        let label = self.kv.label.clone();
+        let stream = self.kv.stream_key();
+        if self.last_id.is_none() {
+            // Where the stream ends now: every later change will be read.
+            let conn = self.conn.as_mut().expect("connected");
+            let last: redis::streams::StreamRangeReply = conn
+                .xrevrange_count(&stream, "+", "-", 1)
+                .await
+                .map_err(|e| map_err(&label, e))?;
+            self.last_id = Some(
+                last.ids
+                    .first()
+                    .map_or_else(|| "0-0".to_owned(), |i| i.id.clone()),
+            );
+            if self.initial {
+                for key in self.kv.keys_under(&self.prefix).await? {
+                    if let Some(v) = self.kv.get(&key).await? {
+                        self.snapshot.insert(key.clone(), v.version);
+                        self.pending.push_back(WatchEvent::Put {
+                            key,
+                            value: v.value,
+                            version: v.version,
+                        });
+                    }
+                }
+                self.pending.push_back(WatchEvent::Synced);
+                return Ok(());
+            }
+        }
+        let conn = self.conn.as_mut().expect("connected");
+        let opts = StreamReadOptions::default().block(1000).count(500);
+        let id = self.last_id.clone().unwrap_or_else(|| "0-0".into());
+        let reply: Option<StreamReadReply> = conn
+            .xread_options(&[&stream], &[&id], &opts)
+            .await
+            .map_err(|e| map_err(&label, e))?;
+        for key in reply.map(|r| r.keys).unwrap_or_default() {
+            for entry in key.ids {
+                self.last_id = Some(entry.id.clone());
+                let field = |f: &str| {
+                    entry
+                        .map
+                        .get(f)
+                        .and_then(|v| redis::from_redis_value::<Vec<u8>>(v).ok())
+                };
+                let (Some(k), Some(op), Some(v)) = (field("k"), field("o"), field("v")) else {
+                    continue;
+                };
+                let (Ok(k), Ok(v)) = (
+                    KeyPath::parse(&String::from_utf8_lossy(&k)),
+                    String::from_utf8_lossy(&v).parse::<u64>(),
+                ) else {
+                    continue;
+                };
+                if !k.starts_with(&self.prefix) || self.snapshot.get(&k).is_some_and(|s| s.0 >= v) {
+                    continue;
+                }
+                let version = Version(v);
+                self.pending.push_back(if op == b"d" {
+                    WatchEvent::Delete { key: k, version }
+                } else {
+                    WatchEvent::Put {
+                        key: k,
+                        value: Bytes::from(field("d").unwrap_or_default()),
+                        version,
+                    }
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl KeyValueStore for RedisKv {
+    async fn get(&self, key: &KeyPath) -> Result<Option<Versioned<Bytes>>, Error> {
+        let mut conn = self.conn.clone();
+        let (value, version): (Option<Vec<u8>>, Option<u64>) = redis::cmd("HMGET")
+            .arg(self.data_key(key))
+            .arg("d")
+            .arg("v")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| map_err(&self.label, e))?;
+        Ok(match (value, version) {
+            (Some(value), Some(v)) => Some(Versioned {
+                value: Bytes::from(value),
+                version: Version(v),
+            }),
+            _ => None,
+        })
+    }
+
+    async fn put_opts(
+        &self,
+        key: &KeyPath,
+        value: Bytes,
+        opts: PutOptions,
+    ) -> Result<Version, Error> {
+        if opts.ttl.is_some() {
+            return Err(Error::NotSupported {
+                backend: self.label.clone(),
+                operation: "put with ttl",
+            });
+        }
+        let (mode, expected) = match opts.mode {
+            PutMode::Create => ("c", 0),
+            PutMode::Update(v) => ("u", v.0),
+            _ => ("o", 0),
+        };
+        let mut conn = self.conn.clone();
+        let (status, v): (i64, String) = redis::Script::new(PUT)
+            .key(self.data_key(key))
+            .key(self.rev_key())
+            .key(self.index_key())
+            .key(self.stream_key())
+            .arg(key.as_str())
+            .arg(value.as_ref())
+            .arg(mode)
+            .arg(expected.to_string())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| map_err(&self.label, e))?;
+        match status {
+            0 => Ok(Version(v.parse().unwrap_or(0))),
+            -1 => Err(Error::AlreadyExists {
+                backend: self.label.clone(),
+                key: key.to_string(),
+            }),
+            _ => Err(Error::Conflict {
+                backend: self.label.clone(),
+                key: key.to_string(),
+                expected,
+                found: v.parse().ok(),
+            }),
+        }
+    }
+
+    async fn delete(&self, key: &KeyPath) -> Result<(), Error> {
+        let mut conn = self.conn.clone();
+        let _: i64 = redis::Script::new(DELETE)
+            .key(self.data_key(key))
+            .key(self.rev_key())
+            .key(self.index_key())
+            .key(self.stream_key())
+            .arg(key.as_str())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| map_err(&self.label, e))?;
+        Ok(())
+    }
+
+    fn list(&self, prefix: &KeyPath) -> BoxStream<'static, Result<KeyPath, Error>> {
+        let kv = self.clone();
+        let prefix = prefix.clone();
+        stream::once(async move { kv.keys_under(&prefix).await })
+            .flat_map(|r| match r {
+                Ok(keys) => stream::iter(keys.into_iter().map(Ok).collect::<Vec<_>>()),
+                Err(e) => stream::iter(vec![Err(e)]),
+            })
+            .boxed()
+    }
+
+    fn watch(
+        &self,
+        prefix: &KeyPath,
+        opts: WatchOptions,
+    ) -> BoxStream<'static, Result<WatchEvent, Error>> {
+        let state = WatchState {
+            kv: self.clone(),
+            conn: None,
+            prefix: prefix.clone(),
+            last_id: None,
+            initial: opts.initial,
+            pending: VecDeque::new(),
+            snapshot: HashMap::new(),
+        };
+        stream::unfold(state, WatchState::next).boxed()
+    }
+
+    fn capabilities(&self) -> KvCapabilities {
+        let mut caps = KvCapabilities::all();
+        caps.ttl = false;
+        caps.value_max_bytes = Some(512 * 1024 * 1024);
+        caps
+    }
+}

@@ -1,0 +1,199 @@
+//! The Redis key-value store against a real Redis (`VAMP_REDIS_URL`, set by scripts/test.sh,
+//! which starts a private server). Required with CI=true or VAMP_TEST_INTEGRATION=1.
+#![cfg(feature = "kv-redis")]
+
+use std::sync::Arc;
+
+use vamp_backends::kv::redis::RedisKv;
+use vamp_core::kv::{DynKeyValueStore, KeyPath};
+
+fn required() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
+        || std::env::var("VAMP_TEST_INTEGRATION").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+async fn redis() -> Option<RedisKv> {
+    let Ok(url) = std::env::var("VAMP_REDIS_URL") else {
+        assert!(
+            !required(),
+            "VAMP_REDIS_URL is required for integration tests (scripts/test.sh sets it)"
+        );
+        eprintln!("SKIPPED: set VAMP_REDIS_URL to run the Redis tests");
+        return None;
+    };
+    Some(
+        RedisKv::connect(&url, "vamp-test")
+            .await
+            .unwrap_or_else(|e| panic!("Redis at {url}: {e}")),
+    )
+}
+
+fn root(name: &str) -> KeyPath {
+    KeyPath::parse(&format!("/redis-test/{}/{name}", std::process::id())).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_passes_the_kv_conformance_suite() {
+    let Some(kv) = redis().await else { return };
+    vamp_core::conformance::kv::run_all(&kv, &root("direct")).await;
+    let dynamic: Arc<DynKeyValueStore> = Arc::new(kv);
+    vamp_core::conformance::kv::run_all(&dynamic, &root("arc")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_through_the_url_selection() {
+    let Ok(url) = std::env::var("VAMP_REDIS_URL") else {
+        assert!(!required(), "VAMP_REDIS_URL is required");
+        return;
+    };
+    let kv = vamp_backends::kv::KvBackendConfig::from_url(&format!(
+        "{url}?prefix=/vamp/selection-{}",
+        std::process::id()
+    ))
+    .unwrap()
+    .build()
+    .await
+    .unwrap();
+    vamp_core::conformance::kv::put_get_delete(&kv, &KeyPath::parse("/t").unwrap()).await;
+    vamp_core::conformance::kv::watch_sees_put_and_delete(&kv, &KeyPath::parse("/t").unwrap())
+        .await;
+}
+
+/// A Redis server of the test's own, so it can be stopped and started again.
+struct OwnRedis {
+    child: std::process::Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl OwnRedis {
+    fn start(port: u16, dir: &std::path::Path) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--dir",
+            ])
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Self {
+            child,
+            port,
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_reconnects_and_the_watch_resumes() {
+    use futures_util::StreamExt;
+    use vamp_core::kv::{KeyValueStore, KeyValueStoreExt, WatchEvent, WatchOptions};
+    if std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            !required(),
+            "redis-server is required for the reconnect test"
+        );
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = std::env::temp_dir().join(format!("vamp-redis-reconnect-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut server = OwnRedis::start(port, &dir);
+    let kv = RedisKv::connect(&format!("redis://127.0.0.1:{}/0", server.port), "vamp")
+        .await
+        .unwrap();
+    let key = KeyPath::parse("/reconnect/k").unwrap();
+    let mut watch = kv.watch(
+        &KeyPath::parse("/reconnect").unwrap(),
+        WatchOptions::new().with_initial(true),
+    );
+    assert_eq!(watch.next().await.unwrap().unwrap(), WatchEvent::Synced);
+    let v1 = kv.put(&key, "before".into()).await.unwrap();
+
+    server.stop();
+    let down = kv
+        .put(&key, "while down".into())
+        .await
+        .expect_err("Redis is down");
+    assert!(
+        down.is_temporary(),
+        "a down server is a temporary error: {down}"
+    );
+
+    let _server = OwnRedis::start(port, &dir);
+    // The connection comes back by itself; the data survived (append-only file).
+    let mut v2 = None;
+    for _ in 0..100 {
+        match kv.put(&key, "after".into()).await {
+            Ok(v) => {
+                v2 = Some(v);
+                break;
+            }
+            Err(e) if e.is_temporary() => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let v2 = v2.expect("the store reconnects");
+    assert!(v2 > v1);
+    assert_eq!(kv.get_string(&key).await.unwrap().as_deref(), Some("after"));
+    // The watch reports the outage and then resumes: both writes arrive, in order.
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        match tokio::time::timeout(std::time::Duration::from_secs(30), watch.next())
+            .await
+            .expect("the watch resumes")
+        {
+            Some(Ok(WatchEvent::Put { value, version, .. })) => seen.push((value, version)),
+            Some(Ok(other)) => panic!("unexpected {other:?}"),
+            Some(Err(e)) => assert!(e.is_temporary(), "the outage is a temporary error: {e}"),
+            None => panic!("the watch ended"),
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (bytes::Bytes::from("before"), v1),
+            (bytes::Bytes::from("after"), v2)
+        ]
+    );
+}
