@@ -18,6 +18,8 @@ step() { printf '\n==> %s\n' "$*"; }
 need_packages=()
 command -v haproxy >/dev/null 2>&1 || need_packages+=(haproxy)
 command -v redis-server >/dev/null 2>&1 || need_packages+=(redis-server)
+command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need_packages+=(mariadb-server)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_packages+=(postgresql)
 if ((${#need_packages[@]})); then
   step "installing ${need_packages[*]}"
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -33,8 +35,11 @@ export VAMP_TEST_INTEGRATION="${VAMP_TEST_INTEGRATION:-${CI:+1}}"
 # Servers for the integration tests: each on loopback, on a free port, in a temporary
 # directory; only the processes started here are stopped on exit.
 SERVERS_DIR="$(mktemp -d -t vamp-servers.XXXXXX)"
+chmod 755 "$SERVERS_DIR"
 started_pids=()
+stop_commands=()
 cleanup() {
+  for cmd in "${stop_commands[@]}"; do sh -c "$cmd" >/dev/null 2>&1 || true; done
   for pid in "${started_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   rm -rf "$SERVERS_DIR"
 }
@@ -51,6 +56,61 @@ if command -v redis-server >/dev/null 2>&1; then
   for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
   export VAMP_REDIS_URL="redis://127.0.0.1:$redis_port/0"
   echo "redis-server on $VAMP_REDIS_URL"
+fi
+
+# PostgreSQL: a private cluster (initdb refuses to run as root, so as user postgres then).
+pg_bin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
+if [ -n "$pg_bin" ] && [ -x "$pg_bin/initdb" ]; then
+  step "starting PostgreSQL ($pg_bin)"
+  pg_port="$(free_port)"
+  pg_dir="$SERVERS_DIR/postgres"
+  mkdir -p "$pg_dir"
+  as_pg=()
+  if [ "$(id -u)" = 0 ]; then chown postgres "$pg_dir"; as_pg=(runuser -u postgres --); fi
+  "${as_pg[@]}" "$pg_bin/initdb" -D "$pg_dir/data" -A trust -U postgres >"$pg_dir/initdb.log" 2>&1
+  "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -o "-p $pg_port -c listen_addresses=127.0.0.1 -k $pg_dir" \
+    -l "$pg_dir/log" -w start >/dev/null
+  pg_ctl_cmd="${as_pg[*]} $pg_bin/pg_ctl -D $pg_dir/data"
+  stop_commands+=("$pg_ctl_cmd -m fast -w stop")
+  export VAMP_POSTGRES_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
+  # The restart tests stop and start the server process itself.
+  export VAMP_POSTGRES_STOP="$pg_ctl_cmd -m fast -w stop >/dev/null"
+  export VAMP_POSTGRES_START="$pg_ctl_cmd -o '-p $pg_port -c listen_addresses=127.0.0.1 -k $pg_dir' -l $pg_dir/log -w start >/dev/null"
+  echo "PostgreSQL on $VAMP_POSTGRES_URL"
+fi
+
+# MariaDB: a private data directory and server; start.sh / stop.sh also serve the restart test.
+mariadbd_bin="$(command -v mariadbd || echo /usr/sbin/mariadbd)"
+if [ -x "$mariadbd_bin" ]; then
+  step "starting MariaDB"
+  my_port="$(free_port)"
+  my_dir="$SERVERS_DIR/mariadb"
+  mkdir -p "$my_dir"
+  mariadb-install-db --no-defaults --datadir="$my_dir/data" --user="$(id -un)" \
+    --auth-root-authentication-method=normal >"$my_dir/install.log" 2>&1
+  cat >"$my_dir/start.sh" <<EOF
+#!/bin/sh
+setsid "$mariadbd_bin" --no-defaults --datadir="$my_dir/data" --socket="$my_dir/my.sock" --port=$my_port \\
+  --bind-address=127.0.0.1 --user="$(id -un)" --pid-file="$my_dir/my.pid" --log-error="$my_dir/err.log" \\
+  </dev/null >/dev/null 2>&1 &
+for i in \$(seq 100); do mariadb-admin --no-defaults --socket="$my_dir/my.sock" -uroot ping >/dev/null 2>&1 && exit 0; sleep 0.1; done
+echo "MariaDB did not start; see $my_dir/err.log" >&2; exit 1
+EOF
+  cat >"$my_dir/stop.sh" <<EOF
+#!/bin/sh
+pid=\$(cat "$my_dir/my.pid" 2>/dev/null) || exit 0
+kill "\$pid" 2>/dev/null
+for i in \$(seq 300); do kill -0 "\$pid" 2>/dev/null || exit 0; sleep 0.1; done
+kill -9 "\$pid" 2>/dev/null; exit 0
+EOF
+  chmod +x "$my_dir/start.sh" "$my_dir/stop.sh"
+  "$my_dir/start.sh"
+  stop_commands+=("$my_dir/stop.sh")
+  mariadb --no-defaults --socket="$my_dir/my.sock" -uroot -e 'CREATE DATABASE IF NOT EXISTS vamp'
+  export VAMP_MYSQL_URL="mysql://root@127.0.0.1:$my_port/vamp"
+  export VAMP_MYSQL_STOP="$my_dir/stop.sh"
+  export VAMP_MYSQL_START="$my_dir/start.sh"
+  echo "MariaDB on $VAMP_MYSQL_URL"
 fi
 
 step "cargo fmt --check"
@@ -74,7 +134,7 @@ if cargo tree -p vamp-backends -e normal --no-default-features --prefix none | g
   echo "vamp-backends without features must not build backend SDKs" >&2
   exit 1
 fi
-for feature in kv-redis; do
+for feature in kv-redis persistence-postgres persistence-mysql persistence-sqlite; do
   cargo check -p vamp-backends --no-default-features --features "$feature" --quiet
 done
 

@@ -1,5 +1,8 @@
 //! Persistence selection.
 
+#[cfg(feature = "sql")]
+pub mod sql;
+
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -17,13 +20,13 @@ use crate::{Secret, invalid};
 pub struct SqlConfig {
     /// The connection URL (`postgres://user:pass@host:5432/db`).
     pub url: Secret,
-    /// The table (default `artifacts`).
+    /// The base table name (default `vamp_artifacts`); see [`sql`](self) for the tables it names.
     #[serde(default = "table")]
     pub table: String,
 }
 
 fn table() -> String {
-    "artifacts".into()
+    "vamp_artifacts".into()
 }
 
 /// SQLite.
@@ -33,7 +36,7 @@ fn table() -> String {
 pub struct SqliteConfig {
     /// The database file, or `:memory:`.
     pub path: String,
-    /// The table (default `artifacts`).
+    /// The base table name (default `vamp_artifacts`); see [`sql`](self) for the tables it names.
     #[serde(default = "table")]
     pub table: String,
 }
@@ -122,22 +125,35 @@ impl PersistenceBackendConfig {
     pub async fn build(self) -> Result<Arc<DynPersistenceStore>, Error> {
         match self {
             Self::Memory => Ok(Arc::new(InMemoryPersistence::new())),
-            Self::Postgres(_) => Err(Error::FeatureDisabled {
-                backend: "postgres",
-                feature: "persistence-postgres",
-            }),
-            Self::Mysql(_) => Err(Error::FeatureDisabled {
-                backend: "mysql",
-                feature: "persistence-mysql",
-            }),
-            Self::Sqlite(_) => Err(Error::FeatureDisabled {
-                backend: "sqlite",
-                feature: "persistence-sqlite",
-            }),
+            Self::Postgres(c) | Self::Mysql(c) => sql_store(&c.url.0, &c.table).await,
+            Self::Sqlite(c) => {
+                let url = if c.path == ":memory:" {
+                    "sqlite::memory:".to_owned()
+                } else {
+                    format!("sqlite://{}", c.path)
+                };
+                sql_store(&url, &c.table).await
+            }
             Self::Mssql(_) => Err(Error::FeatureDisabled {
                 backend: "mssql",
                 feature: "persistence-mssql",
             }),
         }
     }
+}
+
+#[cfg(feature = "sql")]
+async fn sql_store(url: &str, table: &str) -> Result<Arc<DynPersistenceStore>, Error> {
+    let options = sql::SqlOptions::default().table(table);
+    Ok(Arc::new(sql::SqlPersistence::connect(url, options).await?))
+}
+
+#[cfg(not(feature = "sql"))]
+async fn sql_store(url: &str, _table: &str) -> Result<Arc<DynPersistenceStore>, Error> {
+    let (backend, feature) = match url.split(':').next().unwrap_or_default() {
+        "postgres" | "postgresql" => ("postgres", "persistence-postgres"),
+        "sqlite" => ("sqlite", "persistence-sqlite"),
+        _ => ("mysql", "persistence-mysql"),
+    };
+    Err(Error::FeatureDisabled { backend, feature })
 }

@@ -1,0 +1,1043 @@
+//! PostgreSQL, MySQL/MariaDB and SQLite as a [`PersistenceStore`] (features
+//! `persistence-postgres`, `persistence-mysql`, `persistence-sqlite`), through one sqlx code
+//! path with a small dialect layer.
+//!
+//! # Configuration
+//!
+//! Through [`PersistenceBackendConfig`](super::PersistenceBackendConfig) (URL or serde): the
+//! connection URL and `table` (URL query `?table=`, default `vamp_artifacts`). Directly:
+//! [`SqlPersistence::connect`] with [`SqlOptions`] (table, pool size, acquire timeout, change
+//! feed poll interval).
+//!
+//! # Schema
+//!
+//! With the table option `T` (default `vamp_artifacts`) the store owns four tables, created by
+//! migrations shipped in this crate and applied on connect:
+//!
+//! | table | holds |
+//! |---|---|
+//! | `T` | the current record of every artifact: kind, name, version, JSON content, timestamp |
+//! | `T_log` | every write in version order (a deletion has no content): history and change feed |
+//! | `T_seq` | one row: the last version handed out |
+//! | `T_schema` | the migrations applied |
+//!
+//! # Guarantees
+//!
+//! - A write batch is one transaction: it applies whole or not at all.
+//! - Writers serialise on the `T_seq` row lock (taken first in every write transaction), so
+//!   versions are committed in order and the change feed, which reads `T_log` by version,
+//!   never skips a write that commits late.
+//! - Optimistic concurrency is enforced by the database as well: an update is
+//!   `UPDATE … WHERE version = <expected>` and a create relies on the primary key, so even a
+//!   writer that bypassed the lock could not overwrite a newer version.
+//! - The change feed polls `T_log` (every `poll_interval`); on PostgreSQL it also listens
+//!   for a `NOTIFY` sent by each write, so changes arrive without waiting for the next poll.
+//!   A feed without [`ChangeOptions::since`] starts at the version current when it is first
+//!   polled (a stream does nothing until polled); for an exact starting point pass
+//!   [`SqlPersistence::current_version`] as `since`.
+//!
+//! # Limits
+//!
+//! Artifact names are at most 255 characters (the key column is `VARCHAR(255)`). Names compare
+//! byte-wise on every database (`COLLATE "C"` on PostgreSQL, `VARBINARY` keys on MySQL), so
+//! `a`, `A` and `a ` are different artifacts and lists sort in the same order as the in-memory
+//! store.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), vamp_core::Error> {
+//! use vamp_backends::persistence::sql::{SqlOptions, SqlPersistence};
+//! use vamp_core::persistence::{ListOptions, PersistenceStore};
+//! use vamp_core::model::ArtifactKind;
+//!
+//! let store = SqlPersistence::connect("postgres://vamp@127.0.0.1:5432/vamp", SqlOptions::default()).await?;
+//! let breeds = store.list(ArtifactKind::Breed, ListOptions::all()).await?;
+//! # Ok(()) }
+//! ```
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use futures_util::stream::{self, BoxStream};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Row, SqlSafeStr, SqlStr};
+use vamp_core::Error;
+use vamp_core::kv::{PutMode, Version};
+use vamp_core::model::ArtifactKind;
+use vamp_core::persistence::{
+    ArtifactRecord, ArtifactWrite, ChangeOptions, ListOptions, PersistenceCapabilities,
+    PersistenceStore, WriteOp, validate_name,
+};
+
+use crate::invalid;
+
+/// The longest artifact name a SQL store accepts (its key column is `VARCHAR(255)`).
+pub const MAX_NAME_CHARS: usize = 255;
+
+/// The schema version this library writes; a database with a newer one is refused.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Options for [`SqlPersistence::connect`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SqlOptions {
+    /// The base table name (`[A-Za-z_][A-Za-z0-9_]*`, at most 48 characters); default
+    /// `vamp_artifacts`.
+    pub table: String,
+    /// The most pooled connections (SQLite in memory always uses one); default 8.
+    pub max_connections: u32,
+    /// How long to wait for a connection; default 10 s.
+    pub acquire_timeout: Duration,
+    /// How often the change feed polls when idle; default 200 ms (PostgreSQL is also woken by
+    /// `NOTIFY`).
+    pub poll_interval: Duration,
+}
+
+impl Default for SqlOptions {
+    fn default() -> Self {
+        Self {
+            table: "vamp_artifacts".into(),
+            max_connections: 8,
+            acquire_timeout: Duration::from_secs(10),
+            poll_interval: Duration::from_millis(200),
+        }
+    }
+}
+
+impl SqlOptions {
+    /// Sets the base table name.
+    pub fn table(mut self, table: impl Into<String>) -> Self {
+        self.table = table.into();
+        self
+    }
+
+    /// Sets the change feed's poll interval.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+}
+
+/// Which SQL database a URL names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Dialect {
+    /// PostgreSQL.
+    Postgres,
+    /// MySQL or MariaDB.
+    Mysql,
+    /// SQLite.
+    Sqlite,
+}
+
+impl Dialect {
+    /// The dialect of a connection URL (`postgres://`, `postgresql://`, `mysql://`,
+    /// `mariadb://`, `sqlite:`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for another scheme.
+    pub fn of_url(url: &str) -> Result<Self, Error> {
+        let scheme = url
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        match scheme.as_str() {
+            "postgres" | "postgresql" => Ok(Self::Postgres),
+            "mysql" | "mariadb" => Ok(Self::Mysql),
+            "sqlite" => Ok(Self::Sqlite),
+            other => Err(invalid(
+                "sql",
+                format!("unknown SQL scheme '{other}' (postgres, mysql, mariadb, sqlite)"),
+            )),
+        }
+    }
+
+    fn feature(self) -> (&'static str, &'static str, bool) {
+        match self {
+            Self::Postgres => (
+                "postgres",
+                "persistence-postgres",
+                cfg!(feature = "persistence-postgres"),
+            ),
+            Self::Mysql => (
+                "mysql",
+                "persistence-mysql",
+                cfg!(feature = "persistence-mysql"),
+            ),
+            Self::Sqlite => (
+                "sqlite",
+                "persistence-sqlite",
+                cfg!(feature = "persistence-sqlite"),
+            ),
+        }
+    }
+
+    /// Rewrites `?` placeholders as `$1, $2, …` for PostgreSQL.
+    fn sql(self, q: &str) -> String {
+        if self != Self::Postgres {
+            return q.to_owned();
+        }
+        let mut out = String::with_capacity(q.len() + 8);
+        let mut n = 0;
+        for c in q.chars() {
+            if c == '?' {
+                n += 1;
+                out.push('$');
+                out.push_str(&n.to_string());
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    /// Migration 1: the tables.
+    fn schema(self, t: &str) -> Vec<String> {
+        match self {
+            Self::Postgres => vec![
+                format!("CREATE TABLE IF NOT EXISTS {t}_schema (version BIGINT PRIMARY KEY)"),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {t}_seq (id INT PRIMARY KEY, version BIGINT NOT NULL)"
+                ),
+                format!("INSERT INTO {t}_seq (id, version) VALUES (1, 0) ON CONFLICT DO NOTHING"),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {t}_log (version BIGINT PRIMARY KEY, kind VARCHAR(32) COLLATE \"C\" NOT NULL, \
+                     name VARCHAR(255) COLLATE \"C\" NOT NULL, content TEXT, timestamp_ms BIGINT NOT NULL)"
+                ),
+                format!(
+                    "CREATE INDEX IF NOT EXISTS {t}_log_by_name ON {t}_log (kind, name, version)"
+                ),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {t} (kind VARCHAR(32) COLLATE \"C\" NOT NULL, name VARCHAR(255) COLLATE \"C\" NOT NULL, \
+                     version BIGINT NOT NULL, content TEXT NOT NULL, timestamp_ms BIGINT NOT NULL, PRIMARY KEY (kind, name))"
+                ),
+            ],
+            // Keys are VARBINARY: byte-wise, case- and trailing-space-sensitive on MySQL and
+            // MariaDB alike (their `_bin` collations are PAD SPACE: 'z' = 'z ').
+            Self::Mysql => vec![
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {t}_schema (version BIGINT PRIMARY KEY) ENGINE=InnoDB"
+                ),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {t}_seq (id INT PRIMARY KEY, version BIGINT NOT NULL) ENGINE=InnoDB"
+                ),
+                format!("INSERT IGNORE INTO {t}_seq (id, version) VALUES (1, 0)"),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {t}_log (version BIGINT PRIMARY KEY, kind VARBINARY(32) NOT NULL, name VARBINARY(1020) NOT NULL, \
+                     content LONGTEXT, timestamp_ms BIGINT NOT NULL, \
+                     INDEX {t}_log_by_name (kind, name, version)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+                ),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {t} (kind VARBINARY(32) NOT NULL, name VARBINARY(1020) NOT NULL, version BIGINT NOT NULL, \
+                     content LONGTEXT NOT NULL, timestamp_ms BIGINT NOT NULL, \
+                     PRIMARY KEY (kind, name)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+                ),
+            ],
+            Self::Sqlite => vec![
+                format!("CREATE TABLE IF NOT EXISTS {t}_schema (version INTEGER PRIMARY KEY)"),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {t}_seq (id INTEGER PRIMARY KEY, version INTEGER NOT NULL)"
+                ),
+                format!("INSERT OR IGNORE INTO {t}_seq (id, version) VALUES (1, 0)"),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {t}_log (version INTEGER PRIMARY KEY, kind TEXT NOT NULL, name TEXT NOT NULL, \
+                     content TEXT, timestamp_ms INTEGER NOT NULL)"
+                ),
+                format!(
+                    "CREATE INDEX IF NOT EXISTS {t}_log_by_name ON {t}_log (kind, name, version)"
+                ),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {t} (kind TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, \
+                     content TEXT NOT NULL, timestamp_ms INTEGER NOT NULL, PRIMARY KEY (kind, name))"
+                ),
+            ],
+        }
+    }
+
+    fn record_schema(self, t: &str) -> String {
+        match self {
+            Self::Postgres => {
+                format!("INSERT INTO {t}_schema (version) VALUES ($1) ON CONFLICT DO NOTHING")
+            }
+            Self::Mysql => format!("INSERT IGNORE INTO {t}_schema (version) VALUES (?)"),
+            Self::Sqlite => format!("INSERT OR IGNORE INTO {t}_schema (version) VALUES (?)"),
+        }
+    }
+}
+
+/// A statement built from a checked table name ([`check_table`]) and constant text.
+fn q(sql: String) -> SqlStr {
+    AssertSqlSafe(std::sync::Arc::<str>::from(sql)).into_sql_str()
+}
+
+/// The statements, built once per store.
+#[derive(Debug)]
+struct Statements {
+    lock: SqlStr,
+    head: SqlStr,
+    set_head: SqlStr,
+    current: SqlStr,
+    insert_log: SqlStr,
+    insert: SqlStr,
+    update: SqlStr,
+    delete: SqlStr,
+    read: SqlStr,
+    list: SqlStr,
+    history: SqlStr,
+    feed: SqlStr,
+    notify: Option<SqlStr>,
+}
+
+impl Statements {
+    fn new(d: Dialect, t: &str) -> Self {
+        let cols = "kind, name, version, content, timestamp_ms";
+        // MySQL has no LIMIT ALL / -1: "all" binds the largest BIGINT, which works everywhere.
+        let limit = "LIMIT ? OFFSET ?";
+        Self {
+            lock: q(d.sql(&format!("UPDATE {t}_seq SET version = version WHERE id = 1"))),
+            head: q(d.sql(&format!("SELECT version FROM {t}_seq WHERE id = 1"))),
+            set_head: q(d.sql(&format!("UPDATE {t}_seq SET version = ? WHERE id = 1"))),
+            current: q(d.sql(&format!("SELECT version, content FROM {t} WHERE kind = ? AND name = ?"))),
+            insert_log: q(d.sql(&format!("INSERT INTO {t}_log ({cols}) VALUES (?, ?, ?, ?, ?)"))),
+            insert: q(d.sql(&format!("INSERT INTO {t} ({cols}) VALUES (?, ?, ?, ?, ?)"))),
+            update: q(d.sql(&format!(
+                "UPDATE {t} SET version = ?, content = ?, timestamp_ms = ? WHERE kind = ? AND name = ? AND version = ?"
+            ))),
+            delete: q(d.sql(&format!("DELETE FROM {t} WHERE kind = ? AND name = ? AND version = ?"))),
+            read: q(d.sql(&format!("SELECT {cols} FROM {t} WHERE kind = ? AND name = ?"))),
+            list: q(d.sql(&format!("SELECT {cols} FROM {t} WHERE kind = ? ORDER BY name {limit}"))),
+            history: q(d.sql(&format!("SELECT {cols} FROM {t}_log WHERE kind = ? AND name = ? ORDER BY version"))),
+            feed: q(d.sql(&format!("SELECT {cols} FROM {t}_log WHERE version > ? ORDER BY version LIMIT 500"))),
+            notify: (d == Dialect::Postgres).then(|| q(format!("SELECT pg_notify('{t}_changes', '')"))),
+        }
+    }
+}
+
+/// A [`PersistenceStore`] on PostgreSQL, MySQL/MariaDB or SQLite. Cloning shares the pool.
+#[derive(Clone)]
+pub struct SqlPersistence {
+    pool: AnyPool,
+    dialect: Dialect,
+    table: String,
+    label: String,
+    statements: std::sync::Arc<Statements>,
+    poll_interval: Duration,
+    #[cfg_attr(not(feature = "persistence-postgres"), allow(dead_code))]
+    url: crate::Secret,
+}
+
+fn db_error(label: &str, e: sqlx::Error) -> Error {
+    let temporary = match &e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(d) => {
+            let code = d.code().unwrap_or_default();
+            let message = d.message();
+            // PostgreSQL: serialization failure, deadlock, admin shutdown, cannot connect now;
+            // MySQL: deadlock, lock wait timeout; SQLite: busy, locked.
+            matches!(
+                code.as_ref(),
+                "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "1213" | "1205" | "5" | "6"
+            ) || message.contains("database is locked")
+                || message.contains("Deadlock")
+        }
+        _ => false,
+    };
+    if temporary {
+        Error::Unavailable {
+            backend: label.to_owned(),
+            source: Box::new(e),
+        }
+    } else {
+        Error::Backend {
+            backend: label.to_owned(),
+            source: Box::new(e),
+        }
+    }
+}
+
+fn redact(url: &str) -> String {
+    // scheme://user:password@host/db -> scheme://user@host/db
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+            let authority = match authority.rsplit_once('@') {
+                Some((user, host)) => {
+                    format!("{}@{host}", user.split(':').next().unwrap_or_default())
+                }
+                None => authority.to_owned(),
+            };
+            let path = path.split('?').next().unwrap_or_default();
+            format!("{scheme}://{authority}/{path}")
+        }
+        None => url.split('?').next().unwrap_or_default().to_owned(),
+    }
+}
+
+fn check_table(table: &str) -> Result<(), Error> {
+    let ok = !table.is_empty()
+        && table.len() <= 48
+        && table
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "table",
+            format!(
+                "'{table}' is not a valid table name ([A-Za-z_][A-Za-z0-9_]*, at most 48 characters)"
+            ),
+        ))
+    }
+}
+
+impl SqlPersistence {
+    /// Connects to the database at `url` and applies the schema migrations.
+    ///
+    /// URLs: `postgres://user:password@host:5432/db`, `mysql://user:password@host:3306/db`
+    /// (also `mariadb://`), `sqlite:///path/to/file.db` (created if missing) or `sqlite::memory:`.
+    ///
+    /// sqlx's `Any` drivers are installed with [`sqlx::any::install_default_drivers`]; an
+    /// application that installs its own driver list first must include the ones it uses here.
+    ///
+    /// # Errors
+    /// [`Error::FeatureDisabled`] when the database's feature is compiled out,
+    /// [`Error::InvalidConfig`] for a bad URL or table, [`Error::Unavailable`] when the server
+    /// cannot be reached, [`Error::Backend`] when the schema is newer than this library or a
+    /// migration fails.
+    pub async fn connect(url: &str, options: SqlOptions) -> Result<Self, Error> {
+        let dialect = Dialect::of_url(url)?;
+        let (backend, feature, enabled) = dialect.feature();
+        if !enabled {
+            return Err(Error::FeatureDisabled { backend, feature });
+        }
+        check_table(&options.table)?;
+        sqlx::any::install_default_drivers();
+        let mut url = url.to_owned();
+        if let Some(rest) = url.strip_prefix("mariadb:") {
+            url = format!("mysql:{rest}");
+        }
+        let memory = dialect == Dialect::Sqlite && url.contains(":memory:");
+        if dialect == Dialect::Sqlite && !memory && !url.contains("mode=") {
+            url.push_str(if url.contains('?') {
+                "&mode=rwc"
+            } else {
+                "?mode=rwc"
+            });
+        }
+        let label = format!("Sql({}, table {})", redact(&url), options.table);
+        let pool = AnyPoolOptions::new()
+            // Every connection to `sqlite::memory:` would be its own database.
+            .max_connections(if memory {
+                1
+            } else {
+                options.max_connections.max(1)
+            })
+            .acquire_timeout(options.acquire_timeout)
+            .connect(&url)
+            .await
+            .map_err(|e| db_error(&label, e))?;
+        let store = Self {
+            pool,
+            dialect,
+            statements: std::sync::Arc::new(Statements::new(dialect, &options.table)),
+            table: options.table,
+            label,
+            poll_interval: options.poll_interval,
+            url: crate::Secret(url),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// The database this store talks to.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    async fn migrate(&self) -> Result<(), Error> {
+        if self.dialect == Dialect::Sqlite {
+            // WAL lets readers run beside the writer; it is a property of the file.
+            let _ = sqlx::query("PRAGMA journal_mode=WAL")
+                .execute(&self.pool)
+                .await;
+        }
+        // Two stores connecting at once may race on CREATE … IF NOT EXISTS (PostgreSQL can
+        // report a duplicate type); every statement is idempotent, so try again.
+        let mut attempt = 0;
+        loop {
+            match self.migrate_once().await {
+                Ok(()) => return Ok(()),
+                Err((e, retry)) if retry && attempt < 3 => {
+                    attempt += 1;
+                    vamp_core::rt::sleep(Duration::from_millis(50 * attempt)).await;
+                    if attempt == 3 {
+                        return Err(e);
+                    }
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    /// One attempt; the flag says whether trying again could help.
+    async fn migrate_once(&self) -> Result<(), (Error, bool)> {
+        let t = &self.table;
+        let found: Option<i64> = match sqlx::query(AssertSqlSafe(format!(
+            "SELECT MAX(version) AS v FROM {t}_schema"
+        )))
+        .fetch_one(&self.pool)
+        .await
+        {
+            Ok(row) => row.try_get::<Option<i64>, _>("v").ok().flatten(),
+            Err(_) => None,
+        };
+        if let Some(found) = found {
+            if found > SCHEMA_VERSION {
+                let source = format!(
+                    "the database schema is version {found}, newer than this library's {SCHEMA_VERSION}; upgrade vamp-backends"
+                );
+                return Err((
+                    Error::Backend {
+                        backend: self.label.clone(),
+                        source: source.into(),
+                    },
+                    false,
+                ));
+            }
+            if found == SCHEMA_VERSION {
+                return Ok(());
+            }
+        }
+        for stmt in self.dialect.schema(t) {
+            sqlx::query(AssertSqlSafe(stmt))
+                .execute(&self.pool)
+                .await
+                .map_err(|e| (db_error(&self.label, e), true))?;
+        }
+        sqlx::query(AssertSqlSafe(self.dialect.record_schema(t)))
+            .bind(SCHEMA_VERSION)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| (db_error(&self.label, e), true))?;
+        Ok(())
+    }
+
+    fn err(&self, e: sqlx::Error) -> Error {
+        db_error(&self.label, e)
+    }
+
+    /// A text column, which MySQL's `VARBINARY` keys return as bytes.
+    fn text(&self, row: &AnyRow, column: &str) -> Result<String, Error> {
+        match row.try_get::<String, _>(column) {
+            Ok(s) => Ok(s),
+            Err(e) => match row.try_get::<Vec<u8>, _>(column) {
+                Ok(bytes) => String::from_utf8(bytes).map_err(|e| Error::Invalid {
+                    what: "stored name",
+                    value: String::from_utf8_lossy(e.as_bytes())
+                        .chars()
+                        .take(64)
+                        .collect(),
+                    reason: "not UTF-8".into(),
+                }),
+                Err(_) => Err(self.err(e)),
+            },
+        }
+    }
+
+    fn record(&self, row: &AnyRow) -> Result<ArtifactRecord, Error> {
+        let content: Option<String> = row.try_get("content").map_err(|e| self.err(e))?;
+        let content = content
+            .map(|c| {
+                serde_json::from_str(&c).map_err(|e| Error::Invalid {
+                    what: "stored artifact",
+                    value: c.chars().take(64).collect(),
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()?;
+        let kind = self.text(row, "kind")?;
+        Ok(ArtifactRecord {
+            kind: ArtifactKind::parse(&kind).ok_or_else(|| Error::Invalid {
+                what: "stored kind",
+                value: kind.clone(),
+                reason: "unknown kind".into(),
+            })?,
+            name: self.text(row, "name")?,
+            version: Version(row.try_get::<i64, _>("version").map_err(|e| self.err(e))? as u64),
+            content,
+            timestamp_ms: row
+                .try_get::<i64, _>("timestamp_ms")
+                .map_err(|e| self.err(e))?,
+        })
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut AnyConnection,
+        writes: Vec<ArtifactWrite>,
+    ) -> Result<Vec<Option<Version>>, Error> {
+        let s = &self.statements;
+        // The row lock on T_seq serialises writers for the rest of the transaction.
+        sqlx::query(s.lock.clone())
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.err(e))?;
+        let head: i64 = sqlx::query(s.head.clone())
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| self.err(e))?
+            .try_get("version")
+            .map_err(|e| self.err(e))?;
+        let mut next = head;
+        let now = vamp_core::time::now_millis();
+        let mut results = Vec::with_capacity(writes.len());
+        for w in writes {
+            let kind = w.kind.as_str();
+            let key = format!("{}/{}", w.kind, w.name);
+            let current = sqlx::query(s.current.clone())
+                .bind(kind)
+                .bind(&w.name)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(|e| self.err(e))?;
+            let current: Option<(i64, String)> = match current {
+                None => None,
+                Some(row) => Some((
+                    row.try_get("version").map_err(|e| self.err(e))?,
+                    row.try_get("content").map_err(|e| self.err(e))?,
+                )),
+            };
+            let found = current.as_ref().map(|c| c.0 as u64);
+            let conflict = |expected: u64| Error::Conflict {
+                backend: self.label.clone(),
+                key: key.clone(),
+                expected,
+                found,
+            };
+            match w.op {
+                WriteOp::Put { content, mode } => {
+                    match mode {
+                        PutMode::Create if current.is_some() => {
+                            return Err(Error::AlreadyExists {
+                                backend: self.label.clone(),
+                                key,
+                            });
+                        }
+                        PutMode::Update(expected) if found != Some(expected.0) => {
+                            return Err(conflict(expected.0));
+                        }
+                        _ => {}
+                    }
+                    if let Some((v, c)) = &current
+                        && serde_json::from_str::<serde_json::Value>(c).is_ok_and(|c| c == content)
+                    {
+                        results.push(Some(Version(*v as u64)));
+                        continue;
+                    }
+                    next += 1;
+                    let text = content.to_string();
+                    sqlx::query(s.insert_log.clone())
+                        .bind(kind)
+                        .bind(&w.name)
+                        .bind(next)
+                        .bind(Some(text.clone()))
+                        .bind(now)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(|e| self.err(e))?;
+                    let affected = match &current {
+                        None => match sqlx::query(s.insert.clone())
+                            .bind(kind)
+                            .bind(&w.name)
+                            .bind(next)
+                            .bind(&text)
+                            .bind(now)
+                            .execute(&mut *conn)
+                            .await
+                        {
+                            Ok(r) => r.rows_affected(),
+                            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => 0,
+                            Err(e) => return Err(self.err(e)),
+                        },
+                        Some((v, _)) => sqlx::query(s.update.clone())
+                            .bind(next)
+                            .bind(&text)
+                            .bind(now)
+                            .bind(kind)
+                            .bind(&w.name)
+                            .bind(*v)
+                            .execute(&mut *conn)
+                            .await
+                            .map_err(|e| self.err(e))?
+                            .rows_affected(),
+                    };
+                    if affected != 1 {
+                        // Only a writer that bypassed the T_seq lock can get here.
+                        return Err(match mode {
+                            PutMode::Create => Error::AlreadyExists {
+                                backend: self.label.clone(),
+                                key,
+                            },
+                            PutMode::Update(expected) => conflict(expected.0),
+                            _ => conflict(found.unwrap_or(0)),
+                        });
+                    }
+                    results.push(Some(Version(next as u64)));
+                }
+                WriteOp::Delete { expected } => {
+                    if let Some(expected) = expected
+                        && found != Some(expected.0)
+                    {
+                        return Err(conflict(expected.0));
+                    }
+                    let Some((v, _)) = current else {
+                        results.push(None);
+                        continue;
+                    };
+                    next += 1;
+                    sqlx::query(s.insert_log.clone())
+                        .bind(kind)
+                        .bind(&w.name)
+                        .bind(next)
+                        .bind(None::<String>)
+                        .bind(now)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(|e| self.err(e))?;
+                    let affected = sqlx::query(s.delete.clone())
+                        .bind(kind)
+                        .bind(&w.name)
+                        .bind(v)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(|e| self.err(e))?
+                        .rows_affected();
+                    if affected != 1 {
+                        return Err(conflict(expected.map_or(v as u64, |e| e.0)));
+                    }
+                    results.push(Some(Version(next as u64)));
+                }
+                _ => {
+                    return Err(Error::Invalid {
+                        what: "artifact write",
+                        value: key,
+                        reason: "this write operation is not supported by the SQL store".into(),
+                    });
+                }
+            }
+        }
+        if next != head {
+            sqlx::query(s.set_head.clone())
+                .bind(next)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| self.err(e))?;
+            if let Some(notify) = &s.notify {
+                sqlx::query(notify.clone())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        Ok(results)
+    }
+
+    /// The newest version handed out (0 for an empty store): pass it to
+    /// [`ChangeOptions::since`] to start a change feed exactly here.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the database cannot be reached.
+    pub async fn current_version(&self) -> Result<Version, Error> {
+        Ok(Version(self.head().await? as u64))
+    }
+
+    async fn head(&self) -> Result<i64, Error> {
+        sqlx::query(self.statements.head.clone())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?
+            .try_get("version")
+            .map_err(|e| self.err(e))
+    }
+
+    async fn feed_page(&self, after: i64) -> Result<Vec<ArtifactRecord>, Error> {
+        let rows = sqlx::query(self.statements.feed.clone())
+            .bind(after)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        rows.iter().map(|r| self.record(r)).collect()
+    }
+}
+
+impl fmt::Debug for SqlPersistence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlPersistence")
+            .field("label", &self.label)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for SqlPersistence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.label)
+    }
+}
+
+/// Waits for the next change notification, or `fallback`, whichever comes first.
+#[cfg(feature = "persistence-postgres")]
+struct Wakeup {
+    listener: Option<sqlx::postgres::PgListener>,
+}
+
+#[cfg(feature = "persistence-postgres")]
+impl Wakeup {
+    async fn wait(&mut self, store: &SqlPersistence) {
+        if store.dialect != Dialect::Postgres {
+            vamp_core::rt::sleep(store.poll_interval).await;
+            return;
+        }
+        if self.listener.is_none()
+            && let Ok(mut l) = sqlx::postgres::PgListener::connect(&store.url.0).await
+            && l.listen(&format!("{}_changes", store.table)).await.is_ok()
+        {
+            self.listener = Some(l);
+            // A change may have committed before LISTEN took effect: poll once more.
+            return;
+        }
+        let Some(listener) = self.listener.as_mut() else {
+            vamp_core::rt::sleep(store.poll_interval).await;
+            return;
+        };
+        let broken = {
+            let recv = std::pin::pin!(listener.try_recv());
+            // With a listener the poll is only a safety net.
+            let timeout = std::pin::pin!(vamp_core::rt::sleep(store.poll_interval * 10));
+            match futures_util::future::select(recv, timeout).await {
+                futures_util::future::Either::Left((Ok(Some(_)), _)) => false,
+                futures_util::future::Either::Left(_) => true,
+                futures_util::future::Either::Right(_) => false,
+            }
+        };
+        if broken {
+            // The connection dropped: poll, and listen again on the next wait.
+            self.listener = None;
+        }
+    }
+}
+
+#[cfg(not(feature = "persistence-postgres"))]
+struct Wakeup;
+
+#[cfg(not(feature = "persistence-postgres"))]
+impl Wakeup {
+    async fn wait(&mut self, store: &SqlPersistence) {
+        vamp_core::rt::sleep(store.poll_interval).await;
+    }
+}
+
+#[async_trait]
+impl PersistenceStore for SqlPersistence {
+    async fn read(&self, kind: ArtifactKind, name: &str) -> Result<Option<ArtifactRecord>, Error> {
+        let row = sqlx::query(self.statements.read.clone())
+            .bind(kind.as_str())
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        row.as_ref().map(|r| self.record(r)).transpose()
+    }
+
+    async fn write(&self, writes: Vec<ArtifactWrite>) -> Result<Vec<Option<Version>>, Error> {
+        for w in &writes {
+            validate_name(&w.name)?;
+            if w.name.chars().count() > MAX_NAME_CHARS {
+                return Err(Error::Invalid {
+                    what: "artifact name",
+                    value: w.name.chars().take(64).collect(),
+                    reason: format!(
+                        "longer than {MAX_NAME_CHARS} characters, the most a SQL store keeps"
+                    ),
+                });
+            }
+        }
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.pool.acquire().await.map_err(|e| self.err(e))?;
+        // SQLite: take the write lock at BEGIN so two writers never both hold read locks
+        // and then fail to upgrade.
+        let begin = if self.dialect == Dialect::Sqlite {
+            "BEGIN IMMEDIATE"
+        } else {
+            "BEGIN"
+        };
+        sqlx::query(begin)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.err(e))?;
+        match self.apply(&mut conn, writes).await {
+            Ok(v) => match sqlx::query("COMMIT").execute(&mut *conn).await {
+                Ok(_) => Ok(v),
+                Err(e) => {
+                    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                    Err(self.err(e))
+                }
+            },
+            Err(e) => {
+                if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
+                    // Never hand a connection with an open transaction back to the pool.
+                    let _ = conn.detach();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn list(
+        &self,
+        kind: ArtifactKind,
+        opts: ListOptions,
+    ) -> Result<Vec<ArtifactRecord>, Error> {
+        let limit = opts
+            .limit
+            .map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX));
+        let offset = i64::try_from(opts.offset).unwrap_or(i64::MAX);
+        let rows = sqlx::query(self.statements.list.clone())
+            .bind(kind.as_str())
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        rows.iter().map(|r| self.record(r)).collect()
+    }
+
+    async fn history(&self, kind: ArtifactKind, name: &str) -> Result<Vec<ArtifactRecord>, Error> {
+        let rows = sqlx::query(self.statements.history.clone())
+            .bind(kind.as_str())
+            .bind(name)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        rows.iter().map(|r| self.record(r)).collect()
+    }
+
+    fn changes(&self, opts: ChangeOptions) -> BoxStream<'static, Result<ArtifactRecord, Error>> {
+        struct Feed {
+            store: SqlPersistence,
+            last: Option<i64>,
+            buffer: VecDeque<ArtifactRecord>,
+            wakeup: Wakeup,
+        }
+        #[cfg(feature = "persistence-postgres")]
+        let wakeup = Wakeup { listener: None };
+        #[cfg(not(feature = "persistence-postgres"))]
+        let wakeup = Wakeup;
+        let feed = Feed {
+            store: self.clone(),
+            last: opts.since.map(|v| v.0 as i64),
+            buffer: VecDeque::new(),
+            wakeup,
+        };
+        stream::unfold(feed, |mut f| async move {
+            loop {
+                if let Some(r) = f.buffer.pop_front() {
+                    return Some((Ok(r), f));
+                }
+                let last = match f.last {
+                    Some(l) => l,
+                    None => match f.store.head().await {
+                        Ok(v) => {
+                            f.last = Some(v);
+                            v
+                        }
+                        Err(e) => {
+                            f.wakeup.wait(&f.store).await;
+                            return Some((Err(e), f));
+                        }
+                    },
+                };
+                match f.store.feed_page(last).await {
+                    Err(e) => {
+                        // Back off before reporting, so a consumer that keeps reading through
+                        // an outage does not spin.
+                        f.wakeup.wait(&f.store).await;
+                        return Some((Err(e), f));
+                    }
+                    Ok(records) if records.is_empty() => f.wakeup.wait(&f.store).await,
+                    Ok(records) => {
+                        f.last = records.last().map(|r| r.version.0 as i64);
+                        f.buffer.extend(records);
+                    }
+                }
+            }
+        })
+        .boxed()
+    }
+
+    fn capabilities(&self) -> PersistenceCapabilities {
+        let mut caps = PersistenceCapabilities::default();
+        caps.changes = true;
+        caps.changes_since = true;
+        caps.history = true;
+        caps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_placeholders_are_numbered() {
+        assert_eq!(
+            Dialect::Postgres.sql("a = ? AND b = ?"),
+            "a = $1 AND b = $2"
+        );
+        assert_eq!(Dialect::Mysql.sql("a = ? AND b = ?"), "a = ? AND b = ?");
+    }
+
+    #[test]
+    fn table_names_are_checked() {
+        assert!(check_table("vamp_artifacts").is_ok());
+        for bad in ["", "1abc", "a-b", "a;DROP TABLE x", "a b", &"x".repeat(49)] {
+            assert!(check_table(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db?sslmode=disable"),
+            "postgres://u@h:5432/db"
+        );
+        assert_eq!(
+            redact("mysql://root@127.0.0.1:3306/test"),
+            "mysql://root@127.0.0.1:3306/test"
+        );
+        assert!(!redact("mysql://u:p%40ss@h/db").contains("p%40ss"));
+    }
+
+    #[test]
+    fn dialects_come_from_the_scheme() {
+        assert_eq!(
+            Dialect::of_url("postgresql://h/db").unwrap(),
+            Dialect::Postgres
+        );
+        assert_eq!(Dialect::of_url("mariadb://h/db").unwrap(), Dialect::Mysql);
+        assert_eq!(Dialect::of_url("sqlite::memory:").unwrap(), Dialect::Sqlite);
+        assert!(Dialect::of_url("oracle://h").is_err());
+    }
+}
