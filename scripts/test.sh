@@ -18,6 +18,8 @@ step() { printf '\n==> %s\n' "$*"; }
 need_packages=()
 command -v haproxy >/dev/null 2>&1 || need_packages+=(haproxy)
 command -v redis-server >/dev/null 2>&1 || need_packages+=(redis-server)
+command -v etcd >/dev/null 2>&1 || need_packages+=(etcd-server)
+command -v protoc >/dev/null 2>&1 || need_packages+=(protobuf-compiler)
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need_packages+=(mariadb-server)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_packages+=(postgresql)
 if ((${#need_packages[@]})); then
@@ -56,6 +58,20 @@ if command -v redis-server >/dev/null 2>&1; then
   for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
   export VAMP_REDIS_URL="redis://127.0.0.1:$redis_port/0"
   echo "redis-server on $VAMP_REDIS_URL"
+fi
+
+if command -v etcd >/dev/null 2>&1; then
+  step "starting etcd"
+  etcd_port="$(free_port)"
+  etcd_peer="$(free_port)"
+  etcd --name vamp-test --data-dir "$SERVERS_DIR/etcd" \
+    --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
+    --initial-cluster "vamp-test=http://127.0.0.1:$etcd_peer" >"$SERVERS_DIR/etcd.log" 2>&1 &
+  started_pids+=($!)
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$etcd_port") 2>/dev/null && break; sleep 0.1; done
+  export VAMP_ETCD_ENDPOINTS="http://127.0.0.1:$etcd_port"
+  echo "etcd on $VAMP_ETCD_ENDPOINTS"
 fi
 
 # PostgreSQL: a private cluster (initdb refuses to run as root, so as user postgres then).
@@ -134,7 +150,7 @@ if cargo tree -p vamp-backends -e normal --no-default-features --prefix none | g
   echo "vamp-backends without features must not build backend SDKs" >&2
   exit 1
 fi
-for feature in kv-redis persistence-postgres persistence-mysql persistence-sqlite; do
+for feature in kv-etcd kv-redis persistence-postgres persistence-mysql persistence-sqlite; do
   cargo check -p vamp-backends --no-default-features --features "$feature" --quiet
 done
 

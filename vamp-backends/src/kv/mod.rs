@@ -1,5 +1,7 @@
 //! Key-value store selection, and the key-value backends.
 
+#[cfg(feature = "kv-etcd")]
+pub mod etcd;
 #[cfg(feature = "kv-redis")]
 pub mod redis;
 
@@ -262,6 +264,22 @@ impl KvBackendConfig {
                     Arc::new(Namespaced::new(InMemoryKv::new(), prefix))
                 })
             }
+            #[cfg(feature = "kv-etcd")]
+            Self::Etcd(c) => {
+                let user = match (&c.user, &c.password) {
+                    (Some(u), Some(p)) => Some((u.as_str(), p.0.as_str())),
+                    (None, None) => None,
+                    _ => return Err(invalid("etcd", "user and password go together")),
+                };
+                let kv = etcd::EtcdKv::connect(&c.endpoints, user).await?;
+                let prefix = KeyPath::parse(&c.prefix)?;
+                Ok(if prefix.is_root() {
+                    Arc::new(kv)
+                } else {
+                    Arc::new(Namespaced::new(kv, prefix))
+                })
+            }
+            #[cfg(not(feature = "kv-etcd"))]
             Self::Etcd(_) => Err(Error::FeatureDisabled {
                 backend: "etcd",
                 feature: "kv-etcd",
