@@ -19,6 +19,7 @@ need_packages=()
 command -v haproxy >/dev/null 2>&1 || need_packages+=(haproxy)
 command -v redis-server >/dev/null 2>&1 || need_packages+=(redis-server)
 command -v etcd >/dev/null 2>&1 || need_packages+=(etcd-server)
+[ -x /usr/share/zookeeper/bin/zkServer.sh ] || need_packages+=(zookeeperd)
 command -v protoc >/dev/null 2>&1 || need_packages+=(protobuf-compiler)
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need_packages+=(mariadb-server)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_packages+=(postgresql)
@@ -72,6 +73,24 @@ if command -v etcd >/dev/null 2>&1; then
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$etcd_port") 2>/dev/null && break; sleep 0.1; done
   export VAMP_ETCD_ENDPOINTS="http://127.0.0.1:$etcd_port"
   echo "etcd on $VAMP_ETCD_ENDPOINTS"
+fi
+
+if [ -x /usr/share/zookeeper/bin/zkServer.sh ]; then
+  step "starting ZooKeeper"
+  zk_port="$(free_port)"
+  zk_dir="$SERVERS_DIR/zookeeper"
+  mkdir -p "$zk_dir/data"
+  printf '%s\n' "tickTime=500" "dataDir=$zk_dir/data" "clientPort=$zk_port" "clientPortAddress=127.0.0.1" \
+    "admin.enableServer=false" "4lw.commands.whitelist=ruok" "maxSessionTimeout=20000" >"$zk_dir/zoo.cfg"
+  ZOOCFGDIR="$zk_dir" ZOO_LOG_DIR="$zk_dir" /usr/share/zookeeper/bin/zkServer.sh start-foreground "$zk_dir/zoo.cfg" \
+    >"$zk_dir/out.log" 2>&1 &
+  started_pids+=($!)
+  for _ in $(seq 300); do
+    [ "$(python3 -c "import socket; s = socket.create_connection(('127.0.0.1', $zk_port), 1); s.sendall(b'ruok'); print(s.recv(4).decode())" 2>/dev/null)" = imok ] && break
+    sleep 0.1
+  done
+  export VAMP_ZOOKEEPER_SERVERS="127.0.0.1:$zk_port"
+  echo "ZooKeeper on $VAMP_ZOOKEEPER_SERVERS"
 fi
 
 # PostgreSQL: a private cluster (initdb refuses to run as root, so as user postgres then).
@@ -150,7 +169,7 @@ if cargo tree -p vamp-backends -e normal --no-default-features --prefix none | g
   echo "vamp-backends without features must not build backend SDKs" >&2
   exit 1
 fi
-for feature in kv-etcd kv-redis persistence-postgres persistence-mysql persistence-sqlite; do
+for feature in kv-etcd kv-redis kv-zookeeper persistence-postgres persistence-mysql persistence-sqlite; do
   cargo check -p vamp-backends --no-default-features --features "$feature" --quiet
 done
 

@@ -4,6 +4,8 @@
 pub mod etcd;
 #[cfg(feature = "kv-redis")]
 pub mod redis;
+#[cfg(feature = "kv-zookeeper")]
+pub mod zookeeper;
 
 use std::sync::Arc;
 
@@ -288,6 +290,17 @@ impl KvBackendConfig {
                 backend: "consul",
                 feature: "kv-consul",
             }),
+            #[cfg(feature = "kv-zookeeper")]
+            Self::Zookeeper(c) => {
+                let kv = zookeeper::ZookeeperKv::connect(&c.servers.join(","), "/vamp-kv").await?;
+                let prefix = KeyPath::parse(&c.prefix)?;
+                Ok(if prefix.is_root() {
+                    Arc::new(kv)
+                } else {
+                    Arc::new(Namespaced::new(kv, prefix))
+                })
+            }
+            #[cfg(not(feature = "kv-zookeeper"))]
             Self::Zookeeper(_) => Err(Error::FeatureDisabled {
                 backend: "zookeeper",
                 feature: "kv-zookeeper",

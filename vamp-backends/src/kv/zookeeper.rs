@@ -1,0 +1,611 @@
+//! ZooKeeper as a [`KeyValueStore`] (feature `kv-zookeeper`).
+//!
+//! ZooKeeper watches say *that* a node changed, not what it changed to, so a watch built on
+//! them alone would skip values written in quick succession. This store therefore keeps, under
+//! its root node `R` (default `/vamp-kv`):
+//!
+//! | node | holds |
+//! |---|---|
+//! | `R/entries/<key>` | each entry's value, raw (the key percent-encoded into one node name) |
+//! | `R/log/e-<sequence>` | every change in commit order (persistent sequential nodes) |
+//! | `R/rev` | touched by every write, so its `mzxid` is the write's version |
+//!
+//! Every write is one ZooKeeper `multi` (entry, log node and `rev` together, all or nothing), so
+//! an entry's version is the write's transaction id (`mzxid`): increasing across all keys.
+//! Create-only writes rely on `NodeExists`; compare-and-swap checks the node's `mzxid` and then
+//! writes with the node's data version, so a concurrent write makes it fail instead of being
+//! lost. Watches read the log from the sequence after the last one they delivered, waking on a
+//! children watch of `R/log`; after a reconnect (or a new session) they go on from there, so no
+//! change is lost while the log keeps it. The log is trimmed to the newest 10,000 changes; a
+//! watch that falls further behind yields an error saying so.
+//!
+//! All nodes are persistent (nothing is lost with a session). Values are limited to 400 KiB:
+//! a `multi` carries the value twice (entry and log) within ZooKeeper's default 1 MiB
+//! `jute.maxbuffer`. TTLs are not supported.
+//!
+//! Configuration through [`KvBackendConfig`](super::KvBackendConfig):
+//! `zk://host1:2181,host2:2181/prefix` or the fields of
+//! [`ZookeeperKvConfig`](super::ZookeeperKvConfig): `servers`, `prefix`.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::{self, BoxStream};
+use vamp_core::Error;
+use vamp_core::kv::*;
+use zookeeper_client as zk;
+
+/// The largest value this store writes.
+pub const VALUE_MAX_BYTES: usize = 400 * 1024;
+
+/// How many changes the log keeps.
+pub const LOG_KEEP: i64 = 10_000;
+
+/// A [`KeyValueStore`] on ZooKeeper. Cloning shares the session, which reconnects by itself;
+/// an expired session is replaced by a new one. While ZooKeeper is unreachable, operations fail
+/// with [`Error::Unavailable`].
+///
+/// ```no_run
+/// # async fn example() -> Result<(), vamp_core::Error> {
+/// use vamp_backends::kv::zookeeper::ZookeeperKv;
+/// use vamp_core::kv::{keys, KeyValueStoreExt};
+///
+/// let kv = ZookeeperKv::connect("127.0.0.1:2181", "/vamp-kv").await?;
+/// kv.put(&keys::haproxy_configuration("default", "1.7")?, "frontend ...".into()).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ZookeeperKv {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    servers: String,
+    root: String,
+    label: String,
+    client: Mutex<Option<zk::Client>>,
+}
+
+fn map_err(label: &str, e: zk::Error) -> Error {
+    use zk::Error as E;
+    match e {
+        E::ConnectionLoss
+        | E::SessionExpired
+        | E::ClientClosed
+        | E::Timeout
+        | E::NoHosts
+        | E::Throttled
+        | E::SessionMoved
+        | E::NotReadOnly => Error::Unavailable {
+            backend: label.to_owned(),
+            source: Box::new(e),
+        },
+        e => Error::Backend {
+            backend: label.to_owned(),
+            source: Box::new(e),
+        },
+    }
+}
+
+/// One node name for a key: bytes outside `[A-Za-z0-9._~:-]` percent-encoded (so `/`, `%`
+/// and every character ZooKeeper forbids in paths are safe).
+fn encode(key: &KeyPath) -> String {
+    let mut out = String::with_capacity(key.as_str().len() + 8);
+    for b in key.as_str().bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b':' | b'-') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn decode(name: &str) -> Option<KeyPath> {
+    let bytes = name.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    KeyPath::parse(&String::from_utf8(out).ok()?).ok()
+}
+
+/// A log record: op (`p` or `d`), key length (u32, big endian), key, value.
+fn log_record(op: u8, key: &KeyPath, value: &[u8]) -> Vec<u8> {
+    let k = key.as_str().as_bytes();
+    let mut out = Vec::with_capacity(5 + k.len() + value.len());
+    out.push(op);
+    out.extend_from_slice(&u32::try_from(k.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(k);
+    out.extend_from_slice(value);
+    out
+}
+
+fn parse_log_record(data: &[u8]) -> Option<(u8, KeyPath, &[u8])> {
+    let op = *data.first()?;
+    let len = u32::from_be_bytes(data.get(1..5)?.try_into().ok()?) as usize;
+    let key = KeyPath::parse(std::str::from_utf8(data.get(5..5 + len)?).ok()?).ok()?;
+    Some((op, key, data.get(5 + len..)?))
+}
+
+fn sequence(name: &str) -> Option<i64> {
+    name.strip_prefix("e-")?.parse().ok()
+}
+
+fn version(zxid: i64) -> Version {
+    Version(u64::try_from(zxid).unwrap_or(0))
+}
+
+enum Write<'a> {
+    Create(&'a [u8]),
+    Set(&'a [u8], Option<i32>),
+    Delete,
+}
+
+impl ZookeeperKv {
+    /// Connects to `servers` (`host:port,host:port`) and keeps the store under the node `root`
+    /// (created when missing).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a bad root, [`Error::Unavailable`] when ZooKeeper cannot
+    /// be reached.
+    pub async fn connect(servers: &str, root: &str) -> Result<Self, Error> {
+        let root_path = KeyPath::parse(root)?;
+        if root_path.is_root() {
+            return Err(crate::invalid("zookeeper", "the root node must not be '/'"));
+        }
+        let kv = Self {
+            inner: Arc::new(Inner {
+                servers: servers.to_owned(),
+                root: root_path.as_str().to_owned(),
+                label: format!("ZooKeeper({servers}{})", root_path.as_str()),
+                client: Mutex::new(None),
+            }),
+        };
+        let client = kv.client().await?;
+        let dir = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+        for node in [
+            kv.inner.root.clone(),
+            format!("{}/entries", kv.inner.root),
+            format!("{}/log", kv.inner.root),
+            format!("{}/rev", kv.inner.root),
+        ] {
+            match client.mkdir(&node, &dir).await {
+                Ok(()) | Err(zk::Error::NodeExists) => {}
+                Err(e) => return Err(kv.err(e)),
+            }
+        }
+        Ok(kv)
+    }
+
+    /// The current session, connecting (again) when there is none or it has expired.
+    async fn client(&self) -> Result<zk::Client, Error> {
+        if let Some(c) = self.inner.client.lock().expect("lock").as_ref()
+            && !c.state().is_terminated()
+        {
+            return Ok(c.clone());
+        }
+        let client = zk::Client::connector()
+            .with_session_timeout(Duration::from_secs(10))
+            .with_connection_timeout(Duration::from_secs(5))
+            .connect(&self.inner.servers)
+            .await
+            .map_err(|e| self.err(e))?;
+        *self.inner.client.lock().expect("lock") = Some(client.clone());
+        Ok(client)
+    }
+
+    fn err(&self, e: zk::Error) -> Error {
+        map_err(&self.inner.label, e)
+    }
+
+    fn entry(&self, key: &KeyPath) -> String {
+        format!("{}/entries/{}", self.inner.root, encode(key))
+    }
+
+    /// One write: the entry change, a log record and a touch of `rev`, in one `multi`.
+    /// Returns the new version, or the ZooKeeper error of the entry operation.
+    async fn commit(
+        &self,
+        key: &KeyPath,
+        write: Write<'_>,
+    ) -> Result<Result<Version, zk::Error>, Error> {
+        let client = self.client().await?;
+        let path = self.entry(key);
+        let mut multi = client.new_multi_writer();
+        let file = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+        let log = zk::CreateMode::PersistentSequential.with_acls(zk::Acls::anyone_all());
+        let record = match write {
+            Write::Create(value) => {
+                multi
+                    .add_create(&path, value, &file)
+                    .map_err(|e| self.err(e))?;
+                log_record(b'p', key, value)
+            }
+            Write::Set(value, expected) => {
+                multi
+                    .add_set_data(&path, value, expected)
+                    .map_err(|e| self.err(e))?;
+                log_record(b'p', key, value)
+            }
+            Write::Delete => {
+                multi.add_delete(&path, None).map_err(|e| self.err(e))?;
+                log_record(b'd', key, &[])
+            }
+        };
+        multi
+            .add_create(&format!("{}/log/e-", self.inner.root), &record, &log)
+            .map_err(|e| self.err(e))?;
+        multi
+            .add_set_data(&format!("{}/rev", self.inner.root), &[], None)
+            .map_err(|e| self.err(e))?;
+        match multi.commit().await {
+            Ok(results) => {
+                let mut v = None;
+                let mut seq = None;
+                for r in results {
+                    match r {
+                        zk::MultiWriteResult::SetData { stat } => v = Some(version(stat.mzxid)),
+                        zk::MultiWriteResult::Create { path, .. } => {
+                            if let Some(s) = path.rsplit('/').next().and_then(sequence) {
+                                seq = Some(s);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                if let Some(s) = seq
+                    && s > 0
+                    && s % 1000 == 0
+                {
+                    self.trim(&client, s).await;
+                }
+                v.map(Ok).ok_or_else(|| Error::Backend {
+                    backend: self.inner.label.clone(),
+                    source: "ZooKeeper's multi returned no stat".into(),
+                })
+            }
+            Err(zk::MultiWriteError::OperationFailed { index: 0, source }) => Ok(Err(source)),
+            Err(
+                zk::MultiWriteError::OperationFailed { source, .. }
+                | zk::MultiWriteError::RequestFailed { source },
+            ) => Err(self.err(source)),
+        }
+    }
+
+    /// Deletes log nodes older than the newest [`LOG_KEEP`] (best effort).
+    async fn trim(&self, client: &zk::Client, newest: i64) {
+        let dir = format!("{}/log", self.inner.root);
+        let Ok(names) = client.list_children(&dir).await else {
+            return;
+        };
+        for name in names {
+            if sequence(&name).is_some_and(|s| s < newest - LOG_KEEP) {
+                let _ = client.delete(&format!("{dir}/{name}"), None).await;
+            }
+        }
+    }
+
+    async fn keys_under(&self, prefix: &KeyPath) -> Result<Vec<KeyPath>, Error> {
+        let client = self.client().await?;
+        let names = client
+            .list_children(&format!("{}/entries", self.inner.root))
+            .await
+            .map_err(|e| self.err(e))?;
+        let mut keys: Vec<KeyPath> = names
+            .iter()
+            .filter_map(|n| decode(n))
+            .filter(|k| k.starts_with(prefix))
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// The log's sequences, sorted, and a watcher that fires when a change is added.
+    async fn log_and_watch(&self) -> Result<(Vec<i64>, zk::OneshotWatcher), Error> {
+        let client = self.client().await?;
+        let (names, _, watcher) = client
+            .get_and_watch_children(&format!("{}/log", self.inner.root))
+            .await
+            .map_err(|e| self.err(e))?;
+        let mut seqs: Vec<i64> = names.iter().filter_map(|n| sequence(n)).collect();
+        seqs.sort_unstable();
+        Ok((seqs, watcher))
+    }
+}
+
+impl fmt::Debug for ZookeeperKv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ZookeeperKv")
+            .field("label", &self.inner.label)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for ZookeeperKv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.inner.label)
+    }
+}
+
+struct WatchState {
+    kv: ZookeeperKv,
+    prefix: KeyPath,
+    /// The last log sequence delivered; `None` until the first poll fixes the start.
+    last: Option<i64>,
+    initial: bool,
+    pending: VecDeque<Result<WatchEvent, Error>>,
+    snapshot: HashMap<KeyPath, Version>,
+}
+
+impl WatchState {
+    async fn next(mut self) -> Option<(Result<WatchEvent, Error>, Self)> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Some((e, self));
+            }
+            if let Err(e) = self.fill().await {
+                vamp_core::rt::sleep(Duration::from_millis(200)).await;
+                return Some((Err(e), self));
+            }
+        }
+    }
+
+    async fn fill(&mut self) -> Result<(), Error> {
+        let (seqs, watcher) = self.kv.log_and_watch().await?;
+        let Some(last) = self.last else {
+            self.last = Some(seqs.last().copied().unwrap_or(-1));
+            if self.initial {
+                for key in self.kv.keys_under(&self.prefix).await? {
+                    if let Some(v) = self.kv.get(&key).await? {
+                        self.snapshot.insert(key.clone(), v.version);
+                        self.pending.push_back(Ok(WatchEvent::Put {
+                            key,
+                            value: v.value,
+                            version: v.version,
+                        }));
+                    }
+                }
+                self.pending.push_back(Ok(WatchEvent::Synced));
+            }
+            return Ok(());
+        };
+        let new: Vec<i64> = seqs.into_iter().filter(|s| *s > last).collect();
+        if new.is_empty() {
+            // Wait for the next change (or look again after a while: a watcher can be lost
+            // with a connection).
+            let changed = std::pin::pin!(watcher.changed());
+            let timeout = std::pin::pin!(vamp_core::rt::sleep(Duration::from_secs(5)));
+            futures_util::future::select(changed, timeout).await;
+            return Ok(());
+        }
+        if new[0] > last + 1 && last >= 0 {
+            self.pending.push_back(Err(Error::Backend {
+                backend: self.kv.inner.label.clone(),
+                source: format!(
+                    "the change log was trimmed past sequence {last} (now from {}); changes in between were lost",
+                    new[0]
+                )
+                .into(),
+            }));
+        }
+        let client = self.kv.client().await?;
+        for s in new {
+            let path = format!("{}/log/e-{s:010}", self.kv.inner.root);
+            let (data, stat) = match client.get_data(&path).await {
+                Ok(d) => d,
+                // Trimmed meanwhile: reported by the gap check on the next fill.
+                Err(zk::Error::NoNode) => continue,
+                Err(e) => return Err(self.kv.err(e)),
+            };
+            self.last = Some(s);
+            let Some((op, key, value)) = parse_log_record(&data) else {
+                continue;
+            };
+            let v = version(stat.czxid);
+            if !key.starts_with(&self.prefix) || self.snapshot.get(&key).is_some_and(|s| *s >= v) {
+                continue;
+            }
+            self.pending.push_back(Ok(if op == b'd' {
+                WatchEvent::Delete { key, version: v }
+            } else {
+                WatchEvent::Put {
+                    key,
+                    value: Bytes::copy_from_slice(value),
+                    version: v,
+                }
+            }));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl KeyValueStore for ZookeeperKv {
+    async fn get(&self, key: &KeyPath) -> Result<Option<Versioned<Bytes>>, Error> {
+        let client = self.client().await?;
+        match client.get_data(&self.entry(key)).await {
+            Ok((data, stat)) => Ok(Some(Versioned {
+                value: Bytes::from(data),
+                version: version(stat.mzxid),
+            })),
+            Err(zk::Error::NoNode) => Ok(None),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    async fn put_opts(
+        &self,
+        key: &KeyPath,
+        value: Bytes,
+        opts: PutOptions,
+    ) -> Result<Version, Error> {
+        if opts.ttl.is_some() {
+            return Err(Error::NotSupported {
+                backend: self.inner.label.clone(),
+                operation: "put with ttl",
+            });
+        }
+        if value.len() > VALUE_MAX_BYTES {
+            return Err(Error::Invalid {
+                what: "value",
+                value: format!("{} bytes at {key}", value.len()),
+                reason: format!("ZooKeeper values are limited to {VALUE_MAX_BYTES} bytes here"),
+            });
+        }
+        let label = || self.inner.label.clone();
+        match opts.mode {
+            PutMode::Create => match self.commit(key, Write::Create(&value)).await? {
+                Ok(v) => Ok(v),
+                Err(zk::Error::NodeExists) => Err(Error::AlreadyExists {
+                    backend: label(),
+                    key: key.to_string(),
+                }),
+                Err(e) => Err(self.err(e)),
+            },
+            PutMode::Update(expected) => {
+                let client = self.client().await?;
+                let stat = match client
+                    .check_stat(&self.entry(key))
+                    .await
+                    .map_err(|e| self.err(e))?
+                {
+                    Some(stat) if version(stat.mzxid) == expected => stat,
+                    other => {
+                        return Err(Error::Conflict {
+                            backend: label(),
+                            key: key.to_string(),
+                            expected: expected.0,
+                            found: other.map(|s| version(s.mzxid).0),
+                        });
+                    }
+                };
+                match self
+                    .commit(key, Write::Set(&value, Some(stat.version)))
+                    .await?
+                {
+                    Ok(v) => Ok(v),
+                    Err(zk::Error::BadVersion | zk::Error::NoNode) => {
+                        let found = self.get(key).await?.map(|v| v.version.0);
+                        Err(Error::Conflict {
+                            backend: label(),
+                            key: key.to_string(),
+                            expected: expected.0,
+                            found,
+                        })
+                    }
+                    Err(e) => Err(self.err(e)),
+                }
+            }
+            _ => {
+                // Overwrite: set if it exists, create if not; a concurrent create or delete
+                // between the two just means trying the other.
+                for _ in 0..10 {
+                    match self.commit(key, Write::Set(&value, None)).await? {
+                        Ok(v) => return Ok(v),
+                        Err(zk::Error::NoNode) => {}
+                        Err(e) => return Err(self.err(e)),
+                    }
+                    match self.commit(key, Write::Create(&value)).await? {
+                        Ok(v) => return Ok(v),
+                        Err(zk::Error::NodeExists) => {}
+                        Err(e) => return Err(self.err(e)),
+                    }
+                }
+                Err(Error::Unavailable {
+                    backend: label(),
+                    source: "the key kept being created and deleted concurrently".into(),
+                })
+            }
+        }
+    }
+
+    async fn delete(&self, key: &KeyPath) -> Result<(), Error> {
+        match self.commit(key, Write::Delete).await? {
+            Ok(_) | Err(zk::Error::NoNode) => Ok(()),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    fn list(&self, prefix: &KeyPath) -> BoxStream<'static, Result<KeyPath, Error>> {
+        let kv = self.clone();
+        let prefix = prefix.clone();
+        stream::once(async move { kv.keys_under(&prefix).await })
+            .flat_map(|r| match r {
+                Ok(keys) => stream::iter(keys.into_iter().map(Ok).collect::<Vec<_>>()),
+                Err(e) => stream::iter(vec![Err(e)]),
+            })
+            .boxed()
+    }
+
+    fn watch(
+        &self,
+        prefix: &KeyPath,
+        opts: WatchOptions,
+    ) -> BoxStream<'static, Result<WatchEvent, Error>> {
+        let state = WatchState {
+            kv: self.clone(),
+            prefix: prefix.clone(),
+            last: None,
+            initial: opts.initial,
+            pending: VecDeque::new(),
+            snapshot: HashMap::new(),
+        };
+        stream::unfold(state, WatchState::next).boxed()
+    }
+
+    fn capabilities(&self) -> KvCapabilities {
+        let mut caps = KvCapabilities::all();
+        caps.ttl = false;
+        caps.value_max_bytes = Some(VALUE_MAX_BYTES);
+        caps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_encode_to_one_node_name_and_back() {
+        for k in [
+            "/a",
+            "/vamp/default/gateways/haproxy/1.7/configuration",
+            "/ü/%2F/x y",
+            "/a/b.c_d~e:f-g",
+        ] {
+            let key = KeyPath::parse(k).unwrap();
+            let name = encode(&key);
+            assert!(!name.contains('/') && name.is_ascii(), "{name}");
+            assert_eq!(decode(&name), Some(key), "{k}");
+        }
+        assert_eq!(decode("%zz"), None);
+        assert_eq!(decode("%4"), None);
+    }
+
+    #[test]
+    fn log_records_round_trip() {
+        let key = KeyPath::parse("/a/b").unwrap();
+        let r = log_record(b'p', &key, b"value\0with nul");
+        assert_eq!(
+            parse_log_record(&r),
+            Some((b'p', key.clone(), &b"value\0with nul"[..]))
+        );
+        let r = log_record(b'd', &key, &[]);
+        assert_eq!(parse_log_record(&r), Some((b'd', key, &[][..])));
+        assert_eq!(parse_log_record(&[b'p', 0, 0, 0, 9, b'/']), None);
+    }
+}

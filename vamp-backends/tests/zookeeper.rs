@@ -1,0 +1,253 @@
+//! The ZooKeeper key-value store against a real ZooKeeper (`VAMP_ZOOKEEPER_SERVERS`,
+//! `host:port[,host:port]`, set by scripts/test.sh, which starts a private server), and a
+//! reconnect test that starts, stops and restarts a ZooKeeper of its own (Debian's
+//! `/usr/share/zookeeper/bin/zkServer.sh`, or `VAMP_ZOOKEEPER_BIN`). Required with CI=true or
+//! VAMP_TEST_INTEGRATION=1.
+#![cfg(feature = "kv-zookeeper")]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use vamp_backends::kv::zookeeper::ZookeeperKv;
+use vamp_core::kv::{
+    DynKeyValueStore, KeyPath, KeyValueStore, KeyValueStoreExt, WatchEvent, WatchOptions,
+};
+
+fn required() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
+        || std::env::var("VAMP_TEST_INTEGRATION").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+fn servers() -> Option<String> {
+    let Ok(servers) = std::env::var("VAMP_ZOOKEEPER_SERVERS") else {
+        assert!(
+            !required(),
+            "VAMP_ZOOKEEPER_SERVERS is required for integration tests (scripts/test.sh sets it)"
+        );
+        eprintln!("SKIPPED: set VAMP_ZOOKEEPER_SERVERS to run the ZooKeeper tests");
+        return None;
+    };
+    Some(servers)
+}
+
+fn store_root(name: &str) -> String {
+    format!("/vamp-test-{}-{name}", std::process::id())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zookeeper_passes_the_kv_conformance_suite() {
+    let Some(servers) = servers() else { return };
+    let kv = ZookeeperKv::connect(&servers, &store_root("conformance"))
+        .await
+        .unwrap_or_else(|e| panic!("ZooKeeper at {servers}: {e}"));
+    let root = KeyPath::parse("/direct").unwrap();
+    vamp_core::conformance::kv::run_all(&kv, &root).await;
+    let dynamic: Arc<DynKeyValueStore> = Arc::new(kv);
+    vamp_core::conformance::kv::run_all(&dynamic, &KeyPath::parse("/arc").unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zookeeper_through_the_url_selection_with_a_prefix() {
+    let Some(servers) = servers() else { return };
+    let url = format!("zk://{servers}/vamp/selection-{}", std::process::id());
+    let kv = vamp_backends::kv::KvBackendConfig::from_url(&url)
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let t = KeyPath::parse("/t").unwrap();
+    vamp_core::conformance::kv::put_get_delete(&kv, &t).await;
+    vamp_core::conformance::kv::watch_sees_put_and_delete(&kv, &t).await;
+}
+
+/// Two store handles (two sessions) write the same key concurrently with compare-and-swap:
+/// ZooKeeper's multi with the node's data version refuses the loser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sessions_compare_and_swap_lose_no_update() {
+    let Some(servers) = servers() else { return };
+    let root = store_root("two-sessions");
+    let a = ZookeeperKv::connect(&servers, &root).await.unwrap();
+    let b = ZookeeperKv::connect(&servers, &root).await.unwrap();
+    let key = KeyPath::parse("/counter").unwrap();
+    a.put(&key, "0".into()).await.unwrap();
+    let writer = |kv: ZookeeperKv, key: KeyPath| {
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                loop {
+                    let cur = kv.get(&key).await.unwrap().unwrap();
+                    let n: u32 = std::str::from_utf8(&cur.value).unwrap().parse().unwrap();
+                    match kv
+                        .compare_and_swap(&key, (n + 1).to_string().into(), cur.version)
+                        .await
+                    {
+                        Ok(_) => break,
+                        Err(e) if e.is_conflict() => continue,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+        })
+    };
+    let tasks: Vec<_> = (0..4)
+        .map(|i| writer(if i % 2 == 0 { a.clone() } else { b.clone() }, key.clone()))
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(a.get_string(&key).await.unwrap().as_deref(), Some("80"));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn zk_server_script() -> String {
+    std::env::var("VAMP_ZOOKEEPER_BIN")
+        .unwrap_or_else(|_| "/usr/share/zookeeper/bin/zkServer.sh".to_owned())
+}
+
+/// A ZooKeeper of the test's own, so it can be stopped and started again (same data directory).
+struct OwnZookeeper {
+    child: std::process::Child,
+}
+
+impl OwnZookeeper {
+    fn start(port: u16, dir: &std::path::Path) -> Self {
+        let cfg = dir.join("zoo.cfg");
+        std::fs::write(
+            &cfg,
+            format!(
+                "tickTime=500\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
+                 admin.enableServer=false\n4lw.commands.whitelist=ruok\nmaxSessionTimeout=20000\n",
+                dir.join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new(zk_server_script())
+            .arg("start-foreground")
+            .arg(&cfg)
+            .env("ZOOCFGDIR", dir)
+            .env("ZOO_LOG_DIR", dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("zkServer.sh");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ZooKeeper did not start"
+            );
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                use std::io::{Read, Write};
+                let mut reply = String::new();
+                if s.write_all(b"ruok").is_ok()
+                    && s.read_to_string(&mut reply).is_ok()
+                    && reply == "imok"
+                {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnZookeeper {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Operations fail with a temporary error while ZooKeeper is down; afterwards the same store
+/// works again, and a watch opened before the outage resumes from the log: writes made by
+/// another session after the restart, before the watch is polled again, all arrive in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zookeeper_reconnects_and_the_watch_resumes() {
+    if !std::path::Path::new(&zk_server_script()).exists() {
+        assert!(
+            !required(),
+            "ZooKeeper ({}) is required for the reconnect test",
+            zk_server_script()
+        );
+        eprintln!("SKIPPED: no ZooKeeper at {}", zk_server_script());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let servers = format!("127.0.0.1:{port}");
+    let mut server = OwnZookeeper::start(port, dir.path());
+    let kv = ZookeeperKv::connect(&servers, "/vamp-kv").await.unwrap();
+    let key = KeyPath::parse("/reconnect/k").unwrap();
+    let mut watch = kv.watch(
+        &KeyPath::parse("/reconnect").unwrap(),
+        WatchOptions::new().with_initial(true),
+    );
+    assert_eq!(watch.next().await.unwrap().unwrap(), WatchEvent::Synced);
+    let v1 = kv.put(&key, "before".into()).await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .unwrap()
+    {
+        Some(Ok(WatchEvent::Put { version, .. })) => assert_eq!(version, v1),
+        other => panic!("{other:?}"),
+    }
+
+    server.stop();
+    let down = kv
+        .put(&key, "while down".into())
+        .await
+        .expect_err("ZooKeeper is down");
+    assert!(
+        down.is_temporary(),
+        "a down server is a temporary error: {down:?}"
+    );
+
+    let _server = OwnZookeeper::start(port, dir.path());
+    let other = ZookeeperKv::connect(&servers, "/vamp-kv").await.unwrap();
+    let mut written = Vec::new();
+    for value in ["a", "b", "c"] {
+        written.push((
+            bytes::Bytes::from(value),
+            other.put(&key, value.into()).await.unwrap(),
+        ));
+    }
+    // The first store reconnects by itself (same session, or a new one).
+    let mut v = None;
+    for _ in 0..200 {
+        match kv.get_string(&key).await {
+            Ok(got) => {
+                v = got;
+                break;
+            }
+            Err(e) if e.is_temporary() => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(v.as_deref(), Some("c"), "the data survived the restart");
+    assert!(kv.get(&key).await.unwrap().unwrap().version > v1);
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        match tokio::time::timeout(Duration::from_secs(30), watch.next())
+            .await
+            .expect("the watch resumes")
+        {
+            Some(Ok(WatchEvent::Put { value, version, .. })) => seen.push((value, version)),
+            Some(Ok(other)) => panic!("unexpected {other:?}"),
+            Some(Err(e)) => assert!(e.is_temporary(), "reconnecting is a temporary error: {e:?}"),
+            None => panic!("the watch ended"),
+        }
+    }
+    assert_eq!(seen, written, "every write, in order, none lost");
+}
