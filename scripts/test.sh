@@ -165,11 +165,11 @@ fi
 
 step "each vamp-backends feature builds alone, and none builds a backend SDK by default"
 cargo check -p vamp-backends --no-default-features --quiet
-if cargo tree -p vamp-backends -e normal --no-default-features --prefix none | grep -E '^(redis|etcd-client|sqlx|tiberius|zookeeper-client) '; then
+if cargo tree -p vamp-backends -e normal --no-default-features --prefix none | grep -E '^(redis|etcd-client|sqlx|tiberius|zookeeper-client|hyper|hyper-util) '; then
   echo "vamp-backends without features must not build backend SDKs" >&2
   exit 1
 fi
-for feature in kv-etcd kv-redis kv-zookeeper persistence-postgres persistence-mysql persistence-sqlite; do
+for feature in kv-etcd kv-consul kv-redis kv-zookeeper persistence-postgres persistence-mysql persistence-sqlite; do
   cargo check -p vamp-backends --no-default-features --features "$feature" --quiet
 done
 

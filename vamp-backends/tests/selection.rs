@@ -199,7 +199,7 @@ async fn compiled_out_backends_name_their_feature() {
         };
     }
     case!(KvBackendConfig, "etcd://h/p", "etcd", "kv-etcd");
-    planned!(KvBackendConfig, "consul://h/p", "consul", "kv-consul");
+    case!(KvBackendConfig, "consul://h/p", "consul", "kv-consul");
     case!(KvBackendConfig, "zk://h/p", "zookeeper", "kv-zookeeper");
     case!(KvBackendConfig, "redis://h", "redis", "kv-redis");
     case!(

@@ -1,5 +1,9 @@
 //! Key-value store selection, and the key-value backends.
 
+#[cfg(any(feature = "kv-zookeeper", feature = "kv-consul"))]
+mod change_log;
+#[cfg(feature = "kv-consul")]
+pub mod consul;
 #[cfg(feature = "kv-etcd")]
 pub mod etcd;
 #[cfg(feature = "kv-redis")]
@@ -286,6 +290,19 @@ impl KvBackendConfig {
                 backend: "etcd",
                 feature: "kv-etcd",
             }),
+            #[cfg(feature = "kv-consul")]
+            Self::Consul(c) => {
+                let mut options = consul::ConsulKvOptions::new(c.address);
+                options.token = c.token.map(|t| t.0);
+                let kv = consul::ConsulKv::connect(options).await?;
+                let prefix = KeyPath::parse(&c.prefix)?;
+                Ok(if prefix.is_root() {
+                    Arc::new(kv)
+                } else {
+                    Arc::new(Namespaced::new(kv, prefix))
+                })
+            }
+            #[cfg(not(feature = "kv-consul"))]
             Self::Consul(_) => Err(Error::FeatureDisabled {
                 backend: "consul",
                 feature: "kv-consul",

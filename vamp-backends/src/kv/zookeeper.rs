@@ -40,6 +40,8 @@ use vamp_core::Error;
 use vamp_core::kv::*;
 use zookeeper_client as zk;
 
+use super::change_log::{log_record, parse_log_record};
+
 /// The largest value this store writes.
 pub const VALUE_MAX_BYTES: usize = 400 * 1024;
 
@@ -121,24 +123,6 @@ fn decode(name: &str) -> Option<KeyPath> {
         }
     }
     KeyPath::parse(&String::from_utf8(out).ok()?).ok()
-}
-
-/// A log record: op (`p` or `d`), key length (u32, big endian), key, value.
-fn log_record(op: u8, key: &KeyPath, value: &[u8]) -> Vec<u8> {
-    let k = key.as_str().as_bytes();
-    let mut out = Vec::with_capacity(5 + k.len() + value.len());
-    out.push(op);
-    out.extend_from_slice(&u32::try_from(k.len()).unwrap_or(u32::MAX).to_be_bytes());
-    out.extend_from_slice(k);
-    out.extend_from_slice(value);
-    out
-}
-
-fn parse_log_record(data: &[u8]) -> Option<(u8, KeyPath, &[u8])> {
-    let op = *data.first()?;
-    let len = u32::from_be_bytes(data.get(1..5)?.try_into().ok()?) as usize;
-    let key = KeyPath::parse(std::str::from_utf8(data.get(5..5 + len)?).ok()?).ok()?;
-    Some((op, key, data.get(5 + len..)?))
 }
 
 fn sequence(name: &str) -> Option<i64> {
@@ -594,18 +578,5 @@ mod tests {
         }
         assert_eq!(decode("%zz"), None);
         assert_eq!(decode("%4"), None);
-    }
-
-    #[test]
-    fn log_records_round_trip() {
-        let key = KeyPath::parse("/a/b").unwrap();
-        let r = log_record(b'p', &key, b"value\0with nul");
-        assert_eq!(
-            parse_log_record(&r),
-            Some((b'p', key.clone(), &b"value\0with nul"[..]))
-        );
-        let r = log_record(b'd', &key, &[]);
-        assert_eq!(parse_log_record(&r), Some((b'd', key, &[][..])));
-        assert_eq!(parse_log_record(&[b'p', 0, 0, 0, 9, b'/']), None);
     }
 }
