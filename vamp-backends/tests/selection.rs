@@ -220,7 +220,7 @@ async fn compiled_out_backends_name_their_feature() {
         "sqlite",
         "persistence-sqlite"
     );
-    planned!(
+    case!(
         PersistenceBackendConfig,
         "mssql://h/db",
         "mssql",

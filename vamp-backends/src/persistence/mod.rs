@@ -1,5 +1,9 @@
 //! Persistence selection.
 
+#[cfg(feature = "persistence-mssql")]
+pub mod mssql;
+#[cfg(any(feature = "sql", feature = "persistence-mssql"))]
+mod plan;
 #[cfg(feature = "sql")]
 pub mod sql;
 
@@ -134,6 +138,11 @@ impl PersistenceBackendConfig {
                 };
                 sql_store(&url, &c.table).await
             }
+            #[cfg(feature = "persistence-mssql")]
+            Self::Mssql(c) => Ok(Arc::new(
+                mssql::MssqlPersistence::connect(&c.url.0, &c.table).await?,
+            )),
+            #[cfg(not(feature = "persistence-mssql"))]
             Self::Mssql(_) => Err(Error::FeatureDisabled {
                 backend: "mssql",
                 feature: "persistence-mssql",

@@ -54,7 +54,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::time::Duration;
 
@@ -64,17 +64,17 @@ use futures_util::stream::{self, BoxStream};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Row, SqlSafeStr, SqlStr};
 use vamp_core::Error;
-use vamp_core::kv::{PutMode, Version};
+use vamp_core::kv::Version;
 use vamp_core::model::ArtifactKind;
 use vamp_core::persistence::{
     ArtifactRecord, ArtifactWrite, ChangeOptions, ListOptions, PersistenceCapabilities,
-    PersistenceStore, WriteOp, validate_name,
+    PersistenceStore,
 };
 
 use crate::invalid;
 
-/// The longest artifact name a SQL store accepts (its key column is `VARCHAR(255)`).
-pub const MAX_NAME_CHARS: usize = 255;
+pub use super::plan::MAX_NAME_CHARS;
+use super::plan::{Action, Row as StoredRow, check_names, check_table, plan};
 
 /// The schema version this library writes; a database with a newer one is refused.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -381,26 +381,6 @@ fn redact(url: &str) -> String {
     }
 }
 
-fn check_table(table: &str) -> Result<(), Error> {
-    let ok = !table.is_empty()
-        && table.len() <= 48
-        && table
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(
-            "table",
-            format!(
-                "'{table}' is not a valid table name ([A-Za-z_][A-Za-z0-9_]*, at most 48 characters)"
-            ),
-        ))
-    }
-}
-
 impl SqlPersistence {
     /// Connects to the database at `url` and applies the schema migrations.
     ///
@@ -599,147 +579,114 @@ impl SqlPersistence {
             .map_err(|e| self.err(e))?
             .try_get("version")
             .map_err(|e| self.err(e))?;
-        let mut next = head;
-        let now = vamp_core::time::now_millis();
-        let mut results = Vec::with_capacity(writes.len());
-        for w in writes {
-            let kind = w.kind.as_str();
-            let key = format!("{}/{}", w.kind, w.name);
-            let current = sqlx::query(s.current.clone())
-                .bind(kind)
+        let mut current = HashMap::new();
+        for w in &writes {
+            if current.contains_key(&(w.kind, w.name.clone())) {
+                continue;
+            }
+            let row = sqlx::query(s.current.clone())
+                .bind(w.kind.as_str())
                 .bind(&w.name)
                 .fetch_optional(&mut *conn)
                 .await
                 .map_err(|e| self.err(e))?;
-            let current: Option<(i64, String)> = match current {
+            let row: Option<StoredRow> = match row {
                 None => None,
                 Some(row) => Some((
                     row.try_get("version").map_err(|e| self.err(e))?,
                     row.try_get("content").map_err(|e| self.err(e))?,
                 )),
             };
-            let found = current.as_ref().map(|c| c.0 as u64);
-            let conflict = |expected: u64| Error::Conflict {
-                backend: self.label.clone(),
-                key: key.clone(),
-                expected,
-                found,
-            };
-            match w.op {
-                WriteOp::Put { content, mode } => {
-                    match mode {
-                        PutMode::Create if current.is_some() => {
-                            return Err(Error::AlreadyExists {
-                                backend: self.label.clone(),
-                                key,
-                            });
-                        }
-                        PutMode::Update(expected) if found != Some(expected.0) => {
-                            return Err(conflict(expected.0));
-                        }
-                        _ => {}
-                    }
-                    if let Some((v, c)) = &current
-                        && serde_json::from_str::<serde_json::Value>(c).is_ok_and(|c| c == content)
-                    {
-                        results.push(Some(Version(*v as u64)));
-                        continue;
-                    }
-                    next += 1;
-                    let text = content.to_string();
+            current.insert((w.kind, w.name.clone()), row);
+        }
+        let plan = plan(&self.label, head, current, writes)?;
+        let now = vamp_core::time::now_millis();
+        for action in plan.actions {
+            let (affected, miss) = match action {
+                Action::Log {
+                    version,
+                    kind,
+                    name,
+                    content,
+                } => {
                     sqlx::query(s.insert_log.clone())
                         .bind(kind)
-                        .bind(&w.name)
-                        .bind(next)
-                        .bind(Some(text.clone()))
+                        .bind(name)
+                        .bind(version)
+                        .bind(content)
                         .bind(now)
                         .execute(&mut *conn)
                         .await
                         .map_err(|e| self.err(e))?;
-                    let affected = match &current {
-                        None => match sqlx::query(s.insert.clone())
-                            .bind(kind)
-                            .bind(&w.name)
-                            .bind(next)
-                            .bind(&text)
-                            .bind(now)
-                            .execute(&mut *conn)
-                            .await
-                        {
-                            Ok(r) => r.rows_affected(),
-                            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => 0,
-                            Err(e) => return Err(self.err(e)),
-                        },
-                        Some((v, _)) => sqlx::query(s.update.clone())
-                            .bind(next)
-                            .bind(&text)
-                            .bind(now)
-                            .bind(kind)
-                            .bind(&w.name)
-                            .bind(*v)
-                            .execute(&mut *conn)
-                            .await
-                            .map_err(|e| self.err(e))?
-                            .rows_affected(),
-                    };
-                    if affected != 1 {
-                        // Only a writer that bypassed the T_seq lock can get here.
-                        return Err(match mode {
-                            PutMode::Create => Error::AlreadyExists {
-                                backend: self.label.clone(),
-                                key,
-                            },
-                            PutMode::Update(expected) => conflict(expected.0),
-                            _ => conflict(found.unwrap_or(0)),
-                        });
-                    }
-                    results.push(Some(Version(next as u64)));
+                    continue;
                 }
-                WriteOp::Delete { expected } => {
-                    if let Some(expected) = expected
-                        && found != Some(expected.0)
-                    {
-                        return Err(conflict(expected.0));
-                    }
-                    let Some((v, _)) = current else {
-                        results.push(None);
-                        continue;
-                    };
-                    next += 1;
-                    sqlx::query(s.insert_log.clone())
+                Action::Insert {
+                    version,
+                    kind,
+                    name,
+                    content,
+                    miss,
+                } => {
+                    let inserted = sqlx::query(s.insert.clone())
                         .bind(kind)
-                        .bind(&w.name)
-                        .bind(next)
-                        .bind(None::<String>)
+                        .bind(name)
+                        .bind(version)
+                        .bind(content)
                         .bind(now)
                         .execute(&mut *conn)
-                        .await
-                        .map_err(|e| self.err(e))?;
-                    let affected = sqlx::query(s.delete.clone())
+                        .await;
+                    match inserted {
+                        Ok(r) => (r.rows_affected(), miss),
+                        Err(sqlx::Error::Database(d)) if d.is_unique_violation() => (0, miss),
+                        Err(e) => return Err(self.err(e)),
+                    }
+                }
+                Action::Update {
+                    version,
+                    kind,
+                    name,
+                    content,
+                    expected,
+                    miss,
+                } => (
+                    sqlx::query(s.update.clone())
+                        .bind(version)
+                        .bind(content)
+                        .bind(now)
                         .bind(kind)
-                        .bind(&w.name)
-                        .bind(v)
+                        .bind(name)
+                        .bind(expected)
                         .execute(&mut *conn)
                         .await
                         .map_err(|e| self.err(e))?
-                        .rows_affected();
-                    if affected != 1 {
-                        return Err(conflict(expected.map_or(v as u64, |e| e.0)));
-                    }
-                    results.push(Some(Version(next as u64)));
-                }
-                _ => {
-                    return Err(Error::Invalid {
-                        what: "artifact write",
-                        value: key,
-                        reason: "this write operation is not supported by the SQL store".into(),
-                    });
-                }
+                        .rows_affected(),
+                    miss,
+                ),
+                Action::Delete {
+                    kind,
+                    name,
+                    expected,
+                    miss,
+                } => (
+                    sqlx::query(s.delete.clone())
+                        .bind(kind)
+                        .bind(name)
+                        .bind(expected)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(|e| self.err(e))?
+                        .rows_affected(),
+                    miss,
+                ),
+            };
+            if affected != 1 {
+                // Only a writer that bypassed the T_seq lock can get here.
+                return Err(miss);
             }
         }
-        if next != head {
+        if plan.head != head {
             sqlx::query(s.set_head.clone())
-                .bind(next)
+                .bind(plan.head)
                 .execute(&mut *conn)
                 .await
                 .map_err(|e| self.err(e))?;
@@ -750,7 +697,7 @@ impl SqlPersistence {
                     .map_err(|e| self.err(e))?;
             }
         }
-        Ok(results)
+        Ok(plan.results)
     }
 
     /// The newest version handed out (0 for an empty store): pass it to
@@ -860,18 +807,7 @@ impl PersistenceStore for SqlPersistence {
     }
 
     async fn write(&self, writes: Vec<ArtifactWrite>) -> Result<Vec<Option<Version>>, Error> {
-        for w in &writes {
-            validate_name(&w.name)?;
-            if w.name.chars().count() > MAX_NAME_CHARS {
-                return Err(Error::Invalid {
-                    what: "artifact name",
-                    value: w.name.chars().take(64).collect(),
-                    reason: format!(
-                        "longer than {MAX_NAME_CHARS} characters, the most a SQL store keeps"
-                    ),
-                });
-            }
-        }
+        check_names(&writes)?;
         if writes.is_empty() {
             return Ok(Vec::new());
         }
