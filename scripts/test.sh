@@ -176,6 +176,16 @@ done
 step "cargo test --workspace"
 cargo test --workspace --all-features 2>&1 | tee "${CARGO_TARGET_DIR}/test.log"
 
+# Servers that cannot run here: their tests are ignored unless an address is given.
+if [ -n "${VAMP_TEST_CONSUL_ADDR:-}" ]; then
+  step "real Consul at $VAMP_TEST_CONSUL_ADDR"
+  cargo test -p vamp-backends --features kv-consul --test consul -- --ignored 2>&1 | tee -a "${CARGO_TARGET_DIR}/test.log"
+fi
+if [ -n "${VAMP_TEST_MSSQL_URL:-}" ]; then
+  step "real SQL Server"
+  cargo test -p vamp-backends --features persistence-mssql --test mssql -- --ignored 2>&1 | tee -a "${CARGO_TARGET_DIR}/test.log"
+fi
+
 step "vamp validate on the shipped example"
 cargo run --quiet --example vamp -- validate examples/blueprints/sava.yml
 

@@ -186,8 +186,10 @@ impl Default for LogFormats {
 /// The agent-side part of a configuration for HAProxy 2.6+ (`global` and `defaults`), to which
 /// the generated configuration is appended. Unlike Vamp's VGA base it has no `nbproc` (removed
 /// in HAProxy 2.5), and servers whose names do not resolve yet start down instead of failing
-/// the whole configuration (`init-addr last,libc,none`).
-pub const BASE_CONFIG: &str = "global\n  maxconn 4096\n\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  default-server init-addr last,libc,none\n";
+/// the whole configuration (`init-addr last,libc,none`). Frontends log to the `global` log
+/// targets (`log global`; the gateway agent adds its own), except connections that send nothing
+/// (`option dontlognull`, as in Vamp's VGA).
+pub const BASE_CONFIG: &str = "global\n  maxconn 4096\n\ndefaults\n  log global\n  option dontlognull\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  default-server init-addr last,libc,none\n";
 
 /// Vamp's HTTP log format.
 pub const VAMP_LOG_HTTP: &str = r#""""{\"ci\":\"%ci\",\"cp\":%cp,\"t\":\"%t\",\"ft\":\"%ft\",\"b\":\"%b\",\"s\":\"%s\",\"Tq\":%Tq,\"Tw\":%Tw,\"Tc\":%Tc,\"Tr\":%Tr,\"Tt\":%Tt,\"ST\":%ST,\"B\":%B,\"CC\":\"%CC\",\"CS\":\"%CS\",\"tsc\":\"%tsc\",\"ac\":%ac,\"fc\":%fc,\"bc\":%bc,\"sc\":%sc,\"rc\":%rc,\"sq\":%sq,\"bq\":%bq,\"hr\":\"%hr\",\"hs\":\"%hs\",\"r\":%{+Q}r}""""#;

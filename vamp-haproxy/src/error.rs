@@ -91,3 +91,40 @@ pub enum RenderError {
         reason: String,
     },
 }
+
+/// Why the gateway agent could not do something (feature `agent`).
+#[cfg(feature = "agent")]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// HAProxy could not be run or did not come up.
+    #[error("HAProxy: {message}")]
+    Start {
+        /// What happened.
+        message: String,
+    },
+    /// A reload failed or was not confirmed.
+    #[error("HAProxy reload: {message}")]
+    Reload {
+        /// What happened.
+        message: String,
+    },
+    /// A command on HAProxy's master CLI or runtime API failed.
+    #[error("HAProxy CLI {socket:?}, '{command}': {message}")]
+    Cli {
+        /// The socket.
+        socket: std::path::PathBuf,
+        /// The command.
+        command: String,
+        /// HAProxy's answer or the I/O error.
+        message: String,
+    },
+    /// A file, directory or socket could not be set up.
+    #[error("{path:?}: {message}")]
+    Io {
+        /// The path or address.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        message: String,
+    },
+}

@@ -12,12 +12,15 @@
 //! Deliberate differences from Vamp's output are listed in `COMPATIBILITY.md`.
 
 pub mod acl;
+#[cfg(feature = "agent")]
+pub mod agent;
 pub mod config;
 pub mod convert;
 pub mod error;
 pub mod fetches;
 pub mod log;
 pub mod targets;
+pub mod update;
 
 pub use config::{BASE_CONFIG, HaProxyConfig};
 pub use convert::{RenderOptions, convert_in_order, render, with_defaults};

@@ -9,78 +9,12 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use support::*;
 use vamp_core::model::{Gateway, RouteTarget};
 use vamp_haproxy::{RenderOptions, render};
-
-/// A backend that answers every HTTP request with its name and the path it received.
-struct HttpBackend {
-    port: u16,
-    stop: Arc<AtomicBool>,
-}
-
-impl HttpBackend {
-    fn start(name: &'static str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if flag.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(mut conn) = conn else { continue };
-                std::thread::spawn(move || serve(&mut conn, name));
-            }
-        });
-        Self { port, stop }
-    }
-
-    fn target(&self, name: &str) -> RouteTarget {
-        RouteTarget::Internal {
-            name: name.into(),
-            host: None,
-            port: i64::from(self.port),
-        }
-    }
-}
-
-impl Drop for HttpBackend {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-    }
-}
-
-fn serve(conn: &mut TcpStream, name: &str) {
-    conn.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        // One request per connection is enough for these tests; HAProxy health checks
-        // (plain TCP connects) close without sending anything.
-        match conn.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-        if buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            break;
-        }
-    }
-    let text = String::from_utf8_lossy(&buf);
-    let path = text.split_whitespace().nth(1).unwrap_or("/").to_owned();
-    let body = format!("{name} {path}\n");
-    let response = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = conn.write_all(response.as_bytes());
-}
 
 /// A TCP backend that echoes what it reads.
 fn tcp_echo() -> u16 {
@@ -99,14 +33,6 @@ fn tcp_echo() -> u16 {
         }
     });
     port
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 static RUN: AtomicUsize = AtomicUsize::new(0);
@@ -167,55 +93,6 @@ impl Drop for HaProxy {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Response {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut req = format!("GET {path} HTTP/1.1\r\nConnection: close\r\n");
-    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
-        req.push_str("Host: localhost\r\n");
-    }
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Response {
-        status,
-        headers,
-        body: body.to_owned(),
-    }
-}
-
-/// Which backend answered ("a", "b", ...).
-fn who(r: &Response) -> String {
-    assert_eq!(r.status, 200, "status {} body {:?}", r.status, r.body);
-    r.body
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 fn ab_gateway(port: u16, extra: &str, route_b: &str, a: &HttpBackend, b: &HttpBackend) -> Gateway {
