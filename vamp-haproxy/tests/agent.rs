@@ -27,6 +27,19 @@ fn gateway_config(
     weights: (u8, u8),
     balance: &str,
 ) -> (String, String) {
+    let (text, frontend, _) = gateway_config_with_routes(port, dir, a, b, weights, balance);
+    (text, frontend)
+}
+
+/// Also returns, per backend name, the frontend of its route.
+fn gateway_config_with_routes(
+    port: u16,
+    dir: &std::path::Path,
+    a: &HttpBackend,
+    b: &HttpBackend,
+    weights: (u8, u8),
+    balance: &str,
+) -> (String, String, HashMap<String, String>) {
     let g = gateway(&format!(
         "name: agent/{port}\nport: {port}\nroutes:\n  a: {{weight: {}%, balance: {balance}}}\n  b: {{weight: {}%, balance: {balance}}}\n",
         weights.0, weights.1
@@ -47,7 +60,22 @@ fn gateway_config(
         .unwrap()
         .lookup
         .clone();
-    (config.render(), frontend)
+    let mut routes = HashMap::new();
+    for (name, backend) in [("a", a), ("b", b)] {
+        let address = format!("127.0.0.1:{}", backend.port);
+        let route_backend = config
+            .backends
+            .iter()
+            .find(|be| be.servers.iter().any(|s| s.address == address))
+            .unwrap();
+        let route_frontend = config
+            .frontends
+            .iter()
+            .find(|f| f.bind.is_none() && f.default_backend == route_backend.lookup)
+            .unwrap();
+        routes.insert(name.to_owned(), route_frontend.lookup.clone());
+    }
+    (config.render(), frontend, routes)
 }
 
 struct Running {
@@ -63,12 +91,15 @@ impl Running {
         dir: &std::path::Path,
         metrics: Arc<DynMetricsStore>,
         events: Arc<DynEventStore>,
+        tune: impl FnOnce(AgentOptions) -> AgentOptions,
     ) -> Option<Self> {
         let bin = haproxy()?;
-        let options = AgentOptions::new(key.clone(), dir.join("agent"))
-            .with_haproxy_bin(bin)
-            .with_syslog("127.0.0.1:0".parse().unwrap())
-            .with_health("127.0.0.1:0".parse().unwrap());
+        let options = tune(
+            AgentOptions::new(key.clone(), dir.join("agent"))
+                .with_haproxy_bin(bin)
+                .with_syslog("127.0.0.1:0".parse().unwrap())
+                .with_health("127.0.0.1:0".parse().unwrap()),
+        );
         let agent = GatewayAgent::new(kv, options)
             .with_metrics(metrics)
             .with_events(events);
@@ -159,6 +190,7 @@ async fn end_to_end(kv: Arc<DynKeyValueStore>, key: KeyPath) {
         dir.path(),
         Arc::clone(&metrics) as Arc<DynMetricsStore>,
         Arc::clone(&events) as Arc<DynEventStore>,
+        |o| o,
     )
     .await
     else {
@@ -236,7 +268,8 @@ async fn end_to_end(kv: Arc<DynKeyValueStore>, key: KeyPath) {
         .unwrap();
     assert_eq!(rejected.len(), 1, "{rejected:?}");
 
-    let (good, _) = gateway_config(port, dir.path(), &a, &b, (50, 50), "roundrobin");
+    let (good, _, routes) =
+        gateway_config_with_routes(port, dir.path(), &a, &b, (50, 50), "roundrobin");
     let v5 = kv.put(&key, good.into()).await.unwrap();
     let status = agent
         .until("recovery", |s| s.applied_version == Some(v5.0))
@@ -260,38 +293,59 @@ async fn end_to_end(kv: Arc<DynKeyValueStore>, key: KeyPath) {
     assert_eq!(status.applied_version, Some(v5.0));
     until_served(port, "a").await;
 
-    // 6. The request metrics from HAProxy's logs match what was sent through the gateway's
-    //    frontend: once the earlier requests' lines have all arrived, 30 more count 30.
-    let mut before = u64::MAX;
+    // 6. The request metrics from HAProxy's logs match what was sent: through the gateway's
+    //    frontend, and per route. Once the earlier requests' lines have all arrived (the
+    //    counts stop moving), 40 more requests count 40, split as the responses say.
+    let metrics_of = |frontend: String| {
+        let metrics = Arc::clone(&metrics);
+        async move {
+            metrics
+                .request_metrics(&frontend, Duration::from_secs(600))
+                .await
+                .unwrap()
+        }
+    };
+    let snapshot = || async {
+        (
+            metrics_of(frontend.clone()).await.requests,
+            metrics_of(routes["a"].clone()).await.requests,
+            metrics_of(routes["b"].clone()).await.requests,
+        )
+    };
+    let mut before = snapshot().await;
     loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let now = metrics
-            .request_metrics(&frontend, Duration::from_secs(600))
-            .await
-            .unwrap()
-            .requests;
+        let now = snapshot().await;
         if now == before {
             break;
         }
         before = now;
     }
-    let sent = split(port, 30).await.values().sum::<usize>() as u64;
+    let sent = split(port, 40).await;
+    let expected = (
+        before.0 + 40,
+        before.1 + *sent.get("a").unwrap_or(&0) as u64,
+        before.2 + *sent.get("b").unwrap_or(&0) as u64,
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let m = metrics
-            .request_metrics(&frontend, Duration::from_secs(600))
-            .await
-            .unwrap();
-        if m.requests >= before + sent {
-            assert_eq!(m.requests, before + sent, "no request counted twice: {m:?}");
-            assert_eq!(m.status.success, m.requests, "all 2xx: {m:?}");
+        let now = snapshot().await;
+        if now == expected {
             break;
         }
         assert!(
-            tokio::time::Instant::now() < deadline,
-            "logs missing: {m:?}, sent {sent} after {before}"
+            tokio::time::Instant::now() < deadline && now.0 <= expected.0,
+            "request counts from the logs {now:?}, expected {expected:?} (sent {sent:?})"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for f in [frontend.clone(), routes["a"].clone(), routes["b"].clone()] {
+        let m = metrics_of(f.clone()).await;
+        assert_eq!(
+            m.status.success, m.requests,
+            "every request was a 2xx on {f}: {m:?}"
+        );
+        assert_eq!(m.error_rate, 0.0, "{m:?}");
     }
 
     agent.stop().await;
@@ -353,4 +407,250 @@ async fn redis_end_to_end() {
     .await
     .unwrap();
     end_to_end(Arc::new(kv), test_key("redis")).await;
+}
+
+/// A load process: requests on loopback, each on a new connection, until the stop file
+/// appears; prints `{"ok": N, "failed": M, "errors": {...}}`.
+const LOAD_CLIENT: &str = r#"
+import json, os, socket, sys
+port, stop = int(sys.argv[1]), sys.argv[2]
+ok, failed, errors = 0, 0, {}
+while not os.path.exists(stop):
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: load\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        s.close()
+        head = data.split(b"\r\n", 1)[0]
+        if head.startswith(b"HTTP/1.1 200") and (data.endswith(b"a /\n") or data.endswith(b"b /\n")):
+            ok += 1
+        else:
+            failed += 1
+            key = repr(head[:80])
+            errors[key] = errors.get(key, 0) + 1
+    except Exception as e:
+        failed += 1
+        key = type(e).__name__ + ": " + str(e)
+        errors[key] = errors.get(key, 0) + 1
+print(json.dumps({"ok": ok, "failed": failed, "errors": errors}))
+"#;
+
+/// Hitless: while a second process sends requests without pause, 50 structural changes
+/// (each a reload) and 200 weight changes (each through the runtime API) fail no request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reloads_and_weight_changes_under_load_fail_no_request() {
+    let (a, b) = (HttpBackend::start("a"), HttpBackend::start("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let kv: Arc<DynKeyValueStore> = Arc::new(InMemoryKv::new());
+    let key = KeyPath::parse("/vamp/load/gateways/haproxy/1.7/configuration").unwrap();
+    let Some(mut agent) = Running::start(
+        Arc::clone(&kv),
+        &key,
+        dir.path(),
+        Arc::new(InMemoryMetrics::new()),
+        Arc::new(InMemoryMetrics::new()),
+        |o| o.with_debounce(Duration::from_millis(5)),
+    )
+    .await
+    else {
+        return;
+    };
+    let (first, _) = gateway_config(port, dir.path(), &a, &b, (50, 50), "roundrobin");
+    let v = kv.put(&key, first.into()).await.unwrap();
+    agent
+        .until("first apply", |s| s.applied_version == Some(v.0))
+        .await;
+    until_served(port, "a").await;
+
+    let stop = dir.path().join("stop-load");
+    let load = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(LOAD_CLIENT)
+        .arg(port.to_string())
+        .arg(&stop)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs the load process");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    for i in 0..50 {
+        let balance = if i % 2 == 0 {
+            "leastconn"
+        } else {
+            "roundrobin"
+        };
+        let (config, _) = gateway_config(port, dir.path(), &a, &b, (50, 50), balance);
+        let v = kv.put(&key, config.into()).await.unwrap();
+        agent
+            .until("a structural change", |s| s.applied_version == Some(v.0))
+            .await;
+    }
+    for i in 0..200 {
+        let weights = if i % 2 == 0 { (70, 30) } else { (30, 70) };
+        let (config, _) = gateway_config(port, dir.path(), &a, &b, weights, "roundrobin");
+        let v = kv.put(&key, config.into()).await.unwrap();
+        agent
+            .until("a weight change", |s| s.applied_version == Some(v.0))
+            .await;
+    }
+    let status = agent.status.borrow().clone();
+    std::fs::write(&stop, "").unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(30), load.wait_with_output())
+        .await
+        .expect("the load process stops")
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    eprintln!("load during 50 reloads and 200 weight changes: {report}");
+    assert_eq!(status.counts.reload, 51, "{status:?}");
+    assert_eq!(status.counts.dynamic, 200, "{status:?}");
+    assert_eq!(status.counts.rejected, 0, "{status:?}");
+    assert!(report["ok"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(
+        report["failed"].as_u64(),
+        Some(0),
+        "no failed request: {report}"
+    );
+    agent.stop().await;
+}
+
+/// An etcd of the test's own (Debian's `etcd`), so it can be stopped and started again on the
+/// same data directory.
+struct OwnEtcd {
+    child: std::process::Child,
+}
+
+impl OwnEtcd {
+    fn start(port: u16, peer: u16, dir: &std::path::Path) -> Self {
+        let client = format!("http://127.0.0.1:{port}");
+        let peer = format!("http://127.0.0.1:{peer}");
+        let child = std::process::Command::new("etcd")
+            .args(["--name", "t", "--data-dir"])
+            .arg(dir)
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("t={peer}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("etcd");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "etcd did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnEtcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// etcd goes away for 10 s: HAProxy serves every request meanwhile, and an update written
+/// after etcd is back is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kv_outage_keeps_haproxy_serving_and_the_next_update_applies() {
+    if std::process::Command::new("etcd")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            !integration_required(),
+            "etcd is required for the outage test"
+        );
+        eprintln!("SKIPPED: no etcd binary");
+        return;
+    }
+    let (a, b) = (HttpBackend::start("a"), HttpBackend::start("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let (etcd_port, peer_port) = (free_port(), free_port());
+    let mut etcd = OwnEtcd::start(etcd_port, peer_port, &dir.path().join("etcd"));
+    let endpoints = vec![format!("http://127.0.0.1:{etcd_port}")];
+    let kv: Arc<DynKeyValueStore> = Arc::new(
+        vamp_backends::kv::etcd::EtcdKv::connect(&endpoints, None)
+            .await
+            .unwrap(),
+    );
+    let key = test_key("outage");
+    let port = free_port();
+    let Some(mut agent) = Running::start(
+        Arc::clone(&kv),
+        &key,
+        dir.path(),
+        Arc::new(InMemoryMetrics::new()),
+        Arc::new(InMemoryMetrics::new()),
+        |o| o,
+    )
+    .await
+    else {
+        return;
+    };
+    let (first, _) = gateway_config(port, dir.path(), &a, &b, (100, 0), "roundrobin");
+    let v1 = kv.put(&key, first.into()).await.unwrap();
+    agent
+        .until("first apply", |s| s.applied_version == Some(v1.0))
+        .await;
+    until_served(port, "a").await;
+
+    etcd.stop();
+    let (served, failed) = tokio::task::spawn_blocking(move || {
+        let (mut served, mut failed) = (0, 0);
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < end {
+            match std::panic::catch_unwind(|| who(&get(port, "/", &[]))) {
+                Ok(name) if name == "a" => served += 1,
+                _ => failed += 1,
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (served, failed)
+    })
+    .await
+    .unwrap();
+    assert!(
+        served > 0 && failed == 0,
+        "served {served}, failed {failed} while etcd was down"
+    );
+    assert_eq!(agent.status.borrow().applied_version, Some(v1.0));
+
+    let _etcd = OwnEtcd::start(etcd_port, peer_port, &dir.path().join("etcd"));
+    let mut written = None;
+    for _ in 0..100 {
+        let (update, _) = gateway_config(port, dir.path(), &a, &b, (0, 100), "roundrobin");
+        match kv.put(&key, update.into()).await {
+            Ok(v) => {
+                written = Some(v);
+                break;
+            }
+            Err(e) if e.is_temporary() => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let v2 = written.expect("etcd is back");
+    let status = agent
+        .until("the update after the outage", |s| {
+            s.applied_version == Some(v2.0)
+        })
+        .await;
+    assert_eq!(status.counts.dynamic, 1, "{status:?}");
+    assert_eq!(split(port, 10).await.get("b"), Some(&10));
+    agent.stop().await;
 }
