@@ -186,6 +186,9 @@ if [ -n "${VAMP_TEST_MSSQL_URL:-}" ]; then
   cargo test -p vamp-backends --features persistence-mssql --test mssql -- --ignored 2>&1 | tee -a "${CARGO_TARGET_DIR}/test.log"
 fi
 
+step "the canary demo (the README's first command)"
+cargo run --example canary_demo
+
 step "vamp validate on the shipped example"
 cargo run --quiet --example vamp -- validate examples/blueprints/sava.yml
 

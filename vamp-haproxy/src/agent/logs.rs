@@ -17,11 +17,11 @@ pub fn json_of(datagram: &str) -> Option<&str> {
 
 /// Receives datagrams on `socket` until it fails, batching records into `metrics` every
 /// 100 ms (or 500 records). Lines that are not Vamp's log format are counted and skipped.
-pub(crate) async fn receive(
-    socket: UdpSocket,
-    metrics: Arc<DynMetricsStore>,
-    utc_offset_minutes: i32,
-) {
+///
+/// Records are timed by the agent's clock: arrival minus the request's total time. HAProxy's
+/// `%t` is in the host's local time zone without an offset, so parsing it would need the time
+/// zone; a log line arrives over loopback as the request ends.
+pub(crate) async fn receive(socket: UdpSocket, metrics: Arc<DynMetricsStore>) {
     let mut buf = vec![0u8; 65_536];
     let mut batch: Vec<RequestRecord> = Vec::new();
     let mut flush_at: Option<tokio::time::Instant> = None;
@@ -37,9 +37,11 @@ pub(crate) async fn receive(
                 let text = String::from_utf8_lossy(&buf[..n]);
                 match json_of(&text)
                     .and_then(LogLine::parse)
-                    .and_then(|l| l.to_request(utc_offset_minutes))
+                    .and_then(|l| l.to_request(0))
                 {
-                    Some(record) => {
+                    Some(mut record) => {
+                        let total = i64::try_from(record.total_time_ms).unwrap_or(0);
+                        record.timestamp_ms = vamp_core::time::now_millis() - total;
                         metrics::counter!("vamp_gateway_agent_log_lines_total", "result" => "parsed")
                             .increment(1);
                         batch.push(record);

@@ -7,12 +7,14 @@
 //! 1. composes the candidate: its own `global` lines (stats socket, log target), the base
 //!    configuration ([`AgentOptions::base_config`]) and the value;
 //! 2. does nothing if the candidate is what HAProxy runs (`noop`);
-//! 3. validates it with `haproxy -c` — a rejected candidate is logged, counted, published as
-//!    an event and otherwise ignored: the running configuration keeps serving (`rejected`);
-//! 4. applies server-weight-only changes through the runtime API (`set weight`) and writes
-//!    the file, without a reload (`dynamic`, see [`crate::update`]);
-//! 5. reloads for anything else through the master CLI, and confirms the reload by seeing a new
-//!    worker in `show proc` (`reload`).
+//! 3. applies server-weight-only changes through the runtime API (`set weight`) and writes
+//!    the file, without a reload (`dynamic`, see [`crate::update`]): the structure is the one
+//!    already validated, and the weights are checked to be in HAProxy's range;
+//! 4. validates anything else with `haproxy -c` — a rejected candidate is logged, counted,
+//!    published as an event and otherwise ignored: the running configuration keeps serving
+//!    (`rejected`);
+//! 5. and reloads through the master CLI, confirming the reload by seeing a new worker in
+//!    `show proc` (`reload`).
 //!
 //! Values arriving within [`AgentOptions::debounce`] of the first are coalesced, updates run
 //! one at a time, and the latest value always wins. HAProxy runs in master-worker mode with
@@ -67,8 +69,6 @@ pub struct AgentOptions {
     pub timeout: Duration,
     /// Where to receive HAProxy's logs (UDP syslog), e.g. `127.0.0.1:0`; `None`: no logs.
     pub syslog: Option<SocketAddr>,
-    /// The UTC offset of HAProxy's log timestamps, in minutes (default 0).
-    pub log_utc_offset_minutes: i32,
     /// Where to serve `/health` and `/status`; `None`: no endpoint.
     pub health: Option<SocketAddr>,
 }
@@ -84,7 +84,6 @@ impl AgentOptions {
             debounce: Duration::from_millis(100),
             timeout: Duration::from_secs(10),
             syslog: None,
-            log_utc_offset_minutes: 0,
             health: None,
         }
     }
@@ -306,11 +305,7 @@ impl GatewayAgent {
                         })?;
                 let local = socket.local_addr().ok();
                 if let Some(metrics) = &self.metrics {
-                    background.spawn(logs::receive(
-                        socket,
-                        Arc::clone(metrics),
-                        self.options.log_utc_offset_minutes,
-                    ));
+                    background.spawn(logs::receive(socket, Arc::clone(metrics)));
                 }
                 local
             }
@@ -507,7 +502,6 @@ impl GatewayAgent {
             self.accepted("noop", candidate, version);
             return;
         }
-        let validate_started = Instant::now();
         let candidate_file = self.options.candidate_file();
         if let Err(e) = std::fs::write(&candidate_file, &candidate) {
             self.reject(
@@ -517,23 +511,6 @@ impl GatewayAgent {
             .await;
             return;
         }
-        match process::validate(&self.options.haproxy_bin, &candidate_file).await {
-            Ok(Ok(())) => {}
-            Ok(Err(message)) => {
-                self.reject(
-                    version,
-                    format!("haproxy -c rejected the configuration: {message}"),
-                )
-                .await;
-                return;
-            }
-            Err(e) => {
-                self.reject(version, e.to_string()).await;
-                return;
-            }
-        }
-        metrics::histogram!("vamp_gateway_agent_step_seconds", "step" => "validate")
-            .record(secs(validate_started));
 
         let plan = match (&self.running, &self.haproxy) {
             (Some(running), Some(_)) => plan_update(running, &candidate),
@@ -557,6 +534,26 @@ impl GatewayAgent {
                 }
             }
         }
+
+        // Weight-only changes keep the validated structure; anything else is checked first.
+        let validate_started = Instant::now();
+        match process::validate(&self.options.haproxy_bin, &candidate_file).await {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => {
+                self.reject(
+                    version,
+                    format!("haproxy -c rejected the configuration: {message}"),
+                )
+                .await;
+                return;
+            }
+            Err(e) => {
+                self.reject(version, e.to_string()).await;
+                return;
+            }
+        }
+        metrics::histogram!("vamp_gateway_agent_step_seconds", "step" => "validate")
+            .record(secs(validate_started));
 
         let reload_started = Instant::now();
         let previous = std::fs::read(self.options.config_file()).ok();

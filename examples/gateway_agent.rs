@@ -1,0 +1,158 @@
+//! `gateway-agent`: the Vamp gateway agent (VGA) as a program: watches one key of a key-value
+//! store and keeps a local HAProxy running its configuration (see `vamp_haproxy::agent`).
+//!
+//! ```text
+//! gateway-agent [--kv URL] [--key PATH] [--haproxy BIN] [--work-dir DIR]
+//!               [--base-config FILE] [--health ADDR] [--debounce-ms N]
+//! ```
+//!
+//! | flag | environment | default |
+//! |---|---|---|
+//! | `--kv` | `VAMP_KEY_VALUE_STORE_URL`, or VGA-style `VAMP_KEY_VALUE_STORE_TYPE` + `VAMP_KEY_VALUE_STORE_CONNECTION` | `memory://` |
+//! | `--key` | `VAMP_KEY_VALUE_STORE_PATH` | `/vamp/default/gateways/haproxy/1.7/configuration` |
+//! | `--haproxy` | `VAMP_HAPROXY_BIN` | `haproxy` |
+//! | `--work-dir` (config file `haproxy.cfg`, `master.sock`, `stats.sock`) | `VAMP_GATEWAY_AGENT_DIR` | `$TMPDIR/vamp-gateway-agent` |
+//! | `--base-config` (a file with `global`/`defaults` settings) | `VAMP_HAPROXY_BASE_CONFIG` | `vamp_haproxy::BASE_CONFIG` |
+//! | `--health` (`/health`, `/status`) | `VAMP_GATEWAY_AGENT_HEALTH` | `127.0.0.1:1988` |
+//! | `--debounce-ms` | `VAMP_GATEWAY_AGENT_DEBOUNCE_MS` | `100` |
+//!
+//! KV URLs: `etcd://host:2379/prefix`, `consul://host:8500/prefix`, `zk://host:2181/prefix`,
+//! `redis://host:6379/0`, each needing this crate's feature of the same name (`--features
+//! etcd,consul,zookeeper,redis`). Unlike Vamp's VGA the key path is used as given (no etcd
+//! `/value` suffix is added). Logs go to stderr (`tracing`); Ctrl-C stops the agent and HAProxy.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use vamp_backends::kv::KvBackendConfig;
+use vamp_core::kv::KeyPath;
+use vamp_haproxy::agent::{AgentOptions, GatewayAgent};
+
+const USAGE: &str = "usage: gateway-agent [--kv URL] [--key PATH] [--haproxy BIN] [--work-dir DIR] [--base-config FILE] [--health ADDR] [--debounce-ms N]";
+
+struct Settings {
+    kv: String,
+    key: String,
+    haproxy: String,
+    work_dir: String,
+    base_config: Option<String>,
+    health: String,
+    debounce_ms: String,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn settings() -> Result<Settings, String> {
+    let vga_url = match (
+        env("VAMP_KEY_VALUE_STORE_TYPE"),
+        env("VAMP_KEY_VALUE_STORE_CONNECTION"),
+    ) {
+        (Some(t), Some(c)) => Some(format!("{t}://{}", c.trim_start_matches("http://"))),
+        _ => None,
+    };
+    let mut s = Settings {
+        kv: env("VAMP_KEY_VALUE_STORE_URL")
+            .or(vga_url)
+            .unwrap_or_else(|| "memory://".into()),
+        key: env("VAMP_KEY_VALUE_STORE_PATH")
+            .unwrap_or_else(|| "/vamp/default/gateways/haproxy/1.7/configuration".into()),
+        haproxy: env("VAMP_HAPROXY_BIN").unwrap_or_else(|| "haproxy".into()),
+        work_dir: env("VAMP_GATEWAY_AGENT_DIR").unwrap_or_else(|| {
+            std::env::temp_dir()
+                .join("vamp-gateway-agent")
+                .display()
+                .to_string()
+        }),
+        base_config: env("VAMP_HAPROXY_BASE_CONFIG"),
+        health: env("VAMP_GATEWAY_AGENT_HEALTH").unwrap_or_else(|| "127.0.0.1:1988".into()),
+        debounce_ms: env("VAMP_GATEWAY_AGENT_DEBOUNCE_MS").unwrap_or_else(|| "100".into()),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if matches!(arg.as_str(), "-h" | "--help") {
+            return Err(String::new());
+        }
+        let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
+        match arg.as_str() {
+            "--kv" => s.kv = value,
+            "--key" => s.key = value,
+            "--haproxy" => s.haproxy = value,
+            "--work-dir" => s.work_dir = value,
+            "--base-config" => s.base_config = Some(value),
+            "--health" => s.health = value,
+            "--debounce-ms" => s.debounce_ms = value,
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    Ok(s)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
+    let s = match settings() {
+        Ok(s) => s,
+        Err(why) => {
+            if !why.is_empty() {
+                eprintln!("gateway-agent: {why}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let key = match KeyPath::parse(&s.key) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("gateway-agent: key: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (Ok(health), Ok(debounce)) = (s.health.parse(), s.debounce_ms.parse::<u64>()) else {
+        eprintln!("gateway-agent: --health takes host:port and --debounce-ms a number");
+        return ExitCode::from(2);
+    };
+    let mut options = AgentOptions::new(key, PathBuf::from(&s.work_dir))
+        .with_haproxy_bin(&s.haproxy)
+        .with_health(health)
+        .with_debounce(Duration::from_millis(debounce));
+    if let Some(file) = &s.base_config {
+        match std::fs::read_to_string(file) {
+            Ok(base) => options = options.with_base_config(base),
+            Err(e) => {
+                eprintln!("gateway-agent: base config {file}: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let kv = match KvBackendConfig::from_url(&s.kv) {
+        Ok(c) => match c.build().await {
+            Ok(kv) => kv,
+            Err(e) => {
+                eprintln!("gateway-agent: key-value store {}: {e}", s.kv);
+                return ExitCode::from(1);
+            }
+        },
+        Err(e) => {
+            eprintln!("gateway-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing::info!(kv = %kv, key = %s.key, work_dir = %s.work_dir, health = %s.health, "gateway agent starting");
+    let agent = GatewayAgent::new(kv, options);
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("stopping");
+    };
+    match agent.run(shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gateway-agent: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
