@@ -438,6 +438,20 @@ pub trait KeyValueStoreExt: KeyValueStore {
 
 impl<T: KeyValueStore + ?Sized> KeyValueStoreExt for T {}
 
+/// The stream of a listing that is computed at once (what most backends do for
+/// [`KeyValueStore::list`]): the keys in order, or the one error.
+pub fn listing_stream<F>(keys: F) -> BoxStream<'static, Result<KeyPath>>
+where
+    F: std::future::Future<Output = Result<Vec<KeyPath>>> + Send + 'static,
+{
+    futures_util::stream::once(keys)
+        .flat_map(|r| match r {
+            Ok(keys) => futures_util::stream::iter(keys.into_iter().map(Ok).collect::<Vec<_>>()),
+            Err(e) => futures_util::stream::iter(vec![Err(e)]),
+        })
+        .boxed()
+}
+
 /// A stream that yields one error (for operations a store cannot start).
 pub fn error_stream<T: Send + 'static>(e: Error) -> BoxStream<'static, Result<T>> {
     futures_util::stream::once(async move { Err(e) }).boxed()

@@ -197,6 +197,17 @@ async fn end_to_end(kv: Arc<DynKeyValueStore>, key: KeyPath) {
         return;
     };
 
+    // 0. Before any configuration, the agent is not ready.
+    let health = agent
+        .until("health endpoint", |s| s.health.is_some())
+        .await
+        .health
+        .unwrap();
+    let code = tokio::task::spawn_blocking(move || get(health.port(), "/health", &[]).status)
+        .await
+        .unwrap();
+    assert_eq!(code, 503, "not ready before a configuration");
+
     // 1. A gateway written to the store serves traffic.
     let (first, frontend) = gateway_config(port, dir.path(), &a, &b, (100, 0), "roundrobin");
     let v1 = kv.put(&key, first.into()).await.unwrap();
@@ -206,6 +217,18 @@ async fn end_to_end(kv: Arc<DynKeyValueStore>, key: KeyPath) {
     assert!(status.ready && status.counts.reload == 1, "{status:?}");
     until_served(port, "a").await;
     assert_eq!(split(port, 20).await.get("a"), Some(&20));
+    // The health endpoint says so.
+    let (code, body) = tokio::task::spawn_blocking(move || {
+        let r = get(health.port(), "/health", &[]);
+        (r.status, r.body)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["ready"], true, "{body}");
+    assert_eq!(body["applied_version"], v1.0, "{body}");
+    assert_eq!(body["updates"]["reload"], 1, "{body}");
     let workers = status.workers.clone();
     assert_eq!(workers.len(), 1, "{status:?}");
 

@@ -527,12 +527,7 @@ impl KeyValueStore for ZookeeperKv {
     fn list(&self, prefix: &KeyPath) -> BoxStream<'static, Result<KeyPath, Error>> {
         let kv = self.clone();
         let prefix = prefix.clone();
-        stream::once(async move { kv.keys_under(&prefix).await })
-            .flat_map(|r| match r {
-                Ok(keys) => stream::iter(keys.into_iter().map(Ok).collect::<Vec<_>>()),
-                Err(e) => stream::iter(vec![Err(e)]),
-            })
-            .boxed()
+        listing_stream(async move { kv.keys_under(&prefix).await })
     }
 
     fn watch(
