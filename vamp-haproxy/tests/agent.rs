@@ -677,3 +677,30 @@ async fn a_kv_outage_keeps_haproxy_serving_and_the_next_update_applies() {
     assert_eq!(split(port, 10).await.get("b"), Some(&10));
     agent.stop().await;
 }
+
+/// The work directory ends up in HAProxy's configuration: a path HAProxy would split or read
+/// as a comment is refused before anything starts.
+#[tokio::test]
+async fn a_work_directory_that_would_break_the_configuration_is_refused() {
+    for dir in [
+        "/tmp/vamp agent",
+        "/tmp/vamp#agent",
+        "/tmp/vamp\nagent",
+        "/tmp/$HOME",
+    ] {
+        let agent = GatewayAgent::new(
+            Arc::new(InMemoryKv::new()),
+            AgentOptions::new(KeyPath::parse("/k").unwrap(), dir),
+        );
+        match agent.run(async {}).await {
+            Err(vamp_haproxy::agent::AgentError::Io { message, .. }) => {
+                assert!(message.contains("work directory"), "{message}");
+            }
+            other => panic!("{dir:?}: {other:?}"),
+        }
+        assert!(
+            !std::path::Path::new(dir).exists(),
+            "{dir:?} was not created"
+        );
+    }
+}

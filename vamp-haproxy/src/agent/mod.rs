@@ -288,6 +288,19 @@ impl GatewayAgent {
         mut self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), AgentError> {
+        // The work directory goes into HAProxy's configuration (socket paths): no characters
+        // that HAProxy's parser would split on or read as a comment.
+        let dir = self.options.work_dir.to_string_lossy();
+        if dir.chars().any(|c| {
+            c.is_whitespace() || c.is_control() || matches!(c, '#' | '"' | '\'' | '\\' | '$')
+        }) {
+            return Err(AgentError::Io {
+                path: self.options.work_dir.clone(),
+                message:
+                    "the work directory's path must not contain spaces, quotes, '#', '$' or '\\'"
+                        .into(),
+            });
+        }
         std::fs::create_dir_all(&self.options.work_dir).map_err(|e| AgentError::Io {
             path: self.options.work_dir.clone(),
             message: e.to_string(),
