@@ -1,7 +1,7 @@
 //! The gateway agent end to end: a real HAProxy, real HTTP backends on loopback, and the
-//! configuration written to a key-value store — in memory, and the real etcd and Redis that
-//! scripts/test.sh starts (`VAMP_ETCD_ENDPOINTS`, `VAMP_REDIS_URL`; required with CI=true or
-//! VAMP_TEST_INTEGRATION=1).
+//! configuration written to a key-value store — in memory, and the real etcd, Redis and
+//! ZooKeeper that scripts/test.sh starts (`VAMP_ETCD_ENDPOINTS`, `VAMP_REDIS_URL`,
+//! `VAMP_ZOOKEEPER_SERVERS`; required with CI=true or VAMP_TEST_INTEGRATION=1).
 #![cfg(feature = "agent")]
 
 mod support;
@@ -703,4 +703,18 @@ async fn a_work_directory_that_would_break_the_configuration_is_refused() {
             "{dir:?} was not created"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn zookeeper_end_to_end() {
+    let Some(servers) = required_env("VAMP_ZOOKEEPER_SERVERS") else {
+        return;
+    };
+    let kv = vamp_backends::kv::zookeeper::ZookeeperKv::connect(
+        &servers,
+        &format!("/vamp-agent-test-{}", std::process::id()),
+    )
+    .await
+    .unwrap();
+    end_to_end(Arc::new(kv), test_key("zookeeper")).await;
 }
