@@ -718,3 +718,73 @@ async fn zookeeper_end_to_end() {
     .unwrap();
     end_to_end(Arc::new(kv), test_key("zookeeper")).await;
 }
+
+/// A configuration that passes `haproxy -c` but cannot start (its port is taken by another
+/// process): the reload fails, the agent says so, the previous worker keeps serving, and the
+/// file on disk is the running configuration again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reload_that_fails_keeps_the_running_configuration() {
+    let (a, b) = (HttpBackend::start("a"), HttpBackend::start("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let kv: Arc<DynKeyValueStore> = Arc::new(InMemoryKv::new());
+    let key = KeyPath::parse("/vamp/failing/gateways/haproxy/1.7/configuration").unwrap();
+    let Some(mut agent) = Running::start(
+        Arc::clone(&kv),
+        &key,
+        dir.path(),
+        Arc::new(InMemoryMetrics::new()),
+        Arc::new(InMemoryMetrics::new()),
+        |o| o,
+    )
+    .await
+    else {
+        return;
+    };
+    let (first, _) = gateway_config(port, dir.path(), &a, &b, (100, 0), "roundrobin");
+    let v1 = kv.put(&key, first.clone().into()).await.unwrap();
+    let status = agent
+        .until("first apply", |s| s.applied_version == Some(v1.0))
+        .await;
+    until_served(port, "a").await;
+    let config_file = dir.path().join("agent").join("haproxy.cfg");
+    let running = std::fs::read_to_string(&config_file).unwrap();
+
+    // Another gateway on a port some other process holds.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let (second, _) = gateway_config(taken_port, dir.path(), &a, &b, (0, 100), "roundrobin");
+    let v2 = kv
+        .put(&key, format!("{first}\n{second}").into())
+        .await
+        .unwrap();
+    let after = agent
+        .until("failed reload", |s| s.counts.rejected == 1)
+        .await;
+    assert_eq!(after.applied_version, Some(v1.0), "{after:?}");
+    assert_ne!(after.applied_version, Some(v2.0));
+    assert!(
+        after
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("reload")),
+        "{after:?}"
+    );
+    assert_eq!(after.workers, status.workers, "the previous worker serves");
+    assert_eq!(split(port, 10).await.get("a"), Some(&10));
+    assert_eq!(std::fs::read_to_string(&config_file).unwrap(), running);
+
+    // HAProxy's master is still usable: the next structural change reloads.
+    let (third, _) = gateway_config(port, dir.path(), &a, &b, (0, 100), "leastconn");
+    let v3 = kv.put(&key, third.into()).await.unwrap();
+    let status = agent
+        .until("reload after the failure", |s| {
+            s.applied_version == Some(v3.0)
+        })
+        .await;
+    assert_eq!(status.counts.reload, 2, "{status:?}");
+    assert!(status.last_error.is_none(), "{status:?}");
+    assert_eq!(split(port, 10).await.get("b"), Some(&10));
+    drop(taken);
+    agent.stop().await;
+}
