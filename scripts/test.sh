@@ -169,7 +169,7 @@ if cargo tree -p vamp-backends -e normal --no-default-features --prefix none | g
   echo "vamp-backends without features must not build backend SDKs" >&2
   exit 1
 fi
-for feature in kv-etcd kv-consul kv-redis kv-zookeeper persistence-postgres persistence-mysql persistence-sqlite persistence-mssql; do
+for feature in kv-etcd kv-consul kv-redis kv-zookeeper persistence-postgres persistence-mysql persistence-sqlite persistence-mssql scheduler-local; do
   cargo check -p vamp-backends --no-default-features --features "$feature" --quiet
 done
 

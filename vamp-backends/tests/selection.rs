@@ -226,7 +226,7 @@ async fn compiled_out_backends_name_their_feature() {
         "mssql",
         "persistence-mssql"
     );
-    planned!(
+    case!(
         SchedulerBackendConfig,
         "local://",
         "local",

@@ -1,5 +1,8 @@
 //! Container scheduler selection.
 
+#[cfg(feature = "scheduler-local")]
+pub mod local;
+
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -112,6 +115,15 @@ impl SchedulerBackendConfig {
     pub async fn build(self) -> Result<Arc<DynContainerScheduler>, Error> {
         match self {
             Self::Memory => Ok(Arc::new(InMemoryScheduler::new())),
+            #[cfg(feature = "scheduler-local")]
+            Self::Local(c) => {
+                let workdir = c.workdir.map_or_else(
+                    || std::env::temp_dir().join(format!("vamp-local-{}", std::process::id())),
+                    std::path::PathBuf::from,
+                );
+                Ok(Arc::new(local::LocalScheduler::new(workdir)?))
+            }
+            #[cfg(not(feature = "scheduler-local"))]
             Self::Local(_) => Err(Error::FeatureDisabled {
                 backend: "local",
                 feature: "scheduler-local",

@@ -1,0 +1,633 @@
+//! Local processes as a [`ContainerScheduler`] (feature `scheduler-local`): the embedded
+//! default for running deployments without a container platform.
+//!
+//! A service's deployable is a shell command (type `command`, `cmd`, `process` or `shell`):
+//! each instance runs `sh -c <definition>` in its own process group, in its own directory
+//! below the scheduler's work directory, with its output in `output.log` there. Every spec port
+//! gets a free loopback port per instance, passed in the environment as `PORT_<NAME>` (name
+//! upper-cased, other characters `_`), `PORT0`, `PORT1`, … in spec order, and `PORT` (the first);
+//! also `HOST=127.0.0.1`, `VAMP_INSTANCE` (the instance's name) and `VAMP_INSTANCE_DIR`, then
+//! the spec's environment. Like Marathon, an instance that exits is started again, after 1 s
+//! doubling to 30 s while it keeps failing. Health checks (`HTTP`/`HTTPS` as an HTTP `GET` of the
+//! path, anything else as a TCP connect, on the named port) run every `interval` seconds after
+//! `initial_delay`; an instance is unhealthy after `failures` failed checks in a row.
+//! Undeploying or scaling down sends `SIGTERM` to the instance's process group, then `SIGKILL`
+//! after 5 s. CPU and memory are not enforced; Docker `arguments` are ignored.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), vamp_core::Error> {
+//! use vamp_backends::scheduler::local::LocalScheduler;
+//! use vamp_core::model::{Deployable, PortType};
+//! use vamp_core::scheduler::*;
+//!
+//! let scheduler = LocalScheduler::new("/tmp/vamp-local")?;
+//! let deployable = Deployable {
+//!     deployable_type: Some("command".into()),
+//!     definition: "python3 -m http.server \"$PORT\" --bind 127.0.0.1".into(),
+//! };
+//! let spec = ServiceSpec::new(ServiceId::new("sava", "sava", "sava:1.0.0"), deployable)
+//!     .with_instances(2)
+//!     .with_port("webport", 8080, PortType::Http);
+//! scheduler.deploy(spec, DeployOptions::default()).await?;
+//! # Ok(()) }
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures_channel::mpsc;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use indexmap::IndexMap;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+use tokio::sync::watch;
+use vamp_core::Error;
+use vamp_core::model::HealthCheck;
+use vamp_core::scheduler::*;
+
+/// The deployable types this scheduler runs.
+pub const DEPLOYABLE_TYPES: [&str; 4] = ["command", "cmd", "process", "shell"];
+
+/// A [`ContainerScheduler`] running each instance as a local process. Cloning shares the
+/// scheduler; when the last clone is dropped, every process is stopped.
+#[derive(Clone)]
+pub struct LocalScheduler {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    workdir: PathBuf,
+    label: String,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    services: BTreeMap<ServiceId, Service>,
+    next_instance: u64,
+    subscribers: Vec<mpsc::UnboundedSender<Result<SchedulerEvent, Error>>>,
+}
+
+struct Service {
+    spec: ServiceSpec,
+    instances: Vec<Instance>,
+}
+
+struct Instance {
+    state: InstanceState,
+    stop: watch::Sender<bool>,
+}
+
+impl Service {
+    fn snapshot(&self) -> DeployedService {
+        DeployedService {
+            spec: self.spec.clone(),
+            instances: self.instances.iter().map(|i| i.state.clone()).collect(),
+        }
+    }
+}
+
+impl State {
+    fn emit(&mut self, event: SchedulerEvent) {
+        self.subscribers
+            .retain(|tx| tx.unbounded_send(Ok(event.clone())).is_ok());
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Ok(state) = self.state.lock() {
+            for service in state.services.values() {
+                for i in &service.instances {
+                    let _ = i.stop.send(true);
+                }
+            }
+        }
+    }
+}
+
+fn free_port() -> Result<u16, Error> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| Error::Unavailable {
+            backend: "local".into(),
+            source: Box::new(e),
+        })
+}
+
+fn env_name(port: &str) -> String {
+    port.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Sends `signal` to a process group (`kill -<signal> -- -<pgid>`).
+async fn signal_group(pgid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg("--")
+        .arg(format!("-{pgid}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await;
+}
+
+/// One health check: `Ok(())` when it passes.
+async fn check(health: &HealthCheck, port: u16) -> Result<(), String> {
+    let timeout = Duration::from_secs(health.timeout.clamp(1, 300) as u64);
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| e.to_string())?;
+        if !matches!(
+            health.protocol.to_ascii_uppercase().as_str(),
+            "HTTP" | "HTTPS" | ""
+        ) {
+            return Ok(());
+        }
+        let path = if health.path.starts_with('/') {
+            health.path.clone()
+        } else {
+            format!("/{}", health.path)
+        };
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nUser-Agent: vamp-local-scheduler\r\n\r\n"
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut head = vec![0u8; 64];
+        let n = stream.read(&mut head).await.map_err(|e| e.to_string())?;
+        let status: u16 = String::from_utf8_lossy(&head[..n])
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or("not an HTTP answer")?;
+        if (200..400).contains(&status) {
+            Ok(())
+        } else {
+            Err(format!("HTTP {status}"))
+        }
+    };
+    match tokio::time::timeout(timeout, probe).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
+}
+
+impl LocalScheduler {
+    /// A scheduler keeping instance directories below `workdir` (created if missing).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when the directory cannot be created.
+    pub fn new(workdir: impl Into<PathBuf>) -> Result<Self, Error> {
+        let workdir = workdir.into();
+        std::fs::create_dir_all(&workdir).map_err(|e| {
+            crate::invalid(
+                "local",
+                format!(
+                    "cannot create the work directory {}: {e}",
+                    workdir.display()
+                ),
+            )
+        })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                label: format!("LocalScheduler({})", workdir.display()),
+                workdir,
+                state: Mutex::new(State::default()),
+            }),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn check_spec(&self, spec: &ServiceSpec) -> Result<(), Error> {
+        let kind = spec.deployable.deployable_type.as_deref().unwrap_or("");
+        if !DEPLOYABLE_TYPES.contains(&kind) {
+            return Err(Error::Invalid {
+                what: "deployable",
+                value: format!("{}: {kind:?}", spec.id),
+                reason: format!(
+                    "the local scheduler runs shell commands: type one of {}",
+                    DEPLOYABLE_TYPES.join(", ")
+                ),
+            });
+        }
+        if spec.deployable.definition.trim().is_empty() {
+            return Err(Error::Invalid {
+                what: "deployable",
+                value: spec.id.to_string(),
+                reason: "the command is empty".into(),
+            });
+        }
+        for h in &spec.health_checks {
+            if !spec.ports.iter().any(|p| p.name == h.port) {
+                return Err(Error::Invalid {
+                    what: "health check",
+                    value: format!("{}: port {:?}", spec.id, h.port),
+                    reason: "names no port of the service".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates an instance of `spec` and starts its supervisor.
+    fn start_instance(&self, state: &mut State, spec: &ServiceSpec) -> Result<Instance, Error> {
+        state.next_instance += 1;
+        let name: String = format!(
+            "{}-{}-{}-{}",
+            spec.id.deployment, spec.id.cluster, spec.id.service, state.next_instance
+        )
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+        let mut ports = IndexMap::new();
+        for p in &spec.ports {
+            ports.insert(p.name.clone(), free_port()?);
+        }
+        let dir = self.inner.workdir.join(&name);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::Backend {
+            backend: self.inner.label.clone(),
+            source: Box::new(e),
+        })?;
+        let (stop, stopped) = watch::channel(false);
+        let state_now = InstanceState {
+            name: name.clone(),
+            host: "127.0.0.1".into(),
+            ports: ports.clone(),
+            running: false,
+            healthy: (!spec.health_checks.is_empty()).then_some(false),
+        };
+        let supervisor = Supervisor {
+            scheduler: Arc::downgrade(&self.inner),
+            id: spec.id.clone(),
+            name,
+            dir,
+            spec: spec.clone(),
+            ports,
+        };
+        tokio::spawn(supervisor.run(stopped));
+        Ok(Instance {
+            state: state_now,
+            stop,
+        })
+    }
+}
+
+/// Keeps one instance's process running, and checks its health.
+struct Supervisor {
+    scheduler: Weak<Inner>,
+    id: ServiceId,
+    name: String,
+    dir: PathBuf,
+    spec: ServiceSpec,
+    ports: IndexMap<String, u16>,
+}
+
+impl Supervisor {
+    /// Updates this instance's state; `false` when the instance is gone.
+    fn update(&self, f: impl FnOnce(&mut InstanceState)) -> bool {
+        let Some(inner) = self.scheduler.upgrade() else {
+            return false;
+        };
+        let mut state = inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(service) = state.services.get_mut(&self.id) else {
+            return false;
+        };
+        let Some(instance) = service
+            .instances
+            .iter_mut()
+            .find(|i| i.state.name == self.name)
+        else {
+            return false;
+        };
+        let before = instance.state.clone();
+        f(&mut instance.state);
+        if instance.state != before {
+            let snapshot = service.snapshot();
+            state.emit(SchedulerEvent::InstancesChanged(snapshot));
+        }
+        true
+    }
+
+    fn command(&self) -> Result<Command, std::io::Error> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("output.log"))?;
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(&self.spec.deployable.definition)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .process_group(0)
+            .kill_on_drop(true)
+            .env("HOST", "127.0.0.1")
+            .env("VAMP_INSTANCE", &self.name)
+            .env("VAMP_INSTANCE_DIR", &self.dir);
+        for (i, (name, port)) in self.ports.iter().enumerate() {
+            if i == 0 {
+                cmd.env("PORT", port.to_string());
+            }
+            cmd.env(format!("PORT{i}"), port.to_string());
+            cmd.env(format!("PORT_{}", env_name(name)), port.to_string());
+        }
+        for (k, v) in &self.spec.environment {
+            cmd.env(k, v);
+        }
+        Ok(cmd)
+    }
+
+    async fn run(self, mut stopped: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            if *stopped.borrow() {
+                return;
+            }
+            let child = self.command().and_then(|mut c| c.spawn());
+            let mut child = match child {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ =
+                        std::fs::write(self.dir.join("output.log"), format!("cannot start: {e}\n"));
+                    if !self.update(|s| s.running = false) {
+                        return;
+                    }
+                    if self.wait_or_stop(&mut stopped, backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+            };
+            let pgid = child.id();
+            let started = Instant::now();
+            if !self.update(|s| s.running = true) {
+                if let Some(pgid) = pgid {
+                    signal_group(pgid, "KILL").await;
+                }
+                return;
+            }
+            let health = self.health_loop();
+            tokio::pin!(health);
+            let exited = tokio::select! {
+                status = child.wait() => Some(status),
+                _ = stopped.changed() => None,
+                () = &mut health => None,
+            };
+            match exited {
+                None => {
+                    // Stop: TERM to the group, KILL after 5 s.
+                    if let Some(pgid) = pgid {
+                        signal_group(pgid, "TERM").await;
+                        if tokio::time::timeout(Duration::from_secs(5), child.wait())
+                            .await
+                            .is_err()
+                        {
+                            signal_group(pgid, "KILL").await;
+                            let _ = child.wait().await;
+                        }
+                    }
+                    return;
+                }
+                Some(_) => {
+                    if let Some(pgid) = pgid {
+                        // Leftover children of the command.
+                        signal_group(pgid, "KILL").await;
+                    }
+                    let unhealthy = (!self.spec.health_checks.is_empty()).then_some(false);
+                    if !self.update(|s| {
+                        s.running = false;
+                        s.healthy = unhealthy;
+                    }) {
+                        return;
+                    }
+                    if started.elapsed() > Duration::from_secs(10) {
+                        backoff = Duration::from_secs(1);
+                    }
+                    if self.wait_or_stop(&mut stopped, backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// Sleeps for `d`; `true` when told to stop meanwhile.
+    async fn wait_or_stop(&self, stopped: &mut watch::Receiver<bool>, d: Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(d) => *stopped.borrow(),
+            _ = stopped.changed() => true,
+        }
+    }
+
+    /// Runs the health checks forever (never completes unless the instance is gone).
+    async fn health_loop(&self) {
+        let Some(first) = self.spec.health_checks.first() else {
+            return std::future::pending().await;
+        };
+        tokio::time::sleep(Duration::from_secs(
+            first.initial_delay.clamp(0, 3600) as u64
+        ))
+        .await;
+        let mut failures: Vec<i64> = vec![0; self.spec.health_checks.len()];
+        loop {
+            let mut healthy = true;
+            for (h, failed) in self.spec.health_checks.iter().zip(failures.iter_mut()) {
+                let Some(port) = self.ports.get(&h.port) else {
+                    continue;
+                };
+                match check(h, *port).await {
+                    Ok(()) => *failed = 0,
+                    Err(_) => *failed += 1,
+                }
+                if *failed >= h.failures.max(1) {
+                    healthy = false;
+                }
+            }
+            if !self.update(|s| s.healthy = Some(healthy)) {
+                return std::future::pending().await;
+            }
+            let interval = self
+                .spec
+                .health_checks
+                .iter()
+                .map(|h| h.interval.clamp(1, 3600))
+                .min()
+                .unwrap_or(10);
+            tokio::time::sleep(Duration::from_secs(interval as u64)).await;
+        }
+    }
+}
+
+impl fmt::Debug for LocalScheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalScheduler")
+            .field("workdir", &self.inner.workdir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for LocalScheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.inner.label)
+    }
+}
+
+impl LocalScheduler {
+    /// The work directory.
+    pub fn workdir(&self) -> &Path {
+        &self.inner.workdir
+    }
+}
+
+#[async_trait]
+impl ContainerScheduler for LocalScheduler {
+    async fn deploy(&self, spec: ServiceSpec, opts: DeployOptions) -> Result<(), Error> {
+        let spec = spec.normalized()?;
+        self.check_spec(&spec)?;
+        let mut state = self.state();
+        let state = &mut *state;
+        match state.services.get(&spec.id) {
+            Some(existing) if existing.spec == spec && !opts.force => Ok(()),
+            Some(_) => {
+                // Replace every instance with one of the new spec.
+                let mut instances = Vec::new();
+                for _ in 0..spec.instances {
+                    instances.push(self.start_instance(state, &spec)?);
+                }
+                let service = state.services.get_mut(&spec.id).expect("present");
+                for old in std::mem::replace(&mut service.instances, instances) {
+                    let _ = old.stop.send(true);
+                }
+                service.spec = spec;
+                let snapshot = service.snapshot();
+                state.emit(SchedulerEvent::Updated(snapshot));
+                Ok(())
+            }
+            None => {
+                let mut instances = Vec::new();
+                for _ in 0..spec.instances {
+                    instances.push(self.start_instance(state, &spec)?);
+                }
+                let service = Service {
+                    spec: spec.clone(),
+                    instances,
+                };
+                let snapshot = service.snapshot();
+                state.services.insert(spec.id.clone(), service);
+                state.emit(SchedulerEvent::Deployed(snapshot));
+                Ok(())
+            }
+        }
+    }
+
+    async fn undeploy(&self, id: &ServiceId) -> Result<bool, Error> {
+        let mut state = self.state();
+        let Some(service) = state.services.remove(id) else {
+            return Ok(false);
+        };
+        for i in &service.instances {
+            let _ = i.stop.send(true);
+        }
+        state.emit(SchedulerEvent::Undeployed(id.clone()));
+        Ok(true)
+    }
+
+    async fn scale(&self, id: &ServiceId, instances: u32) -> Result<(), Error> {
+        let mut state = self.state();
+        let state = &mut *state;
+        let Some(service) = state.services.get(id) else {
+            return Err(Error::NotFound {
+                backend: self.inner.label.clone(),
+                kind: "service".into(),
+                name: id.to_string(),
+            });
+        };
+        let spec = service.spec.clone();
+        let have = service.instances.len();
+        let want = instances as usize;
+        let mut added = Vec::new();
+        for _ in have..want {
+            added.push(self.start_instance(state, &spec)?);
+        }
+        let service = state.services.get_mut(id).expect("present");
+        service.instances.extend(added);
+        while service.instances.len() > want {
+            if let Some(i) = service.instances.pop() {
+                let _ = i.stop.send(true);
+            }
+        }
+        service.spec.instances = instances;
+        let snapshot = service.snapshot();
+        state.emit(SchedulerEvent::InstancesChanged(snapshot));
+        Ok(())
+    }
+
+    async fn service(&self, id: &ServiceId) -> Result<Option<DeployedService>, Error> {
+        Ok(self.state().services.get(id).map(Service::snapshot))
+    }
+
+    async fn services(&self) -> Result<Vec<DeployedService>, Error> {
+        Ok(self
+            .state()
+            .services
+            .values()
+            .map(Service::snapshot)
+            .collect())
+    }
+
+    fn watch(&self) -> BoxStream<'static, Result<SchedulerEvent, Error>> {
+        let (tx, rx) = mpsc::unbounded();
+        self.state().subscribers.push(tx);
+        rx.boxed()
+    }
+
+    fn capabilities(&self) -> SchedulerCapabilities {
+        let mut caps = SchedulerCapabilities::default();
+        caps.scale = true;
+        caps.health_checks = true;
+        caps.instance_ports = true;
+        caps.watch = true;
+        caps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_names_become_environment_names() {
+        assert_eq!(env_name("webport"), "WEBPORT");
+        assert_eq!(env_name("admin-port.1"), "ADMIN_PORT_1");
+    }
+}

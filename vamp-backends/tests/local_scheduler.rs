@@ -1,0 +1,251 @@
+//! The local-process scheduler: real processes (`sh`, `python3 -m http.server`, `sleep`) on
+//! this machine.
+#![cfg(feature = "scheduler-local")]
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use vamp_backends::scheduler::local::LocalScheduler;
+use vamp_core::model::{Deployable, HealthCheck, PortType};
+use vamp_core::scheduler::*;
+
+fn command(definition: &str) -> Deployable {
+    Deployable {
+        deployable_type: Some("command".into()),
+        definition: definition.into(),
+    }
+}
+
+fn http_server() -> Deployable {
+    command("exec python3 -m http.server \"$PORT\" --bind 127.0.0.1")
+}
+
+async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn http_status(port: u16) -> Option<u16> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn alive(pid: &str) -> bool {
+    Path::new(&format!("/proc/{}", pid.trim())).exists()
+        && !std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+            .is_ok_and(|s| s.contains(") Z "))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_processes_pass_the_scheduler_conformance_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let scheduler = LocalScheduler::new(dir.path()).unwrap();
+    vamp_core::conformance::scheduler::run_all(&scheduler, "conformance", &http_server()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_serve_on_their_ports_and_are_stopped_with_their_children() {
+    let dir = tempfile::tempdir().unwrap();
+    let scheduler = LocalScheduler::new(dir.path()).unwrap();
+    let id = ServiceId::new("sava", "sava", "sava:1.0.0");
+    // The command starts a child of its own, to check that undeploy stops the whole group.
+    let spec = ServiceSpec::new(
+        id.clone(),
+        command("sleep 1000 & echo $! > child.pid; exec python3 -m http.server \"$PORT_WEBPORT\" --bind 127.0.0.1"),
+    )
+    .with_instances(2)
+    .with_port("webport", 8080, PortType::Http)
+    .with_env("GREETING", "hello");
+    scheduler
+        .deploy(spec, DeployOptions::default())
+        .await
+        .unwrap();
+    let service = eventually("two running instances", async || {
+        let s = scheduler.service(&id).await.unwrap()?;
+        (s.instances.len() == 2 && s.instances.iter().all(|i| i.running)).then_some(s)
+    })
+    .await;
+    let mut children = Vec::new();
+    for i in &service.instances {
+        let port = i.ports["webport"];
+        let status = eventually("an HTTP answer", async || {
+            tokio::task::spawn_blocking(move || http_status(port))
+                .await
+                .unwrap()
+        })
+        .await;
+        assert_eq!(status, 200, "{} on {port}", i.name);
+        let pid_file = dir.path().join(&i.name).join("child.pid");
+        let pid = eventually("the child's pid", async || {
+            std::fs::read_to_string(&pid_file).ok()
+        })
+        .await;
+        assert!(alive(&pid), "the child {pid} runs");
+        children.push(pid);
+    }
+    assert!(scheduler.undeploy(&id).await.unwrap());
+    assert!(!scheduler.undeploy(&id).await.unwrap(), "already gone");
+    for pid in children {
+        eventually("the child stopped with its instance", async || {
+            (!alive(&pid)).then_some(())
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_dies_is_started_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let scheduler = LocalScheduler::new(dir.path()).unwrap();
+    let id = ServiceId::new("crash", "crash", "crash:1.0.0");
+    let spec = ServiceSpec::new(id.clone(), command("echo $$ > pid; exec sleep 1000"));
+    scheduler
+        .deploy(spec, DeployOptions::default())
+        .await
+        .unwrap();
+    let name = eventually("a running instance", async || {
+        let s = scheduler.service(&id).await.unwrap()?;
+        s.instances
+            .first()
+            .filter(|i| i.running)
+            .map(|i| i.name.clone())
+    })
+    .await;
+    let pid_file = dir.path().join(&name).join("pid");
+    let first = eventually("the pid", async || std::fs::read_to_string(&pid_file).ok()).await;
+    std::process::Command::new("kill")
+        .args(["-9", first.trim()])
+        .status()
+        .unwrap();
+    let second = eventually("a new process", async || {
+        std::fs::read_to_string(&pid_file)
+            .ok()
+            .filter(|p| p.trim() != first.trim() && !p.trim().is_empty())
+    })
+    .await;
+    assert!(alive(&second));
+    let s = scheduler.service(&id).await.unwrap().unwrap();
+    assert_eq!(s.instances.len(), 1);
+    assert_eq!(s.instances[0].name, name, "the same instance, restarted");
+    scheduler.undeploy(&id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_report_healthy_and_unhealthy_instances() {
+    let dir = tempfile::tempdir().unwrap();
+    let scheduler = LocalScheduler::new(dir.path()).unwrap();
+    let check = HealthCheck {
+        path: "/".into(),
+        port: "webport".into(),
+        initial_delay: 0,
+        timeout: 2,
+        interval: 1,
+        failures: 1,
+        protocol: "HTTP".into(),
+    };
+    let healthy = ServiceId::new("health", "health", "up:1.0.0");
+    let mut spec =
+        ServiceSpec::new(healthy.clone(), http_server()).with_port("webport", 8080, PortType::Http);
+    spec.health_checks.push(check.clone());
+    scheduler
+        .deploy(spec, DeployOptions::default())
+        .await
+        .unwrap();
+    let sick = ServiceId::new("health", "health", "down:1.0.0");
+    // Runs, but listens on nothing.
+    let mut spec = ServiceSpec::new(sick.clone(), command("exec sleep 1000")).with_port(
+        "webport",
+        8080,
+        PortType::Http,
+    );
+    spec.health_checks.push(check);
+    scheduler
+        .deploy(spec, DeployOptions::default())
+        .await
+        .unwrap();
+    for (id, expected) in [(&healthy, true), (&sick, false)] {
+        eventually("a health verdict", async || {
+            let s = scheduler.service(id).await.unwrap()?;
+            let i = s.instances.first()?;
+            (i.running && i.healthy == Some(expected)).then_some(())
+        })
+        .await;
+    }
+    // A health check naming no port is an invalid spec.
+    let mut bad = ServiceSpec::new(ServiceId::new("health", "health", "bad"), http_server());
+    bad.health_checks.push(HealthCheck {
+        path: "/".into(),
+        port: "nope".into(),
+        initial_delay: 0,
+        timeout: 1,
+        interval: 1,
+        failures: 1,
+        protocol: "TCP".into(),
+    });
+    assert!(matches!(
+        scheduler.deploy(bad, DeployOptions::default()).await,
+        Err(vamp_core::Error::Invalid { .. })
+    ));
+}
+
+#[tokio::test]
+async fn only_commands_are_deployable() {
+    let dir = tempfile::tempdir().unwrap();
+    let scheduler = LocalScheduler::new(dir.path()).unwrap();
+    for deployable in [
+        Deployable {
+            deployable_type: None,
+            definition: "magneticio/sava:1.0.0".into(),
+        },
+        Deployable {
+            deployable_type: Some("container/docker".into()),
+            definition: "magneticio/sava:1.0.0".into(),
+        },
+        command("   "),
+    ] {
+        let spec = ServiceSpec::new(ServiceId::new("d", "c", "s"), deployable.clone());
+        match scheduler.deploy(spec, DeployOptions::default()).await {
+            Err(vamp_core::Error::Invalid { what, .. }) => assert_eq!(what, "deployable"),
+            other => panic!("{deployable:?}: {other:?}"),
+        }
+    }
+    assert!(scheduler.services().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_url_selection_builds_a_local_scheduler_in_the_given_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("local://{}", dir.path().display());
+    let scheduler = vamp_backends::scheduler::SchedulerBackendConfig::from_url(&url)
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let id = ServiceId::new("url", "url", "svc");
+    scheduler
+        .deploy(
+            ServiceSpec::new(id.clone(), command("exec sleep 1000")),
+            DeployOptions::default(),
+        )
+        .await
+        .unwrap();
+    let s = eventually("running", async || {
+        let s = scheduler.service(&id).await.unwrap()?;
+        s.instances.first().filter(|i| i.running).cloned()
+    })
+    .await;
+    assert!(dir.path().join(&s.name).join("output.log").exists());
+    scheduler.undeploy(&id).await.unwrap();
+}
