@@ -2,8 +2,9 @@
 //! store and keeps a local HAProxy running its configuration (see `vamp_haproxy::agent`).
 //!
 //! ```text
-//! gateway-agent [--kv URL] [--key PATH] [--haproxy BIN] [--work-dir DIR]
-//!               [--base-config FILE] [--health ADDR] [--debounce-ms N]
+//! gateway-agent [--kv URL] [--key PATH] [--haproxy BIN] [--work-dir DIR] [--config FILE]
+//!               [--master-socket PATH] [--stats-socket PATH] [--base-config FILE]
+//!               [--health ADDR] [--debounce-ms N]
 //! ```
 //!
 //! | flag | environment | default |
@@ -11,7 +12,10 @@
 //! | `--kv` | `VAMP_KEY_VALUE_STORE_URL`, or VGA-style `VAMP_KEY_VALUE_STORE_TYPE` + `VAMP_KEY_VALUE_STORE_CONNECTION` | `memory://` |
 //! | `--key` | `VAMP_KEY_VALUE_STORE_PATH` | `/vamp/default/gateways/haproxy/1.7/configuration` |
 //! | `--haproxy` | `VAMP_HAPROXY_BIN` | `haproxy` |
-//! | `--work-dir` (config file `haproxy.cfg`, `master.sock`, `stats.sock`) | `VAMP_GATEWAY_AGENT_DIR` | `$TMPDIR/vamp-gateway-agent` |
+//! | `--work-dir` | `VAMP_GATEWAY_AGENT_DIR` | `$TMPDIR/vamp-gateway-agent` |
+//! | `--config` (the file HAProxy runs) | `VAMP_HAPROXY_CONFIG` | `<work dir>/haproxy.cfg` |
+//! | `--master-socket` | `VAMP_HAPROXY_MASTER_SOCKET` | `<work dir>/master.sock` |
+//! | `--stats-socket` (runtime API) | `VAMP_HAPROXY_STATS_SOCKET` | `<work dir>/stats.sock` |
 //! | `--base-config` (a file with `global`/`defaults` settings) | `VAMP_HAPROXY_BASE_CONFIG` | `vamp_haproxy::BASE_CONFIG` |
 //! | `--health` (`/health`, `/status`) | `VAMP_GATEWAY_AGENT_HEALTH` | `127.0.0.1:1988` |
 //! | `--debounce-ms` | `VAMP_GATEWAY_AGENT_DEBOUNCE_MS` | `100` |
@@ -29,13 +33,16 @@ use vamp_backends::kv::KvBackendConfig;
 use vamp_core::kv::KeyPath;
 use vamp_haproxy::agent::{AgentOptions, GatewayAgent};
 
-const USAGE: &str = "usage: gateway-agent [--kv URL] [--key PATH] [--haproxy BIN] [--work-dir DIR] [--base-config FILE] [--health ADDR] [--debounce-ms N]";
+const USAGE: &str = "usage: gateway-agent [--kv URL] [--key PATH] [--haproxy BIN] [--work-dir DIR] [--config FILE] [--master-socket PATH] [--stats-socket PATH] [--base-config FILE] [--health ADDR] [--debounce-ms N]";
 
 struct Settings {
     kv: String,
     key: String,
     haproxy: String,
     work_dir: String,
+    config: Option<String>,
+    master_socket: Option<String>,
+    stats_socket: Option<String>,
     base_config: Option<String>,
     health: String,
     debounce_ms: String,
@@ -66,6 +73,9 @@ fn settings() -> Result<Settings, String> {
                 .display()
                 .to_string()
         }),
+        config: env("VAMP_HAPROXY_CONFIG"),
+        master_socket: env("VAMP_HAPROXY_MASTER_SOCKET"),
+        stats_socket: env("VAMP_HAPROXY_STATS_SOCKET"),
         base_config: env("VAMP_HAPROXY_BASE_CONFIG"),
         health: env("VAMP_GATEWAY_AGENT_HEALTH").unwrap_or_else(|| "127.0.0.1:1988".into()),
         debounce_ms: env("VAMP_GATEWAY_AGENT_DEBOUNCE_MS").unwrap_or_else(|| "100".into()),
@@ -81,6 +91,9 @@ fn settings() -> Result<Settings, String> {
             "--key" => s.key = value,
             "--haproxy" => s.haproxy = value,
             "--work-dir" => s.work_dir = value,
+            "--config" => s.config = Some(value),
+            "--master-socket" => s.master_socket = Some(value),
+            "--stats-socket" => s.stats_socket = Some(value),
             "--base-config" => s.base_config = Some(value),
             "--health" => s.health = value,
             "--debounce-ms" => s.debounce_ms = value,
@@ -120,6 +133,11 @@ async fn main() -> ExitCode {
         .with_haproxy_bin(&s.haproxy)
         .with_health(health)
         .with_debounce(Duration::from_millis(debounce));
+    if let Some(config) = &s.config {
+        options = options.with_config_path(config);
+    }
+    options.master_socket_path = s.master_socket.as_ref().map(PathBuf::from);
+    options.stats_socket_path = s.stats_socket.as_ref().map(PathBuf::from);
     if let Some(file) = &s.base_config {
         match std::fs::read_to_string(file) {
             Ok(base) => options = options.with_base_config(base),

@@ -788,3 +788,66 @@ async fn a_reload_that_fails_keeps_the_running_configuration() {
     drop(taken);
     agent.stop().await;
 }
+
+#[tokio::test]
+async fn socket_and_config_paths_are_checked_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = AgentOptions::new(KeyPath::parse("/k").unwrap(), dir.path()).with_sockets(
+        dir.path().join("master.sock"),
+        dir.path().join("stats sock"),
+    );
+    match GatewayAgent::new(Arc::new(InMemoryKv::new()), options)
+        .run(async {})
+        .await
+    {
+        Err(vamp_haproxy::agent::AgentError::Io { message, .. }) => {
+            assert!(message.contains("stats socket"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// HAProxy's configuration file and sockets can live where the host wants them (like the VGA's
+/// `/usr/local/vamp/haproxy.cfg`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_configuration_and_sockets_go_where_they_are_told() {
+    let (a, b) = (HttpBackend::start("a"), HttpBackend::start("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc");
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let port = free_port();
+    let kv: Arc<DynKeyValueStore> = Arc::new(InMemoryKv::new());
+    let key = KeyPath::parse("/vamp/paths/gateways/haproxy/1.7/configuration").unwrap();
+    let (etc2, run2) = (etc.clone(), run.clone());
+    let Some(mut agent) = Running::start(
+        Arc::clone(&kv),
+        &key,
+        dir.path(),
+        Arc::new(InMemoryMetrics::new()),
+        Arc::new(InMemoryMetrics::new()),
+        move |o| {
+            o.with_config_path(etc2.join("haproxy.cfg"))
+                .with_sockets(run2.join("m.sock"), run2.join("s.sock"))
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let (config, _) = gateway_config(port, dir.path(), &a, &b, (100, 0), "roundrobin");
+    let v = kv.put(&key, config.clone().into()).await.unwrap();
+    agent
+        .until("applied", |s| s.applied_version == Some(v.0))
+        .await;
+    until_served(port, "a").await;
+    let written = std::fs::read_to_string(etc.join("haproxy.cfg")).unwrap();
+    assert!(
+        written.ends_with(&format!("{config}\n")),
+        "the value is in the file"
+    );
+    assert!(written.contains(&format!("stats socket {}", run.join("s.sock").display())));
+    assert!(run.join("m.sock").exists() && run.join("s.sock").exists());
+    assert!(!dir.path().join("agent").join("haproxy.cfg").exists());
+    agent.stop().await;
+}

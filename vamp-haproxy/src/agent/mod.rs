@@ -58,8 +58,16 @@ pub struct AgentOptions {
     pub key: KeyPath,
     /// The HAProxy binary (default `haproxy`).
     pub haproxy_bin: PathBuf,
-    /// Where the agent keeps `haproxy.cfg`, the candidate file and the sockets.
+    /// Where the agent keeps `haproxy.cfg`, the candidate file and the sockets (unless the
+    /// paths below say otherwise).
     pub work_dir: PathBuf,
+    /// The configuration file HAProxy runs (default `<work_dir>/haproxy.cfg`); the candidate is
+    /// written next to it.
+    pub config_path: Option<PathBuf>,
+    /// The master CLI socket (default `<work_dir>/master.sock`).
+    pub master_socket_path: Option<PathBuf>,
+    /// The runtime API (stats) socket (default `<work_dir>/stats.sock`).
+    pub stats_socket_path: Option<PathBuf>,
     /// Written between the agent's `global` lines and the value: `global` and `defaults`
     /// settings (default [`crate::BASE_CONFIG`]).
     pub base_config: String,
@@ -80,6 +88,9 @@ impl AgentOptions {
             key,
             haproxy_bin: PathBuf::from("haproxy"),
             work_dir: work_dir.into(),
+            config_path: None,
+            master_socket_path: None,
+            stats_socket_path: None,
             base_config: crate::BASE_CONFIG.to_owned(),
             debounce: Duration::from_millis(100),
             timeout: Duration::from_secs(10),
@@ -116,6 +127,21 @@ impl AgentOptions {
         self
     }
 
+    /// Sets the configuration file HAProxy runs.
+    #[must_use]
+    pub fn with_config_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config_path = Some(path.into());
+        self
+    }
+
+    /// Sets the master CLI and runtime API socket paths.
+    #[must_use]
+    pub fn with_sockets(mut self, master: impl Into<PathBuf>, stats: impl Into<PathBuf>) -> Self {
+        self.master_socket_path = Some(master.into());
+        self.stats_socket_path = Some(stats.into());
+        self
+    }
+
     /// Sets the debounce.
     #[must_use]
     pub fn with_debounce(mut self, debounce: Duration) -> Self {
@@ -125,18 +151,26 @@ impl AgentOptions {
 
     /// The running configuration file.
     pub fn config_file(&self) -> PathBuf {
-        self.work_dir.join("haproxy.cfg")
+        self.config_path
+            .clone()
+            .unwrap_or_else(|| self.work_dir.join("haproxy.cfg"))
     }
     fn candidate_file(&self) -> PathBuf {
-        self.work_dir.join("haproxy.cfg.candidate")
+        let mut name = self.config_file().into_os_string();
+        name.push(".candidate");
+        PathBuf::from(name)
     }
     /// The master CLI socket.
     pub fn master_socket(&self) -> PathBuf {
-        self.work_dir.join("master.sock")
+        self.master_socket_path
+            .clone()
+            .unwrap_or_else(|| self.work_dir.join("master.sock"))
     }
     /// The runtime API (stats) socket.
     pub fn stats_socket(&self) -> PathBuf {
-        self.work_dir.join("stats.sock")
+        self.stats_socket_path
+            .clone()
+            .unwrap_or_else(|| self.work_dir.join("stats.sock"))
     }
 }
 
@@ -288,23 +322,40 @@ impl GatewayAgent {
         mut self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), AgentError> {
-        // The work directory goes into HAProxy's configuration (socket paths): no characters
-        // that HAProxy's parser would split on or read as a comment.
-        let dir = self.options.work_dir.to_string_lossy();
-        if dir.chars().any(|c| {
-            c.is_whitespace() || c.is_control() || matches!(c, '#' | '"' | '\'' | '\\' | '$')
-        }) {
-            return Err(AgentError::Io {
-                path: self.options.work_dir.clone(),
-                message:
-                    "the work directory's path must not contain spaces, quotes, '#', '$' or '\\'"
-                        .into(),
-            });
+        // The stats socket's path goes into HAProxy's configuration, the others onto its
+        // command line: no characters HAProxy's parser would split on or read as a comment.
+        for (what, path) in [
+            ("work directory", self.options.work_dir.clone()),
+            ("stats socket", self.options.stats_socket()),
+            ("master socket", self.options.master_socket()),
+            ("configuration file", self.options.config_file()),
+        ] {
+            if path.to_string_lossy().chars().any(|c| {
+                c.is_whitespace()
+                    || c.is_control()
+                    || matches!(c, '#' | '"' | '\'' | '\\' | '$' | ',')
+            }) {
+                return Err(AgentError::Io {
+                    path,
+                    message: format!(
+                        "the {what}'s path must not contain spaces, quotes, '#', '$', ',' or '\\'"
+                    ),
+                });
+            }
         }
-        std::fs::create_dir_all(&self.options.work_dir).map_err(|e| AgentError::Io {
-            path: self.options.work_dir.clone(),
-            message: e.to_string(),
-        })?;
+        for dir in [
+            Some(self.options.work_dir.clone()),
+            self.options.config_file().parent().map(Path::to_path_buf),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(&dir).map_err(|e| AgentError::Io {
+                path: dir.clone(),
+                message: e.to_string(),
+            })?;
+        }
         let mut background = tokio::task::JoinSet::new();
         let syslog = match self.options.syslog {
             None => None,
