@@ -145,6 +145,9 @@ impl OwnZookeeper {
             );
             if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
                 use std::io::{Read, Write};
+                // A server still starting may accept and not answer: never block on it.
+                let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
                 let mut reply = String::new();
                 if s.write_all(b"ruok").is_ok()
                     && s.read_to_string(&mut reply).is_ok()
@@ -162,6 +165,19 @@ impl OwnZookeeper {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Stops the server and waits until its port refuses connections.
+    fn stop_and_wait(&mut self, port: u16) {
+        self.stop();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ZooKeeper still answers on {port} after being stopped"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for OwnZookeeper {
@@ -175,6 +191,13 @@ impl Drop for OwnZookeeper {
 /// another session after the restart, before the watch is polled again, all arrive in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zookeeper_reconnects_and_the_watch_resumes() {
+    // A hang is a failure, not a stuck CI run.
+    tokio::time::timeout(Duration::from_secs(180), reconnects_and_the_watch_resumes())
+        .await
+        .expect("the reconnect test finished within 180 s");
+}
+
+async fn reconnects_and_the_watch_resumes() {
     if !std::path::Path::new(&zk_server_script()).exists() {
         assert!(
             !required(),
@@ -204,7 +227,7 @@ async fn zookeeper_reconnects_and_the_watch_resumes() {
         other => panic!("{other:?}"),
     }
 
-    server.stop();
+    server.stop_and_wait(port);
     let down = kv
         .put(&key, "while down".into())
         .await
