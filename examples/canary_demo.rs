@@ -25,11 +25,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vamp_core::dsl::{AnyArtifact, read_str};
-use vamp_core::kv::{DynKeyValueStore, KeyValueStoreExt, keys};
+use vamp_core::kv::{DynKeyValueStore, KeyValueStore, keys};
 use vamp_core::memory::{InMemoryKv, InMemoryMetrics};
 use vamp_core::metrics::{DynMetricsStore, MetricsStore};
 use vamp_core::model::{ArtifactKind, Route, RouteTarget};
 use vamp_haproxy::agent::{AgentOptions, AgentStatus, GatewayAgent};
+use vamp_haproxy::driver::{GatewayDriver, Marshaller};
 use vamp_haproxy::{RenderOptions, render};
 
 const STEPS: [(u8, u8); 4] = [(100, 0), (90, 10), (50, 50), (0, 100)];
@@ -181,7 +182,7 @@ struct Seen {
 }
 
 struct Gateway {
-    config: String,
+    gateway: vamp_core::model::Gateway,
     routes: Vec<(String, String)>, // (version, route frontend lookup)
 }
 
@@ -211,10 +212,8 @@ fn gateway(
             }];
         }
     }
-    let opts = RenderOptions::default()
-        .with_socket_dir(socket_dir)
-        .with_bind_address("127.0.0.1");
-    let config = render(&[g], &opts).map_err(|e| e.to_string())?;
+    let config =
+        render(std::slice::from_ref(&g), &render_options(socket_dir)).map_err(|e| e.to_string())?;
     let mut routes = Vec::new();
     for (target_port, version) in targets {
         let address = format!("127.0.0.1:{target_port}");
@@ -230,10 +229,13 @@ fn gateway(
             .ok_or("no frontend for a route")?;
         routes.push((version.to_owned(), frontend.lookup.clone()));
     }
-    Ok(Gateway {
-        config: config.render(),
-        routes,
-    })
+    Ok(Gateway { gateway: g, routes })
+}
+
+fn render_options(socket_dir: &str) -> RenderOptions {
+    RenderOptions::default()
+        .with_socket_dir(socket_dir)
+        .with_bind_address("127.0.0.1")
 }
 
 fn progress(done: Duration, total: Duration) {
@@ -307,6 +309,11 @@ async fn demo(haproxy: String, step: Duration) -> Result<(), String> {
         let _ = stopped.await;
     }));
     let port = free_port();
+    let driver = GatewayDriver::new(
+        Arc::clone(&kv),
+        "default",
+        vec![Marshaller::new("1.7").with_options(render_options(&socket_dir))],
+    );
     println!("  gateway    sava on 127.0.0.1:{port}, configuration key {key}\n");
 
     // Steady traffic from a client thread.
@@ -355,10 +362,17 @@ async fn demo(haproxy: String, step: Duration) -> Result<(), String> {
             weights.1
         );
         let written = Instant::now();
-        let version = kv
-            .put(&key, g.config.clone().into())
+        // The control plane's side: the gateway driver renders and writes the configuration.
+        driver
+            .push(std::slice::from_ref(&g.gateway))
             .await
             .map_err(|e| e.to_string())?;
+        let version = kv
+            .get(&key)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the driver wrote no configuration")?
+            .version;
         let applied = wait_for(&mut status, version.0).await?;
         let how = if applied.counts.dynamic > before.counts.dynamic {
             "runtime API, no reload"

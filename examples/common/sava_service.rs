@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Serves forever on `listener`: `200 <version>`, except `fail_percent` of every 100
-/// consecutive requests, which get `500 <version> failed`.
+/// consecutive requests, spread evenly (2%: every 50th), which get `500 <version> failed`.
 pub fn serve(listener: TcpListener, version: String, fail_percent: u32) {
     let counter = Arc::new(AtomicU64::new(0));
     let version = Arc::new(version);
@@ -35,7 +35,8 @@ fn answer(mut conn: TcpStream, version: &str, fail_percent: u32, counter: &Atomi
         }
     }
     let n = counter.fetch_add(1, Ordering::Relaxed);
-    let fail = (n % 100) < u64::from(fail_percent);
+    let p = u64::from(fail_percent);
+    let fail = (n + 1) * p / 100 > n * p / 100;
     let (status, body) = if fail {
         ("500 Internal Server Error", format!("{version} failed\n"))
     } else {

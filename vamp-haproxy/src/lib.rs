@@ -16,6 +16,7 @@ pub mod acl;
 pub mod agent;
 pub mod config;
 pub mod convert;
+pub mod driver;
 pub mod error;
 pub mod fetches;
 pub mod log;

@@ -1,0 +1,326 @@
+//! The gateway driver: the control plane's side of the key-value store (runtime.md §2.2–2.3).
+//! [`GatewayDriver::push`] writes the gateways and, for every marshaller, the rendered HAProxy
+//! configuration that gateway agents apply, each only when it changed, and publishes Vamp's
+//! events: `gateways:<name>` + `deployed`/`undeployed` against the previously pushed set, and
+//! `marshaller:configuration`, `type:haproxy`, `name:<marshaller>` after a configuration
+//! changed.
+//!
+//! | key (below `/vamp/<namespace>`) | value |
+//! |---|---|
+//! | `/gateways` | the pushed gateways as a JSON array (canonical form) |
+//! | `/gateways/haproxy/<marshaller>/configuration` | the rendered configuration |
+//!
+//! Unlike Vamp, "changed" compares with what the store holds now, not with a cache of the
+//! driver's own last write, so a value edited or lost in the store is written again on the next
+//! push. Jtwig template overrides (`…/template`) are not supported: this renderer has no
+//! template; a non-blank override is reported in [`PushReport::ignored_templates`].
+//!
+//! ```
+//! # futures_util::FutureExt::now_or_never(async {
+//! use std::sync::Arc;
+//! use vamp_core::dsl::{read_str, AnyArtifact};
+//! use vamp_core::kv::{keys, KeyValueStoreExt};
+//! use vamp_core::memory::InMemoryKv;
+//! use vamp_core::model::ArtifactKind;
+//! use vamp_haproxy::driver::{GatewayDriver, Marshaller};
+//!
+//! let kv = Arc::new(InMemoryKv::new());
+//! let driver = GatewayDriver::new(kv.clone(), "default", vec![Marshaller::new("1.7")]);
+//! let AnyArtifact::Gateway(g) = read_str("name: sava\nport: 9050\nroutes:\n  sava:1.0: {weight: 100%}\n", Some(ArtifactKind::Gateway))
+//!     .unwrap().remove(0) else { unreachable!() };
+//! let report = driver.push(&[g.clone()]).await.unwrap();
+//! assert!(report.gateways_written && report.configurations_written == ["1.7"]);
+//! assert_eq!(report.deployed, ["sava"]);
+//! let config = kv.get_string(&keys::haproxy_configuration("default", "1.7").unwrap()).await.unwrap().unwrap();
+//! assert!(config.contains("bind 0.0.0.0:9050"));
+//! // Nothing changed: nothing written.
+//! assert_eq!(driver.push(&[g]).await.unwrap().configurations_written.len(), 0);
+//! # }).unwrap();
+//! ```
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use vamp_core::dsl::{AnyArtifact, to_node};
+use vamp_core::kv::{DynKeyValueStore, KeyPath, KeyValueStoreExt, keys};
+use vamp_core::metrics::DynEventStore;
+use vamp_core::model::{Event, Gateway};
+use vamp_core::node::Node;
+
+use crate::{RenderOptions, render};
+
+/// One marshaller: a name (the key segment, Vamp's `1.7`) and how to render.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Marshaller {
+    /// The name (`vamp.gateway-driver.marshallers[].name`).
+    pub name: String,
+    /// How to render (socket directory, bind address, virtual hosts).
+    pub options: RenderOptions,
+}
+
+impl Marshaller {
+    /// A marshaller named `name` rendering with the default options.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            options: RenderOptions::default(),
+        }
+    }
+
+    /// Sets the render options.
+    #[must_use]
+    pub fn with_options(mut self, options: RenderOptions) -> Self {
+        self.options = options;
+        self
+    }
+}
+
+/// What a push did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PushReport {
+    /// `/gateways` was written.
+    pub gateways_written: bool,
+    /// The marshallers whose configuration was written.
+    pub configurations_written: Vec<String>,
+    /// Gateways new since the previous push.
+    pub deployed: Vec<String>,
+    /// Gateways gone since the previous push.
+    pub undeployed: Vec<String>,
+    /// Marshallers with a template override in the store, which this renderer ignores.
+    pub ignored_templates: Vec<String>,
+}
+
+/// Why a push failed: a gateway that cannot be rendered (nothing is written then), or the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PushError {
+    /// A gateway cannot be rendered; nothing was written.
+    #[error(transparent)]
+    Render(#[from] crate::RenderError),
+    /// The key-value store failed.
+    #[error(transparent)]
+    Store(#[from] vamp_core::Error),
+}
+
+/// What to write, computed from what the store holds (pure).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushPlan {
+    /// The `/gateways` value to write, if it changed.
+    pub gateways: Option<String>,
+    /// `(marshaller, configuration)` to write, for those that changed.
+    pub configurations: Vec<(String, String)>,
+    /// Gateways new since the previous push.
+    pub deployed: Vec<String>,
+    /// Gateways gone since the previous push.
+    pub undeployed: Vec<String>,
+}
+
+/// The names in a `/gateways` value (an array of objects with `name`).
+fn names(gateways_json: Option<&str>) -> BTreeSet<String> {
+    gateways_json
+        .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|g| g.get("name").and_then(|n| n.as_str()).map(str::to_owned))
+        .collect()
+}
+
+/// Plans a push of `gateways` given the store's current `/gateways` value and current
+/// configuration per marshaller (same order as `marshallers`).
+///
+/// # Errors
+/// [`crate::RenderError`] when a gateway cannot be rendered.
+pub fn plan_push(
+    gateways: &[Gateway],
+    marshallers: &[Marshaller],
+    current_gateways: Option<&str>,
+    current_configurations: &[Option<String>],
+) -> Result<PushPlan, crate::RenderError> {
+    let json = serde_json::Value::Array(
+        gateways
+            .iter()
+            .map(|g| to_node(&AnyArtifact::Gateway(g.clone())).to_json())
+            .collect(),
+    )
+    .to_string();
+    let mut configurations = Vec::new();
+    for (m, current) in marshallers.iter().zip(
+        current_configurations
+            .iter()
+            .map(Some)
+            .chain(std::iter::repeat(None)),
+    ) {
+        let text = render(gateways, &m.options)?.render();
+        if current.and_then(Option::as_deref) != Some(text.as_str()) {
+            configurations.push((m.name.clone(), text));
+        }
+    }
+    let before = names(current_gateways);
+    let after: BTreeSet<String> = gateways.iter().map(|g| g.name.clone()).collect();
+    Ok(PushPlan {
+        gateways: (current_gateways != Some(json.as_str())).then_some(json),
+        configurations,
+        deployed: after.difference(&before).cloned().collect(),
+        undeployed: before.difference(&after).cloned().collect(),
+    })
+}
+
+/// Writes gateways and their HAProxy configurations to the key-value store.
+#[derive(Clone)]
+pub struct GatewayDriver {
+    kv: Arc<DynKeyValueStore>,
+    events: Option<Arc<DynEventStore>>,
+    namespace: String,
+    marshallers: Vec<Marshaller>,
+}
+
+impl std::fmt::Debug for GatewayDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayDriver")
+            .field("kv", &self.kv.to_string())
+            .field("namespace", &self.namespace)
+            .field("marshallers", &self.marshallers)
+            .finish_non_exhaustive()
+    }
+}
+
+fn event(tags: Vec<String>, value: Node) -> Event {
+    Event {
+        id: None,
+        version: None,
+        tags,
+        value,
+        timestamp: vamp_core::time::now_iso(),
+        event_type: "event".into(),
+        digest: None,
+    }
+}
+
+impl GatewayDriver {
+    /// A driver writing below `/vamp/<namespace>` with these marshallers.
+    pub fn new(
+        kv: Arc<DynKeyValueStore>,
+        namespace: impl Into<String>,
+        marshallers: Vec<Marshaller>,
+    ) -> Self {
+        Self {
+            kv,
+            events: None,
+            namespace: namespace.into(),
+            marshallers,
+        }
+    }
+
+    /// Publishes Vamp's gateway and marshaller events here.
+    #[must_use]
+    pub fn with_events(mut self, events: Arc<DynEventStore>) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    fn configuration_key(&self, m: &Marshaller) -> Result<KeyPath, vamp_core::Error> {
+        keys::haproxy_configuration(&self.namespace, &m.name)
+    }
+
+    /// The gateways of the last push, as the store holds them (canonical JSON), if any.
+    ///
+    /// # Errors
+    /// [`PushError::Store`] when the store fails.
+    pub async fn pull(&self) -> Result<Option<serde_json::Value>, PushError> {
+        let raw = self
+            .kv
+            .get_string(&keys::gateways(&self.namespace)?)
+            .await?;
+        Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
+    }
+
+    /// Pushes `gateways`: renders every marshaller's configuration first (a gateway that
+    /// cannot be rendered fails the push before anything is written), then writes what
+    /// changed, then publishes the events.
+    ///
+    /// # Errors
+    /// [`PushError::Render`] (nothing written) or [`PushError::Store`].
+    pub async fn push(&self, gateways: &[Gateway]) -> Result<PushReport, PushError> {
+        let gateways_key = keys::gateways(&self.namespace)?;
+        let current_gateways = self.kv.get_string(&gateways_key).await?;
+        let mut current = Vec::new();
+        let mut ignored_templates = Vec::new();
+        for m in &self.marshallers {
+            current.push(self.kv.get_string(&self.configuration_key(m)?).await?);
+            let template = keys::haproxy_template(&self.namespace, &m.name)?;
+            if self
+                .kv
+                .get_string(&template)
+                .await?
+                .is_some_and(|t| !t.trim().is_empty())
+            {
+                ignored_templates.push(m.name.clone());
+            }
+        }
+        let plan = plan_push(
+            gateways,
+            &self.marshallers,
+            current_gateways.as_deref(),
+            &current,
+        )?;
+        let mut report = PushReport {
+            ignored_templates,
+            deployed: plan.deployed.clone(),
+            undeployed: plan.undeployed.clone(),
+            ..PushReport::default()
+        };
+        if let Some(json) = plan.gateways {
+            self.kv.put(&gateways_key, json.into()).await?;
+            report.gateways_written = true;
+        }
+        for (name, text) in plan.configurations {
+            let m = self
+                .marshallers
+                .iter()
+                .find(|m| m.name == name)
+                .expect("planned from these marshallers");
+            self.kv
+                .put(&self.configuration_key(m)?, text.into())
+                .await?;
+            report.configurations_written.push(name);
+        }
+        if let Some(events) = &self.events {
+            let by_name = |name: &str| {
+                gateways
+                    .iter()
+                    .find(|g| g.name == name)
+                    .map(|g| to_node(&AnyArtifact::Gateway(g.clone())))
+                    .unwrap_or(Node::Null)
+            };
+            for (names, what) in [
+                (&report.deployed, "deployed"),
+                (&report.undeployed, "undeployed"),
+            ] {
+                for name in names {
+                    events
+                        .publish(event(
+                            vec![format!("gateways:{name}"), what.to_owned()],
+                            by_name(name),
+                        ))
+                        .await?;
+                }
+            }
+            for name in &report.configurations_written {
+                events
+                    .publish(event(
+                        vec![
+                            "marshaller:configuration".into(),
+                            "type:haproxy".into(),
+                            format!("name:{name}"),
+                        ],
+                        Node::Null,
+                    ))
+                    .await?;
+            }
+        }
+        Ok(report)
+    }
+}

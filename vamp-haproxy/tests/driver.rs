@@ -1,0 +1,153 @@
+//! The gateway driver against the in-memory key-value and event stores.
+
+mod support;
+
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use support::*;
+use vamp_core::kv::{KeyValueStore, KeyValueStoreExt, keys};
+use vamp_core::memory::{InMemoryKv, InMemoryMetrics};
+use vamp_core::metrics::{DynEventStore, EventStore};
+use vamp_core::model::{EventQuery, Gateway};
+use vamp_core::persistence::ListOptions;
+use vamp_haproxy::driver::{GatewayDriver, Marshaller, PushError};
+use vamp_haproxy::{RenderOptions, render};
+
+fn sava(port: u16, weights: (u8, u8)) -> Gateway {
+    let g = gateway(&format!(
+        "name: sava{port}\nport: {port}\nroutes:\n  sava:1.0: {{weight: {}%}}\n  sava:1.1: {{weight: {}%}}\n",
+        weights.0, weights.1
+    ));
+    with_targets(
+        with_targets(g, 0, vec![target("a", None, 31001)]),
+        1,
+        vec![target("b", None, 31002)],
+    )
+}
+
+async fn tagged(events: &InMemoryMetrics, tags: &[&str]) -> usize {
+    events
+        .query(
+            &EventQuery {
+                tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+                event_type: None,
+                timestamp: None,
+                aggregator: None,
+            },
+            ListOptions::all(),
+        )
+        .await
+        .unwrap()
+        .len()
+}
+
+#[test]
+fn pushes_write_what_changed_and_say_what_was_deployed() {
+    async {
+        let kv = Arc::new(InMemoryKv::new());
+        let events = Arc::new(InMemoryMetrics::new());
+        let options = RenderOptions::default().with_socket_dir("/run/vamp");
+        let driver = GatewayDriver::new(
+            Arc::clone(&kv) as Arc<vamp_core::kv::DynKeyValueStore>,
+            "default",
+            vec![
+                Marshaller::new("1.7").with_options(options.clone()),
+                Marshaller::new("2.6").with_options(options.clone().with_bind_address("127.0.0.1")),
+            ],
+        )
+        .with_events(Arc::clone(&events) as Arc<DynEventStore>);
+        let config_key = keys::haproxy_configuration("default", "1.7").unwrap();
+
+        // First push: everything is new.
+        let gateways = vec![sava(9050, (90, 10)), sava(9060, (100, 0))];
+        let report = driver.push(&gateways).await.unwrap();
+        assert!(report.gateways_written);
+        assert_eq!(report.configurations_written, ["1.7", "2.6"]);
+        assert_eq!(report.deployed, ["sava9050", "sava9060"]);
+        assert!(report.undeployed.is_empty());
+        let written = kv.get_string(&config_key).await.unwrap().unwrap();
+        assert_eq!(written, render(&gateways, &options).unwrap().render());
+        assert_haproxy_accepts(&written);
+        let pulled = driver.pull().await.unwrap().unwrap();
+        assert_eq!(pulled.as_array().unwrap().len(), 2);
+        assert_eq!(pulled[0]["name"], "sava9050");
+        assert_eq!(tagged(&events, &["gateways:sava9050", "deployed"]).await, 1);
+        assert_eq!(
+            tagged(&events, &["marshaller:configuration", "name:1.7"]).await,
+            1
+        );
+
+        // The same again: nothing written (versions unchanged), no events.
+        let version = kv.get(&config_key).await.unwrap().unwrap().version;
+        let report = driver.push(&gateways).await.unwrap();
+        assert!(!report.gateways_written && report.configurations_written.is_empty());
+        assert!(report.deployed.is_empty() && report.undeployed.is_empty());
+        assert_eq!(kv.get(&config_key).await.unwrap().unwrap().version, version);
+        assert_eq!(tagged(&events, &["marshaller:configuration"]).await, 2);
+
+        // One gateway gone, the other re-weighted.
+        let report = driver.push(&[sava(9050, (50, 50))]).await.unwrap();
+        assert_eq!(report.undeployed, ["sava9060"]);
+        assert_eq!(report.configurations_written, ["1.7", "2.6"]);
+        assert_eq!(
+            tagged(&events, &["gateways:sava9060", "undeployed"]).await,
+            1
+        );
+
+        // A configuration lost from the store is written again (Vamp's cache would not have).
+        kv.delete(&config_key).await.unwrap();
+        let report = driver.push(&[sava(9050, (50, 50))]).await.unwrap();
+        assert_eq!(report.configurations_written, ["1.7"]);
+        assert!(kv.get(&config_key).await.unwrap().is_some());
+
+        // A template override is reported as ignored.
+        kv.put(
+            &keys::haproxy_template("default", "2.6").unwrap(),
+            "{{ custom }}".into(),
+        )
+        .await
+        .unwrap();
+        let report = driver.push(&[sava(9050, (50, 50))]).await.unwrap();
+        assert_eq!(report.ignored_templates, ["2.6"]);
+    }
+    .now_or_never()
+    .unwrap();
+}
+
+#[test]
+fn a_gateway_that_cannot_be_rendered_writes_nothing() {
+    async {
+        let kv = Arc::new(InMemoryKv::new());
+        let driver = GatewayDriver::new(
+            Arc::clone(&kv) as Arc<vamp_core::kv::DynKeyValueStore>,
+            "default",
+            vec![Marshaller::new("1.7")],
+        );
+        driver.push(&[sava(9050, (100, 0))]).await.unwrap();
+        let before = kv.list_all(&keys::base("default").unwrap()).await.unwrap();
+        let versions: Vec<_> = {
+            let mut v = Vec::new();
+            for k in &before {
+                v.push(kv.get(k).await.unwrap().unwrap().version);
+            }
+            v
+        };
+        // A gateway without a port yet.
+        let mut bad = sava(9070, (100, 0));
+        bad.port.number = 0;
+        match driver.push(&[sava(9050, (0, 100)), bad]).await {
+            Err(PushError::Render(e)) => assert!(e.to_string().contains("no port"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        for (k, v) in before.iter().zip(versions) {
+            assert_eq!(
+                kv.get(k).await.unwrap().unwrap().version,
+                v,
+                "{k} untouched"
+            );
+        }
+    }
+    .now_or_never()
+    .unwrap();
+}
