@@ -277,6 +277,19 @@ async fn end_to_end(kv: Arc<DynKeyValueStore>, key: KeyPath) {
     );
     assert_ne!(Some(v4.0), status.applied_version);
     assert_eq!(split(port, 20).await.get("b"), Some(&20));
+    // Bytes that are not text are refused as well, never mangled into a configuration.
+    kv.put(&key, vec![0x66, 0xff, 0xfe].into()).await.unwrap();
+    let status = agent
+        .until("a non-UTF-8 rejection", |s| s.counts.rejected == 2)
+        .await;
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("UTF-8")),
+        "{status:?}"
+    );
+    assert_eq!(status.applied_version, Some(v3.0));
     let rejected = events
         .query(
             &vamp_core::model::EventQuery {
@@ -289,7 +302,7 @@ async fn end_to_end(kv: Arc<DynKeyValueStore>, key: KeyPath) {
         )
         .await
         .unwrap();
-    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert_eq!(rejected.len(), 2, "{rejected:?}");
 
     let (good, _, routes) =
         gateway_config_with_routes(port, dir.path(), &a, &b, (50, 50), "roundrobin");

@@ -555,11 +555,12 @@ impl GatewayAgent {
 
     async fn apply_in_span(&mut self, global: &str, value: &Bytes, version: u64) {
         let started = Instant::now();
-        let candidate = format!(
-            "{global}\n{}\n{}\n",
-            self.options.base_config,
-            String::from_utf8_lossy(value)
-        );
+        let Ok(value) = std::str::from_utf8(value) else {
+            self.reject(version, "the value is not UTF-8 text".into())
+                .await;
+            return;
+        };
+        let candidate = format!("{global}\n{}\n{value}\n", self.options.base_config);
         metrics::histogram!("vamp_gateway_agent_step_seconds", "step" => "render")
             .record(secs(started));
         if self.running.as_deref() == Some(candidate.as_str()) && self.haproxy.is_some() {
