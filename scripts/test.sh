@@ -17,6 +17,7 @@ step() { printf '\n==> %s\n' "$*"; }
 # Debian packages the integration tests need; installed when missing (as root).
 need_packages=()
 command -v haproxy >/dev/null 2>&1 || need_packages+=(haproxy)
+command -v python3 >/dev/null 2>&1 || need_packages+=(python3)
 command -v redis-server >/dev/null 2>&1 || need_packages+=(redis-server)
 command -v etcd >/dev/null 2>&1 || need_packages+=(etcd-server)
 [ -x /usr/share/zookeeper/bin/zkServer.sh ] || need_packages+=(zookeeperd)

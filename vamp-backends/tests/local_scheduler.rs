@@ -125,8 +125,9 @@ async fn a_process_that_dies_is_started_again() {
     .await;
     let pid_file = dir.path().join(&name).join("pid");
     let first = eventually("the pid", async || std::fs::read_to_string(&pid_file).ok()).await;
-    std::process::Command::new("kill")
-        .args(["-9", first.trim()])
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -s KILL {}", first.trim()))
         .status()
         .unwrap();
     let second = eventually("a new process", async || {

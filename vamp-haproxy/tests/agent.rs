@@ -316,9 +316,9 @@ async fn end_to_end(kv: Arc<DynKeyValueStore>, key: KeyPath) {
 
     // 5. Killing HAProxy: the agent restarts it with the last good configuration.
     let pid = status.haproxy_pid.unwrap();
-    std::process::Command::new("kill")
-        .arg("-9")
-        .arg(pid.to_string())
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -s KILL {pid}"))
         .status()
         .unwrap();
     let status = agent

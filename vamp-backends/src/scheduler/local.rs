@@ -134,12 +134,11 @@ fn env_name(port: &str) -> String {
         .collect()
 }
 
-/// Sends `signal` to a process group (`kill -<signal> -- -<pgid>`).
+/// Sends `signal` to a process group with the shell's own `kill` (no procps needed).
 async fn signal_group(pgid: u32, signal: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg("--")
-        .arg(format!("-{pgid}"))
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -s {signal} -- -{pgid}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()

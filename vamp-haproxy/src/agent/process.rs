@@ -275,9 +275,10 @@ impl HaProxy {
     pub async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
             // SIGUSR1 would be a soft stop; the agent's owner asked for it to go.
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
+            // The shell's own `kill`: no procps needed.
+            let _ = Command::new("sh")
+                .arg("-c")
+                .arg(format!("kill -s TERM {pid}"))
                 .status()
                 .await;
         }
