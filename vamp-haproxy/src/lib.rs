@@ -1,13 +1,17 @@
 //! # vamp-haproxy
 //!
-//! Renders Vamp gateways to HAProxy configuration: a pure library (gateways in, text out, no
+//! Renders Vamp gateways to HAProxy configuration: a pure generator (gateways in, text out, no
 //! I/O), deterministic, injection-proof, and name-compatible with Vamp (lookup names, `o_` and
-//! `im_` prefixes, ACL names), targeting HAProxy 2.6+.
+//! `im_` prefixes, ACL names), targeting HAProxy 2.6+; and both ends of the key-value store
+//! between the control plane and HAProxy.
 //!
 //! * [`render`] / [`convert_in_order`]: gateways to the typed model [`HaProxyConfig`], which
 //!   renders with [`HaProxyConfig::render`].
 //! * [`acl`]: route conditions to ACLs, minimised correctly.
 //! * [`log`]: Vamp's JSON log lines back into request records.
+//! * [`update`]: whether a new configuration needs nothing, runtime weight changes or a reload.
+//! * [`driver`]: the control plane's side, writing gateways and configurations to the store.
+//! * `agent` (feature `agent`): the gateway agent beside each HAProxy, applying them.
 //!
 //! Deliberate differences from Vamp's output are listed in `COMPATIBILITY.md`.
 
