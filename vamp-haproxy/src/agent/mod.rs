@@ -506,10 +506,7 @@ impl GatewayAgent {
     async fn reject(&self, version: u64, message: String) {
         tracing::warn!(version, %message, "configuration rejected; the running one keeps serving");
         metrics::counter!("vamp_gateway_agent_updates_total", "outcome" => "rejected").increment(1);
-        self.update_status(|s| {
-            s.counts.rejected += 1;
-            s.last_error = Some(message.clone());
-        });
+        // The event first, then the status: whoever sees the count can find the event.
         if let Some(events) = &self.events {
             let event = Event {
                 id: None,
@@ -519,7 +516,7 @@ impl GatewayAgent {
                     "gateway-agent:rejected".into(),
                     format!("kv-version:{version}"),
                 ],
-                value: vamp_core::node::Node::Str(message),
+                value: vamp_core::node::Node::Str(message.clone()),
                 timestamp: vamp_core::time::now_iso(),
                 event_type: "gateway-agent".into(),
                 digest: None,
@@ -528,6 +525,10 @@ impl GatewayAgent {
                 tracing::warn!(error = %e, "could not publish the rejection");
             }
         }
+        self.update_status(|s| {
+            s.counts.rejected += 1;
+            s.last_error = Some(message);
+        });
     }
 
     fn accepted(&mut self, outcome: &'static str, candidate: String, version: u64) {
