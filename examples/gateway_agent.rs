@@ -4,7 +4,7 @@
 //! ```text
 //! gateway-agent [--kv URL] [--key PATH] [--haproxy BIN] [--work-dir DIR] [--config FILE]
 //!               [--master-socket PATH] [--stats-socket PATH] [--base-config FILE]
-//!               [--health ADDR] [--debounce-ms N]
+//!               [--health ADDR] [--metrics ADDR] [--debounce-ms N]
 //! ```
 //!
 //! | flag | environment | default |
@@ -19,6 +19,7 @@
 //! | `--base-config` (a file with `global`/`defaults` settings) | `VAMP_HAPROXY_BASE_CONFIG` | `vamp_haproxy::BASE_CONFIG` |
 //! | `--health` (`/health`, `/status`) | `VAMP_GATEWAY_AGENT_HEALTH` | `127.0.0.1:1988` |
 //! | `--debounce-ms` | `VAMP_GATEWAY_AGENT_DEBOUNCE_MS` | `100` |
+//! | `--metrics` (Prometheus text format on `/metrics`) | `VAMP_GATEWAY_AGENT_METRICS` | off |
 //!
 //! KV URLs: `etcd://host:2379/prefix`, `consul://host:8500/prefix`, `zk://host:2181/prefix`,
 //! `redis://host:6379/0`, each needing this crate's feature of the same name (`--features
@@ -33,8 +34,9 @@ use vamp_backends::kv::KvBackendConfig;
 use vamp_core::kv::KeyPath;
 use vamp_haproxy::agent::{AgentOptions, GatewayAgent};
 
-const USAGE: &str = "usage: gateway-agent [--kv URL] [--key PATH] [--haproxy BIN] [--work-dir DIR] [--config FILE] [--master-socket PATH] [--stats-socket PATH] [--base-config FILE] [--health ADDR] [--debounce-ms N]";
+const USAGE: &str = "usage: gateway-agent [--kv URL] [--key PATH] [--haproxy BIN] [--work-dir DIR] [--config FILE] [--master-socket PATH] [--stats-socket PATH] [--base-config FILE] [--health ADDR] [--metrics ADDR] [--debounce-ms N]";
 
+#[derive(Debug, PartialEq, Eq)]
 struct Settings {
     kv: String,
     key: String,
@@ -45,14 +47,19 @@ struct Settings {
     stats_socket: Option<String>,
     base_config: Option<String>,
     health: String,
+    metrics: Option<String>,
     debounce_ms: String,
 }
 
-fn env(name: &str) -> Option<String> {
+fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-fn settings() -> Result<Settings, String> {
+/// The settings from the environment (`env`), then the flags (`args`, without the program).
+fn settings(
+    args: impl IntoIterator<Item = String>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Settings, String> {
     let vga_url = match (
         env("VAMP_KEY_VALUE_STORE_TYPE"),
         env("VAMP_KEY_VALUE_STORE_CONNECTION"),
@@ -78,9 +85,10 @@ fn settings() -> Result<Settings, String> {
         stats_socket: env("VAMP_HAPROXY_STATS_SOCKET"),
         base_config: env("VAMP_HAPROXY_BASE_CONFIG"),
         health: env("VAMP_GATEWAY_AGENT_HEALTH").unwrap_or_else(|| "127.0.0.1:1988".into()),
+        metrics: env("VAMP_GATEWAY_AGENT_METRICS"),
         debounce_ms: env("VAMP_GATEWAY_AGENT_DEBOUNCE_MS").unwrap_or_else(|| "100".into()),
     };
-    let mut args = std::env::args().skip(1);
+    let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         if matches!(arg.as_str(), "-h" | "--help") {
             return Err(String::new());
@@ -96,6 +104,7 @@ fn settings() -> Result<Settings, String> {
             "--stats-socket" => s.stats_socket = Some(value),
             "--base-config" => s.base_config = Some(value),
             "--health" => s.health = value,
+            "--metrics" => s.metrics = Some(value),
             "--debounce-ms" => s.debounce_ms = value,
             other => return Err(format!("unknown flag {other}")),
         }
@@ -108,7 +117,7 @@ async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .init();
-    let s = match settings() {
+    let s = match settings(std::env::args().skip(1), process_env) {
         Ok(s) => s,
         Err(why) => {
             if !why.is_empty() {
@@ -118,6 +127,19 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(addr) = &s.metrics {
+        let Ok(addr) = addr.parse::<std::net::SocketAddr>() else {
+            eprintln!("gateway-agent: --metrics takes host:port");
+            return ExitCode::from(2);
+        };
+        if let Err(e) = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+        {
+            eprintln!("gateway-agent: cannot serve metrics on {addr}: {e}");
+            return ExitCode::from(1);
+        }
+    }
     let key = match KeyPath::parse(&s.key) {
         Ok(k) => k,
         Err(e) => {
@@ -172,5 +194,85 @@ async fn main() -> ExitCode {
             eprintln!("gateway-agent: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: std::collections::HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|a| (*a).to_owned()).collect()
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_store_and_vamps_key() {
+        let s = settings(args(&[]), env_of(&[])).unwrap();
+        assert_eq!(s.kv, "memory://");
+        assert_eq!(s.key, "/vamp/default/gateways/haproxy/1.7/configuration");
+        assert_eq!(
+            (s.haproxy.as_str(), s.health.as_str()),
+            ("haproxy", "127.0.0.1:1988")
+        );
+        assert_eq!(s.metrics, None);
+    }
+
+    #[test]
+    fn vga_variables_name_the_store() {
+        let s = settings(
+            args(&[]),
+            env_of(&[
+                ("VAMP_KEY_VALUE_STORE_TYPE", "etcd"),
+                ("VAMP_KEY_VALUE_STORE_CONNECTION", "http://etcd:2379"),
+                (
+                    "VAMP_KEY_VALUE_STORE_PATH",
+                    "/vamp/prod/gateways/haproxy/1.7/configuration",
+                ),
+                ("VAMP_GATEWAY_AGENT_METRICS", "0.0.0.0:9101"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.kv, "etcd://etcd:2379");
+        assert_eq!(s.key, "/vamp/prod/gateways/haproxy/1.7/configuration");
+        assert_eq!(s.metrics.as_deref(), Some("0.0.0.0:9101"));
+        // A URL variable wins over the VGA pair; flags win over both.
+        let s = settings(
+            args(&["--kv", "redis://r:6379/0", "--stats-socket", "/run/s.sock"]),
+            env_of(&[
+                ("VAMP_KEY_VALUE_STORE_URL", "zk://z:2181/vamp"),
+                ("VAMP_KEY_VALUE_STORE_TYPE", "etcd"),
+                ("VAMP_KEY_VALUE_STORE_CONNECTION", "etcd:2379"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.kv, "redis://r:6379/0");
+        assert_eq!(s.stats_socket.as_deref(), Some("/run/s.sock"));
+        let s = settings(
+            args(&[]),
+            env_of(&[("VAMP_KEY_VALUE_STORE_URL", "zk://z:2181/vamp")]),
+        )
+        .unwrap();
+        assert_eq!(s.kv, "zk://z:2181/vamp");
+    }
+
+    #[test]
+    fn bad_flags_are_usage_errors() {
+        assert_eq!(
+            settings(args(&["--kv"]), env_of(&[])).unwrap_err(),
+            "--kv needs a value"
+        );
+        assert_eq!(
+            settings(args(&["--nope", "x"]), env_of(&[])).unwrap_err(),
+            "unknown flag --nope"
+        );
+        assert_eq!(settings(args(&["--help"]), env_of(&[])).unwrap_err(), "");
     }
 }
