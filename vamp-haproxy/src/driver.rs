@@ -324,3 +324,116 @@ impl GatewayDriver {
         Ok(report)
     }
 }
+
+/// No free gateway port is left in the range.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("no free gateway port in {start}-{end} for gateway '{gateway}'")]
+pub struct NoAvailablePort {
+    /// The gateway that needed one.
+    pub gateway: String,
+    /// The range's first port.
+    pub start: u16,
+    /// The range's last port.
+    pub end: u16,
+}
+
+/// Gateway port assignment (model.md §4.9, `vamp.operation.gateway.port-range`, default
+/// `40000-45000`): a gateway without a port number gets the next port of the range, counting on
+/// from the last one handed out and skipping ports any gateway uses; the value becomes
+/// `<n>/<http|tcp>`. Unlike Vamp, which failed once its counter passed the end of the range
+/// even when earlier ports had been freed, the counter wraps around and fails only when every
+/// port of the range is in use.
+///
+/// ```
+/// use vamp_core::model::{Gateway, Port};
+/// use vamp_haproxy::driver::PortAllocator;
+///
+/// let mut ports = PortAllocator::new(40000..=40002);
+/// let mut gateways = vec![
+///     Gateway::new(Port::new("", Some("40000".into())).unwrap()),
+///     Gateway::new(Port::new("", Some("0/tcp".into())).unwrap()),
+/// ];
+/// gateways[1].name = "db".into();
+/// assert_eq!(ports.assign(&mut gateways).unwrap(), ["db"]);
+/// assert_eq!(gateways[1].port.number, 40001);
+/// assert_eq!(gateways[1].port.value.as_deref(), Some("40001/tcp"));
+/// ```
+#[derive(Clone, Debug)]
+pub struct PortAllocator {
+    start: u16,
+    end: u16,
+    last: Option<u16>,
+}
+
+impl PortAllocator {
+    /// An allocator for `range` (inclusive).
+    pub fn new(range: std::ops::RangeInclusive<u16>) -> Self {
+        let (start, end) = (*range.start(), *range.end());
+        Self {
+            start: start.min(end),
+            end: start.max(end),
+            last: None,
+        }
+    }
+
+    /// Parses Vamp's `port-range` setting (`40000-45000`).
+    ///
+    /// # Errors
+    /// [`vamp_core::Error::InvalidConfig`] for anything but `<first>-<last>` ports.
+    pub fn parse(range: &str) -> Result<Self, vamp_core::Error> {
+        let invalid = || vamp_core::Error::InvalidConfig {
+            backend: "gateway port range".into(),
+            message: format!("'{range}' is not <first>-<last> (e.g. 40000-45000)"),
+        };
+        let (a, b) = range.trim().split_once('-').ok_or_else(invalid)?;
+        let (a, b): (u16, u16) = (
+            a.trim().parse().map_err(|_| invalid())?,
+            b.trim().parse().map_err(|_| invalid())?,
+        );
+        if a == 0 || a > b {
+            return Err(invalid());
+        }
+        Ok(Self::new(a..=b))
+    }
+
+    /// Gives every gateway without a port number (0) a free port; returns their names.
+    ///
+    /// # Errors
+    /// [`NoAvailablePort`] when the range is full (gateways assigned before keep their port).
+    pub fn assign(&mut self, gateways: &mut [Gateway]) -> Result<Vec<String>, NoAvailablePort> {
+        let mut used: BTreeSet<i64> = gateways
+            .iter()
+            .map(|g| g.port.number)
+            .filter(|n| *n > 0)
+            .collect();
+        let size = u32::from(self.end - self.start) + 1;
+        let mut assigned = Vec::new();
+        for g in gateways.iter_mut().filter(|g| g.port.number <= 0) {
+            let mut found = None;
+            let mut candidate = self.last.map_or(self.start, |l| l.wrapping_add(1));
+            for _ in 0..size {
+                if candidate < self.start || candidate > self.end {
+                    candidate = self.start;
+                }
+                if !used.contains(&i64::from(candidate)) {
+                    found = Some(candidate);
+                    break;
+                }
+                candidate = candidate.wrapping_add(1);
+            }
+            let Some(port) = found else {
+                return Err(NoAvailablePort {
+                    gateway: g.name.clone(),
+                    start: self.start,
+                    end: self.end,
+                });
+            };
+            self.last = Some(port);
+            used.insert(i64::from(port));
+            g.port.number = i64::from(port);
+            g.port.value = Some(format!("{port}/{}", g.port.port_type));
+            assigned.push(g.name.clone());
+        }
+        Ok(assigned)
+    }
+}

@@ -151,3 +151,44 @@ fn a_gateway_that_cannot_be_rendered_writes_nothing() {
     .now_or_never()
     .unwrap();
 }
+
+fn unassigned(name: &str) -> Gateway {
+    let mut g = gateway(&format!(
+        "name: {name}\nport: 0\nroutes:\n  r: {{weight: 100%}}\n"
+    ));
+    g.name = name.into();
+    g
+}
+
+#[test]
+fn ports_are_assigned_from_the_range_skipping_used_ones_and_wrapping() {
+    use vamp_haproxy::driver::{NoAvailablePort, PortAllocator};
+    let mut ports = PortAllocator::parse("40000-40003").unwrap();
+    let mut gateways = vec![sava(40001, (100, 0)), unassigned("a"), unassigned("b")];
+    assert_eq!(ports.assign(&mut gateways).unwrap(), ["a", "b"]);
+    assert_eq!(gateways[1].port.number, 40000);
+    assert_eq!(gateways[2].port.number, 40002, "40001 is taken");
+    assert_eq!(gateways[2].port.value.as_deref(), Some("40002/http"));
+    // Already assigned: nothing to do.
+    assert!(ports.assign(&mut gateways).unwrap().is_empty());
+    // The counter goes on from the last port, then wraps to a freed one.
+    gateways.remove(1); // 40000 is free again
+    gateways.push(unassigned("c"));
+    gateways.push(unassigned("d"));
+    assert_eq!(ports.assign(&mut gateways).unwrap(), ["c", "d"]);
+    let numbers: Vec<i64> = gateways.iter().map(|g| g.port.number).collect();
+    assert_eq!(numbers, [40001, 40002, 40003, 40000]);
+    // Full: an error naming the gateway; the ones before keep their ports.
+    gateways.push(unassigned("e"));
+    assert_eq!(
+        ports.assign(&mut gateways),
+        Err(NoAvailablePort {
+            gateway: "e".into(),
+            start: 40000,
+            end: 40003
+        })
+    );
+    for bad in ["", "40000", "x-y", "45000-40000", "0-10", "1-70000"] {
+        assert!(PortAllocator::parse(bad).is_err(), "{bad}");
+    }
+}
