@@ -1,5 +1,7 @@
 //! Persistence selection.
 
+#[cfg(any(feature = "sql", feature = "persistence-mssql"))]
+mod feed;
 #[cfg(feature = "persistence-mssql")]
 pub mod mssql;
 #[cfg(any(feature = "sql", feature = "persistence-mssql"))]

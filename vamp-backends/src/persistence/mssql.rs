@@ -35,14 +35,13 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::StreamExt;
-use futures_util::stream::{self, BoxStream};
+use futures_util::stream::BoxStream;
 use tiberius::{AuthMethod, Client, Config, EncryptionLevel, ToSql};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
@@ -55,6 +54,7 @@ use vamp_core::persistence::{
     PersistenceStore,
 };
 
+use super::feed::{FeedSource, change_feed};
 use super::plan::{Action, Row as StoredRow, check_names, check_table, plan};
 use crate::invalid;
 use crate::url::BackendUrl;
@@ -620,6 +620,22 @@ impl fmt::Display for MssqlPersistence {
     }
 }
 
+/// The change feed's view of the store (polling).
+struct MssqlFeed(MssqlPersistence);
+
+#[async_trait]
+impl FeedSource for MssqlFeed {
+    async fn head(&mut self) -> Result<i64, Error> {
+        Ok(self.0.current_version().await?.0 as i64)
+    }
+    async fn page(&mut self, after: i64) -> Result<Vec<ArtifactRecord>, Error> {
+        self.0.records(|s| &s.feed, vec![Param::Int(after)]).await
+    }
+    async fn idle(&mut self) {
+        vamp_core::rt::sleep(self.0.inner.poll_interval).await;
+    }
+}
+
 #[async_trait]
 impl PersistenceStore for MssqlPersistence {
     async fn read(&self, kind: ArtifactKind, name: &str) -> Result<Option<ArtifactRecord>, Error> {
@@ -688,49 +704,7 @@ impl PersistenceStore for MssqlPersistence {
     }
 
     fn changes(&self, opts: ChangeOptions) -> BoxStream<'static, Result<ArtifactRecord, Error>> {
-        struct Feed {
-            store: MssqlPersistence,
-            last: Option<i64>,
-            buffer: VecDeque<ArtifactRecord>,
-        }
-        let feed = Feed {
-            store: self.clone(),
-            last: opts.since.map(|v| v.0 as i64),
-            buffer: VecDeque::new(),
-        };
-        stream::unfold(feed, |mut f| async move {
-            let poll = f.store.inner.poll_interval;
-            loop {
-                if let Some(r) = f.buffer.pop_front() {
-                    return Some((Ok(r), f));
-                }
-                let last = match f.last {
-                    Some(l) => l,
-                    None => match f.store.current_version().await {
-                        Ok(v) => {
-                            f.last = Some(v.0 as i64);
-                            v.0 as i64
-                        }
-                        Err(e) => {
-                            vamp_core::rt::sleep(poll).await;
-                            return Some((Err(e), f));
-                        }
-                    },
-                };
-                match f.store.records(|s| &s.feed, vec![Param::Int(last)]).await {
-                    Err(e) => {
-                        vamp_core::rt::sleep(poll).await;
-                        return Some((Err(e), f));
-                    }
-                    Ok(records) if records.is_empty() => vamp_core::rt::sleep(poll).await,
-                    Ok(records) => {
-                        f.last = records.last().map(|r| r.version.0 as i64);
-                        f.buffer.extend(records);
-                    }
-                }
-            }
-        })
-        .boxed()
+        change_feed(MssqlFeed(self.clone()), opts.since)
     }
 
     fn capabilities(&self) -> PersistenceCapabilities {

@@ -54,13 +54,12 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::StreamExt;
-use futures_util::stream::{self, BoxStream};
+use futures_util::stream::BoxStream;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Row, SqlSafeStr, SqlStr};
 use vamp_core::Error;
@@ -73,6 +72,7 @@ use vamp_core::persistence::{
 
 use crate::invalid;
 
+use super::feed::{FeedSource, change_feed};
 pub use super::plan::MAX_NAME_CHARS;
 use super::plan::{Action, Row as StoredRow, check_names, check_table, plan};
 
@@ -794,6 +794,25 @@ impl Wakeup {
     }
 }
 
+/// The change feed's view of the store.
+struct SqlFeed {
+    store: SqlPersistence,
+    wakeup: Wakeup,
+}
+
+#[async_trait]
+impl FeedSource for SqlFeed {
+    async fn head(&mut self) -> Result<i64, Error> {
+        self.store.head().await
+    }
+    async fn page(&mut self, after: i64) -> Result<Vec<ArtifactRecord>, Error> {
+        self.store.feed_page(after).await
+    }
+    async fn idle(&mut self) {
+        self.wakeup.wait(&self.store).await;
+    }
+}
+
 #[async_trait]
 impl PersistenceStore for SqlPersistence {
     async fn read(&self, kind: ArtifactKind, name: &str) -> Result<Option<ArtifactRecord>, Error> {
@@ -871,56 +890,17 @@ impl PersistenceStore for SqlPersistence {
     }
 
     fn changes(&self, opts: ChangeOptions) -> BoxStream<'static, Result<ArtifactRecord, Error>> {
-        struct Feed {
-            store: SqlPersistence,
-            last: Option<i64>,
-            buffer: VecDeque<ArtifactRecord>,
-            wakeup: Wakeup,
-        }
         #[cfg(feature = "persistence-postgres")]
         let wakeup = Wakeup { listener: None };
         #[cfg(not(feature = "persistence-postgres"))]
         let wakeup = Wakeup;
-        let feed = Feed {
-            store: self.clone(),
-            last: opts.since.map(|v| v.0 as i64),
-            buffer: VecDeque::new(),
-            wakeup,
-        };
-        stream::unfold(feed, |mut f| async move {
-            loop {
-                if let Some(r) = f.buffer.pop_front() {
-                    return Some((Ok(r), f));
-                }
-                let last = match f.last {
-                    Some(l) => l,
-                    None => match f.store.head().await {
-                        Ok(v) => {
-                            f.last = Some(v);
-                            v
-                        }
-                        Err(e) => {
-                            f.wakeup.wait(&f.store).await;
-                            return Some((Err(e), f));
-                        }
-                    },
-                };
-                match f.store.feed_page(last).await {
-                    Err(e) => {
-                        // Back off before reporting, so a consumer that keeps reading through
-                        // an outage does not spin.
-                        f.wakeup.wait(&f.store).await;
-                        return Some((Err(e), f));
-                    }
-                    Ok(records) if records.is_empty() => f.wakeup.wait(&f.store).await,
-                    Ok(records) => {
-                        f.last = records.last().map(|r| r.version.0 as i64);
-                        f.buffer.extend(records);
-                    }
-                }
-            }
-        })
-        .boxed()
+        change_feed(
+            SqlFeed {
+                store: self.clone(),
+                wakeup,
+            },
+            opts.since,
+        )
     }
 
     fn capabilities(&self) -> PersistenceCapabilities {
