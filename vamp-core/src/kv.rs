@@ -277,6 +277,45 @@ pub struct KvCapabilities {
 }
 
 impl KvCapabilities {
+    /// Checks a put against these capabilities, as every store does before writing.
+    ///
+    /// # Errors
+    /// [`Error::NotSupported`] for a TTL without capability `ttl`; [`Error::Invalid`] for a
+    /// value longer than `value_max_bytes`.
+    ///
+    /// ```
+    /// use vamp_core::kv::{KeyPath, KvCapabilities, PutOptions};
+    /// let mut caps = KvCapabilities::all();
+    /// caps.value_max_bytes = Some(4);
+    /// let key = KeyPath::parse("/k").unwrap();
+    /// assert!(caps.check_put("store", &key, 4, &PutOptions::new()).is_ok());
+    /// assert!(caps.check_put("store", &key, 5, &PutOptions::new()).is_err());
+    /// ```
+    pub fn check_put(
+        &self,
+        backend: &str,
+        key: &KeyPath,
+        value_len: usize,
+        opts: &PutOptions,
+    ) -> Result<()> {
+        if opts.ttl.is_some() && !self.ttl {
+            return Err(Error::NotSupported {
+                backend: backend.to_owned(),
+                operation: "put with ttl",
+            });
+        }
+        if let Some(max) = self.value_max_bytes
+            && value_len > max
+        {
+            return Err(Error::Invalid {
+                what: "value",
+                value: format!("{value_len} bytes at {key}"),
+                reason: format!("{backend} takes values of at most {max} bytes"),
+            });
+        }
+        Ok(())
+    }
+
     /// Everything supported, no size limit.
     pub fn all() -> Self {
         Self {

@@ -472,14 +472,6 @@ impl ConsulKv {
         Ok(out)
     }
 
-    fn too_large(&self, key: &KeyPath, len: usize) -> Error {
-        Error::Invalid {
-            what: "value",
-            value: format!("{len} bytes at {key}"),
-            reason: format!("Consul values are limited to {VALUE_MAX_BYTES} bytes here"),
-        }
-    }
-
     /// Every few writes, trims the change log to the newest [`LOG_KEEP`] records.
     async fn after_write(&self) {
         if self.inner.writes.fetch_add(1, Ordering::Relaxed) % 100 == 99 {
@@ -766,15 +758,8 @@ impl KeyValueStore for ConsulKv {
         value: Bytes,
         opts: PutOptions,
     ) -> Result<Version, Error> {
-        if opts.ttl.is_some() {
-            return Err(Error::NotSupported {
-                backend: self.inner.label.clone(),
-                operation: "put with ttl",
-            });
-        }
-        if value.len() > VALUE_MAX_BYTES {
-            return Err(self.too_large(key, value.len()));
-        }
+        self.capabilities()
+            .check_put(&self.inner.label, key, value.len(), &opts)?;
         let data_key = self.data_key(key);
         let (data_op, expected) = match opts.mode {
             PutMode::Create => (kv_write("cas", &data_key, &value, Some(0)), None),

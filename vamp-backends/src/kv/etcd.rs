@@ -336,13 +336,8 @@ impl KeyValueStore for EtcdKv {
         value: Bytes,
         opts: PutOptions,
     ) -> Result<Version, Error> {
-        if value.len() > VALUE_MAX_BYTES {
-            return Err(Error::Invalid {
-                what: "value",
-                value: format!("{} bytes at {key}", value.len()),
-                reason: format!("etcd values are limited to {VALUE_MAX_BYTES} bytes here"),
-            });
-        }
+        self.capabilities()
+            .check_put(&self.label, key, value.len(), &opts)?;
         let mut client = self.client.clone();
         let mut put = etcd_client::PutOptions::new();
         if let Some(ttl) = opts.ttl {

@@ -283,12 +283,8 @@ impl KeyValueStore for RedisKv {
         value: Bytes,
         opts: PutOptions,
     ) -> Result<Version, Error> {
-        if opts.ttl.is_some() {
-            return Err(Error::NotSupported {
-                backend: self.label.clone(),
-                operation: "put with ttl",
-            });
-        }
+        self.capabilities()
+            .check_put(&self.label, key, value.len(), &opts)?;
         let (mode, expected) = match opts.mode {
             PutMode::Create => ("c", 0),
             PutMode::Update(v) => ("u", v.0),

@@ -437,19 +437,8 @@ impl KeyValueStore for ZookeeperKv {
         value: Bytes,
         opts: PutOptions,
     ) -> Result<Version, Error> {
-        if opts.ttl.is_some() {
-            return Err(Error::NotSupported {
-                backend: self.inner.label.clone(),
-                operation: "put with ttl",
-            });
-        }
-        if value.len() > VALUE_MAX_BYTES {
-            return Err(Error::Invalid {
-                what: "value",
-                value: format!("{} bytes at {key}", value.len()),
-                reason: format!("ZooKeeper values are limited to {VALUE_MAX_BYTES} bytes here"),
-            });
-        }
+        self.capabilities()
+            .check_put(&self.inner.label, key, value.len(), &opts)?;
         let label = || self.inner.label.clone();
         match opts.mode {
             PutMode::Create => match self.commit(key, Write::Create(&value)).await? {

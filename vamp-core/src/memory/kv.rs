@@ -72,12 +72,8 @@ impl KeyValueStore for InMemoryKv {
     }
 
     async fn put_opts(&self, key: &KeyPath, value: Bytes, opts: PutOptions) -> Result<Version> {
-        if opts.ttl.is_some() {
-            return Err(Error::NotSupported {
-                backend: self.to_string(),
-                operation: "put with ttl",
-            });
-        }
+        self.capabilities()
+            .check_put(&self.to_string(), key, value.len(), &opts)?;
         let mut s = self.state.lock();
         let current = s.entries.get(key).map(|v| v.version);
         match (opts.mode, current) {
