@@ -141,6 +141,19 @@ pub enum KvBackendConfig {
     Redis(RedisKvConfig),
 }
 
+/// `kv`, below `prefix` unless that is the root.
+fn prefixed(
+    kv: impl vamp_core::kv::KeyValueStore,
+    prefix: &str,
+) -> Result<Arc<DynKeyValueStore>, Error> {
+    let prefix = KeyPath::parse(prefix)?;
+    Ok(if prefix.is_root() {
+        Arc::new(kv)
+    } else {
+        Arc::new(Namespaced::new(kv, prefix))
+    })
+}
+
 fn root() -> String {
     "/".into()
 }
@@ -262,14 +275,7 @@ impl KvBackendConfig {
     /// invalid settings; the backend's connection errors.
     pub async fn build(self) -> Result<Arc<DynKeyValueStore>, Error> {
         match self {
-            Self::Memory { prefix } => {
-                let prefix = KeyPath::parse(&prefix)?;
-                Ok(if prefix.is_root() {
-                    Arc::new(InMemoryKv::new())
-                } else {
-                    Arc::new(Namespaced::new(InMemoryKv::new(), prefix))
-                })
-            }
+            Self::Memory { prefix } => prefixed(InMemoryKv::new(), &prefix),
             #[cfg(feature = "kv-etcd")]
             Self::Etcd(c) => {
                 let user = match (&c.user, &c.password) {
@@ -278,12 +284,7 @@ impl KvBackendConfig {
                     _ => return Err(invalid("etcd", "user and password go together")),
                 };
                 let kv = etcd::EtcdKv::connect(&c.endpoints, user).await?;
-                let prefix = KeyPath::parse(&c.prefix)?;
-                Ok(if prefix.is_root() {
-                    Arc::new(kv)
-                } else {
-                    Arc::new(Namespaced::new(kv, prefix))
-                })
+                prefixed(kv, &c.prefix)
             }
             #[cfg(not(feature = "kv-etcd"))]
             Self::Etcd(_) => Err(Error::FeatureDisabled {
@@ -295,12 +296,7 @@ impl KvBackendConfig {
                 let mut options = consul::ConsulKvOptions::new(c.address);
                 options.token = c.token.map(|t| t.0);
                 let kv = consul::ConsulKv::connect(options).await?;
-                let prefix = KeyPath::parse(&c.prefix)?;
-                Ok(if prefix.is_root() {
-                    Arc::new(kv)
-                } else {
-                    Arc::new(Namespaced::new(kv, prefix))
-                })
+                prefixed(kv, &c.prefix)
             }
             #[cfg(not(feature = "kv-consul"))]
             Self::Consul(_) => Err(Error::FeatureDisabled {
@@ -310,12 +306,7 @@ impl KvBackendConfig {
             #[cfg(feature = "kv-zookeeper")]
             Self::Zookeeper(c) => {
                 let kv = zookeeper::ZookeeperKv::connect(&c.servers.join(","), "/vamp-kv").await?;
-                let prefix = KeyPath::parse(&c.prefix)?;
-                Ok(if prefix.is_root() {
-                    Arc::new(kv)
-                } else {
-                    Arc::new(Namespaced::new(kv, prefix))
-                })
+                prefixed(kv, &c.prefix)
             }
             #[cfg(not(feature = "kv-zookeeper"))]
             Self::Zookeeper(_) => Err(Error::FeatureDisabled {
@@ -335,12 +326,7 @@ impl KvBackendConfig {
                     "vamp",
                 )
                 .await?;
-                let prefix = KeyPath::parse(&c.prefix)?;
-                Ok(if prefix.is_root() {
-                    Arc::new(kv)
-                } else {
-                    Arc::new(Namespaced::new(kv, prefix))
-                })
+                prefixed(kv, &c.prefix)
             }
             #[cfg(not(feature = "kv-redis"))]
             Self::Redis(_) => Err(Error::FeatureDisabled {
