@@ -1310,6 +1310,21 @@ pub struct Event {
     pub digest: Option<String>,
 }
 
+impl Event {
+    /// A new event of `event_type` with `tags` and `value`, timestamped now (no id yet).
+    pub fn new(tags: Vec<String>, value: Node, event_type: impl Into<String>) -> Self {
+        Self {
+            id: None,
+            version: None,
+            tags,
+            value,
+            timestamp: crate::time::now_iso(),
+            event_type: event_type.into(),
+            digest: None,
+        }
+    }
+}
+
 /// A time range of an event query; values are strings like `now() - 10m`.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct TimeRange {

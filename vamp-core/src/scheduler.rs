@@ -70,6 +70,26 @@ impl ServiceId {
         ))
     }
 
+    /// The name of instance `n` of this service: `<deployment>-<cluster>-<service>-<n>`,
+    /// with every character other than ASCII letters, digits and `-` replaced by `-`.
+    ///
+    /// ```
+    /// use vamp_core::scheduler::ServiceId;
+    /// assert_eq!(ServiceId::new("sava", "web", "sava:1.0.0").instance_name(3), "sava-web-sava-1-0-0-3");
+    /// ```
+    pub fn instance_name(&self, n: u64) -> String {
+        format!("{}-{}-{}-{n}", self.deployment, self.cluster, self.service)
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect()
+    }
+
     fn validate(&self) -> Result<()> {
         for (what, v) in [
             ("deployment", &self.deployment),

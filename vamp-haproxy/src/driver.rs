@@ -187,18 +187,6 @@ impl std::fmt::Debug for GatewayDriver {
     }
 }
 
-fn event(tags: Vec<String>, value: Node) -> Event {
-    Event {
-        id: None,
-        version: None,
-        tags,
-        value,
-        timestamp: vamp_core::time::now_iso(),
-        event_type: "event".into(),
-        digest: None,
-    }
-}
-
 impl GatewayDriver {
     /// A driver writing below `/vamp/<namespace>` with these marshallers.
     pub fn new(
@@ -301,22 +289,24 @@ impl GatewayDriver {
             ] {
                 for name in names {
                     events
-                        .publish(event(
+                        .publish(Event::new(
                             vec![format!("gateways:{name}"), what.to_owned()],
                             by_name(name),
+                            "event",
                         ))
                         .await?;
                 }
             }
             for name in &report.configurations_written {
                 events
-                    .publish(event(
+                    .publish(Event::new(
                         vec![
                             "marshaller:configuration".into(),
                             "type:haproxy".into(),
                             format!("name:{name}"),
                         ],
                         Node::Null,
+                        "event",
                     ))
                     .await?;
             }

@@ -252,19 +252,7 @@ impl LocalScheduler {
     /// Creates an instance of `spec` and starts its supervisor.
     fn start_instance(&self, state: &mut State, spec: &ServiceSpec) -> Result<Instance, Error> {
         state.next_instance += 1;
-        let name: String = format!(
-            "{}-{}-{}-{}",
-            spec.id.deployment, spec.id.cluster, spec.id.service, state.next_instance
-        )
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
+        let name = spec.id.instance_name(state.next_instance);
         let mut ports = IndexMap::new();
         for p in &spec.ports {
             ports.insert(p.name.clone(), free_port()?);

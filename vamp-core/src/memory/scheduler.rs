@@ -39,19 +39,7 @@ impl State {
                 (p.name.clone(), port as u16)
             })
             .collect();
-        let name = format!(
-            "{}-{}-{}-{}",
-            spec.id.deployment, spec.id.cluster, spec.id.service, self.next_instance
-        )
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
+        let name = spec.id.instance_name(self.next_instance);
         InstanceState {
             name,
             host: self.host.clone(),

@@ -508,19 +508,15 @@ impl GatewayAgent {
         metrics::counter!("vamp_gateway_agent_updates_total", "outcome" => "rejected").increment(1);
         // The event first, then the status: whoever sees the count can find the event.
         if let Some(events) = &self.events {
-            let event = Event {
-                id: None,
-                version: None,
-                tags: vec![
+            let event = Event::new(
+                vec![
                     "gateway-agent".into(),
                     "gateway-agent:rejected".into(),
                     format!("kv-version:{version}"),
                 ],
-                value: vamp_core::node::Node::Str(message.clone()),
-                timestamp: vamp_core::time::now_iso(),
-                event_type: "gateway-agent".into(),
-                digest: None,
-            };
+                vamp_core::node::Node::Str(message.clone()),
+                "gateway-agent",
+            );
             if let Err(e) = events.publish(event).await {
                 tracing::warn!(error = %e, "could not publish the rejection");
             }
