@@ -213,6 +213,13 @@ pub struct AgentStatus {
 }
 
 impl AgentStatus {
+    /// HAProxy no longer runs.
+    fn haproxy_stopped(&mut self) {
+        self.ready = false;
+        self.haproxy_pid = None;
+        self.workers.clear();
+    }
+
     /// The status as JSON.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
@@ -245,7 +252,6 @@ pub struct GatewayAgent {
     haproxy: Option<HaProxy>,
     /// The configuration HAProxy runs (what the file holds).
     running: Option<String>,
-    running_version: Option<u64>,
 }
 
 impl std::fmt::Debug for GatewayAgent {
@@ -272,7 +278,6 @@ impl GatewayAgent {
             status: watch::channel(AgentStatus::default()).0,
             haproxy: None,
             running: None,
-            running_version: None,
         }
     }
 
@@ -439,11 +444,7 @@ impl GatewayAgent {
         if let Some(h) = self.haproxy.take() {
             h.stop().await;
         }
-        self.update_status(|s| {
-            s.ready = false;
-            s.haproxy_pid = None;
-            s.workers.clear();
-        });
+        self.update_status(AgentStatus::haproxy_stopped);
         Ok(())
     }
 
@@ -460,9 +461,7 @@ impl GatewayAgent {
         metrics::counter!("vamp_gateway_agent_haproxy_exits_total").increment(1);
         self.haproxy = None;
         self.update_status(|s| {
-            s.ready = false;
-            s.haproxy_pid = None;
-            s.workers.clear();
+            s.haproxy_stopped();
             s.last_error = Some(format!("HAProxy exited ({status})"));
         });
         if self.running.is_some() {
@@ -481,17 +480,14 @@ impl GatewayAgent {
         )
         .await
         {
-            Ok(h) => {
+            Ok((h, proc_info)) => {
                 let pid = h.pid();
-                let workers = h.show_proc().await.map(|p| p.workers).unwrap_or_default();
                 self.haproxy = Some(h);
-                let version = self.running_version;
                 self.update_status(|s| {
                     s.ready = true;
                     s.haproxy_pid = pid;
-                    s.workers = workers;
+                    s.workers = proc_info.workers;
                     s.starts += 1;
-                    s.applied_version = version;
                 });
                 true
             }
@@ -530,7 +526,6 @@ impl GatewayAgent {
     fn accepted(&mut self, outcome: &'static str, candidate: String, version: u64) {
         metrics::counter!("vamp_gateway_agent_updates_total", "outcome" => outcome).increment(1);
         self.running = Some(candidate);
-        self.running_version = Some(version);
         self.update_status(|s| {
             match outcome {
                 "noop" => s.counts.noop += 1,
@@ -657,10 +652,8 @@ impl GatewayAgent {
     }
 }
 
-/// Moves the validated candidate over the configuration file (atomic on one file system).
+/// Moves the candidate over the configuration file (atomic: both are in one directory).
 fn install(candidate: &Path, config: &Path) -> Result<(), String> {
-    std::fs::copy(candidate, candidate.with_extension("next"))
-        .and_then(|_| std::fs::rename(candidate.with_extension("next"), config))
-        .map(drop)
+    std::fs::rename(candidate, config)
         .map_err(|e| format!("cannot install {}: {e}", config.display()))
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 
@@ -112,8 +112,6 @@ pub async fn cli(socket: &Path, command: &str, timeout: Duration) -> Result<Stri
 /// A running HAProxy in master-worker mode.
 #[derive(Debug)]
 pub struct HaProxy {
-    bin: PathBuf,
-    config: PathBuf,
     master_socket: PathBuf,
     stats_socket: PathBuf,
     child: Child,
@@ -121,14 +119,15 @@ pub struct HaProxy {
 }
 
 impl HaProxy {
-    /// Starts `bin -W -S <master socket> -f <config>` and waits until a worker runs.
+    /// Starts `bin -W -S <master socket> -f <config>` and waits until a worker runs; returns
+    /// it with the `show proc` that listed the worker.
     pub async fn start(
         bin: &Path,
         config: &Path,
         master_socket: &Path,
         stats_socket: &Path,
         timeout: Duration,
-    ) -> Result<Self, AgentError> {
+    ) -> Result<(Self, ProcInfo), AgentError> {
         let _ = std::fs::remove_file(master_socket);
         let mut child = Command::new(bin)
             .arg("-W")
@@ -144,34 +143,9 @@ impl HaProxy {
             .map_err(|e| AgentError::Start {
                 message: format!("cannot run {}: {e}", bin.display()),
             })?;
-        for (pipe, name) in [
-            (
-                child
-                    .stdout
-                    .take()
-                    .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-                "stdout",
-            ),
-            (
-                child
-                    .stderr
-                    .take()
-                    .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-                "stderr",
-            ),
-        ] {
-            if let Some(pipe) = pipe {
-                tokio::spawn(async move {
-                    let mut lines = BufReader::new(pipe).lines();
-                    while let Ok(Some(line)) = lines.next_line().await {
-                        tracing::info!(target: "vamp_haproxy::agent::haproxy", stream = name, "{line}");
-                    }
-                });
-            }
-        }
+        forward_lines(child.stdout.take(), "stdout");
+        forward_lines(child.stderr.take(), "stderr");
         let mut haproxy = Self {
-            bin: bin.to_owned(),
-            config: config.to_owned(),
             master_socket: master_socket.to_owned(),
             stats_socket: stats_socket.to_owned(),
             child,
@@ -187,7 +161,7 @@ impl HaProxy {
             if let Ok(info) = haproxy.show_proc().await
                 && !info.workers.is_empty()
             {
-                return Ok(haproxy);
+                return Ok((haproxy, info));
             }
             if tokio::time::Instant::now() > deadline {
                 return Err(AgentError::Start {
@@ -289,15 +263,17 @@ impl HaProxy {
             let _ = self.child.kill().await;
         }
     }
+}
 
-    /// The binary.
-    pub fn bin(&self) -> &Path {
-        &self.bin
-    }
-
-    /// The configuration file it runs.
-    pub fn config(&self) -> &Path {
-        &self.config
+/// Logs each line HAProxy writes on `pipe` through `tracing`.
+fn forward_lines(pipe: Option<impl AsyncRead + Unpin + Send + 'static>, stream: &'static str) {
+    if let Some(pipe) = pipe {
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(pipe).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::info!(target: "vamp_haproxy::agent::haproxy", stream, "{line}");
+            }
+        });
     }
 }
 
