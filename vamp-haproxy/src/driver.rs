@@ -42,7 +42,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use vamp_core::dsl::{AnyArtifact, to_node};
-use vamp_core::kv::{DynKeyValueStore, KeyPath, KeyValueStoreExt, keys};
+use vamp_core::kv::{DynKeyValueStore, KeyValueStoreExt, keys};
 use vamp_core::metrics::DynEventStore;
 use vamp_core::model::{Event, Gateway};
 use vamp_core::node::Node;
@@ -147,14 +147,10 @@ pub fn plan_push(
     )
     .to_string();
     let mut configurations = Vec::new();
-    for (m, current) in marshallers.iter().zip(
-        current_configurations
-            .iter()
-            .map(Some)
-            .chain(std::iter::repeat(None)),
-    ) {
+    for (i, m) in marshallers.iter().enumerate() {
         let text = render(gateways, &m.options)?.render();
-        if current.and_then(Option::as_deref) != Some(text.as_str()) {
+        let current = current_configurations.get(i).and_then(Option::as_deref);
+        if current != Some(text.as_str()) {
             configurations.push((m.name.clone(), text));
         }
     }
@@ -209,10 +205,6 @@ impl GatewayDriver {
         self
     }
 
-    fn configuration_key(&self, m: &Marshaller) -> Result<KeyPath, vamp_core::Error> {
-        keys::haproxy_configuration(&self.namespace, &m.name)
-    }
-
     /// The gateways of the last push, as the store holds them (canonical JSON), if any.
     ///
     /// # Errors
@@ -237,7 +229,8 @@ impl GatewayDriver {
         let mut current = Vec::new();
         let mut ignored_templates = Vec::new();
         for m in &self.marshallers {
-            current.push(self.kv.get_string(&self.configuration_key(m)?).await?);
+            let key = keys::haproxy_configuration(&self.namespace, &m.name)?;
+            current.push(self.kv.get_string(&key).await?);
             let template = keys::haproxy_template(&self.namespace, &m.name)?;
             if self
                 .kv
@@ -265,14 +258,8 @@ impl GatewayDriver {
             report.gateways_written = true;
         }
         for (name, text) in plan.configurations {
-            let m = self
-                .marshallers
-                .iter()
-                .find(|m| m.name == name)
-                .expect("planned from these marshallers");
-            self.kv
-                .put(&self.configuration_key(m)?, text.into())
-                .await?;
+            let key = keys::haproxy_configuration(&self.namespace, &name)?;
+            self.kv.put(&key, text.into()).await?;
             report.configurations_written.push(name);
         }
         if let Some(events) = &self.events {

@@ -212,6 +212,12 @@ fn decode_value(entry: &Entry) -> Result<Vec<u8>, String> {
     }
 }
 
+/// The index `R/trimmed` holds (the highest index trimmed from the log; 0 if unreadable).
+fn trimmed_index(entry: &Entry) -> u64 {
+    let value = decode_value(entry).unwrap_or_default();
+    String::from_utf8_lossy(&value).parse().unwrap_or(0)
+}
+
 /// A change record name: writer time (µs, hex) then 64 random bits, so names sort roughly by
 /// age (which only decides what trimming removes first) and never collide.
 fn record_name() -> String {
@@ -499,9 +505,7 @@ impl ConsulKv {
                 let mut present = Vec::new();
                 for e in &entries {
                     if e.key == self.trimmed_key() {
-                        let v = decode_value(e).unwrap_or_default();
-                        let v = String::from_utf8_lossy(&v).parse().unwrap_or(0);
-                        trimmed = (v, e.modify_index);
+                        trimmed = (trimmed_index(e), e.modify_index);
                     } else if chunk.contains(&e.key) {
                         highest = highest.max(e.modify_index);
                         present.push(e.key.clone());
@@ -682,8 +686,7 @@ impl WatchState {
             }
             for e in self.kv.read_tree(&prefixes).await? {
                 if e.key == self.kv.trimmed_key() {
-                    let v = decode_value(&e).unwrap_or_default();
-                    trimmed = String::from_utf8_lossy(&v).parse().unwrap_or(0);
+                    trimmed = trimmed_index(&e);
                 } else if chunk.contains(&e.key) {
                     records.push(e);
                 }
