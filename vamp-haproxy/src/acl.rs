@@ -63,12 +63,43 @@ pub enum Dnf {
     Terms(Vec<Term>),
 }
 
+/// At most this many bytes in one condition's text.
+pub const MAX_CONDITION_LENGTH: usize = 4096;
+
+/// At most this many terms in a rendered condition (each becomes at most one line).
+pub const MAX_CONDITION_TERMS: usize = 4096;
+
+/// The work (implicant comparisons and cover steps) the exact minimisation may spend on one
+/// condition; past it the condition's own disjunctive form is used (equivalent, maybe longer).
+/// The worst 12-test condition then renders in milliseconds instead of seconds.
+pub const MINIMISE_BUDGET: usize = 400_000;
+
+fn too_large(definition: &str, reason: String) -> RenderError {
+    RenderError::ConditionTooLarge {
+        condition: definition.chars().take(200).collect(),
+        reason,
+    }
+}
+
 /// Parses, expands aliases and minimises a condition. Returns the distinct tests (in
 /// first-occurrence order) and the minimised form.
 ///
+/// Small conditions get an exact minimum (Quine–McCluskey with a greedy cover); when that
+/// would cost more than [`MINIMISE_BUDGET`], the condition's own disjunctive normal form
+/// (distributed, duplicates and absorbed terms removed) is used instead: logically the same,
+/// computed in time polynomial in its size.
+///
 /// # Errors
-/// [`RenderError::ConditionTooComplex`] beyond [`MAX_CONDITION_TESTS`] distinct tests.
+/// [`RenderError::ConditionTooComplex`] beyond [`MAX_CONDITION_TESTS`] distinct tests,
+/// [`RenderError::ConditionTooLarge`] beyond [`MAX_CONDITION_LENGTH`] bytes or
+/// [`MAX_CONDITION_TERMS`] terms.
 pub fn minimise(definition: &str) -> Result<(Vec<ConditionOperand>, Dnf), RenderError> {
+    if definition.len() > MAX_CONDITION_LENGTH {
+        return Err(too_large(
+            definition,
+            format!("longer than {MAX_CONDITION_LENGTH} bytes"),
+        ));
+    }
     let expr = match parse_condition(definition) {
         Ok(e) => expand(e),
         Err(_) => BoolExpr::Value(ConditionOperand::Value(definition.trim().to_owned())),
@@ -98,60 +129,197 @@ pub fn minimise(definition: &str) -> Result<(Vec<ConditionOperand>, Dnf), Render
     if minterms.len() == 1 << n {
         return Ok((tests, Dnf::True));
     }
-    Ok((tests, Dnf::Terms(quine_mccluskey(n, &minterms))))
+    let terms = match quine_mccluskey(n, &minterms, MINIMISE_BUDGET) {
+        Some(terms) => terms,
+        None => distributed(&expr, &index)
+            .ok_or_else(|| {
+                too_large(
+                    definition,
+                    format!("more than {MAX_CONDITION_TERMS} terms in disjunctive form"),
+                )
+            })?
+            .into_iter()
+            .map(|(pos, neg)| {
+                (0..n)
+                    .filter(|i| (pos | neg) & (1 << i) != 0)
+                    .map(|i| (i, pos & (1 << i) != 0))
+                    .collect()
+            })
+            .collect(),
+    };
+    if terms.len() > MAX_CONDITION_TERMS {
+        return Err(too_large(
+            definition,
+            format!("more than {MAX_CONDITION_TERMS} terms in disjunctive form"),
+        ));
+    }
+    Ok((tests, Dnf::Terms(terms)))
+}
+
+/// A conjunction as (tests that must hold, tests that must not), as bit masks.
+type Cube = (u32, u32);
+
+/// The expression's disjunctive normal form by distribution, without contradictory,
+/// duplicate or absorbed terms; `None` past [`MAX_CONDITION_TERMS`] terms.
+fn distributed(
+    expr: &ConditionExpr,
+    index: &BTreeMap<&ConditionOperand, usize>,
+) -> Option<Vec<Cube>> {
+    fn simplify(mut cubes: Vec<Cube>) -> Option<Vec<Cube>> {
+        cubes.retain(|(p, n)| p & n == 0);
+        cubes.sort_by_key(|(p, n)| ((p | n).count_ones(), *p, *n));
+        cubes.dedup();
+        let mut kept: Vec<Cube> = Vec::new();
+        for c in cubes {
+            // Absorbed when a kept (smaller) cube's literals are a subset of this one's.
+            if !kept.iter().any(|k| k.0 & c.0 == k.0 && k.1 & c.1 == k.1) {
+                kept.push(c);
+            }
+        }
+        (kept.len() <= MAX_CONDITION_TERMS).then_some(kept)
+    }
+    fn go(
+        e: &ConditionExpr,
+        negated: bool,
+        index: &BTreeMap<&ConditionOperand, usize>,
+    ) -> Option<Vec<Cube>> {
+        match (e, negated) {
+            (BoolExpr::True, false) | (BoolExpr::False, true) => Some(vec![(0, 0)]),
+            (BoolExpr::True, true) | (BoolExpr::False, false) => Some(Vec::new()),
+            (BoolExpr::Value(op), _) => {
+                let bit = 1u32 << index[op];
+                Some(vec![if negated { (0, bit) } else { (bit, 0) }])
+            }
+            (BoolExpr::Not(x), _) => go(x, !negated, index),
+            (BoolExpr::Or(a, b), false) | (BoolExpr::And(a, b), true) => {
+                let mut cubes = go(a, negated, index)?;
+                cubes.extend(go(b, negated, index)?);
+                simplify(cubes)
+            }
+            (BoolExpr::And(a, b), false) | (BoolExpr::Or(a, b), true) => {
+                let left = go(a, negated, index)?;
+                let right = go(b, negated, index)?;
+                if left.len().saturating_mul(right.len()) > MAX_CONDITION_TERMS * 16 {
+                    return None;
+                }
+                let cubes = left
+                    .iter()
+                    .flat_map(|l| right.iter().map(move |r| (l.0 | r.0, l.1 | r.1)))
+                    .collect();
+                simplify(cubes)
+            }
+        }
+    }
+    go(expr, false, index)
 }
 
 /// Prime implicants as (value, don't-care mask), then a cover: essential primes, then greedily
 /// the prime covering most uncovered minterms. Terms are ordered by their smallest minterm,
-/// then by mask (which reproduces Vamp's order where Vamp was right).
-fn quine_mccluskey(n: usize, minterms: &[u32]) -> Vec<Term> {
+/// then by mask (which reproduces Vamp's order where Vamp was right). `None` when the work
+/// would exceed `budget`.
+fn quine_mccluskey(n: usize, minterms: &[u32], budget: usize) -> Option<Vec<Term>> {
+    let mut work = 0usize;
+    let mut spend = |units: usize| {
+        work = work.saturating_add(units);
+        work <= budget
+    };
+    // Implicants combine with the one differing in a single bit with the same mask: look each
+    // partner up instead of comparing all pairs.
     let mut current: BTreeSet<(u32, u32)> = minterms.iter().map(|&m| (m, 0)).collect();
     let mut primes: BTreeSet<(u32, u32)> = BTreeSet::new();
     while !current.is_empty() {
+        if !spend(current.len() * n.max(1)) {
+            return None;
+        }
         let mut next = BTreeSet::new();
         let mut combined = BTreeSet::new();
-        let items: Vec<(u32, u32)> = current.iter().copied().collect();
-        for (i, &(v1, m1)) in items.iter().enumerate() {
-            for &(v2, m2) in &items[i + 1..] {
-                let diff = v1 ^ v2;
-                if m1 == m2 && diff.count_ones() == 1 {
-                    next.insert((v1 & !diff, m1 | diff));
-                    combined.insert((v1, m1));
-                    combined.insert((v2, m2));
+        for &(v, m) in &current {
+            for bit in (0..n).map(|i| 1u32 << i) {
+                if m & bit == 0 && v & bit == 0 && current.contains(&(v | bit, m)) {
+                    next.insert((v, m | bit));
+                    combined.insert((v, m));
+                    combined.insert((v | bit, m));
                 }
             }
         }
         primes.extend(current.difference(&combined).copied());
         current = next;
     }
-    let covers = |&(v, m): &(u32, u32), x: u32| x & !m == v;
-    let mut uncovered: BTreeSet<u32> = minterms.iter().copied().collect();
-    let mut chosen: Vec<(u32, u32)> = Vec::new();
+    let primes: Vec<(u32, u32)> = primes.into_iter().collect();
+    // Which minterms (by position) each prime covers, as bit sets.
+    let position: BTreeMap<u32, usize> =
+        minterms.iter().enumerate().map(|(i, &x)| (x, i)).collect();
+    let words = minterms.len().div_ceil(64);
+    let mut cover: Vec<Vec<u64>> = Vec::with_capacity(primes.len());
+    let mut coverers: Vec<Vec<usize>> = vec![Vec::new(); minterms.len()];
+    for (p, &(v, m)) in primes.iter().enumerate() {
+        if !spend(words + (1usize << m.count_ones())) {
+            return None;
+        }
+        let mut bits = vec![0u64; words];
+        // Every value of the cube: v with any subset of m's bits set.
+        let mut sub = m;
+        loop {
+            if let Some(&i) = position.get(&(v | sub)) {
+                bits[i / 64] |= 1 << (i % 64);
+                coverers[i].push(p);
+            }
+            if sub == 0 {
+                break;
+            }
+            sub = (sub - 1) & m;
+        }
+        cover.push(bits);
+    }
+    let mut chosen: Vec<usize> = Vec::new();
     // Essential primes: the only prime covering some minterm.
-    for &x in minterms {
-        let covering: Vec<&(u32, u32)> = primes.iter().filter(|p| covers(p, x)).collect();
-        if covering.len() == 1 && !chosen.contains(covering[0]) {
-            chosen.push(*covering[0]);
+    for c in &coverers {
+        if c.len() == 1 && !chosen.contains(&c[0]) {
+            chosen.push(c[0]);
         }
     }
-    uncovered.retain(|&x| !chosen.iter().any(|p| covers(p, x)));
-    while let Some(&first) = uncovered.iter().next() {
-        let best = primes
+    let mut uncovered = vec![0u64; words];
+    for i in 0..minterms.len() {
+        uncovered[i / 64] |= 1 << (i % 64);
+    }
+    for &p in &chosen {
+        for (u, c) in uncovered.iter_mut().zip(&cover[p]) {
+            *u &= !c;
+        }
+    }
+    let count = |p: usize, uncovered: &[u64]| -> u32 {
+        cover[p]
             .iter()
+            .zip(uncovered)
+            .map(|(c, u)| (c & u).count_ones())
+            .sum()
+    };
+    while let Some(first) = uncovered
+        .iter()
+        .enumerate()
+        .find(|(_, w)| **w != 0)
+        .map(|(i, w)| i * 64 + w.trailing_zeros() as usize)
+    {
+        if !spend(primes.len() * words) {
+            return None;
+        }
+        let best = (0..primes.len())
             .filter(|p| !chosen.contains(p))
-            .max_by_key(|p| {
+            .max_by_key(|&p| {
                 (
-                    uncovered.iter().filter(|&&x| covers(p, x)).count(),
-                    covers(p, first),
-                    std::cmp::Reverse(p.1.count_ones()),
+                    count(p, &uncovered),
+                    cover[p][first / 64] & (1 << (first % 64)) != 0,
+                    std::cmp::Reverse(primes[p].1.count_ones()),
                 )
             })
-            .copied()
             .expect("every minterm is covered by some prime");
         chosen.push(best);
-        uncovered.retain(|&x| !covers(&best, x));
+        for (u, c) in uncovered.iter_mut().zip(&cover[best]) {
+            *u &= !c;
+        }
     }
-    let min_minterm = |&(v, m): &(u32, u32)| {
+    let min_minterm = |p: usize| {
+        let (v, m) = primes[p];
         minterms
             .iter()
             .copied()
@@ -159,16 +327,23 @@ fn quine_mccluskey(n: usize, minterms: &[u32]) -> Vec<Term> {
             .min()
             .unwrap_or(v)
     };
-    chosen.sort_by_key(|p| (min_minterm(p), p.1));
-    chosen
+    let mut chosen: Vec<(u32, u32, usize)> = chosen
         .into_iter()
-        .map(|(v, m)| {
-            (0..n)
-                .filter(|i| m & (1 << i) == 0)
-                .map(|i| (i, v & (1 << i) != 0))
-                .collect()
-        })
-        .collect()
+        .map(|p| (min_minterm(p), primes[p].1, p))
+        .collect();
+    chosen.sort_by_key(|&(min, mask, _)| (min, mask));
+    Some(
+        chosen
+            .into_iter()
+            .map(|(_, _, p)| {
+                let (v, m) = primes[p];
+                (0..n)
+                    .filter(|i| m & (1 << i) == 0)
+                    .map(|i| (i, v & (1 << i) != 0))
+                    .collect()
+            })
+            .collect(),
+    )
 }
 
 // === quoting ===
@@ -368,11 +543,22 @@ pub fn raw_criterion(value: &str) -> Result<String, RenderError> {
         reason,
     };
     let ws = words(&v);
+    // `acl <name> <criterion>` on one line of at most 64 words.
+    if ws.len() + 2 > crate::lex::MAX_WORDS {
+        return Err(unsafe_raw(
+            "too many words: HAProxy reads at most 64 on a line",
+        ));
+    }
     let first = ws.first().copied().unwrap_or_default();
     let (fetch, args) = match first.find('(') {
         Some(i) => (&first[..i], &first[i..]),
         None => (first, ""),
     };
+    if crate::fetches::is_sensitive_fetch(fetch) {
+        return Err(unsafe_raw(
+            "the env fetch reads HAProxy's environment (credentials) and is not allowed",
+        ));
+    }
     if !crate::fetches::is_fetch(fetch) {
         return Err(unsafe_raw(
             "must start with an HAProxy 2.6 sample fetch (e.g. hdr_sub(user-agent), path_beg, req.hdr(host))",

@@ -288,6 +288,14 @@ impl HaProxyConfig {
                     writeln!(out, "  acl {} {}", acl.name, acl.definition)?;
                 }
                 match &acls.condition {
+                    // HAProxy reads at most 64 words a line: a longer condition becomes one
+                    // rule per term, consecutive and to the same backend, so the first match
+                    // still wins with the same meaning.
+                    Some(cond) if cond.split(' ').count() + 3 > crate::lex::MAX_WORDS => {
+                        for term in cond.split(" or ") {
+                            writeln!(out, "  use_backend {} if {term}", c.destination)?;
+                        }
+                    }
                     Some(cond) => writeln!(out, "  use_backend {} if {cond}", c.destination)?,
                     None => writeln!(out, "  use_backend {}", c.destination)?,
                 }

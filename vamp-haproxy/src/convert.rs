@@ -97,10 +97,21 @@ impl RenderOptions {
             }
         }
         for f in [&self.log_formats.http, &self.log_formats.tcp] {
-            if f.chars().any(char::is_control) {
+            let one_word = crate::lex::words(f).map(|w| w.len() == 1);
+            if !matches!(one_word, Ok(true)) {
                 return Err(RenderError::InvalidOption {
                     option: "log_formats",
-                    reason: "control characters are not allowed".into(),
+                    reason: "a log format must be one word of HAProxy's configuration (quoted), without control characters or $ expansion".into(),
+                });
+            }
+            if let Err(reason) = crate::lex::words(f)
+                .ok()
+                .and_then(|w| w.into_iter().next())
+                .map_or(Ok(()), |w| crate::allow::check_log_format(&w))
+            {
+                return Err(RenderError::InvalidOption {
+                    option: "log_formats",
+                    reason,
                 });
             }
         }
@@ -167,7 +178,13 @@ fn virtual_host(host: &str) -> Result<&str, RenderError> {
     }
 }
 
-fn balance(b: &str) -> bool {
+/// Whether `b` is a `balance` argument the generator accepts (and the agent's allow-list).
+pub(crate) fn is_balance(b: &str) -> bool {
+    if let Some(expr) = b.strip_prefix("hash ")
+        && crate::allow::check_log_format(&format!("%[{expr}]")).is_err()
+    {
+        return false;
+    }
     static RE: OnceLock<Regex> = OnceLock::new();
     let re = RE.get_or_init(|| {
         Regex::new(r"^(?:roundrobin|static-rr|leastconn|first|source|random(?:\([0-9]+\))?|uri(?: (?:whole|len [0-9]+|depth [0-9]+|path-only))*|url_param [A-Za-z0-9_.-]+(?: check_post(?: [0-9]+)?)?|hdr\([A-Za-z0-9_-]+\)(?: use_domain_only)?|rdp-cookie(?:\([A-Za-z0-9_-]+\))?|hash [a-z0-9_.()-]+)$").expect("static regex")
@@ -187,6 +204,13 @@ fn rewrite_path(path: &str) -> Result<String, RenderError> {
             "must be one word without quotes, backslashes or '#'",
         ));
     }
+    if crate::allow::check_log_format(path).is_err() {
+        return Err(unsafe_value(
+            "rewrite path",
+            path,
+            "its %[...] expressions must use known fetches (not env) and converters (not map)",
+        ));
+    }
     Ok(path.to_owned())
 }
 
@@ -194,11 +218,28 @@ fn rewrite_condition(condition: &str) -> Result<String, RenderError> {
     static BRACED: OnceLock<Regex> = OnceLock::new();
     let braced = BRACED.get_or_init(|| Regex::new(r"^\s*\{.*\}\s*$").expect("static regex"));
     let c = raw(condition, "rewrite condition")?;
-    Ok(if braced.is_match(&c) {
+    let c = if braced.is_match(&c) {
         c
     } else {
         format!("{{ {c} }}")
-    })
+    };
+    // `http-request set-path <path> if <condition>` on one line of at most 64 words.
+    if crate::lex::words(&c).map_or(true, |w| w.len() + 4 > crate::lex::MAX_WORDS) {
+        return Err(unsafe_value(
+            "rewrite condition",
+            condition,
+            "too many words: HAProxy reads at most 64 on a line",
+        ));
+    }
+    let ws = crate::lex::words(&c).unwrap_or_default();
+    if crate::allow::check_condition(&ws, &[], true).is_err() {
+        return Err(unsafe_value(
+            "rewrite condition",
+            condition,
+            "must be ACL criteria in { } joined by || or 'or': a known fetch (not env), only the -i, -n, -m and -- flags",
+        ));
+    }
+    Ok(c)
 }
 
 /// Fills Vamp's defaults (`GatewayActor.process`): when every route is a definition and the
@@ -408,7 +449,7 @@ fn convert_gateway(g: &Gateway, opts: &RenderOptions) -> Result<Part, RenderErro
             .balance
             .clone()
             .unwrap_or_else(|| default_balance.to_owned());
-        if !balance(&balance_text) {
+        if !is_balance(&balance_text) {
             return Err(RenderError::InvalidBalance {
                 gateway: g.name.clone(),
                 route: r.path.source.clone(),

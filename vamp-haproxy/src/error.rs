@@ -62,6 +62,14 @@ pub enum RenderError {
         /// The limit.
         max: usize,
     },
+    /// A condition too long to render, or whose minimised form would be too large.
+    #[error("condition {condition:?} is too large: {reason}")]
+    ConditionTooLarge {
+        /// The condition (shortened).
+        condition: String,
+        /// Why.
+        reason: String,
+    },
     /// An error inside a gateway's route.
     #[error("gateway '{gateway}', route '{route}': {source}")]
     Route {

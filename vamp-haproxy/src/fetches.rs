@@ -497,6 +497,16 @@ pub fn is_fetch(name: &str) -> bool {
     FETCHES.binary_search(&name).is_ok()
 }
 
+/// Fetches that are known but never allowed: `env` reads HAProxy's environment, which holds
+/// the credentials of whoever started it (a condition on it is an oracle for guessing them,
+/// and a log format or path rewrite would send them to a backend).
+pub const SENSITIVE_FETCHES: &[&str] = &["env"];
+
+/// Whether `name` is a fetch that must not appear in generated configuration.
+pub fn is_sensitive_fetch(name: &str) -> bool {
+    SENSITIVE_FETCHES.contains(&name)
+}
+
 /// HAProxy 2.6 converter names (manual section 7.3.1). In an ACL, a pattern whose first word is a
 /// converter name is read as a converter (`req.hdr(host) mod` fails, `req.hdr(host) lower`
 /// silently matches nothing), so such patterns follow `--`.

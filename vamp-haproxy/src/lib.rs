@@ -9,6 +9,8 @@
 //!   renders with [`HaProxyConfig::render`].
 //! * [`acl`]: route conditions to ACLs, minimised correctly.
 //! * [`log`]: Vamp's JSON log lines back into request records.
+//! * [`lex`] and [`allow`]: HAProxy's line lexer, and the allow-list of what the gateway agent
+//!   accepts from the key-value store (exactly what the generator writes).
 //! * [`update`]: whether a new configuration needs nothing, runtime weight changes or a reload.
 //! * [`driver`]: the control plane's side, writing gateways and configurations to the store.
 //! * `agent` (feature `agent`): the gateway agent beside each HAProxy, applying them.
@@ -18,11 +20,13 @@
 pub mod acl;
 #[cfg(feature = "agent")]
 pub mod agent;
+pub mod allow;
 pub mod config;
 pub mod convert;
 pub mod driver;
 pub mod error;
 pub mod fetches;
+pub mod lex;
 pub mod log;
 pub mod targets;
 pub mod update;

@@ -482,3 +482,131 @@ fn boolean_flatter_spec() {
         assert_eq!(flat(input), expected, "{input}");
     }
 }
+
+// === large conditions: HAProxy's 64-word line limit, and bounded minimisation ===
+
+mod support;
+
+/// Twelve distinct tests (the documented maximum), none of them an alias.
+fn twelve(i: usize) -> String {
+    match i % 4 {
+        0 => format!("has header h{i}"),
+        1 => format!("misses cookie c{i}"),
+        2 => format!("host = host{i}.example"),
+        _ => format!("<path_beg /p{i}>"),
+    }
+}
+
+fn large_expression() -> impl Strategy<Value = String> {
+    (0..12usize)
+        .prop_map(twelve)
+        .prop_recursive(6, 64, 2, |inner| {
+            prop_oneof![
+                (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} and {b})")),
+                (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} or {b})")),
+                inner.prop_map(|a| format!("not ({a})")),
+            ]
+        })
+}
+
+/// A gateway with one conditional route, rendered, for `haproxy -c`.
+fn render_condition(condition: &str, port: u16) -> Result<String, vamp_haproxy::RenderError> {
+    let g = support::gateway(&format!(
+        "name: big{port}\nport: {port}\nroutes:\n  a:\n    weight: 100%\n    condition: '{}'\n",
+        condition.replace('\'', "''")
+    ));
+    let g = support::with_targets(g, 0, vec![support::target("t", None, 8080)]);
+    vamp_haproxy::render(&[g], &vamp_haproxy::RenderOptions::default()).map(|c| c.render())
+}
+
+fn equivalent(
+    text: &str,
+    tests: &[ConditionOperand],
+    dnf: &Dnf,
+    seeds: &[u64],
+) -> Result<(), String> {
+    let original = parse_condition(text).unwrap();
+    for &seed in seeds {
+        let expected = original.eval(&mut |op| truth(op, seed));
+        let got = match dnf {
+            Dnf::True => true,
+            Dnf::False => false,
+            Dnf::Terms(terms) => terms.iter().any(|t| {
+                t.iter()
+                    .all(|&(i, positive)| truth(&tests[i], seed) == positive)
+            }),
+        };
+        if got != expected {
+            return Err(format!("{text} on request {seed}: {got} != {expected}"));
+        }
+    }
+    Ok(())
+}
+
+/// A conjunction of four two-term disjunctions has sixteen terms: as one `use_backend` line it
+/// has over 64 words, which HAProxy refuses. It renders as one rule per term instead.
+#[test]
+fn long_conditions_render_within_haproxy_s_line_limit() {
+    let condition = (0..4)
+        .map(|i| format!("({} or {})", twelve(2 * i), twelve(2 * i + 1)))
+        .collect::<Vec<_>>()
+        .join(" and ");
+    let text = render_condition(&condition, 30001).unwrap();
+    let rules: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("use_backend"))
+        .collect();
+    assert_eq!(rules.len(), 16, "{text}");
+    for line in text.lines() {
+        assert!(vamp_haproxy::lex::words(line).is_ok(), "{line}");
+    }
+    support::assert_haproxy_accepts(&text);
+}
+
+/// The worst conditions of twelve tests (every implicant of a near-tautology) stay within the
+/// minimiser's budget: the condition's own form is used, equivalent, with few terms.
+#[test]
+fn the_minimiser_is_bounded_on_the_worst_twelve_test_conditions() {
+    let all: Vec<String> = (0..12).map(twelve).collect();
+    let nand = format!("not ({})", all.join(" and "));
+    let (tests, dnf) = minimise(&nand).unwrap();
+    assert_eq!(tests.len(), 12);
+    let Dnf::Terms(terms) = &dnf else {
+        panic!("{dnf:?}")
+    };
+    assert_eq!(terms.len(), 12, "one negated test per term");
+    let seeds: Vec<u64> = (0..512).collect();
+    equivalent(&nand, &tests, &dnf, &seeds).unwrap();
+    // Sums of products with shared tests.
+    let pairs = (0..6)
+        .map(|i| format!("({} and {})", all[2 * i], all[(2 * i + 3) % 12]))
+        .collect::<Vec<_>>()
+        .join(" or ");
+    let (tests, dnf) = minimise(&pairs).unwrap();
+    equivalent(&pairs, &tests, &dnf, &seeds).unwrap();
+    // Too long a condition is refused, not minimised.
+    let long = vec![all[0].as_str(); 1000].join(" and ");
+    assert!(matches!(
+        minimise(&long),
+        Err(vamp_haproxy::RenderError::ConditionTooLarge { .. })
+    ));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+    #[test]
+    fn large_conditions_stay_equivalent(text in large_expression(), seeds in prop::collection::vec(any::<u64>(), 64)) {
+        let (tests, dnf) = minimise(&text).unwrap();
+        prop_assert!(equivalent(&text, &tests, &dnf, &seeds).is_ok(), "{:?}", equivalent(&text, &tests, &dnf, &seeds));
+    }
+}
+
+proptest! {
+    // Each case runs `haproxy -c`.
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    #[test]
+    fn random_large_conditions_are_accepted_by_haproxy(text in large_expression()) {
+        let config = render_condition(&text, 30002).unwrap();
+        support::assert_haproxy_accepts(&config);
+    }
+}

@@ -397,6 +397,7 @@ async fn in_memory_store_end_to_end() {
     .await;
 }
 
+#[cfg(feature = "_kv-tests")]
 fn required_env(name: &str) -> Option<String> {
     match std::env::var(name) {
         Ok(v) => Some(v),
@@ -411,6 +412,7 @@ fn required_env(name: &str) -> Option<String> {
     }
 }
 
+#[cfg(feature = "_kv-tests")]
 fn test_key(store: &str) -> KeyPath {
     KeyPath::parse(&format!(
         "/vamp-agent-test-{}-{store}/gateways/haproxy/1.7/configuration",
@@ -419,6 +421,7 @@ fn test_key(store: &str) -> KeyPath {
     .unwrap()
 }
 
+#[cfg(feature = "_kv-tests")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn etcd_end_to_end() {
     let Some(endpoints) = required_env("VAMP_ETCD_ENDPOINTS") else {
@@ -431,6 +434,7 @@ async fn etcd_end_to_end() {
     end_to_end(Arc::new(kv), test_key("etcd")).await;
 }
 
+#[cfg(feature = "_kv-tests")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_end_to_end() {
     let Some(url) = required_env("VAMP_REDIS_URL") else {
@@ -557,12 +561,14 @@ async fn reloads_and_weight_changes_under_load_fail_no_request() {
     agent.stop().await;
 }
 
+#[cfg(feature = "_kv-tests")]
 /// An etcd of the test's own (Debian's `etcd`), so it can be stopped and started again on the
 /// same data directory.
 struct OwnEtcd {
     child: std::process::Child,
 }
 
+#[cfg(feature = "_kv-tests")]
 impl OwnEtcd {
     fn start(port: u16, peer: u16, dir: &std::path::Path) -> Self {
         let client = format!("http://127.0.0.1:{port}");
@@ -593,6 +599,7 @@ impl OwnEtcd {
     }
 }
 
+#[cfg(feature = "_kv-tests")]
 impl Drop for OwnEtcd {
     fn drop(&mut self) {
         self.stop();
@@ -601,6 +608,7 @@ impl Drop for OwnEtcd {
 
 /// etcd goes away for 10 s: HAProxy serves every request meanwhile, and an update written
 /// after etcd is back is applied.
+#[cfg(feature = "_kv-tests")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_kv_outage_keeps_haproxy_serving_and_the_next_update_applies() {
     if std::process::Command::new("etcd")
@@ -718,6 +726,7 @@ async fn a_work_directory_that_would_break_the_configuration_is_refused() {
     }
 }
 
+#[cfg(feature = "_kv-tests")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn zookeeper_end_to_end() {
     let Some(servers) = required_env("VAMP_ZOOKEEPER_SERVERS") else {

@@ -279,6 +279,7 @@ fn hostile_strings_cannot_inject() {
     };
     let accepted = std::cell::RefCell::new(Vec::new());
     let refused = std::cell::Cell::new(0u32);
+    let allow_policy = vamp_haproxy::allow::AllowPolicy::new("/usr/local/vamp");
     runner
         .run(&case(), |c| {
             let port = 20_000 + (accepted.borrow().len() % 20_000) as i64;
@@ -288,6 +289,9 @@ fn hostile_strings_cannot_inject() {
                 Ok(config) => {
                     let text = config.render();
                     check_structure(&text, &g)
+                        .map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
+                    // Whatever the generator writes, the agent's allow-list accepts.
+                    vamp_haproxy::allow::check(&text, &allow_policy)
                         .map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
                     accepted.borrow_mut().push(g);
                 }

@@ -70,6 +70,7 @@ pub fn haproxy_check(generated: &str) -> Option<Result<(), String>> {
 
 /// Asserts that HAProxy accepts the configuration (when HAProxy is available).
 pub fn assert_haproxy_accepts(generated: &str) {
+    assert_agent_accepts(generated);
     if let Some(Err(e)) = haproxy_check(generated) {
         panic!("haproxy -c rejected the configuration:\n{e}\n--- configuration ---\n{generated}");
     }
@@ -239,4 +240,19 @@ pub fn who(r: &Response) -> String {
         .next()
         .unwrap_or_default()
         .to_owned()
+}
+
+/// Asserts that the gateway agent's allow-list accepts what the generator wrote (the socket
+/// directory is read off the configuration's first `unix@` path).
+pub fn assert_agent_accepts(generated: &str) {
+    let dir = generated
+        .split("unix@")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|path| path.rsplit_once('/'))
+        .map_or("/usr/local/vamp", |(dir, _)| dir);
+    let policy = vamp_haproxy::allow::AllowPolicy::new(dir);
+    if let Err(refusal) = vamp_haproxy::allow::check(generated, &policy) {
+        panic!("the agent's allow-list refused generated configuration: {refusal}\n{generated}");
+    }
 }
