@@ -300,6 +300,7 @@ async fn demo(haproxy: String, step: Duration) -> Result<(), String> {
     let key = keys::haproxy_configuration("default", "1.7").map_err(|e| e.to_string())?;
     let options = AgentOptions::new(key.clone(), work.join("agent"))
         .with_haproxy_bin(&haproxy)
+        .with_socket_dir(&work)
         .with_syslog("127.0.0.1:0".parse().expect("address"));
     let agent = GatewayAgent::new(Arc::clone(&kv), options)
         .with_metrics(Arc::clone(&metrics) as Arc<DynMetricsStore>);

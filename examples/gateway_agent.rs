@@ -4,7 +4,7 @@
 //! ```text
 //! gateway-agent [--kv URL] [--key PATH] [--haproxy BIN] [--work-dir DIR] [--config FILE]
 //!               [--master-socket PATH] [--stats-socket PATH] [--base-config FILE]
-//!               [--health ADDR] [--metrics ADDR] [--debounce-ms N]
+//!               [--socket-dir DIR] [--health ADDR] [--metrics ADDR] [--debounce-ms N]
 //! ```
 //!
 //! | flag | environment | default |
@@ -12,7 +12,8 @@
 //! | `--kv` | `VAMP_KEY_VALUE_STORE_URL`, or VGA-style `VAMP_KEY_VALUE_STORE_TYPE` + `VAMP_KEY_VALUE_STORE_CONNECTION` | `memory://` |
 //! | `--key` | `VAMP_KEY_VALUE_STORE_PATH` | `/vamp/default/gateways/haproxy/1.7/configuration` |
 //! | `--haproxy` | `VAMP_HAPROXY_BIN` | `haproxy` |
-//! | `--work-dir` | `VAMP_GATEWAY_AGENT_DIR` | `$TMPDIR/vamp-gateway-agent` |
+//! | `--work-dir` (private: created 0700; one owned by someone else or open to others is refused) | `VAMP_GATEWAY_AGENT_DIR` | `/run/vamp-gateway-agent` as root, else `$XDG_RUNTIME_DIR/vamp-gateway-agent` or `$TMPDIR/vamp-gateway-agent` |
+//! | `--socket-dir` (the generator's `socket_dir`: the only place values may bind or reach unix sockets) | `VAMP_HAPROXY_SOCKET_DIR` | `/usr/local/vamp` |
 //! | `--config` (the file HAProxy runs) | `VAMP_HAPROXY_CONFIG` | `<work dir>/haproxy.cfg` |
 //! | `--master-socket` | `VAMP_HAPROXY_MASTER_SOCKET` | `<work dir>/master.sock` |
 //! | `--stats-socket` (runtime API) | `VAMP_HAPROXY_STATS_SOCKET` | `<work dir>/stats.sock` |
@@ -34,7 +35,7 @@ use vamp_backends::kv::KvBackendConfig;
 use vamp_core::kv::KeyPath;
 use vamp_haproxy::agent::{AgentOptions, GatewayAgent};
 
-const USAGE: &str = "usage: gateway-agent [--kv URL] [--key PATH] [--haproxy BIN] [--work-dir DIR] [--config FILE] [--master-socket PATH] [--stats-socket PATH] [--base-config FILE] [--health ADDR] [--metrics ADDR] [--debounce-ms N]";
+const USAGE: &str = "usage: gateway-agent [--kv URL] [--key PATH] [--haproxy BIN] [--work-dir DIR] [--config FILE] [--master-socket PATH] [--stats-socket PATH] [--base-config FILE] [--socket-dir DIR] [--health ADDR] [--metrics ADDR] [--debounce-ms N]";
 
 #[derive(Debug, PartialEq, Eq)]
 struct Settings {
@@ -42,6 +43,7 @@ struct Settings {
     key: String,
     haproxy: String,
     work_dir: String,
+    socket_dir: String,
     config: Option<String>,
     master_socket: Option<String>,
     stats_socket: Option<String>,
@@ -49,6 +51,23 @@ struct Settings {
     health: String,
     metrics: Option<String>,
     debounce_ms: String,
+}
+
+/// `/run/vamp-gateway-agent` where the agent may write `/run` (as root), else the user's
+/// runtime directory, else the temporary directory. The agent refuses a directory that someone
+/// else owns or that is open to others, so a predictable path cannot be planted.
+fn default_work_dir(env: &impl Fn(&str) -> Option<String>) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if root {
+        return "/run/vamp-gateway-agent".into();
+    }
+    env("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join("vamp-gateway-agent")
+        .display()
+        .to_string()
 }
 
 fn process_env(name: &str) -> Option<String> {
@@ -74,12 +93,8 @@ fn settings(
         key: env("VAMP_KEY_VALUE_STORE_PATH")
             .unwrap_or_else(|| "/vamp/default/gateways/haproxy/1.7/configuration".into()),
         haproxy: env("VAMP_HAPROXY_BIN").unwrap_or_else(|| "haproxy".into()),
-        work_dir: env("VAMP_GATEWAY_AGENT_DIR").unwrap_or_else(|| {
-            std::env::temp_dir()
-                .join("vamp-gateway-agent")
-                .display()
-                .to_string()
-        }),
+        work_dir: env("VAMP_GATEWAY_AGENT_DIR").unwrap_or_else(|| default_work_dir(&env)),
+        socket_dir: env("VAMP_HAPROXY_SOCKET_DIR").unwrap_or_else(|| "/usr/local/vamp".into()),
         config: env("VAMP_HAPROXY_CONFIG"),
         master_socket: env("VAMP_HAPROXY_MASTER_SOCKET"),
         stats_socket: env("VAMP_HAPROXY_STATS_SOCKET"),
@@ -99,6 +114,7 @@ fn settings(
             "--key" => s.key = value,
             "--haproxy" => s.haproxy = value,
             "--work-dir" => s.work_dir = value,
+            "--socket-dir" => s.socket_dir = value,
             "--config" => s.config = Some(value),
             "--master-socket" => s.master_socket = Some(value),
             "--stats-socket" => s.stats_socket = Some(value),
@@ -153,6 +169,7 @@ async fn main() -> ExitCode {
     };
     let mut options = AgentOptions::new(key, PathBuf::from(&s.work_dir))
         .with_haproxy_bin(&s.haproxy)
+        .with_socket_dir(&s.socket_dir)
         .with_health(health)
         .with_debounce(Duration::from_millis(debounce));
     if let Some(config) = &s.config {

@@ -154,6 +154,7 @@ async fn series(haproxy: &str, debounce: Duration) {
     let key = KeyPath::parse("/vamp/bench/gateways/haproxy/1.7/configuration").unwrap();
     let options = AgentOptions::new(key.clone(), dir.join("agent"))
         .with_haproxy_bin(haproxy)
+        .with_socket_dir(&dir)
         .with_debounce(debounce);
     let agent = GatewayAgent::new(Arc::clone(&kv), options);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

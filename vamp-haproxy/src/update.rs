@@ -40,60 +40,91 @@ pub struct WeightChange {
     pub weight: u16,
 }
 
-/// One meaningful line: its text with a server's weight masked, and the server's identity and
-/// weight when it is a `server` line with a weight.
+/// One meaningful line: its words (as HAProxy reads them, [`crate::lex`]) with a server's weight
+/// masked, and the server's identity and weight when it is a `server` line with a weight.
 #[derive(Debug, PartialEq, Eq)]
-struct Line<'a> {
-    masked: String,
-    server: Option<(&'a str, &'a str, &'a str)>,
+struct Line {
+    masked: Vec<String>,
+    server: Option<(String, String, String)>,
 }
 
-fn lines(config: &str) -> Vec<Line<'_>> {
-    let mut section: &str = "";
+/// The lines of a configuration, or `None` when a line cannot be read safely (then only a full
+/// validation may decide).
+fn lines(config: &str) -> Option<Vec<Line>> {
+    let mut section = String::new();
     let mut out = Vec::new();
-    for raw in config.lines() {
-        let line = raw.trim();
-        if line.is_empty() || line.starts_with('#') {
+    for raw in config.split('\n') {
+        let tokens = crate::lex::words(raw).ok()?;
+        let Some(first) = tokens.first() else {
             continue;
-        }
-        let tokens: Vec<&str> = line.split_whitespace().collect();
+        };
         // Section keywords start at column 0 in HAProxy's files, but HAProxy does not
         // require it: recognise them by keyword.
-        match tokens[0] {
-            "backend" | "listen" => section = tokens.get(1).copied().unwrap_or(""),
+        match first.as_str() {
+            "backend" | "listen" => section = tokens.get(1).cloned().unwrap_or_default(),
             "frontend" | "global" | "defaults" | "resolvers" | "peers" | "userlist" | "program"
-            | "http-errors" | "ring" | "mailers" | "cache" => section = "",
+            | "http-errors" | "ring" | "mailers" | "cache" => section.clear(),
             _ => {}
         }
-        let weight_at = (tokens[0] == "server" && !section.is_empty())
-            .then(|| tokens.iter().position(|t| *t == "weight"))
+        let weight_at = (first == "server" && !section.is_empty())
+            .then(|| tokens.iter().position(|t| t == "weight"))
             .flatten()
-            .filter(|i| tokens.get(i + 1).is_some_and(|w| w.parse::<u16>().is_ok()));
+            .filter(|i| {
+                tokens.get(i + 1).is_some_and(|w| {
+                    !w.is_empty() && w.len() <= 3 && w.bytes().all(|b| b.is_ascii_digit())
+                })
+            });
         match (weight_at, tokens.get(1)) {
             (Some(i), Some(server)) => {
-                let mut masked: Vec<&str> = tokens.clone();
-                masked[i + 1] = "*";
+                let weight = tokens[i + 1].clone();
+                let server = server.clone();
+                let mut masked = tokens;
+                masked[i + 1] = "*".into();
                 out.push(Line {
-                    masked: masked.join(" "),
-                    server: Some((section, server, tokens[i + 1])),
+                    masked,
+                    server: Some((section.clone(), server, weight)),
                 });
             }
             _ => out.push(Line {
-                masked: tokens.join(" "),
+                masked: tokens,
                 server: None,
             }),
         }
     }
-    out
+    Some(out)
 }
 
-/// Compares the running configuration with a candidate.
+/// The changes that put `changes`' servers back to their weights in `running`.
+pub fn reverting(running: &str, changes: &[WeightChange]) -> Vec<WeightChange> {
+    let lines = lines(running).unwrap_or_default();
+    changes
+        .iter()
+        .filter_map(|c| {
+            lines.iter().find_map(|l| match &l.server {
+                Some((backend, server, weight)) if *backend == c.backend && *server == c.server => {
+                    weight.parse().ok().map(|weight| WeightChange {
+                        backend: backend.clone(),
+                        server: server.clone(),
+                        weight,
+                    })
+                }
+                _ => None,
+            })
+        })
+        .collect()
+}
+
+/// Compares the running configuration with a candidate. Lines are compared word by word as
+/// HAProxy reads them (quotes, escapes, ASCII spaces and tabs only), so a candidate is a
+/// weight change only when HAProxy would read nothing else differently; anything that cannot
+/// be read that way is a [`Update::Reload`], which the agent validates first.
 pub fn plan_update(running: &str, candidate: &str) -> Update {
     if running == candidate {
         return Update::Noop;
     }
-    let old = lines(running);
-    let new = lines(candidate);
+    let (Some(old), Some(new)) = (lines(running), lines(candidate)) else {
+        return Update::Reload;
+    };
     if old.len() != new.len() {
         return Update::Reload;
     }
@@ -102,7 +133,7 @@ pub fn plan_update(running: &str, candidate: &str) -> Update {
         if o.masked != n.masked {
             return Update::Reload;
         }
-        if let (Some((_, _, ow)), Some((backend, server, nw))) = (o.server, n.server)
+        if let (Some((_, _, ow)), Some((backend, server, nw))) = (&o.server, &n.server)
             && ow != nw
         {
             let Ok(weight) = nw.parse::<u16>() else {
@@ -112,8 +143,8 @@ pub fn plan_update(running: &str, candidate: &str) -> Update {
                 return Update::Reload;
             }
             changes.push(WeightChange {
-                backend: backend.to_owned(),
-                server: server.to_owned(),
+                backend: backend.clone(),
+                server: server.clone(),
                 weight,
             });
         }
@@ -195,5 +226,31 @@ mod tests {
                 weight: 7
             }])
         );
+    }
+
+    #[test]
+    fn only_what_haproxy_reads_as_a_weight_change_skips_validation() {
+        for candidate in [
+            // A non-ASCII space is part of a word for HAProxy, not a separator.
+            RUNNING.replace("balance roundrobin", "balance\u{a0}roundrobin"),
+            // Spacing inside a quoted argument is part of the argument.
+            format!("{RUNNING}  acl a hdr(x) 'a  b'\n"),
+            // An unreadable line.
+            RUNNING.replace("maxconn 10", "maxconn 'ten"),
+        ] {
+            let running = if candidate.contains("'a  b'") {
+                format!("{RUNNING}  acl a hdr(x) 'a b'\n")
+            } else {
+                RUNNING.to_owned()
+            };
+            assert_eq!(
+                plan_update(&running, &candidate),
+                Update::Reload,
+                "{candidate}"
+            );
+        }
+        // Spacing between words is not: HAProxy reads the same words.
+        let respaced = RUNNING.replace("balance roundrobin", "balance    roundrobin");
+        assert_eq!(plan_update(RUNNING, &respaced), Update::Weights(vec![]));
     }
 }

@@ -97,6 +97,7 @@ impl Running {
         let options = tune(
             AgentOptions::new(key.clone(), dir.join("agent"))
                 .with_haproxy_bin(bin)
+                .with_socket_dir(dir)
                 .with_syslog("127.0.0.1:0".parse().unwrap())
                 .with_health("127.0.0.1:0".parse().unwrap()),
         );

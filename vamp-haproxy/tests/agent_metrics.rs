@@ -32,7 +32,9 @@ async fn outcomes_are_counted_and_steps_timed() {
     let key = KeyPath::parse("/vamp/metrics/gateways/haproxy/1.7/configuration").unwrap();
     let agent = GatewayAgent::new(
         Arc::clone(&kv),
-        AgentOptions::new(key.clone(), dir.path().join("agent")).with_haproxy_bin(bin),
+        AgentOptions::new(key.clone(), dir.path().join("agent"))
+            .with_haproxy_bin(bin)
+            .with_socket_dir(dir.path()),
     );
     let mut status = agent.status();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -58,9 +60,13 @@ async fn outcomes_are_counted_and_steps_timed() {
         .await
         .unwrap();
     wait("noop", &|s| s.counts.noop == 1).await;
-    kv.put(&key, "backend broken\n  server x\n".into())
-        .await
-        .unwrap();
+    // Passes the allow-list, fails `haproxy -c` (two backends of one name).
+    kv.put(
+        &key,
+        "backend broken\n  mode http\nbackend broken\n  mode http\n".into(),
+    )
+    .await
+    .unwrap();
     wait("rejected", &|s| s.counts.rejected == 1).await;
     let _ = stop.send(());
     task.await.unwrap().unwrap();

@@ -8,20 +8,38 @@ use tokio::sync::watch;
 
 use super::AgentStatus;
 
+/// At most this many connections are served at once; more wait in the listen queue.
+pub(crate) const MAX_CONNECTIONS: usize = 32;
+
 pub(crate) async fn serve(listener: TcpListener, status: watch::Receiver<AgentStatus>) {
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut failures: u32 = 0;
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
+        let Ok(permit) = std::sync::Arc::clone(&permits).acquire_owned().await else {
+            return;
+        };
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                failures = 0;
+                stream
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                failures = (failures + 1).min(10);
+                tracing::warn!(error = %e, "the health endpoint cannot accept connections");
+                tokio::time::sleep(std::time::Duration::from_millis(10 << failures)).await;
+                continue;
+            }
         };
         let status = status.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let mut request = Vec::new();
             let mut buf = [0u8; 1024];
-            // Read the request head (bounded).
+            // Read the request head (bounded in size and, as a whole, in time).
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
             while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
-                match tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf))
-                    .await
-                {
+                match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
                     Ok(Ok(n)) if n > 0 => request.extend_from_slice(&buf[..n]),
                     _ => return,
                 }

@@ -15,27 +15,45 @@ pub fn json_of(datagram: &str) -> Option<&str> {
     datagram.find('{').map(|i| datagram[i..].trim_end())
 }
 
+/// The JSON part of a datagram whose syslog header carries `tag` (`… <tag>[<pid>]: {...}`):
+/// the agent puts a secret `log-tag` into HAProxy's configuration, so that only the HAProxy it
+/// runs can feed request records (any local process can send UDP to loopback).
+pub fn tagged_json<'a>(datagram: &'a str, tag: &str) -> Option<&'a str> {
+    let i = datagram.find('{')?;
+    let header = &datagram[..i];
+    let at = header.find(tag)?;
+    let before_ok = at == 0 || header[..at].ends_with(' ');
+    let after = &header[at + tag.len()..];
+    (before_ok && (after.starts_with('[') || after.starts_with(':')))
+        .then(|| datagram[i..].trim_end())
+}
+
 /// Receives datagrams on `socket` until it fails, batching records into `metrics` every
 /// 100 ms (or 500 records). Lines that are not Vamp's log format are counted and skipped.
 ///
 /// Records are timed by the agent's clock: arrival minus the request's total time. HAProxy's
 /// `%t` is in the host's local time zone without an offset, so parsing it would need the time
 /// zone; a log line arrives over loopback as the request ends.
-pub(crate) async fn receive(socket: UdpSocket, metrics: Arc<DynMetricsStore>) {
+pub(crate) async fn receive(socket: UdpSocket, metrics: Arc<DynMetricsStore>, tag: String) {
     let mut buf = vec![0u8; 65_536];
     let mut batch: Vec<RequestRecord> = Vec::new();
     let mut flush_at: Option<tokio::time::Instant> = None;
     loop {
         let received = match flush_at {
-            Some(at) => tokio::time::timeout_at(at, socket.recv(&mut buf))
+            Some(at) => tokio::time::timeout_at(at, socket.recv_from(&mut buf))
                 .await
                 .ok(),
-            None => Some(socket.recv(&mut buf).await),
+            None => Some(socket.recv_from(&mut buf).await),
         };
         match received {
-            Some(Ok(n)) => {
+            Some(Ok((_, from))) if !from.ip().is_loopback() => {
+                metrics::counter!("vamp_gateway_agent_log_lines_total", "result" => "refused")
+                    .increment(1);
+                continue;
+            }
+            Some(Ok((n, _))) => {
                 let text = String::from_utf8_lossy(&buf[..n]);
-                match json_of(&text)
+                match tagged_json(&text, &tag)
                     .and_then(LogLine::parse)
                     .and_then(|l| l.to_request(0))
                 {
@@ -52,7 +70,7 @@ pub(crate) async fn receive(socket: UdpSocket, metrics: Arc<DynMetricsStore>) {
                     None => {
                         metrics::counter!("vamp_gateway_agent_log_lines_total", "result" => "skipped")
                             .increment(1);
-                        tracing::debug!(line = %text, "not a Vamp log line");
+                        tracing::debug!(bytes = n, "not a log line of this agent's HAProxy");
                     }
                 }
                 if batch.len() < 500 {
@@ -60,8 +78,10 @@ pub(crate) async fn receive(socket: UdpSocket, metrics: Arc<DynMetricsStore>) {
                 }
             }
             Some(Err(e)) => {
-                tracing::warn!(error = %e, "the log socket failed");
-                return;
+                // ICMP errors and the like: keep receiving, without spinning.
+                tracing::warn!(error = %e, "receiving a log datagram failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
             }
             None => {}
         }
@@ -85,5 +105,20 @@ mod tests {
             Some("{\"ci\":\"1\"}")
         );
         assert_eq!(json_of("<134>no json"), None);
+    }
+
+    #[test]
+    fn only_datagrams_with_the_agent_s_tag_are_read() {
+        let tag = "vga-0123456789abcdef";
+        let line = "<134>Nov 25 06:00:00 vga-0123456789abcdef[12]: {\"ci\":\"1\"}";
+        assert_eq!(tagged_json(line, tag), Some("{\"ci\":\"1\"}"));
+        for forged in [
+            "<134>Nov 25 06:00:00 haproxy[12]: {\"ci\":\"1\"}",
+            "<134>Nov 25 06:00:00 xvga-0123456789abcdef[12]: {}",
+            "<134>Nov 25 06:00:00 vga-0123456789abcdefff[12]: {}",
+            "<134>Nov 25 06:00:00 haproxy[12]: {\"t\":\"vga-0123456789abcdef[\"}",
+        ] {
+            assert_eq!(tagged_json(forged, tag), None, "{forged}");
+        }
     }
 }

@@ -2,30 +2,49 @@
 //! control plane writes into the key-value store, like Vamp's gateway agent (VGA), but
 //! watching instead of polling, and without ever applying a configuration HAProxy rejects.
 //!
-//! For each value of the watched key the agent
+//! The agent runs as root beside HAProxy, and the key is writable by whoever can write the
+//! store, so for each value of the watched key the agent
 //!
-//! 1. composes the candidate: its own `global` lines (stats socket, log target), the base
-//!    configuration ([`AgentOptions::base_config`]) and the value;
-//! 2. does nothing if the candidate is what HAProxy runs (`noop`);
-//! 3. applies server-weight-only changes through the runtime API (`set weight`) and writes
-//!    the file, without a reload (`dynamic`, see [`crate::update`]): the structure is the one
-//!    already validated, and the weights are checked to be in HAProxy's range;
-//! 4. validates anything else with `haproxy -c` — a rejected candidate is logged, counted,
-//!    published as an event and otherwise ignored: the running configuration keeps serving
-//!    (`rejected`);
-//! 5. and reloads through the master CLI, confirming the reload by seeing a new worker in
+//! 1. checks it against the allow-list of what the generator writes ([`crate::allow`]): no
+//!    `program`, `global`, `lua-load`, `external-check`, `stats socket`, files, environment,
+//!    or sockets outside [`AgentOptions::socket_dir`]; a refused value is rejected before any
+//!    HAProxy process sees it (`haproxy -c` itself would run a `lua-load` script);
+//! 2. composes the candidate: its own `global` lines (stats socket, log target and a secret
+//!    log tag), the base configuration ([`AgentOptions::base_config`]) and the value;
+//! 3. does nothing if the candidate is what HAProxy is known to run (`noop`);
+//! 4. applies server-weight-only changes through the runtime API (`set weight`, read back with
+//!    `get weight`) after installing the file, without a reload (`dynamic`, see
+//!    [`crate::update`]; lines are compared as HAProxy reads them);
+//! 5. validates anything else with `haproxy -c` (bounded by [`AgentOptions::timeout`]) — a
+//!    rejected candidate is logged, counted, published as an event and otherwise ignored: the
+//!    running configuration keeps serving (`rejected`);
+//! 6. and reloads through the master CLI, confirming the reload by seeing a new worker in
 //!    `show proc` (`reload`).
+//!
+//! Failures that may pass (a check or reload that times out, a CLI that does not answer) are
+//! retried with backoff; after one, the agent no longer assumes what HAProxy runs, so the next
+//! value is applied in full even if it is the same. HAProxy is restarted with the last good
+//! configuration when it dies, with backoff while it keeps dying. A master left running by an
+//! agent that was killed is adopted (found on the master socket and confirmed by its command
+//! line), not duplicated.
+//!
+//! Files live in a private work directory (mode 0700, owned by the agent; one that is a link,
+//! someone else's or open to others is refused), are written without following links, and the
+//! installed file is read back and compared with the validated bytes before HAProxy loads it.
+//! HAProxy's logs are accepted only from loopback and only with the secret tag the agent put
+//! in HAProxy's configuration.
 //!
 //! Values arriving within [`AgentOptions::debounce`] of the first are coalesced, updates run
 //! one at a time, and the latest value always wins. HAProxy runs in master-worker mode with
-//! `expose-fd listeners`, so reloads keep the listening sockets (hitless); the agent starts it
-//! and restarts it with the last good configuration if it dies. The watch re-opens (reading the
-//! current value) whenever the store's stream fails, so a KV outage only delays updates.
+//! `expose-fd listeners`, so reloads keep the listening sockets (hitless). The watch re-opens
+//! (reading the current value) whenever the store's stream fails, so a KV outage only delays
+//! updates.
 //!
 //! Outcomes are counted as `vamp_gateway_agent_updates_total{outcome}` and each step is timed
 //! as `vamp_gateway_agent_step_seconds{step}` (`render`, `validate`, `dynamic`, `reload`)
 //! through the `metrics` facade, inside `tracing` spans.
 
+mod files;
 mod health;
 mod logs;
 pub mod process;
@@ -45,7 +64,7 @@ use vamp_core::metrics::{DynEventStore, DynMetricsStore};
 use vamp_core::model::Event;
 
 pub use self::logs::json_of;
-use self::process::HaProxy;
+use self::process::{Found, HaProxy};
 pub use crate::error::AgentError;
 use crate::update::{Update, plan_update};
 
@@ -79,6 +98,17 @@ pub struct AgentOptions {
     pub syslog: Option<SocketAddr>,
     /// Where to serve `/health` and `/status`; `None`: no endpoint.
     pub health: Option<SocketAddr>,
+    /// The directory of the unix sockets that chain frontends: the generator's
+    /// [`crate::RenderOptions`] `socket_dir` (default `/usr/local/vamp`, Vamp's). Values may
+    /// bind and reach sockets only directly in it; it must not hold the agent's own sockets.
+    pub socket_dir: PathBuf,
+    /// The largest value accepted (default 64 MiB).
+    pub max_config_bytes: usize,
+    /// The first delay before restarting a dead HAProxy or retrying a failed update; it doubles
+    /// up to [`AgentOptions::max_backoff`] while failures repeat (default 250 ms).
+    pub backoff: Duration,
+    /// The longest delay between restarts or retries (default 30 s).
+    pub max_backoff: Duration,
 }
 
 impl AgentOptions {
@@ -96,7 +126,33 @@ impl AgentOptions {
             timeout: Duration::from_secs(10),
             syslog: None,
             health: None,
+            socket_dir: PathBuf::from("/usr/local/vamp"),
+            max_config_bytes: 64 << 20,
+            backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(30),
         }
+    }
+
+    /// Sets the directory of the frontends' unix sockets (the generator's `socket_dir`).
+    #[must_use]
+    pub fn with_socket_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.socket_dir = dir.into();
+        self
+    }
+
+    /// Sets the time limit of HAProxy starts, checks, reloads and CLI commands.
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets the first and the longest restart and retry delay.
+    #[must_use]
+    pub fn with_backoff(mut self, first: Duration, max: Duration) -> Self {
+        self.backoff = first;
+        self.max_backoff = max.max(first);
+        self
     }
 
     /// Sets the HAProxy binary.
@@ -156,9 +212,10 @@ impl AgentOptions {
             .unwrap_or_else(|| self.work_dir.join("haproxy.cfg"))
     }
     fn candidate_file(&self) -> PathBuf {
-        let mut name = self.config_file().into_os_string();
-        name.push(".candidate");
-        PathBuf::from(name)
+        files::candidate_of(&self.config_file())
+    }
+    fn pid_file(&self) -> PathBuf {
+        self.work_dir.join("haproxy.pid")
     }
     /// The master CLI socket.
     pub fn master_socket(&self) -> PathBuf {
@@ -202,6 +259,10 @@ pub struct AgentStatus {
     pub workers: Vec<u32>,
     /// Times HAProxy was (re)started by the agent.
     pub starts: u64,
+    /// The master was adopted from an earlier run of the agent (not started by this one).
+    pub adopted: bool,
+    /// Updates that failed in a way that may pass and are being retried.
+    pub retries: u64,
     /// HAProxy runs a configuration.
     pub ready: bool,
     /// Update outcomes.
@@ -230,7 +291,9 @@ impl AgentStatus {
                 "pid": self.haproxy_pid,
                 "workers": self.workers,
                 "starts": self.starts,
+                "adopted": self.adopted,
             },
+            "retries": self.retries,
             "updates": {
                 "noop": self.counts.noop,
                 "dynamic": self.counts.dynamic,
@@ -250,8 +313,15 @@ pub struct GatewayAgent {
     events: Option<Arc<DynEventStore>>,
     status: watch::Sender<AgentStatus>,
     haproxy: Option<HaProxy>,
-    /// The configuration HAProxy runs (what the file holds).
+    /// The configuration HAProxy is known to run; `None` when unknown (never applied, or an
+    /// update failed half-way), which makes the next value a full validated reload.
     running: Option<String>,
+    /// A configuration file that passed validation and ran: what a restart uses.
+    restartable: bool,
+    /// When HAProxy may be (re)started next, and how many starts failed or crashed in a row.
+    next_start: Option<tokio::time::Instant>,
+    start_failures: u32,
+    started_at: Option<tokio::time::Instant>,
 }
 
 impl std::fmt::Debug for GatewayAgent {
@@ -267,6 +337,23 @@ fn secs(since: Instant) -> f64 {
     since.elapsed().as_secs_f64()
 }
 
+/// How one value went.
+enum Outcome {
+    /// Applied (or nothing to do).
+    Done,
+    /// Refused or rejected: waiting for the next value.
+    Rejected,
+    /// Failed in a way that may pass: retry the same value.
+    Retry,
+}
+
+fn io_error(path: impl Into<PathBuf>, message: impl Into<String>) -> AgentError {
+    AgentError::Io {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
 impl GatewayAgent {
     /// An agent reading `options.key` from `kv`.
     pub fn new(kv: Arc<DynKeyValueStore>, options: AgentOptions) -> Self {
@@ -278,6 +365,10 @@ impl GatewayAgent {
             status: watch::channel(AgentStatus::default()).0,
             haproxy: None,
             running: None,
+            restartable: false,
+            next_start: None,
+            start_failures: 0,
+            started_at: None,
         }
     }
 
@@ -306,98 +397,182 @@ impl GatewayAgent {
     }
 
     /// The agent's own `global` lines.
-    fn agent_global(&self, syslog: Option<SocketAddr>) -> String {
+    fn agent_global(&self, syslog: Option<SocketAddr>, log_tag: &str) -> String {
         let mut g = format!(
             "global\n  stats socket {} mode 600 level admin expose-fd listeners\n",
             self.options.stats_socket().display()
         );
         if let Some(addr) = syslog {
-            g.push_str(&format!("  log {addr} len 8192 local0\n"));
+            g.push_str(&format!(
+                "  log {addr} len 8192 local0\n  log-tag {log_tag}\n"
+            ));
         }
         g
     }
 
-    /// Runs until `shutdown` completes, then stops HAProxy.
-    ///
-    /// # Errors
-    /// [`AgentError::Io`] when the work directory or a socket cannot be set up. Everything
-    /// after that (KV outages, rejected values, HAProxy dying) is reported through the status,
-    /// the log and the metrics, and retried.
-    pub async fn run(
-        mut self,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) -> Result<(), AgentError> {
+    /// The delay before the next restart or retry after `failures` failures in a row.
+    fn backoff(&self, failures: u32) -> Duration {
+        let factor = 1u32 << failures.saturating_sub(1).min(16);
+        self.options
+            .backoff
+            .saturating_mul(factor)
+            .min(self.options.max_backoff)
+    }
+
+    /// Checks the paths and directories before anything is written.
+    fn prepare_files(&self) -> Result<(), AgentError> {
+        let o = &self.options;
         // The stats socket's path goes into HAProxy's configuration, the others onto its
         // command line: no characters HAProxy's parser would split on or read as a comment.
         for (what, path) in [
-            ("work directory", self.options.work_dir.clone()),
-            ("stats socket", self.options.stats_socket()),
-            ("master socket", self.options.master_socket()),
-            ("configuration file", self.options.config_file()),
+            ("work directory", o.work_dir.clone()),
+            ("stats socket", o.stats_socket()),
+            ("master socket", o.master_socket()),
+            ("configuration file", o.config_file()),
+            ("socket directory", o.socket_dir.clone()),
         ] {
             if path.to_string_lossy().chars().any(|c| {
                 c.is_whitespace()
                     || c.is_control()
                     || matches!(c, '#' | '"' | '\'' | '\\' | '$' | ',')
             }) {
-                return Err(AgentError::Io {
+                return Err(io_error(
                     path,
-                    message: format!(
+                    format!(
                         "the {what}'s path must not contain spaces, quotes, '#', '$', ',' or '\\'"
                     ),
-                });
+                ));
+            }
+            if what != "work directory" && what != "socket directory" && !path.is_absolute() {
+                return Err(io_error(path, format!("the {what} needs an absolute path")));
             }
         }
-        for dir in [
-            Some(self.options.work_dir.clone()),
-            self.options.config_file().parent().map(Path::to_path_buf),
-        ]
-        .into_iter()
-        .flatten()
-        .filter(|d| !d.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(&dir).map_err(|e| AgentError::Io {
-                path: dir.clone(),
-                message: e.to_string(),
-            })?;
+        if !o.socket_dir.is_absolute() {
+            return Err(io_error(
+                o.socket_dir.clone(),
+                "the socket directory needs an absolute path",
+            ));
         }
+        files::ensure_dir(&o.work_dir, true)?;
+        for path in [o.config_file(), o.stats_socket(), o.master_socket()] {
+            if let Some(dir) = path.parent().filter(|d| *d != o.work_dir.as_path()) {
+                files::ensure_dir(dir, false)?;
+            }
+            // A value's `server unix@…` must never reach the agent's admin sockets.
+            if path.parent() == Some(o.socket_dir.as_path()) && path != o.config_file() {
+                return Err(io_error(
+                    path,
+                    "the agent's sockets must not be in the socket directory the configuration uses",
+                ));
+            }
+        }
+        files::ensure_dir(&o.socket_dir, false)?;
+        Ok(())
+    }
+
+    /// Adopts a master left by an earlier run, or stops one this agent cannot manage.
+    async fn adopt_existing(&mut self) {
+        let o = &self.options;
+        let found = HaProxy::find(
+            &o.config_file(),
+            &o.master_socket(),
+            &o.stats_socket(),
+            o.timeout,
+        )
+        .await;
+        match found {
+            Found::Adopted(h, info) => {
+                tracing::info!(
+                    pid = ?h.pid(),
+                    "adopted the HAProxy master left by an earlier run; the next value reloads it"
+                );
+                let pid = h.pid();
+                self.haproxy = Some(h);
+                self.restartable = true;
+                self.started_at = Some(tokio::time::Instant::now());
+                self.update_status(|s| {
+                    s.ready = true;
+                    s.adopted = true;
+                    s.haproxy_pid = pid;
+                    s.workers = info.workers;
+                });
+            }
+            Found::Foreign(pid) => {
+                tracing::warn!(
+                    pid,
+                    "an HAProxy master of another configuration answers on the master socket; stopping it"
+                );
+                process::terminate(pid, Duration::from_secs(5)).await;
+            }
+            Found::Nothing => {
+                // A master whose socket is gone but whose pid file remains.
+                let pid = files::read(&o.pid_file())
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<u32>().ok()));
+                if let Some(pid) = pid
+                    && process::alive(pid)
+                    && process::runs_config(pid, &o.config_file())
+                {
+                    tracing::warn!(
+                        pid,
+                        "an HAProxy master of this agent runs without its master socket; stopping it"
+                    );
+                    process::terminate(pid, Duration::from_secs(5)).await;
+                }
+            }
+        }
+    }
+
+    /// Runs until `shutdown` completes, then stops HAProxy.
+    ///
+    /// # Errors
+    /// [`AgentError::Io`] when the work directory, the socket directory or a socket cannot be
+    /// set up safely. Everything after that (KV outages, rejected values, HAProxy dying) is
+    /// reported through the status, the log and the metrics, and retried.
+    pub async fn run(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), AgentError> {
+        self.prepare_files()?;
+        let log_tag = format!("vga-{}", files::random_token()?);
         let mut background = tokio::task::JoinSet::new();
         let syslog = match self.options.syslog {
             None => None,
             Some(addr) => {
-                let socket =
-                    tokio::net::UdpSocket::bind(addr)
-                        .await
-                        .map_err(|e| AgentError::Io {
-                            path: PathBuf::from(addr.to_string()),
-                            message: e.to_string(),
-                        })?;
+                if !addr.ip().is_loopback() {
+                    return Err(io_error(
+                        addr.to_string(),
+                        "HAProxy's logs must be received on a loopback address",
+                    ));
+                }
+                let socket = tokio::net::UdpSocket::bind(addr)
+                    .await
+                    .map_err(|e| io_error(addr.to_string(), e.to_string()))?;
                 let local = socket.local_addr().ok();
                 if let Some(metrics) = &self.metrics {
-                    background.spawn(logs::receive(socket, Arc::clone(metrics)));
+                    background.spawn(logs::receive(socket, Arc::clone(metrics), log_tag.clone()));
                 }
                 local
             }
         };
         if let Some(addr) = self.options.health {
-            let listener =
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| AgentError::Io {
-                        path: PathBuf::from(addr.to_string()),
-                        message: e.to_string(),
-                    })?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| io_error(addr.to_string(), e.to_string()))?;
             let local = listener.local_addr().ok();
             self.update_status(|s| s.health = local);
             background.spawn(health::serve(listener, self.status.subscribe()));
         }
         self.update_status(|s| s.syslog = syslog);
-        let global = self.agent_global(syslog);
+        let global = self.agent_global(syslog, &log_tag);
+        self.adopt_existing().await;
 
         let mut shutdown = std::pin::pin!(shutdown);
         let mut stream = self.open_watch();
         let mut pending: Option<(Bytes, u64)> = None;
         let mut apply_at: Option<tokio::time::Instant> = None;
+        let mut retries: u32 = 0;
         let mut liveness = tokio::time::interval(Duration::from_millis(250));
         liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -412,6 +587,7 @@ impl GatewayAgent {
                 event = stream.next() => match event {
                     Some(Ok(WatchEvent::Put { key, value, version })) if key == self.options.key => {
                         pending = Some((value, version.0));
+                        retries = 0;
                         apply_at.get_or_insert_with(|| tokio::time::Instant::now() + self.options.debounce);
                     }
                     Some(Ok(WatchEvent::Delete { key, .. })) if key == self.options.key => {
@@ -434,10 +610,29 @@ impl GatewayAgent {
                 () = debounce => {
                     apply_at = None;
                     if let Some((value, version)) = pending.take() {
-                        self.apply(&global, &value, version).await;
+                        // Shutdown interrupts an update (its processes are killed with it).
+                        let outcome = tokio::select! {
+                            () = &mut shutdown => break,
+                            outcome = self.apply(&global, &value, version) => outcome,
+                        };
+                        if let Outcome::Retry = outcome {
+                            retries += 1;
+                            let delay = self.backoff(retries);
+                            tracing::warn!(version, ?delay, "retrying the update");
+                            self.update_status(|s| s.retries += 1);
+                            pending = Some((value, version));
+                            apply_at = Some(tokio::time::Instant::now() + delay);
+                        } else {
+                            retries = 0;
+                        }
                     }
                 }
-                _ = liveness.tick() => self.check_haproxy().await,
+                _ = liveness.tick() => {
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = self.check_haproxy() => {}
+                    }
+                }
             }
         }
         background.abort_all();
@@ -453,38 +648,60 @@ impl GatewayAgent {
             .watch(&self.options.key, WatchOptions::new().with_initial(true))
     }
 
-    /// Restarts HAProxy with the last good configuration if it died.
+    /// Restarts HAProxy with the last good configuration if it died, with backoff while it
+    /// keeps dying or failing to start.
     async fn check_haproxy(&mut self) {
-        let Some(h) = &mut self.haproxy else { return };
-        let Some(status) = h.exited() else { return };
-        tracing::error!(%status, "HAProxy exited; restarting it with the last good configuration");
-        metrics::counter!("vamp_gateway_agent_haproxy_exits_total").increment(1);
-        self.haproxy = None;
-        self.update_status(|s| {
-            s.haproxy_stopped();
-            s.last_error = Some(format!("HAProxy exited ({status})"));
-        });
-        if self.running.is_some() {
+        if let Some(h) = &mut self.haproxy
+            && let Some(status) = h.exited()
+        {
+            tracing::error!(%status, "HAProxy exited; restarting it with the last good configuration");
+            metrics::counter!("vamp_gateway_agent_haproxy_exits_total").increment(1);
+            self.haproxy = None;
+            // A crash soon after a start counts as a failed start.
+            let stable = self
+                .started_at
+                .is_some_and(|t| t.elapsed() >= Duration::from_secs(10));
+            self.start_failures = if stable { 1 } else { self.start_failures + 1 };
+            self.next_start = Some(tokio::time::Instant::now() + self.backoff(self.start_failures));
+            self.update_status(|s| {
+                s.haproxy_stopped();
+                s.last_error = Some(format!("HAProxy exited ({status})"));
+            });
+        }
+        if self.haproxy.is_none()
+            && self.restartable
+            && self
+                .next_start
+                .is_none_or(|at| tokio::time::Instant::now() >= at)
+        {
             self.start_haproxy().await;
         }
     }
 
     async fn start_haproxy(&mut self) -> bool {
         let o = &self.options;
-        match HaProxy::start(
+        let started = HaProxy::start(
             &o.haproxy_bin,
             &o.config_file(),
             &o.master_socket(),
             &o.stats_socket(),
+            &o.pid_file(),
             o.timeout,
         )
-        .await
-        {
+        .await;
+        match started {
             Ok((h, proc_info)) => {
                 let pid = h.pid();
                 self.haproxy = Some(h);
+                self.started_at = Some(tokio::time::Instant::now());
+                self.next_start = None;
+                // What runs is what the file holds.
+                self.running = files::read(&self.options.config_file())
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok());
                 self.update_status(|s| {
                     s.ready = true;
+                    s.adopted = false;
                     s.haproxy_pid = pid;
                     s.workers = proc_info.workers;
                     s.starts += 1;
@@ -492,14 +709,17 @@ impl GatewayAgent {
                 true
             }
             Err(e) => {
-                tracing::error!(error = %e, "HAProxy did not start");
+                self.start_failures += 1;
+                let delay = self.backoff(self.start_failures);
+                self.next_start = Some(tokio::time::Instant::now() + delay);
+                tracing::error!(error = %e, ?delay, "HAProxy did not start");
                 self.update_status(|s| s.last_error = Some(e.to_string()));
                 false
             }
         }
     }
 
-    async fn reject(&self, version: u64, message: String) {
+    async fn reject(&self, version: u64, message: String) -> Outcome {
         tracing::warn!(version, %message, "configuration rejected; the running one keeps serving");
         metrics::counter!("vamp_gateway_agent_updates_total", "outcome" => "rejected").increment(1);
         // The event first, then the status: whoever sees the count can find the event.
@@ -521,11 +741,22 @@ impl GatewayAgent {
             s.counts.rejected += 1;
             s.last_error = Some(message);
         });
+        Outcome::Rejected
     }
 
-    fn accepted(&mut self, outcome: &'static str, candidate: String, version: u64) {
+    /// A failure that may pass: what HAProxy runs is no longer assumed.
+    fn transient(&mut self, version: u64, message: String) -> Outcome {
+        tracing::warn!(version, %message, "update failed; it will be retried");
+        metrics::counter!("vamp_gateway_agent_updates_total", "outcome" => "retry").increment(1);
+        self.running = None;
+        self.update_status(|s| s.last_error = Some(message));
+        Outcome::Retry
+    }
+
+    fn accepted(&mut self, outcome: &'static str, candidate: String, version: u64) -> Outcome {
         metrics::counter!("vamp_gateway_agent_updates_total", "outcome" => outcome).increment(1);
         self.running = Some(candidate);
+        self.restartable = true;
         self.update_status(|s| {
             match outcome {
                 "noop" => s.counts.noop += 1,
@@ -535,39 +766,57 @@ impl GatewayAgent {
             s.applied_version = Some(version);
             s.last_error = None;
         });
+        Outcome::Done
     }
 
     /// Applies one value of the key.
-    async fn apply(&mut self, global: &str, value: &Bytes, version: u64) {
+    async fn apply(&mut self, global: &str, value: &Bytes, version: u64) -> Outcome {
         let span = tracing::info_span!("apply", version);
         self.apply_in_span(global, value, version)
             .instrument(span)
-            .await;
+            .await
     }
 
-    async fn apply_in_span(&mut self, global: &str, value: &Bytes, version: u64) {
+    async fn apply_in_span(&mut self, global: &str, value: &Bytes, version: u64) -> Outcome {
         let started = Instant::now();
-        let Ok(value) = std::str::from_utf8(value) else {
-            self.reject(version, "the value is not UTF-8 text".into())
+        if value.len() > self.options.max_config_bytes {
+            return self
+                .reject(
+                    version,
+                    format!(
+                        "the value has {} bytes; at most {} are accepted",
+                        value.len(),
+                        self.options.max_config_bytes
+                    ),
+                )
                 .await;
-            return;
+        }
+        let Ok(value) = std::str::from_utf8(value) else {
+            return self
+                .reject(version, "the value is not UTF-8 text".into())
+                .await;
         };
+        let policy = crate::allow::AllowPolicy::new(self.options.socket_dir.to_string_lossy());
+        if let Err(refusal) = crate::allow::check(value, &policy) {
+            return self
+                .reject(
+                    version,
+                    format!("the value is not a configuration the generator writes: {refusal}"),
+                )
+                .await;
+        }
         let candidate = format!("{global}\n{}\n{value}\n", self.options.base_config);
         metrics::histogram!("vamp_gateway_agent_step_seconds", "step" => "render")
             .record(secs(started));
         if self.running.as_deref() == Some(candidate.as_str()) && self.haproxy.is_some() {
-            self.accepted("noop", candidate, version);
-            return;
+            return self.accepted("noop", candidate, version);
         }
         let candidate_file = self.options.candidate_file();
-        if let Err(e) = std::fs::write(&candidate_file, &candidate) {
-            self.reject(
-                version,
-                format!("cannot write {}: {e}", candidate_file.display()),
-            )
-            .await;
-            return;
+        let config_file = self.options.config_file();
+        if let Err(e) = files::write_new(&candidate_file, candidate.as_bytes()) {
+            return self.transient(version, e.to_string());
         }
+        let previous = files::read(&config_file).ok();
 
         let plan = match (&self.running, &self.haproxy) {
             (Some(running), Some(_)) => plan_update(running, &candidate),
@@ -575,55 +824,81 @@ impl GatewayAgent {
         };
         if let (Update::Weights(changes), Some(h)) = (&plan, &self.haproxy) {
             let dynamic_started = Instant::now();
+            // The file first: a restart must come up with what is live.
+            if let Err(e) = files::install(&candidate_file, &config_file, candidate.as_bytes()) {
+                restore(&config_file, previous.as_deref());
+                return self.transient(version, e.to_string());
+            }
             match h.set_weights(changes).await {
                 Ok(()) => {
-                    if let Err(e) = install(&candidate_file, &self.options.config_file()) {
-                        tracing::error!(error = %e, "cannot write the configuration file");
-                    }
                     metrics::histogram!("vamp_gateway_agent_step_seconds", "step" => "dynamic")
                         .record(secs(dynamic_started));
                     tracing::info!(changes = changes.len(), "weights applied without a reload");
-                    self.accepted("dynamic", candidate, version);
-                    return;
+                    return self.accepted("dynamic", candidate, version);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "runtime weight change failed; reloading instead");
+                    // Put back what ran, so that a failed reload leaves no mix of weights.
+                    let revert = self
+                        .running
+                        .as_deref()
+                        .map(|r| crate::update::reverting(r, changes))
+                        .unwrap_or_default();
+                    if let Err(e) = h.set_weights(&revert).await {
+                        tracing::warn!(error = %e, "could not put the previous weights back");
+                    }
+                    // The file is installed; validate and reload it like any other change.
+                    if let Err(e) = files::write_new(&candidate_file, candidate.as_bytes()) {
+                        restore(&config_file, previous.as_deref());
+                        return self.transient(version, e.to_string());
+                    }
                 }
             }
         }
 
         // Weight-only changes keep the validated structure; anything else is checked first.
         let validate_started = Instant::now();
-        match process::validate(&self.options.haproxy_bin, &candidate_file).await {
+        match process::validate(
+            &self.options.haproxy_bin,
+            &candidate_file,
+            self.options.timeout,
+        )
+        .await
+        {
             Ok(Ok(())) => {}
             Ok(Err(message)) => {
-                self.reject(
-                    version,
-                    format!("haproxy -c rejected the configuration: {message}"),
-                )
-                .await;
-                return;
+                let _ = std::fs::remove_file(&candidate_file);
+                restore(&config_file, previous.as_deref());
+                return self
+                    .reject(
+                        version,
+                        format!("haproxy -c rejected the configuration: {message}"),
+                    )
+                    .await;
             }
             Err(e) => {
-                self.reject(version, e.to_string()).await;
-                return;
+                let _ = std::fs::remove_file(&candidate_file);
+                restore(&config_file, previous.as_deref());
+                return self.transient(version, e.to_string());
             }
         }
         metrics::histogram!("vamp_gateway_agent_step_seconds", "step" => "validate")
             .record(secs(validate_started));
 
         let reload_started = Instant::now();
-        let previous = std::fs::read(self.options.config_file()).ok();
-        if let Err(e) = install(&candidate_file, &self.options.config_file()) {
-            self.reject(version, e).await;
-            return;
+        if let Err(e) = files::install(&candidate_file, &config_file, candidate.as_bytes()) {
+            restore(&config_file, previous.as_deref());
+            return self.transient(version, e.to_string());
         }
         let outcome = match &self.haproxy {
             None => {
                 if self.start_haproxy().await {
                     Ok(())
                 } else {
-                    Err("HAProxy did not start with the configuration".to_owned())
+                    Err((
+                        false,
+                        "HAProxy did not start with the configuration".to_owned(),
+                    ))
                 }
             }
             Some(h) => match h.reload().await {
@@ -631,7 +906,12 @@ impl GatewayAgent {
                     self.update_status(|s| s.workers = info.workers.clone());
                     Ok(())
                 }
-                Err(e) => Err(e.to_string()),
+                // HAProxy said no (a port taken, …): the old worker serves the old file.
+                Err(AgentError::Reload { message }) if message.contains(process::RELOAD_FAILED) => {
+                    Err((false, message))
+                }
+                // No answer in time: what runs is unknown.
+                Err(e) => Err((true, e.to_string())),
             },
         };
         match outcome {
@@ -639,21 +919,36 @@ impl GatewayAgent {
                 metrics::histogram!("vamp_gateway_agent_step_seconds", "step" => "reload")
                     .record(secs(reload_started));
                 tracing::info!("configuration applied by a reload");
-                self.accepted("reload", candidate, version);
+                self.accepted("reload", candidate, version)
             }
-            Err(message) => {
+            Err((transient, message)) => {
                 // Keep the file in step with what runs, for the next restart.
-                if let Some(previous) = previous {
-                    let _ = std::fs::write(self.options.config_file(), previous);
+                restore(&config_file, previous.as_deref());
+                if self.running.is_none() && previous.is_none() {
+                    self.restartable = false;
                 }
-                self.reject(version, message).await;
+                if transient {
+                    self.transient(version, message)
+                } else {
+                    self.reject(version, message).await
+                }
             }
         }
     }
 }
 
-/// Moves the candidate over the configuration file (atomic: both are in one directory).
-fn install(candidate: &Path, config: &Path) -> Result<(), String> {
-    std::fs::rename(candidate, config)
-        .map_err(|e| format!("cannot install {}: {e}", config.display()))
+/// Puts the previous configuration file back (or removes a file that never ran).
+fn restore(config: &Path, previous: Option<&[u8]>) {
+    let result = match previous {
+        Some(bytes) => {
+            let temporary = files::candidate_of(config);
+            files::write_new(&temporary, bytes)
+                .and_then(|()| files::install(&temporary, config, bytes))
+                .map_err(|e| e.to_string())
+        }
+        None => std::fs::remove_file(config).map_err(|e| e.to_string()),
+    };
+    if let Err(e) = result {
+        tracing::error!(error = %e, file = %config.display(), "cannot restore the configuration file");
+    }
 }

@@ -109,23 +109,98 @@ pub async fn cli(socket: &Path, command: &str, timeout: Duration) -> Result<Stri
     }
 }
 
-/// A running HAProxy in master-worker mode.
+/// How a reload that HAProxy refused (rather than one that did not finish) is reported.
+pub(crate) const RELOAD_FAILED: &str = "HAProxy reported the reload as failed";
+
+/// A running HAProxy in master-worker mode: started by this agent, or adopted from an earlier
+/// run of it (found on the master socket after the agent was killed).
 #[derive(Debug)]
 pub struct HaProxy {
     master_socket: PathBuf,
     stats_socket: PathBuf,
-    child: Child,
+    /// `None` when adopted: the master is not this process's child.
+    child: Option<Child>,
+    pid: u32,
     timeout: Duration,
 }
 
+/// What an earlier run left on the master socket.
+#[derive(Debug)]
+pub enum Found {
+    /// Nothing answers.
+    Nothing,
+    /// An HAProxy master of this agent's configuration file, now managed by this agent.
+    Adopted(HaProxy, ProcInfo),
+    /// A master that answers on the socket but runs another configuration file.
+    Foreign(u32),
+}
+
+/// Whether a process runs (and is not a zombie).
+pub(crate) fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // `pid (comm) S ...`: the state follows the last ')'.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
+/// A process's command line.
+pub(crate) fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether `pid` is an HAProxy running `config`.
+pub(crate) fn runs_config(pid: u32, config: &Path) -> bool {
+    let args = cmdline(pid);
+    let config = config.to_string_lossy();
+    args.windows(2).any(|w| w[0] == "-f" && w[1] == config)
+}
+
+/// Sends `signal` (a name such as `TERM`) to `pid` with the shell's own `kill` (no procps).
+pub(crate) async fn signal(pid: u32, signal: &str) {
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -s {signal} {pid}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await;
+}
+
+/// Stops a process that is not this agent's child: TERM, then KILL after `grace`.
+pub(crate) async fn terminate(pid: u32, grace: Duration) {
+    signal(pid, "TERM").await;
+    let deadline = tokio::time::Instant::now() + grace;
+    while alive(pid) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if alive(pid) {
+        signal(pid, "KILL").await;
+        let deadline = tokio::time::Instant::now() + grace;
+        while alive(pid) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 impl HaProxy {
-    /// Starts `bin -W -S <master socket> -f <config>` and waits until a worker runs; returns
-    /// it with the `show proc` that listed the worker.
+    /// Starts `bin -W -S <master socket> -p <pid file> -f <config>` and waits until a worker
+    /// runs; returns it with the `show proc` that listed the worker.
     pub async fn start(
         bin: &Path,
         config: &Path,
         master_socket: &Path,
         stats_socket: &Path,
+        pid_file: &Path,
         timeout: Duration,
     ) -> Result<(Self, ProcInfo), AgentError> {
         let _ = std::fs::remove_file(master_socket);
@@ -133,6 +208,8 @@ impl HaProxy {
             .arg("-W")
             .arg("-S")
             .arg(format!("{},mode,600", master_socket.display()))
+            .arg("-p")
+            .arg(pid_file)
             .arg("-f")
             .arg(config)
             .stdin(Stdio::null())
@@ -145,10 +222,12 @@ impl HaProxy {
             })?;
         forward_lines(child.stdout.take(), "stdout");
         forward_lines(child.stderr.take(), "stderr");
+        let pid = child.id().unwrap_or_default();
         let mut haproxy = Self {
             master_socket: master_socket.to_owned(),
             stats_socket: stats_socket.to_owned(),
-            child,
+            child: Some(child),
+            pid,
             timeout,
         };
         let deadline = tokio::time::Instant::now() + timeout;
@@ -164,6 +243,7 @@ impl HaProxy {
                 return Ok((haproxy, info));
             }
             if tokio::time::Instant::now() > deadline {
+                haproxy.stop().await;
                 return Err(AgentError::Start {
                     message: format!("no HAProxy worker within {timeout:?}"),
                 });
@@ -172,14 +252,59 @@ impl HaProxy {
         }
     }
 
-    /// The exit status, if the master has exited.
-    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
+    /// Looks for a master left by an earlier run on `master_socket`: adopts it when it runs
+    /// `config`.
+    pub async fn find(
+        config: &Path,
+        master_socket: &Path,
+        stats_socket: &Path,
+        timeout: Duration,
+    ) -> Found {
+        if !master_socket.exists() {
+            return Found::Nothing;
+        }
+        let Ok(out) = cli(master_socket, "show proc", timeout).await else {
+            return Found::Nothing;
+        };
+        let Some(info) = parse_show_proc(&out) else {
+            return Found::Nothing;
+        };
+        if info.master_pid == 0 || !alive(info.master_pid) {
+            return Found::Nothing;
+        }
+        if !runs_config(info.master_pid, config) {
+            return Found::Foreign(info.master_pid);
+        }
+        let haproxy = Self {
+            master_socket: master_socket.to_owned(),
+            stats_socket: stats_socket.to_owned(),
+            child: None,
+            pid: info.master_pid,
+            timeout,
+        };
+        Found::Adopted(haproxy, info)
+    }
+
+    /// Whether the master has exited, and how.
+    pub fn exited(&mut self) -> Option<String> {
+        match &mut self.child {
+            Some(child) => match child.try_wait() {
+                Ok(Some(status)) => Some(status.to_string()),
+                Ok(None) => None,
+                Err(e) => Some(e.to_string()),
+            },
+            None => (!alive(self.pid)).then(|| "the adopted master is gone".to_owned()),
+        }
     }
 
     /// The master's PID.
     pub fn pid(&self) -> Option<u32> {
-        self.child.id()
+        Some(self.pid).filter(|p| *p != 0)
+    }
+
+    /// Whether this agent adopted the master from an earlier run.
+    pub fn adopted(&self) -> bool {
+        self.child.is_none()
     }
 
     /// `show proc`.
@@ -205,7 +330,7 @@ impl HaProxy {
             if let Ok(now) = self.show_proc().await {
                 if now.failed_reloads > before.failed_reloads {
                     return Err(AgentError::Reload {
-                        message: "HAProxy reported the reload as failed; the previous worker keeps serving".into(),
+                        message: format!("{RELOAD_FAILED}; the previous worker keeps serving"),
                     });
                 }
                 if now.reloads > before.reloads
@@ -222,7 +347,8 @@ impl HaProxy {
         }
     }
 
-    /// Applies weights through the runtime API, all in one connection.
+    /// Applies weights through the runtime API, all in one connection, then reads each back
+    /// (`get weight`): the change counts only when HAProxy reports every new weight.
     pub async fn set_weights(&self, changes: &[WeightChange]) -> Result<(), AgentError> {
         if changes.is_empty() {
             return Ok(());
@@ -234,33 +360,53 @@ impl HaProxy {
             .join("; ");
         let out = cli(&self.stats_socket, &command, self.timeout).await?;
         // `set weight` answers nothing on success.
-        if out.trim().is_empty() {
+        if !out.trim().is_empty() {
+            return Err(AgentError::Cli {
+                socket: self.stats_socket.clone(),
+                command,
+                message: out.trim().to_owned(),
+            });
+        }
+        let query = changes
+            .iter()
+            .map(|c| format!("get weight {}/{}", c.backend, c.server))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let out = cli(&self.stats_socket, &query, self.timeout).await?;
+        // One `<weight> (initial <weight>)` line per server.
+        let live: Vec<Option<u16>> = out
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| l.split_whitespace().next().and_then(|w| w.parse().ok()))
+            .collect();
+        let expected: Vec<Option<u16>> = changes.iter().map(|c| Some(c.weight)).collect();
+        if live == expected {
             Ok(())
         } else {
             Err(AgentError::Cli {
                 socket: self.stats_socket.clone(),
-                command,
-                message: out.trim().to_owned(),
+                command: query,
+                message: format!("HAProxy reports weights {live:?}, not {expected:?}"),
             })
         }
     }
 
     /// Stops HAProxy (the master and its workers).
     pub async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            // SIGUSR1 would be a soft stop; the agent's owner asked for it to go.
-            // The shell's own `kill`: no procps needed.
-            let _ = Command::new("sh")
-                .arg("-c")
-                .arg(format!("kill -s TERM {pid}"))
-                .status()
-                .await;
-        }
-        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
+        match &mut self.child {
+            Some(child) => {
+                if let Some(pid) = child.id() {
+                    // SIGUSR1 would be a soft stop; the agent's owner asked for it to go.
+                    signal(pid, "TERM").await;
+                }
+                if tokio::time::timeout(Duration::from_secs(5), child.wait())
+                    .await
+                    .is_err()
+                {
+                    let _ = child.kill().await;
+                }
+            }
+            None => terminate(self.pid, Duration::from_secs(5)).await,
         }
     }
 }
@@ -277,18 +423,38 @@ fn forward_lines(pipe: Option<impl AsyncRead + Unpin + Send + 'static>, stream: 
     }
 }
 
-/// Runs `haproxy -c -f <file>`: `Ok` or HAProxy's messages.
-pub async fn validate(bin: &Path, file: &Path) -> Result<Result<(), String>, AgentError> {
-    let out = Command::new(bin)
+/// Runs `haproxy -c -f <file>` within `timeout` (the process is killed past it): `Ok` or
+/// HAProxy's messages. A check that cannot run or does not finish is an [`AgentError::Start`].
+pub async fn validate(
+    bin: &Path,
+    file: &Path,
+    timeout: Duration,
+) -> Result<Result<(), String>, AgentError> {
+    let child = Command::new(bin)
         .arg("-c")
         .arg("-f")
         .arg(file)
         .stdin(Stdio::null())
-        .output()
-        .await
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
         .map_err(|e| AgentError::Start {
             message: format!("cannot run {}: {e}", bin.display()),
         })?;
+    let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => {
+            return Err(AgentError::Start {
+                message: format!("{} -c failed: {e}", bin.display()),
+            });
+        }
+        Err(_) => {
+            return Err(AgentError::Start {
+                message: format!("{} -c did not finish within {timeout:?}", bin.display()),
+            });
+        }
+    };
     if out.status.success() {
         Ok(Ok(()))
     } else {
