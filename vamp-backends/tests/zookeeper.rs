@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use vamp_backends::kv::zookeeper::ZookeeperKv;
+use vamp_backends::kv::zookeeper::{ZookeeperAccess, ZookeeperKv};
 use vamp_core::kv::{
     DynKeyValueStore, KeyPath, KeyValueStore, KeyValueStoreExt, WatchEvent, WatchOptions,
 };
@@ -31,6 +31,11 @@ fn servers() -> Option<String> {
     Some(servers)
 }
 
+/// The tests' writer: nodes writable by this digest user only.
+fn writer() -> ZookeeperAccess {
+    ZookeeperAccess::digest("vamp-test", "not-a-real-secret")
+}
+
 fn store_root(name: &str) -> String {
     format!("/vamp-test-{}-{name}", std::process::id())
 }
@@ -38,7 +43,7 @@ fn store_root(name: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zookeeper_passes_the_kv_conformance_suite() {
     let Some(servers) = servers() else { return };
-    let kv = ZookeeperKv::connect(&servers, &store_root("conformance"))
+    let kv = ZookeeperKv::connect_with(&servers, &store_root("conformance"), writer())
         .await
         .unwrap_or_else(|e| panic!("ZooKeeper at {servers}: {e}"));
     let root = KeyPath::parse("/direct").unwrap();
@@ -50,7 +55,11 @@ async fn zookeeper_passes_the_kv_conformance_suite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zookeeper_through_the_url_selection_with_a_prefix() {
     let Some(servers) = servers() else { return };
-    let url = format!("zk://{servers}/vamp/selection-{}", std::process::id());
+    // Credentials in the URL: without them the store is read-only.
+    let url = format!(
+        "zk://vamp-test:not-a-real-secret@{servers}/vamp/selection-{}",
+        std::process::id()
+    );
     let kv = vamp_backends::kv::KvBackendConfig::from_url(&url)
         .unwrap()
         .build()
@@ -67,8 +76,12 @@ async fn zookeeper_through_the_url_selection_with_a_prefix() {
 async fn two_sessions_compare_and_swap_lose_no_update() {
     let Some(servers) = servers() else { return };
     let root = store_root("two-sessions");
-    let a = ZookeeperKv::connect(&servers, &root).await.unwrap();
-    let b = ZookeeperKv::connect(&servers, &root).await.unwrap();
+    let a = ZookeeperKv::connect_with(&servers, &root, writer())
+        .await
+        .unwrap();
+    let b = ZookeeperKv::connect_with(&servers, &root, writer())
+        .await
+        .unwrap();
     let key = KeyPath::parse("/counter").unwrap();
     a.put(&key, "0".into()).await.unwrap();
     let writer = |kv: ZookeeperKv, key: KeyPath| {
@@ -211,7 +224,9 @@ async fn reconnects_and_the_watch_resumes() {
     let port = free_port();
     let servers = format!("127.0.0.1:{port}");
     let mut server = OwnZookeeper::start(port, dir.path());
-    let kv = ZookeeperKv::connect(&servers, "/vamp-kv").await.unwrap();
+    let kv = ZookeeperKv::connect_with(&servers, "/vamp-kv", writer())
+        .await
+        .unwrap();
     let key = KeyPath::parse("/reconnect/k").unwrap();
     let mut watch = kv.watch(
         &KeyPath::parse("/reconnect").unwrap(),
@@ -238,7 +253,9 @@ async fn reconnects_and_the_watch_resumes() {
     );
 
     let _server = OwnZookeeper::start(port, dir.path());
-    let other = ZookeeperKv::connect(&servers, "/vamp-kv").await.unwrap();
+    let other = ZookeeperKv::connect_with(&servers, "/vamp-kv", writer())
+        .await
+        .unwrap();
     let mut written = Vec::new();
     for value in ["a", "b", "c"] {
         written.push((
@@ -273,4 +290,72 @@ async fn reconnects_and_the_watch_resumes() {
         }
     }
     assert_eq!(seen, written, "every write, in order, none lost");
+}
+
+/// Nodes this store creates are never world-writable: with credentials only that user may
+/// write (anyone may read); without credentials the store refuses to write at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_are_never_world_writable() {
+    let Some(servers) = servers() else { return };
+    let root = store_root("acl");
+    let kv = ZookeeperKv::connect_with(&servers, &root, writer())
+        .await
+        .unwrap();
+    let key = KeyPath::parse("/gateways/haproxy/1.7/configuration").unwrap();
+    kv.put(&key, "frontend f\n".into()).await.unwrap();
+
+    // A session without credentials (anyone who can reach ZooKeeper) reads but cannot write.
+    let anonymous = zookeeper_client::Client::connector()
+        .connect(&servers)
+        .await
+        .unwrap();
+    let (children, _) = anonymous
+        .get_children(&format!("{root}/entries"))
+        .await
+        .unwrap();
+    assert_eq!(children.len(), 1);
+    for node in [
+        format!("{root}/entries/{}", children[0]),
+        format!("{root}/rev"),
+        root.clone(),
+    ] {
+        let (acls, _) = anonymous.get_acl(&node).await.unwrap();
+        assert!(
+            acls.iter()
+                .all(|a| a.scheme() != "world"
+                    || a.permission() == zookeeper_client::Permission::READ),
+            "{node}: {acls:?}"
+        );
+        let (data, _) = anonymous.get_data(&node).await.unwrap();
+        assert_eq!(
+            anonymous.set_data(&node, b"pwned", None).await.unwrap_err(),
+            zookeeper_client::Error::NoAuth,
+            "{node} is writable without credentials"
+        );
+        assert_eq!(anonymous.get_data(&node).await.unwrap().0, data);
+    }
+    assert_eq!(
+        anonymous
+            .create(
+                &format!("{root}/entries/planted"),
+                b"x",
+                &zookeeper_client::CreateMode::Persistent
+                    .with_acls(zookeeper_client::Acls::anyone_all())
+            )
+            .await
+            .unwrap_err(),
+        zookeeper_client::Error::NoAuth
+    );
+
+    // Without credentials the store reads, and refuses to write (creating no node).
+    let reader = ZookeeperKv::connect(&servers, &root).await.unwrap();
+    assert_eq!(
+        reader.get_string(&key).await.unwrap().as_deref(),
+        Some("frontend f\n")
+    );
+    let refused = reader.put(&key, "x".into()).await.unwrap_err();
+    assert!(refused.to_string().contains("read-only"), "{refused}");
+    let fresh = store_root("acl-fresh");
+    let _ = ZookeeperKv::connect(&servers, &fresh).await.unwrap();
+    assert!(anonymous.check_stat(&fresh).await.unwrap().is_none());
 }

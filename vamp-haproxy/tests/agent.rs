@@ -733,9 +733,10 @@ async fn zookeeper_end_to_end() {
     let Some(servers) = required_env("VAMP_ZOOKEEPER_SERVERS") else {
         return;
     };
-    let kv = vamp_backends::kv::zookeeper::ZookeeperKv::connect(
+    let kv = vamp_backends::kv::zookeeper::ZookeeperKv::connect_with(
         &servers,
         &format!("/vamp-agent-test-{}", std::process::id()),
+        vamp_backends::kv::zookeeper::ZookeeperAccess::digest("vamp-test", "not-a-real-secret"),
     )
     .await
     .unwrap();

@@ -80,6 +80,13 @@ pub struct ZookeeperKvConfig {
     pub servers: Vec<String>,
     /// Node prefix (default `/`).
     pub prefix: String,
+    /// The `digest` user; with `password`, nodes are writable by this user only (default none:
+    /// read-only).
+    pub user: Option<String>,
+    /// The `digest` password.
+    pub password: Option<Secret>,
+    /// Create world-writable nodes, as Vamp did (default `false`; `?acl=open`).
+    pub open_acl: bool,
 }
 
 impl Default for ZookeeperKvConfig {
@@ -87,6 +94,9 @@ impl Default for ZookeeperKvConfig {
         Self {
             servers: vec!["127.0.0.1:2181".into()],
             prefix: "/".into(),
+            user: None,
+            password: None,
+            open_acl: false,
         }
     }
 }
@@ -222,9 +232,22 @@ impl KvBackendConfig {
                 } else {
                     u.hosts_with_port(2181)
                 };
+                let open_acl = match u.query.get("acl").map(String::as_str) {
+                    None => false,
+                    Some("open") => true,
+                    Some(other) => {
+                        return Err(invalid(
+                            "zookeeper",
+                            format!("acl={other}: the only value is 'open'"),
+                        ));
+                    }
+                };
                 Self::Zookeeper(ZookeeperKvConfig {
                     servers,
                     prefix: prefix_of(&u),
+                    user: u.user.clone(),
+                    password: u.password.clone().map(Secret),
+                    open_acl,
                 })
             }
             "redis" => {
@@ -305,7 +328,23 @@ impl KvBackendConfig {
             }),
             #[cfg(feature = "kv-zookeeper")]
             Self::Zookeeper(c) => {
-                let kv = zookeeper::ZookeeperKv::connect(&c.servers.join(","), "/vamp-kv").await?;
+                let access = match (&c.user, &c.password, c.open_acl) {
+                    (Some(user), Some(password), false) => {
+                        zookeeper::ZookeeperAccess::digest(user, &password.0)
+                    }
+                    (None, None, true) => zookeeper::ZookeeperAccess::Open,
+                    (None, None, false) => zookeeper::ZookeeperAccess::ReadOnly,
+                    (_, _, true) => {
+                        return Err(invalid(
+                            "zookeeper",
+                            "acl=open and credentials exclude each other",
+                        ));
+                    }
+                    _ => return Err(invalid("zookeeper", "user and password go together")),
+                };
+                let kv =
+                    zookeeper::ZookeeperKv::connect_with(&c.servers.join(","), "/vamp-kv", access)
+                        .await?;
                 prefixed(kv, &c.prefix)
             }
             #[cfg(not(feature = "kv-zookeeper"))]

@@ -19,13 +19,23 @@
 //! change is lost while the log keeps it. The log is trimmed to the newest 10,000 changes; a
 //! watch that falls further behind yields an error saying so.
 //!
+//! **Access.** No node this store creates is writable by the world. With credentials
+//! ([`ZookeeperAccess::Digest`], `zk://user:password@host/prefix`) the session authenticates
+//! with ZooKeeper's built-in `digest` scheme and creates every node with the ACL
+//! `auth::cdrwa` (the same user) plus `world:anyone:r`, so agents can read without
+//! credentials but only that user can write. Without credentials the store is read-only
+//! ([`ZookeeperAccess::ReadOnly`]): writes fail with [`Error::InvalidConfig`] naming the fix,
+//! and no node is created. World-writable nodes (Vamp's behaviour) need an explicit
+//! [`ZookeeperAccess::Open`] (`?acl=open`). Nodes created earlier keep their ACLs.
+//!
 //! All nodes are persistent (nothing is lost with a session). Values are limited to 400 KiB:
 //! a `multi` carries the value twice (entry and log) within ZooKeeper's default 1 MiB
 //! `jute.maxbuffer`. TTLs are not supported.
 //!
 //! Configuration through [`KvBackendConfig`](super::KvBackendConfig):
-//! `zk://host1:2181,host2:2181/prefix` or the fields of
-//! [`ZookeeperKvConfig`](super::ZookeeperKvConfig): `servers`, `prefix`.
+//! `zk://[user:password@]host1:2181,host2:2181/prefix[?acl=open]` or the fields of
+//! [`ZookeeperKvConfig`](super::ZookeeperKvConfig): `servers`, `prefix`, `user`, `password`,
+//! `open_acl`.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -70,8 +80,57 @@ struct Inner {
     servers: String,
     root: String,
     label: String,
+    access: ZookeeperAccess,
     client: Mutex<Option<zk::Client>>,
 }
+
+/// Who may write the nodes this store creates (see the module docs).
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ZookeeperAccess {
+    /// No credentials: reads only; writes are refused before reaching ZooKeeper.
+    ReadOnly,
+    /// `digest` credentials: nodes are writable by this user only, readable by anyone.
+    Digest {
+        /// The user.
+        user: String,
+        /// The password.
+        password: String,
+    },
+    /// Nodes are created writable by anyone (`world:anyone:cdrwa`), as Vamp did. Unsafe
+    /// wherever anything but trusted processes can reach ZooKeeper.
+    Open,
+}
+
+impl ZookeeperAccess {
+    /// `digest` credentials.
+    pub fn digest(user: impl Into<String>, password: impl Into<String>) -> Self {
+        Self::Digest {
+            user: user.into(),
+            password: password.into(),
+        }
+    }
+}
+
+impl fmt::Debug for ZookeeperAccess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ReadOnly => f.write_str("ReadOnly"),
+            Self::Digest { user, .. } => f
+                .debug_struct("Digest")
+                .field("user", user)
+                .field("password", &"***")
+                .finish(),
+            Self::Open => f.write_str("Open"),
+        }
+    }
+}
+
+/// The same authenticated user may do anything; anyone may read.
+static AUTH_ALL_WORLD_READ: [zk::Acl; 2] = [
+    zk::Acl::new_const(zk::Permission::ALL, "auth", ""),
+    zk::Acl::new_const(zk::Permission::READ, "world", "anyone"),
+];
 
 fn map_err(label: &str, e: zk::Error) -> Error {
     use zk::Error as E;
@@ -87,11 +146,28 @@ fn map_err(label: &str, e: zk::Error) -> Error {
             backend: label.to_owned(),
             source: Box::new(e),
         },
+        // An I/O failure of the connection (reset, refused), which the client reports as a
+        // custom error when it happens while the session authenticates.
+        e if io_caused(&e) => Error::Unavailable {
+            backend: label.to_owned(),
+            source: Box::new(e),
+        },
         e => Error::Backend {
             backend: label.to_owned(),
             source: Box::new(e),
         },
     }
+}
+
+fn io_caused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        if c.is::<std::io::Error>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// One node name for a key: bytes outside `[A-Za-z0-9._~:-]` percent-encoded (so `/`, `%`
@@ -147,6 +223,28 @@ impl ZookeeperKv {
     /// [`Error::InvalidConfig`] for a bad root, [`Error::Unavailable`] when ZooKeeper cannot
     /// be reached.
     pub async fn connect(servers: &str, root: &str) -> Result<Self, Error> {
+        Self::connect_with(servers, root, ZookeeperAccess::ReadOnly).await
+    }
+
+    /// Connects like [`ZookeeperKv::connect`], with `access` deciding who may write the nodes
+    /// this store creates (with [`ZookeeperAccess::ReadOnly`], missing root nodes are not
+    /// created and writes are refused).
+    ///
+    /// # Errors
+    /// As [`ZookeeperKv::connect`]; a digest user containing `:` is [`Error::InvalidConfig`].
+    pub async fn connect_with(
+        servers: &str,
+        root: &str,
+        access: ZookeeperAccess,
+    ) -> Result<Self, Error> {
+        if let ZookeeperAccess::Digest { user, .. } = &access
+            && (user.is_empty() || user.contains(':'))
+        {
+            return Err(crate::invalid(
+                "zookeeper",
+                "a digest user must be non-empty and without ':'",
+            ));
+        }
         let root_path = KeyPath::parse(root)?;
         if root_path.is_root() {
             return Err(crate::invalid("zookeeper", "the root node must not be '/'"));
@@ -156,11 +254,15 @@ impl ZookeeperKv {
                 servers: servers.to_owned(),
                 root: root_path.as_str().to_owned(),
                 label: format!("ZooKeeper({servers}{})", root_path.as_str()),
+                access,
                 client: Mutex::new(None),
             }),
         };
         let client = kv.client().await?;
-        let dir = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+        let Some(acls) = kv.acls() else {
+            return Ok(kv);
+        };
+        let dir = zk::CreateMode::Persistent.with_acls(acls);
         for node in [
             kv.inner.root.clone(),
             format!("{}/entries", kv.inner.root),
@@ -182,9 +284,14 @@ impl ZookeeperKv {
         {
             return Ok(c.clone());
         }
-        let client = zk::Client::connector()
+        let mut connector = zk::Client::connector();
+        connector = connector
             .with_session_timeout(Duration::from_secs(10))
-            .with_connection_timeout(Duration::from_secs(5))
+            .with_connection_timeout(Duration::from_secs(5));
+        if let ZookeeperAccess::Digest { user, password } = &self.inner.access {
+            connector = connector.with_auth("digest", format!("{user}:{password}").as_bytes());
+        }
+        let client = connector
             .connect(&self.inner.servers)
             .await
             .map_err(|e| self.err(e))?;
@@ -194,6 +301,15 @@ impl ZookeeperKv {
 
     fn err(&self, e: zk::Error) -> Error {
         map_err(&self.inner.label, e)
+    }
+
+    /// The ACLs of created nodes; `None` when this store may not write.
+    fn acls(&self) -> Option<zk::Acls<'static>> {
+        match self.inner.access {
+            ZookeeperAccess::ReadOnly => None,
+            ZookeeperAccess::Digest { .. } => Some(zk::Acls::new(&AUTH_ALL_WORLD_READ)),
+            ZookeeperAccess::Open => Some(zk::Acls::anyone_all()),
+        }
     }
 
     fn entry(&self, key: &KeyPath) -> String {
@@ -207,11 +323,17 @@ impl ZookeeperKv {
         key: &KeyPath,
         write: Write<'_>,
     ) -> Result<Result<Version, zk::Error>, Error> {
+        let Some(acls) = self.acls() else {
+            return Err(crate::invalid(
+                "zookeeper",
+                "this store has no credentials and is read-only: give zk://user:password@… (nodes writable by that user only) or, to create world-writable nodes as Vamp did, ?acl=open",
+            ));
+        };
         let client = self.client().await?;
         let path = self.entry(key);
         let mut multi = client.new_multi_writer();
-        let file = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
-        let log = zk::CreateMode::PersistentSequential.with_acls(zk::Acls::anyone_all());
+        let file = zk::CreateMode::Persistent.with_acls(acls);
+        let log = zk::CreateMode::PersistentSequential.with_acls(acls);
         let record = match write {
             Write::Create(value) => {
                 multi
