@@ -71,7 +71,10 @@ impl Agent {
         options: AgentOptions,
         events: Arc<InMemoryMetrics>,
     ) -> Self {
-        let agent = GatewayAgent::new(kv, options).with_events(events);
+        Self::run(GatewayAgent::new(kv, options).with_events(events))
+    }
+
+    fn run(agent: GatewayAgent) -> Self {
         let status = agent.status();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(agent.run(async {
@@ -530,4 +533,80 @@ async fn an_agent_killed_beside_its_haproxy_adopts_it() {
     second.kill().unwrap();
     second.wait().unwrap();
     kill(master, "TERM");
+}
+
+/// Request records come only from the HAProxy the agent runs: datagrams from another local
+/// sender, with HAProxy's default tag or a guessed one, are not counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forged_log_datagrams_are_not_counted() {
+    use vamp_core::metrics::MetricsStore;
+    let Some(bin) = haproxy() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let backend = HttpBackend::start("a");
+    let port = free_port();
+    let kv: Arc<DynKeyValueStore> = Arc::new(InMemoryKv::new());
+    let metrics = Arc::new(InMemoryMetrics::new());
+    let agent = GatewayAgent::new(
+        Arc::clone(&kv),
+        AgentOptions::new(key(), dir.path().join("agent"))
+            .with_haproxy_bin(bin)
+            .with_socket_dir(dir.path())
+            .with_syslog("127.0.0.1:0".parse().unwrap()),
+    )
+    .with_metrics(Arc::clone(&metrics) as Arc<vamp_core::metrics::DynMetricsStore>);
+    let mut agent = Agent::run(agent);
+    let text = config(port, dir.path(), &backend);
+    let frontend = text
+        .lines()
+        .zip(text.lines().skip(1))
+        .find(|(_, next)| next.trim() == format!("bind 127.0.0.1:{port}"))
+        .and_then(|(line, _)| line.strip_prefix("frontend "))
+        .unwrap()
+        .to_owned();
+    let v = kv.put(&key(), text.into()).await.unwrap();
+    let s = agent
+        .until("applied", |s| s.applied_version == Some(v.0))
+        .await;
+    let syslog = s.syslog.unwrap();
+    let count = async || {
+        metrics
+            .request_metrics(&frontend, Duration::from_secs(600))
+            .await
+            .unwrap()
+            .requests
+    };
+    let until_count = async |n: u64| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while count().await < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {} records",
+                count().await
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    until_served(port, "a").await;
+    let served = count().await.max(1);
+    until_count(served).await;
+    let forger = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for tag in ["haproxy", "vga-00000000000000000000000000000000", "vga"] {
+        let line = format!(
+            "<134>Nov 29 08:00:00 {tag}[1]: {{\"ci\":\"127.0.0.1\",\"cp\":1,\"t\":\"29/Nov/2026:08:00:00.000\",\"ft\":\"{frontend}\",\"b\":\"x\",\"s\":\"y\",\"Tq\":0,\"Tw\":0,\"Tc\":0,\"Tr\":0,\"Tt\":1,\"ST\":500,\"B\":0,\"CC\":\"-\",\"CS\":\"-\",\"tsc\":\"----\",\"ac\":1,\"fc\":1,\"bc\":1,\"sc\":1,\"rc\":0,\"sq\":0,\"bq\":0,\"hr\":\"\",\"hs\":\"\",\"r\":\"GET / HTTP/1.1\"}}"
+        );
+        for _ in 0..50 {
+            forger.send_to(line.as_bytes(), syslog).unwrap();
+        }
+    }
+    // One more real request, sent after the forgeries: counted, and nothing else.
+    let before = count().await;
+    let _ = tokio::task::spawn_blocking(move || get(port, "/", &[])).await;
+    until_count(before + 1).await;
+    let m = metrics
+        .request_metrics(&frontend, Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert_eq!(m.requests, before + 1);
+    assert_eq!(m.status.server_error, 0, "no forged 500 was counted");
+    agent.stop().await;
 }

@@ -29,19 +29,27 @@ struct State {
     next_id: u64,
     subscribers: Vec<Subscriber>,
     requests: VecDeque<RequestRecord>,
+    dropped: u64,
 }
 
 /// An in-memory [`EventStore`] and [`MetricsStore`]: the embedded default, fed straight from
 /// HAProxy's logs by the gateway agent.
 ///
 /// Request records older than the retention (default one hour) are dropped as new ones
-/// arrive; events are kept. The clock is injectable for tests. Cloning shares the store.
+/// arrive, and so are the oldest beyond [`DEFAULT_MAX_RECORDS`] (or
+/// [`InMemoryMetrics::with_max_records`]), counted by [`InMemoryMetrics::dropped_records`], so
+/// memory stays bounded whatever the request rate (a record takes about 250 bytes). Events
+/// are kept. The clock is injectable for tests. Cloning shares the store.
 #[derive(Clone)]
 pub struct InMemoryMetrics {
     state: Arc<Mutex<State>>,
     clock: Clock,
     retention: Duration,
+    max_records: usize,
 }
+
+/// The most request records an [`InMemoryMetrics`] keeps by default (about 60 MiB).
+pub const DEFAULT_MAX_RECORDS: usize = 250_000;
 
 impl Default for InMemoryMetrics {
     fn default() -> Self {
@@ -61,7 +69,20 @@ impl InMemoryMetrics {
             state: Arc::default(),
             clock: Arc::new(clock),
             retention: Duration::from_secs(3600),
+            max_records: DEFAULT_MAX_RECORDS,
         }
+    }
+
+    /// Sets how many request records are kept at most (the oldest go first).
+    #[must_use]
+    pub fn with_max_records(mut self, max: usize) -> Self {
+        self.max_records = max;
+        self
+    }
+
+    /// Request records dropped because the store was full (not those past the retention).
+    pub fn dropped_records(&self) -> u64 {
+        self.state.lock().dropped
     }
 
     /// Sets how long request records are kept.
@@ -199,6 +220,11 @@ impl MetricsStore for InMemoryMetrics {
         while s.requests.front().is_some_and(|r| r.timestamp_ms <= cutoff) {
             s.requests.pop_front();
         }
+        let over = s.requests.len().saturating_sub(self.max_records);
+        if over > 0 {
+            s.requests.drain(..over);
+            s.dropped += over as u64;
+        }
         Ok(())
     }
 
@@ -259,6 +285,37 @@ mod tests {
                 .unwrap()
                 .requests,
             2
+        );
+    }
+
+    #[tokio::test]
+    async fn request_records_are_bounded_and_the_oldest_go_first() {
+        let store = InMemoryMetrics::with_clock(|| NOW).with_max_records(10);
+        let record = |i: i64| RequestRecord {
+            timestamp_ms: NOW - 1000 + i,
+            frontend: "f".into(),
+            backend: "b".into(),
+            server: None,
+            status: Some(if i < 15 { 500 } else { 200 }),
+            total_time_ms: 1,
+            bytes_read: 0,
+        };
+        for chunk in (0..25).collect::<Vec<i64>>().chunks(7) {
+            store
+                .record(chunk.iter().map(|&i| record(i)).collect())
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.state.lock().requests.len(), 10);
+        assert_eq!(store.dropped_records(), 15);
+        let m = store
+            .request_metrics("f", Duration::from_secs(3600))
+            .await
+            .unwrap();
+        assert_eq!(
+            (m.requests, m.status.server_error),
+            (10, 0),
+            "the newest are kept"
         );
     }
 
