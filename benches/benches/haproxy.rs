@@ -80,6 +80,63 @@ fn main() {
         }
         g.finish();
     }
+    {
+        // The agent checks every value against the allow-list before anything else.
+        let mut g = c.benchmark_group("haproxy_allow_list");
+        g.sample_size(10);
+        let policy = vamp_haproxy::allow::AllowPolicy::new(opts.socket_dir.as_str());
+        for &n in &sizes {
+            let config = render(&gateways(n), &opts).expect("render").render();
+            g.throughput(Throughput::Bytes(config.len() as u64));
+            g.bench_with_input(BenchmarkId::new("gateways", n), &config, |b, config| {
+                b.iter(|| vamp_haproxy::allow::check(black_box(config), &policy).expect("allowed"))
+            });
+        }
+        g.finish();
+    }
+    {
+        // Conditions at the documented maximum of 12 distinct tests: the minimiser's worst
+        // cases (exact minimisation past its budget falls back to the condition's own form).
+        let test = |i: usize| match i % 4 {
+            0 => format!("has header h{i}"),
+            1 => format!("misses cookie c{i}"),
+            2 => format!("host = host{i}.example"),
+            _ => format!("<path_beg /p{i}>"),
+        };
+        let all: Vec<String> = (0..12).map(test).collect();
+        let cases = [
+            ("nand_12", format!("not ({})", all.join(" and "))),
+            (
+                "pairs_12",
+                (0..6)
+                    .map(|i| format!("({} and {})", all[2 * i], all[(2 * i + 3) % 12]))
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+            ),
+            (
+                "and_of_ors_8",
+                (0..4)
+                    .map(|i| format!("({} or {})", all[2 * i], all[2 * i + 1]))
+                    .collect::<Vec<_>>()
+                    .join(" and "),
+            ),
+            (
+                "and_of_ors_12",
+                (0..6)
+                    .map(|i| format!("({} or {})", all[2 * i], all[2 * i + 1]))
+                    .collect::<Vec<_>>()
+                    .join(" and "),
+            ),
+        ];
+        let mut g = c.benchmark_group("haproxy_condition");
+        g.sample_size(10);
+        for (name, condition) in &cases {
+            g.bench_with_input(BenchmarkId::new("resolve", name), condition, |b, c| {
+                b.iter(|| vamp_haproxy::acl::resolve(black_box(c)).expect("resolves"))
+            });
+        }
+        g.finish();
+    }
     c.final_summary();
     for &n in &sizes {
         let config = render(&gateways(n), &opts).expect("render").render();

@@ -34,6 +34,8 @@ pub(crate) async fn serve(listener: TcpListener, status: watch::Receiver<AgentSt
         let status = status.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            #[cfg(test)]
+            let _active = tests::Active::enter();
             let mut request = Vec::new();
             let mut buf = [0u8; 1024];
             // Read the request head (bounded in size and, as a whole, in time).
@@ -65,5 +67,62 @@ pub(crate) async fn serve(listener: TcpListener, status: watch::Receiver<AgentSt
             let _ = stream.write_all(response.as_bytes()).await;
             let _ = stream.shutdown().await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+    static HIGH_WATER: AtomicUsize = AtomicUsize::new(0);
+
+    /// Counts a connection being served.
+    pub(super) struct Active;
+
+    impl Active {
+        pub(super) fn enter() -> Self {
+            let now = ACTIVE.fetch_add(1, Ordering::SeqCst) + 1;
+            HIGH_WATER.fetch_max(now, Ordering::SeqCst);
+            Self
+        }
+    }
+
+    impl Drop for Active {
+        fn drop(&mut self) {
+            ACTIVE.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// 40 idle connections do not make the endpoint hold 40 sockets and tasks: at most
+    /// [`MAX_CONNECTIONS`] are served at once, and a real request is still answered once the
+    /// idle ones reach their deadline.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_are_capped() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (_tx, rx) = watch::channel(AgentStatus::default());
+        let server = tokio::spawn(serve(listener, rx));
+        let mut idle = Vec::new();
+        for _ in 0..40 {
+            idle.push(tokio::net::TcpStream::connect(address).await.unwrap());
+        }
+        // Accepted in order: the request below is served after every idle connection was.
+        let mut c = tokio::net::TcpStream::connect(address).await.unwrap();
+        c.write_all(b"GET /health HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            c.read_to_string(&mut answer),
+        )
+        .await
+        .expect("answered once idle connections time out")
+        .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        let high = HIGH_WATER.load(Ordering::SeqCst);
+        assert!(high <= MAX_CONNECTIONS, "{high} connections served at once");
+        server.abort();
     }
 }
