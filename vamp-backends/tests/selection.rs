@@ -339,3 +339,33 @@ fn configs_round_trip_through_serde() {
         "unknown keys are errors"
     );
 }
+
+/// ZooKeeper: credentials in the URL give digest access, `?acl=open` asks for Vamp's open
+/// ACLs explicitly, and the password stays out of `Debug`.
+#[test]
+fn zookeeper_access_comes_from_the_url() {
+    let KvBackendConfig::Zookeeper(c) =
+        KvBackendConfig::from_url("zk://vamp:s3cret@z1:2181,z2/vamp").unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(c.user.as_deref(), Some("vamp"));
+    assert_eq!(c.password.as_ref().map(|p| p.0.as_str()), Some("s3cret"));
+    assert!(!c.open_acl);
+    assert!(!format!("{c:?}").contains("s3cret"));
+    let KvBackendConfig::Zookeeper(open) =
+        KvBackendConfig::from_url("zk://z1/vamp?acl=open").unwrap()
+    else {
+        panic!()
+    };
+    assert!(open.open_acl && open.user.is_none());
+    let KvBackendConfig::Zookeeper(default) = KvBackendConfig::from_url("zk://z1/vamp").unwrap()
+    else {
+        panic!()
+    };
+    assert!(
+        !default.open_acl && default.user.is_none(),
+        "read-only by default"
+    );
+    assert!(KvBackendConfig::from_url("zk://z1/vamp?acl=world").is_err());
+}
