@@ -173,9 +173,7 @@ async fn hostile_values_are_rejected_before_haproxy_sees_them() {
     let hostile = [
         format!("program evil\n  command touch {}\n", marker.display()),
         format!("global\n  lua-load {}\n", lua.display()),
-        format!(
-            "backend x\n  option external-check\n  external-check command /usr/bin/touch\n  server s 127.0.0.1:1 check\n"
-        ),
+        "backend x\n  option external-check\n  external-check command /usr/bin/touch\n  server s 127.0.0.1:1 check\n".to_owned(),
         "global\n  stats socket 0.0.0.0:19999 level admin\n".to_owned(),
         format!("backend x\n  server s unix@{}/stats.sock\n", work.display()),
         "frontend x\n  bind 127.0.0.1:19998\n  acl a env(HOME) -m found\n  use_backend x if a\n"
@@ -608,5 +606,86 @@ async fn forged_log_datagrams_are_not_counted() {
         .unwrap();
     assert_eq!(m.requests, before + 1);
     assert_eq!(m.status.server_error, 0, "no forged 500 was counted");
+    agent.stop().await;
+}
+
+/// The runtime API's answer to `get weight <backend>/<server>`.
+fn live_weight(stats: &Path, backend: &str, server: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut c = std::os::unix::net::UnixStream::connect(stats).ok()?;
+    c.write_all(format!("get weight {backend}/{server}\n").as_bytes())
+        .ok()?;
+    c.shutdown(std::net::Shutdown::Write).ok()?;
+    let mut out = String::new();
+    c.read_to_string(&mut out).ok()?;
+    out.split_whitespace().next()?.parse().ok()
+}
+
+/// A weight change that HAProxy takes for one backend and refuses for another (static-rr
+/// accepts only 0% or 100% at run time) leaves no mix: the first is put back before the
+/// reload, and while the reload cannot finish (the master is stopped) the old weights serve;
+/// the timed-out reload is retried and applies the new configuration once the master answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partly_refused_weight_change_leaves_no_mix_and_a_reload_timeout_is_retried() {
+    let Some(bin) = haproxy() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (HttpBackend::start("a"), HttpBackend::start("b"));
+    let (port_a, port_b) = (free_port(), free_port());
+    let value = |wa: u16, wb: u16| {
+        format!(
+            "frontend fa\n  bind 127.0.0.1:{port_a}\n  mode http\n  default_backend ba\n\nfrontend fb\n  bind 127.0.0.1:{port_b}\n  mode http\n  default_backend bb\n\nbackend ba\n  mode http\n  balance roundrobin\n  server sa 127.0.0.1:{} weight {wa} check\n\nbackend bb\n  mode http\n  balance static-rr\n  server sb 127.0.0.1:{} weight {wb} check\n",
+            a.port, b.port
+        )
+    };
+    let kv: Arc<DynKeyValueStore> = Arc::new(InMemoryKv::new());
+    let work = dir.path().join("agent");
+    let mut agent = Agent::start(
+        Arc::clone(&kv),
+        AgentOptions::new(key(), &work)
+            .with_haproxy_bin(bin)
+            .with_socket_dir(dir.path())
+            .with_timeout(Duration::from_secs(1))
+            .with_backoff(Duration::from_millis(100), Duration::from_millis(300)),
+        Arc::new(InMemoryMetrics::new()),
+    );
+    let v1 = kv.put(&key(), value(100, 100).into()).await.unwrap();
+    let s = agent
+        .until("applied", |s| s.applied_version == Some(v1.0))
+        .await;
+    let stats = work.join("stats.sock");
+    assert_eq!(live_weight(&stats, "ba", "sa"), Some(100));
+    let master = s.haproxy_pid.unwrap();
+    kill(master, "STOP");
+    let v2 = kv.put(&key(), value(50, 20).into()).await.unwrap();
+    let s = agent
+        .until("the reload timed out", |s| s.retries >= 1)
+        .await;
+    assert_eq!(s.counts.rejected, 0, "{s:?}");
+    assert_eq!(
+        (
+            live_weight(&stats, "ba", "sa"),
+            live_weight(&stats, "bb", "sb")
+        ),
+        (Some(100), Some(100)),
+        "the old weights serve, not a mix"
+    );
+    kill(master, "CONT");
+    let s = agent
+        .until("applied after the retry", |s| {
+            s.applied_version == Some(v2.0)
+        })
+        .await;
+    assert_eq!((s.counts.reload, s.counts.dynamic), (2, 0), "{s:?}");
+    until_served(port_a, "a").await;
+    // The new worker runs the new weights (its stats socket is the same path).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while live_weight(&stats, "ba", "sa") != Some(50) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new weights never showed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(live_weight(&stats, "bb", "sb"), Some(20));
     agent.stop().await;
 }
