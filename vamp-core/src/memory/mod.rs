@@ -7,6 +7,6 @@ mod persistence;
 mod scheduler;
 
 pub use kv::InMemoryKv;
-pub use metrics::InMemoryMetrics;
+pub use metrics::{DEFAULT_MAX_RECORDS, InMemoryMetrics};
 pub use persistence::InMemoryPersistence;
 pub use scheduler::InMemoryScheduler;
