@@ -23,6 +23,11 @@ use vamp_core::persistence::{
 
 const K: ArtifactKind = ArtifactKind::Breed;
 
+/// The restart tests stop the shared PostgreSQL and MariaDB servers: they hold this lock
+/// exclusively, every other test of this file holds it shared, so no test sees a server go
+/// away under it.
+static SERVERS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 fn required() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
         || std::env::var("VAMP_TEST_INTEGRATION").is_ok_and(|v| !v.is_empty() && v != "0")
@@ -109,6 +114,7 @@ fn put(name: &str, content: serde_json::Value, mode: PutMode) -> ArtifactWrite {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_stores_pass_the_persistence_conformance_suite() {
+    let _servers = SERVERS.read().await;
     let dir = tempfile::tempdir().unwrap();
     let dbs = databases(dir.path());
     for (label, url) in &dbs {
@@ -136,6 +142,7 @@ async fn sqlite_in_memory_passes_the_conformance_suite() {
 /// one version per increment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_concurrent_writers_lose_no_update() {
+    let _servers = SERVERS.read().await;
     let dir = tempfile::tempdir().unwrap();
     for (label, url) in databases(dir.path()) {
         let t = table("two_writers");
@@ -202,6 +209,7 @@ async fn two_instances_concurrent_writers_lose_no_update() {
 /// A change feed opened on one instance sees writes made through another, in version order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn change_feed_sees_another_instances_writes() {
+    let _servers = SERVERS.read().await;
     let dir = tempfile::tempdir().unwrap();
     for (label, url) in databases(dir.path()) {
         let t = table("feed");
@@ -234,6 +242,7 @@ async fn change_feed_sees_another_instances_writes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_keep_case_and_sort_bytewise_and_long_names_are_refused() {
+    let _servers = SERVERS.read().await;
     let dir = tempfile::tempdir().unwrap();
     for (label, url) in databases(dir.path()) {
         let t = table("names");
@@ -275,6 +284,7 @@ async fn names_keep_case_and_sort_bytewise_and_long_names_are_refused() {
 
 #[tokio::test]
 async fn a_schema_newer_than_the_library_is_refused() {
+    let _servers = SERVERS.read().await;
     if !cfg!(feature = "persistence-sqlite") {
         return;
     }
@@ -318,6 +328,7 @@ async fn a_schema_newer_than_the_library_is_refused() {
 
 #[tokio::test]
 async fn hostile_table_names_are_refused_before_any_sql() {
+    let _servers = SERVERS.read().await;
     for t in ["x; DROP TABLE y", "a-b", "", "1x", "x\"y"] {
         let e = SqlPersistence::connect("sqlite::memory:", SqlOptions::default().table(t))
             .await
@@ -370,6 +381,7 @@ async fn run(var: &str) {
 /// across the outage fails with a temporary error, starts the server, reconnects, and finds
 /// every acknowledged write with its history; the kept store recovers without being rebuilt.
 async fn survives_a_server_restart(label: &str, url_var: &str, var_prefix: &str, feature_on: bool) {
+    let _servers = SERVERS.write().await;
     let Some(url) = env_url(url_var, feature_on) else {
         return;
     };
