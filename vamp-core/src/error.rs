@@ -598,6 +598,137 @@ impl std::error::Error for ReadError {
 /// The result of reading a document.
 pub type ReadResult<T> = Result<T, ReadError>;
 
+/// An error of the operations layer ([`crate::ops`]), named and worded as Vamp's operation
+/// notifications (`messages.yml`); [`OperationError::code`] is Vamp's name.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OperationError {
+    /// A reference that cannot be expanded, or a deployment that does not exist.
+    #[error("Artifact cannot be found: '{name}'.")]
+    ArtifactNotFound {
+        /// The kind (`breeds`, `scales`, `blueprints`, `deployments`, ...).
+        kind: String,
+        /// The name.
+        name: String,
+    },
+    /// Two active services of a deployment with the same breed.
+    #[error("Multiple references for breed: '{breed}'.")]
+    NonUniqueBreedReferenceError {
+        /// The breed's name.
+        breed: String,
+    },
+    /// A breed variable without a value that neither the service nor the blueprint gives.
+    #[error("Unresolved value of variable '{name}' for breed '{breed}'.")]
+    UnresolvedVariableValueError {
+        /// The breed's name.
+        breed: String,
+        /// The variable's name.
+        name: String,
+    },
+    /// A blueprint variable that names no cluster, or a variable its breeds do not declare.
+    #[error(
+        "Parameter '{name} -> {value}' cannot be resolved. Check if cluster exists and if it has any breed with port, environment variable or constant referable by {name}."
+    )]
+    UnresolvedEnvironmentVariableError {
+        /// The variable's name.
+        name: String,
+        /// Its value.
+        value: String,
+    },
+    /// A breed dependency that matches no service of the deployment.
+    #[error("Unresolved dependency '{dependency}' for breed '{breed}'.")]
+    UnresolvedDependencyError {
+        /// The breed's name.
+        breed: String,
+        /// The dependency.
+        dependency: String,
+    },
+    /// Services that depend on each other in a circle.
+    #[error("Recursive dependency detected for breed: '{breed}'.")]
+    RecursiveDependenciesError {
+        /// A breed on the circle.
+        breed: String,
+    },
+    /// Route weights of a cluster gateway after a merge that total neither 0% nor 100%.
+    #[error(
+        "Total route weight for deployment '{deployment}' and cluster '{cluster}' must be either 100% or 0%, not {weight}%"
+    )]
+    UnsupportedRouteWeight {
+        /// The deployment.
+        deployment: String,
+        /// The cluster.
+        cluster: String,
+        /// The total.
+        weight: u32,
+    },
+    /// A slice that would leave a port's remaining routes not totalling 100%.
+    #[error(
+        "Invalid route weight in cluster '{deployment}/{cluster}' - after updating the services and routes, weight {weight}% is invalid for port: '{port}'."
+    )]
+    InvalidRouteWeight {
+        /// The deployment.
+        deployment: String,
+        /// The cluster.
+        cluster: String,
+        /// The port's name.
+        port: String,
+        /// The total.
+        weight: u32,
+    },
+    /// A gateway port already used by another gateway.
+    #[error(
+        "Gateway port '{port}' is/was in use by deployment: '{gateway}'. Remove '{gateway}' gateway first or use different port."
+    )]
+    UnavailableGatewayPortError {
+        /// The port.
+        port: String,
+        /// The gateway using it.
+        gateway: String,
+    },
+    /// The gateway port range is used up.
+    #[error("No port available in the range [{begin}-{end}].")]
+    NoAvailablePortError {
+        /// The range's first port.
+        begin: u16,
+        /// The range's last port.
+        end: u16,
+    },
+    /// A service stuck in a phase past the timeout.
+    #[error("Deployment service error for deployment '{deployment}' and service '{service}'.")]
+    DeploymentServiceError {
+        /// The deployment.
+        deployment: String,
+        /// The service (breed name).
+        service: String,
+    },
+    /// A deployment named like a workflow.
+    #[error("There cannot exist deployment and workflow with the same name: {name}.")]
+    DeploymentWorkflowNameCollision {
+        /// The name.
+        name: String,
+    },
+}
+
+impl OperationError {
+    /// Vamp's notification name (`ArtifactNotFound`, `UnsupportedRouteWeight`, ...).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::ArtifactNotFound { .. } => "ArtifactNotFound",
+            Self::NonUniqueBreedReferenceError { .. } => "NonUniqueBreedReferenceError",
+            Self::UnresolvedVariableValueError { .. } => "UnresolvedVariableValueError",
+            Self::UnresolvedEnvironmentVariableError { .. } => "UnresolvedEnvironmentVariableError",
+            Self::UnresolvedDependencyError { .. } => "UnresolvedDependencyError",
+            Self::RecursiveDependenciesError { .. } => "RecursiveDependenciesError",
+            Self::UnsupportedRouteWeight { .. } => "UnsupportedRouteWeight",
+            Self::InvalidRouteWeight { .. } => "InvalidRouteWeight",
+            Self::UnavailableGatewayPortError { .. } => "UnavailableGatewayPortError",
+            Self::NoAvailablePortError { .. } => "NoAvailablePortError",
+            Self::DeploymentServiceError { .. } => "DeploymentServiceError",
+            Self::DeploymentWorkflowNameCollision { .. } => "DeploymentWorkflowNameCollision",
+        }
+    }
+}
+
 /// A boxed error from a backend's own client library.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -668,6 +799,9 @@ pub enum Error {
     /// A stored or given artifact is not valid DSL.
     #[error(transparent)]
     Read(#[from] ReadError),
+    /// An operation Vamp refuses (merge, slice, scale, ...).
+    #[error(transparent)]
+    Operation(#[from] OperationError),
     /// A backend configuration that cannot work.
     #[error("invalid configuration for {backend}: {message}")]
     InvalidConfig {

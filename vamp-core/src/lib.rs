@@ -10,6 +10,8 @@
 //! * [`lookup`]: Vamp's SHA-1 lookup names, so HAProxy names match an existing installation.
 //! * [`parser`]: value interpolation (`$db.host`), boolean expressions and route selectors.
 //! * [`condition`]: the gateway route condition grammar (`user-agent = Chrome and has cookie x`).
+//! * [`ops`]: the operations layer: blueprints merged into deployments, slices, scales,
+//!   deploy-time resolution and the service status machine, as pure planners.
 //! * [`kv`]: the key-value store trait and Vamp's key layout; [`memory`] holds the in-memory
 //!   implementations; [`layers`] the namespacing and retry wrappers; `conformance` (feature
 //!   `conformance`) the suites every backend runs.
@@ -37,6 +39,7 @@ pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod node;
+pub mod ops;
 pub mod parser;
 pub mod persistence;
 pub mod rt;

@@ -1,0 +1,33 @@
+//! The operations layer: blueprints become deployments (Vamp's `DeploymentActor` and
+//! synchronisation), as pure planners over the model.
+//!
+//! * [`deploy`]: create and merge a blueprint into a deployment, slice services out of it,
+//!   scale a service, export a deployment as a blueprint. Pure functions: the current
+//!   deployment, the blueprint and a snapshot of the stored artifacts in, the new deployment
+//!   out, or an [`OperationError`] with Vamp's notification name.
+//! * [`resolve`]: environment variables, constants, ports and dependencies resolved at deploy
+//!   time (`$db.host`, `$db.ports.port`, `${db.constants.x}`).
+//! * [`status`]: the service status machine (Initiated → Updating → Done, per intention, and
+//!   Failed past a timeout).
+//!
+//! Nothing here does I/O or reads a clock: time is an argument (milliseconds since the Unix
+//! epoch), so a test can say "deploy, tick, assert" without sleeping.
+//!
+//! ```
+//! use vamp_core::dsl::{read_str, AnyArtifact};
+//! use vamp_core::model::ArtifactKind;
+//! use vamp_core::ops::deploy::{merge, Artifacts, MergeOptions};
+//!
+//! let doc = "name: sava\nclusters:\n  sava:\n    breed:\n      name: sava:1.0.0\n      deployable: sava\n      ports: {webport: 8080/http}\n";
+//! let AnyArtifact::Blueprint(bp) = read_str(doc, Some(ArtifactKind::Blueprint)).unwrap().remove(0) else { unreachable!() };
+//! let merged = merge(None, "sava", &bp, &Artifacts::default(), &MergeOptions::new(0)).unwrap();
+//! let cluster = &merged.deployment.clusters[0];
+//! assert_eq!(cluster.gateways[0].name, "sava/sava/webport");
+//! assert!(cluster.gateways[0].port.number > 0, "a port from the gateway port range");
+//! ```
+
+pub mod deploy;
+pub mod resolve;
+pub mod status;
+
+pub use crate::error::OperationError;
