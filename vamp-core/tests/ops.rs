@@ -601,3 +601,21 @@ fn weights_are_filled_as_vamp_did() {
     assert_eq!(w, [33, 33, 34]);
     let _ = Percentage(0);
 }
+
+#[test]
+fn a_deployment_survives_the_store_s_serialisation() {
+    let d = merge(None, "sava", &blueprint(SAVA), &Artifacts::new(), &opts())
+        .unwrap()
+        .deployment;
+    let json = serde_json::to_value(&d).unwrap();
+    let mut back: Deployment = serde_json::from_value(json.clone()).unwrap();
+    vamp_core::ops::deploy::normalize(&mut back);
+    assert_eq!(
+        back.clusters[0].gateways, d.clusters[0].gateways,
+        "{json:#}"
+    );
+    assert_eq!(back, d);
+    let mut again = back.clone();
+    vamp_core::ops::deploy::normalize(&mut again);
+    assert_eq!(again, back, "idempotent");
+}

@@ -174,6 +174,64 @@ pub fn empty(name: &str) -> Deployment {
     }
 }
 
+/// Restores what the DSL's deployment form leaves implicit, after a deployment was read from
+/// the store: internal gateway names (`deployment/cluster/port`) and ports (from the
+/// deployment's `cluster.ports.port` traits), deployment gateway names (`deployment/port`),
+/// route path segments, and the full trait names (`cluster.ports.port`,
+/// `cluster.hosts.host`). Idempotent.
+pub fn normalize(d: &mut Deployment) {
+    let full = |name: &str, group: &str| -> String {
+        let mut parts = name.splitn(3, '.');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(c), Some(n), None) => format!("{c}.{group}.{n}"),
+            (Some(c), None, None) => {
+                format!("{c}.{group}.{}", if group == "hosts" { "host" } else { "" })
+            }
+            _ => name.to_owned(),
+        }
+    };
+    for p in &mut d.ports {
+        p.name = full(&p.name, "ports");
+    }
+    for h in &mut d.hosts {
+        h.name = full(&h.name, "hosts");
+    }
+    let name = d.name.clone();
+    let ports = d.ports.clone();
+    for c in &mut d.clusters {
+        for g in &mut c.gateways {
+            g.name = format!("{name}/{}/{}", c.name, g.port.name);
+            if let Some(p) = ports
+                .iter()
+                .find(|p| p.name == format!("{}.ports.{}", c.name, g.port.name))
+            {
+                g.port.number = p.number;
+                g.port.port_type = p.port_type;
+                g.port.value = Some(format!("{}/{}", p.number, p.port_type));
+            }
+            for r in &mut g.routes {
+                reparse(r);
+            }
+        }
+    }
+    for g in &mut d.gateways {
+        if g.name.is_empty() {
+            g.name = format!("{name}/{}", g.port.name);
+        }
+        for r in &mut g.routes {
+            reparse(r);
+        }
+    }
+}
+
+/// A route path read as one segment (a cluster gateway's service key) split again.
+fn reparse(r: &mut Route) {
+    match r {
+        Route::Default(r) => r.path = GatewayPath::new(r.path.source.clone()),
+        Route::Reference { path, .. } => *path = GatewayPath::new(path.source.clone()),
+    }
+}
+
 /// `cluster.environment_variables.NAME` for a blueprint variable written `cluster.NAME` or in
 /// full; `None` when it names no cluster.
 fn env_name(name: &str) -> Option<(String, String)> {
@@ -333,6 +391,7 @@ pub fn merge(
     }
     let mut d = existing.cloned().unwrap_or_else(|| empty(name));
     d.name = name.into();
+    normalize(&mut d);
     let mut new_breeds = Vec::new();
 
     // The blueprint's clusters, expanded.

@@ -26,7 +26,9 @@
 //! assert!(cluster.gateways[0].port.number > 0, "a port from the gateway port range");
 //! ```
 
+pub mod controller;
 pub mod deploy;
+pub mod reconcile;
 pub mod resolve;
 pub mod status;
 

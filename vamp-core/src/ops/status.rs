@@ -91,14 +91,25 @@ pub fn failed(current: &ServiceStatus, notification: String, now: i64) -> Servic
     }
 }
 
-/// Whether a phase other than Done or Failed has lasted longer than `timeout_ms` at `now`.
-/// A phase whose time cannot be read counts as timed out (it cannot be waited on).
+/// Whether a status that is neither Done nor Failed was set (its intention's `since`: a merge,
+/// a scale, or a deployed service losing readiness) longer than `timeout_ms` before `now`. A
+/// time that cannot be read counts as timed out (it cannot be waited on).
 pub fn timed_out(status: &ServiceStatus, now: i64, timeout_ms: i64) -> bool {
     match kind(&status.phase) {
         Some(PhaseKind::Initiated | PhaseKind::Updating) => {
-            phase_since(&status.phase).is_none_or(|since| now.saturating_sub(since) > timeout_ms)
+            parse_millis(&status.since).is_none_or(|since| now.saturating_sub(since) > timeout_ms)
         }
         _ => false,
+    }
+}
+
+/// The same intention `Updating`: a fresh status (intention time `now`) when it was Done (work
+/// starts again), else the phase moved.
+pub fn updating(current: &ServiceStatus, now: i64) -> ServiceStatus {
+    if kind(&current.phase) == Some(PhaseKind::Done) {
+        status(current.intention, PhaseKind::Updating, now)
+    } else {
+        moved(current, PhaseKind::Updating, now)
     }
 }
 
@@ -135,6 +146,10 @@ mod tests {
         ));
         let u = moved(&s, PhaseKind::Updating, T0 + 5);
         assert_eq!(phase_since(&u.phase), Some(T0 + 5));
+        assert!(
+            timed_out(&u, T0 + DEFAULT_TIMEOUT_MS + 1, DEFAULT_TIMEOUT_MS),
+            "counted from the intention"
+        );
         assert_eq!(
             moved(&u, PhaseKind::Updating, T0 + 9),
             u,
@@ -142,6 +157,12 @@ mod tests {
         );
         let d = moved(&u, PhaseKind::Done, T0 + 10);
         assert!(is_deployed(&d));
+        let again = updating(&d, T0 + 20 * DEFAULT_TIMEOUT_MS);
+        assert!(!timed_out(
+            &again,
+            T0 + 20 * DEFAULT_TIMEOUT_MS + 1,
+            DEFAULT_TIMEOUT_MS
+        ));
         assert!(!timed_out(
             &d,
             T0 + 10 * DEFAULT_TIMEOUT_MS,
