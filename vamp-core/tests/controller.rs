@@ -465,6 +465,14 @@ async fn slicing_everything_undeploys_and_deletes_the_deployment() {
     let sliced = slice(&d.value, &all, h.clock.now()).unwrap();
     h.store.update(&sliced, d.version).await.unwrap();
     let r = h.tick().await;
+    assert!(
+        r.plan.actions.is_empty(),
+        "the gateways go first; the instances keep serving while the agents apply them"
+    );
+    let (gateways, _) = h.gateways.0.lock().last().cloned().unwrap();
+    assert!(gateways.is_empty(), "{gateways:?}");
+    h.clock.advance(Duration::from_secs(2));
+    let r = h.tick().await;
     assert_eq!(
         r.plan
             .actions

@@ -302,6 +302,39 @@ impl GatewayDriver {
     }
 }
 
+/// The gateway side of the reconcile loop ([`vamp_core::ops::controller::Controller`]): each
+/// pass's gateways get their targets from the deployments' instances (as Vamp's synchroniser
+/// did) and are pushed. The gateways pushed are exactly those given: a standalone gateway
+/// must be among them to stay.
+#[async_trait::async_trait]
+impl vamp_core::ops::controller::GatewaySink for GatewayDriver {
+    async fn push(
+        &self,
+        mut gateways: Vec<Gateway>,
+        deployments: Vec<vamp_core::model::Deployment>,
+    ) -> vamp_core::Result<()> {
+        // Targets follow the instances: drop what an earlier pass resolved.
+        for g in &mut gateways {
+            for r in &mut g.routes {
+                if let vamp_core::model::Route::Default(d) = r
+                    && d.path.external().is_none()
+                {
+                    d.targets.clear();
+                }
+            }
+        }
+        crate::targets::resolve_targets(&mut gateways, &deployments);
+        match GatewayDriver::push(self, &gateways).await {
+            Ok(_) => Ok(()),
+            Err(PushError::Store(e)) => Err(e),
+            Err(e) => Err(vamp_core::Error::Backend {
+                backend: "gateway driver".into(),
+                source: Box::new(e),
+            }),
+        }
+    }
+}
+
 /// No free gateway port is left in the range.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("no free gateway port in {start}-{end} for gateway '{gateway}'")]

@@ -12,8 +12,9 @@
 //!   `synchronization:deployed`). A running service that stops being ready goes back to
 //!   `Updating`; if it is still not ready after [`ReconcileOptions::redeploy_after_ms`] (the
 //!   scheduler did not heal it), it is redeployed with `force`.
-//! * **undeploy**: undeploys while the scheduler reports it; once gone, the service is `Done`
-//!   and removed (event `synchronization:undeployed`), and a deployment without services is
+//! * **undeploy**: the pass that first sees it pushes the gateways without its routes; after
+//!   [`ReconcileOptions::drain_ms`] it is undeployed (so no request is sent to a stopped
+//!   instance); once gone, the service is `Done` and removed (event `synchronization:undeployed`), and a deployment without services is
 //!   deleted.
 //! * a phase other than `Done` older than [`ReconcileOptions::timeout_ms`] becomes `Failed`
 //!   (`DeploymentServiceError`); failed services are left alone until a merge or scale resets
@@ -44,6 +45,10 @@ pub struct ReconcileOptions {
     /// A service not ready for this long in `Updating` is redeployed with `force` (default
     /// 30 s): time for the scheduler to heal it by itself first.
     pub redeploy_after_ms: i64,
+    /// How long a service marked for undeployment keeps running after the pass that pushed
+    /// the gateways without its routes (default 2 s): time for the gateway agents to stop
+    /// sending it requests before its instances stop.
+    pub drain_ms: i64,
 }
 
 impl Default for ReconcileOptions {
@@ -51,6 +56,7 @@ impl Default for ReconcileOptions {
         Self {
             timeout_ms: status::DEFAULT_TIMEOUT_MS,
             redeploy_after_ms: 30_000,
+            drain_ms: 2_000,
         }
     }
 }
@@ -357,8 +363,14 @@ fn plan_service(
     let phase = status::kind(&s.status.phase);
     match s.status.intention {
         Intention::Undeployment => match observed {
+            // First the gateways without its routes (pushed by this pass), then, after the
+            // drain time, the instances.
+            Some(_) if phase == Some(PhaseKind::Initiated) => {
+                s.status = status::moved(&s.status, PhaseKind::Updating, now);
+            }
             Some(_) => {
-                if !backoff.contains(id) {
+                let since = status::phase_since(&s.status.phase).unwrap_or(now);
+                if now.saturating_sub(since) >= opts.drain_ms && !backoff.contains(id) {
                     plan.actions.push(Action::Undeploy { id: id.clone() });
                 }
                 s.status = status::updating(&s.status, now);
