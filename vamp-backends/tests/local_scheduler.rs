@@ -250,3 +250,62 @@ async fn the_url_selection_builds_a_local_scheduler_in_the_given_directory() {
     assert!(dir.path().join(&s.name).join("output.log").exists());
     scheduler.undeploy(&id).await.unwrap();
 }
+
+/// Processes whose command line contains `marker`.
+fn processes_with(marker: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
+        .filter(|c| {
+            let args: Vec<String> = c
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            args.first().is_some_and(|a| a.contains("python")) && args.iter().any(|a| a == marker)
+        })
+        .count()
+}
+
+/// A control plane killed with SIGKILL cannot stop its services' process groups; the next
+/// scheduler on the same work directory stops them, so nothing is left twice.
+#[test]
+fn a_new_scheduler_stops_what_a_killed_one_left_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = format!("vamp-leftover-{}", std::process::id());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let scheduler = LocalScheduler::new(dir.path()).unwrap();
+        // The shell waits on a python process of its group: killing the shell alone (as
+        // dropping its handle does) leaves the python process running.
+        let spec = ServiceSpec::new(
+            ServiceId::new("d", "c", "s"),
+            command(&format!(
+                "python3 -c 'import time; time.sleep(1000)' {marker} & wait"
+            )),
+        )
+        .with_instances(2);
+        scheduler
+            .deploy(spec, DeployOptions::default())
+            .await
+            .unwrap();
+        eventually("both instances run", async || {
+            (processes_with(&marker) == 2).then_some(())
+        })
+        .await;
+        // As if the process died: no scheduler drop, no graceful stop.
+        std::mem::forget(scheduler);
+    });
+    drop(rt);
+    assert_eq!(
+        processes_with(&marker),
+        2,
+        "left running by the killed scheduler"
+    );
+    let _next = LocalScheduler::new(dir.path()).unwrap();
+    assert_eq!(processes_with(&marker), 0, "stopped by the next scheduler");
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "their directories are gone"
+    );
+}

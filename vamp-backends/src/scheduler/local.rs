@@ -14,6 +14,14 @@
 //! Undeploying or scaling down sends `SIGTERM` to the instance's process group, then `SIGKILL`
 //! after 5 s. CPU and memory are not enforced; Docker `arguments` are ignored.
 //!
+//! Each running instance's process group is recorded in `instance.pid` in its directory; a
+//! group counts as the instance's only while a member of it works in that directory (so a
+//! reused group id is never mistaken for it). A
+//! scheduler created on a work directory stops the process groups an earlier scheduler left
+//! running there (a control plane killed with `SIGKILL` cannot stop them) and removes their
+//! directories: the control plane then deploys what its deployments want from a clean slate,
+//! with no orphan and no duplicate.
+//!
 //! ```no_run
 //! # async fn example() -> Result<(), vamp_core::Error> {
 //! use vamp_backends::scheduler::local::LocalScheduler;
@@ -189,8 +197,101 @@ async fn check(health: &HealthCheck, port: u16) -> Result<(), String> {
     }
 }
 
+/// The start time of process `pid` (clock ticks since boot), if it runs.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // `state` is field 3 of stat(5), `starttime` field 22.
+    if matches!(fields.first(), Some(&"Z") | Some(&"X") | None) {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// Whether process group `pgid` still has a member working in `dir` (every process of an
+/// instance starts there; a reused group id of an unrelated process does not).
+fn group_alive(pgid: u32, dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .any(|pid| {
+            let in_group = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let fields: Vec<String> = stat
+                        .rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .map(str::to_owned)
+                        .collect();
+                    let state = fields.first()?.clone();
+                    let group = fields.get(2)?.parse::<u32>().ok()?;
+                    Some(group == pgid && state != "Z" && state != "X")
+                })
+                .unwrap_or(false);
+            in_group
+                && std::fs::read_link(format!("/proc/{pid}/cwd"))
+                    .is_ok_and(|cwd| cwd.starts_with(dir))
+        })
+}
+
+/// Stops the process groups an earlier scheduler left in `workdir` and removes their
+/// directories; returns how many groups were stopped.
+fn clean_up(workdir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(workdir) else {
+        return 0;
+    };
+    let mut stopped = 0;
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let Ok(record) = std::fs::read_to_string(dir.join(PID_FILE)) else {
+            continue;
+        };
+        let Some(pgid) = record
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pgid > 1 && group_alive(pgid, &dir) {
+            let kill = |signal: &str| {
+                let _ = std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("kill -s {signal} -- -{pgid}"))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            };
+            kill("TERM");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while group_alive(pgid, &dir) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if group_alive(pgid, &dir) {
+                kill("KILL");
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while group_alive(pgid, &dir) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            stopped += 1;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    stopped
+}
+
+/// The file recording a running instance's process group.
+const PID_FILE: &str = "instance.pid";
+
 impl LocalScheduler {
-    /// A scheduler keeping instance directories below `workdir` (created if missing).
+    /// A scheduler keeping instance directories below `workdir` (created if missing). Process
+    /// groups an earlier scheduler left running there are stopped first.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] when the directory cannot be created.
@@ -205,6 +306,7 @@ impl LocalScheduler {
                 ),
             )
         })?;
+        clean_up(&workdir);
         Ok(Self {
             inner: Arc::new(Inner {
                 label: format!("LocalScheduler({})", workdir.display()),
@@ -376,6 +478,12 @@ impl Supervisor {
             };
             let pgid = child.id();
             let started = Instant::now();
+            // Recorded for a later scheduler on this directory (see `clean_up`).
+            if let Some(pid) = pgid
+                && let Some(t) = start_time(pid)
+            {
+                let _ = std::fs::write(self.dir.join(PID_FILE), format!("{pid} {t}\n"));
+            }
             if !self.update(|s| s.running = true) {
                 if let Some(pgid) = pgid {
                     signal_group(pgid, "KILL").await;
@@ -402,6 +510,7 @@ impl Supervisor {
                             let _ = child.wait().await;
                         }
                     }
+                    let _ = std::fs::remove_file(self.dir.join(PID_FILE));
                     return;
                 }
                 Some(_) => {
@@ -409,6 +518,7 @@ impl Supervisor {
                         // Leftover children of the command.
                         signal_group(pgid, "KILL").await;
                     }
+                    let _ = std::fs::remove_file(self.dir.join(PID_FILE));
                     let unhealthy = (!self.spec.health_checks.is_empty()).then_some(false);
                     if !self.update(|s| {
                         s.running = false;

@@ -329,9 +329,10 @@ impl Controller {
             }
         }
 
-        // The next pass plans from this one's outcome if the store cannot be read then.
-        self.state.lock().last = planned
-            .deployments
+        // The deployments as this pass leaves them: for the gateway side, and for the next
+        // pass if the store cannot be read then.
+        let outcome = planned.apply_to(deployments);
+        self.state.lock().last = outcome
             .iter()
             .map(|d| Versioned {
                 value: d.clone(),
@@ -386,7 +387,7 @@ impl Controller {
         }
         if let Some(sink) = &self.gateways
             && let Err(e) = sink
-                .push(planned.gateways(), planned.deployments.clone())
+                .push(crate::ops::reconcile::gateways(&outcome), outcome)
                 .await
         {
             report.errors.push(format!("gateways: {e}"));

@@ -29,6 +29,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::{
     Deployment, DeploymentService, Event, Gateway, Health, Instance, Intention, Phase,
+    ServiceStatus,
 };
 use crate::node::Node;
 use crate::ops::deploy::remove_undeployed;
@@ -108,25 +109,37 @@ pub struct Plan {
     pub delete: Vec<String>,
     /// Events to publish (Vamp's `synchronization` events).
     pub events: Vec<Event>,
-    /// The deployments as they will be stored (the input with `store` and `delete` applied),
-    /// for the gateway side: their gateways and instances.
-    pub deployments: Vec<Deployment>,
 }
 
 impl Plan {
-    /// Every gateway of the planned deployments: internal (cluster) gateways, then deployment
-    /// gateways.
-    pub fn gateways(&self) -> Vec<Gateway> {
-        self.deployments
-            .iter()
-            .flat_map(|d| {
-                d.clusters
+    /// The deployments as they will be stored: `desired` (the planner's input) with `store`
+    /// applied and `delete` removed, in order.
+    pub fn apply_to(&self, desired: Vec<Deployment>) -> Vec<Deployment> {
+        desired
+            .into_iter()
+            .filter(|d| !self.delete.contains(&d.name))
+            .map(|d| {
+                self.store
                     .iter()
-                    .flat_map(|c| c.gateways.iter().cloned())
-                    .chain(d.gateways.iter().cloned())
+                    .find(|s| s.name == d.name)
+                    .cloned()
+                    .unwrap_or(d)
             })
             .collect()
     }
+}
+
+/// Every gateway of `deployments`: internal (cluster) gateways, then deployment gateways.
+pub fn gateways(deployments: &[Deployment]) -> Vec<Gateway> {
+    deployments
+        .iter()
+        .flat_map(|d| {
+            d.clusters
+                .iter()
+                .flat_map(|c| c.gateways.iter().cloned())
+                .chain(d.gateways.iter().cloned())
+        })
+        .collect()
 }
 
 fn event(d: &str, c: &str, s: &str, what: &str) -> Event {
@@ -256,17 +269,16 @@ pub fn plan(
     let mut plan = Plan::default();
     let mut wanted: BTreeSet<ServiceId> = BTreeSet::new();
     for original in deployments {
-        let mut d = original.clone();
-        for ci in dependency_order(&d) {
+        // Copied only when something changes: most passes change nothing.
+        let mut d = std::borrow::Cow::Borrowed(original);
+        for ci in dependency_order(original) {
             for si in 0..d.clusters[ci].services.len() {
-                let cluster = d.clusters[ci].name.clone();
-                let service = d.clusters[ci].services[si].clone();
-                let id = ServiceId::new(&d.name, &cluster, &service.breed.name);
-                wanted.insert(id.clone());
+                let service = &d.clusters[ci].services[si];
+                let id = ServiceId::new(&d.name, &d.clusters[ci].name, &service.breed.name);
                 let new = plan_service(
                     &d,
-                    &cluster,
-                    &service,
+                    &d.clusters[ci].name,
+                    service,
                     &id,
                     observed.get(&id).copied(),
                     backoff,
@@ -275,19 +287,37 @@ pub fn plan(
                     lookups,
                     &mut plan,
                 );
-                d.clusters[ci].services[si] = new;
+                wanted.insert(id);
+                let current = &d.clusters[ci].services[si];
+                if new.status == current.status
+                    && new.instances.is_none()
+                    && new.health == current.health
+                {
+                    continue;
+                }
+                let service = &mut d.to_mut().clusters[ci].services[si];
+                service.status = new.status;
+                service.health = new.health;
+                if let Some(instances) = new.instances {
+                    service.instances = instances;
+                }
             }
         }
+        let std::borrow::Cow::Owned(d) = d else {
+            continue;
+        };
+        let undeployed = d
+            .clusters
+            .iter()
+            .flat_map(|c| &c.services)
+            .any(|s| status::is_undeployed(&s.status));
+        if !undeployed {
+            plan.store.push(d);
+            continue;
+        }
         match remove_undeployed(&d) {
-            None => {
-                plan.delete.push(d.name.clone());
-            }
-            Some(d) => {
-                if &d != original {
-                    plan.store.push(d.clone());
-                }
-                plan.deployments.push(d);
-            }
+            None => plan.delete.push(d.name.clone()),
+            Some(d) => plan.store.push(d),
         }
     }
     for (id, _) in observed {
@@ -323,6 +353,29 @@ fn dependency_order(d: &Deployment) -> Vec<usize> {
     order
 }
 
+/// What a pass decided for one service.
+struct Outcome {
+    status: ServiceStatus,
+    /// New instances, when they changed.
+    instances: Option<Vec<Instance>>,
+    health: Option<Health>,
+}
+
+/// Whether the scheduler's instances are the stored ones.
+fn same_instances(observed: &DeployedService, stored: &[Instance]) -> bool {
+    observed.instances.len() == stored.len()
+        && observed.instances.iter().zip(stored).all(|(o, s)| {
+            o.name == s.name
+                && o.host == s.host
+                && o.running == s.deployed
+                && o.ports.len() == s.ports.len()
+                && o.ports
+                    .iter()
+                    .zip(&s.ports)
+                    .all(|((ok, ov), (sk, sv))| ok == sk && i64::from(*ov) == *sv)
+        })
+}
+
 #[allow(clippy::too_many_arguments)]
 fn plan_service(
     d: &Deployment,
@@ -335,25 +388,28 @@ fn plan_service(
     opts: &ReconcileOptions,
     lookups: &Lookups<'_>,
     plan: &mut Plan,
-) -> DeploymentService {
-    let mut s = service.clone();
+) -> Outcome {
+    let mut s = Outcome {
+        status: service.status.clone(),
+        instances: None,
+        health: service.health,
+    };
     if status::is_failed(&s.status) {
         return s;
     }
     if status::timed_out(&s.status, now, opts.timeout_ms) {
         let error = crate::error::OperationError::DeploymentServiceError {
             deployment: d.name.clone(),
-            service: s.breed.name.clone(),
+            service: service.breed.name.clone(),
         };
         s.status = status::failed(&s.status, error.to_string(), now);
         plan.events
-            .push(event(&d.name, cluster, &s.breed.name, "failed"));
+            .push(event(&d.name, cluster, &service.breed.name, "failed"));
         return s;
     }
     if let Some(o) = observed {
-        let found = instances(o);
-        if found != s.instances {
-            s.instances = found;
+        if !same_instances(o, &service.instances) {
+            s.instances = Some(instances(o));
         }
         let h = health(o);
         if s.health != Some(h) {
@@ -376,28 +432,30 @@ fn plan_service(
                 s.status = status::updating(&s.status, now);
             }
             None => {
-                s.instances.clear();
+                if !service.instances.is_empty() {
+                    s.instances = Some(Vec::new());
+                }
                 if phase != Some(PhaseKind::Done) {
                     s.status = status::moved(&s.status, PhaseKind::Done, now);
                     plan.events
-                        .push(event(&d.name, cluster, &s.breed.name, "undeployed"));
+                        .push(event(&d.name, cluster, &service.breed.name, "undeployed"));
                 }
             }
         },
         Intention::Deployment => {
-            if !dependencies_deployed(d, &s) {
+            if !dependencies_deployed(d, service) {
                 return s;
             }
-            let environment = match service_environment(d, cluster, &s, lookups) {
+            let environment = match service_environment(d, cluster, service, lookups) {
                 Ok(e) => e,
                 Err(e) => {
                     s.status = status::failed(&s.status, e.to_string(), now);
                     plan.events
-                        .push(event(&d.name, cluster, &s.breed.name, "failed"));
+                        .push(event(&d.name, cluster, &service.breed.name, "failed"));
                     return s;
                 }
             };
-            let spec = service_spec(id.clone(), &s, &environment);
+            let spec = service_spec(id.clone(), service, &environment);
             let act = !backoff.contains(id);
             match observed {
                 None => {
@@ -412,7 +470,7 @@ fn plan_service(
                     }
                     if phase != Some(PhaseKind::Updating) {
                         plan.events
-                            .push(event(&d.name, cluster, &s.breed.name, "redeploy"));
+                            .push(event(&d.name, cluster, &service.breed.name, "redeploy"));
                     }
                     s.status = status::updating(&s.status, now);
                 }
@@ -429,7 +487,7 @@ fn plan_service(
                     if phase != Some(PhaseKind::Done) {
                         s.status = status::moved(&s.status, PhaseKind::Done, now);
                         plan.events
-                            .push(event(&d.name, cluster, &s.breed.name, "deployed"));
+                            .push(event(&d.name, cluster, &service.breed.name, "deployed"));
                     }
                 }
                 Some(_) => match &s.status.phase {

@@ -88,32 +88,33 @@ fn host(d: &Deployment, cluster: &str) -> Option<String> {
 pub fn deployment_environment(d: &Deployment, clusters: &[&str]) -> Vec<EnvironmentVariable> {
     d.environment_variables
         .iter()
-        .map(|e| {
-            let mut e = e.clone();
-            let mut parts = e.name.splitn(3, '.');
-            let (Some(cluster), Some(group)) = (parts.next(), parts.next()) else {
-                return e;
-            };
-            if group != "environment_variables"
-                || !clusters.contains(&cluster)
-                || e.interpolated.is_some()
-            {
-                return e;
-            }
-            if let Some(value) = &e.value {
-                e.interpolated = Some(interpolate(value, &mut |part| match part {
-                    ValuePart::Host(c) => host(d, c),
-                    ValuePart::Trait {
-                        cluster,
-                        group,
-                        name,
-                    } => deployment_trait(d, cluster, group, name),
-                    _ => None,
-                }));
-            }
-            e
-        })
+        .map(|e| interpolated(d, e, clusters))
         .collect()
+}
+
+/// One deployment-level variable, interpolated when it belongs to `clusters` and is not yet.
+fn interpolated(d: &Deployment, e: &EnvironmentVariable, clusters: &[&str]) -> EnvironmentVariable {
+    let mut e = e.clone();
+    let mut parts = e.name.splitn(3, '.');
+    let (Some(cluster), Some(group)) = (parts.next(), parts.next()) else {
+        return e;
+    };
+    if group != "environment_variables" || !clusters.contains(&cluster) || e.interpolated.is_some()
+    {
+        return e;
+    }
+    if let Some(value) = &e.value {
+        e.interpolated = Some(interpolate(value, &mut |part| match part {
+            ValuePart::Host(c) => host(d, c),
+            ValuePart::Trait {
+                cluster,
+                group,
+                name,
+            } => deployment_trait(d, cluster, group, name),
+            _ => None,
+        }));
+    }
+    e
 }
 
 /// Resolves `value` with `lookup` for its references (single pass; unresolved → "").
@@ -143,7 +144,13 @@ pub fn service_environment(
     service: &DeploymentService,
     lookups: &Lookups<'_>,
 ) -> Result<Vec<EnvironmentVariable>, OperationError> {
-    let deployment_level = deployment_environment(d, &[cluster]);
+    let prefix = format!("{cluster}.environment_variables.");
+    let deployment_level: Vec<EnvironmentVariable> = d
+        .environment_variables
+        .iter()
+        .filter(|e| e.name.starts_with(&prefix))
+        .map(|e| interpolated(d, e, &[cluster]))
+        .collect();
     let mut local: Vec<EnvironmentVariable> = Vec::new();
     let mut set = |e: EnvironmentVariable| match local.iter_mut().find(|x| x.name == e.name) {
         Some(x) => *x = e,
@@ -154,7 +161,6 @@ pub fn service_environment(
             set(e.clone());
         }
     }
-    let prefix = format!("{cluster}.environment_variables.");
     for e in &deployment_level {
         if let Some(name) = e.name.strip_prefix(&prefix)
             && let Some(declared) = service
@@ -189,22 +195,21 @@ pub fn service_environment(
             dependency: alias.to_owned(),
         })
     };
-    // Check every reference first, so that an unknown alias is an error, not "".
+    // Parse every value once; an unknown alias is an error, not "".
+    let mut parsed: Vec<Option<Vec<ValuePart>>> = Vec::with_capacity(local.len());
     for e in &local {
-        if let Some(value) = &e.value
-            && let Ok(parts) = parse_value(value)
-        {
-            for p in &parts {
-                match p {
-                    ValuePart::Host(alias) | ValuePart::Trait { cluster: alias, .. } => {
-                        cluster_of(alias)?;
-                    }
-                    _ => {}
-                }
+        let parts = e
+            .value
+            .as_deref()
+            .map(|v| parse_value(v).unwrap_or_else(|_| vec![ValuePart::Literal(v.to_owned())]));
+        for p in parts.iter().flatten() {
+            if let ValuePart::Host(alias) | ValuePart::Trait { cluster: alias, .. } = p {
+                cluster_of(alias)?;
             }
         }
+        parsed.push(parts);
     }
-    let raw: Vec<EnvironmentVariable> = local.clone();
+    let raw = &local;
     let other_service_value = |c: &str, name: &str| -> Option<String> {
         d.clusters
             .iter()
@@ -233,7 +238,7 @@ pub fn service_environment(
                     .and_then(|k| k.value.clone())
             })
     };
-    let mut resolve = |part: &ValuePart| -> Option<String> {
+    let resolve = |part: &ValuePart| -> Option<String> {
         match part {
             ValuePart::Host(alias) => host(d, &cluster_of(alias).ok()?),
             ValuePart::Trait {
@@ -270,16 +275,25 @@ pub fn service_environment(
             ValuePart::Literal(s) => Some(s.clone()),
         }
     };
+    let values: Vec<String> = parsed
+        .iter()
+        .map(|parts| {
+            parts
+                .iter()
+                .flatten()
+                .map(|p| match p {
+                    ValuePart::Literal(s) => s.clone(),
+                    other => resolve(other).unwrap_or_default(),
+                })
+                .collect()
+        })
+        .collect();
     Ok(local
-        .into_iter()
-        .map(|mut e| {
-            e.interpolated = Some(
-                e.value
-                    .as_deref()
-                    .map(|v| interpolate(v, &mut resolve))
-                    .unwrap_or_default(),
-            );
-            e
+        .iter()
+        .zip(values)
+        .map(|(e, value)| EnvironmentVariable {
+            interpolated: Some(value),
+            ..e.clone()
         })
         .collect())
 }
