@@ -120,7 +120,8 @@ impl Plane {
             "shop",
             &blueprint(yaml),
             &Artifacts::new().with_gateways(&others),
-            &MergeOptions::new((self.now)()),
+            // Each test of this file its own range: two HAProxies on one port share it.
+            &MergeOptions::new((self.now)()).with_port_range(25000, 25499),
         )
         .unwrap();
         match existing {
@@ -297,7 +298,6 @@ async fn a_blueprint_is_deployed_routed_canaried_sliced_and_undeployed() {
         })
         .await;
     let seen = bodies(port, 50).await;
-    eprintln!("STATUS {:?}", *agent_status.borrow());
     assert_eq!(seen.len(), 50);
     assert!(
         seen.iter().all(|b| b == "frontend 1.1 -> backend 1.0"),
@@ -338,4 +338,310 @@ async fn a_blueprint_is_deployed_routed_canaried_sliced_and_undeployed() {
     }
     let _ = stop_agent.send(());
     let _ = tokio::time::timeout(Duration::from_secs(15), agent_task).await;
+}
+
+// === the control plane killed and restarted mid-way ===
+
+/// The helper process of `a_control_plane_killed_mid_way_resumes_without_orphans`: the whole
+/// one-machine control plane (SQLite, local processes, the driver, the agent with HAProxy)
+/// running on the directory `VAMP_CP_DIR` until it is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "helper process of a_control_plane_killed_mid_way_resumes_without_orphans"]
+async fn control_plane_helper_process() {
+    let (Ok(dir), Some(haproxy_bin)) = (std::env::var("VAMP_CP_DIR"), haproxy()) else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let sockets = dir.join("sockets");
+    let store: Arc<DynPersistenceStore> = Arc::new(
+        SqlPersistence::connect(
+            &format!("sqlite://{}", dir.join("vamp.db").display()),
+            SqlOptions::default(),
+        )
+        .await
+        .unwrap(),
+    );
+    let scheduler = Arc::new(LocalScheduler::new(dir.join("services")).unwrap());
+    let kv: Arc<DynKeyValueStore> = Arc::new(InMemoryKv::new());
+    let render = RenderOptions::default()
+        .with_socket_dir(sockets.to_str().unwrap())
+        .with_bind_address("127.0.0.1");
+    let driver = Arc::new(GatewayDriver::new(
+        Arc::clone(&kv),
+        "default",
+        vec![Marshaller::new("1.7").with_options(render)],
+    ));
+    let agent = GatewayAgent::new(
+        Arc::clone(&kv),
+        AgentOptions::new(
+            keys::haproxy_configuration("default", "1.7").unwrap(),
+            dir.join("agent"),
+        )
+        .with_haproxy_bin(haproxy_bin)
+        .with_socket_dir(&sockets),
+    );
+    tokio::spawn(agent.run(std::future::pending()));
+    let mut options = ControllerOptions::default();
+    options.period = Duration::from_millis(200);
+    options.reconcile.drain_ms = 1_000;
+    let controller = Controller::new(store, scheduler as Arc<DynContainerScheduler>, options)
+        .with_gateways(driver as Arc<dyn GatewaySink>);
+    controller.run(std::future::pending()).await;
+}
+
+/// Python processes of `script` running `role version`.
+fn service_processes(script: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
+        .filter_map(|c| {
+            let args: Vec<String> = c
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            (args.first()?.contains("python") && args.get(1)? == script)
+                .then(|| args[2..].join(" "))
+        })
+        .collect()
+}
+
+struct Parent {
+    store: Arc<DynPersistenceStore>,
+    script: String,
+    port: u16,
+}
+
+impl Parent {
+    /// Merges (or slices) against the stored deployment, again on a write conflict with the
+    /// control plane's status updates.
+    async fn change(&self, f: impl Fn(Option<&Deployment>) -> Option<Deployment>) {
+        for _ in 0..50 {
+            let existing = self.store.get::<Deployment>("shop").await.unwrap();
+            let Some(new) = f(existing.as_ref().map(|v| &v.value)) else {
+                return;
+            };
+            let written = match &existing {
+                Some(v) => self.store.update(&new, v.version).await.map(|_| ()),
+                None => self.store.create(&new).await.map(|_| ()),
+            };
+            match written {
+                Ok(()) => return,
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("50 write conflicts in a row");
+    }
+
+    async fn merge(&self, frontends: &[(&str, u8)]) {
+        let yaml = shop(self.port, &self.script, frontends);
+        self.change(|d| {
+            Some(
+                merge(
+                    d,
+                    "shop",
+                    &blueprint(&yaml),
+                    &Artifacts::new(),
+                    &MergeOptions::new(vamp_core::time::now_millis()).with_port_range(25500, 25999),
+                )
+                .unwrap()
+                .deployment,
+            )
+        })
+        .await;
+    }
+
+    async fn slice(&self, yaml: &str) {
+        self.change(|d| Some(slice(d?, &blueprint(yaml), vamp_core::time::now_millis()).unwrap()))
+            .await;
+    }
+
+    async fn deployment(&self) -> Option<Deployment> {
+        self.store
+            .get::<Deployment>("shop")
+            .await
+            .unwrap()
+            .map(|v| v.value)
+    }
+
+    /// Waits (bounded) until `done` holds.
+    async fn until(&self, what: &str, mut done: impl AsyncFnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        while !done().await {
+            assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Stops what the test started even when it fails: the control-plane process, its HAProxy
+/// (by the agent's pid file) and the services (a local scheduler on their directory stops
+/// whatever an earlier one left there).
+struct Cleanup<'a> {
+    dir: &'a std::path::Path,
+    child: Option<std::process::Child>,
+}
+
+impl Cleanup<'_> {
+    /// SIGKILLs the control-plane process, leaving its HAProxy and services running.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        self.kill();
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("agent").join("haproxy.pid")) {
+            let _ = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("kill {}", pid.trim()))
+                .status();
+        }
+        let _ = LocalScheduler::new(self.dir.join("services"));
+    }
+}
+
+fn service<'a>(d: &'a Deployment, breed: &str) -> Option<&'a vamp_core::model::DeploymentService> {
+    d.clusters
+        .iter()
+        .flat_map(|c| &c.services)
+        .find(|s| s.breed.name == breed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_control_plane_killed_mid_way_resumes_without_orphans() {
+    if haproxy().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("service.py");
+    std::fs::write(&script, SERVICE).unwrap();
+    let script = script.display().to_string();
+    std::fs::create_dir(dir.path().join("sockets")).unwrap();
+    let port = free_port();
+    let parent = Parent {
+        store: Arc::new(
+            SqlPersistence::connect(
+                &format!("sqlite://{}", dir.path().join("vamp.db").display()),
+                SqlOptions::default(),
+            )
+            .await
+            .unwrap(),
+        ),
+        script: script.clone(),
+        port,
+    };
+    let spawn = || {
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "control_plane_helper_process", "--ignored"])
+            .env("VAMP_CP_DIR", dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut running = Cleanup {
+        dir: dir.path(),
+        child: None,
+    };
+
+    // Killed during the deploy: the backend is being deployed, the frontend not yet running.
+    parent.merge(&[("1.0", 100)]).await;
+    running.child = Some(spawn());
+    parent
+        .until("the backend is being deployed", async || {
+            parent.deployment().await.is_some_and(|d| {
+                service(&d, "backend:1.0").is_some_and(|s| {
+                    vamp_core::ops::status::kind(&s.status.phase)
+                        != Some(vamp_core::ops::status::PhaseKind::Initiated)
+                })
+            })
+        })
+        .await;
+    let everything_done = parent.deployment().await.is_some_and(|d| {
+        d.clusters
+            .iter()
+            .flat_map(|c| &c.services)
+            .all(|s| vamp_core::ops::status::is_deployed(&s.status))
+    });
+    running.kill(); // SIGKILL: no clean-up of any kind
+    assert!(!everything_done, "killed before the deploy finished");
+    running.child = Some(spawn());
+    parent
+        .until("served after the restart", async || {
+            body(port).as_deref() == Some("frontend 1.0 -> backend 1.0")
+        })
+        .await;
+    parent
+        .until(
+            &format!("no orphan, no duplicate: {:?}", service_processes(&script)),
+            async || {
+                let mut p = service_processes(&script);
+                p.sort();
+                p == ["backend 1.0", "frontend 1.0"]
+            },
+        )
+        .await;
+
+    // Killed during the slice: 1.0 is draining, its process still runs.
+    parent.merge(&[("1.0", 0), ("1.1", 100)]).await;
+    parent
+        .until("1.1 serves", async || {
+            body(port).is_some_and(|b| b.starts_with("frontend 1.1"))
+        })
+        .await;
+    parent
+        .slice("name: shop\nclusters:\n  frontend:\n    breed: 'frontend:1.0'\n")
+        .await;
+    parent
+        .until("1.0 is being undeployed", async || {
+            parent.deployment().await.is_some_and(|d| {
+                service(&d, "frontend:1.0").is_some_and(|s| {
+                    vamp_core::ops::status::kind(&s.status.phase)
+                        == Some(vamp_core::ops::status::PhaseKind::Updating)
+                })
+            })
+        })
+        .await;
+    running.kill();
+    running.child = Some(spawn());
+    parent
+        .until("only 1.1 left, nothing twice", async || {
+            let mut p = service_processes(&script);
+            p.sort();
+            p == ["backend 1.0", "frontend 1.1"]
+                && parent
+                    .deployment()
+                    .await
+                    .is_some_and(|d| service(&d, "frontend:1.0").is_none())
+        })
+        .await;
+    // The restarted scheduler started the services anew (new ports): once the gateways follow,
+    // every request is served by 1.1.
+    parent
+        .until("served again", async || bodies(port, 5).await.len() == 5)
+        .await;
+    let seen = bodies(port, 20).await;
+    assert_eq!(seen.len(), 20);
+    assert!(
+        seen.iter().all(|b| b == "frontend 1.1 -> backend 1.0"),
+        "{seen:?}"
+    );
+
+    // Undeploy everything, then stop the control plane and its HAProxy.
+    parent
+        .slice("name: shop\nclusters:\n  frontend:\n    breed: 'frontend:1.1'\n  backend:\n    breed: 'backend:1.0'\n")
+        .await;
+    parent
+        .until("everything undeployed", async || {
+            service_processes(&script).is_empty() && parent.deployment().await.is_none()
+        })
+        .await;
+    drop(running);
 }
