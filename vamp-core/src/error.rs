@@ -701,6 +701,30 @@ pub enum OperationError {
         /// The service (breed name).
         service: String,
     },
+    /// An internal (cluster) gateway created through the API.
+    #[error(
+        "Gateway is an internal deployment gateway - it can be created only when deployment cluster is created."
+    )]
+    InternalGatewayCreateError {
+        /// The gateway.
+        name: String,
+    },
+    /// An internal gateway whose routes would change through the API.
+    #[error(
+        "Gateway is an internal deployment gateway - routes can be added or removed only when cluster services are created or removed."
+    )]
+    InternalGatewayUpdateError {
+        /// The gateway.
+        name: String,
+    },
+    /// An internal gateway deleted while its deployment exists.
+    #[error(
+        "Gateway is an internal deployment gateway - it can be removed only when deployment cluster is removed."
+    )]
+    InternalGatewayRemoveError {
+        /// The gateway.
+        name: String,
+    },
     /// A deployment named like a workflow.
     #[error("There cannot exist deployment and workflow with the same name: {name}.")]
     DeploymentWorkflowNameCollision {
@@ -725,6 +749,9 @@ impl OperationError {
             Self::NoAvailablePortError { .. } => "NoAvailablePortError",
             Self::DeploymentServiceError { .. } => "DeploymentServiceError",
             Self::DeploymentWorkflowNameCollision { .. } => "DeploymentWorkflowNameCollision",
+            Self::InternalGatewayCreateError { .. } => "InternalGatewayCreateError",
+            Self::InternalGatewayUpdateError { .. } => "InternalGatewayUpdateError",
+            Self::InternalGatewayRemoveError { .. } => "InternalGatewayRemoveError",
         }
     }
 }

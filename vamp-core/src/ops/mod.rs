@@ -7,6 +7,10 @@
 //!   out, or an [`OperationError`] with Vamp's notification name.
 //! * [`resolve`]: environment variables, constants, ports and dependencies resolved at deploy
 //!   time (`$db.host`, `$db.ports.port`, `${db.constants.x}`).
+//! * [`artifacts`]: writes of the other artifacts with Vamp's rules (inline breeds stored on
+//!   their own, internal gateways protected, gateway ports unique, equal writes no-ops).
+//! * [`reconcile`] and [`controller`]: the reconcile loop's planner and the loop itself, with
+//!   an injectable clock (the deterministic harness).
 //! * [`status`]: the service status machine (Initiated → Updating → Done, per intention, and
 //!   Failed past a timeout).
 //!
@@ -26,6 +30,7 @@
 //! assert!(cluster.gateways[0].port.number > 0, "a port from the gateway port range");
 //! ```
 
+pub mod artifacts;
 pub mod controller;
 pub mod deploy;
 pub mod reconcile;
