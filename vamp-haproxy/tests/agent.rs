@@ -743,8 +743,8 @@ async fn zookeeper_end_to_end() {
     end_to_end(Arc::new(kv), test_key("zookeeper")).await;
 }
 
-/// A configuration that passes `haproxy -c` but cannot start (its port is taken by another
-/// process): the reload fails, the agent says so, the previous worker keeps serving, and the
+/// A configuration that passes `haproxy -c` but cannot start (an address this host does not
+/// have): the reload fails, the agent says so, the previous worker keeps serving, and the
 /// file on disk is the running configuration again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_reload_that_fails_keeps_the_running_configuration() {
@@ -774,10 +774,15 @@ async fn a_reload_that_fails_keeps_the_running_configuration() {
     let config_file = dir.path().join("agent").join("haproxy.cfg");
     let running = std::fs::read_to_string(&config_file).unwrap();
 
-    // Another gateway on a port some other process holds.
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let taken_port = taken.local_addr().unwrap().port();
-    let (second, _) = gateway_config(taken_port, dir.path(), &a, &b, (0, 100), "roundrobin");
+    // Another gateway on an address this host does not have (TEST-NET-1): `haproxy -c` passes
+    // (it binds nothing), the reload cannot bind. (A port another process holds is not this
+    // case any more: the agent leaves such a gateway out, see agent_hardening.rs.)
+    let other_port = free_port();
+    let (second, _) = gateway_config(other_port, dir.path(), &a, &b, (0, 100), "roundrobin");
+    let second = second.replace(
+        &format!("bind 127.0.0.1:{other_port}"),
+        &format!("bind 192.0.2.1:{other_port}"),
+    );
     let v2 = kv
         .put(&key, format!("{first}\n{second}").into())
         .await
@@ -809,7 +814,6 @@ async fn a_reload_that_fails_keeps_the_running_configuration() {
     assert_eq!(status.counts.reload, 2, "{status:?}");
     assert!(status.last_error.is_none(), "{status:?}");
     assert_eq!(split(port, 10).await.get("b"), Some(&10));
-    drop(taken);
     agent.stop().await;
 }
 

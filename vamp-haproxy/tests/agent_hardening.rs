@@ -689,3 +689,62 @@ async fn a_partly_refused_weight_change_leaves_no_mix_and_a_reload_timeout_is_re
     assert_eq!(live_weight(&stats, "bb", "sb"), Some(20));
     agent.stop().await;
 }
+
+/// A gateway whose port another process holds does not stop the others: it is left out,
+/// reported (status and event), and applied once the port is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_taken_gateway_port_does_not_stop_the_other_gateways() {
+    let Some(bin) = haproxy() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (HttpBackend::start("a"), HttpBackend::start("b"));
+    let (port_a, port_b) = (free_port(), free_port());
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port_b)).unwrap();
+    let kv: Arc<DynKeyValueStore> = Arc::new(InMemoryKv::new());
+    let events = Arc::new(InMemoryMetrics::new());
+    let mut agent = Agent::start(
+        Arc::clone(&kv),
+        AgentOptions::new(key(), dir.path().join("agent"))
+            .with_haproxy_bin(bin)
+            .with_socket_dir(dir.path())
+            .with_backoff(Duration::from_millis(100), Duration::from_millis(300)),
+        Arc::clone(&events),
+    );
+    let value = format!(
+        "{}\n{}",
+        config(port_a, dir.path(), &a),
+        config(port_b, dir.path(), &b)
+    );
+    let v = kv.put(&key(), value.into()).await.unwrap();
+    let s = agent
+        .until("applied without b", |s| s.applied_version == Some(v.0))
+        .await;
+    assert_eq!(
+        s.unavailable,
+        [format!("hardening/{port_b} (127.0.0.1:{port_b})")],
+        "{s:?}"
+    );
+    assert_eq!(s.counts.rejected, 0);
+    until_served(port_a, "a").await;
+    let found = events
+        .query(
+            &vamp_core::model::EventQuery {
+                tags: vec![format!("gateways:hardening/{port_b}")],
+                event_type: None,
+                timestamp: None,
+                aggregator: None,
+            },
+            vamp_core::persistence::ListOptions::all(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1, "the gateway's port is reported once");
+    drop(squatter);
+    agent
+        .until("b applied once its port is free", |s| {
+            s.unavailable.is_empty()
+        })
+        .await;
+    until_served(port_b, "b").await;
+    until_served(port_a, "a").await;
+    agent.stop().await;
+}

@@ -47,6 +47,7 @@
 mod files;
 mod health;
 mod logs;
+mod ports;
 pub mod process;
 
 use std::net::SocketAddr;
@@ -263,6 +264,9 @@ pub struct AgentStatus {
     pub adopted: bool,
     /// Updates that failed in a way that may pass and are being retried.
     pub retries: u64,
+    /// Gateways left out of the applied configuration because another process holds their
+    /// port (`gateway (address)`); tried again with backoff.
+    pub unavailable: Vec<String>,
     /// HAProxy runs a configuration.
     pub ready: bool,
     /// Update outcomes.
@@ -294,6 +298,7 @@ impl AgentStatus {
                 "adopted": self.adopted,
             },
             "retries": self.retries,
+            "unavailable": self.unavailable,
             "updates": {
                 "noop": self.counts.noop,
                 "dynamic": self.counts.dynamic,
@@ -322,6 +327,8 @@ pub struct GatewayAgent {
     next_start: Option<tokio::time::Instant>,
     start_failures: u32,
     started_at: Option<tokio::time::Instant>,
+    /// Frontends the last value's configuration left out (their ports are taken).
+    left_out: Vec<ports::Unbindable>,
 }
 
 impl std::fmt::Debug for GatewayAgent {
@@ -345,6 +352,8 @@ enum Outcome {
     Rejected,
     /// Failed in a way that may pass: retry the same value.
     Retry,
+    /// Applied without some gateways whose ports are taken: apply the same value again later.
+    Partial,
 }
 
 fn io_error(path: impl Into<PathBuf>, message: impl Into<String>) -> AgentError {
@@ -369,6 +378,7 @@ impl GatewayAgent {
             next_start: None,
             start_failures: 0,
             started_at: None,
+            left_out: Vec::new(),
         }
     }
 
@@ -615,15 +625,19 @@ impl GatewayAgent {
                             () = &mut shutdown => break,
                             outcome = self.apply(&global, &value, version) => outcome,
                         };
-                        if let Outcome::Retry = outcome {
-                            retries += 1;
-                            let delay = self.backoff(retries);
-                            tracing::warn!(version, ?delay, "retrying the update");
-                            self.update_status(|s| s.retries += 1);
-                            pending = Some((value, version));
-                            apply_at = Some(tokio::time::Instant::now() + delay);
-                        } else {
-                            retries = 0;
+                        match outcome {
+                            Outcome::Retry | Outcome::Partial => {
+                                retries += 1;
+                                let delay = self.backoff(retries);
+                                if let Outcome::Retry = outcome {
+                                    tracing::warn!(version, ?delay, "retrying the update");
+                                    self.update_status(|s| s.retries += 1);
+                                }
+                                // A newer value that arrived meanwhile wins.
+                                pending.get_or_insert((value, version));
+                                apply_at = Some(tokio::time::Instant::now() + delay);
+                            }
+                            Outcome::Done | Outcome::Rejected => retries = 0,
                         }
                     }
                 }
@@ -772,9 +786,57 @@ impl GatewayAgent {
     /// Applies one value of the key.
     async fn apply(&mut self, global: &str, value: &Bytes, version: u64) -> Outcome {
         let span = tracing::info_span!("apply", version);
-        self.apply_in_span(global, value, version)
+        let outcome = self
+            .apply_in_span(global, value, version)
             .instrument(span)
-            .await
+            .await;
+        match outcome {
+            Outcome::Done if !self.left_out.is_empty() => Outcome::Partial,
+            other => other,
+        }
+    }
+
+    /// Leaves out the frontends whose ports another process holds, and reports them.
+    async fn without_taken_ports(&mut self, candidate: String, version: u64) -> String {
+        let taken = ports::unbindable(&candidate);
+        let newly: Vec<&ports::Unbindable> = taken
+            .iter()
+            .filter(|t| !self.left_out.contains(t))
+            .collect();
+        for t in &newly {
+            tracing::warn!(gateway = %t.gateway, address = %t.address, "the gateway's port is held by another process; the other gateways are applied without it");
+            metrics::counter!("vamp_gateway_agent_unavailable_ports_total").increment(1);
+            if let Some(events) = &self.events {
+                let event = Event::new(
+                    vec![
+                        "gateway-agent".into(),
+                        "gateway-agent:port-unavailable".into(),
+                        format!("gateways:{}", t.gateway),
+                        format!("kv-version:{version}"),
+                    ],
+                    vamp_core::node::Node::Str(format!(
+                        "gateway '{}': {} is held by another process",
+                        t.gateway, t.address
+                    )),
+                    "gateway-agent",
+                );
+                if let Err(e) = events.publish(event).await {
+                    tracing::warn!(error = %e, "could not publish the unavailable port");
+                }
+            }
+        }
+        let report: Vec<String> = taken
+            .iter()
+            .map(|t| format!("{} ({})", t.gateway, t.address))
+            .collect();
+        self.update_status(|s| s.unavailable = report);
+        let lookups: Vec<String> = taken.iter().map(|t| t.lookup.clone()).collect();
+        self.left_out = taken;
+        if lookups.is_empty() {
+            candidate
+        } else {
+            ports::without_frontends(&candidate, &lookups)
+        }
     }
 
     async fn apply_in_span(&mut self, global: &str, value: &Bytes, version: u64) -> Outcome {
@@ -806,6 +868,7 @@ impl GatewayAgent {
                 .await;
         }
         let candidate = format!("{global}\n{}\n{value}\n", self.options.base_config);
+        let candidate = self.without_taken_ports(candidate, version).await;
         metrics::histogram!("vamp_gateway_agent_step_seconds", "step" => "render")
             .record(secs(started));
         if self.running.as_deref() == Some(candidate.as_str()) && self.haproxy.is_some() {
