@@ -619,3 +619,66 @@ fn a_deployment_survives_the_store_s_serialisation() {
     vamp_core::ops::deploy::normalize(&mut again);
     assert_eq!(again, back, "idempotent");
 }
+
+#[test]
+fn virtual_hosts_are_generated_when_asked() {
+    let bp = blueprint(SAVA);
+    let plain = merge(None, "sava", &bp, &Artifacts::new(), &opts())
+        .unwrap()
+        .deployment;
+    assert!(
+        plain.clusters[0].gateways[0].virtual_hosts.is_empty(),
+        "off by default"
+    );
+    let d = merge(
+        None,
+        "sava",
+        &bp,
+        &Artifacts::new(),
+        &opts().with_virtual_hosts(true),
+    )
+    .unwrap()
+    .deployment;
+    assert_eq!(
+        d.clusters[0].gateways[0].virtual_hosts,
+        ["webport.sava.sava.vamp"]
+    );
+    assert_eq!(d.gateways[0].virtual_hosts, ["9050.sava.vamp"]);
+    let again = merge(
+        Some(&d),
+        "sava",
+        &bp,
+        &Artifacts::new(),
+        &opts().with_virtual_hosts(true),
+    )
+    .unwrap()
+    .deployment;
+    assert_eq!(again, d, "not added twice");
+}
+
+#[test]
+fn a_cluster_sla_is_set_and_removed() {
+    let d = merge(None, "sava", &blueprint(SAVA), &Artifacts::new(), &opts())
+        .unwrap()
+        .deployment;
+    let sla = match read_str(
+        "name: fast\ntype: response_time_sliding_window\nthreshold: {upper: 100, lower: 10}\nwindow: {interval: 60, cooldown: 60}\n",
+        Some(ArtifactKind::Sla),
+    )
+    .unwrap()
+    .remove(0)
+    {
+        AnyArtifact::Sla(s) => s,
+        other => panic!("{other:?}"),
+    };
+    let with = vamp_core::ops::deploy::set_sla(&d, "sava", Some(sla.clone())).unwrap();
+    assert_eq!(with.clusters[0].sla, Some(sla));
+    let without = vamp_core::ops::deploy::set_sla(&with, "sava", None).unwrap();
+    assert_eq!(without.clusters[0].sla, None);
+    assert_eq!(
+        vamp_core::ops::deploy::set_sla(&d, "nope", None)
+            .unwrap_err()
+            .code(),
+        "ArtifactNotFound"
+    );
+}

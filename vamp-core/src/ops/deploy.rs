@@ -99,6 +99,10 @@ pub struct MergeOptions {
     /// Whether a merged service takes the blueprint's breed (default `true`, Vamp's
     /// `refetch-breed-on-update`).
     pub refetch_breed: bool,
+    /// Whether gateways get Vamp's generated virtual hosts ([`default_virtual_host`]) before
+    /// their own (default `false`: Vamp's default was `true`, which makes every HAProxy serve
+    /// a `virtual_hosts` frontend on port 80).
+    pub virtual_hosts: bool,
 }
 
 impl MergeOptions {
@@ -116,7 +120,15 @@ impl MergeOptions {
                 instances: 1,
             },
             refetch_breed: true,
+            virtual_hosts: false,
         }
+    }
+
+    /// Gives gateways Vamp's generated virtual hosts.
+    #[must_use]
+    pub fn with_virtual_hosts(mut self, enabled: bool) -> Self {
+        self.virtual_hosts = enabled;
+        self
     }
 
     /// Sets the gateway port range.
@@ -534,6 +546,15 @@ pub fn merge(
     resolve_dependencies(&mut d)?;
     let removed_gateways = cluster_gateways(&mut d, existing, blueprint, artifacts, opts)?;
     deployment_gateways(&mut d, blueprint, artifacts)?;
+    if opts.virtual_hosts {
+        for g in d
+            .gateways
+            .iter_mut()
+            .chain(d.clusters.iter_mut().flat_map(|c| c.gateways.iter_mut()))
+        {
+            with_default_virtual_host(g);
+        }
+    }
 
     // The deployment's traits: hosts and ports per cluster.
     d.hosts = d
@@ -838,6 +859,47 @@ fn deployment_gateways(
     Ok(())
 }
 
+/// Vamp's generated virtual host of a gateway (`GatewayActor.defaultVirtualHosts`, defaults of
+/// `vamp.operation.gateway.virtual-hosts`): `gateway.vamp` for one name segment,
+/// `port.deployment.vamp` for two, `port.cluster.deployment.vamp` for three, each segment with
+/// every character but letters and digits replaced by `-` (`sava:1.0` → `sava-1-0`). `None`
+/// for other names or a segment that does not start with a letter or digit.
+///
+/// ```
+/// use vamp_core::ops::deploy::default_virtual_host;
+/// assert_eq!(default_virtual_host("sava/sava/webport").as_deref(), Some("webport.sava.sava.vamp"));
+/// assert_eq!(default_virtual_host("sava:1.0/9050").as_deref(), Some("9050.sava-1-0.vamp"));
+/// ```
+pub fn default_virtual_host(name: &str) -> Option<String> {
+    let segments = GatewayPath::new(name).segments;
+    let clean: Option<Vec<String>> = segments
+        .iter()
+        .map(|s| {
+            s.starts_with(|c: char| c.is_ascii_alphanumeric()).then(|| {
+                s.chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                    .collect()
+            })
+        })
+        .collect();
+    let clean = clean?;
+    let parts: Vec<&str> = match clean.as_slice() {
+        [g] => vec![g],
+        [d, p] => vec![p, d],
+        [d, c, p] => vec![p, c, d],
+        _ => return None,
+    };
+    Some(format!("{}.vamp", parts.join(".")))
+}
+
+/// Prepends the generated virtual host to a gateway's own (de-duplicated).
+fn with_default_virtual_host(g: &mut Gateway) {
+    if let Some(host) = default_virtual_host(&g.name) {
+        g.virtual_hosts.retain(|h| *h != host);
+        g.virtual_hosts.insert(0, host);
+    }
+}
+
 /// Marks the services of `blueprint`'s clusters (by breed name) for undeployment and takes
 /// their routes out of the cluster gateways (a gateway left without routes is removed).
 ///
@@ -939,6 +1001,24 @@ pub fn scale(
         service.scale = Some(scale);
         service.status = status::status(Intention::Deployment, PhaseKind::Initiated, now);
     }
+    Ok(d)
+}
+
+/// Sets (or with `None` removes) the SLA of `cluster` (`…/clusters/{c}/sla`).
+///
+/// # Errors
+/// [`OperationError::ArtifactNotFound`] when the cluster does not exist.
+pub fn set_sla(
+    d: &Deployment,
+    cluster: &str,
+    sla: Option<Sla>,
+) -> Result<Deployment, OperationError> {
+    let mut d = d.clone();
+    d.clusters
+        .iter_mut()
+        .find(|c| c.name == cluster)
+        .ok_or_else(|| not_found("clusters", cluster))?
+        .sla = sla;
     Ok(d)
 }
 
