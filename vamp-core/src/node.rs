@@ -9,7 +9,8 @@
 //! Deliberate differences from SnakeYAML (see `COMPATIBILITY.md`):
 //! * an unquoted timestamp keeps its source text ([`Node::Timestamp`]) instead of becoming a
 //!   `java.util.Date` whose `toString` was locale- and zone-dependent;
-//! * nesting deeper than [`MAX_DEPTH`] and alias expansion beyond [`MAX_NODES`] are rejected
+//! * nesting deeper than [`MAX_DEPTH`] and alias expansion beyond [`MAX_NODES`] nodes or
+//!   [`MAX_EXPANDED_BYTES`] bytes are rejected
 //!   with a [`YamlError`] instead of exhausting the stack or memory.
 
 use std::fmt;
@@ -24,6 +25,10 @@ pub type Map = IndexMap<String, Node>;
 
 /// Maximum nesting depth of a loaded document.
 pub const MAX_DEPTH: usize = 256;
+
+/// Maximum number of bytes of text a document may expand to (aliases count every time they
+/// are used): a large scalar repeated through aliases must not take gigabytes.
+pub const MAX_EXPANDED_BYTES: usize = 64 << 20;
 
 /// Maximum number of nodes a document may expand to (aliases count every time they are used).
 pub const MAX_NODES: usize = 1_000_000;
@@ -263,8 +268,9 @@ fn load_yaml_strict(text: &str, indent_line: &mut Option<usize>) -> Result<Vec<N
     }
     let mut docs = Vec::new();
     let mut stack: Vec<Frame> = Vec::new();
-    let mut anchors: std::collections::HashMap<usize, (Node, usize)> = Default::default();
+    let mut anchors: std::collections::HashMap<usize, (Node, usize, usize)> = Default::default();
     let mut nodes = 0usize;
+    let mut bytes = 0usize;
 
     // Places a finished node into its parent (or finishes a document).
     fn place(stack: &mut [Frame], docs: &mut Vec<Node>, node: Node) {
@@ -286,6 +292,15 @@ fn load_yaml_strict(text: &str, indent_line: &mut Option<usize>) -> Result<Vec<N
             Node::Seq(items) => 1 + items.iter().map(size).sum::<usize>(),
             Node::Map(m) => 1 + m.values().map(size).sum::<usize>(),
             _ => 1,
+        }
+    }
+    /// The text a node holds (strings and keys; 8 for other scalars).
+    fn text_of(node: &Node) -> usize {
+        match node {
+            Node::Seq(items) => items.iter().map(text_of).sum(),
+            Node::Map(m) => m.iter().map(|(k, v)| k.len() + text_of(v)).sum(),
+            Node::Str(s) => s.len(),
+            _ => 8,
         }
     }
     fn check_tag(tag: &Option<std::borrow::Cow<'_, saphyr_parser::Tag>>) -> Result<(), YamlError> {
@@ -335,11 +350,13 @@ fn load_yaml_strict(text: &str, indent_line: &mut Option<usize>) -> Result<Vec<N
                     (None, _) => Node::Str(value.into_owned()),
                 };
                 nodes += 1;
-                if nodes > MAX_NODES {
+                let t = text_of(&node);
+                bytes += t;
+                if nodes > MAX_NODES || bytes > MAX_EXPANDED_BYTES {
                     return Err(at("document too large"));
                 }
                 if anchor > 0 {
-                    anchors.insert(anchor, (node.clone(), 1));
+                    anchors.insert(anchor, (node.clone(), 1, t));
                 }
                 place(&mut stack, &mut docs, node);
             }
@@ -369,14 +386,15 @@ fn load_yaml_strict(text: &str, indent_line: &mut Option<usize>) -> Result<Vec<N
                 }
                 if anchor > 0 {
                     let n = size(&node);
-                    anchors.insert(anchor, (node.clone(), n));
+                    anchors.insert(anchor, (node.clone(), n, text_of(&node)));
                 }
                 place(&mut stack, &mut docs, node);
             }
             Event::Alias(id) => {
-                let (anchored, n) = anchors.get(&id).ok_or_else(|| at("undefined alias"))?;
+                let (anchored, n, t) = anchors.get(&id).ok_or_else(|| at("undefined alias"))?;
                 nodes += n;
-                if nodes > MAX_NODES {
+                bytes = bytes.saturating_add(*t);
+                if nodes > MAX_NODES || bytes > MAX_EXPANDED_BYTES {
                     return Err(at("document too large (alias expansion)"));
                 }
                 let node = anchored.clone();

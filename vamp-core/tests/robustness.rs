@@ -422,3 +422,74 @@ fn mutated_fixtures_are_often_still_valid() {
         "only {accepted} of 2000 mutated fixtures accepted"
     );
 }
+
+// === hostile numbers and sizes (each once made the reader panic or take gigabytes) ===
+
+#[test]
+fn compose_ports_too_large_for_a_port_are_errors() {
+    // (The host port before `:` is not used: only the container port is read.)
+    for ports in [
+        "['80:99999999999999999999']",
+        "['70000']",
+        "['0']",
+        "['65536/tcp']",
+    ] {
+        let compose = format!("services:\n  web:\n    image: nginx\n    ports: {ports}\n");
+        let result =
+            std::panic::catch_unwind(|| vamp_core::dsl::read_docker_compose(&compose, "x"));
+        assert!(
+            matches!(result, Ok(Err(_))),
+            "{ports}: must be an error, not a panic or a port"
+        );
+    }
+    // A `<service>:<port>` value with a port out of range stays a plain value.
+    let compose = "services:\n  web:\n    image: nginx\n    environment:\n      DB: db:99999999999999999999\n  db:\n    image: mysql\n";
+    let result = std::panic::catch_unwind(|| vamp_core::dsl::read_docker_compose(compose, "x"));
+    assert!(matches!(result, Ok(Ok(_))), "{result:?}");
+}
+
+#[test]
+fn durations_whose_weeks_overflow_are_errors() {
+    for period in [
+        "P9223372036854775807W",
+        "P1317624576693539402W",
+        "P1W9223372036854775807D",
+    ] {
+        let doc = format!("name: w\nbreed: b\nschedule:\n  time:\n    period: {period}\n");
+        let result = std::panic::catch_unwind(|| read_str(&doc, Some(ArtifactKind::Workflow)));
+        assert!(matches!(result, Ok(Err(_))), "{period}: {result:?}");
+    }
+}
+
+#[test]
+fn alias_expansion_is_bounded_by_size() {
+    // One 1 MiB scalar, used 200 times: 200 MiB once expanded.
+    let big = "x".repeat(1 << 20);
+    let mut doc = format!("a: &big {big}\nlist:\n");
+    for _ in 0..200 {
+        doc.push_str("  - *big\n");
+    }
+    let err = load_documents(&doc).unwrap_err();
+    assert!(err.to_string().contains("too large"), "{err}");
+    // A few uses stay fine.
+    let mut ok = format!("a: &big {}\nlist:\n", "x".repeat(1 << 10));
+    for _ in 0..10 {
+        ok.push_str("  - *big\n");
+    }
+    assert!(load_documents(&ok).is_ok());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+    /// Any digit string as a compose port or a duration field: an answer, never a panic.
+    #[test]
+    fn any_number_in_a_compose_port_or_a_duration_is_answered(
+        digits in "[0-9]{1,40}",
+        unit in prop::sample::select(vec!["Y", "M", "W", "D"]),
+    ) {
+        let compose = format!("services:\n  web:\n    image: nginx\n    ports: ['{digits}']\n");
+        prop_assert!(std::panic::catch_unwind(|| vamp_core::dsl::read_docker_compose(&compose, "x")).is_ok());
+        let doc = format!("name: w\nbreed: b\nschedule:\n  time:\n    period: P{digits}{unit}\n");
+        prop_assert!(std::panic::catch_unwind(|| read_str(&doc, Some(ArtifactKind::Workflow))).is_ok());
+    }
+}

@@ -55,11 +55,14 @@ pub fn read_compose_ports(node: &Node, path: &str) -> ReadResult<Vec<Port>> {
             None => (container, None),
         };
         let first = number.split('-').next().unwrap_or_default().trim();
-        if first.is_empty() || !first.bytes().all(|b| b.is_ascii_digit()) {
+        if first.is_empty()
+            || !first.bytes().all(|b| b.is_ascii_digit())
+            || !first.parse::<u16>().is_ok_and(|p| p > 0)
+        {
             return Err(ReadError::new(
                 N::UnexpectedTypeError {
                     path: path.to_owned(),
-                    expected: "a compose port".into(),
+                    expected: "a compose port (1-65535)".into(),
                     actual: format!("'{spec}'"),
                 },
                 path,
@@ -222,6 +225,7 @@ pub fn read_docker_compose(text: &str, name: &str) -> ReadResult<ComposeBlueprin
             if !cluster_names.iter().any(|c| c == target)
                 || port.is_empty()
                 || !port.bytes().all(|b| b.is_ascii_digit())
+                || !port.parse::<u16>().is_ok_and(|p| p > 0)
             {
                 continue;
             }

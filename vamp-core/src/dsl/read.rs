@@ -1533,7 +1533,7 @@ fn parse_period(s: &str) -> Option<RepeatPeriod> {
         None
     } else {
         let f = fields(date, &['Y', 'M', 'W', 'D'])?;
-        Some((f[0], f[1], f[2] * 7 + f[3]))
+        Some((f[0], f[1], f[2].checked_mul(7)?.checked_add(f[3])?))
     };
     let duration = match time {
         None => None,
