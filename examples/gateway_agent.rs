@@ -190,7 +190,10 @@ async fn main() -> ExitCode {
         Ok(c) => match c.build().await {
             Ok(kv) => kv,
             Err(e) => {
-                eprintln!("gateway-agent: key-value store {}: {e}", s.kv);
+                eprintln!(
+                    "gateway-agent: key-value store {}: {e}",
+                    vamp_backends::url::redact(&s.kv)
+                );
                 return ExitCode::from(1);
             }
         },

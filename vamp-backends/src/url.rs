@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use vamp_core::Error;
 
 /// The parts of a backend URL.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct BackendUrl {
     /// The scheme, lower-case.
     pub scheme: String,
@@ -43,15 +43,101 @@ fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Query parameters whose values are secrets (left out of `Debug` and [`redact`]).
+const SECRET_PARAMS: &[&str] = &["token", "password", "secret", "key"];
+
+impl std::fmt::Debug for BackendUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let query: BTreeMap<&str, &str> = self
+            .query
+            .iter()
+            .map(|(k, v)| {
+                let secret = SECRET_PARAMS.contains(&k.to_ascii_lowercase().as_str());
+                (k.as_str(), if secret { "***" } else { v.as_str() })
+            })
+            .collect();
+        f.debug_struct("BackendUrl")
+            .field("scheme", &self.scheme)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("hosts", &self.hosts)
+            .field("path", &self.path)
+            .field("query", &query)
+            .finish()
+    }
+}
+
+/// `url` with its password and secret query parameters (`token`, `password`, `secret`, `key`)
+/// replaced by `***`, for logs and messages.
+///
+/// ```
+/// use vamp_backends::url::redact;
+/// assert_eq!(redact("redis://:s3cret@h:6379/0"), "redis://:***@h:6379/0");
+/// assert_eq!(redact("consul://h:8500/vamp?token=abc&x=1"), "consul://h:8500/vamp?token=***&x=1");
+/// assert_eq!(redact("no scheme:pw@h"), "(a URL without a scheme)");
+/// ```
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "(a URL without a scheme)".into();
+    };
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (rest, None),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{hosts}"),
+            None => format!("{userinfo}@{hosts}"),
+        },
+        None => authority.to_owned(),
+    };
+    let query = query.map(|q| {
+        q.split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _))
+                    if SECRET_PARAMS.contains(&decode(k).to_ascii_lowercase().as_str()) =>
+                {
+                    format!("{k}=***")
+                }
+                _ => kv.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    });
+    match query {
+        Some(q) => format!("{scheme}://{authority}{path}?{q}"),
+        None => format!("{scheme}://{authority}{path}"),
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters: a user or password that
+/// holds `/`, `?`, `#`, `@` or `:` stays one URL component.
+pub fn encode_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 impl BackendUrl {
     /// Parses `url`.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] when there is no `scheme://`.
     pub fn parse(url: &str) -> Result<Self, Error> {
+        // The URL is not echoed: it may hold a password.
         let (scheme, rest) = url.split_once("://").ok_or_else(|| Error::InvalidConfig {
             backend: "url".into(),
-            message: format!("'{url}' has no scheme (expected scheme://...)"),
+            message: "the URL has no scheme (expected scheme://...)".into(),
         })?;
         let scheme = scheme.to_ascii_lowercase();
         let (rest, query) = match rest.split_once('?') {
@@ -118,6 +204,28 @@ impl BackendUrl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_never_show() {
+        let u = BackendUrl::parse("redis://u:p%2Fa%3Fb%23c@h:6379/0?token=t0k&prefix=/x").unwrap();
+        assert_eq!(u.password.as_deref(), Some("p/a?b#c"));
+        let debug = format!("{u:?}");
+        assert!(!debug.contains("p/a") && !debug.contains("t0k"), "{debug}");
+        assert!(debug.contains("prefix"), "{debug}");
+        let e = BackendUrl::parse("user:hunter2@host")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(!redact("redis://u:hunter2@h/0?password=x").contains("hunter2"));
+        assert!(!redact("redis://u:hunter2@h/0?password=x").contains("=x"));
+        // A password with URL delimiters survives encoding and parsing.
+        let password = "a/b?c#d@e:f g%";
+        let url = format!("redis://:{}@h:6379/0", encode_component(password));
+        assert_eq!(
+            BackendUrl::parse(&url).unwrap().password.as_deref(),
+            Some(password)
+        );
+    }
 
     #[test]
     fn parses_urls() {

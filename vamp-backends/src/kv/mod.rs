@@ -354,10 +354,12 @@ impl KvBackendConfig {
             }),
             #[cfg(feature = "kv-redis")]
             Self::Redis(c) => {
+                // Encoded: a password with `/`, `?`, `#` or `@` must stay the password.
+                let enc = crate::url::encode_component;
                 let auth = match (&c.user, &c.password) {
-                    (Some(u), Some(p)) => format!("{u}:{}@", p.0),
-                    (None, Some(p)) => format!(":{}@", p.0),
-                    (Some(u), None) => format!("{u}@"),
+                    (Some(u), Some(p)) => format!("{}:{}@", enc(u), enc(&p.0)),
+                    (None, Some(p)) => format!(":{}@", enc(&p.0)),
+                    (Some(u), None) => format!("{}@", enc(u)),
                     (None, None) => String::new(),
                 };
                 let kv = redis::RedisKv::connect(
