@@ -309,3 +309,41 @@ fn a_new_scheduler_stops_what_a_killed_one_left_running() {
         "their directories are gone"
     );
 }
+
+/// An instance gets Vamp's variables, the spec's and an allow-list of the control plane's
+/// environment: not the rest of it (where database and key-value store credentials live).
+#[tokio::test]
+async fn instances_do_not_see_the_control_plane_s_environment() {
+    // Set by cargo for the test process; a stand-in for any secret the control plane holds.
+    let inherited = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it for tests");
+    let dir = tempfile::tempdir().unwrap();
+    let scheduler = LocalScheduler::new(dir.path()).unwrap();
+    let spec = ServiceSpec::new(
+        ServiceId::new("env", "c", "s"),
+        command("env > env.txt; sleep 30"),
+    )
+    .with_port("web", 8080, PortType::Http)
+    .with_env("GIVEN", "by the spec");
+    scheduler
+        .deploy(spec, DeployOptions::default())
+        .await
+        .unwrap();
+    let file = dir.path().join("env-c-s-1").join("env.txt");
+    let env = eventually("the instance wrote its environment", async || {
+        std::fs::read_to_string(&file)
+            .ok()
+            .filter(|t| t.contains("GIVEN="))
+    })
+    .await;
+    assert!(env.contains("GIVEN=by the spec"), "{env}");
+    assert!(env.lines().any(|l| l.starts_with("PORT=")), "{env}");
+    assert!(env.lines().any(|l| l.starts_with("PATH=")), "{env}");
+    assert!(
+        !env.contains(&inherited) && !env.contains("CARGO_MANIFEST_DIR"),
+        "the control plane's environment leaked: {env}"
+    );
+    scheduler
+        .undeploy(&ServiceId::new("env", "c", "s"))
+        .await
+        .unwrap();
+}

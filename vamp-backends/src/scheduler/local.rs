@@ -7,7 +7,9 @@
 //! gets a free loopback port per instance, passed in the environment as `PORT_<NAME>` (name
 //! upper-cased, other characters `_`), `PORT0`, `PORT1`, … in spec order, and `PORT` (the first);
 //! also `HOST=127.0.0.1`, `VAMP_INSTANCE` (the instance's name) and `VAMP_INSTANCE_DIR`, then
-//! the spec's environment. Like Marathon, an instance that exits is started again, after 1 s
+//! the spec's environment. Of the control plane's own environment an instance gets only
+//! [`DEFAULT_INHERITED_ENV`] (`PATH`, `HOME`, locale, …) or the list given to
+//! [`LocalScheduler::with_inherited_env`]: never its credentials. Like Marathon, an instance that exits is started again, after 1 s
 //! doubling to 30 s while it keeps failing. Health checks (`HTTP`/`HTTPS` as an HTTP `GET` of the
 //! path, anything else as a TCP connect, on the named port) run every `interval` seconds after
 //! `initial_delay`; an instance is unhealthy after `failures` failed checks in a row.
@@ -73,7 +75,27 @@ struct Inner {
     workdir: PathBuf,
     label: String,
     state: Mutex<State>,
+    /// Variables of the control plane's environment passed on to instances.
+    inherit: Vec<String>,
 }
+
+/// The variables of the control plane's environment an instance gets by default: what a
+/// command needs to run (its search path, home, locale, time zone, temporary directory),
+/// never the control plane's credentials.
+pub const DEFAULT_INHERITED_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+    "PYENV_ROOT",
+    "PYENV_VERSION",
+];
 
 #[derive(Default)]
 struct State {
@@ -312,8 +334,28 @@ impl LocalScheduler {
                 label: format!("LocalScheduler({})", workdir.display()),
                 workdir,
                 state: Mutex::new(State::default()),
+                inherit: DEFAULT_INHERITED_ENV
+                    .iter()
+                    .map(|s| (*s).to_owned())
+                    .collect(),
             }),
         })
+    }
+
+    /// Passes these variables of the control plane's environment on to instances instead of
+    /// [`DEFAULT_INHERITED_ENV`] (call before deploying anything).
+    ///
+    /// # Panics
+    /// Never; on a scheduler already shared, the list of the shared one is kept.
+    #[must_use]
+    pub fn with_inherited_env(
+        mut self,
+        names: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.inherit = names.into_iter().map(Into::into).collect();
+        }
+        self
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -374,6 +416,7 @@ impl LocalScheduler {
         };
         let supervisor = Supervisor {
             scheduler: Arc::downgrade(&self.inner),
+            inherit: self.inner.inherit.clone(),
             id: spec.id.clone(),
             name,
             dir,
@@ -391,6 +434,7 @@ impl LocalScheduler {
 /// Keeps one instance's process running, and checks its health.
 struct Supervisor {
     scheduler: Weak<Inner>,
+    inherit: Vec<String>,
     id: ServiceId,
     name: String,
     dir: PathBuf,
@@ -430,6 +474,14 @@ impl Supervisor {
             .append(true)
             .open(self.dir.join("output.log"))?;
         let mut cmd = Command::new("sh");
+        // Only what Vamp defines, the spec's environment and the allow-list: never the
+        // control plane's whole environment (its database and key-value store credentials).
+        cmd.env_clear();
+        for name in &self.inherit {
+            if let Some(value) = std::env::var_os(name) {
+                cmd.env(name, value);
+            }
+        }
         cmd.arg("-c")
             .arg(&self.spec.deployable.definition)
             .current_dir(&self.dir)
