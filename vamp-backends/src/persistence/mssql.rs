@@ -294,15 +294,22 @@ impl MssqlPersistence {
         ) -> futures_util::future::BoxFuture<'c, Result<T, (Error, bool)>>,
     ) -> Result<T, Error> {
         let mut guard = self.inner.conn.lock().await;
-        if guard.is_none() {
-            *guard = Some(self.open().await?);
-        }
-        let conn = guard.as_mut().expect("just opened");
-        match f(conn).await {
-            Ok(v) => Ok(v),
+        // The connection is taken out while in use and put back only when `f` finishes: if
+        // the caller's future is dropped half-way (a cancelled write, between BEGIN and
+        // COMMIT, or in the middle of a response), the connection goes with it and the server
+        // rolls back; the next call opens a fresh one.
+        let mut conn = match guard.take() {
+            Some(c) => c,
+            None => self.open().await?,
+        };
+        match f(&mut conn).await {
+            Ok(v) => {
+                *guard = Some(conn);
+                Ok(v)
+            }
             Err((e, broken)) => {
-                if broken || e.is_temporary() {
-                    *guard = None;
+                if !(broken || e.is_temporary()) {
+                    *guard = Some(conn);
                 }
                 Err(e)
             }

@@ -316,6 +316,25 @@ impl Statements {
     }
 }
 
+/// A pooled connection inside a write's transaction. Dropped while the transaction is open
+/// (the write's future was cancelled between `BEGIN` and the answer to `COMMIT` or
+/// `ROLLBACK`), the connection is closed instead of returned to the pool: the server rolls
+/// the transaction back, and no later user of the pool commits the cancelled write's half.
+struct Transaction {
+    conn: Option<sqlx::pool::PoolConnection<sqlx::Any>>,
+    open: bool,
+}
+
+impl Drop for Transaction {
+    fn drop(&mut self) {
+        if self.open
+            && let Some(conn) = self.conn.take()
+        {
+            drop(conn.detach());
+        }
+    }
+}
+
 /// A [`PersistenceStore`] on PostgreSQL, MySQL/MariaDB or SQLite. Cloning shares the pool.
 #[derive(Clone)]
 pub struct SqlPersistence {
@@ -830,7 +849,11 @@ impl PersistenceStore for SqlPersistence {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.pool.acquire().await.map_err(|e| self.err(e))?;
+        let mut guard = Transaction {
+            conn: Some(self.pool.acquire().await.map_err(|e| self.err(e))?),
+            open: false,
+        };
+        let conn = guard.conn.as_mut().expect("held until dropped");
         // SQLite: take the write lock at BEGIN so two writers never both hold read locks
         // and then fail to upgrade.
         let begin = if self.dialect == Dialect::Sqlite {
@@ -838,22 +861,30 @@ impl PersistenceStore for SqlPersistence {
         } else {
             "BEGIN"
         };
+        // From BEGIN's request until COMMIT or ROLLBACK answers, a dropped future (a cancelled
+        // write) must not hand the connection back to the pool with a transaction open: the
+        // server may have started it even if the answer to BEGIN was never read.
+        guard.open = true;
         sqlx::query(begin)
-            .execute(&mut *conn)
+            .execute(&mut **conn)
             .await
             .map_err(|e| self.err(e))?;
-        match self.apply(&mut conn, writes).await {
-            Ok(v) => match sqlx::query("COMMIT").execute(&mut *conn).await {
-                Ok(_) => Ok(v),
+        match self.apply(conn, writes).await {
+            Ok(v) => match sqlx::query("COMMIT").execute(&mut **conn).await {
+                Ok(_) => {
+                    guard.open = false;
+                    Ok(v)
+                }
                 Err(e) => {
-                    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                    if sqlx::query("ROLLBACK").execute(&mut **conn).await.is_ok() {
+                        guard.open = false;
+                    }
                     Err(self.err(e))
                 }
             },
             Err(e) => {
-                if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
-                    // Never hand a connection with an open transaction back to the pool.
-                    let _ = conn.detach();
+                if sqlx::query("ROLLBACK").execute(&mut **conn).await.is_ok() {
+                    guard.open = false;
                 }
                 Err(e)
             }
