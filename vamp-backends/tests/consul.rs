@@ -260,7 +260,7 @@ async fn the_store_reconnects_and_the_watch_resumes() {
         other => panic!("{other:?}"),
     }
 
-    double.stop();
+    double.stop().await;
     let down = kv
         .put(&key, "while down".into())
         .await

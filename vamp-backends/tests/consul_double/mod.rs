@@ -146,7 +146,23 @@ struct Shared {
 pub struct ConsulDouble {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    server: Option<tokio::task::JoinHandle<()>>,
+    server: Option<Server>,
+}
+
+/// The serving task and the signal that stops it.
+struct Server {
+    task: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Server {
+    fn spawn(listener: TcpListener, shared: Arc<Shared>) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        Self {
+            task: tokio::spawn(serve(listener, shared, stopped)),
+            stop,
+        }
+    }
 }
 
 impl ConsulDouble {
@@ -164,7 +180,7 @@ impl ConsulDouble {
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = Some(tokio::spawn(serve(listener, Arc::clone(&shared))));
+        let server = Some(Server::spawn(listener, Arc::clone(&shared)));
         Self {
             addr,
             shared,
@@ -177,24 +193,26 @@ impl ConsulDouble {
         format!("http://{}", self.addr)
     }
 
-    /// Stops serving (closing every connection) but keeps the data, like a Consul agent
-    /// going away.
-    pub fn stop(&mut self) {
+    /// Stops serving and returns once every connection is closed (the listener and every
+    /// connection task are gone: no request is answered after this returns), keeping the
+    /// data, like a Consul agent going away.
+    pub async fn stop(&mut self) {
         if let Some(server) = self.server.take() {
-            server.abort();
+            let _ = server.stop.send(());
+            let _ = server.task.await;
         }
     }
 
     /// Serves again on the same port with the same data.
     pub async fn restart(&mut self) {
-        self.stop();
+        self.stop().await;
         let listener = loop {
             match TcpListener::bind(self.addr).await {
                 Ok(l) => break l,
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         };
-        self.server = Some(tokio::spawn(serve(listener, Arc::clone(&self.shared))));
+        self.server = Some(Server::spawn(listener, Arc::clone(&self.shared)));
     }
 
     /// Every key in the double (to check layouts).
@@ -212,15 +230,29 @@ impl ConsulDouble {
 
 impl Drop for ConsulDouble {
     fn drop(&mut self) {
-        self.stop();
+        if let Some(server) = self.server.take() {
+            server.task.abort();
+        }
     }
 }
 
-async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    // Connections live in this set: aborting the server task drops them all.
+async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    // Connections live in this set: a stop aborts them all and waits until they are gone.
     let mut connections = JoinSet::new();
     loop {
-        let (stream, _) = match listener.accept().await {
+        let accepted = tokio::select! {
+            _ = &mut stopped => {
+                drop(listener);
+                connections.shutdown().await;
+                return;
+            }
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, _) = match accepted {
             Ok(s) => s,
             Err(_) => continue,
         };
