@@ -197,3 +197,97 @@ async fn redis_reconnects_and_the_watch_resumes() {
         ]
     );
 }
+
+/// A TCP proxy to Redis whose open connections can be cut (new ones still go through).
+struct Proxy {
+    port: u16,
+    connections: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let held = Arc::clone(&connections);
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                let handle = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                held.lock().unwrap().push(handle.abort_handle());
+            }
+        });
+        Self {
+            port,
+            connections,
+            task,
+        }
+    }
+
+    /// Cuts every connection open now.
+    fn cut(&self) {
+        for c in self.connections.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.cut();
+    }
+}
+
+/// A watch whose first read of the current values fails (the store's connection was cut after
+/// the watch found its start position) still delivers the current values once Redis answers:
+/// an agent that starts during a blip must not miss the configuration for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_whose_first_read_fails_still_delivers_the_current_value() {
+    use futures_util::StreamExt;
+    use vamp_core::kv::{KeyValueStore, KeyValueStoreExt, WatchEvent, WatchOptions};
+    let Ok(url) = std::env::var("VAMP_REDIS_URL") else {
+        assert!(!required(), "VAMP_REDIS_URL is required");
+        return;
+    };
+    let direct = RedisKv::connect(&url, "vamp-test").await.unwrap();
+    let key = root("blip").child("configuration").unwrap();
+    direct.put(&key, "current".into()).await.unwrap();
+    let target = url
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let proxy = Proxy::start(target).await;
+    let through = RedisKv::connect(&format!("redis://127.0.0.1:{}/0", proxy.port), "vamp-test")
+        .await
+        .unwrap();
+    // The store's own connection breaks; the watch opens a new one and finds its start,
+    // then reads the current values through the broken one and fails.
+    proxy.cut();
+    let mut watch = through.watch(&root("blip"), WatchOptions::new().with_initial(true));
+    let mut errors = 0;
+    let value = loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(20), watch.next())
+            .await
+            .expect("the watch answers")
+        {
+            Some(Ok(WatchEvent::Put { value, .. })) => break value,
+            Some(Ok(WatchEvent::Synced)) => panic!("synced without the current value"),
+            Some(Ok(other)) => panic!("{other:?}"),
+            Some(Err(e)) => {
+                assert!(e.is_temporary(), "{e:?}");
+                errors += 1;
+                assert!(errors < 100, "the watch never recovers");
+            }
+            None => panic!("the watch ended"),
+        }
+    };
+    assert_eq!(value, bytes::Bytes::from("current"));
+}

@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -158,6 +159,20 @@ struct WatchState {
     initial: bool,
     pending: VecDeque<WatchEvent>,
     snapshot: HashMap<KeyPath, Version>,
+    /// Failures in a row: the next reconnect waits (100 ms doubling to 5 s).
+    failures: u32,
+    /// The last read returned a full batch: the watch may be behind, check for a gap.
+    behind: bool,
+}
+
+/// How long a blocking stream read may take before the connection counts as dead (the read
+/// blocks for 1 s on the server; a half-open connection would never answer).
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A stream entry id (`<ms>-<seq>`) as numbers.
+fn stream_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
 impl WatchState {
@@ -166,10 +181,21 @@ impl WatchState {
             if let Some(e) = self.pending.pop_front() {
                 return Some((Ok(e), self));
             }
-            if let Err(e) = self.fill().await {
-                // Drop the connection; the next poll reconnects and resumes from last_id.
-                self.conn = None;
-                return Some((Err(e), self));
+            if self.conn.is_none() && self.failures > 0 {
+                let backoff = Duration::from_millis(100)
+                    .saturating_mul(1 << self.failures.min(6))
+                    .min(Duration::from_secs(5));
+                vamp_core::rt::sleep(backoff).await;
+            }
+            match self.fill().await {
+                Ok(()) => self.failures = 0,
+                Err(e) => {
+                    // Drop the connection; the next poll reconnects and resumes from last_id
+                    // (or, after a gap, from a new snapshot).
+                    self.conn = None;
+                    self.failures = self.failures.saturating_add(1);
+                    return Some((Err(e), self));
+                }
             }
         }
     }
@@ -187,39 +213,77 @@ impl WatchState {
         let label = self.kv.label.clone();
         let stream = self.kv.stream_key();
         if self.last_id.is_none() {
-            // Where the stream ends now: every later change will be read.
+            // Where the stream ends now: every later change will be read. The position is
+            // kept only once the current values are read too: a failure in between reads
+            // both again (an agent starting during a blip must not miss the configuration).
             let conn = self.conn.as_mut().expect("connected");
             let last: redis::streams::StreamRangeReply = conn
                 .xrevrange_count(&stream, "+", "-", 1)
                 .await
                 .map_err(|e| map_err(&label, e))?;
-            self.last_id = Some(
-                last.ids
-                    .first()
-                    .map_or_else(|| "0-0".to_owned(), |i| i.id.clone()),
-            );
+            let start = last
+                .ids
+                .first()
+                .map_or_else(|| "0-0".to_owned(), |i| i.id.clone());
             if self.initial {
+                let mut events = Vec::new();
+                let mut snapshot = HashMap::new();
                 for key in self.kv.keys_under(&self.prefix).await? {
                     if let Some(v) = self.kv.get(&key).await? {
-                        self.snapshot.insert(key.clone(), v.version);
-                        self.pending.push_back(WatchEvent::Put {
+                        snapshot.insert(key.clone(), v.version);
+                        events.push(WatchEvent::Put {
                             key,
                             value: v.value,
                             version: v.version,
                         });
                     }
                 }
+                self.snapshot = snapshot;
+                self.pending.extend(events);
                 self.pending.push_back(WatchEvent::Synced);
+                self.last_id = Some(start);
                 return Ok(());
+            }
+            self.last_id = Some(start);
+        } else if self.behind || self.failures > 0 {
+            // Entries the stream trimmed since the position are lost: say so (the consumer
+            // reads the current values again) instead of skipping them silently.
+            let position = self.last_id.clone().unwrap_or_default();
+            let conn = self.conn.as_mut().expect("connected");
+            let first: redis::streams::StreamRangeReply = conn
+                .xrange_count(&stream, "-", "+", 1)
+                .await
+                .map_err(|e| map_err(&label, e))?;
+            if let Some(first) = first.ids.first()
+                && position != "0-0"
+                && stream_id(&first.id) > stream_id(&position)
+            {
+                self.last_id = None;
+                self.behind = false;
+                return Err(Error::Backend {
+                    backend: label.clone(),
+                    source: format!(
+                        "the change stream was trimmed past the watch's position {position} (it starts at {}); read the current values again",
+                        first.id
+                    )
+                    .into(),
+                });
             }
         }
         let conn = self.conn.as_mut().expect("connected");
         let opts = StreamReadOptions::default().block(1000).count(500);
         let id = self.last_id.clone().unwrap_or_else(|| "0-0".into());
-        let reply: Option<StreamReadReply> = conn
-            .xread_options(&[&stream], &[&id], &opts)
-            .await
-            .map_err(|e| map_err(&label, e))?;
+        let reply: Option<StreamReadReply> =
+            vamp_core::rt::timeout(READ_TIMEOUT, conn.xread_options(&[&stream], &[&id], &opts))
+                .await
+                .ok_or_else(|| Error::Unavailable {
+                    backend: label.clone(),
+                    source: format!("no answer to a stream read within {READ_TIMEOUT:?}").into(),
+                })?
+                .map_err(|e| map_err(&label, e))?;
+        self.behind = reply
+            .as_ref()
+            .is_some_and(|r| r.keys.iter().map(|k| k.ids.len()).sum::<usize>() >= 500);
         for key in reply.map(|r| r.keys).unwrap_or_default() {
             for entry in key.ids {
                 self.last_id = Some(entry.id.clone());
@@ -351,6 +415,8 @@ impl KeyValueStore for RedisKv {
             initial: opts.initial,
             pending: VecDeque::new(),
             snapshot: HashMap::new(),
+            failures: 0,
+            behind: false,
         };
         stream::unfold(state, WatchState::next).boxed()
     }
