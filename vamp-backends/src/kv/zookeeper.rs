@@ -473,20 +473,28 @@ impl WatchState {
     async fn fill(&mut self) -> Result<(), Error> {
         let (seqs, watcher) = self.kv.log_and_watch().await?;
         let Some(last) = self.last else {
-            self.last = Some(seqs.last().copied().unwrap_or(-1));
+            // The start position is kept only once the current values are read too: a
+            // failure in between reads both again (an agent starting during a blip must not
+            // miss the configuration for good).
+            let start = seqs.last().copied().unwrap_or(-1);
             if self.initial {
+                let mut events = Vec::new();
+                let mut snapshot = HashMap::new();
                 for key in self.kv.keys_under(&self.prefix).await? {
                     if let Some(v) = self.kv.get(&key).await? {
-                        self.snapshot.insert(key.clone(), v.version);
-                        self.pending.push_back(Ok(WatchEvent::Put {
+                        snapshot.insert(key.clone(), v.version);
+                        events.push(Ok(WatchEvent::Put {
                             key,
                             value: v.value,
                             version: v.version,
                         }));
                     }
                 }
+                self.snapshot = snapshot;
+                self.pending.extend(events);
                 self.pending.push_back(Ok(WatchEvent::Synced));
             }
+            self.last = Some(start);
             return Ok(());
         };
         let new: Vec<i64> = seqs.into_iter().filter(|s| *s > last).collect();
