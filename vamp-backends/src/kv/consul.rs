@@ -764,6 +764,16 @@ impl KeyValueStore for ConsulKv {
         self.capabilities()
             .check_put(&self.inner.label, key, value.len(), &opts)?;
         let data_key = self.data_key(key);
+        // Version 0 is no entry's version (Consul's CAS at index 0 would create the entry).
+        if let PutMode::Update(Version(0)) = opts.mode {
+            let found = self.get(key).await?.map(|v| v.version.0);
+            return Err(Error::Conflict {
+                backend: self.inner.label.clone(),
+                key: key.to_string(),
+                expected: 0,
+                found,
+            });
+        }
         let (data_op, expected) = match opts.mode {
             PutMode::Create => (kv_write("cas", &data_key, &value, Some(0)), None),
             PutMode::Update(v) => (kv_write("cas", &data_key, &value, Some(v.0)), Some(v)),

@@ -145,6 +145,24 @@ pub async fn create_only(store: &DynKeyValueStore, root: &KeyPath) {
 /// `PutMode::Update` writes only at the expected version.
 pub async fn compare_and_swap(store: &DynKeyValueStore, root: &KeyPath) {
     let k = key(root, "compare_and_swap/a");
+    // Version 0 is no entry's version: an update at it is a conflict on every store, never
+    // a create (Consul's CAS index 0 means "create if absent").
+    let zero = store
+        .put_opts(
+            &k,
+            Bytes::from_static(b"x"),
+            PutOptions::new().with_mode(PutMode::Update(Version(0))),
+        )
+        .await;
+    assert!(
+        zero.as_ref().is_err_and(|e| e.is_conflict()),
+        "an update at version 0 must conflict, got {zero:?}"
+    );
+    assert_eq!(
+        store.get(&k).await.expect("get"),
+        None,
+        "an update at version 0 creates nothing"
+    );
     let missing = store
         .put_opts(
             &k,
