@@ -347,3 +347,54 @@ async fn instances_do_not_see_the_control_plane_s_environment() {
         .await
         .unwrap();
 }
+
+/// An instance restarted after it exited gets a new port if another process took its port
+/// meanwhile, instead of failing to start for good.
+#[tokio::test]
+async fn a_restarted_instance_whose_port_was_taken_gets_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let scheduler = LocalScheduler::new(dir.path()).unwrap();
+    let id = ServiceId::new("port", "c", "s");
+    let spec = ServiceSpec::new(id.clone(), http_server()).with_port("web", 8080, PortType::Http);
+    scheduler
+        .deploy(spec, DeployOptions::default())
+        .await
+        .unwrap();
+    let first = eventually("the instance serves", async || {
+        let s = scheduler.service(&id).await.ok()??;
+        let port = *s.instances.first()?.ports.get("web")?;
+        (http_status(port) == Some(200)).then_some(port)
+    })
+    .await;
+    // The process dies; before the supervisor restarts it (1 s later), another process binds
+    // its port.
+    let pids: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.contains("http.server") && c.contains(&first.to_string())
+            })
+        })
+        .collect();
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    let _ = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -9 {}", pids[0]))
+        .status();
+    let squatter = eventually("the port is free to take", async || {
+        std::net::TcpListener::bind(("127.0.0.1", first)).ok()
+    })
+    .await;
+    let second = eventually("the instance serves again on a new port", async || {
+        let s = scheduler.service(&id).await.ok()??;
+        let i = s.instances.first()?;
+        let port = *i.ports.get("web")?;
+        (port != first && i.running && http_status(port) == Some(200)).then_some(port)
+    })
+    .await;
+    assert_ne!(second, first);
+    drop(squatter);
+    scheduler.undeploy(&id).await.unwrap();
+}

@@ -9,9 +9,11 @@
 //! also `HOST=127.0.0.1`, `VAMP_INSTANCE` (the instance's name) and `VAMP_INSTANCE_DIR`, then
 //! the spec's environment. Of the control plane's own environment an instance gets only
 //! [`DEFAULT_INHERITED_ENV`] (`PATH`, `HOME`, locale, …) or the list given to
-//! [`LocalScheduler::with_inherited_env`]: never its credentials. Like Marathon, an instance that exits is started again, after 1 s
-//! doubling to 30 s while it keeps failing. Health checks (`HTTP`/`HTTPS` as an HTTP `GET` of the
-//! path, anything else as a TCP connect, on the named port) run every `interval` seconds after
+//! [`LocalScheduler::with_inherited_env`]: never its credentials. Like Marathon, an instance
+//! that exits is started again, after 1 s doubling to 30 s while it keeps failing; a port
+//! another process took while it was down is replaced by a free one (the instance's reported
+//! ports change with it). Health checks (`HTTP`/`HTTPS` as an HTTP `GET` of the path,
+//! anything else as a TCP connect, on the named port) run every `interval` seconds after
 //! `initial_delay`; an instance is unhealthy after `failures` failed checks in a row.
 //! Undeploying or scaling down sends `SIGTERM` to the instance's process group, then `SIGKILL`
 //! after 5 s. CPU and memory are not enforced; Docker `arguments` are ignored.
@@ -506,12 +508,36 @@ impl Supervisor {
         Ok(cmd)
     }
 
-    async fn run(self, mut stopped: watch::Receiver<bool>) {
+    /// Before a restart: a port another process took while the instance was down is replaced
+    /// by a free one (the instance's state, and so the gateway's targets, follow).
+    fn reclaim_ports(&mut self) -> bool {
+        let mut changed = false;
+        for port in self.ports.values_mut() {
+            if std::net::TcpListener::bind(("127.0.0.1", *port)).is_err()
+                && let Ok(free) = free_port()
+            {
+                *port = free;
+                changed = true;
+            }
+        }
+        if changed {
+            let ports = self.ports.clone();
+            return self.update(|s| s.ports = ports);
+        }
+        true
+    }
+
+    async fn run(mut self, mut stopped: watch::Receiver<bool>) {
         let mut backoff = Duration::from_secs(1);
+        let mut first = true;
         loop {
             if *stopped.borrow() {
                 return;
             }
+            if !first && !self.reclaim_ports() {
+                return;
+            }
+            first = false;
             let child = self.command().and_then(|mut c| c.spawn());
             let mut child = match child {
                 Ok(c) => c,
