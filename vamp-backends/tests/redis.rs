@@ -291,3 +291,56 @@ async fn a_watch_whose_first_read_fails_still_delivers_the_current_value() {
     };
     assert_eq!(value, bytes::Bytes::from("current"));
 }
+
+/// Changes the stream trimmed before a watch read them are reported as a gap (the other
+/// stores do the same), not skipped; a watch with initial values then reads them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_trimmed_before_a_watch_read_them_are_a_gap() {
+    use futures_util::StreamExt;
+    use vamp_core::kv::{KeyValueStore, KeyValueStoreExt, WatchEvent, WatchOptions};
+    let Ok(url) = std::env::var("VAMP_REDIS_URL") else {
+        assert!(!required(), "VAMP_REDIS_URL is required");
+        return;
+    };
+    let name = format!("vamp-gap-{}", std::process::id());
+    let kv = RedisKv::connect(&url, &name).await.unwrap();
+    let key = root("gap").child("k").unwrap();
+    kv.put(&key, "v0".into()).await.unwrap();
+    let mut watch = kv.watch(&root("gap"), WatchOptions::new().with_initial(true));
+    assert!(matches!(
+        watch.next().await,
+        Some(Ok(WatchEvent::Put { .. }))
+    ));
+    assert_eq!(watch.next().await.unwrap().unwrap(), WatchEvent::Synced);
+    // Five changes the watch does not read yet, then the stream keeps only the last two.
+    for i in 1..=5 {
+        kv.put(&key, format!("v{i}").into()).await.unwrap();
+    }
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: i64 = redis::cmd("XTRIM")
+        .arg(format!("{name}:events"))
+        .arg("MAXLEN")
+        .arg(2)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    match tokio::time::timeout(std::time::Duration::from_secs(10), watch.next())
+        .await
+        .unwrap()
+    {
+        Some(Err(e)) => {
+            assert!(!e.is_temporary(), "a gap is not temporary: {e:?}");
+            assert!(format!("{e:?}").contains("trimmed"), "{e:?}");
+        }
+        other => panic!("the gap must be reported, got {other:?}"),
+    }
+    // Then the current value again.
+    match tokio::time::timeout(std::time::Duration::from_secs(10), watch.next())
+        .await
+        .unwrap()
+    {
+        Some(Ok(WatchEvent::Put { value, .. })) => assert_eq!(value, bytes::Bytes::from("v5")),
+        other => panic!("{other:?}"),
+    }
+}

@@ -161,19 +161,15 @@ struct WatchState {
     snapshot: HashMap<KeyPath, Version>,
     /// Failures in a row: the next reconnect waits (100 ms doubling to 5 s).
     failures: u32,
-    /// The last read returned a full batch: the watch may be behind, check for a gap.
-    behind: bool,
+    /// The version of the last change read: every write increments the store's revision and
+    /// appends one entry, so an entry whose version skips one means the stream trimmed
+    /// changes the watch has not read (a gap).
+    last_v: Option<u64>,
 }
 
 /// How long a blocking stream read may take before the connection counts as dead (the read
 /// blocks for 1 s on the server; a half-open connection would never answer).
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A stream entry id (`<ms>-<seq>`) as numbers.
-fn stream_id(id: &str) -> (u64, u64) {
-    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
-}
 
 impl WatchState {
     async fn next(mut self) -> Option<(Result<WatchEvent, Error>, Self)> {
@@ -225,6 +221,12 @@ impl WatchState {
                 .ids
                 .first()
                 .map_or_else(|| "0-0".to_owned(), |i| i.id.clone());
+            let start_v = last.ids.first().and_then(|i| {
+                i.map
+                    .get("v")
+                    .and_then(|v| redis::from_redis_value::<Vec<u8>>(v).ok())
+                    .and_then(|v| String::from_utf8_lossy(&v).parse::<u64>().ok())
+            });
             if self.initial {
                 let mut events = Vec::new();
                 let mut snapshot = HashMap::new();
@@ -242,33 +244,11 @@ impl WatchState {
                 self.pending.extend(events);
                 self.pending.push_back(WatchEvent::Synced);
                 self.last_id = Some(start);
+                self.last_v = start_v;
                 return Ok(());
             }
             self.last_id = Some(start);
-        } else if self.behind || self.failures > 0 {
-            // Entries the stream trimmed since the position are lost: say so (the consumer
-            // reads the current values again) instead of skipping them silently.
-            let position = self.last_id.clone().unwrap_or_default();
-            let conn = self.conn.as_mut().expect("connected");
-            let first: redis::streams::StreamRangeReply = conn
-                .xrange_count(&stream, "-", "+", 1)
-                .await
-                .map_err(|e| map_err(&label, e))?;
-            if let Some(first) = first.ids.first()
-                && position != "0-0"
-                && stream_id(&first.id) > stream_id(&position)
-            {
-                self.last_id = None;
-                self.behind = false;
-                return Err(Error::Backend {
-                    backend: label.clone(),
-                    source: format!(
-                        "the change stream was trimmed past the watch's position {position} (it starts at {}); read the current values again",
-                        first.id
-                    )
-                    .into(),
-                });
-            }
+            self.last_v = start_v;
         }
         let conn = self.conn.as_mut().expect("connected");
         let opts = StreamReadOptions::default().block(1000).count(500);
@@ -281,9 +261,7 @@ impl WatchState {
                     source: format!("no answer to a stream read within {READ_TIMEOUT:?}").into(),
                 })?
                 .map_err(|e| map_err(&label, e))?;
-        self.behind = reply
-            .as_ref()
-            .is_some_and(|r| r.keys.iter().map(|k| k.ids.len()).sum::<usize>() >= 500);
+
         for key in reply.map(|r| r.keys).unwrap_or_default() {
             for entry in key.ids {
                 self.last_id = Some(entry.id.clone());
@@ -302,6 +280,24 @@ impl WatchState {
                 ) else {
                     continue;
                 };
+                if let Some(last) = self.last_v
+                    && v > last + 1
+                {
+                    // Changes last+1 .. v-1 were trimmed before this watch read them: say so
+                    // (a watch with initial values reads them again) instead of skipping.
+                    self.last_id = None;
+                    self.last_v = None;
+                    return Err(Error::Backend {
+                        backend: label.clone(),
+                        source: format!(
+                            "the change stream was trimmed past this watch's position (changes {} to {} are gone); read the current values again",
+                            last + 1,
+                            v - 1
+                        )
+                        .into(),
+                    });
+                }
+                self.last_v = Some(v);
                 if !k.starts_with(&self.prefix) || self.snapshot.get(&k).is_some_and(|s| s.0 >= v) {
                     continue;
                 }
@@ -416,7 +412,7 @@ impl KeyValueStore for RedisKv {
             pending: VecDeque::new(),
             snapshot: HashMap::new(),
             failures: 0,
-            behind: false,
+            last_v: None,
         };
         stream::unfold(state, WatchState::next).boxed()
     }
