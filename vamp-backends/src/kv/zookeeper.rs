@@ -159,8 +159,12 @@ fn map_err(label: &str, e: zk::Error) -> Error {
     }
 }
 
-fn io_caused(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = e.source();
+fn io_caused(e: &zk::Error) -> bool {
+    // `Error::Custom` does not expose its inner error as a source: start from it.
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = match e {
+        zk::Error::Custom(c) => Some(c),
+        other => std::error::Error::source(other),
+    };
     while let Some(c) = cause {
         if c.is::<std::io::Error>() {
             return true;
