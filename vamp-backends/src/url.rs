@@ -117,9 +117,15 @@ pub fn redact(url: &str) -> String {
 /// Percent-encodes everything but RFC 3986 unreserved characters: a user or password that
 /// holds `/`, `?`, `#`, `@` or `:` stays one URL component.
 pub fn encode_component(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
+    percent_encode(s, b"-._~")
+}
+
+/// Percent-encodes every byte of `s` but ASCII letters, digits and `keep` (the stores' key
+/// encodings keep a few more characters).
+pub(crate) fn percent_encode(s: &str, keep: &[u8]) -> String {
+    let mut out = String::with_capacity(s.len() + 8);
     for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+        if b.is_ascii_alphanumeric() || keep.contains(&b) {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));

@@ -224,14 +224,16 @@ fn rewrite_condition(condition: &str) -> Result<String, RenderError> {
         format!("{{ {c} }}")
     };
     // `http-request set-path <path> if <condition>` on one line of at most 64 words.
-    if crate::lex::words(&c).map_or(true, |w| w.len() + 4 > crate::lex::MAX_WORDS) {
-        return Err(unsafe_value(
-            "rewrite condition",
-            condition,
-            "too many words: HAProxy reads at most 64 on a line",
-        ));
-    }
-    let ws = crate::lex::words(&c).unwrap_or_default();
+    let ws = match crate::lex::words(&c) {
+        Ok(ws) if ws.len() + 4 <= crate::lex::MAX_WORDS => ws,
+        _ => {
+            return Err(unsafe_value(
+                "rewrite condition",
+                condition,
+                "too many words: HAProxy reads at most 64 on a line",
+            ));
+        }
+    };
     if crate::allow::check_condition(&ws, &[], true).is_err() {
         return Err(unsafe_value(
             "rewrite condition",
@@ -252,51 +254,13 @@ fn rewrite_condition(condition: &str) -> Result<String, RenderError> {
 pub fn with_defaults(gateway: &Gateway) -> Result<Gateway, RenderError> {
     let mut g = gateway.clone();
     let all_definitions = g.routes.iter().all(|r| r.definition().is_some());
-    if all_definitions {
-        let total: u32 = g
-            .routes
-            .iter()
-            .filter_map(|r| r.definition()?.weight)
-            .map(|w| u32::from(w.0))
-            .sum();
-        let missing = g
-            .routes
-            .iter()
-            .filter(|r| r.definition().is_some_and(|d| d.weight.is_none()))
-            .count() as u32;
-        if total <= 100 && missing > 0 {
-            let available = 100 - total;
-            let each = available / missing;
-            let (mut without, with): (Vec<Route>, Vec<Route>) = g
-                .routes
-                .drain(..)
-                .partition(|r| r.definition().is_some_and(|d| d.weight.is_none()));
-            let n = without.len();
-            for (i, r) in without.iter_mut().enumerate() {
-                if let Route::Default(d) = r {
-                    let w = if i + 1 == n {
-                        available - each * (n as u32 - 1)
-                    } else {
-                        each
-                    };
-                    d.weight = Some(Percentage(w as u8));
-                }
-            }
-            without.extend(with);
-            g.routes = without;
-        }
-        let total: u32 = g
-            .routes
-            .iter()
-            .filter_map(|r| r.definition()?.weight)
-            .map(|w| u32::from(w.0))
-            .sum();
-        if total != 0 && total != 100 {
-            return Err(RenderError::InvalidWeights {
-                gateway: g.name.clone(),
-                total,
-            });
-        }
+    // The same filling as a deployment merge's (`vamp_core::ops::deploy::fill_weights`).
+    let total = vamp_core::ops::deploy::fill_weights(&mut g.routes);
+    if all_definitions && total != 0 && total != 100 {
+        return Err(RenderError::InvalidWeights {
+            gateway: g.name.clone(),
+            total,
+        });
     }
     for r in &mut g.routes {
         if let Route::Default(d) = r

@@ -159,23 +159,7 @@ async fn split(port: u16, n: usize) -> HashMap<String, usize> {
 
 /// Waits until HAProxy answers on `port` from backend `name` (the first configuration).
 async fn until_served(port: u16, name: &str) {
-    let name = name.to_owned();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let n = name.clone();
-        // A panicking request (refused, reset) is "not yet".
-        let ok = tokio::task::spawn_blocking(move || who(&get(port, "/", &[])) == n)
-            .await
-            .unwrap_or(false);
-        if ok {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "HAProxy never served {name} on {port}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_served_within(port, name, Duration::from_secs(30)).await;
 }
 
 /// The whole life of a gateway through one key-value store.

@@ -113,21 +113,7 @@ impl Agent {
 
 /// Waits until `port` serves backend `name`.
 async fn until_served(port: u16, name: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let n = name.to_owned();
-        let ok = tokio::task::spawn_blocking(move || who(&get(port, "/", &[])) == n)
-            .await
-            .unwrap_or(false);
-        if ok {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "HAProxy never served {name} on {port}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_served_within(port, name, Duration::from_secs(60)).await;
 }
 
 fn kill(pid: u32, signal: &str) {

@@ -192,15 +192,7 @@ enum Txn {
 
 /// Percent-encodes a Consul key for a URL path (bytes outside `[A-Za-z0-9-._~/]`).
 fn encode_path(key: &str) -> String {
-    let mut out = String::with_capacity(key.len() + 8);
-    for b in key.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    crate::url::percent_encode(key, b"-._~/")
 }
 
 fn decode_value(entry: &Entry) -> Result<Vec<u8>, String> {

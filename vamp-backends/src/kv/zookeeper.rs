@@ -177,15 +177,7 @@ fn io_caused(e: &zk::Error) -> bool {
 /// One node name for a key: bytes outside `[A-Za-z0-9._~:-]` percent-encoded (so `/`, `%`
 /// and every character ZooKeeper forbids in paths are safe).
 fn encode(key: &KeyPath) -> String {
-    let mut out = String::with_capacity(key.as_str().len() + 8);
-    for b in key.as_str().bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b':' | b'-') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    crate::url::percent_encode(key.as_str(), b"._~:-")
 }
 
 fn decode(name: &str) -> Option<KeyPath> {

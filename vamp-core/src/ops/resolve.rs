@@ -210,33 +210,14 @@ pub fn service_environment(
         parsed.push(parts);
     }
     let raw = &local;
-    let other_service_value = |c: &str, name: &str| -> Option<String> {
+    // The first value `f` finds among the services of cluster `c`.
+    let in_cluster = |c: &str, f: &dyn Fn(&DeploymentService) -> Option<String>| {
         d.clusters
             .iter()
             .find(|x| x.name == c)?
             .services
             .iter()
-            .find_map(|s| {
-                s.environment_variables
-                    .iter()
-                    .chain(s.breed.environment_variables.iter())
-                    .find(|e| e.name == name)
-                    .and_then(|e| e.value.clone())
-            })
-    };
-    let constant = |c: &str, name: &str| -> Option<String> {
-        d.clusters
-            .iter()
-            .find(|x| x.name == c)?
-            .services
-            .iter()
-            .find_map(|s| {
-                s.breed
-                    .constants
-                    .iter()
-                    .find(|k| k.name == name)
-                    .and_then(|k| k.value.clone())
-            })
+            .find_map(f)
     };
     let resolve = |part: &ValuePart| -> Option<String> {
         match part {
@@ -248,8 +229,20 @@ pub fn service_environment(
             } => {
                 let c = cluster_of(alias).ok()?;
                 deployment_trait(d, &c, group, name).or_else(|| match group.as_str() {
-                    "constants" => constant(&c, name),
-                    "environment_variables" => other_service_value(&c, name),
+                    "constants" => in_cluster(&c, &|s| {
+                        s.breed
+                            .constants
+                            .iter()
+                            .find(|k| &k.name == name)
+                            .and_then(|k| k.value.clone())
+                    }),
+                    "environment_variables" => in_cluster(&c, &|s| {
+                        s.environment_variables
+                            .iter()
+                            .chain(s.breed.environment_variables.iter())
+                            .find(|e| &e.name == name)
+                            .and_then(|e| e.value.clone())
+                    }),
                     _ => None,
                 })
             }

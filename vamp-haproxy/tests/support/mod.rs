@@ -256,3 +256,23 @@ pub fn assert_agent_accepts(generated: &str) {
         panic!("the agent's allow-list refused generated configuration: {refusal}\n{generated}");
     }
 }
+
+/// Waits until HAProxy answers on `port` from backend `name`, failing after `within`. A
+/// request that panics (refused, reset) is "not yet".
+pub async fn until_served_within(port: u16, name: &str, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let n = name.to_owned();
+        let ok = tokio::task::spawn_blocking(move || who(&get(port, "/", &[])) == n)
+            .await
+            .unwrap_or(false);
+        if ok {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "HAProxy never served {name} on {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
