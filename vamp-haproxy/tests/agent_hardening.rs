@@ -734,3 +734,49 @@ async fn a_taken_gateway_port_does_not_stop_the_other_gateways() {
     until_served(port_a, "a").await;
     agent.stop().await;
 }
+
+/// The file HAProxy loads is exactly the one validated: a candidate changed after `haproxy -c`
+/// passed (here by a wrapper that appends to it once the check is done) is not applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_candidate_changed_after_validation_is_not_applied() {
+    let Some(real) = haproxy() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("haproxy-swap.sh");
+    let marker = "backend swapped_after_validation";
+    std::fs::write(
+        &bin,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = -c ]; then {real} \"$@\" || exit $?; for f; do :; done; printf '\\n{marker}\\n' >> \"$f\"; exit 0; fi\nexec {real} \"$@\"\n",
+            real = real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let backend = HttpBackend::start("a");
+    let port = free_port();
+    let kv: Arc<DynKeyValueStore> = Arc::new(InMemoryKv::new());
+    let work = dir.path().join("agent");
+    let mut agent = Agent::start(
+        Arc::clone(&kv),
+        AgentOptions::new(key(), &work)
+            .with_haproxy_bin(&bin)
+            .with_socket_dir(dir.path())
+            .with_backoff(Duration::from_millis(100), Duration::from_millis(300)),
+        Arc::new(InMemoryMetrics::new()),
+    );
+    kv.put(&key(), config(port, dir.path(), &backend).into())
+        .await
+        .unwrap();
+    let s = agent
+        .until("the swap is noticed", |s| {
+            s.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("changed between validation and installation"))
+        })
+        .await;
+    assert_eq!(s.applied_version, None, "{s:?}");
+    assert!(!s.ready, "HAProxy never started on a swapped file: {s:?}");
+    let installed = std::fs::read_to_string(work.join("haproxy.cfg")).unwrap_or_default();
+    assert!(!installed.contains(marker), "{installed}");
+    agent.stop().await;
+}
