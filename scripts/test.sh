@@ -53,7 +53,10 @@ stop_commands=()
 cleanup() {
   for cmd in "${stop_commands[@]}"; do sh -c "$cmd" >/dev/null 2>&1 || true; done
   for pid in "${started_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  rm -rf "$SERVERS_DIR"
+  # Wait for them to exit: a server still writing its files made `rm -rf` fail (and with it
+  # the whole run, after every test had passed).
+  for pid in "${started_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$SERVERS_DIR" || true
 }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }

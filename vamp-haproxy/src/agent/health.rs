@@ -11,15 +11,30 @@ use super::AgentStatus;
 /// At most this many connections are served at once; more wait in the listen queue.
 pub(crate) const MAX_CONNECTIONS: usize = 32;
 
-pub(crate) async fn serve(listener: TcpListener, status: watch::Receiver<AgentStatus>) {
+/// Where connections come from (a listener; a failing source in the tests).
+pub(crate) trait Accept: Send {
+    /// A connection.
+    type Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    /// The next connection.
+    fn accept(&mut self) -> impl Future<Output = std::io::Result<Self::Stream>> + Send;
+}
+
+impl Accept for TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn accept(&mut self) -> std::io::Result<Self::Stream> {
+        TcpListener::accept(self).await.map(|(s, _)| s)
+    }
+}
+
+pub(crate) async fn serve(mut connections: impl Accept, status: watch::Receiver<AgentStatus>) {
     let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut failures: u32 = 0;
     loop {
         let Ok(permit) = std::sync::Arc::clone(&permits).acquire_owned().await else {
             return;
         };
-        let mut stream = match listener.accept().await {
-            Ok((stream, _)) => {
+        let mut stream = match connections.accept().await {
+            Ok(stream) => {
                 failures = 0;
                 stream
             }
@@ -94,6 +109,44 @@ mod tests {
         fn drop(&mut self) {
             ACTIVE.fetch_sub(1, Ordering::SeqCst);
         }
+    }
+
+    /// Accept errors (out of file descriptors and the like) back off instead of spinning: in
+    /// virtual time, twenty failed accepts are spread over the growing delays, not made at
+    /// one instant.
+    #[tokio::test(start_paused = true)]
+    async fn accept_errors_back_off() {
+        let (_tx, rx) = watch::channel(AgentStatus::default());
+        let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        struct Failing(std::sync::Arc<std::sync::Mutex<Vec<tokio::time::Instant>>>);
+        impl Accept for Failing {
+            type Stream = tokio::io::DuplexStream;
+            async fn accept(&mut self) -> std::io::Result<Self::Stream> {
+                let n = {
+                    let mut c = self.0.lock().unwrap();
+                    c.push(tokio::time::Instant::now());
+                    c.len()
+                };
+                if n >= 20 {
+                    std::future::pending::<()>().await;
+                }
+                Err(std::io::Error::from_raw_os_error(24)) // EMFILE
+            }
+        }
+        let server = tokio::spawn(serve(Failing(std::sync::Arc::clone(&calls)), rx));
+        // Sleeping (not spinning) lets the paused clock advance to the server's next timer.
+        while calls.lock().unwrap().len() < 20 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let calls = calls.lock().unwrap().clone();
+        let waited = calls[19] - calls[0];
+        // 20, 40, 80, … ms doubling to 10 s: about a minute of virtual time in all.
+        assert!(
+            waited >= std::time::Duration::from_secs(30),
+            "accept errors were retried without backing off: {waited:?}"
+        );
+        assert!(calls.windows(2).all(|w| w[1] > w[0]), "every retry waited");
+        server.abort();
     }
 
     /// 40 idle connections do not make the endpoint hold 40 sockets and tasks: at most
