@@ -55,7 +55,10 @@ cleanup() {
   for pid in "${started_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   # Wait for them to exit: a server still writing its files made `rm -rf` fail (and with it
   # the whole run, after every test had passed).
-  for pid in "${started_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  for pid in "${started_pids[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  done
   rm -rf "$SERVERS_DIR" || true
 }
 trap cleanup EXIT
