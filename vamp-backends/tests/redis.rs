@@ -4,6 +4,9 @@
 
 use std::sync::Arc;
 
+mod fault_proxy;
+
+use fault_proxy::FaultProxy;
 use vamp_backends::kv::redis::RedisKv;
 use vamp_core::kv::{DynKeyValueStore, KeyPath};
 
@@ -198,52 +201,6 @@ async fn redis_reconnects_and_the_watch_resumes() {
     );
 }
 
-/// A TCP proxy to Redis whose open connections can be cut (new ones still go through).
-struct Proxy {
-    port: u16,
-    connections: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(target: String) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let connections: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
-        let held = Arc::clone(&connections);
-        let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let target = target.clone();
-                let handle = tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                held.lock().unwrap().push(handle.abort_handle());
-            }
-        });
-        Self {
-            port,
-            connections,
-            task,
-        }
-    }
-
-    /// Cuts every connection open now.
-    fn cut(&self) {
-        for c in self.connections.lock().unwrap().drain(..) {
-            c.abort();
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
-        self.cut();
-    }
-}
-
 /// A watch whose first read of the current values fails (the store's connection was cut after
 /// the watch found its start position) still delivers the current values once Redis answers:
 /// an agent that starts during a blip must not miss the configuration for good.
@@ -264,13 +221,13 @@ async fn a_watch_whose_first_read_fails_still_delivers_the_current_value() {
         .next()
         .unwrap()
         .to_owned();
-    let proxy = Proxy::start(target).await;
+    let proxy = FaultProxy::start(target, Box::new(|| Box::pin(async {}))).await;
     let through = RedisKv::connect(&format!("redis://127.0.0.1:{}/0", proxy.port), "vamp-test")
         .await
         .unwrap();
     // The store's own connection breaks; the watch opens a new one and finds its start,
     // then reads the current values through the broken one and fails.
-    proxy.cut();
+    vamp_core::conformance::kv::Faults::cut_after(&proxy, 0);
     let mut watch = through.watch(&root("blip"), WatchOptions::new().with_initial(true));
     let mut errors = 0;
     let value = loop {
@@ -330,8 +287,8 @@ async fn changes_trimmed_before_a_watch_read_them_are_a_gap() {
         .unwrap()
     {
         Some(Err(e)) => {
-            assert!(!e.is_temporary(), "a gap is not temporary: {e:?}");
-            assert!(format!("{e:?}").contains("trimmed"), "{e:?}");
+            assert!(e.is_gap(), "a gap is Error::WatchGap: {e:?}");
+            assert!(e.to_string().contains("trimmed"), "{e}");
         }
         other => panic!("the gap must be reported, got {other:?}"),
     }
@@ -343,4 +300,45 @@ async fn changes_trimmed_before_a_watch_read_them_are_a_gap() {
         Some(Ok(WatchEvent::Put { value, .. })) => assert_eq!(value, bytes::Bytes::from("v5")),
         other => panic!("{other:?}"),
     }
+}
+
+/// The KV conformance suite's fault functions: connections cut at many points of the initial
+/// read and of a running watch, held off, and the change stream trimmed behind a watch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_watches_survive_injected_faults() {
+    let Ok(url) = std::env::var("VAMP_REDIS_URL") else {
+        assert!(!required(), "VAMP_REDIS_URL is required");
+        return;
+    };
+    let name = format!("vamp-faults-{}", std::process::id());
+    let direct = RedisKv::connect(&url, &name).await.unwrap();
+    let target = url
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let stream = format!("{name}:events");
+    let proxy = FaultProxy::start(
+        target,
+        Box::new(move || {
+            let (client, stream) = (client.clone(), stream.clone());
+            Box::pin(async move {
+                let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+                let _: i64 = redis::cmd("XTRIM")
+                    .arg(&stream)
+                    .arg("MAXLEN")
+                    .arg(0)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+            })
+        }),
+    )
+    .await;
+    let faulty = RedisKv::connect(&format!("redis://127.0.0.1:{}/0", proxy.port), &name)
+        .await
+        .unwrap();
+    vamp_core::conformance::kv::run_faults(&faulty, &direct, &root("faults"), &proxy).await;
 }

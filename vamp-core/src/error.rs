@@ -854,6 +854,19 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// A watch could not deliver every change since its last event: the store no longer
+    /// holds the changes in between (its history was compacted or trimmed, or an in-memory
+    /// watcher fell too far behind). Not temporary. A watch opened with
+    /// [`WatchOptions::initial`](crate::kv::WatchOptions) then yields the current entries and
+    /// `Synced` again, so a consumer replaces its view; one opened without goes on from the
+    /// store's current position.
+    #[error("a watch on {backend} missed changes ({detail}); the current values are read again")]
+    WatchGap {
+        /// The backend's label.
+        backend: String,
+        /// What was lost, as far as the store can tell.
+        detail: String,
+    },
     /// A retry wrapper gave up; the last error is the source.
     #[error("gave up after {attempts} attempts")]
     RetriesExhausted {
@@ -869,6 +882,11 @@ impl Error {
     /// Whether a retry may succeed (the backend was unavailable or timed out).
     pub fn is_temporary(&self) -> bool {
         matches!(self, Self::Unavailable { .. })
+    }
+
+    /// Whether a watch missed changes (see [`Error::WatchGap`]).
+    pub fn is_gap(&self) -> bool {
+        matches!(self, Self::WatchGap { .. })
     }
 
     /// Whether this is a version conflict or a create-only write that found an entry.

@@ -337,10 +337,19 @@ impl KvCapabilities {
 ///   the last write it sees. `PutMode::Create`/`Update` MUST be atomic when `cas` is reported.
 /// * `list(prefix)` yields the keys at or below `prefix` (segment-wise), sorted.
 /// * `watch(prefix, …)` yields the changes of keys at or below `prefix`. For any one key,
-///   events arrive in version order and none is lost while the stream lives; a backend that
-///   cannot guarantee that after a reconnect yields an error item. With
+///   events arrive in version order and none is lost or repeated while the stream lives. With
 ///   [`WatchOptions::initial`] the stream starts with the current entries and then
 ///   [`WatchEvent::Synced`]; every change that completes after `Synced` is delivered.
+/// * While the server cannot be reached a watch yields [`Error::Unavailable`] items
+///   (temporary) and then resumes where it was: nothing lost, nothing repeated. A failure
+///   before the initial entries are all read makes it read them all again; `Synced` comes only
+///   after a complete read, and no entry is delivered twice.
+/// * When the store can no longer deliver every change since the last event (its history was
+///   compacted or trimmed meanwhile), the watch yields one [`Error::WatchGap`] and then, if it
+///   was opened with `initial`, the current entries and `Synced` again (the consumer replaces
+///   its view); otherwise it goes on from the store's current position.
+/// * The suite in `vamp_core::conformance::kv` (feature `conformance`) holds every store to
+///   this, with faults injected through its `Faults` trait.
 /// * Cloning a store handle (where implemented) shares the store.
 ///
 /// # Errors

@@ -66,7 +66,14 @@ pub struct RedisKv {
 }
 
 fn map_err(label: &str, e: redis::RedisError) -> Error {
-    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
+    // A reply cut off by a dropped connection is a parse error ("unexpected end of input");
+    // the client's own advice for those is to reconnect, so they are temporary too.
+    if e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.kind() == redis::ErrorKind::Parse
+    {
         Error::Unavailable {
             backend: label.to_owned(),
             source: Box::new(e),
@@ -171,7 +178,27 @@ struct WatchState {
 /// blocks for 1 s on the server; a half-open connection would never answer).
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The version an entry of the change stream carries.
+fn entry_version(entry: &redis::streams::StreamId) -> Option<u64> {
+    entry
+        .map
+        .get("v")
+        .and_then(|v| redis::from_redis_value_ref::<Vec<u8>>(v).ok())
+        .and_then(|v| String::from_utf8_lossy(&v).parse::<u64>().ok())
+}
+
 impl WatchState {
+    /// A gap: the watch starts again from the current values (or the current position).
+    fn gap(&mut self, detail: String) -> Error {
+        self.last_id = None;
+        self.last_v = None;
+        self.pending.clear();
+        Error::WatchGap {
+            backend: self.kv.label.clone(),
+            detail,
+        }
+    }
+
     async fn next(mut self) -> Option<(Result<WatchEvent, Error>, Self)> {
         loop {
             if let Some(e) = self.pending.pop_front() {
@@ -197,36 +224,61 @@ impl WatchState {
     }
 
     async fn fill(&mut self) -> Result<(), Error> {
-        if self.conn.is_none() {
-            self.conn = Some(
-                self.kv
-                    .client
-                    .get_multiplexed_async_connection()
-                    .await
-                    .map_err(|e| map_err(&self.kv.label, e))?,
-            );
-        }
         let label = self.kv.label.clone();
         let stream = self.kv.stream_key();
+        let rev = self.kv.rev_key();
+        if self.conn.is_none() {
+            let mut conn = self
+                .kv
+                .client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(|e| map_err(&label, e))?;
+            if let Some(last_v) = self.last_v {
+                // Resuming: the changes after the last one read must still be in the stream.
+                // The oldest entry and the revision are read atomically: an oldest entry
+                // past the next change, or an empty stream behind the revision, is a gap.
+                let (oldest, current): (redis::streams::StreamRangeReply, Option<u64>) =
+                    redis::pipe()
+                        .atomic()
+                        .xrange_count(&stream, "-", "+", 1)
+                        .get(&rev)
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(|e| map_err(&label, e))?;
+                let forgotten = match oldest.ids.first() {
+                    Some(entry) => entry_version(entry).is_some_and(|v| v > last_v + 1),
+                    None => current.unwrap_or(0) > last_v,
+                };
+                if forgotten {
+                    self.conn = Some(conn);
+                    return Err(self.gap(format!(
+                        "the change stream was trimmed past this watch's position (change {})",
+                        last_v + 1
+                    )));
+                }
+            }
+            self.conn = Some(conn);
+        }
         if self.last_id.is_none() {
-            // Where the stream ends now: every later change will be read. The position is
-            // kept only once the current values are read too: a failure in between reads
-            // both again (an agent starting during a blip must not miss the configuration).
+            // Where the stream ends now, and the revision (the version of the last change),
+            // read atomically: every later change will be read, and its version follows.
+            // The position is kept only once the current values are read too: a failure in
+            // between reads both again (an agent starting during a blip must not miss the
+            // configuration).
             let conn = self.conn.as_mut().expect("connected");
-            let last: redis::streams::StreamRangeReply = conn
+            let (last, current): (redis::streams::StreamRangeReply, Option<u64>) = redis::pipe()
+                .atomic()
                 .xrevrange_count(&stream, "+", "-", 1)
+                .get(&rev)
+                .query_async(conn)
                 .await
                 .map_err(|e| map_err(&label, e))?;
             let start = last
                 .ids
                 .first()
                 .map_or_else(|| "0-0".to_owned(), |i| i.id.clone());
-            let start_v = last.ids.first().and_then(|i| {
-                i.map
-                    .get("v")
-                    .and_then(|v| redis::from_redis_value::<Vec<u8>>(v).ok())
-                    .and_then(|v| String::from_utf8_lossy(&v).parse::<u64>().ok())
-            });
+            let start_v = current.unwrap_or(0);
             if self.initial {
                 let mut events = Vec::new();
                 let mut snapshot = HashMap::new();
@@ -243,12 +295,10 @@ impl WatchState {
                 self.snapshot = snapshot;
                 self.pending.extend(events);
                 self.pending.push_back(WatchEvent::Synced);
-                self.last_id = Some(start);
-                self.last_v = start_v;
-                return Ok(());
             }
             self.last_id = Some(start);
-            self.last_v = start_v;
+            self.last_v = Some(start_v);
+            return Ok(());
         }
         let conn = self.conn.as_mut().expect("connected");
         let opts = StreamReadOptions::default().block(1000).count(500);
@@ -269,7 +319,7 @@ impl WatchState {
                     entry
                         .map
                         .get(f)
-                        .and_then(|v| redis::from_redis_value::<Vec<u8>>(v).ok())
+                        .and_then(|v| redis::from_redis_value_ref::<Vec<u8>>(v).ok())
                 };
                 let (Some(k), Some(op), Some(v)) = (field("k"), field("o"), field("v")) else {
                     continue;
@@ -285,17 +335,11 @@ impl WatchState {
                 {
                     // Changes last+1 .. v-1 were trimmed before this watch read them: say so
                     // (a watch with initial values reads them again) instead of skipping.
-                    self.last_id = None;
-                    self.last_v = None;
-                    return Err(Error::Backend {
-                        backend: label.clone(),
-                        source: format!(
-                            "the change stream was trimmed past this watch's position (changes {} to {} are gone); read the current values again",
-                            last + 1,
-                            v - 1
-                        )
-                        .into(),
-                    });
+                    return Err(self.gap(format!(
+                        "the change stream was trimmed past this watch's position (changes {} to {} are gone)",
+                        last + 1,
+                        v - 1
+                    )));
                 }
                 self.last_v = Some(v);
                 if !k.starts_with(&self.prefix) || self.snapshot.get(&k).is_some_and(|s| s.0 >= v) {

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use futures_util::future::join_all;
 use futures_util::stream::BoxStream;
 
@@ -570,4 +571,290 @@ pub async fn run_all(store: &DynKeyValueStore, root: &KeyPath) {
         watch_no_lost_or_reordered_events(store, root).await;
         watch_prefix_isolation(store, root).await;
     }
+}
+
+/// Fault injection for the `*_faults` functions: the store handle under test (`faulty`) talks
+/// to its server through something these methods control (a TCP proxy in this project's
+/// tests), while a second handle (`direct`) writes without faults.
+pub trait Faults: Send + Sync {
+    /// Cuts every connection of the faulty handle as soon as `bytes` more bytes have come from
+    /// the server on any of them (0: at once). Connections opened afterwards are not affected.
+    /// Replaces an earlier arming.
+    fn cut_after(&self, bytes: u64);
+    /// Cancels [`Faults::cut_after`].
+    fn disarm(&self);
+    /// Cuts every connection and refuses new ones until [`Faults::release`].
+    fn hold(&self);
+    /// Lets connections through again.
+    fn release(&self);
+    /// Makes the server forget the history of every change made so far (compaction, trimming
+    /// of the change log); the entries themselves stay.
+    fn forget_history(&self) -> BoxFuture<'_, ()>;
+}
+
+/// The byte budgets after which the fault functions cut connections: at once, inside the
+/// first answer, and at points further into the traffic.
+const CUT_BUDGETS: [u64; 9] = [0, 1, 17, 60, 150, 400, 900, 1600, 2600];
+
+/// How many temporary errors a watch may yield while it recovers from one fault.
+const MAX_TEMPORARY_ERRORS: usize = 200;
+
+/// The next item that is not a temporary error (those must stay few).
+async fn next_after_temporary_errors(
+    stream: &mut BoxStream<'static, Result<WatchEvent>>,
+    what: &str,
+) -> Result<WatchEvent> {
+    for _ in 0..MAX_TEMPORARY_ERRORS {
+        match timeout(EVENT_TIMEOUT, stream.next()).await {
+            None => panic!("no watch event within {EVENT_TIMEOUT:?} while waiting for {what}"),
+            Some(None) => panic!("watch stream ended while waiting for {what}"),
+            Some(Some(Err(e))) if e.is_temporary() => {}
+            Some(Some(item)) => return item,
+        }
+    }
+    panic!("more than {MAX_TEMPORARY_ERRORS} temporary errors while waiting for {what}")
+}
+
+/// Reads a watch's initial entries up to `Synced`: each entry once, only temporary errors.
+async fn initial_entries(
+    stream: &mut BoxStream<'static, Result<WatchEvent>>,
+    what: &str,
+) -> std::collections::BTreeMap<KeyPath, (Bytes, Version)> {
+    let mut seen = std::collections::BTreeMap::new();
+    loop {
+        match next_after_temporary_errors(stream, what).await {
+            Ok(WatchEvent::Put {
+                key,
+                value,
+                version,
+            }) => {
+                let again = seen.insert(key.clone(), (value, version));
+                assert!(
+                    again.is_none(),
+                    "{what}: '{key}' was delivered twice before Synced"
+                );
+            }
+            Ok(WatchEvent::Synced) => return seen,
+            Ok(other) => panic!("{what}: {other:?} before Synced"),
+            Err(e) => panic!("{what}: only temporary errors may interrupt a watch, got {e:?}"),
+        }
+    }
+}
+
+/// A change the fault functions make and expect a watch to deliver.
+enum Change {
+    Put(KeyPath, Bytes, Version),
+    Delete(KeyPath, Version),
+}
+
+impl Change {
+    async fn put(direct: &DynKeyValueStore, key: &KeyPath, value: &str) -> Self {
+        let value = Bytes::from(value.to_owned());
+        let v = direct
+            .put_opts(key, value.clone(), PutOptions::new())
+            .await
+            .expect("direct put");
+        Self::Put(key.clone(), value, v)
+    }
+
+    /// `after`: the version of the entry's last put (a delete's version is greater).
+    async fn delete(direct: &DynKeyValueStore, key: &KeyPath, after: Version) -> Self {
+        direct.delete(key).await.expect("direct delete");
+        Self::Delete(key.clone(), after)
+    }
+
+    fn check(&self, got: &WatchEvent, what: &str) {
+        match (self, got) {
+            (Self::Put(k, value, v), WatchEvent::Put { .. }) => assert_eq!(
+                got,
+                &WatchEvent::Put {
+                    key: k.clone(),
+                    value: value.clone(),
+                    version: *v
+                },
+                "{what}"
+            ),
+            (Self::Delete(k, after), WatchEvent::Delete { key, version }) => {
+                assert_eq!(key, k, "{what}");
+                assert!(
+                    version > after,
+                    "{what}: a delete's version follows the put's"
+                );
+            }
+            (Self::Put(k, ..) | Self::Delete(k, _), other) => {
+                panic!("{what}: expected the change of '{k}', got {other:?}")
+            }
+        }
+    }
+}
+
+async fn expect_changes(
+    w: &mut BoxStream<'static, Result<WatchEvent>>,
+    changes: Vec<Change>,
+    what: &str,
+) {
+    for (i, change) in changes.iter().enumerate() {
+        let what = format!("{what}, change #{i}");
+        match next_after_temporary_errors(w, &what).await {
+            Ok(e) => change.check(&e, &what),
+            Err(e) => panic!("{what}: only temporary errors, got {e:?}"),
+        }
+    }
+}
+
+/// A watch's initial read, cut at many points (before it starts, inside the answers, between
+/// keys), still delivers every current entry exactly once and then `Synced`, with only
+/// temporary errors in between: an agent starting during a blip gets the whole configuration.
+pub async fn watch_initial_read_survives_faults(
+    faulty: &DynKeyValueStore,
+    direct: &DynKeyValueStore,
+    root: &KeyPath,
+    faults: &dyn Faults,
+) {
+    let base = key(root, "faults_initial");
+    let mut expected = std::collections::BTreeMap::new();
+    for i in 0..6u8 {
+        let k = key(&base, &format!("k{i}"));
+        let value = Bytes::from(vec![b'a' + i; 300]);
+        let v = direct
+            .put_opts(&k, value.clone(), PutOptions::new())
+            .await
+            .expect("direct put");
+        expected.insert(k, (value, v));
+    }
+    for budget in CUT_BUDGETS {
+        faults.cut_after(budget);
+        let mut w = faulty.watch(&base, WatchOptions::new().with_initial(true));
+        let what = format!("the initial entries, connections cut after {budget} bytes");
+        let seen = initial_entries(&mut w, &what).await;
+        faults.disarm();
+        assert_eq!(seen, expected, "{what}: exactly the current entries");
+    }
+    for k in expected.keys() {
+        direct.delete(k).await.expect("cleanup");
+    }
+}
+
+/// A running watch whose connections are cut (at many points of the traffic, and held off the
+/// server for a while) delivers every change in order, none lost and none repeated.
+pub async fn watch_resumes_after_faults(
+    faulty: &DynKeyValueStore,
+    direct: &DynKeyValueStore,
+    root: &KeyPath,
+    faults: &dyn Faults,
+) {
+    let base = key(root, "faults_resume");
+    let mut w = faulty.watch(&base, WatchOptions::new().with_initial(true));
+    let initial = initial_entries(&mut w, "the initial entries").await;
+    assert!(
+        initial.is_empty(),
+        "a fresh root has no entries: {initial:?}"
+    );
+    let (a, b) = (key(&base, "a"), key(&base, "b"));
+    for budget in CUT_BUDGETS {
+        faults.cut_after(budget);
+        let pa = Change::put(direct, &a, &format!("a after {budget}")).await;
+        let pb = Change::put(direct, &b, &format!("b after {budget}")).await;
+        let Change::Put(_, _, va) = pa else {
+            unreachable!()
+        };
+        let da = Change::delete(direct, &a, va).await;
+        expect_changes(
+            &mut w,
+            vec![pa, pb, da],
+            &format!("connections cut after {budget} bytes"),
+        )
+        .await;
+        faults.disarm();
+    }
+    faults.hold();
+    let mut held = Vec::new();
+    for i in 0..5 {
+        held.push(Change::put(direct, &a, &format!("held {i}")).await);
+    }
+    faults.release();
+    expect_changes(
+        &mut w,
+        held,
+        "changes made while the watch was held off the server",
+    )
+    .await;
+    let last = Change::put(direct, &b, "last").await;
+    expect_changes(
+        &mut w,
+        vec![last],
+        "the next change, nothing repeated before it",
+    )
+    .await;
+    for k in [&a, &b] {
+        direct.delete(k).await.expect("cleanup");
+    }
+}
+
+/// A watch whose store forgot changes it had not read (history compacted or trimmed while it
+/// was held off the server) says so with one [`Error::WatchGap`](crate::Error::WatchGap), never
+/// delivering a later change as if nothing was missed, then reads the current entries again,
+/// `Synced`, and goes on with the next change.
+pub async fn watch_reports_a_gap_then_the_current_entries(
+    faulty: &DynKeyValueStore,
+    direct: &DynKeyValueStore,
+    root: &KeyPath,
+    faults: &dyn Faults,
+) {
+    let base = key(root, "faults_gap");
+    let (x, y, z) = (key(&base, "x"), key(&base, "y"), key(&base, "z"));
+    Change::put(direct, &x, "x1").await;
+    Change::put(direct, &y, "y1").await;
+    let mut w = faulty.watch(&base, WatchOptions::new().with_initial(true));
+    assert_eq!(
+        initial_entries(&mut w, "the initial entries").await.len(),
+        2
+    );
+    faults.hold();
+    let Change::Put(_, _, vx) = Change::put(direct, &x, "x2").await else {
+        unreachable!()
+    };
+    direct.delete(&y).await.expect("direct delete");
+    let Change::Put(_, _, vz) = Change::put(direct, &z, "z1").await else {
+        unreachable!()
+    };
+    faults.forget_history().await;
+    faults.release();
+    match next_after_temporary_errors(&mut w, "the gap").await {
+        Err(e) if e.is_gap() => {}
+        Err(e) => panic!("a gap is reported as Error::WatchGap, got {e:?}"),
+        Ok(e) => panic!(
+            "the store forgot the changes the watch missed, yet it delivered {e:?} without reporting a gap"
+        ),
+    }
+    let current = initial_entries(&mut w, "the current entries after the gap").await;
+    let expected: std::collections::BTreeMap<_, _> = [
+        (x.clone(), (Bytes::from_static(b"x2"), vx)),
+        (z.clone(), (Bytes::from_static(b"z1"), vz)),
+    ]
+    .into();
+    assert_eq!(
+        current, expected,
+        "after a gap, exactly the current entries"
+    );
+    let next = Change::put(direct, &y, "y2").await;
+    match next_after_temporary_errors(&mut w, "the change after the gap").await {
+        Ok(e) => next.check(&e, "the change after the gap"),
+        Err(e) => panic!("the change after the gap: {e}"),
+    }
+    for k in [&x, &y, &z] {
+        direct.delete(k).await.expect("cleanup");
+    }
+}
+
+/// Runs the three fault functions.
+pub async fn run_faults(
+    faulty: &DynKeyValueStore,
+    direct: &DynKeyValueStore,
+    root: &KeyPath,
+    faults: &dyn Faults,
+) {
+    watch_initial_read_survives_faults(faulty, direct, root, faults).await;
+    watch_resumes_after_faults(faulty, direct, root, faults).await;
+    watch_reports_a_gap_then_the_current_entries(faulty, direct, root, faults).await;
 }
