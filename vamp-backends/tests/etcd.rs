@@ -7,6 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+mod fault_proxy;
+
+use fault_proxy::FaultProxy;
 use futures_util::StreamExt;
 use vamp_backends::kv::etcd::EtcdKv;
 use vamp_core::kv::{
@@ -224,4 +227,61 @@ async fn etcd_reconnects_and_the_watch_resumes() {
         }
     }
     assert_eq!(seen, written, "every write, in order, none lost");
+}
+
+/// The KV conformance suite's fault functions: connections cut at many points of the initial
+/// read and of a running watch, held off, and etcd's history compacted behind a watch. On an
+/// etcd of the test's own: compaction is server-wide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_watches_survive_injected_faults() {
+    if std::process::Command::new("etcd")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(!required(), "etcd is required for the fault test");
+        eprintln!("SKIPPED: etcd is not on the PATH");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (port, peer) = (free_port(), free_port());
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let _server = OwnEtcd::start(port, peer, dir.path());
+    let direct = EtcdKv::connect(&[&endpoint], None).await.unwrap();
+    let admin = etcd_client::Client::connect([&endpoint], None)
+        .await
+        .unwrap();
+    let proxy = FaultProxy::start(
+        format!("127.0.0.1:{port}"),
+        Box::new(move || {
+            let mut admin = admin.clone();
+            Box::pin(async move {
+                let revision = admin
+                    .get("/", None)
+                    .await
+                    .unwrap()
+                    .header()
+                    .unwrap()
+                    .revision();
+                admin
+                    .compact(
+                        revision,
+                        Some(etcd_client::CompactionOptions::new().with_physical()),
+                    )
+                    .await
+                    .unwrap();
+            })
+        }),
+    )
+    .await;
+    let faulty = EtcdKv::connect(&[format!("http://127.0.0.1:{}", proxy.port)], None)
+        .await
+        .unwrap();
+    vamp_core::conformance::kv::run_faults(
+        &faulty,
+        &direct,
+        &KeyPath::parse("/faults").unwrap(),
+        &proxy,
+    )
+    .await;
 }

@@ -11,8 +11,8 @@
 //! - A watch remembers the revision after the last event it delivered. When the connection
 //!   drops it yields one [`Error::Unavailable`] item and, on the next poll, watches again
 //!   from that revision, so no event is lost while etcd keeps its history. If etcd compacted
-//!   the revisions it needed, the watch yields an error saying so and goes on from the oldest
-//!   revision etcd still has.
+//!   the revisions it needed, the watch yields [`Error::WatchGap`] and starts again from the
+//!   current values (or the current revision), as the trait's contract says.
 //! - Values are limited to 1 MiB here (etcd's default request limit is 1.5 MiB).
 //!
 //! Configuration through [`KvBackendConfig`](super::KvBackendConfig):
@@ -270,15 +270,16 @@ impl WatchState {
             });
         };
         if response.compact_revision() > 0 {
+            // A gap: the watch starts again from the current values (or the current
+            // revision), as the trait's contract says.
             let compacted = response.compact_revision();
-            self.pending.push_back(Err(Error::Backend {
+            self.pending.push_back(Err(Error::WatchGap {
                 backend: self.kv.label.clone(),
-                source: format!(
-                    "etcd compacted its history past revision {next} (now from {compacted}); changes in between were lost"
-                )
-                .into(),
+                detail: format!(
+                    "etcd compacted its history past revision {next} (now from {compacted})"
+                ),
             }));
-            self.next = Some(compacted);
+            self.next = None;
             self.stream = None;
             return Ok(());
         }
