@@ -8,6 +8,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+mod fault_proxy;
+
+use fault_proxy::FaultProxy;
 use futures_util::StreamExt;
 use vamp_backends::kv::zookeeper::{ZookeeperAccess, ZookeeperKv};
 use vamp_core::kv::{
@@ -358,4 +361,71 @@ async fn nodes_are_never_world_writable() {
     let fresh = store_root("acl-fresh");
     let _ = ZookeeperKv::connect(&servers, &fresh).await.unwrap();
     assert!(anonymous.check_stat(&fresh).await.unwrap().is_none());
+}
+
+/// The KV conformance suite's fault functions: connections cut at many points of the initial
+/// read and of a running watch, held off, and the change log trimmed behind a watch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zookeeper_watches_survive_injected_faults() {
+    let Some(servers) = servers() else { return };
+    let root = store_root("faults");
+    let direct = ZookeeperKv::connect_with(&servers, &root, writer())
+        .await
+        .unwrap();
+    let trimmer = direct.clone();
+    let target = servers.split(',').next().unwrap().to_owned();
+    let proxy = FaultProxy::start(
+        target,
+        Box::new(move || {
+            let trimmer = trimmer.clone();
+            Box::pin(async move { trimmer.trim_log(0).await.unwrap() })
+        }),
+    )
+    .await;
+    let faulty = ZookeeperKv::connect_with(&format!("127.0.0.1:{}", proxy.port), &root, writer())
+        .await
+        .unwrap();
+    vamp_core::conformance::kv::run_faults(
+        &faulty,
+        &direct,
+        &KeyPath::parse("/faults").unwrap(),
+        &proxy,
+    )
+    .await;
+}
+
+/// Trimming the log is no gap for a watch that keeps up: the trim mark stays below what the
+/// watch has read, so it sees every change once, with no gap reported and nothing read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trimming_the_log_is_no_gap_for_a_watch_that_keeps_up() {
+    let Some(servers) = servers() else { return };
+    let kv = ZookeeperKv::connect_with(&servers, &store_root("trim-no-gap"), writer())
+        .await
+        .unwrap()
+        .with_log_keep(20);
+    let key = KeyPath::parse("/t/k").unwrap();
+    let mut watch = kv.watch(
+        &KeyPath::parse("/t").unwrap(),
+        WatchOptions::new().with_initial(true),
+    );
+    assert_eq!(watch.next().await.unwrap().unwrap(), WatchEvent::Synced);
+    for i in 0..150u32 {
+        let v = kv.put(&key, i.to_string().into()).await.unwrap();
+        match tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .expect("the change arrives")
+        {
+            Some(Ok(WatchEvent::Put { value, version, .. })) => {
+                assert_eq!((value, version), (bytes::Bytes::from(i.to_string()), v));
+            }
+            other => panic!("change #{i}: {other:?}"),
+        }
+    }
+    // The log really was trimmed meanwhile.
+    let client = zookeeper_client::Client::connect(&servers).await.unwrap();
+    let left = client
+        .list_children(&format!("{}/log", store_root("trim-no-gap")))
+        .await
+        .unwrap();
+    assert!(left.len() < 60, "{} log nodes left", left.len());
 }

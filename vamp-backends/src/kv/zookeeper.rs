@@ -9,6 +9,7 @@
 //! | `R/entries/<key>` | each entry's value, raw (the key percent-encoded into one node name) |
 //! | `R/log/e-<sequence>` | every change in commit order (persistent sequential nodes) |
 //! | `R/rev` | touched by every write, so its `mzxid` is the write's version |
+//! | `R/trimmed` | the highest log sequence trimming may have removed |
 //!
 //! Every write is one ZooKeeper `multi` (entry, log node and `rev` together, all or nothing), so
 //! an entry's version is the write's transaction id (`mzxid`): increasing across all keys.
@@ -16,8 +17,10 @@
 //! writes with the node's data version, so a concurrent write makes it fail instead of being
 //! lost. Watches read the log from the sequence after the last one they delivered, waking on a
 //! children watch of `R/log`; after a reconnect (or a new session) they go on from there, so no
-//! change is lost while the log keeps it. The log is trimmed to the newest 10,000 changes; a
-//! watch that falls further behind yields an error saying so.
+//! change is lost while the log keeps it. The log is trimmed to the newest [`LOG_KEEP`]
+//! changes ([`ZookeeperKv::with_log_keep`]); trimming raises `R/trimmed` before it deletes, so a
+//! watch that falls further behind yields [`Error::WatchGap`] and starts again from the
+//! current values, also when the log was trimmed empty and nothing was written since.
 //!
 //! **Access.** No node this store creates is writable by the world. With credentials
 //! ([`ZookeeperAccess::Digest`], `zk://user:password@host/prefix`) the session authenticates
@@ -39,6 +42,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -82,6 +86,10 @@ struct Inner {
     label: String,
     access: ZookeeperAccess,
     client: Mutex<Option<zk::Client>>,
+    /// How many changes the log keeps.
+    log_keep: AtomicI64,
+    /// The log sequence this handle last trimmed at.
+    last_trim: AtomicI64,
 }
 
 /// Who may write the nodes this store creates (see the module docs).
@@ -197,6 +205,13 @@ fn decode(name: &str) -> Option<KeyPath> {
     KeyPath::parse(&String::from_utf8(out).ok()?).ok()
 }
 
+fn parse_mark(data: &[u8]) -> i64 {
+    std::str::from_utf8(data)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(-1)
+}
+
 fn sequence(name: &str) -> Option<i64> {
     name.strip_prefix("e-")?.parse().ok()
 }
@@ -252,6 +267,8 @@ impl ZookeeperKv {
                 label: format!("ZooKeeper({servers}{})", root_path.as_str()),
                 access,
                 client: Mutex::new(None),
+                log_keep: AtomicI64::new(LOG_KEEP),
+                last_trim: AtomicI64::new(0),
             }),
         };
         let client = kv.client().await?;
@@ -264,6 +281,7 @@ impl ZookeeperKv {
             format!("{}/entries", kv.inner.root),
             format!("{}/log", kv.inner.root),
             format!("{}/rev", kv.inner.root),
+            format!("{}/trimmed", kv.inner.root),
         ] {
             match client.mkdir(&node, &dir).await {
                 Ok(()) | Err(zk::Error::NodeExists) => {}
@@ -271,6 +289,41 @@ impl ZookeeperKv {
             }
         }
         Ok(kv)
+    }
+
+    /// Keeps the newest `keep` changes in the log instead of [`LOG_KEEP`] (for every clone of
+    /// this handle). A watch further behind than that reads the current values again.
+    #[must_use]
+    pub fn with_log_keep(self, keep: usize) -> Self {
+        self.inner
+            .log_keep
+            .store(i64::try_from(keep).unwrap_or(i64::MAX), Ordering::Relaxed);
+        self
+    }
+
+    /// Trims the change log to its newest `keep` changes now (writers also trim, every tenth
+    /// of the configured keep). Watches behind the trimmed changes report a gap.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when ZooKeeper cannot be reached; [`Error::InvalidConfig`] for a
+    /// read-only store.
+    pub async fn trim_log(&self, keep: usize) -> Result<(), Error> {
+        if self.acls().is_none() {
+            return Err(crate::invalid(
+                "zookeeper",
+                "this store has no credentials and is read-only",
+            ));
+        }
+        let client = self.client().await?;
+        let names = client
+            .list_children(&format!("{}/log", self.inner.root))
+            .await
+            .map_err(|e| self.err(e))?;
+        let Some(newest) = names.iter().filter_map(|n| sequence(n)).max() else {
+            return Ok(());
+        };
+        self.trim(&client, newest, i64::try_from(keep).unwrap_or(i64::MAX))
+            .await
     }
 
     /// The current session, connecting (again) when there is none or it has expired.
@@ -369,11 +422,19 @@ impl ZookeeperKv {
                         _ => {}
                     }
                 }
-                if let Some(s) = seq
-                    && s > 0
-                    && s % 1000 == 0
-                {
-                    self.trim(&client, s).await;
+                if let Some(s) = seq {
+                    let keep = self.inner.log_keep.load(Ordering::Relaxed);
+                    let last = self.inner.last_trim.load(Ordering::Relaxed);
+                    if s - last >= (keep / 10).max(1)
+                        && self
+                            .inner
+                            .last_trim
+                            .compare_exchange(last, s, Ordering::Relaxed, Ordering::Relaxed)
+                            .is_ok()
+                    {
+                        // Best effort: a failed trim is tried again later.
+                        let _ = self.trim(&client, s, keep).await;
+                    }
                 }
                 v.map(Ok).ok_or_else(|| Error::Backend {
                     backend: self.inner.label.clone(),
@@ -388,16 +449,78 @@ impl ZookeeperKv {
         }
     }
 
-    /// Deletes log nodes older than the newest [`LOG_KEEP`] (best effort).
-    async fn trim(&self, client: &zk::Client, newest: i64) {
-        let dir = format!("{}/log", self.inner.root);
-        let Ok(names) = client.list_children(&dir).await else {
-            return;
-        };
-        for name in names {
-            if sequence(&name).is_some_and(|s| s < newest - LOG_KEEP) {
-                let _ = client.delete(&format!("{dir}/{name}"), None).await;
+    /// Deletes the log nodes before the newest `keep` (up to sequence `newest`), raising
+    /// `R/trimmed` to the highest sequence it may delete first, so a watch never misses a
+    /// deleted change without seeing the mark.
+    async fn trim(&self, client: &zk::Client, newest: i64, keep: i64) -> Result<(), Error> {
+        let bound = newest.saturating_sub(keep);
+        if bound <= 0 {
+            return Ok(());
+        }
+        let mark = format!("{}/trimmed", self.inner.root);
+        let mut raised = false;
+        for _ in 0..10 {
+            let (data, stat) = match client.get_data(&mark).await {
+                Ok(d) => d,
+                // A root made before this node existed.
+                Err(zk::Error::NoNode) => {
+                    let acls = self.acls().expect("checked by the caller");
+                    let mode = zk::CreateMode::Persistent.with_acls(acls);
+                    match client.create(&mark, b"-1", &mode).await {
+                        Ok(_) | Err(zk::Error::NodeExists) => continue,
+                        Err(e) => return Err(self.err(e)),
+                    }
+                }
+                Err(e) => return Err(self.err(e)),
+            };
+            if parse_mark(&data) >= bound - 1 {
+                raised = true;
+                break;
             }
+            match client
+                .set_data(
+                    &mark,
+                    (bound - 1).to_string().as_bytes(),
+                    Some(stat.version),
+                )
+                .await
+            {
+                Ok(_) => {
+                    raised = true;
+                    break;
+                }
+                Err(zk::Error::BadVersion) => {}
+                Err(e) => return Err(self.err(e)),
+            }
+        }
+        if !raised {
+            return Err(Error::Unavailable {
+                backend: self.inner.label.clone(),
+                source: "could not raise the trim mark (concurrent trims)".into(),
+            });
+        }
+        let dir = format!("{}/log", self.inner.root);
+        let names = client.list_children(&dir).await.map_err(|e| self.err(e))?;
+        for name in names {
+            if sequence(&name).is_some_and(|s| s < bound) {
+                match client.delete(&format!("{dir}/{name}"), None).await {
+                    Ok(()) | Err(zk::Error::NoNode) => {}
+                    Err(e) => return Err(self.err(e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The trim mark: the highest log sequence trimming may have removed (-1: none).
+    async fn trim_mark(&self, client: &zk::Client) -> Result<i64, Error> {
+        match client
+            .get_data(&format!("{}/trimmed", self.inner.root))
+            .await
+        {
+            Ok((data, _)) => Ok(parse_mark(&data)),
+            Err(zk::Error::NoNode) => Ok(-1),
+            Err(e) => Err(self.err(e)),
         }
     }
 
@@ -454,6 +577,15 @@ struct WatchState {
 }
 
 impl WatchState {
+    /// A gap: reported, then the watch starts again from the current values (or position).
+    fn gap(&mut self, detail: String) {
+        self.last = None;
+        self.pending.push_back(Err(Error::WatchGap {
+            backend: self.kv.inner.label.clone(),
+            detail,
+        }));
+    }
+
     async fn next(mut self) -> Option<(Result<WatchEvent, Error>, Self)> {
         loop {
             if let Some(e) = self.pending.pop_front() {
@@ -468,11 +600,15 @@ impl WatchState {
 
     async fn fill(&mut self) -> Result<(), Error> {
         let (seqs, watcher) = self.kv.log_and_watch().await?;
+        let client = self.kv.client().await?;
+        // After the listing: a change deleted by a trim that began before it is covered by
+        // the mark read now.
+        let mark = self.kv.trim_mark(&client).await?;
         let Some(last) = self.last else {
             // The start position is kept only once the current values are read too: a
             // failure in between reads both again (an agent starting during a blip must not
-            // miss the configuration for good).
-            let start = seqs.last().copied().unwrap_or(-1);
+            // miss the configuration for good). A log trimmed empty still has its mark.
+            let start = seqs.last().copied().unwrap_or(-1).max(mark);
             if self.initial {
                 let mut events = Vec::new();
                 let mut snapshot = HashMap::new();
@@ -493,6 +629,11 @@ impl WatchState {
             self.last = Some(start);
             return Ok(());
         };
+        if mark > last {
+            return Ok(self.gap(format!(
+                "the change log was trimmed up to sequence {mark}, past this watch's position {last}"
+            )));
+        }
         let new: Vec<i64> = seqs.into_iter().filter(|s| *s > last).collect();
         if new.is_empty() {
             // Wait for the next change (or look again after a while: a watcher can be lost
@@ -502,23 +643,16 @@ impl WatchState {
             futures_util::future::select(changed, timeout).await;
             return Ok(());
         }
-        if new[0] > last + 1 && last >= 0 {
-            self.pending.push_back(Err(Error::Backend {
-                backend: self.kv.inner.label.clone(),
-                source: format!(
-                    "the change log was trimmed past sequence {last} (now from {}); changes in between were lost",
-                    new[0]
-                )
-                .into(),
-            }));
-        }
-        let client = self.kv.client().await?;
         for s in new {
             let path = format!("{}/log/e-{s:010}", self.kv.inner.root);
             let (data, stat) = match client.get_data(&path).await {
                 Ok(d) => d,
-                // Trimmed meanwhile: reported by the gap check on the next fill.
-                Err(zk::Error::NoNode) => continue,
+                // Trimmed since the listing: this change is lost to the watch.
+                Err(zk::Error::NoNode) => {
+                    return Ok(self.gap(format!(
+                        "the change log was trimmed past sequence {s} while this watch read it"
+                    )));
+                }
                 Err(e) => return Err(self.kv.err(e)),
             };
             self.last = Some(s);
