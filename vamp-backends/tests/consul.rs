@@ -7,11 +7,13 @@
 #![cfg(feature = "kv-consul")]
 
 mod consul_double;
+mod fault_proxy;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use consul_double::ConsulDouble;
+use fault_proxy::FaultProxy;
 use futures_util::StreamExt;
 use vamp_backends::kv::consul::{ConsulKv, ConsulKvOptions, LOG_KEEP, VALUE_MAX_BYTES};
 use vamp_core::kv::{
@@ -42,10 +44,34 @@ async fn real_consul_passes_the_kv_conformance_suite() {
     if let Ok(token) = std::env::var("VAMP_TEST_CONSUL_TOKEN") {
         options = options.with_token(token);
     }
-    let kv = ConsulKv::connect(options)
+    let kv = ConsulKv::connect(options.clone())
         .await
         .unwrap_or_else(|e| panic!("Consul at {address}: {e}"));
     vamp_core::conformance::kv::run_all(&kv, &KeyPath::parse("/direct").unwrap()).await;
+    // The fault functions, through a proxy in front of the agent.
+    let trimmer = kv.clone();
+    let target = address
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let proxy = FaultProxy::start(
+        target,
+        Box::new(move || {
+            let trimmer = trimmer.clone();
+            Box::pin(async move { trimmer.trim_log(0).await.unwrap() })
+        }),
+    )
+    .await;
+    let mut through = options;
+    through.address = format!("http://127.0.0.1:{}", proxy.port);
+    let faulty = ConsulKv::connect(through).await.unwrap();
+    vamp_core::conformance::kv::run_faults(
+        &faulty,
+        &kv,
+        &KeyPath::parse("/faults").unwrap(),
+        &proxy,
+    )
+    .await;
 }
 
 /// The documented layout: entries under `R/data`, a change record per write under `R/log`,
@@ -298,4 +324,40 @@ async fn the_store_reconnects_and_the_watch_resumes() {
         }
     }
     assert_eq!(seen, written, "every write, in order, none lost");
+}
+
+/// The KV conformance suite's fault functions, through a proxy in front of the double:
+/// connections cut at many points of the initial read and of a running watch, held off, and
+/// the change log trimmed behind a watch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_watches_survive_injected_faults() {
+    let double = ConsulDouble::start().await;
+    let direct = ConsulKv::connect(options(&double)).await.unwrap();
+    let trimmer = direct.clone();
+    let target = double
+        .address()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let proxy = FaultProxy::start(
+        target,
+        Box::new(move || {
+            let trimmer = trimmer.clone();
+            Box::pin(async move { trimmer.trim_log(0).await.unwrap() })
+        }),
+    )
+    .await;
+    let faulty = ConsulKv::connect(
+        ConsulKvOptions::new(format!("http://127.0.0.1:{}", proxy.port))
+            .with_block_wait(Duration::from_secs(2)),
+    )
+    .await
+    .unwrap();
+    vamp_core::conformance::kv::run_faults(
+        &faulty,
+        &direct,
+        &KeyPath::parse("/faults").unwrap(),
+        &proxy,
+    )
+    .await;
 }

@@ -21,7 +21,8 @@
 //! A watch lists `R/log/` with blocking queries on `X-Consul-Index`, reads the change records
 //! it has not seen, and delivers them in index order; after a reconnect it goes on from the last
 //! index it delivered, so no change is lost while the log keeps it. Writers trim the log to the
-//! newest [`LOG_KEEP`] records; a watch that falls further behind yields an error saying so.
+//! newest [`LOG_KEEP`] records; a watch that falls further behind yields [`Error::WatchGap`]
+//! and starts again from the current values.
 //!
 //! Limits: a transaction carries the value twice, base64-encoded, within Consul's default
 //! `txn_max_req_len` of 512 KiB, so values are limited to [`VALUE_MAX_BYTES`]. TTLs and HTTPS
@@ -474,19 +475,23 @@ impl ConsulKv {
     async fn after_write(&self) {
         if self.inner.writes.fetch_add(1, Ordering::Relaxed) % 100 == 99 {
             // Best effort: a failed trim is retried a hundred writes later.
-            let _ = self.trim().await;
+            let _ = self.trim_log(LOG_KEEP).await;
         }
     }
 
-    /// Deletes the oldest change records beyond [`LOG_KEEP`], raising `R/trimmed` to the
+    /// Deletes the oldest change records beyond the newest `keep`, raising `R/trimmed` to the
     /// highest index removed in the same transaction, so watches can tell what they missed.
-    pub(crate) async fn trim(&self) -> Result<(), Error> {
+    /// Writers do this every hundred writes with [`LOG_KEEP`].
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when Consul cannot be reached.
+    pub async fn trim_log(&self, keep: usize) -> Result<(), Error> {
         let (mut names, _) = self.keys(&self.log_dir(), 0).await?;
-        if names.len() <= LOG_KEEP {
+        if names.len() <= keep {
             return Ok(());
         }
         names.sort();
-        let excess = names.len() - LOG_KEEP;
+        let excess = names.len() - keep;
         for chunk in names[..excess].chunks(TXN_OPS - 2) {
             'attempt: for _ in 0..5 {
                 let mut prefixes = vec![self.trimmed_key()];
@@ -605,6 +610,18 @@ impl WatchState {
         }
     }
 
+    /// A gap: reported, then the watch starts again from the current values (or position).
+    fn gap(&mut self, trimmed: u64) {
+        self.pending.push_back(Err(Error::WatchGap {
+            backend: self.kv.inner.label.clone(),
+            detail: format!(
+                "the change log was trimmed up to index {trimmed}, past the last delivered index {}",
+                self.last
+            ),
+        }));
+        self.started = false;
+    }
+
     async fn start(&mut self) -> Result<(), Error> {
         // The log first, then the snapshot: every record listed now is covered by the
         // snapshot; records written in between are read later and skipped by index.
@@ -656,12 +673,29 @@ impl WatchState {
         // Consul's rules: an index that goes backwards resets to 0; never block on 0.
         self.index = if index < before { 1 } else { index.max(1) };
         let listed: HashSet<String> = names.into_iter().collect();
+        let before_trim = self.seen.len();
         self.seen.retain(|n| listed.contains(n));
+        let shrank = self.seen.len() < before_trim;
         let mut new: Vec<String> = listed
             .into_iter()
             .filter(|n| !self.seen.contains(n))
             .collect();
         if new.is_empty() {
+            if shrank {
+                // Records were trimmed: past this watch's position? (A log trimmed empty
+                // shows no new record to read the mark with.)
+                let trimmed = self
+                    .kv
+                    .read_tree(&[self.kv.trimmed_key()])
+                    .await?
+                    .iter()
+                    .find(|e| e.key == self.kv.trimmed_key())
+                    .map_or(0, trimmed_index);
+                if trimmed > self.last {
+                    self.gap(trimmed);
+                }
+                return Ok(());
+            }
             if self.index <= before {
                 // Woke without news (timeout or index reset): don't spin.
                 vamp_core::rt::sleep(Duration::from_millis(50)).await;
@@ -685,10 +719,8 @@ impl WatchState {
             }
         }
         if trimmed > self.last {
-            self.pending.push_back(Err(self.kv.backend_err(format!(
-                "the change log was trimmed up to index {trimmed}, past the last delivered index {}; changes in between may be lost",
-                self.last
-            ))));
+            self.gap(trimmed);
+            return Ok(());
         }
         records.sort_by_key(|e| e.modify_index);
         for e in records {

@@ -630,9 +630,10 @@ impl WatchState {
             return Ok(());
         };
         if mark > last {
-            return Ok(self.gap(format!(
+            self.gap(format!(
                 "the change log was trimmed up to sequence {mark}, past this watch's position {last}"
-            )));
+            ));
+            return Ok(());
         }
         let new: Vec<i64> = seqs.into_iter().filter(|s| *s > last).collect();
         if new.is_empty() {
@@ -649,9 +650,10 @@ impl WatchState {
                 Ok(d) => d,
                 // Trimmed since the listing: this change is lost to the watch.
                 Err(zk::Error::NoNode) => {
-                    return Ok(self.gap(format!(
+                    self.gap(format!(
                         "the change log was trimmed past sequence {s} while this watch read it"
-                    )));
+                    ));
+                    return Ok(());
                 }
                 Err(e) => return Err(self.kv.err(e)),
             };

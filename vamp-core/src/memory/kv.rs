@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -13,24 +14,89 @@ use parking_lot::Mutex;
 use crate::error::{Error, Result};
 use crate::kv::*;
 
+/// How many events a watcher may have waiting before it is dropped with a gap.
+pub const WATCH_BUFFER: usize = 65_536;
+
 #[derive(Debug)]
 struct Watcher {
     prefix: KeyPath,
-    tx: mpsc::UnboundedSender<Result<WatchEvent>>,
+    tx: mpsc::Sender<WatchEvent>,
+    /// Set when the watcher fell [`WATCH_BUFFER`] events behind and was dropped.
+    overflowed: Arc<AtomicBool>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     entries: BTreeMap<KeyPath, Versioned<Bytes>>,
     revision: u64,
     watchers: Vec<Watcher>,
+    watch_buffer: usize,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            entries: BTreeMap::new(),
+            revision: 0,
+            watchers: Vec::new(),
+            watch_buffer: WATCH_BUFFER,
+        }
+    }
 }
 
 impl State {
     fn notify(&mut self, key: &KeyPath, event: &WatchEvent) {
-        self.watchers.retain(|w| {
-            !key.starts_with(&w.prefix) || w.tx.unbounded_send(Ok(event.clone())).is_ok()
+        self.watchers.retain_mut(|w| {
+            if !key.starts_with(&w.prefix) {
+                return true;
+            }
+            match w.tx.try_send(event.clone()) {
+                Ok(()) => true,
+                Err(e) => {
+                    // Full: the watcher fell too far behind; it reports a gap and starts
+                    // again. Disconnected: the stream was dropped.
+                    if e.is_full() {
+                        w.overflowed.store(true, Ordering::SeqCst);
+                    }
+                    false
+                }
+            }
         });
+    }
+
+    /// Registers a watcher, queueing the current entries first when `initial`.
+    fn subscribe(
+        &mut self,
+        prefix: &KeyPath,
+        initial: bool,
+    ) -> (mpsc::Receiver<WatchEvent>, Arc<AtomicBool>) {
+        let current: Vec<WatchEvent> = if initial {
+            self.entries
+                .iter()
+                .filter(|(k, _)| k.starts_with(prefix))
+                .map(|(key, v)| WatchEvent::Put {
+                    key: key.clone(),
+                    value: v.value.clone(),
+                    version: v.version,
+                })
+                .chain(std::iter::once(WatchEvent::Synced))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        // Room for the current entries as well as the buffer of changes.
+        let (mut tx, rx) = mpsc::channel(self.watch_buffer.saturating_add(current.len()));
+        for event in current {
+            tx.try_send(event)
+                .expect("the channel has room for the current entries");
+        }
+        let overflowed = Arc::new(AtomicBool::new(false));
+        self.watchers.push(Watcher {
+            prefix: prefix.clone(),
+            tx,
+            overflowed: Arc::clone(&overflowed),
+        });
+        (rx, overflowed)
     }
 }
 
@@ -48,6 +114,15 @@ impl InMemoryKv {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store whose watchers may fall `events` changes behind before they are
+    /// dropped with [`Error::WatchGap`] (and start again from the current entries); the
+    /// default is [`WATCH_BUFFER`]. Memory per watcher stays bounded.
+    pub fn with_watch_buffer(events: usize) -> Self {
+        let kv = Self::default();
+        kv.state.lock().watch_buffer = events.max(1);
+        kv
     }
 }
 
@@ -147,23 +222,29 @@ impl KeyValueStore for InMemoryKv {
         prefix: &KeyPath,
         opts: WatchOptions,
     ) -> BoxStream<'static, Result<WatchEvent>> {
-        let (tx, rx) = mpsc::unbounded();
-        let mut s = self.state.lock();
-        if opts.initial {
-            for (key, v) in s.entries.iter().filter(|(k, _)| k.starts_with(prefix)) {
-                let _ = tx.unbounded_send(Ok(WatchEvent::Put {
-                    key: key.clone(),
-                    value: v.value.clone(),
-                    version: v.version,
-                }));
-            }
-            let _ = tx.unbounded_send(Ok(WatchEvent::Synced));
-        }
-        s.watchers.push(Watcher {
-            prefix: prefix.clone(),
-            tx,
-        });
-        rx.boxed()
+        let (rx, overflowed) = self.state.lock().subscribe(prefix, opts.initial);
+        let state = Arc::clone(&self.state);
+        let prefix = prefix.clone();
+        stream::unfold(
+            (rx, overflowed, state, prefix),
+            move |(mut rx, mut overflowed, state, prefix)| async move {
+                if let Some(event) = rx.next().await {
+                    return Some((Ok(event), (rx, overflowed, state, prefix)));
+                }
+                if !overflowed.load(Ordering::SeqCst) {
+                    return None;
+                }
+                // Every queued change was delivered; the ones after were not: a gap, then
+                // the current entries again (or the current position).
+                let gap = Error::WatchGap {
+                    backend: "InMemoryKv".into(),
+                    detail: "the watcher fell too many changes behind".into(),
+                };
+                (rx, overflowed) = state.lock().subscribe(&prefix, opts.initial);
+                Some((Err(gap), (rx, overflowed, state, prefix)))
+            },
+        )
+        .boxed()
     }
 
     fn capabilities(&self) -> KvCapabilities {
@@ -190,6 +271,74 @@ mod tests {
 
     fn root(name: &str) -> KeyPath {
         KeyPath::parse(&format!("/conformance/{name}")).unwrap()
+    }
+
+    /// A watcher that is not read falls behind by a bounded number of changes only: then it
+    /// is dropped, and its stream delivers what was queued, a gap, the current entries, and
+    /// goes on (the queue grew without bound before).
+    #[tokio::test]
+    async fn a_watcher_that_falls_behind_gets_a_gap_then_the_current_entries() {
+        let kv = InMemoryKv::with_watch_buffer(4);
+        let k = KeyPath::parse("/w/k").unwrap();
+        kv.put(&k, "0".into()).await.unwrap();
+        let mut w = kv.watch(
+            &KeyPath::parse("/w").unwrap(),
+            WatchOptions::new().with_initial(true),
+        );
+        let mut versions = Vec::new();
+        for i in 1..=50u32 {
+            versions.push(kv.put(&k, i.to_string().into()).await.unwrap());
+        }
+        let mut items = Vec::new();
+        while let Some(Some(item)) = w.next().now_or_never() {
+            items.push(item);
+        }
+        assert_eq!(
+            kv.state.lock().watchers.len(),
+            1,
+            "one watcher, resubscribed"
+        );
+        let gap = items
+            .iter()
+            .position(|i| i.as_ref().is_err_and(Error::is_gap))
+            .expect("a gap");
+        assert!(gap < 10, "few changes were queued before the gap: {gap}");
+        // Before the gap: the initial entry, Synced, and the first changes in order.
+        for (n, item) in items[2..gap].iter().enumerate() {
+            assert_eq!(
+                item.as_ref().unwrap(),
+                &WatchEvent::Put {
+                    key: k.clone(),
+                    value: Bytes::from((n + 1).to_string()),
+                    version: versions[n]
+                }
+            );
+        }
+        // After it: the current entry, Synced, nothing else.
+        let after: Vec<_> = items[gap + 1..]
+            .iter()
+            .map(|i| i.as_ref().unwrap().clone())
+            .collect();
+        assert_eq!(
+            after,
+            vec![
+                WatchEvent::Put {
+                    key: k.clone(),
+                    value: Bytes::from_static(b"50"),
+                    version: versions[49]
+                },
+                WatchEvent::Synced
+            ]
+        );
+        let v = kv.put(&k, "51".into()).await.unwrap();
+        assert_eq!(
+            w.next().now_or_never().unwrap().unwrap().unwrap(),
+            WatchEvent::Put {
+                key: k,
+                value: Bytes::from_static(b"51"),
+                version: v
+            }
+        );
     }
 
     #[tokio::test]

@@ -6,7 +6,7 @@ mod metrics;
 mod persistence;
 mod scheduler;
 
-pub use kv::InMemoryKv;
+pub use kv::{InMemoryKv, WATCH_BUFFER};
 pub use metrics::{DEFAULT_MAX_RECORDS, InMemoryMetrics};
 pub use persistence::InMemoryPersistence;
 pub use scheduler::InMemoryScheduler;
