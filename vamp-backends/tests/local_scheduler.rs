@@ -398,3 +398,152 @@ async fn a_restarted_instance_whose_port_was_taken_gets_a_new_one() {
     drop(squatter);
     scheduler.undeploy(&id).await.unwrap();
 }
+
+/// The kernel's ephemeral port range.
+fn ephemeral_range() -> std::ops::RangeInclusive<u16> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+    let mut parts = text.split_whitespace().map(|p| p.parse::<u16>().unwrap());
+    parts.next().unwrap()..=parts.next().unwrap()
+}
+
+/// Instances get ports from the scheduler's own range, below the kernel's ephemeral ports
+/// (which the kernel hands to any process's outgoing connections: a port picked by binding
+/// port 0 and releasing it could be taken before the instance bound it), and no port goes to
+/// two instances, also across two schedulers deploying at the same time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_get_their_own_ports_outside_the_kernel_s_ephemeral_range() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = LocalScheduler::new(d1.path()).unwrap();
+    let b = LocalScheduler::new(d2.path()).unwrap();
+    let spec = |name: &str| {
+        ServiceSpec::new(
+            ServiceId::new("ports", name, "v1"),
+            command("exec sleep 60"),
+        )
+        .with_instances(10)
+        .with_port("one", 8080, PortType::Http)
+        .with_port("two", 8081, PortType::Tcp)
+    };
+    let (ra, rb) = tokio::join!(
+        a.deploy(spec("a"), DeployOptions::default()),
+        b.deploy(spec("b"), DeployOptions::default())
+    );
+    ra.unwrap();
+    rb.unwrap();
+    let mut ports = Vec::new();
+    for (s, name) in [(&a, "a"), (&b, "b")] {
+        let service = s
+            .service(&ServiceId::new("ports", name, "v1"))
+            .await
+            .unwrap()
+            .unwrap();
+        for i in &service.instances {
+            ports.extend(i.ports.values().copied());
+        }
+    }
+    assert_eq!(ports.len(), 40);
+    let ephemeral = ephemeral_range();
+    for p in &ports {
+        assert!(
+            vamp_backends::scheduler::local::DEFAULT_PORT_RANGE.contains(p),
+            "port {p} is in the scheduler's range"
+        );
+        assert!(!ephemeral.contains(p), "port {p} is an ephemeral port");
+    }
+    let mut distinct = ports.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), ports.len(), "no port twice: {ports:?}");
+}
+
+/// A range overlapping the ephemeral ports is refused, and a service beyond the instance
+/// limit is a named error, not thousands of processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_ranges_and_instance_counts_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let ephemeral = ephemeral_range();
+    let e = LocalScheduler::new(dir.path())
+        .unwrap()
+        .with_port_range(*ephemeral.start()..=*ephemeral.start() + 10)
+        .unwrap_err();
+    assert!(e.to_string().contains("ephemeral"), "{e}");
+    let scheduler = LocalScheduler::new(dir.path())
+        .unwrap()
+        .with_max_instances(3);
+    let spec = ServiceSpec::new(ServiceId::new("limit", "s", "v1"), command("exec sleep 60"))
+        .with_instances(4);
+    let e = scheduler
+        .deploy(spec.clone(), DeployOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            vamp_core::Error::Invalid {
+                what: "instances",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    scheduler
+        .deploy(spec.with_instances(3), DeployOptions::default())
+        .await
+        .unwrap();
+    let e = scheduler
+        .scale(&ServiceId::new("limit", "s", "v1"), 1000)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            vamp_core::Error::Invalid {
+                what: "instances",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}
+
+/// A port goes back to the range when its instance is gone: with a range of two ports, a
+/// second service waits for the first to be undeployed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ports_return_to_the_range_when_their_instances_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    // A range of its own (no other test uses it), below the ephemeral ports.
+    let start = ephemeral_range().start() - 200;
+    let scheduler = LocalScheduler::new(dir.path())
+        .unwrap()
+        .with_port_range(start..=start + 1)
+        .unwrap();
+    let spec = |name: &str, n: u32| {
+        ServiceSpec::new(
+            ServiceId::new("range", name, "v1"),
+            command("exec sleep 60"),
+        )
+        .with_instances(n)
+        .with_port("p", 8080, PortType::Http)
+    };
+    scheduler
+        .deploy(spec("first", 2), DeployOptions::default())
+        .await
+        .unwrap();
+    let full = scheduler
+        .deploy(spec("second", 1), DeployOptions::default())
+        .await
+        .unwrap_err();
+    assert!(full.is_temporary(), "{full:?}");
+    assert!(format!("{full:?}").contains("no free port"), "{full:?}");
+    scheduler
+        .undeploy(&ServiceId::new("range", "first", "v1"))
+        .await
+        .unwrap();
+    eventually("a port is free again", async || {
+        scheduler
+            .deploy(spec("second", 1), DeployOptions::default())
+            .await
+            .ok()
+    })
+    .await;
+}

@@ -4,7 +4,12 @@
 //! A service's deployable is a shell command (type `command`, `cmd`, `process` or `shell`):
 //! each instance runs `sh -c <definition>` in its own process group, in its own directory
 //! below the scheduler's work directory, with its output in `output.log` there. Every spec port
-//! gets a free loopback port per instance, passed in the environment as `PORT_<NAME>` (name
+//! gets a loopback port per instance from the scheduler's own range ([`DEFAULT_PORT_RANGE`],
+//! below the kernel's ephemeral ports, so no other process's outgoing connection is handed
+//! one; each port goes to one instance at a time, and only while nothing else listens on it;
+//! every local scheduler on the machine shares the reservation through `flock`ed files in
+//! `$TMPDIR/vamp-local-ports`, so two control planes never hand out one port twice),
+//! passed in the environment as `PORT_<NAME>` (name
 //! upper-cased, other characters `_`), `PORT0`, `PORT1`, … in spec order, and `PORT` (the first);
 //! also `HOST=127.0.0.1`, `VAMP_INSTANCE` (the instance's name) and `VAMP_INSTANCE_DIR`, then
 //! the spec's environment. Of the control plane's own environment an instance gets only
@@ -16,7 +21,10 @@
 //! anything else as a TCP connect, on the named port) run every `interval` seconds after
 //! `initial_delay`; an instance is unhealthy after `failures` failed checks in a row.
 //! Undeploying or scaling down sends `SIGTERM` to the instance's process group, then `SIGKILL`
-//! after 5 s. CPU and memory are not enforced; Docker `arguments` are ignored.
+//! after 5 s. CPU and memory are not enforced; Docker `arguments` are ignored. A service may
+//! have at most [`DEFAULT_MAX_INSTANCES`] instances ([`LocalScheduler::with_max_instances`]);
+//! directories and ports are made ready outside the scheduler's lock, so a large deployment
+//! does not hold up the others or the state queries.
 //!
 //! Each running instance's process group is recorded in `instance.pid` in its directory; a
 //! group counts as the instance's only while a member of it works in that directory (so a
@@ -46,6 +54,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, Weak};
@@ -79,6 +88,28 @@ struct Inner {
     state: Mutex<State>,
     /// Variables of the control plane's environment passed on to instances.
     inherit: Vec<String>,
+    ports: Mutex<PortAllocator>,
+    max_instances: u32,
+}
+
+impl Inner {
+    fn ports(&self) -> std::sync::MutexGuard<'_, PortAllocator> {
+        self.ports.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn release_ports(&self, ports: &IndexMap<String, u16>) {
+        let mut allocator = self.ports();
+        for port in ports.values() {
+            allocator.release(*port);
+        }
+    }
+}
+
+/// An instance made ready outside the state lock: its directory and ports.
+struct Prepared {
+    name: String,
+    dir: PathBuf,
+    ports: IndexMap<String, u16>,
 }
 
 /// The variables of the control plane's environment an instance gets by default: what a
@@ -144,14 +175,91 @@ impl Drop for Inner {
     }
 }
 
-fn free_port() -> Result<u16, Error> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| Error::Unavailable {
-            backend: "local".into(),
-            source: Box::new(e),
-        })
+/// The ports instances get by default: below Linux's default ephemeral range (32768–60999),
+/// so no outgoing connection of another process is ever given one of them by the kernel.
+pub const DEFAULT_PORT_RANGE: RangeInclusive<u16> = 20000..=29999;
+
+/// The most instances one service may have here (each is a process on this machine).
+pub const DEFAULT_MAX_INSTANCES: u32 = 256;
+
+/// Hands out the ports of the scheduler's range: each to one instance at a time, and only
+/// while nothing else listens on it. Every scheduler on the machine shares the reservation:
+/// a port given out is locked (`flock`) in [`port_lock_dir`] until it is given back, so two
+/// schedulers (two control planes, parallel tests) never hand out the same port while its
+/// instance has yet to bind it.
+struct PortAllocator {
+    range: RangeInclusive<u16>,
+    next: u16,
+    held: BTreeMap<u16, Option<std::fs::File>>,
+}
+
+/// Where the port reservations of every local scheduler on this machine are locked.
+fn port_lock_dir() -> PathBuf {
+    std::env::temp_dir().join("vamp-local-ports")
+}
+
+impl PortAllocator {
+    fn new(range: RangeInclusive<u16>) -> Self {
+        Self {
+            next: *range.start(),
+            range,
+            held: BTreeMap::new(),
+        }
+    }
+
+    /// Locks `port` for this scheduler: `None` when another holds it; `Some(None)` when
+    /// locks cannot be taken here (then only this scheduler's own bookkeeping counts).
+    fn reserve(port: u16) -> Option<Option<std::fs::File>> {
+        let dir = port_lock_dir();
+        if std::fs::create_dir_all(&dir).is_err() {
+            return Some(None);
+        }
+        let Ok(file) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("{port}.lock")))
+        else {
+            return Some(None);
+        };
+        match file.try_lock() {
+            Ok(()) => Some(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => None,
+            Err(std::fs::TryLockError::Error(_)) => Some(None),
+        }
+    }
+
+    fn allocate(&mut self) -> Option<u16> {
+        let (start, end) = (*self.range.start(), *self.range.end());
+        let len = u32::from(end.checked_sub(start)?) + 1;
+        for _ in 0..len {
+            let port = self.next;
+            self.next = if port >= end { start } else { port + 1 };
+            if self.held.contains_key(&port) {
+                continue;
+            }
+            let Some(lock) = Self::reserve(port) else {
+                continue;
+            };
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                self.held.insert(port, lock);
+                return Some(port);
+            }
+        }
+        None
+    }
+
+    fn release(&mut self, port: u16) {
+        // Dropping the file releases its lock.
+        self.held.remove(&port);
+    }
+}
+
+/// The kernel's ephemeral port range, when it can be read.
+fn ephemeral_range() -> Option<RangeInclusive<u16>> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut parts = text.split_whitespace().map(|p| p.parse::<u16>().ok());
+    Some(parts.next()??..=parts.next()??)
 }
 
 fn env_name(port: &str) -> String {
@@ -340,8 +448,51 @@ impl LocalScheduler {
                     .iter()
                     .map(|s| (*s).to_owned())
                     .collect(),
+                ports: Mutex::new(PortAllocator::new(DEFAULT_PORT_RANGE)),
+                max_instances: DEFAULT_MAX_INSTANCES,
             }),
         })
+    }
+
+    /// Gives instances ports from `range` instead of [`DEFAULT_PORT_RANGE`] (call before
+    /// deploying anything). A range overlapping the kernel's ephemeral range
+    /// (`/proc/sys/net/ipv4/ip_local_port_range`) is refused: the kernel could give one of
+    /// its ports to another process's outgoing connection while an instance restarts.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for an empty range or one overlapping the ephemeral range.
+    pub fn with_port_range(mut self, range: RangeInclusive<u16>) -> Result<Self, Error> {
+        if range.is_empty() || *range.start() == 0 {
+            return Err(crate::invalid(
+                "local",
+                format!("the port range {range:?} is empty or starts at 0"),
+            ));
+        }
+        if let Some(ephemeral) = ephemeral_range()
+            && range.start() <= ephemeral.end()
+            && ephemeral.start() <= range.end()
+        {
+            return Err(crate::invalid(
+                "local",
+                format!(
+                    "the port range {range:?} overlaps the kernel's ephemeral ports {ephemeral:?}"
+                ),
+            ));
+        }
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.ports = Mutex::new(PortAllocator::new(range));
+        }
+        Ok(self)
+    }
+
+    /// Allows services at most `max` instances instead of [`DEFAULT_MAX_INSTANCES`] (call
+    /// before deploying anything).
+    #[must_use]
+    pub fn with_max_instances(mut self, max: u32) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.max_instances = max;
+        }
+        self
     }
 
     /// Passes these variables of the control plane's environment on to instances instead of
@@ -383,6 +534,16 @@ impl LocalScheduler {
                 reason: "the command is empty".into(),
             });
         }
+        if spec.instances > self.inner.max_instances {
+            return Err(Error::Invalid {
+                what: "instances",
+                value: format!("{}: {}", spec.id, spec.instances),
+                reason: format!(
+                    "the local scheduler runs at most {} instances of a service (with_max_instances)",
+                    self.inner.max_instances
+                ),
+            });
+        }
         for h in &spec.health_checks {
             if !spec.ports.iter().any(|p| p.name == h.port) {
                 return Err(Error::Invalid {
@@ -395,41 +556,80 @@ impl LocalScheduler {
         Ok(())
     }
 
-    /// Creates an instance of `spec` and starts its supervisor.
-    fn start_instance(&self, state: &mut State, spec: &ServiceSpec) -> Result<Instance, Error> {
-        state.next_instance += 1;
-        let name = spec.id.instance_name(state.next_instance);
-        let mut ports = IndexMap::new();
-        for p in &spec.ports {
-            ports.insert(p.name.clone(), free_port()?);
+    /// Makes `count` instances of `spec` ready (directories and ports), numbered from
+    /// `first`, without the state lock. On failure nothing is left allocated.
+    fn prepare(&self, spec: &ServiceSpec, first: u64, count: u32) -> Result<Vec<Prepared>, Error> {
+        let mut prepared: Vec<Prepared> = Vec::new();
+        let undo = |prepared: &[Prepared]| {
+            for p in prepared {
+                self.inner.release_ports(&p.ports);
+                let _ = std::fs::remove_dir_all(&p.dir);
+            }
+        };
+        for n in 0..u64::from(count) {
+            let name = spec.id.instance_name(first + n);
+            let mut ports = IndexMap::new();
+            for p in &spec.ports {
+                let Some(port) = self.inner.ports().allocate() else {
+                    self.inner.release_ports(&ports);
+                    undo(&prepared);
+                    return Err(Error::Unavailable {
+                        backend: self.inner.label.clone(),
+                        source: "no free port left in the scheduler's port range".into(),
+                    });
+                };
+                ports.insert(p.name.clone(), port);
+            }
+            let dir = self.inner.workdir.join(&name);
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                self.inner.release_ports(&ports);
+                undo(&prepared);
+                return Err(Error::Backend {
+                    backend: self.inner.label.clone(),
+                    source: Box::new(e),
+                });
+            }
+            prepared.push(Prepared { name, dir, ports });
         }
-        let dir = self.inner.workdir.join(&name);
-        std::fs::create_dir_all(&dir).map_err(|e| Error::Backend {
-            backend: self.inner.label.clone(),
-            source: Box::new(e),
-        })?;
-        let (stop, stopped) = watch::channel(false);
-        let state_now = InstanceState {
-            name: name.clone(),
-            host: "127.0.0.1".into(),
-            ports: ports.clone(),
-            running: false,
-            healthy: (!spec.health_checks.is_empty()).then_some(false),
-        };
-        let supervisor = Supervisor {
-            scheduler: Arc::downgrade(&self.inner),
-            inherit: self.inner.inherit.clone(),
-            id: spec.id.clone(),
-            name,
-            dir,
-            spec: spec.clone(),
-            ports,
-        };
-        tokio::spawn(supervisor.run(stopped));
-        Ok(Instance {
-            state: state_now,
-            stop,
-        })
+        Ok(prepared)
+    }
+
+    /// Reserves `count` instance numbers; returns the first.
+    fn reserve_numbers(state: &mut State, count: u32) -> u64 {
+        let first = state.next_instance + 1;
+        state.next_instance += u64::from(count);
+        first
+    }
+
+    /// Turns prepared instances into instances and starts their supervisors.
+    fn start(&self, spec: &ServiceSpec, prepared: Vec<Prepared>) -> Vec<Instance> {
+        prepared
+            .into_iter()
+            .map(|p| {
+                let (stop, stopped) = watch::channel(false);
+                let state_now = InstanceState {
+                    name: p.name.clone(),
+                    host: "127.0.0.1".into(),
+                    ports: p.ports.clone(),
+                    running: false,
+                    healthy: (!spec.health_checks.is_empty()).then_some(false),
+                };
+                let supervisor = Supervisor {
+                    scheduler: Arc::downgrade(&self.inner),
+                    inherit: self.inner.inherit.clone(),
+                    id: spec.id.clone(),
+                    name: p.name,
+                    dir: p.dir,
+                    spec: spec.clone(),
+                    ports: p.ports,
+                };
+                tokio::spawn(supervisor.run(stopped));
+                Instance {
+                    state: state_now,
+                    stop,
+                }
+            })
+            .collect()
     }
 }
 
@@ -511,13 +711,18 @@ impl Supervisor {
     /// Before a restart: a port another process took while the instance was down is replaced
     /// by a free one (the instance's state, and so the gateway's targets, follow).
     fn reclaim_ports(&mut self) -> bool {
+        let Some(inner) = self.scheduler.upgrade() else {
+            return false;
+        };
         let mut changed = false;
         for port in self.ports.values_mut() {
-            if std::net::TcpListener::bind(("127.0.0.1", *port)).is_err()
-                && let Ok(free) = free_port()
-            {
-                *port = free;
-                changed = true;
+            if std::net::TcpListener::bind(("127.0.0.1", *port)).is_err() {
+                let mut allocator = inner.ports();
+                if let Some(free) = allocator.allocate() {
+                    allocator.release(*port);
+                    *port = free;
+                    changed = true;
+                }
             }
         }
         if changed {
@@ -527,7 +732,15 @@ impl Supervisor {
         true
     }
 
-    async fn run(mut self, mut stopped: watch::Receiver<bool>) {
+    /// Runs the instance until it is stopped or gone, then gives its ports back.
+    async fn run(mut self, stopped: watch::Receiver<bool>) {
+        self.supervise(stopped).await;
+        if let Some(inner) = self.scheduler.upgrade() {
+            inner.release_ports(&self.ports);
+        }
+    }
+
+    async fn supervise(&mut self, mut stopped: watch::Receiver<bool>) {
         let mut backoff = Duration::from_secs(1);
         let mut first = true;
         loop {
@@ -689,30 +902,33 @@ impl ContainerScheduler for LocalScheduler {
     async fn deploy(&self, spec: ServiceSpec, opts: DeployOptions) -> Result<(), Error> {
         let spec = spec.normalized()?;
         self.check_spec(&spec)?;
+        // Directories and ports are made ready without the state lock; the lock is held only
+        // to swap the instances in.
+        let first = {
+            let mut state = self.state();
+            if let Some(existing) = state.services.get(&spec.id)
+                && existing.spec == spec
+                && !opts.force
+            {
+                return Ok(());
+            }
+            Self::reserve_numbers(&mut state, spec.instances)
+        };
+        let prepared = self.prepare(&spec, first, spec.instances)?;
         let mut state = self.state();
         let state = &mut *state;
-        match state.services.get(&spec.id) {
-            Some(existing) if existing.spec == spec && !opts.force => Ok(()),
-            Some(_) => {
+        let instances = self.start(&spec, prepared);
+        match state.services.get_mut(&spec.id) {
+            Some(service) => {
                 // Replace every instance with one of the new spec.
-                let mut instances = Vec::new();
-                for _ in 0..spec.instances {
-                    instances.push(self.start_instance(state, &spec)?);
-                }
-                let service = state.services.get_mut(&spec.id).expect("present");
                 for old in std::mem::replace(&mut service.instances, instances) {
                     let _ = old.stop.send(true);
                 }
                 service.spec = spec;
                 let snapshot = service.snapshot();
                 state.emit(SchedulerEvent::Updated(snapshot));
-                Ok(())
             }
             None => {
-                let mut instances = Vec::new();
-                for _ in 0..spec.instances {
-                    instances.push(self.start_instance(state, &spec)?);
-                }
                 let service = Service {
                     spec: spec.clone(),
                     instances,
@@ -720,9 +936,9 @@ impl ContainerScheduler for LocalScheduler {
                 let snapshot = service.snapshot();
                 state.services.insert(spec.id.clone(), service);
                 state.emit(SchedulerEvent::Deployed(snapshot));
-                Ok(())
             }
         }
+        Ok(())
     }
 
     async fn undeploy(&self, id: &ServiceId) -> Result<bool, Error> {
@@ -738,23 +954,47 @@ impl ContainerScheduler for LocalScheduler {
     }
 
     async fn scale(&self, id: &ServiceId, instances: u32) -> Result<(), Error> {
+        let not_found = || Error::NotFound {
+            backend: self.inner.label.clone(),
+            kind: "service".into(),
+            name: id.to_string(),
+        };
+        let (spec, first, more) = {
+            let mut state = self.state();
+            let Some(service) = state.services.get(id) else {
+                return Err(not_found());
+            };
+            let mut spec = service.spec.clone();
+            spec.instances = instances;
+            self.check_spec(&spec)?;
+            let have = u32::try_from(service.instances.len()).unwrap_or(u32::MAX);
+            let more = instances.saturating_sub(have);
+            (spec, Self::reserve_numbers(&mut state, more), more)
+        };
+        let prepared = self.prepare(&spec, first, more)?;
         let mut state = self.state();
         let state = &mut *state;
-        let Some(service) = state.services.get(id) else {
-            return Err(Error::NotFound {
-                backend: self.inner.label.clone(),
-                kind: "service".into(),
-                name: id.to_string(),
-            });
+        let Some(service) = state.services.get_mut(id) else {
+            for p in &prepared {
+                self.inner.release_ports(&p.ports);
+                let _ = std::fs::remove_dir_all(&p.dir);
+            }
+            return Err(not_found());
         };
-        let spec = service.spec.clone();
-        let have = service.instances.len();
         let want = instances as usize;
-        let mut added = Vec::new();
-        for _ in have..want {
-            added.push(self.start_instance(state, &spec)?);
+        let missing = want.saturating_sub(service.instances.len());
+        let (start, spare) = if prepared.len() > missing {
+            let mut prepared = prepared;
+            let spare = prepared.split_off(missing);
+            (prepared, spare)
+        } else {
+            (prepared, Vec::new())
+        };
+        for p in &spare {
+            self.inner.release_ports(&p.ports);
+            let _ = std::fs::remove_dir_all(&p.dir);
         }
-        let service = state.services.get_mut(id).expect("present");
+        let added = self.start(&service.spec, start);
         service.instances.extend(added);
         while service.instances.len() > want {
             if let Some(i) = service.instances.pop() {
