@@ -48,3 +48,23 @@ async fn sql_server_through_the_url_selection() {
         .unwrap();
     vamp_core::conformance::persistence::run_all(&*store, "selection").await;
 }
+
+/// Writes dropped at random points under concurrency leave no half-written batch and no
+/// connection mid-transaction (the store takes its connection out of the pool while in use).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "no SQL Server can run here: set VAMP_TEST_MSSQL_URL and run with --ignored (scripts/test.sh does)"]
+async fn sql_server_cancelled_writes_leave_no_half_written_batch() {
+    let url = url();
+    let table = format!("vamp_cancel_{}", std::process::id());
+    let store = MssqlPersistence::connect(&url, &table)
+        .await
+        .unwrap_or_else(|e| panic!("SQL Server at {url}: {e}"));
+    let report = vamp_core::conformance::persistence::cancelled_writes_leave_no_half_written_batch(
+        &store, "c",
+    )
+    .await;
+    assert!(
+        report.acknowledged > 0 && report.acknowledged < report.batches,
+        "the deadlines must cancel some writes and let others finish: {report:?}"
+    );
+}

@@ -573,6 +573,101 @@ pub async fn typed_round_trip(store: &DynPersistenceStore, scope: &str) {
         .expect("cleanup");
 }
 
+/// What [`cancelled_writes_leave_no_half_written_batch`] saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelReport {
+    /// Batches whose write returned before its deadline.
+    pub acknowledged: usize,
+    /// Batches found stored afterwards (acknowledged ones and cancelled ones that finished).
+    pub stored: usize,
+    /// Batches written in all.
+    pub batches: usize,
+}
+
+/// Eight concurrent writers write 200 two-artifact batches, each dropped at a pseudo-random
+/// deadline of 0 to 40 ms (a request timing out, a client going away). Afterwards every batch
+/// is whole or absent, every acknowledged one is there, and 16 concurrent writes succeed (the
+/// pool handed back no connection in the middle of a transaction). Whether the deadlines
+/// cancel some writes depends on the store's speed: the report says, and a caller testing a
+/// networked store should check that some were cancelled and some were not.
+pub async fn cancelled_writes_leave_no_half_written_batch(
+    store: &DynPersistenceStore,
+    scope: &str,
+) -> CancelReport {
+    const WORKERS: u64 = 8;
+    const PER_WORKER: u64 = 25;
+    let acknowledged = std::sync::Mutex::new(Vec::new());
+    let workers = (0..WORKERS).map(|worker| {
+        let acknowledged = &acknowledged;
+        async move {
+            // A fixed pseudo-random sequence of deadlines, 0 to 40 ms.
+            let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ worker;
+            for i in (worker * PER_WORKER)..(worker * PER_WORKER + PER_WORKER) {
+                seed = seed
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                let deadline = std::time::Duration::from_micros((seed >> 33) % 40_000);
+                let batch = vec![
+                    ArtifactWrite::put(
+                        K,
+                        name(scope, &format!("cancel-a{i}")),
+                        json!({"i": i}),
+                        PutMode::Create,
+                    ),
+                    ArtifactWrite::put(
+                        K,
+                        name(scope, &format!("cancel-b{i}")),
+                        json!({"i": i}),
+                        PutMode::Create,
+                    ),
+                ];
+                if let Some(Ok(_)) = timeout(deadline, store.write(batch)).await {
+                    acknowledged.lock().expect("lock").push(i);
+                }
+            }
+        }
+    });
+    join_all(workers).await;
+    let acked = acknowledged.into_inner().expect("lock");
+    let mut stored = 0;
+    for i in 0..WORKERS * PER_WORKER {
+        let a = store
+            .read(K, &name(scope, &format!("cancel-a{i}")))
+            .await
+            .expect("read a");
+        let b = store
+            .read(K, &name(scope, &format!("cancel-b{i}")))
+            .await
+            .expect("read b");
+        assert_eq!(a.is_some(), b.is_some(), "batch {i} is half written");
+        if acked.contains(&i) {
+            assert!(a.is_some(), "acknowledged batch {i} is missing");
+        }
+        stored += usize::from(a.is_some());
+    }
+    let after = (0..16).map(|i| {
+        store.write(vec![ArtifactWrite::put(
+            K,
+            name(scope, &format!("cancel-after{i}")),
+            json!({}),
+            PutMode::Create,
+        )])
+    });
+    for r in join_all(after).await {
+        if let Err(e) = r {
+            panic!(
+                "a write after the cancellations failed: {e}: {:?}",
+                std::error::Error::source(&e)
+            );
+        }
+    }
+    CancelReport {
+        acknowledged: acked.len(),
+        stored,
+        batches: (WORKERS * PER_WORKER) as usize,
+    }
+}
+
 /// Runs every function the store's capabilities allow.
 pub async fn run_all(store: &DynPersistenceStore, scope: &str) {
     let caps = store.capabilities();
