@@ -4,7 +4,13 @@
 //! vamp validate [--kind KIND] [--output text|json] FILE...
 //! vamp convert --to yaml|json [--kind KIND] FILE
 //! vamp render haproxy [--check] [--socket-dir DIR] FILE...
+//! vamp serve [--listen ADDR] [--data-dir DIR] [--in-memory] [--persistence URL] [--kv URL]
+//!            [--scheduler URL] [--no-agent] [--haproxy BIN] ...
 //! ```
+//!
+//! `serve` runs a one-machine Vamp: its REST API (`/api/v1`), the reconcile loop and a
+//! gateway agent with its own HAProxy, on SQLite, the in-memory key-value store and local
+//! processes unless told otherwise (`vamp serve --help`; [`vamp_examples::serve`]).
 //!
 //! `render haproxy` reads gateways and deployments (documents need `kind:`), resolves their
 //! route targets as Vamp's synchroniser did, and prints the HAProxy configuration; `--check`
@@ -24,7 +30,7 @@ use vamp_core::dsl::{AnyArtifact, document_kind, load_documents, read_node, to_n
 type Artifact = AnyArtifact;
 use vamp_core::model::ArtifactKind;
 
-const USAGE: &str = "usage: vamp validate [--kind KIND] [--output text|json] FILE...\n       vamp convert --to yaml|json [--kind KIND] FILE\n       vamp render haproxy [--check] [--socket-dir DIR] FILE...";
+const USAGE: &str = "usage: vamp validate [--kind KIND] [--output text|json] FILE...\n       vamp convert --to yaml|json [--kind KIND] FILE\n       vamp render haproxy [--check] [--socket-dir DIR] FILE...\n       vamp serve [--help]";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Output {
@@ -32,8 +38,56 @@ enum Output {
     Json,
 }
 
+/// `vamp serve`'s command line.
+#[derive(clap::Parser)]
+#[command(
+    name = "vamp serve",
+    about = "A one-machine Vamp: REST API, reconcile loop, gateway agent"
+)]
+struct Serve {
+    #[command(flatten)]
+    config: vamp_examples::serve::ServeConfig,
+}
+
+fn serve(args: &[String]) -> ExitCode {
+    use clap::Parser;
+    let parsed = match Serve::try_parse_from(
+        std::iter::once("vamp serve".to_owned()).chain(args.iter().cloned()),
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    tracing_subscriber::fmt().with_target(false).init();
+    let config = parsed
+        .config
+        .with_env(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(async {
+        let server = match vamp_examples::serve::start(config).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("vamp serve: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        println!("vamp serves on http://{}/api/v1", server.addr);
+        let _ = tokio::signal::ctrl_c().await;
+        server.stop().await;
+        ExitCode::SUCCESS
+    })
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("serve") {
+        return serve(&args[1..]);
+    }
     let code = run(
         &args,
         &mut std::io::stdout().lock(),

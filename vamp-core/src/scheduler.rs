@@ -299,6 +299,9 @@ pub struct SchedulerCapabilities {
     pub rolling_update: bool,
     /// `watch` is supported.
     pub watch: bool,
+    /// The deployable types it runs (`None`: any). A control plane refuses a breed whose
+    /// deployable it cannot run before anything is stored.
+    pub deployable_types: Option<&'static [&'static str]>,
 }
 
 /// A container scheduler (Kubernetes, Marathon, Docker, local processes, in-memory).

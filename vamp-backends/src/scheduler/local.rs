@@ -1032,6 +1032,7 @@ impl ContainerScheduler for LocalScheduler {
         caps.health_checks = true;
         caps.instance_ports = true;
         caps.watch = true;
+        caps.deployable_types = Some(&DEPLOYABLE_TYPES);
         caps
     }
 }

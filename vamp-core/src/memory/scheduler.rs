@@ -227,6 +227,7 @@ impl ContainerScheduler for InMemoryScheduler {
             instance_ports: true,
             rolling_update: false,
             watch: true,
+            deployable_types: None,
         }
     }
 }

@@ -2,7 +2,8 @@
 //! [`PersistenceStore`](crate::persistence::PersistenceStore) and what runs from a
 //! [`ContainerScheduler`](crate::scheduler::ContainerScheduler), plans with [`super::reconcile::plan`], applies the scheduler
 //! actions with bounded concurrency, writes statuses and instances back (optimistically, at
-//! the version it read), publishes Vamp's events and hands every gateway to a [`GatewaySink`]
+//! the version it read), publishes Vamp's events and hands every gateway (the deployments'
+//! and the standalone ones stored as artifacts) to a [`GatewaySink`]
 //! (the HAProxy side: `vamp_haproxy::driver::GatewayDriver`). Runtime-agnostic: no tokio.
 //!
 //! # A deterministic harness
@@ -385,12 +386,27 @@ impl Controller {
                 }
             }
         }
-        if let Some(sink) = &self.gateways
-            && let Err(e) = sink
-                .push(crate::ops::reconcile::gateways(&outcome), outcome)
-                .await
-        {
-            report.errors.push(format!("gateways: {e}"));
+        if let Some(sink) = &self.gateways {
+            // The deployments' gateways, then the standalone ones stored on their own. Without
+            // the stored ones nothing is pushed: a partial set would take gateways down.
+            match self.persistence.list_all::<Gateway>().await {
+                Ok(stored) => {
+                    let mut gateways = crate::ops::reconcile::gateways(&outcome);
+                    let names: BTreeSet<String> = gateways.iter().map(|g| g.name.clone()).collect();
+                    gateways.extend(
+                        stored
+                            .into_iter()
+                            .map(|v| v.value)
+                            .filter(|g| !names.contains(&g.name)),
+                    );
+                    if let Err(e) = sink.push(gateways, outcome).await {
+                        report.errors.push(format!("gateways: {e}"));
+                    }
+                }
+                Err(e) => report.errors.push(format!(
+                    "gateways: the stored gateways could not be read, nothing pushed: {e}"
+                )),
+            }
         }
         report.plan = planned;
         Ok(report)

@@ -1,0 +1,1817 @@
+//! Vamp's REST API (`model.md` §7) over the library: a thin layer that reads requests with
+//! the DSL, plans with [`vamp_core::ops`], stores through the [`PersistenceStore`](vamp_core::persistence::PersistenceStore) and
+//! publishes Vamp's events. The reconcile loop ([`vamp_core::ops::controller::Controller`])
+//! does the rest: it deploys what is stored and pushes the gateways.
+//!
+//! Conventions (§7.1): `Accept` is required on the API routes (JSON, YAML or `*/*`; YAML out
+//! iff it starts with `application/x-yaml`); `POST`/`PUT` need `Content-Type`
+//! `application/json` or `application/x-yaml` and are read by the YAML reader either way;
+//! lists are paged (`page`, `per_page`, at most 30) with `X-Total-Count` and `Link`; every
+//! response says `Cache-Control: no-store`; CORS is open; a Vamp notification is a 400 with
+//! `{"message": …}`, a missing artifact a 404 with an empty body. What differs from Vamp is in
+//! COMPATIBILITY.md.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::StreamExt;
+use tokio::sync::Mutex;
+use vamp_core::dsl::{AnyArtifact, load_documents, read_node, to_node};
+use vamp_core::kv::{PutMode, Versioned};
+use vamp_core::metrics::DynEventStore;
+use vamp_core::model::*;
+use vamp_core::node::Node;
+use vamp_core::ops::artifacts::{Stored, check_gateway_delete, plan_put};
+use vamp_core::ops::deploy::{Artifacts, MergeOptions, export_blueprint, merge, slice};
+use vamp_core::persistence::{
+    ArtifactWrite, DynPersistenceStore, ListOptions, PersistenceExt, WriteOp,
+};
+use vamp_core::scheduler::DynContainerScheduler;
+
+/// The kinds served by the generic routes (`GET|POST /{kind}`, `…/{kind}/{name}`).
+const CRUD_KINDS: [ArtifactKind; 11] = [
+    ArtifactKind::Breed,
+    ArtifactKind::Blueprint,
+    ArtifactKind::Sla,
+    ArtifactKind::Scale,
+    ArtifactKind::Escalation,
+    ArtifactKind::Route,
+    ArtifactKind::Condition,
+    ArtifactKind::Rewrite,
+    ArtifactKind::Workflow,
+    ArtifactKind::Gateway,
+    ArtifactKind::Template,
+];
+
+/// Page size when none is asked for, and the most a page holds (Vamp: 30).
+pub const PER_PAGE: usize = 30;
+
+/// How the server behaves.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ApiOptions {
+    /// How blueprints are merged (gateway host, port range, default scale); `now` is set per
+    /// request.
+    pub merge: MergeOptions,
+    /// The largest request body (default 1 MiB).
+    pub body_limit: usize,
+    /// The longest a request may take (default 10 s, Vamp's `response-timeout`).
+    pub request_timeout: Duration,
+    /// Interval of keep-alive comments on event streams (default 15 s, as Vamp).
+    pub keep_alive: Duration,
+    /// Configuration shown by `GET /config` (Vamp's keys).
+    pub config: BTreeMap<String, serde_json::Value>,
+}
+
+impl Default for ApiOptions {
+    fn default() -> Self {
+        Self {
+            merge: MergeOptions::new(0),
+            body_limit: 1 << 20,
+            request_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(15),
+            config: BTreeMap::new(),
+        }
+    }
+}
+
+/// What the API serves from.
+pub struct Api {
+    persistence: Arc<DynPersistenceStore>,
+    events: Arc<DynEventStore>,
+    scheduler: Arc<DynContainerScheduler>,
+    options: ApiOptions,
+    /// Writes are planned from what is stored and then stored: one at a time.
+    writes: Mutex<()>,
+    /// Set when the server shuts down: open event streams end.
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("persistence", &self.persistence.to_string())
+            .field("events", &self.events.to_string())
+            .field("scheduler", &self.scheduler.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Api {
+    /// The API over these backends.
+    pub fn new(
+        persistence: Arc<DynPersistenceStore>,
+        events: Arc<DynEventStore>,
+        scheduler: Arc<DynContainerScheduler>,
+        options: ApiOptions,
+    ) -> Self {
+        Self {
+            persistence,
+            events,
+            scheduler,
+            options,
+            writes: Mutex::new(()),
+            shutdown: tokio::sync::watch::channel(false).1,
+        }
+    }
+
+    /// Ends open event streams when `shutdown` turns true (a graceful shutdown waits for
+    /// open connections, and a stream never finishes by itself).
+    #[must_use]
+    pub fn with_shutdown(mut self, shutdown: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.shutdown = shutdown;
+        self
+    }
+
+    /// The routes, with the conventions as middleware.
+    pub fn router(self: Arc<Self>) -> Router {
+        let limit = self.options.body_limit;
+        let timeout = self.options.request_timeout;
+        let api = Router::new()
+            .route("/", post(bulk_create).put(bulk_update).delete(bulk_delete))
+            .route("/info", get(info))
+            .route("/information", get(info))
+            .route("/config", get(config))
+            .route("/configuration", get(config))
+            .route("/config/{key}", get(config_key))
+            .route("/events", get(list_events).post(publish_event))
+            .route("/events/stream", get(event_stream))
+            .route(
+                "/deployments",
+                get(list_deployments).post(create_deployment),
+            )
+            .route(
+                "/deployments/{name}",
+                get(get_deployment)
+                    .put(update_deployment)
+                    .delete(delete_deployment),
+            )
+            .route(
+                "/deployments/{d}/clusters/{c}/sla",
+                get(get_sla).post(put_sla).put(put_sla).delete(delete_sla),
+            )
+            .route(
+                "/deployments/{d}/clusters/{c}/services/{s}/scale",
+                get(get_scale).put(put_scale),
+            )
+            .route(
+                "/workflows/{name}/status",
+                get(get_workflow_status).put(put_workflow_status),
+            )
+            .route("/health/{*path}", get(health))
+            .route("/metrics/{*path}", get(metrics))
+            .route("/{kind}", get(list_kind).post(create_kind))
+            .route(
+                "/{kind}/{*name}",
+                get(get_kind).put(update_kind).delete(delete_kind),
+            )
+            .fallback(|| async { StatusCode::NOT_FOUND })
+            .with_state(self);
+        Router::new()
+            .nest("/api/v1", api)
+            .fallback(|| async { StatusCode::NOT_FOUND })
+            .layer(axum::extract::DefaultBodyLimit::max(limit))
+            .layer(middleware::from_fn(conventions))
+            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                StatusCode::SERVICE_UNAVAILABLE,
+                timeout,
+            ))
+    }
+
+    fn now() -> i64 {
+        i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis(),
+        )
+        .unwrap_or(i64::MAX)
+    }
+}
+
+type Shared = State<Arc<Api>>;
+type Params = Query<Vec<(String, String)>>;
+
+// ------------------------------------------------------------------------------------------
+// Conventions
+
+/// CORS, no caching, and answers to preflight requests.
+async fn conventions(request: Request, next: Next) -> Response {
+    let preflight = request.method() == Method::OPTIONS;
+    let mut response = if preflight {
+        StatusCode::OK.into_response()
+    } else {
+        next.run(request).await
+    };
+    let h = response.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, HEAD, OPTIONS, DELETE, PUT"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Link, X-Total-Count"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// How a response body is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    Json,
+    Yaml,
+}
+
+const MEDIA_TYPES: &str = "application/json, application/x-yaml";
+
+/// The response format from `Accept` (required: Vamp answered a missing header with a 400).
+fn accept(headers: &HeaderMap) -> Result<Format, ApiError> {
+    let value = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if value.starts_with("application/x-yaml") {
+        Ok(Format::Yaml)
+    } else if value.contains("application/json")
+        || value.contains("application/x-yaml")
+        || value.contains("*/*")
+    {
+        Ok(Format::Json)
+    } else {
+        Err(ApiError::bad(format!(
+            "Only the following media types are supported: {MEDIA_TYPES}."
+        )))
+    }
+}
+
+/// `POST`/`PUT` bodies are JSON or YAML (both read by the YAML reader).
+fn content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let value = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if value.starts_with("application/json") || value.starts_with("application/x-yaml") {
+        Ok(())
+    } else {
+        Err(ApiError::bad(format!(
+            "Only the following content types are supported: {MEDIA_TYPES}."
+        )))
+    }
+}
+
+fn flag(params: &[(String, String)], name: &str) -> bool {
+    params
+        .iter()
+        .any(|(k, v)| k == name && v.eq_ignore_ascii_case("true"))
+}
+
+fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// An error answer: Vamp's status and `{"message": …}` body.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: Option<String>,
+}
+
+impl ApiError {
+    fn bad(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: Some(message.into()),
+        }
+    }
+
+    fn not_found() -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            message: None,
+        }
+    }
+}
+
+impl From<vamp_core::Error> for ApiError {
+    fn from(e: vamp_core::Error) -> Self {
+        use vamp_core::Error as E;
+        match &e {
+            E::Read(r) => Self::bad(r.to_string()),
+            E::Operation(o) => Self::bad(o.to_string()),
+            E::Invalid { .. } => Self::bad(e.to_string()),
+            E::NotFound { .. } => Self::not_found(),
+            E::Conflict { .. } | E::AlreadyExists { .. } => Self {
+                status: StatusCode::CONFLICT,
+                message: Some(e.to_string()),
+            },
+            E::Unavailable { .. } => {
+                tracing::warn!(error = %e, "a backend is unavailable");
+                Self {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    message: Some(e.to_string()),
+                }
+            }
+            _ => {
+                tracing::error!(error = ?e, "internal error");
+                Self {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    message: Some("Internal server error.".into()),
+                }
+            }
+        }
+    }
+}
+
+impl From<vamp_core::error::ReadError> for ApiError {
+    fn from(e: vamp_core::error::ReadError) -> Self {
+        Self::bad(e.to_string())
+    }
+}
+
+impl From<vamp_core::ops::OperationError> for ApiError {
+    fn from(e: vamp_core::ops::OperationError) -> Self {
+        Self::bad(e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self.message {
+            None => self.status.into_response(),
+            Some(message) => (
+                self.status,
+                [(header::CONTENT_TYPE, "application/json")],
+                serde_json::json!({ "message": message }).to_string(),
+            )
+                .into_response(),
+        }
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// A body in the asked format.
+fn body(status: StatusCode, format: Format, value: &serde_json::Value) -> Response {
+    match format {
+        Format::Json => (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            value.to_string(),
+        )
+            .into_response(),
+        Format::Yaml => (
+            status,
+            [(header::CONTENT_TYPE, "application/x-yaml")],
+            vamp_core::dsl::node_to_yaml(&Node::from_json(value)),
+        )
+            .into_response(),
+    }
+}
+
+fn artifact_json(a: &AnyArtifact) -> serde_json::Value {
+    to_node(a).to_json()
+}
+
+/// One page of `items` with `X-Total-Count` and `Link`.
+fn paged(
+    format: Format,
+    path: &str,
+    params: &[(String, String)],
+    items: Vec<serde_json::Value>,
+) -> Result<Response, ApiError> {
+    let number = |name: &str, default: usize| -> Result<usize, ApiError> {
+        match param(params, name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<usize>()
+                .map_err(|_| ApiError::bad(format!("'{name}' must be a positive number: '{v}'"))),
+        }
+    };
+    let per_page = number("per_page", PER_PAGE)?.clamp(1, PER_PAGE);
+    let total = items.len();
+    let last = total.div_ceil(per_page).max(1);
+    let page = number("page", 1)?.clamp(1, last);
+    let items: Vec<_> = items
+        .into_iter()
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .collect();
+    let link = |p: usize| format!("<{path}?page={p}&per_page={per_page}>");
+    let links = format!(
+        "{}; rel=first, {}; rel=prev, {}; rel=next, {}; rel=last",
+        link(1),
+        link(page.saturating_sub(1).max(1)),
+        link((page + 1).min(last)),
+        link(last)
+    );
+    let mut response = body(StatusCode::OK, format, &serde_json::Value::Array(items));
+    let h = response.headers_mut();
+    h.insert("X-Total-Count", HeaderValue::from(total));
+    if let Ok(v) = HeaderValue::from_str(&links) {
+        h.insert(header::LINK, v);
+    }
+    Ok(response)
+}
+
+/// The documents of a request body.
+fn documents(bytes: &[u8]) -> Result<Vec<Node>, ApiError> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| ApiError::bad("The request body is not UTF-8 text."))?;
+    Ok(load_documents(text)?)
+}
+
+/// The one artifact of a body, read as `kind`.
+fn one(bytes: &[u8], kind: ArtifactKind) -> Result<AnyArtifact, ApiError> {
+    let mut docs = documents(bytes)?;
+    if docs.is_empty() {
+        return Err(ApiError::bad("The request body is empty."));
+    }
+    Ok(read_node(docs.swap_remove(0), Some(kind))?)
+}
+
+/// The one document of a body read as `kind`, which may leave out its name (a scale or SLA
+/// given inline): it is read with a placeholder name, which `clear` takes out again.
+fn anonymous<T>(
+    bytes: &[u8],
+    kind: ArtifactKind,
+    take: impl FnOnce(AnyArtifact) -> Option<T>,
+    clear: impl FnOnce(&mut T),
+) -> Result<T, ApiError> {
+    let mut docs = documents(bytes)?;
+    if docs.is_empty() {
+        return Err(ApiError::bad("The request body is empty."));
+    }
+    let mut doc = docs.swap_remove(0);
+    let unnamed = matches!(&doc, Node::Map(m) if !m.contains_key("name"));
+    if unnamed && let Node::Map(m) = &mut doc {
+        m.insert("name".into(), Node::Str("anonymous".into()));
+    }
+    let mut value = take(read_node(doc, Some(kind))?)
+        .ok_or_else(|| ApiError::bad(format!("Unexpected resource: '{}'.", kind.as_str())))?;
+    if unnamed {
+        clear(&mut value);
+    }
+    Ok(value)
+}
+
+fn kind_of(segment: &str) -> Result<ArtifactKind, ApiError> {
+    ArtifactKind::parse(segment)
+        .filter(|k| CRUD_KINDS.contains(k))
+        .ok_or_else(|| ApiError::bad(format!("Unexpected resource: '{segment}'.")))
+}
+
+fn status_for_write(kind: ArtifactKind, crud: StatusCode) -> StatusCode {
+    if matches!(kind, ArtifactKind::Gateway | ArtifactKind::Workflow) {
+        StatusCode::ACCEPTED
+    } else {
+        crud
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Reading what is stored
+
+impl Api {
+    async fn stored(&self, kind: ArtifactKind) -> Result<Vec<AnyArtifact>, ApiError> {
+        let records = self.persistence.list(kind, ListOptions::all()).await?;
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            if let Some(content) = r.content {
+                out.push(read_node(Node::from_json(&content), Some(kind))?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every deployment, normalised (internal gateway names and ports restored).
+    async fn deployments(&self) -> Result<Vec<Versioned<Deployment>>, ApiError> {
+        let mut all = self.persistence.list_all::<Deployment>().await?;
+        for d in &mut all {
+            vamp_core::ops::deploy::normalize(&mut d.value);
+        }
+        Ok(all)
+    }
+
+    /// One deployment, normalised.
+    async fn deployment(&self, name: &str) -> Result<Option<Versioned<Deployment>>, ApiError> {
+        let mut d = self.persistence.get::<Deployment>(name).await?;
+        if let Some(d) = &mut d {
+            vamp_core::ops::deploy::normalize(&mut d.value);
+        }
+        Ok(d)
+    }
+
+    async fn gateways(&self) -> Result<Vec<Gateway>, ApiError> {
+        Ok(self
+            .persistence
+            .list_all::<Gateway>()
+            .await?
+            .into_iter()
+            .map(|v| v.value)
+            .collect())
+    }
+
+    /// Every gateway: the stored ones, then the deployments' (cluster and deployment
+    /// gateways), as Vamp listed them.
+    async fn all_gateways(&self) -> Result<Vec<Gateway>, ApiError> {
+        let mut out = self.gateways().await?;
+        for d in self.deployments().await? {
+            out.extend(vamp_core::ops::reconcile::gateways(std::slice::from_ref(
+                &d.value,
+            )));
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// What a merge into `name` may reference.
+    async fn artifacts(&self, name: &str) -> Result<Artifacts, ApiError> {
+        let mut a = Artifacts::new();
+        for b in self.persistence.list_all::<DefaultBreed>().await? {
+            a = a.with_breed(b.value);
+        }
+        for s in self.persistence.list_all::<DefaultScale>().await? {
+            a = a.with_scale(s.value);
+        }
+        for b in self.persistence.list_all::<DefaultBlueprint>().await? {
+            a.blueprints.insert(b.value.name.clone(), b.value);
+        }
+        for w in self.persistence.list_all::<Workflow>().await? {
+            a.workflows.insert(w.value.name);
+        }
+        let gateways = self.gateways().await?;
+        let others: Vec<Deployment> = self
+            .deployments()
+            .await?
+            .into_iter()
+            .map(|d| d.value)
+            .filter(|d| d.name != name)
+            .collect();
+        let other_gateways = vamp_core::ops::reconcile::gateways(&others);
+        Ok(a.with_gateways(gateways.iter().chain(other_gateways.iter())))
+    }
+
+    fn merge_options(&self) -> MergeOptions {
+        let mut o = self.options.merge.clone();
+        o.now = Self::now();
+        o
+    }
+
+    /// Publishes an event; a failure is logged, not fatal to the write that caused it.
+    async fn publish(&self, tags: Vec<String>, value: Node, event_type: &str) {
+        let mut event = Event::new(tags, value, event_type);
+        event.version = Some("1.0".into());
+        if let Err(e) = self.events.publish(event).await {
+            tracing::warn!(error = %e, "an event could not be published");
+        }
+    }
+
+    async fn archive(&self, kind: ArtifactKind, name: &str, what: &str, source: Node) {
+        self.publish(
+            vec![
+                format!("{}:{name}", kind.as_str()),
+                kind.as_str().to_owned(),
+                format!("archive:{what}"),
+            ],
+            source,
+            "archive",
+        )
+        .await;
+    }
+
+    /// Refuses a deployment whose deployables the scheduler cannot run, before anything is
+    /// stored.
+    fn check_deployables(&self, d: &Deployment) -> Result<(), ApiError> {
+        let Some(types) = self.scheduler.capabilities().deployable_types else {
+            return Ok(());
+        };
+        for c in &d.clusters {
+            for s in &c.services {
+                let deployable = &s.breed.deployable;
+                let kind = deployable
+                    .deployable_type
+                    .as_deref()
+                    .unwrap_or("container/docker");
+                if !types.contains(&kind) {
+                    return Err(ApiError::bad(format!(
+                        "Breed '{}' has a deployable of type '{kind}', which the container scheduler {} cannot run (it runs: {}).",
+                        s.breed.name,
+                        self.scheduler,
+                        types.join(", ")
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Generic artifacts
+
+async fn list_kind(
+    State(api): Shared,
+    Path(kind): Path<String>,
+    headers: HeaderMap,
+    Query(params): Params,
+) -> ApiResult {
+    let format = accept(&headers)?;
+    let kind = kind_of(&kind)?;
+    let items: Vec<serde_json::Value> = if kind == ArtifactKind::Gateway {
+        api.all_gateways()
+            .await?
+            .into_iter()
+            .map(|g| artifact_json(&AnyArtifact::Gateway(g)))
+            .collect()
+    } else {
+        api.stored(kind).await?.iter().map(artifact_json).collect()
+    };
+    paged(
+        format,
+        &format!("/api/v1/{}", kind.as_str()),
+        &params,
+        items,
+    )
+}
+
+async fn get_kind(
+    State(api): Shared,
+    Path((kind, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let format = accept(&headers)?;
+    let kind = kind_of(&kind)?;
+    let found = api
+        .find(kind, &name)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok(body(StatusCode::OK, format, &artifact_json(&found)))
+}
+
+impl Api {
+    async fn find(&self, kind: ArtifactKind, name: &str) -> Result<Option<AnyArtifact>, ApiError> {
+        if kind == ArtifactKind::Gateway {
+            return Ok(self
+                .all_gateways()
+                .await?
+                .into_iter()
+                .find(|g| g.name == name)
+                .map(AnyArtifact::Gateway));
+        }
+        match self.persistence.read(kind, name).await? {
+            Some(record) => match record.content {
+                Some(content) => Ok(Some(read_node(Node::from_json(&content), Some(kind))?)),
+                None => Ok(None),
+            },
+            None => Ok(None),
+        }
+    }
+
+    /// Plans and (unless `validate_only`) stores a create or update of `artifact`; returns
+    /// what was (or would be) stored last: the artifact itself.
+    async fn put_artifact(
+        &self,
+        artifact: AnyArtifact,
+        validate_only: bool,
+        creating: bool,
+    ) -> Result<AnyArtifact, ApiError> {
+        let kind = artifact.kind();
+        let name = artifact.name().to_owned();
+        vamp_core::persistence::validate_name(&name)?;
+        if kind == ArtifactKind::Gateway && GatewayPath::new(&name).segments.len() == 3 && !creating
+        {
+            return self.put_internal_gateway(artifact, validate_only).await;
+        }
+        let existing = self.find(kind, &name).await?;
+        let gateways = self.gateways().await?;
+        let deployments: Vec<Deployment> = self
+            .deployments()
+            .await?
+            .into_iter()
+            .map(|d| d.value)
+            .collect();
+        let stored = Stored::new(existing.as_ref(), &gateways, &deployments);
+        let writes = plan_put(artifact.clone(), &stored)?;
+        if validate_only || writes.is_empty() {
+            return Ok(writes.last().cloned().unwrap_or(artifact));
+        }
+        let batch = writes
+            .iter()
+            .map(|a| ArtifactWrite::put(a.kind(), a.name(), artifact_json(a), PutMode::Overwrite))
+            .collect();
+        self.persistence.write(batch).await?;
+        for a in &writes {
+            let what = if a.name() == name && existing.is_some() {
+                "update"
+            } else {
+                "create"
+            };
+            self.archive(a.kind(), a.name(), what, to_node(a)).await;
+        }
+        Ok(writes.last().cloned().unwrap_or(artifact))
+    }
+
+    /// An internal gateway (`deployment/cluster/port`) lives in its deployment: an update
+    /// changes the cluster gateway's routes (weights, conditions, …), never the set of them.
+    async fn put_internal_gateway(
+        &self,
+        artifact: AnyArtifact,
+        validate_only: bool,
+    ) -> Result<AnyArtifact, ApiError> {
+        let AnyArtifact::Gateway(g) = artifact else {
+            unreachable!("checked by the caller")
+        };
+        let path = GatewayPath::new(&g.name);
+        let deployment = self
+            .deployment(&path.segments[0])
+            .await?
+            .ok_or_else(ApiError::not_found)?;
+        let mut d = deployment.value.clone();
+        let cluster = d
+            .clusters
+            .iter_mut()
+            .find(|c| c.name == path.segments[1])
+            .ok_or_else(ApiError::not_found)?;
+        let slot = cluster
+            .gateways
+            .iter_mut()
+            .find(|x| x.name == g.name)
+            .ok_or_else(ApiError::not_found)?;
+        let existing = AnyArtifact::Gateway(slot.clone());
+        let stored = Stored::new(Some(&existing), &[], &[]);
+        let writes = plan_put(AnyArtifact::Gateway(g.clone()), &stored)?;
+        if validate_only || writes.is_empty() {
+            return Ok(AnyArtifact::Gateway(g));
+        }
+        let mut updated = g.clone();
+        // The port stays the deployment's.
+        updated.port = slot.port.clone();
+        vamp_core::ops::deploy::fill_weights(&mut updated.routes);
+        *slot = updated.clone();
+        self.persistence.update(&d, deployment.version).await?;
+        self.archive(
+            ArtifactKind::Gateway,
+            &g.name,
+            "update",
+            to_node(&AnyArtifact::Gateway(updated.clone())),
+        )
+        .await;
+        Ok(AnyArtifact::Gateway(updated))
+    }
+
+    async fn delete_artifact(&self, kind: ArtifactKind, name: &str) -> Result<bool, ApiError> {
+        if kind == ArtifactKind::Gateway {
+            let gateways = self.gateways().await?;
+            let deployments: Vec<Deployment> = self
+                .deployments()
+                .await?
+                .into_iter()
+                .map(|d| d.value)
+                .collect();
+            check_gateway_delete(name, &Stored::new(None, &gateways, &deployments))?;
+        }
+        self.check_unused(kind, name).await?;
+        let existed = self.persistence.read(kind, name).await?.is_some();
+        if existed {
+            self.persistence
+                .write(vec![ArtifactWrite {
+                    kind,
+                    name: name.to_owned(),
+                    op: WriteOp::Delete { expected: None },
+                }])
+                .await?;
+            self.archive(kind, name, "delete", Node::Null).await;
+        }
+        Ok(existed)
+    }
+
+    /// A breed a stored blueprint or deployment uses, or a blueprint... cannot be deleted.
+    async fn check_unused(&self, kind: ArtifactKind, name: &str) -> Result<(), ApiError> {
+        if kind != ArtifactKind::Breed {
+            return Ok(());
+        }
+        let in_use = |user: String| {
+            Err(ApiError::bad(format!(
+                "Artifact is in use: breeds/{name} by {user}; remove it from there first."
+            )))
+        };
+        for b in self.persistence.list_all::<DefaultBlueprint>().await? {
+            let uses = b.value.clusters.iter().any(|c| {
+                c.services.iter().any(|s| match &s.breed {
+                    Ref::Reference(r) => r == name,
+                    Ref::Inline(i) => i.name == name,
+                })
+            });
+            if uses {
+                return in_use(format!("blueprints/{}", b.value.name));
+            }
+        }
+        for d in self.deployments().await? {
+            let uses = d.value.clusters.iter().any(|c| {
+                // A service on its way out (sliced, not yet gone) no longer counts.
+                c.services
+                    .iter()
+                    .any(|s| s.breed.name == name && s.status.intention == Intention::Deployment)
+            });
+            if uses {
+                return in_use(format!("deployments/{}", d.value.name));
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn create_kind(
+    State(api): Shared,
+    Path(kind): Path<String>,
+    headers: HeaderMap,
+    Query(params): Params,
+    bytes: Bytes,
+) -> ApiResult {
+    let format = accept(&headers)?;
+    content_type(&headers)?;
+    let kind = kind_of(&kind)?;
+    if param(&params, "name").is_some() {
+        // Vamp: `?name=` is for docker-compose only; with any other kind, not found.
+        return Err(ApiError::not_found());
+    }
+    let artifact = one(&bytes, kind)?;
+    let _write = api.writes.lock().await;
+    let stored = api
+        .put_artifact(artifact, flag(&params, "validate_only"), true)
+        .await?;
+    Ok(body(
+        status_for_write(kind, StatusCode::CREATED),
+        format,
+        &artifact_json(&stored),
+    ))
+}
+
+async fn update_kind(
+    State(api): Shared,
+    Path((kind, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    Query(params): Params,
+    bytes: Bytes,
+) -> ApiResult {
+    let format = accept(&headers)?;
+    content_type(&headers)?;
+    let kind = kind_of(&kind)?;
+    let artifact = one(&bytes, kind)?;
+    if artifact.name() != name {
+        return Err(ApiError::bad(format!(
+            "Inconsistent artifact name: '{}' in the body, '{name}' in the path.",
+            artifact.name()
+        )));
+    }
+    let _write = api.writes.lock().await;
+    let stored = api
+        .put_artifact(artifact, flag(&params, "validate_only"), false)
+        .await?;
+    Ok(body(
+        status_for_write(kind, StatusCode::OK),
+        format,
+        &artifact_json(&stored),
+    ))
+}
+
+async fn delete_kind(
+    State(api): Shared,
+    Path((kind, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    Query(params): Params,
+) -> ApiResult {
+    accept(&headers)?;
+    let kind = kind_of(&kind)?;
+    if flag(&params, "validate_only") {
+        return Ok(status_for_write(kind, StatusCode::NO_CONTENT).into_response());
+    }
+    let _write = api.writes.lock().await;
+    api.delete_artifact(kind, &name).await?;
+    Ok(status_for_write(kind, StatusCode::NO_CONTENT).into_response())
+}
+
+// ------------------------------------------------------------------------------------------
+// Deployments
+
+impl Api {
+    /// The blueprint a deployment request carries: a blueprint (inline or a reference) or an
+    /// exported deployment.
+    fn blueprint_of(doc: Node) -> Result<DefaultBlueprint, ApiError> {
+        let mut doc = doc;
+        if vamp_core::dsl::document_kind(&doc) == Some(ArtifactKind::Deployment) {
+            // An exported deployment, or (as Vamp read it first) a blueprint of kind
+            // deployment.
+            if let Ok(AnyArtifact::Deployment(d)) =
+                read_node(doc.clone(), Some(ArtifactKind::Deployment))
+            {
+                return Ok(export_blueprint(&d));
+            }
+            if let Node::Map(m) = &mut doc {
+                m.shift_remove("kind");
+            }
+        }
+        match read_node(doc, Some(ArtifactKind::Blueprint))? {
+            AnyArtifact::Blueprint(b) => Ok(b),
+            other => Err(ApiError::bad(format!(
+                "Unexpected resource: '{}'.",
+                other.kind().as_str()
+            ))),
+        }
+    }
+
+    /// Merges `blueprint` into the deployment `name` and (unless `validate_only`) stores it
+    /// with the blueprint's new inline breeds.
+    async fn deploy(
+        &self,
+        name: Option<&str>,
+        blueprint: &DefaultBlueprint,
+        validate_only: bool,
+    ) -> Result<(Deployment, Vec<DefaultBreed>), ApiError> {
+        let name = name.unwrap_or(&blueprint.name).to_owned();
+        vamp_core::persistence::validate_name(&name)?;
+        let existing = self.deployment(&name).await?;
+        let artifacts = self.artifacts(&name).await?;
+        let merged = merge(
+            existing.as_ref().map(|v| &v.value),
+            &name,
+            blueprint,
+            &artifacts,
+            &self.merge_options(),
+        )?;
+        self.check_deployables(&merged.deployment)?;
+        if validate_only {
+            return Ok((merged.deployment, merged.new_breeds));
+        }
+        let mut batch: Vec<ArtifactWrite> = merged
+            .new_breeds
+            .iter()
+            .map(|b| {
+                // Vamp stored a blueprint's inline breeds as they are (over a stored one).
+                ArtifactWrite::put(
+                    ArtifactKind::Breed,
+                    &b.name,
+                    artifact_json(&AnyArtifact::Breed(b.clone())),
+                    PutMode::Overwrite,
+                )
+            })
+            .collect();
+        let mode = existing
+            .as_ref()
+            .map_or(PutMode::Create, |v| PutMode::Update(v.version));
+        batch.push(ArtifactWrite::put(
+            ArtifactKind::Deployment,
+            &name,
+            artifact_json(&AnyArtifact::Deployment(merged.deployment.clone())),
+            mode,
+        ));
+        self.persistence.write(batch).await?;
+        for b in &merged.new_breeds {
+            self.archive(
+                ArtifactKind::Breed,
+                &b.name,
+                "create",
+                to_node(&AnyArtifact::Breed(b.clone())),
+            )
+            .await;
+        }
+        let what = if existing.is_some() {
+            "update"
+        } else {
+            "create"
+        };
+        self.archive(
+            ArtifactKind::Deployment,
+            &name,
+            what,
+            to_node(&AnyArtifact::Blueprint(blueprint.clone())),
+        )
+        .await;
+        Ok((merged.deployment, merged.new_breeds))
+    }
+
+    /// Slices `blueprint`'s services out of the deployment `name`.
+    async fn slice(
+        &self,
+        name: &str,
+        blueprint: &DefaultBlueprint,
+        validate_only: bool,
+    ) -> Result<Deployment, ApiError> {
+        let existing = self.deployment(name).await?.ok_or_else(|| {
+            ApiError::from(vamp_core::ops::OperationError::ArtifactNotFound {
+                kind: "deployments".into(),
+                name: name.to_owned(),
+            })
+        })?;
+        let sliced = slice(&existing.value, blueprint, Self::now())?;
+        if !validate_only {
+            self.persistence.update(&sliced, existing.version).await?;
+            self.archive(
+                ArtifactKind::Deployment,
+                name,
+                "delete",
+                to_node(&AnyArtifact::Blueprint(blueprint.clone())),
+            )
+            .await;
+        }
+        Ok(sliced)
+    }
+}
+
+fn deployment_json(d: &Deployment, as_blueprint: bool) -> serde_json::Value {
+    if as_blueprint {
+        artifact_json(&AnyArtifact::Blueprint(export_blueprint(d)))
+    } else {
+        artifact_json(&AnyArtifact::Deployment(d.clone()))
+    }
+}
+
+async fn list_deployments(
+    State(api): Shared,
+    headers: HeaderMap,
+    Query(params): Params,
+) -> ApiResult {
+    let format = accept(&headers)?;
+    let as_blueprint = flag(&params, "as_blueprint");
+    let items = api
+        .deployments()
+        .await?
+        .iter()
+        .map(|d| deployment_json(&d.value, as_blueprint))
+        .collect();
+    paged(format, "/api/v1/deployments", &params, items)
+}
+
+async fn get_deployment(
+    State(api): Shared,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Query(params): Params,
+) -> ApiResult {
+    let format = accept(&headers)?;
+    let d = api
+        .deployment(&name)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok(body(
+        StatusCode::OK,
+        format,
+        &deployment_json(&d.value, flag(&params, "as_blueprint")),
+    ))
+}
+
+async fn create_deployment(
+    State(api): Shared,
+    headers: HeaderMap,
+    Query(params): Params,
+    bytes: Bytes,
+) -> ApiResult {
+    let format = accept(&headers)?;
+    content_type(&headers)?;
+    let mut docs = documents(&bytes)?;
+    if docs.is_empty() {
+        return Err(ApiError::bad("The request body is empty."));
+    }
+    let blueprint = Api::blueprint_of(docs.swap_remove(0))?;
+    let _write = api.writes.lock().await;
+    let (d, breeds) = api
+        .deploy(None, &blueprint, flag(&params, "validate_only"))
+        .await?;
+    // Vamp answered with the stored inline breeds and the deployment.
+    let mut results: Vec<serde_json::Value> = breeds
+        .into_iter()
+        .map(|b| artifact_json(&AnyArtifact::Breed(b)))
+        .collect();
+    results.push(deployment_json(&d, false));
+    Ok(body(
+        StatusCode::ACCEPTED,
+        format,
+        &serde_json::Value::Array(results),
+    ))
+}
+
+async fn update_deployment(
+    State(api): Shared,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Query(params): Params,
+    bytes: Bytes,
+) -> ApiResult {
+    let format = accept(&headers)?;
+    content_type(&headers)?;
+    let mut docs = documents(&bytes)?;
+    if docs.is_empty() {
+        return Err(ApiError::bad("The request body is empty."));
+    }
+    let blueprint = Api::blueprint_of(docs.swap_remove(0))?;
+    let validate_only = flag(&params, "validate_only");
+    let _write = api.writes.lock().await;
+    let d = if flag(&params, "delete") {
+        api.slice(&name, &blueprint, validate_only).await?
+    } else {
+        api.deploy(Some(&name), &blueprint, validate_only).await?.0
+    };
+    Ok(body(
+        StatusCode::ACCEPTED,
+        format,
+        &deployment_json(&d, false),
+    ))
+}
+
+async fn delete_deployment(
+    State(api): Shared,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Query(params): Params,
+    bytes: Bytes,
+) -> ApiResult {
+    let format = accept(&headers)?;
+    let docs = documents(&bytes)?;
+    let _write = api.writes.lock().await;
+    let Some(doc) = docs.into_iter().next() else {
+        // An empty body only returns the deployment (Vamp).
+        let d = api
+            .deployment(&name)
+            .await?
+            .ok_or_else(ApiError::not_found)?;
+        return Ok(body(
+            StatusCode::ACCEPTED,
+            format,
+            &deployment_json(&d.value, false),
+        ));
+    };
+    let blueprint = Api::blueprint_of(doc)?;
+    let d = api
+        .slice(&name, &blueprint, flag(&params, "validate_only"))
+        .await?;
+    Ok(body(
+        StatusCode::ACCEPTED,
+        format,
+        &deployment_json(&d, false),
+    ))
+}
+
+async fn get_sla(
+    State(api): Shared,
+    Path((d, c)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let format = accept(&headers)?;
+    let d = api.deployment(&d).await?.ok_or_else(ApiError::not_found)?;
+    let cluster = d
+        .value
+        .clusters
+        .iter()
+        .find(|x| x.name == c)
+        .ok_or_else(ApiError::not_found)?;
+    let sla = cluster.sla.clone().ok_or_else(ApiError::not_found)?;
+    Ok(body(
+        StatusCode::OK,
+        format,
+        &artifact_json(&AnyArtifact::Sla(sla)),
+    ))
+}
+
+async fn set_sla(api: &Api, d: &str, c: &str, sla: Option<Sla>) -> Result<Deployment, ApiError> {
+    let existing = api.deployment(d).await?.ok_or_else(ApiError::not_found)?;
+    let updated = vamp_core::ops::deploy::set_sla(&existing.value, c, sla)?;
+    api.persistence.update(&updated, existing.version).await?;
+    Ok(updated)
+}
+
+async fn put_sla(
+    State(api): Shared,
+    Path((d, c)): Path<(String, String)>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> ApiResult {
+    let format = accept(&headers)?;
+    content_type(&headers)?;
+    let sla = anonymous(
+        &bytes,
+        ArtifactKind::Sla,
+        |a| match a {
+            AnyArtifact::Sla(s) => Some(s),
+            _ => None,
+        },
+        |s| match s {
+            Sla::Reference { .. } => {}
+            Sla::ResponseTimeSlidingWindow { name, .. }
+            | Sla::EscalationOnly { name, .. }
+            | Sla::Generic { name, .. } => name.clear(),
+        },
+    )?;
+    let _write = api.writes.lock().await;
+    set_sla(&api, &d, &c, Some(sla.clone())).await?;
+    Ok(body(
+        StatusCode::ACCEPTED,
+        format,
+        &artifact_json(&AnyArtifact::Sla(sla)),
+    ))
+}
+
+async fn delete_sla(
+    State(api): Shared,
+    Path((d, c)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    accept(&headers)?;
+    let _write = api.writes.lock().await;
+    set_sla(&api, &d, &c, None).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn get_scale(
+    State(api): Shared,
+    Path((d, c, s)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let format = accept(&headers)?;
+    let d = api.deployment(&d).await?.ok_or_else(ApiError::not_found)?;
+    let service = d
+        .value
+        .clusters
+        .iter()
+        .find(|x| x.name == c)
+        .and_then(|x| x.services.iter().find(|v| v.breed.name == s))
+        .ok_or_else(ApiError::not_found)?;
+    let scale = service.scale.clone().ok_or_else(ApiError::not_found)?;
+    Ok(body(
+        StatusCode::OK,
+        format,
+        &artifact_json(&AnyArtifact::Scale(scale)),
+    ))
+}
+
+async fn put_scale(
+    State(api): Shared,
+    Path((d, c, s)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> ApiResult {
+    let format = accept(&headers)?;
+    content_type(&headers)?;
+    // A scale, or a reference to a stored one (`name: small`, or just `small`).
+    let docs = documents(&bytes)?;
+    let reference = match docs
+        .first()
+        .ok_or_else(|| ApiError::bad("The request body is empty."))?
+    {
+        Node::Str(name) => Some(name.clone()),
+        Node::Map(m) if m.len() == 1 => m.get("name").and_then(Node::as_str).map(str::to_owned),
+        _ => None,
+    };
+    let scale = if let Some(name) = reference {
+        api.persistence
+            .get::<DefaultScale>(&name)
+            .await?
+            .map(|v| v.value)
+            .ok_or_else(|| {
+                ApiError::from(vamp_core::ops::OperationError::ArtifactNotFound {
+                    kind: "scales".into(),
+                    name,
+                })
+            })?
+    } else {
+        anonymous(
+            &bytes,
+            ArtifactKind::Scale,
+            |a| match a {
+                AnyArtifact::Scale(s) => Some(s),
+                _ => None,
+            },
+            |s| s.name.clear(),
+        )?
+    };
+    let _write = api.writes.lock().await;
+    let existing = api.deployment(&d).await?.ok_or_else(ApiError::not_found)?;
+    let updated =
+        vamp_core::ops::deploy::scale(&existing.value, &c, &s, scale.clone(), Api::now())?;
+    api.persistence.update(&updated, existing.version).await?;
+    api.publish(
+        vec![
+            format!("deployment-service-scales:{d}"),
+            "deployment-service-scales".into(),
+            "archive:update".into(),
+            "archive".into(),
+        ],
+        to_node(&AnyArtifact::Scale(scale.clone())),
+        "archive",
+    )
+    .await;
+    Ok(body(
+        StatusCode::ACCEPTED,
+        format,
+        &artifact_json(&AnyArtifact::Scale(scale)),
+    ))
+}
+
+async fn get_workflow_status(
+    State(api): Shared,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let format = accept(&headers)?;
+    let w = api
+        .persistence
+        .get::<Workflow>(&name)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok(body(
+        StatusCode::OK,
+        format,
+        &serde_json::Value::String(w.value.status.to_string()),
+    ))
+}
+
+async fn put_workflow_status(
+    State(api): Shared,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> ApiResult {
+    let format = accept(&headers)?;
+    let word = String::from_utf8_lossy(&bytes)
+        .trim()
+        .trim_matches('"')
+        .to_owned();
+    let _write = api.writes.lock().await;
+    let w = api
+        .persistence
+        .get::<Workflow>(&name)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    // The status is read the way the workflow reader reads it.
+    let mut node = to_node(&AnyArtifact::Workflow(w.value.clone()));
+    if let Node::Map(m) = &mut node {
+        m.insert("status".into(), Node::Str(word.clone()));
+    }
+    let AnyArtifact::Workflow(updated) = read_node(node, Some(ArtifactKind::Workflow))? else {
+        return Err(ApiError::bad("Unexpected resource: 'workflows'."));
+    };
+    api.persistence.update(&updated, w.version).await?;
+    api.publish(
+        vec![
+            format!("workflow-statuses:{name}"),
+            "workflow-statuses".into(),
+            "archive:update".into(),
+            "archive".into(),
+        ],
+        Node::Str(word),
+        "archive",
+    )
+    .await;
+    Ok(body(
+        StatusCode::ACCEPTED,
+        format,
+        &serde_json::Value::String(updated.status.to_string()),
+    ))
+}
+
+// ------------------------------------------------------------------------------------------
+// Bulk
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Bulk {
+    Create,
+    Update,
+    Delete,
+}
+
+async fn bulk(
+    api: &Api,
+    headers: &HeaderMap,
+    params: &[(String, String)],
+    bytes: &[u8],
+    op: Bulk,
+) -> ApiResult {
+    let format = accept(headers)?;
+    if op != Bulk::Delete {
+        content_type(headers)?;
+    }
+    let validate_only = flag(params, "validate_only");
+    let docs = documents(bytes)?;
+    // Every document is read before anything is written.
+    let mut planned = Vec::new();
+    for doc in docs {
+        let Some(kind) = vamp_core::dsl::document_kind(&doc) else {
+            return Err(ApiError::bad(
+                "Every document needs a 'kind' (and a 'name').".to_owned(),
+            ));
+        };
+        if kind == ArtifactKind::Deployment {
+            let name = vamp_core::dsl::lookup_string(&doc, "name")?.unwrap_or_default();
+            planned.push((kind, name, Some(Api::blueprint_of(doc)?), None));
+        } else if CRUD_KINDS.contains(&kind) {
+            let artifact = read_node(doc, Some(kind))?;
+            planned.push((kind, artifact.name().to_owned(), None, Some(artifact)));
+        } else {
+            return Err(ApiError::bad(format!(
+                "Unexpected resource: '{}'.",
+                kind.as_str()
+            )));
+        }
+    }
+    let _write = api.writes.lock().await;
+    let mut results = Vec::new();
+    // Deletions run in reverse (a deployment before the blueprint and breeds it came from).
+    if op == Bulk::Delete {
+        planned.reverse();
+    }
+    for (kind, name, blueprint, artifact) in planned {
+        match (op, blueprint, artifact) {
+            (Bulk::Delete, Some(bp), _) if api.deployment(&name).await?.is_some() => {
+                let d = api.slice(&name, &bp, validate_only).await?;
+                results.push(deployment_json(&d, false));
+            }
+            (Bulk::Delete, Some(_), _) => {}
+            (Bulk::Delete, None, Some(a)) => {
+                if !validate_only {
+                    api.delete_artifact(kind, &name).await?;
+                }
+                results.push(artifact_json(&a));
+            }
+            (_, Some(bp), _) => {
+                let name = (!name.is_empty()).then_some(name.as_str());
+                let (d, _) = api.deploy(name, &bp, validate_only).await?;
+                results.push(deployment_json(&d, false));
+            }
+            (_, None, Some(a)) => {
+                let stored = api
+                    .put_artifact(a, validate_only, op == Bulk::Create)
+                    .await?;
+                results.push(artifact_json(&stored));
+            }
+            _ => {}
+        }
+    }
+    Ok(body(
+        StatusCode::ACCEPTED,
+        format,
+        &serde_json::Value::Array(results),
+    ))
+}
+
+async fn bulk_create(
+    State(api): Shared,
+    headers: HeaderMap,
+    Query(params): Params,
+    bytes: Bytes,
+) -> ApiResult {
+    bulk(&api, &headers, &params, &bytes, Bulk::Create).await
+}
+
+async fn bulk_update(
+    State(api): Shared,
+    headers: HeaderMap,
+    Query(params): Params,
+    bytes: Bytes,
+) -> ApiResult {
+    bulk(&api, &headers, &params, &bytes, Bulk::Update).await
+}
+
+async fn bulk_delete(
+    State(api): Shared,
+    headers: HeaderMap,
+    Query(params): Params,
+    bytes: Bytes,
+) -> ApiResult {
+    bulk(&api, &headers, &params, &bytes, Bulk::Delete).await
+}
+
+// ------------------------------------------------------------------------------------------
+// Events
+
+/// An event query from `tag=`/`type=` parameters, or from a query body.
+fn event_query(params: &[(String, String)], bytes: &[u8]) -> Result<EventQuery, ApiError> {
+    if !bytes.iter().all(u8::is_ascii_whitespace)
+        && let AnyArtifact::EventQuery(q) = one(bytes, ArtifactKind::EventQuery)?
+    {
+        return Ok(q);
+    }
+    let tags: Vec<String> = params
+        .iter()
+        .filter(|(k, _)| k == "tag" || k == "tags")
+        .map(|(_, v)| v.clone())
+        .collect();
+    Ok(EventQuery {
+        tags,
+        event_type: param(params, "type").map(str::to_owned),
+        timestamp: None,
+        aggregator: None,
+    })
+}
+
+fn event_json(e: &Event) -> serde_json::Value {
+    artifact_json(&AnyArtifact::Event(e.clone()))
+}
+
+async fn publish_event(State(api): Shared, headers: HeaderMap, bytes: Bytes) -> ApiResult {
+    let format = accept(&headers)?;
+    content_type(&headers)?;
+    let AnyArtifact::Event(event) = one(&bytes, ArtifactKind::Event)? else {
+        return Err(ApiError::bad("Unexpected resource: 'events'."));
+    };
+    let stored = api.events.publish(event).await?;
+    Ok(body(StatusCode::CREATED, format, &event_json(&stored)))
+}
+
+async fn list_events(
+    State(api): Shared,
+    headers: HeaderMap,
+    Query(params): Params,
+    bytes: Bytes,
+) -> ApiResult {
+    let format = accept(&headers)?;
+    let query = event_query(&params, &bytes)?;
+    if let Some(aggregator) = &query.aggregator {
+        let result = api
+            .events
+            .aggregate(&query, aggregator.aggregator_type.into(), &aggregator.field)
+            .await?;
+        return Ok(body(
+            StatusCode::OK,
+            format,
+            &serde_json::json!({ "value": result.value }),
+        ));
+    }
+    let events = api.events.query(&query, ListOptions::all()).await?;
+    paged(
+        format,
+        "/api/v1/events",
+        &params,
+        events.iter().map(event_json).collect(),
+    )
+}
+
+async fn event_stream(
+    State(api): Shared,
+    Query(params): Params,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    let query = event_query(&params, &bytes)?;
+    let stream = api
+        .events
+        .subscribe(query.tags.clone(), query.event_type.clone())
+        .filter_map(|item| async move {
+            match item {
+                Ok(e) => Some(Ok::<_, std::convert::Infallible>(
+                    SseEvent::default()
+                        .event(e.event_type.clone())
+                        .data(event_json(&e).to_string()),
+                )),
+                Err(err) => {
+                    tracing::warn!(error = %err, "event stream");
+                    None
+                }
+            }
+        });
+    let mut shutdown = api.shutdown.clone();
+    let stream = stream.take_until(async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(api.options.keep_alive))
+        .into_response())
+}
+
+// ------------------------------------------------------------------------------------------
+// Health and metrics, info and config
+
+/// The value of the newest event of `event_type` carrying `tags` within `window` seconds.
+async fn latest(
+    api: &Api,
+    tags: Vec<String>,
+    event_type: &str,
+    params: &[(String, String)],
+) -> Result<Option<serde_json::Value>, ApiError> {
+    let window: i64 = param(params, "window")
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(120);
+    let query = EventQuery {
+        tags,
+        event_type: Some(event_type.to_owned()),
+        timestamp: Some(TimeRange {
+            lt: None,
+            lte: None,
+            gt: None,
+            gte: Some(format!("now-{window}s")),
+        }),
+        aggregator: None,
+    };
+    let events = api.events.query(&query, ListOptions::page(0, 1)).await?;
+    Ok(events.first().map(|e| e.value.to_json()))
+}
+
+/// `gateways/{g}[/routes/{r}]…`: the tags of a health or metrics path (without the metric).
+fn path_tags(segments: &[&str]) -> Option<Vec<String>> {
+    match segments {
+        ["gateways", rest @ ..] => {
+            // A gateway name may have up to three segments; `routes/` starts a route.
+            let split = rest.iter().position(|s| *s == "routes");
+            let (gateway, route) = match split {
+                Some(i) => (&rest[..i], rest.get(i + 1..)),
+                None => (rest, None),
+            };
+            if gateway.is_empty() {
+                return None;
+            }
+            let mut tags = vec![format!("gateways:{}", gateway.join("/"))];
+            if let Some(route) = route {
+                if route.is_empty() {
+                    return None;
+                }
+                tags.push(format!("routes:{}", route.join("/")));
+            }
+            Some(tags)
+        }
+        ["deployments", d, rest @ ..] => {
+            let mut tags = vec![format!("deployments:{d}")];
+            let mut it = rest.iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                match *k {
+                    "clusters" => tags.push(format!("clusters:{v}")),
+                    "services" => tags.push(format!("services:{v}")),
+                    "ports" => tags.push(format!("ports:{v}")),
+                    _ => return None,
+                }
+            }
+            Some(tags)
+        }
+        _ => None,
+    }
+}
+
+async fn health(
+    State(api): Shared,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+    Query(params): Params,
+) -> ApiResult {
+    let format = accept(&headers)?;
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if segments.contains(&"instances") {
+        return Err(ApiError::not_found());
+    }
+    let mut tags = path_tags(&segments).ok_or_else(ApiError::not_found)?;
+    tags.push("health".into());
+    let value = latest(&api, tags, "health", &params)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok(body(StatusCode::OK, format, &value))
+}
+
+async fn metrics(
+    State(api): Shared,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+    Query(params): Params,
+) -> ApiResult {
+    let format = accept(&headers)?;
+    let mut segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if segments.contains(&"instances") {
+        return Err(ApiError::not_found());
+    }
+    let metric = segments.pop().ok_or_else(ApiError::not_found)?.to_owned();
+    let mut tags = path_tags(&segments).ok_or_else(ApiError::not_found)?;
+    tags.push(format!("metrics:{metric}"));
+    let value = latest(&api, tags, "metrics", &params)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok(body(StatusCode::OK, format, &value))
+}
+
+async fn info(State(api): Shared, headers: HeaderMap, Query(params): Params) -> ApiResult {
+    let format = accept(&headers)?;
+    let on: BTreeSet<&str> = params
+        .iter()
+        .filter(|(k, _)| k == "on")
+        .flat_map(|(_, v)| v.split(','))
+        .collect();
+    let wanted = |c: &str| on.is_empty() || on.contains(c);
+    let mut out = serde_json::Map::new();
+    out.insert("message".into(), "Hi, I'm Vamp! How are you?".into());
+    out.insert("version".into(), env!("CARGO_PKG_VERSION").into());
+    let mut failed = false;
+    let mut component = |name: &str, label: String, result: Result<(), vamp_core::Error>| {
+        let mut c = serde_json::Map::new();
+        c.insert("type".into(), label.into());
+        match result {
+            Ok(()) => {
+                c.insert("status".into(), "ok".into());
+            }
+            Err(e) => {
+                failed = true;
+                c.insert("status".into(), "failed".into());
+                c.insert("error".into(), e.to_string().into());
+            }
+        }
+        out.insert(name.into(), c.into());
+    };
+    if wanted("persistence") {
+        let r = api
+            .persistence
+            .list(ArtifactKind::Breed, ListOptions::page(0, 1))
+            .await
+            .map(drop);
+        component("persistence", api.persistence.to_string(), r);
+    }
+    if wanted("pulse") {
+        let r = api
+            .events
+            .query(
+                &EventQuery {
+                    tags: Vec::new(),
+                    event_type: None,
+                    timestamp: None,
+                    aggregator: None,
+                },
+                ListOptions::page(0, 1),
+            )
+            .await
+            .map(drop);
+        component("pulse", api.events.to_string(), r);
+    }
+    if wanted("container_driver") {
+        let r = api.scheduler.services().await.map(drop);
+        component("container_driver", api.scheduler.to_string(), r);
+    }
+    let status = if failed {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::OK
+    };
+    Ok(body(status, format, &serde_json::Value::Object(out)))
+}
+
+async fn config(State(api): Shared, headers: HeaderMap, Query(params): Params) -> ApiResult {
+    let format = accept(&headers).unwrap_or(Format::Json);
+    let flatten = flag(&params, "flatten");
+    let config = &api.options.config;
+    let value = if flatten {
+        serde_json::Value::Object(config.clone().into_iter().collect())
+    } else {
+        nest(config)
+    };
+    Ok(body(StatusCode::OK, format, &value))
+}
+
+async fn config_key(State(api): Shared, Path(key): Path<String>, headers: HeaderMap) -> ApiResult {
+    let format = accept(&headers).unwrap_or(Format::Json);
+    let value = api
+        .options
+        .config
+        .get(&key)
+        .cloned()
+        .ok_or_else(ApiError::not_found)?;
+    Ok(body(
+        StatusCode::OK,
+        format,
+        &serde_json::json!({ key: value }),
+    ))
+}
+
+/// `a.b.c: v` keys as nested objects.
+fn nest(flat: &BTreeMap<String, serde_json::Value>) -> serde_json::Value {
+    let mut root = serde_json::Map::new();
+    for (key, value) in flat {
+        let mut node = &mut root;
+        let parts: Vec<&str> = key.split('.').collect();
+        for part in &parts[..parts.len() - 1] {
+            let entry = node
+                .entry((*part).to_owned())
+                .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+            if !entry.is_object() {
+                *entry = serde_json::Value::Object(serde_json::Map::new());
+            }
+            node = entry.as_object_mut().expect("an object");
+        }
+        node.insert(parts[parts.len() - 1].to_owned(), value.clone());
+    }
+    serde_json::Value::Object(root)
+}

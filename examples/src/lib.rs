@@ -1,0 +1,6 @@
+//! The programs' shared code: Vamp's REST API over the library ([`api`]) and the server that
+//! composes it with the backends, the reconcile loop and a gateway agent ([`serve`]). The
+//! `vamp` example's `serve` subcommand runs it; the tests start it in-process.
+
+pub mod api;
+pub mod serve;

@@ -1,0 +1,697 @@
+//! Vamp's REST API over HTTP: a real server on a loopback port (in-process, on in-memory
+//! backends unless a test says otherwise, no gateway agent) and a real HTTP client.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{Value, json};
+use vamp_examples::serve::{ServeConfig, Server, start};
+
+/// A server on in-memory backends (the in-memory scheduler, or `scheduler`).
+async fn server(dir: &std::path::Path, scheduler: Option<String>) -> Server {
+    let mut config = ServeConfig::new(dir);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.in_memory = true;
+    config.kv = Some("memory://".into());
+    config.scheduler = Some(scheduler.unwrap_or_else(|| "memory://".into()));
+    config.no_agent = true;
+    config.period_ms = 50;
+    start(config).await.expect("the server starts")
+}
+
+struct Http {
+    client: Client,
+    base: String,
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: reqwest::header::HeaderMap,
+    text: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn message(&self) -> String {
+        self.json()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+impl Http {
+    fn new(server: &Server) -> Self {
+        Self {
+            client: Client::new(),
+            base: format!("http://{}", server.addr),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        accept: Option<&str>,
+        content_type: Option<&str>,
+        body: Option<String>,
+    ) -> Answer {
+        let mut r = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(a) = accept {
+            r = r.header("Accept", a);
+        }
+        if let Some(c) = content_type {
+            r = r.header("Content-Type", c);
+        }
+        if let Some(b) = body {
+            r = r.body(b);
+        }
+        let response = r.send().await.expect("the server answers");
+        Answer {
+            status: response.status(),
+            headers: response.headers().clone(),
+            text: response.text().await.unwrap(),
+        }
+    }
+
+    async fn get(&self, path: &str) -> Answer {
+        self.call(Method::GET, path, Some("application/json"), None, None)
+            .await
+    }
+
+    async fn send(&self, method: Method, path: &str, yaml: &str) -> Answer {
+        self.call(
+            method,
+            path,
+            Some("application/json"),
+            Some("application/x-yaml"),
+            Some(yaml.to_owned()),
+        )
+        .await
+    }
+}
+
+/// A GET without an `Accept` header, written by hand; the whole answer.
+async fn raw_get(server: &Server, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// Waits (bounded) until `f` gives a value.
+async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const BREED: &str =
+    "name: sava:1.0\ndeployable: command://exec sleep 600\nports: {webport: 8080/http}\n";
+
+const BLUEPRINT: &str = "name: sava
+clusters:
+  sava:
+    breed:
+      name: sava:1.0
+      deployable:
+        type: command
+        definition: exec sleep 600
+      ports: {webport: 8080/http}
+    scale: {cpu: 0.1, memory: 64MB, instances: 1}
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conventions_accept_content_type_cors_caching_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path(), None).await;
+    let http = Http::new(&s);
+    // Accept is required (the HTTP client always sends one, so this request is written by
+    // hand), and must be JSON, YAML or */*.
+    let raw = raw_get(&s, "/api/v1/breeds").await;
+    assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
+    assert!(
+        raw.contains("Only the following media types are supported"),
+        "{raw}"
+    );
+    let a = http
+        .call(Method::GET, "/api/v1/breeds", Some("text/html"), None, None)
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    let a = http
+        .call(Method::GET, "/api/v1/breeds", Some("*/*"), None, None)
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.json(), json!([]));
+    // Every answer: CORS and no caching.
+    assert_eq!(a.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(
+        a.header("access-control-expose-headers"),
+        Some("Link, X-Total-Count")
+    );
+    assert_eq!(a.header("cache-control"), Some("no-store"));
+    let pre = http
+        .call(Method::OPTIONS, "/api/v1/breeds", None, None, None)
+        .await;
+    assert_eq!(pre.status, StatusCode::OK);
+    assert!(
+        pre.header("access-control-allow-methods")
+            .unwrap()
+            .contains("DELETE")
+    );
+    // POST needs a JSON or YAML content type.
+    let a = http
+        .call(
+            Method::POST,
+            "/api/v1/breeds",
+            Some("application/json"),
+            Some("text/plain"),
+            Some(BREED.into()),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(a.message().contains("content types"), "{}", a.text);
+    // Malformed YAML, an unknown kind, an invalid artifact: 400 with Vamp's message.
+    let a = http
+        .send(Method::POST, "/api/v1/breeds", "name: [unclosed")
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(!a.message().is_empty(), "{}", a.text);
+    let a = http.send(Method::POST, "/api/v1/foos", BREED).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(a.message(), "Unexpected resource: 'foos'.");
+    let a = http.send(Method::POST, "/api/v1/breeds", "name: x\n").await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(a.message().contains("deployable"), "{}", a.text);
+    // Over the body limit: refused before it is read whole.
+    let big = format!(
+        "name: big\ndeployable: x\nmetadata:\n  pad: '{}'\n",
+        "x".repeat(2 << 20)
+    );
+    let a = http.send(Method::POST, "/api/v1/breeds", &big).await;
+    assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
+    // Unknown routes are 404 with an empty body.
+    let a = http.get("/nothing/here").await;
+    assert_eq!((a.status, a.text.as_str()), (StatusCode::NOT_FOUND, ""));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_are_created_read_updated_listed_and_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path(), None).await;
+    let http = Http::new(&s);
+    let a = http.send(Method::POST, "/api/v1/breeds", BREED).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    assert_eq!(a.json()["name"], "sava:1.0");
+    // Read back as JSON and as YAML.
+    let a = http.get("/api/v1/breeds/sava:1.0").await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.json()["ports"]["webport"], "8080/http");
+    let y = http
+        .call(
+            Method::GET,
+            "/api/v1/breeds/sava:1.0",
+            Some("application/x-yaml"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(y.header("content-type"), Some("application/x-yaml"));
+    assert!(y.text.contains("name: sava:1.0"), "{}", y.text);
+    // An update whose body names another artifact is refused.
+    let a = http
+        .send(Method::PUT, "/api/v1/breeds/sava:2.0", BREED)
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(a.message().contains("Inconsistent"), "{}", a.text);
+    let updated = BREED.replace("8080/http", "9090/http");
+    let a = http
+        .send(Method::PUT, "/api/v1/breeds/sava:1.0", &updated)
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(
+        http.get("/api/v1/breeds/sava:1.0").await.json()["ports"]["webport"],
+        "9090/http"
+    );
+    // validate_only stores nothing.
+    let a = http
+        .send(
+            Method::POST,
+            "/api/v1/breeds?validate_only=true",
+            &BREED.replace("sava:1.0", "dry"),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED);
+    assert_eq!(
+        http.get("/api/v1/breeds/dry").await.status,
+        StatusCode::NOT_FOUND
+    );
+    // Paging: 35 breeds in pages of 30.
+    for i in 0..34 {
+        let b = BREED.replace("sava:1.0", &format!("b{i:02}"));
+        assert_eq!(
+            http.send(Method::POST, "/api/v1/breeds", &b).await.status,
+            StatusCode::CREATED
+        );
+    }
+    let first = http.get("/api/v1/breeds").await;
+    assert_eq!(first.header("x-total-count"), Some("35"));
+    assert_eq!(first.json().as_array().unwrap().len(), 30);
+    let link = first.header("link").unwrap();
+    assert!(link.contains("page=2&per_page=30>; rel=next"), "{link}");
+    assert!(link.contains("page=2&per_page=30>; rel=last"), "{link}");
+    let second = http.get("/api/v1/breeds?page=2").await;
+    assert_eq!(second.json().as_array().unwrap().len(), 5);
+    let small = http.get("/api/v1/breeds?page=3&per_page=10").await;
+    assert_eq!(small.json().as_array().unwrap().len(), 10);
+    assert_eq!(
+        small.json()[0]["name"],
+        "b20",
+        "sorted by name: b00…b33, sava:1.0"
+    );
+    // Delete: 204, then 404 with an empty body.
+    let a = http
+        .call(
+            Method::DELETE,
+            "/api/v1/breeds/b00",
+            Some("application/json"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT);
+    let a = http.get("/api/v1/breeds/b00").await;
+    assert_eq!((a.status, a.text.as_str()), (StatusCode::NOT_FOUND, ""));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blueprint_becomes_a_deployment_with_gateways_events_scale_and_sla() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path(), None).await;
+    let http = Http::new(&s);
+    // Wait on the event stream for the deployment's synchronization.
+    let stream = http
+        .client
+        .get(format!(
+            "{}/api/v1/events/stream?tag=deployments:sava&tag=synchronization:deployed",
+            http.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    let mut stream = stream.bytes_stream();
+
+    let a = http
+        .send(Method::POST, "/api/v1/deployments", BLUEPRINT)
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
+    let results = a.json();
+    assert_eq!(results[0]["name"], "sava:1.0", "the inline breed, stored");
+    assert_eq!(results[1]["name"], "sava");
+    assert_eq!(
+        http.get("/api/v1/breeds/sava:1.0").await.status,
+        StatusCode::OK
+    );
+
+    let mut seen = String::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !seen.contains("synchronization:deployed") {
+            let chunk = stream.next().await.expect("the stream stays open").unwrap();
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .expect("the deployment is synchronised");
+    assert!(seen.contains("event: synchronization"), "{seen}");
+
+    // The deployment, as stored and as a blueprint.
+    let d = http.get("/api/v1/deployments/sava").await.json();
+    assert_eq!(
+        d["clusters"]["sava"]["services"][0]["breed"]["name"],
+        "sava:1.0"
+    );
+    let bp = http
+        .get("/api/v1/deployments/sava?as_blueprint=true")
+        .await
+        .json();
+    assert!(bp["clusters"]["sava"].is_object(), "{bp}");
+    assert!(bp.get("status").is_none());
+    // Its internal gateway, by a name with slashes.
+    let list = http.get("/api/v1/gateways").await.json();
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["name"] == "sava/sava/webport"),
+        "{list}"
+    );
+    let g = http.get("/api/v1/gateways/sava/sava/webport").await;
+    assert_eq!(g.status, StatusCode::OK, "{}", g.text);
+    // It cannot be created or deleted through the API.
+    let a = http
+        .call(
+            Method::DELETE,
+            "/api/v1/gateways/sava/sava/webport",
+            Some("application/json"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(
+        a.message().contains("internal deployment gateway"),
+        "{}",
+        a.text
+    );
+    // A breed in use cannot be deleted.
+    let a = http
+        .call(
+            Method::DELETE,
+            "/api/v1/breeds/sava:1.0",
+            Some("application/json"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(a.message().contains("in use"), "{}", a.text);
+
+    // Scale through the service's scale route: the scheduler gets three instances.
+    let a = http
+        .send(
+            Method::PUT,
+            "/api/v1/deployments/sava/clusters/sava/services/sava:1.0/scale",
+            "cpu: 0.2\nmemory: 64MB\ninstances: 3\n",
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
+    let scale = http
+        .get("/api/v1/deployments/sava/clusters/sava/services/sava:1.0/scale")
+        .await
+        .json();
+    assert_eq!(scale["instances"], 3);
+    eventually("three instances", async || {
+        let d = http.get("/api/v1/deployments/sava").await.json();
+        (d["clusters"]["sava"]["services"][0]["instances"]
+            .as_array()
+            .map(Vec::len)
+            == Some(3))
+        .then_some(())
+    })
+    .await;
+
+    // The cluster SLA: set, read, remove.
+    let sla = "type: response_time_sliding_window\nthreshold: {upper: 1000, lower: 100}\nwindow: {interval: 60, cooldown: 60}\n";
+    let a = http
+        .send(
+            Method::PUT,
+            "/api/v1/deployments/sava/clusters/sava/sla",
+            sla,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
+    let got = http.get("/api/v1/deployments/sava/clusters/sava/sla").await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.json()["type"], "response_time_sliding_window");
+    let a = http
+        .call(
+            Method::DELETE,
+            "/api/v1/deployments/sava/clusters/sava/sla",
+            Some("application/json"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        http.get("/api/v1/deployments/sava/clusters/sava/sla")
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+
+    // DELETE with the blueprint as body slices the service out; the deployment goes.
+    let a = http
+        .call(
+            Method::DELETE,
+            "/api/v1/deployments/sava",
+            Some("application/json"),
+            Some("application/x-yaml"),
+            Some(BLUEPRINT.into()),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
+    eventually("the deployment is gone", async || {
+        (http.get("/api/v1/deployments/sava").await.status == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+    // Now the breed can go.
+    let a = http
+        .call(
+            Method::DELETE,
+            "/api/v1/breeds/sava:1.0",
+            Some("application/json"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.text);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_requests_create_and_delete_everything_in_a_multi_document_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path(), None).await;
+    let http = Http::new(&s);
+    let body = format!(
+        "kind: breed\n{BREED}---\nkind: blueprint\nname: shop\nclusters:\n  sava: sava:1.0\n---\nkind: deployment\n{BLUEPRINT}"
+    );
+    let a = http.send(Method::POST, "/api/v1", &body).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
+    assert_eq!(a.json().as_array().unwrap().len(), 3);
+    assert_eq!(
+        http.get("/api/v1/blueprints/shop").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        http.get("/api/v1/deployments/sava").await.status,
+        StatusCode::OK
+    );
+    // A document without a kind fails the whole request before anything is written.
+    let a = http
+        .send(
+            Method::POST,
+            "/api/v1",
+            "name: x\n---\nkind: breed\nname: y\ndeployable: y\n",
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        http.get("/api/v1/breeds/y").await.status,
+        StatusCode::NOT_FOUND
+    );
+    // The same body deletes: the deployment is sliced, the blueprint and breed go.
+    let a = http
+        .call(
+            Method::DELETE,
+            "/api/v1",
+            Some("application/json"),
+            None,
+            Some(body),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
+    assert_eq!(
+        http.get("/api/v1/blueprints/shop").await.status,
+        StatusCode::NOT_FOUND
+    );
+    eventually("the deployment is gone", async || {
+        (http.get("/api/v1/deployments/sava").await.status == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployable_the_scheduler_cannot_run_is_refused_before_anything_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = format!("local://{}", dir.path().join("instances").display());
+    let s = server(dir.path(), Some(local)).await;
+    let http = Http::new(&s);
+    let docker = "name: web\nclusters:\n  web:\n    breed:\n      name: web:1.0\n      deployable: magneticio/sava:1.0.0\n      ports: {port: 8080/http}\n";
+    let a = http.send(Method::POST, "/api/v1/deployments", docker).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
+    let m = a.message();
+    assert!(m.contains("web:1.0") && m.contains("LocalScheduler"), "{m}");
+    assert_eq!(http.get("/api/v1/deployments").await.json(), json!([]));
+    assert_eq!(http.get("/api/v1/breeds").await.json(), json!([]));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_health_metrics_info_config_and_workflow_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path(), None).await;
+    let http = Http::new(&s);
+    let a = http
+        .send(
+            Method::POST,
+            "/api/v1/events",
+            "tags: [gateways:sava, health]\ntype: health\nvalue: 0.75\n",
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    let a = http
+        .send(
+            Method::POST,
+            "/api/v1/events",
+            "tags: [gateways:sava, metrics:rate]\ntype: metrics\nvalue: 12.5\n",
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    let listed = http
+        .get("/api/v1/events?tag=gateways:sava&type=health")
+        .await;
+    assert_eq!(listed.header("x-total-count"), Some("1"));
+    assert_eq!(listed.json()[0]["value"], 0.75);
+    assert_eq!(http.get("/api/v1/health/gateways/sava").await.json(), 0.75);
+    assert_eq!(
+        http.get("/api/v1/metrics/gateways/sava/rate").await.json(),
+        12.5
+    );
+    assert_eq!(
+        http.get("/api/v1/health/gateways/other").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let info = http.get("/api/v1/info").await;
+    assert_eq!(info.status, StatusCode::OK);
+    assert_eq!(info.json()["persistence"]["status"], "ok");
+    let config = http.get("/api/v1/config?flatten=true").await.json();
+    assert_eq!(config["vamp.namespace"], "default");
+    assert_eq!(
+        http.get("/api/v1/config").await.json()["vamp"]["namespace"],
+        "default"
+    );
+    // Workflow status: read and set.
+    let wf =
+        "name: tick\nbreed:\n  name: tick\n  deployable: command://echo tick\nschedule: daemon\n";
+    let a = http.send(Method::POST, "/api/v1/workflows", wf).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
+    assert_eq!(
+        http.get("/api/v1/workflows/tick/status").await.json(),
+        "starting"
+    );
+    let a = http
+        .call(
+            Method::PUT,
+            "/api/v1/workflows/tick/status",
+            Some("application/json"),
+            Some("application/json"),
+            Some("suspending".into()),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
+    assert_eq!(
+        http.get("/api/v1/workflows/tick/status").await.json(),
+        "suspending"
+    );
+    let a = http
+        .call(
+            Method::PUT,
+            "/api/v1/workflows/tick/status",
+            Some("application/json"),
+            Some("application/json"),
+            Some("flying".into()),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
+    s.stop().await;
+}
+
+/// The server restarted on the same SQLite file serves the same artifacts and deployments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restarted_on_its_sqlite_file_serves_the_same_artifacts() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || {
+        let mut c = ServeConfig::new(dir.path());
+        c.listen = "127.0.0.1:0".parse().unwrap();
+        c.scheduler = Some("memory://".into());
+        c.no_agent = true;
+        c.period_ms = 50;
+        c
+    };
+    let s = start(config()).await.unwrap();
+    let http = Http::new(&s);
+    assert_eq!(
+        http.send(Method::POST, "/api/v1/deployments", BLUEPRINT)
+            .await
+            .status,
+        StatusCode::ACCEPTED
+    );
+    let before_breed = http.get("/api/v1/breeds/sava:1.0").await.json();
+    let before = http
+        .get("/api/v1/deployments/sava?as_blueprint=true")
+        .await
+        .json();
+    s.stop().await;
+    assert!(dir.path().join("vamp.db").exists());
+    let s = start(config()).await.unwrap();
+    let http = Http::new(&s);
+    assert_eq!(
+        http.get("/api/v1/breeds/sava:1.0").await.json(),
+        before_breed
+    );
+    assert_eq!(
+        http.get("/api/v1/deployments/sava?as_blueprint=true")
+            .await
+            .json(),
+        before
+    );
+    s.stop().await;
+}
+
+/// Stopping the server ends open event streams: a graceful shutdown waits for open
+/// connections, and a stream would otherwise keep it waiting for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_server_ends_open_event_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path(), None).await;
+    let http = Http::new(&s);
+    let response = http
+        .client
+        .get(format!("{}/api/v1/events/stream?tag=never", http.base))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = response.bytes_stream();
+    tokio::time::timeout(Duration::from_secs(20), s.stop())
+        .await
+        .expect("the server stops with a stream open");
+    let end = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(Ok(_)) = stream.next().await {}
+    })
+    .await;
+    assert!(end.is_ok(), "the stream ends");
+}
