@@ -175,9 +175,10 @@ impl Drop for Inner {
     }
 }
 
-/// The ports instances get by default: below Linux's default ephemeral range (32768–60999),
-/// so no outgoing connection of another process is ever given one of them by the kernel.
-pub const DEFAULT_PORT_RANGE: RangeInclusive<u16> = 20000..=29999;
+/// The ports instances get by default: below the gateways' default range (24000–29999, see
+/// `vamp_core::ops::deploy::MergeOptions`) and Linux's default ephemeral range (32768–60999),
+/// so neither a gateway nor another process's outgoing connection is given one of them.
+pub const DEFAULT_PORT_RANGE: RangeInclusive<u16> = 20000..=23999;
 
 /// The most instances one service may have here (each is a process on this machine).
 pub const DEFAULT_MAX_INSTANCES: u32 = 256;
