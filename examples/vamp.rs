@@ -77,7 +77,18 @@ fn serve(args: &[String]) -> ExitCode {
             }
         };
         println!("vamp serves on http://{}/api/v1", server.addr);
-        let _ = tokio::signal::ctrl_c().await;
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("vamp serve: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
         server.stop().await;
         ExitCode::SUCCESS
     })
