@@ -1,17 +1,21 @@
-//! `canary_demo`: a canary release of the `sava` demo service through a real HAProxy, on
-//! embedded defaults (in-memory key-value store and metrics).
+//! `canary_demo`: a canary release of the `sava` demo service as a Vamp workflow, through
+//! Vamp's REST API on embedded defaults (`vamp serve` in this process: SQLite in a temporary
+//! directory, the in-memory key-value store, local processes, and the gateway agent with a
+//! real HAProxy; metrics from HAProxy's logs).
 //!
 //! ```text
 //! cargo run --example canary_demo [-- --step-seconds N]
 //! ```
 //!
-//! It starts two versions of `sava` (1.0, and 1.1 which fails 2% of its requests) as separate
-//! processes, the gateway agent with its HAProxy, and steady traffic; then it walks the
-//! gateway's weights 100/0 → 90/10 → 50/50 → 0/100 by writing the rendered configuration to the
-//! key-value store, and prints per step how the agent applied it and the split and error rate
-//! measured from HAProxy's logs. HAProxy 2.6+ is needed: as root on Debian it installs the
-//! `haproxy` package when missing; otherwise it says what to install (or set
-//! `VAMP_HAPROXY_BIN`).
+//! It deploys `sava` 1.0 from a blueprint (`POST /api/v1/deployments`) and waits on the event
+//! stream for `synchronization:deployed`, merges 1.1 (which fails 2% of its requests) into the
+//! cluster (`PUT /api/v1/deployments/sava`), sends steady traffic through the deployment's
+//! gateway, and walks the cluster gateway's weights 100/0 → 90/10 → 50/50 → 0/100
+//! (`PUT /api/v1/gateways/sava/sava/webport`); per step it prints how the agent applied the
+//! change and the split and error rate measured from HAProxy's logs. At the end it slices 1.0
+//! out (`DELETE /api/v1/deployments/sava` with its blueprint). HAProxy 2.6+ is needed: as root
+//! on Debian it installs the `haproxy` package when missing; otherwise it says what to install
+//! (or set `VAMP_HAPROXY_BIN`).
 
 #[path = "common/sava_service.rs"]
 mod sava_service;
@@ -19,19 +23,17 @@ mod sava_service;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use vamp_core::dsl::{AnyArtifact, read_str};
-use vamp_core::kv::{DynKeyValueStore, KeyValueStore, keys};
-use vamp_core::memory::{InMemoryKv, InMemoryMetrics};
-use vamp_core::metrics::{DynMetricsStore, MetricsStore};
-use vamp_core::model::{ArtifactKind, Route, RouteTarget};
-use vamp_haproxy::agent::{AgentOptions, AgentStatus, GatewayAgent};
-use vamp_haproxy::driver::{GatewayDriver, Marshaller};
-use vamp_haproxy::{RenderOptions, render};
+use futures_util::StreamExt;
+use vamp_core::kv::{KeyValueStore, keys};
+use vamp_core::lookup::route_lookup_name;
+use vamp_core::metrics::MetricsStore;
+use vamp_examples::serve::{ServeConfig, start};
+use vamp_haproxy::agent::AgentStatus;
 
 const STEPS: [(u8, u8); 4] = [(100, 0), (90, 10), (50, 50), (0, 100)];
 const CANARY_FAIL_PERCENT: u32 = 2;
@@ -118,46 +120,11 @@ fn ensure_haproxy() -> Option<String> {
     None
 }
 
-/// A child process killed on drop.
-struct Service(Child);
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
-}
-
-fn start_service(version: &str, fail_percent: u32) -> Result<(Service, u16), String> {
-    let port = free_port();
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let child = Command::new(exe)
-        .args([
-            "serve",
-            version,
-            &port.to_string(),
-            &fail_percent.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("cannot start sava {version}: {e}"))?;
-    let service = Service(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            return Err(format!("sava {version} did not listen on {port}"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok((service, port))
 }
 
 /// One request: the status and the body's first word (the version).
@@ -181,63 +148,6 @@ struct Seen {
     failed: u64,
 }
 
-struct Gateway {
-    gateway: vamp_core::model::Gateway,
-    routes: Vec<(String, String)>, // (version, route frontend lookup)
-}
-
-fn gateway(
-    port: u16,
-    socket_dir: &str,
-    targets: [(u16, &str); 2],
-    weights: (u8, u8),
-) -> Result<Gateway, String> {
-    let yaml = format!(
-        "name: sava\nport: {port}\nroutes:\n  sava:1.0: {{weight: {}%}}\n  sava:1.1: {{weight: {}%}}\n",
-        weights.0, weights.1
-    );
-    let mut g = match read_str(&yaml, Some(ArtifactKind::Gateway))
-        .map_err(|e| e.to_string())?
-        .remove(0)
-    {
-        AnyArtifact::Gateway(g) => g,
-        _ => return Err("not a gateway".into()),
-    };
-    for (route, (target_port, version)) in g.routes.iter_mut().zip(targets) {
-        if let Route::Default(d) = route {
-            d.targets = vec![RouteTarget::Internal {
-                name: format!("sava-{version}"),
-                host: None,
-                port: i64::from(target_port),
-            }];
-        }
-    }
-    let config =
-        render(std::slice::from_ref(&g), &render_options(socket_dir)).map_err(|e| e.to_string())?;
-    let mut routes = Vec::new();
-    for (target_port, version) in targets {
-        let address = format!("127.0.0.1:{target_port}");
-        let backend = config
-            .backends
-            .iter()
-            .find(|b| b.servers.iter().any(|s| s.address == address))
-            .ok_or("no backend for a route")?;
-        let frontend = config
-            .frontends
-            .iter()
-            .find(|f| f.bind.is_none() && f.default_backend == backend.lookup)
-            .ok_or("no frontend for a route")?;
-        routes.push((version.to_owned(), frontend.lookup.clone()));
-    }
-    Ok(Gateway { gateway: g, routes })
-}
-
-fn render_options(socket_dir: &str) -> RenderOptions {
-    RenderOptions::default()
-        .with_socket_dir(socket_dir)
-        .with_bind_address("127.0.0.1")
-}
-
 fn progress(done: Duration, total: Duration) {
     use std::io::IsTerminal;
     // Redraw only on a terminal; elsewhere (logs, CI) print the finished bar once.
@@ -257,19 +167,65 @@ fn progress(done: Duration, total: Duration) {
     let _ = std::io::stdout().flush();
 }
 
+/// A small client of the API.
+struct Api {
+    client: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        yaml: Option<String>,
+    ) -> Result<serde_json::Value, String> {
+        let mut r = self
+            .client
+            .request(method.clone(), format!("{}{path}", self.base))
+            .header("Accept", "application/json");
+        if let Some(body) = yaml {
+            r = r.header("Content-Type", "application/x-yaml").body(body);
+        }
+        let response = r.send().await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!("{method} {path}: {status} {text}"));
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+    }
+}
+
+/// The blueprint of one `sava` version: this program re-executed as the service.
+fn blueprint(
+    version: &str,
+    fail_percent: u32,
+    gateway_port: Option<u16>,
+) -> Result<String, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let exe = exe.display().to_string().replace('\'', r"'\''");
+    let gateways = gateway_port.map_or(String::new(), |p| {
+        format!("gateways:\n  {p}: sava/webport\n")
+    });
+    Ok(format!(
+        "name: sava\n{gateways}clusters:\n  sava:\n    services:\n    - breed:\n        name: sava:{version}\n        deployable:\n          type: command\n          definition: exec '{exe}' serve {version} \"$PORT\" {fail_percent}\n        ports: {{webport: 8080/http}}\n      scale: {{cpu: 0.1, memory: 64MB, instances: 1}}\n"
+    ))
+}
+
 async fn wait_for(
     status: &mut tokio::sync::watch::Receiver<AgentStatus>,
     version: u64,
 ) -> Result<AgentStatus, String> {
     let result = tokio::time::timeout(Duration::from_secs(30), async {
         status
-            .wait_for(|s| s.applied_version == Some(version) || s.counts.rejected > 0)
+            .wait_for(|s| s.applied_version.is_some_and(|v| v >= version) || s.counts.rejected > 0)
             .await
             .map(|s| s.clone())
     })
     .await;
     match result {
-        Ok(Ok(s)) if s.applied_version == Some(version) => Ok(s),
+        Ok(Ok(s)) if s.applied_version.is_some_and(|v| v >= version) => Ok(s),
         Ok(Ok(s)) => Err(format!(
             "the agent rejected the configuration: {:?}",
             s.last_error
@@ -281,41 +237,110 @@ async fn wait_for(
     }
 }
 
+/// Polls `f` (bounded) until it gives a value.
+async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> Result<T, String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("timed out waiting for {what}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn demo(haproxy: String, step: Duration) -> Result<(), String> {
     let work = std::env::temp_dir().join(format!("vamp-canary-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
-    let socket_dir = work.display().to_string();
+    let result = run(&work, haproxy, step).await;
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
 
+async fn run(work: &std::path::Path, haproxy: String, step: Duration) -> Result<(), String> {
     println!(
-        "Vamp canary demo: sava 1.0 → sava 1.1 through HAProxy, embedded key-value store and metrics\n"
+        "Vamp canary demo: sava 1.0 → sava 1.1 through Vamp's REST API and HAProxy, embedded defaults\n"
     );
-    let (_v1, port_v1) = start_service("1.0", 0)?;
-    let (_v2, port_v2) = start_service("1.1", CANARY_FAIL_PERCENT)?;
+    let mut config = ServeConfig::new(work);
+    config.listen = "127.0.0.1:0".parse().expect("address");
+    config.haproxy = haproxy;
+    config.period_ms = 250;
+    let server = start(config).await?;
+    let api = Api {
+        client: reqwest::Client::new(),
+        base: format!("http://{}/api/v1", server.addr),
+    };
     println!(
-        "  services   sava 1.0 on 127.0.0.1:{port_v1}, sava 1.1 on 127.0.0.1:{port_v2} (fails {CANARY_FAIL_PERCENT}% of its requests)"
+        "  vamp       serving http://{}/api/v1 (SQLite in {})",
+        server.addr,
+        work.display()
     );
+    let mut status = server.agent.clone().ok_or("no gateway agent")?;
 
-    let kv: Arc<DynKeyValueStore> = Arc::new(InMemoryKv::new());
-    let metrics = Arc::new(InMemoryMetrics::new());
-    let key = keys::haproxy_configuration("default", "1.7").map_err(|e| e.to_string())?;
-    let options = AgentOptions::new(key.clone(), work.join("agent"))
-        .with_haproxy_bin(&haproxy)
-        .with_socket_dir(&work)
-        .with_syslog("127.0.0.1:0".parse().expect("address"));
-    let agent = GatewayAgent::new(Arc::clone(&kv), options)
-        .with_metrics(Arc::clone(&metrics) as Arc<DynMetricsStore>);
-    let mut status = agent.status();
-    let (stop_agent, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent_task = tokio::spawn(agent.run(async {
-        let _ = stopped.await;
-    }));
+    // Deploy 1.0 and wait for Vamp's event that it is deployed.
     let port = free_port();
-    let driver = GatewayDriver::new(
-        Arc::clone(&kv),
-        "default",
-        vec![Marshaller::new("1.7").with_options(render_options(&socket_dir))],
+    let mut events = api
+        .client
+        .get(format!(
+            "{}/events/stream?tag=deployments:sava&tag=synchronization:deployed",
+            api.base
+        ))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .bytes_stream();
+    api.call(
+        reqwest::Method::POST,
+        "/deployments",
+        Some(blueprint("1.0", 0, Some(port))?),
+    )
+    .await?;
+    println!(
+        "  deploy     POST /api/v1/deployments: sava 1.0, gateway sava/webport on 127.0.0.1:{port}"
     );
-    println!("  gateway    sava on 127.0.0.1:{port}, configuration key {key}\n");
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let mut seen = String::new();
+        while !seen.contains("synchronization:deployed") {
+            match events.next().await {
+                Some(Ok(chunk)) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+                _ => return Err("the event stream ended".to_owned()),
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|_| "sava 1.0 was not deployed within 60 s".to_owned())??;
+    println!("  event      deployments:sava synchronization:deployed");
+
+    // Merge 1.1 into the cluster: it gets no traffic until the weights say so.
+    api.call(
+        reqwest::Method::PUT,
+        "/deployments/sava",
+        Some(blueprint("1.1", CANARY_FAIL_PERCENT, None)?),
+    )
+    .await?;
+    println!(
+        "  merge      PUT /api/v1/deployments/sava: sava 1.1 (fails {CANARY_FAIL_PERCENT}% of its requests)"
+    );
+    until("sava 1.1 to run", async || {
+        let d = api
+            .call(reqwest::Method::GET, "/deployments/sava", None)
+            .await
+            .ok()?;
+        let services = d["clusters"]["sava"]["services"].as_array()?.clone();
+        (services.len() == 2
+            && services
+                .iter()
+                .all(|s| s["status"]["phase"]["name"] == "Done"))
+        .then_some(())
+    })
+    .await?;
+    until("traffic through the gateway", async || {
+        request(port).filter(|(s, _)| *s == 200)
+    })
+    .await?;
+    println!("  gateway    sava/sava/webport routes sava:1.0 and sava:1.1\n");
 
     // Steady traffic from a client thread.
     let seen = Arc::new(Mutex::new(Seen::default()));
@@ -347,35 +372,67 @@ async fn demo(haproxy: String, step: Duration) -> Result<(), String> {
         })
     };
 
+    let key = keys::haproxy_configuration("default", "1.7").map_err(|e| e.to_string())?;
+    let routes: Vec<(String, String)> = ["1.0", "1.1"]
+        .iter()
+        .map(|v| {
+            let breed = format!("sava:{v}");
+            let lookup = route_lookup_name(
+                "sava/sava/webport",
+                &["sava", "sava", breed.as_str(), "webport"],
+            );
+            ((*v).to_owned(), lookup)
+        })
+        .collect();
     let mut failures = 0;
-    let mut before = AgentStatus::default();
+    let mut before = status.borrow().clone();
     for (weights, index) in STEPS.iter().zip(1..) {
-        let g = gateway(
-            port,
-            &socket_dir,
-            [(port_v1, "1.0"), (port_v2, "1.1")],
-            *weights,
-        )?;
         println!(
-            "step {index}/{}: weights sava 1.0 {}% / sava 1.1 {}%",
+            "step {index}/{}: PUT /api/v1/gateways/sava/sava/webport: sava 1.0 {}% / sava 1.1 {}%",
             STEPS.len(),
             weights.0,
             weights.1
         );
-        let written = Instant::now();
-        // The control plane's side: the gateway driver renders and writes the configuration.
-        driver
-            .push(std::slice::from_ref(&g.gateway))
-            .await
-            .map_err(|e| e.to_string())?;
-        let version = kv
+        let current = server
+            .kv
             .get(&key)
             .await
             .map_err(|e| e.to_string())?
-            .ok_or("the driver wrote no configuration")?
-            .version;
-        let applied = wait_for(&mut status, version.0).await?;
-        let how = if applied.counts.dynamic > before.counts.dynamic {
+            .map(|v| v.version.0);
+        let now = api
+            .call(reqwest::Method::GET, "/gateways/sava/sava/webport", None)
+            .await?;
+        let unchanged = [("1.0", weights.0), ("1.1", weights.1)]
+            .iter()
+            .all(|(v, w)| {
+                now["routes"][format!("sava/sava/sava:{v}/webport")]["weight"] == format!("{w}%")
+            });
+        let written = Instant::now();
+        let gateway = format!(
+            "name: sava/sava/webport\nroutes:\n  sava/sava/sava:1.0/webport: {{weight: {}%}}\n  sava/sava/sava:1.1/webport: {{weight: {}%}}\n",
+            weights.0, weights.1
+        );
+        api.call(
+            reqwest::Method::PUT,
+            "/gateways/sava/sava/webport",
+            Some(gateway),
+        )
+        .await?;
+        // The reconcile loop pushes the gateway; the agent applies what the driver wrote.
+        let kv = &server.kv;
+        let version = if unchanged {
+            current.ok_or("no configuration written yet")?
+        } else {
+            until("the new configuration", async || {
+                let v = kv.get(&key).await.ok()??.version.0;
+                (Some(v) != current).then_some(v)
+            })
+            .await?
+        };
+        let applied = wait_for(&mut status, version).await?;
+        let how = if unchanged {
+            "already in place"
+        } else if applied.counts.dynamic > before.counts.dynamic {
             "runtime API, no reload"
         } else if applied.starts > before.starts {
             "HAProxy started"
@@ -402,8 +459,9 @@ async fn demo(haproxy: String, step: Duration) -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let window = started.elapsed();
         let mut measured = Vec::new();
-        for (version, frontend) in &g.routes {
-            let m = metrics
+        for (version, frontend) in &routes {
+            let m = server
+                .metrics
                 .request_metrics(frontend, window)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -437,18 +495,43 @@ async fn demo(haproxy: String, step: Duration) -> Result<(), String> {
     }
     done.store(true, Ordering::Relaxed);
     let _ = client.join();
+
+    // Promote: slice 1.0 out of the deployment.
+    api.call(
+        reqwest::Method::DELETE,
+        "/deployments/sava",
+        Some(blueprint("1.0", 0, None)?),
+    )
+    .await?;
+    until("sava 1.0 to be gone", async || {
+        let d = api
+            .call(reqwest::Method::GET, "/deployments/sava", None)
+            .await
+            .ok()?;
+        (d["clusters"]["sava"]["services"].as_array()?.len() == 1).then_some(())
+    })
+    .await?;
+    println!("promoted: DELETE /api/v1/deployments/sava with sava 1.0's blueprint sliced it out");
     let last = status.borrow().clone();
     println!(
         "done: {} reloads, {} runtime weight changes, {} rejected, {failures} failed requests",
         last.counts.reload, last.counts.dynamic, last.counts.rejected
     );
-    let _ = stop_agent.send(());
-    match agent_task.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(e.to_string()),
-        Err(e) => return Err(e.to_string()),
-    }
-    let _ = std::fs::remove_dir_all(&work);
+    // Undeploy everything before stopping (the demo leaves nothing running).
+    api.call(
+        reqwest::Method::DELETE,
+        "/deployments/sava",
+        Some(blueprint("1.1", CANARY_FAIL_PERCENT, None)?),
+    )
+    .await?;
+    until("the deployment to be gone", async || {
+        api.call(reqwest::Method::GET, "/deployments/sava", None)
+            .await
+            .err()
+            .map(drop)
+    })
+    .await?;
+    server.stop().await;
     if failures > 0 {
         return Err(format!("{failures} requests failed"));
     }

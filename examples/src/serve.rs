@@ -177,6 +177,10 @@ pub struct Server {
     pub addr: SocketAddr,
     /// The key-value store the gateways are written to.
     pub kv: Arc<DynKeyValueStore>,
+    /// Events and request metrics (from HAProxy's logs, when the agent runs here).
+    pub metrics: Arc<InMemoryMetrics>,
+    /// The in-process gateway agent's status, when one runs.
+    pub agent: Option<watch::Receiver<vamp_haproxy::agent::AgentStatus>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -299,6 +303,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         let _ = rx.wait_for(|s| *s).await;
     };
     let mut tasks = Vec::new();
+    let mut agent_status = None;
 
     if !config.no_agent {
         if !haproxy_works(&config.haproxy) {
@@ -315,6 +320,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
             .with_syslog(SocketAddr::from(([127, 0, 0, 1], 0)));
         let agent = GatewayAgent::new(Arc::clone(&kv), agent_options)
             .with_metrics(Arc::clone(&metrics) as Arc<DynMetricsStore>);
+        agent_status = Some(agent.status());
         tasks.push(tokio::spawn({
             let stop = until_stopped(stopped.clone());
             async move {
@@ -364,6 +370,8 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
     Ok(Server {
         addr,
         kv,
+        metrics,
+        agent: agent_status,
         shutdown,
         tasks,
     })
