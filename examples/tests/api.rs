@@ -695,3 +695,97 @@ async fn stopping_the_server_ends_open_event_streams() {
     .await;
     assert!(end.is_ok(), "the stream ends");
 }
+
+/// The routes the other tests do not reach: `PUT …?delete=true`, `/information`,
+/// `/config/{key}`, event queries in a body with an aggregation, YAML lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slice_by_put_aliases_config_keys_and_event_aggregations() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path(), None).await;
+    let http = Http::new(&s);
+    assert_eq!(
+        http.send(Method::POST, "/api/v1/deployments", BLUEPRINT)
+            .await
+            .status,
+        StatusCode::ACCEPTED
+    );
+    // A merge by PUT of a second service, then its slice by PUT ?delete=true.
+    let v2 = BLUEPRINT.replace("sava:1.0", "sava:1.1");
+    let a = http
+        .send(Method::PUT, "/api/v1/deployments/sava", &v2)
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
+    assert_eq!(
+        a.json()["clusters"]["sava"]["services"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let a = http
+        .send(Method::PUT, "/api/v1/deployments/sava?delete=true", &v2)
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
+    let services = a.json()["clusters"]["sava"]["services"].clone();
+    let v11 = services
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["breed"]["name"] == "sava:1.1")
+        .cloned()
+        .expect("1.1 is still listed while it is undeployed");
+    assert_eq!(v11["status"]["intention"], "Undeployment");
+    // Slicing a deployment that does not exist names it.
+    let a = http
+        .send(Method::PUT, "/api/v1/deployments/nothing?delete=true", &v2)
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(a.message().contains("nothing"), "{}", a.text);
+    // Aliases and single config keys.
+    assert_eq!(http.get("/api/v1/information").await.status, StatusCode::OK);
+    assert_eq!(
+        http.get("/api/v1/configuration?flatten=true").await.json()["vamp.namespace"],
+        "default"
+    );
+    assert_eq!(
+        http.get("/api/v1/config/vamp.namespace").await.json()["vamp.namespace"],
+        "default"
+    );
+    assert_eq!(
+        http.get("/api/v1/config/vamp.nothing").await.status,
+        StatusCode::NOT_FOUND
+    );
+    // An event query in the body, with an aggregation.
+    for v in [10, 20, 60] {
+        let e = format!("tags: [gateways:sava, metrics:responseTime]\ntype: metrics\nvalue: {v}\n");
+        assert_eq!(
+            http.send(Method::POST, "/api/v1/events", &e).await.status,
+            StatusCode::CREATED
+        );
+    }
+    let q = "tags: [gateways:sava, metrics:responseTime]\naggregator: {type: average}\n";
+    let a = http
+        .call(
+            Method::GET,
+            "/api/v1/events",
+            Some("application/json"),
+            Some("application/x-yaml"),
+            Some(q.into()),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json()["value"], 30.0);
+    // A YAML list.
+    let y = http
+        .call(
+            Method::GET,
+            "/api/v1/events?tag=metrics:responseTime",
+            Some("application/x-yaml"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(y.header("content-type"), Some("application/x-yaml"));
+    assert_eq!(y.text.matches("type: metrics").count(), 3, "{}", y.text);
+    s.stop().await;
+}

@@ -342,3 +342,70 @@ async fn redis_watches_survive_injected_faults() {
         .unwrap();
     vamp_core::conformance::kv::run_faults(&faulty, &direct, &root("faults"), &proxy).await;
 }
+
+/// A watch on a half-open connection (Redis stops answering, nothing is closed) reports a
+/// temporary error once its read times out, instead of blocking for ever, and resumes with
+/// the change made meanwhile once Redis answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_on_a_half_open_connection_times_out_and_resumes() {
+    use futures_util::StreamExt;
+    use vamp_core::kv::{KeyValueStore, KeyValueStoreExt, WatchEvent, WatchOptions};
+    let Ok(url) = std::env::var("VAMP_REDIS_URL") else {
+        assert!(!required(), "VAMP_REDIS_URL is required");
+        return;
+    };
+    let name = format!("vamp-stall-{}", std::process::id());
+    let direct = RedisKv::connect(&url, &name).await.unwrap();
+    let target = url
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let proxy = FaultProxy::start(target, Box::new(|| Box::pin(async {}))).await;
+    let through = RedisKv::connect(&format!("redis://127.0.0.1:{}/0", proxy.port), &name)
+        .await
+        .unwrap();
+    let key = root("stall").child("k").unwrap();
+    let mut watch = through.watch(&root("stall"), WatchOptions::new().with_initial(true));
+    assert_eq!(watch.next().await.unwrap().unwrap(), WatchEvent::Synced);
+    proxy.stall();
+    let v = direct.put(&key, "meanwhile".into()).await.unwrap();
+    match tokio::time::timeout(std::time::Duration::from_secs(30), watch.next())
+        .await
+        .expect("the stalled read times out instead of blocking for ever")
+    {
+        Some(Err(e)) => assert!(e.is_temporary(), "{e:?}"),
+        other => panic!("a temporary error, got {other:?}"),
+    }
+    proxy.unstall();
+    let value = loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(30), watch.next())
+            .await
+            .expect("the watch resumes")
+        {
+            Some(Ok(WatchEvent::Put { value, version, .. })) => {
+                assert_eq!(version, v);
+                break value;
+            }
+            Some(Err(e)) => assert!(e.is_temporary(), "{e:?}"),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(value, bytes::Bytes::from("meanwhile"));
+}
+
+/// A watch with nothing to report stays quiet: its blocking stream read (1 s on the server)
+/// must not run into the client's response timeout (500 ms by default in redis 1.x, which
+/// made an idle watch fail twice a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_watch_stays_quiet() {
+    use futures_util::StreamExt;
+    use vamp_core::kv::{KeyValueStore, WatchEvent, WatchOptions};
+    let Some(kv) = redis().await else { return };
+    let mut watch = kv.watch(&root("idle"), WatchOptions::new().with_initial(true));
+    assert_eq!(watch.next().await.unwrap().unwrap(), WatchEvent::Synced);
+    // Three blocking reads' worth of silence: no item at all.
+    let quiet = tokio::time::timeout(std::time::Duration::from_secs(3), watch.next()).await;
+    assert!(quiet.is_err(), "an idle watch yielded {:?}", quiet.unwrap());
+}

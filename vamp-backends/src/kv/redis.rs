@@ -98,7 +98,10 @@ impl RedisKv {
             backend: "redis".into(),
             message: e.to_string(),
         })?;
-        let conn = ConnectionManager::new(client.clone())
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT));
+        let conn = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(|e| map_err(&label, e))?;
         Ok(Self {
@@ -175,8 +178,16 @@ struct WatchState {
 }
 
 /// How long a blocking stream read may take before the connection counts as dead (the read
-/// blocks for 1 s on the server; a half-open connection would never answer).
+/// blocks for 1 s on the server; a half-open connection would never answer). The client's
+/// default response timeout (500 ms in redis 1.x) is shorter than the block: an idle watch
+/// would fail every half second.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long any other command may take (Vamp's `persistence.response-timeout`, 5 s).
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The version an entry of the change stream carries.
 fn entry_version(entry: &redis::streams::StreamId) -> Option<u64> {
@@ -231,7 +242,11 @@ impl WatchState {
             let mut conn = self
                 .kv
                 .client
-                .get_multiplexed_async_connection()
+                .get_multiplexed_async_connection_with_config(
+                    &redis::AsyncConnectionConfig::new()
+                        .set_response_timeout(Some(READ_TIMEOUT))
+                        .set_connection_timeout(Some(CONNECT_TIMEOUT)),
+                )
                 .await
                 .map_err(|e| map_err(&label, e))?;
             if let Some(last_v) = self.last_v {

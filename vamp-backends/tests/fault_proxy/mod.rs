@@ -14,15 +14,32 @@ use tokio::task::{AbortHandle, JoinHandle};
 /// What forgets the server's history (compaction, trimming).
 pub type Forget = Box<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
 
-#[derive(Default)]
 struct Shared {
     connections: Mutex<Vec<AbortHandle>>,
     /// Bytes from the server still allowed before every connection is cut; negative: disarmed.
     budget: AtomicI64,
     held: AtomicBool,
+    /// While true, nothing is forwarded and nothing is closed: a half-open connection.
+    stalled: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            connections: Mutex::default(),
+            budget: AtomicI64::new(-1),
+            held: AtomicBool::new(false),
+            stalled: tokio::sync::watch::channel(false).0,
+        }
+    }
 }
 
 impl Shared {
+    async fn unstalled(&self) {
+        let mut rx = self.stalled.subscribe();
+        let _ = rx.wait_for(|s| !*s).await;
+    }
+
     fn cut_all(&self) {
         for c in self.connections.lock().unwrap().drain(..) {
             c.abort();
@@ -67,10 +84,7 @@ impl FaultProxy {
     pub async fn start(target: String, forget: Forget) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let shared = Arc::new(Shared {
-            budget: AtomicI64::new(-1),
-            ..Shared::default()
-        });
+        let shared = Arc::new(Shared::default());
         let held = Arc::clone(&shared);
         let task = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
@@ -102,14 +116,29 @@ impl FaultProxy {
 async fn relay(inbound: TcpStream, outbound: TcpStream, shared: &Shared) {
     let (mut client_read, mut client_write) = inbound.into_split();
     let (mut server_read, mut server_write) = outbound.into_split();
-    let up = tokio::io::copy(&mut client_read, &mut server_write);
+    let up = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            shared.unstalled().await;
+            let n = match client_read.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            shared.unstalled().await;
+            if server_write.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
     let down = async {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
+            shared.unstalled().await;
             let n = match server_read.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
+            shared.unstalled().await;
             let (passed, cut) = shared.take(n);
             if client_write.write_all(&buf[..passed]).await.is_err() {
                 return;
@@ -122,8 +151,23 @@ async fn relay(inbound: TcpStream, outbound: TcpStream, shared: &Shared) {
         }
     };
     tokio::select! {
-        _ = up => {}
+        () = up => {}
         () = down => {}
+    }
+}
+
+impl FaultProxy {
+    /// Stops forwarding without closing anything (a half-open connection: requests go
+    /// unanswered), until [`FaultProxy::unstall`].
+    #[allow(dead_code)]
+    pub fn stall(&self) {
+        self.shared.stalled.send_replace(true);
+    }
+
+    /// Forwards again.
+    #[allow(dead_code)]
+    pub fn unstall(&self) {
+        self.shared.stalled.send_replace(false);
     }
 }
 

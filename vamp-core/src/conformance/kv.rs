@@ -847,13 +847,24 @@ pub async fn watch_reports_a_gap_then_the_current_entries(
     }
 }
 
-/// Runs the three fault functions.
+/// A watch with nothing to report stays quiet for three seconds: no error from its own
+/// timeouts (a blocking read must not outlast the client's response timeout).
+pub async fn watch_stays_quiet_when_idle(store: &DynKeyValueStore, root: &KeyPath) {
+    let base = key(root, "idle");
+    let mut w = synced_watch(store, &base).await;
+    if let Some(item) = timeout(Duration::from_secs(3), w.next()).await {
+        panic!("an idle watch yielded {item:?}");
+    }
+}
+
+/// Runs the fault functions (and [`watch_stays_quiet_when_idle`]).
 pub async fn run_faults(
     faulty: &DynKeyValueStore,
     direct: &DynKeyValueStore,
     root: &KeyPath,
     faults: &dyn Faults,
 ) {
+    watch_stays_quiet_when_idle(faulty, root).await;
     watch_initial_read_survives_faults(faulty, direct, root, faults).await;
     watch_resumes_after_faults(faulty, direct, root, faults).await;
     watch_reports_a_gap_then_the_current_entries(faulty, direct, root, faults).await;
