@@ -26,7 +26,7 @@ use axum::routing::{get, post};
 use futures_util::StreamExt;
 use tokio::sync::Mutex;
 use vamp_core::dsl::{AnyArtifact, load_documents, read_node, to_node};
-use vamp_core::kv::{PutMode, Versioned};
+use vamp_core::kv::{DynKeyValueStore, KeyValueStoreExt, PutMode, Versioned, keys};
 use vamp_core::metrics::DynEventStore;
 use vamp_core::model::*;
 use vamp_core::node::Node;
@@ -94,6 +94,9 @@ pub struct Api {
     writes: Mutex<()>,
     /// Set when the server shuts down: open event streams end.
     shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The key-value store and namespace of the gateway side (`/vga/…`, `/config`).
+    kv: Option<(Arc<DynKeyValueStore>, String)>,
+    started: std::time::Instant,
 }
 
 impl std::fmt::Debug for Api {
@@ -121,7 +124,17 @@ impl Api {
             options,
             writes: Mutex::new(()),
             shutdown: tokio::sync::watch::channel(false).1,
+            kv: None,
+            started: std::time::Instant::now(),
         }
+    }
+
+    /// Serves the gateway side's keys (`/vga/…`, dynamic `/config`) from `kv` below
+    /// `/vamp/<namespace>`.
+    #[must_use]
+    pub fn with_kv(mut self, kv: Arc<DynKeyValueStore>, namespace: impl Into<String>) -> Self {
+        self.kv = Some((kv, namespace.into()));
+        self
     }
 
     /// Ends open event streams when `shutdown` turns true (a graceful shutdown waits for
@@ -140,8 +153,11 @@ impl Api {
             .route("/", post(bulk_create).put(bulk_update).delete(bulk_delete))
             .route("/info", get(info))
             .route("/information", get(info))
-            .route("/config", get(config))
-            .route("/configuration", get(config))
+            .route("/config", get(config).put(put_config).post(put_config))
+            .route(
+                "/configuration",
+                get(config).put(put_config).post(put_config),
+            )
             .route("/config/{key}", get(config_key))
             .route("/events", get(list_events).post(publish_event))
             .route("/events/stream", get(event_stream))
@@ -167,6 +183,24 @@ impl Api {
                 "/workflows/{name}/status",
                 get(get_workflow_status).put(put_workflow_status),
             )
+            .route("/stats", get(stats))
+            .route("/statistics", get(stats))
+            .route("/mesosconfig", get(mesos_config))
+            .route("/scheduler/nodes", get(scheduler_nodes))
+            .route("/scheduler/routing", get(scheduler_routing))
+            .route(
+                "/vga/{kind}/{name}/template",
+                get(get_template)
+                    .put(put_template)
+                    .post(put_template)
+                    .delete(delete_template),
+            )
+            .route(
+                "/vga/{kind}/{name}/configuration",
+                get(get_vga_configuration),
+            )
+            .route("/vga/{kind}/{name}/config", get(get_vga_configuration))
+            .route("/docker-compose", post(docker_compose))
             .route("/health/{*path}", get(health))
             .route("/metrics/{*path}", get(metrics))
             .route("/{kind}", get(list_kind).post(create_kind))
@@ -880,9 +914,29 @@ async fn update_kind(
     bytes: Bytes,
 ) -> ApiResult {
     let format = accept(&headers)?;
-    content_type(&headers)?;
     let kind = kind_of(&kind)?;
-    let artifact = one(&bytes, kind)?;
+    let javascript = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/javascript"));
+    let artifact = if javascript && kind == ArtifactKind::Breed {
+        // A JavaScript breed: the body is the script (Vamp's workflows ran them).
+        let mut breed = Node::Map(Default::default());
+        if let Node::Map(m) = &mut breed {
+            m.insert("name".into(), Node::Str(name.clone()));
+            let mut deployable = vamp_core::node::Map::new();
+            deployable.insert("type".into(), Node::Str("application/javascript".into()));
+            deployable.insert(
+                "definition".into(),
+                Node::Str(String::from_utf8_lossy(&bytes).into_owned()),
+            );
+            m.insert("deployable".into(), Node::Map(deployable));
+        }
+        read_node(breed, Some(ArtifactKind::Breed))?
+    } else {
+        content_type(&headers)?;
+        one(&bytes, kind)?
+    };
     if artifact.name() != name {
         return Err(ApiError::bad(format!(
             "Inconsistent artifact name: '{}' in the body, '{name}' in the path.",
@@ -1601,6 +1655,222 @@ async fn event_stream(
 }
 
 // ------------------------------------------------------------------------------------------
+// Docker compose, the gateway side's keys, the scheduler
+
+/// `POST /docker-compose?name=X`: a docker-compose file becomes the blueprint `X` (201, the
+/// blueprint as YAML, with a comment per field left out).
+async fn docker_compose(State(api): Shared, Query(params): Params, bytes: Bytes) -> ApiResult {
+    let name = param(&params, "name")
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::bad("A blueprint name is required: ?name=…"))?
+        .to_owned();
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| ApiError::bad("The request body is not UTF-8 text."))?;
+    let compose = vamp_core::dsl::read_docker_compose(text, &name)?;
+    let blueprint = AnyArtifact::Blueprint(compose.blueprint);
+    if !flag(&params, "validate_only") {
+        let _write = api.writes.lock().await;
+        api.put_artifact(blueprint.clone(), false, true).await?;
+    }
+    let mut yaml: String = compose.ignored.iter().map(|i| format!("# {i}\n")).collect();
+    yaml.push_str(&vamp_core::dsl::to_yaml(&blueprint));
+    Ok((
+        StatusCode::CREATED,
+        [(header::CONTENT_TYPE, "application/x-yaml")],
+        yaml,
+    )
+        .into_response())
+}
+
+impl Api {
+    fn kv(&self) -> Result<(&Arc<DynKeyValueStore>, &str), ApiError> {
+        self.kv
+            .as_ref()
+            .map(|(kv, ns)| (kv, ns.as_str()))
+            .ok_or_else(ApiError::not_found)
+    }
+}
+
+fn check_vga(kind: &str) -> Result<(), ApiError> {
+    if kind == "haproxy" {
+        Ok(())
+    } else {
+        Err(ApiError::not_found())
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain")], body).into_response()
+}
+
+/// `GET /vga/haproxy/{name}/configuration`: the configuration the gateway driver rendered.
+async fn get_vga_configuration(
+    State(api): Shared,
+    Path((kind, name)): Path<(String, String)>,
+) -> ApiResult {
+    check_vga(&kind)?;
+    let (kv, ns) = api.kv()?;
+    let key = keys::haproxy_configuration(ns, &name)?;
+    let config = kv.get_string(&key).await?.ok_or_else(ApiError::not_found)?;
+    Ok(text(StatusCode::OK, config))
+}
+
+/// `GET /vga/haproxy/{name}/template`: a template override in the key-value store (this
+/// renderer has no template and reports an override as ignored).
+async fn get_template(State(api): Shared, Path((kind, name)): Path<(String, String)>) -> ApiResult {
+    check_vga(&kind)?;
+    let (kv, ns) = api.kv()?;
+    let key = keys::haproxy_template(ns, &name)?;
+    Ok(text(
+        StatusCode::OK,
+        kv.get_string(&key).await?.unwrap_or_default(),
+    ))
+}
+
+async fn put_template(
+    State(api): Shared,
+    Path((kind, name)): Path<(String, String)>,
+    bytes: Bytes,
+) -> ApiResult {
+    check_vga(&kind)?;
+    let (kv, ns) = api.kv()?;
+    let key = keys::haproxy_template(ns, &name)?;
+    kv.put(&key, bytes.clone()).await?;
+    api.publish(
+        vec![
+            "marshaller:template".into(),
+            "type:haproxy".into(),
+            format!("name:{name}"),
+        ],
+        Node::Null,
+        "event",
+    )
+    .await;
+    Ok(text(
+        StatusCode::ACCEPTED,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    ))
+}
+
+async fn delete_template(
+    State(api): Shared,
+    Path((kind, name)): Path<(String, String)>,
+) -> ApiResult {
+    check_vga(&kind)?;
+    let (kv, ns) = api.kv()?;
+    kv.delete(&keys::haproxy_template(ns, &name)?).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `PUT|POST /config`: a dynamic configuration (a map of `vamp.*` keys, `vamp.http-api.*`
+/// left out) stored in the key-value store (`/vamp/<ns>/configuration/applied`) → 202. It is
+/// not reloaded: the server's own configuration is fixed at start.
+async fn put_config(State(api): Shared, headers: HeaderMap, bytes: Bytes) -> ApiResult {
+    let format = accept(&headers)?;
+    content_type(&headers)?;
+    let mut docs = documents(&bytes)?;
+    let Some(Node::Map(map)) = (!docs.is_empty()).then(|| docs.swap_remove(0)) else {
+        return Err(ApiError::bad("Configuration is not valid."));
+    };
+    let mut json = Node::Map(map).to_json();
+    if let Some(o) = json.as_object_mut() {
+        o.retain(|k, _| !k.starts_with("vamp.http-api"));
+        if let Some(vamp) = o.get_mut("vamp").and_then(|v| v.as_object_mut()) {
+            vamp.remove("http-api");
+        }
+    }
+    let (kv, ns) = api.kv()?;
+    kv.put(&keys::configuration_applied(ns)?, json.to_string().into())
+        .await?;
+    Ok(body(StatusCode::ACCEPTED, format, &json))
+}
+
+async fn mesos_config(headers: HeaderMap) -> ApiResult {
+    let format = accept(&headers).unwrap_or(Format::Json);
+    Ok(body(
+        StatusCode::OK,
+        format,
+        &serde_json::Value::String(String::new()),
+    ))
+}
+
+/// `GET /scheduler/nodes`: the machines instances run on (the hosts the scheduler reports).
+async fn scheduler_nodes(
+    State(api): Shared,
+    headers: HeaderMap,
+    Query(params): Params,
+) -> ApiResult {
+    let format = accept(&headers)?;
+    let mut hosts: BTreeMap<String, usize> = BTreeMap::new();
+    for s in api.scheduler.services().await? {
+        for i in &s.instances {
+            *hosts.entry(i.host.clone()).or_default() += 1;
+        }
+    }
+    let items = hosts
+        .into_iter()
+        .map(|(host, instances)| serde_json::json!({ "name": host, "instances": instances }))
+        .collect();
+    paged(format, "/api/v1/scheduler/nodes", &params, items)
+}
+
+/// `GET /scheduler/routing?selector=…`: the services the scheduler runs, with their
+/// instances' addresses (routing groups); `selector` filters by a substring of the name.
+async fn scheduler_routing(
+    State(api): Shared,
+    headers: HeaderMap,
+    Query(params): Params,
+) -> ApiResult {
+    let format = accept(&headers)?;
+    let selector = param(&params, "selector").unwrap_or("");
+    let items = api
+        .scheduler
+        .services()
+        .await?
+        .into_iter()
+        .filter(|s| s.spec.id.to_string().contains(selector))
+        .map(|s| {
+            let instances: Vec<serde_json::Value> = s
+                .instances
+                .iter()
+                .map(|i| {
+                    serde_json::json!({
+                        "name": i.name,
+                        "host": i.host,
+                        "ports": i.ports,
+                        "running": i.running,
+                    })
+                })
+                .collect();
+            serde_json::json!({ "name": s.spec.id.to_string(), "instances": instances })
+        })
+        .collect();
+    paged(format, "/api/v1/scheduler/routing", &params, items)
+}
+
+/// `GET /stats`: how many artifacts of each kind are stored, services and instances the
+/// scheduler runs, and the server's uptime.
+async fn stats(State(api): Shared, headers: HeaderMap) -> ApiResult {
+    let format = accept(&headers)?;
+    let mut persistence = serde_json::Map::new();
+    for kind in CRUD_KINDS.iter().chain([&ArtifactKind::Deployment]) {
+        let n = api.persistence.list(*kind, ListOptions::all()).await?.len();
+        persistence.insert(kind.as_str().into(), n.into());
+    }
+    let services = api.scheduler.services().await?;
+    let instances: usize = services.iter().map(|s| s.instances.len()).sum();
+    Ok(body(
+        StatusCode::OK,
+        format,
+        &serde_json::json!({
+            "persistence": persistence,
+            "container_driver": { "services": services.len(), "instances": instances },
+            "system": { "uptime_seconds": api.started.elapsed().as_secs() },
+        }),
+    ))
+}
+
+// ------------------------------------------------------------------------------------------
 // Health and metrics, info and config
 
 /// The value of the newest event of `event_type` carrying `tags` within `window` seconds.
@@ -1771,6 +2041,16 @@ async fn info(State(api): Shared, headers: HeaderMap, Query(params): Params) -> 
 
 async fn config(State(api): Shared, headers: HeaderMap, Query(params): Params) -> ApiResult {
     let format = accept(&headers).unwrap_or(Format::Json);
+    if param(&params, "type") == Some("dynamic") {
+        // What `PUT /config` stored.
+        let (kv, ns) = api.kv()?;
+        let stored = kv
+            .get_string(&keys::configuration_applied(ns)?)
+            .await?
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_else(|| serde_json::json!({}));
+        return Ok(body(StatusCode::OK, format, &stored));
+    }
     let flatten = flag(&params, "flatten");
     let config = &api.options.config;
     let value = if flatten {

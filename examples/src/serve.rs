@@ -296,7 +296,8 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
             Arc::clone(&scheduler),
             options,
         )
-        .with_shutdown(stopped.clone()),
+        .with_shutdown(stopped.clone())
+        .with_kv(Arc::clone(&kv), config.namespace.clone()),
     );
 
     let until_stopped = |mut rx: watch::Receiver<bool>| async move {

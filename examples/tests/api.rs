@@ -789,3 +789,128 @@ async fn slice_by_put_aliases_config_keys_and_event_aggregations() {
     assert_eq!(y.text.matches("type: metrics").count(), 3, "{}", y.text);
     s.stop().await;
 }
+
+/// Docker compose import, JavaScript breeds, the gateway side's keys (`/vga/…`), dynamic
+/// configuration, statistics and the scheduler's view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compose_javascript_breeds_vga_keys_dynamic_config_stats_and_scheduler_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path(), None).await;
+    let http = Http::new(&s);
+    // docker-compose → blueprint.
+    let compose = "services:\n  web:\n    image: magneticio/sava:1.0.0\n    ports: ['9050:8080']\n    volumes: ['/data']\n";
+    let a = http
+        .send(Method::POST, "/api/v1/docker-compose?name=shop", compose)
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    assert_eq!(a.header("content-type"), Some("application/x-yaml"));
+    assert!(
+        a.text.contains("# ") && a.text.contains("volumes"),
+        "{}",
+        a.text
+    );
+    assert!(a.text.contains("name: shop"), "{}", a.text);
+    let bp = http.get("/api/v1/blueprints/shop").await;
+    assert_eq!(bp.status, StatusCode::OK, "{}", bp.text);
+    let a = http
+        .send(Method::POST, "/api/v1/docker-compose", compose)
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    // A JavaScript breed: the body is the script.
+    let a = http
+        .call(
+            Method::PUT,
+            "/api/v1/breeds/tick",
+            Some("application/json"),
+            Some("application/javascript"),
+            Some("console.log('tick')".into()),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let b = http.get("/api/v1/breeds/tick").await.json();
+    assert_eq!(b["deployable"]["type"], "application/javascript");
+    assert_eq!(b["deployable"]["definition"], "console.log('tick')");
+    // The configuration the driver rendered for a deployment's gateways.
+    assert_eq!(
+        http.send(Method::POST, "/api/v1/deployments", BLUEPRINT)
+            .await
+            .status,
+        StatusCode::ACCEPTED
+    );
+    let config = eventually("a rendered configuration", async || {
+        let a = http.get("/api/v1/vga/haproxy/1.7/configuration").await;
+        (a.status == StatusCode::OK && a.text.contains("frontend")).then_some(a.text)
+    })
+    .await;
+    assert!(
+        config.contains("sava/sava/webport") || config.contains("bind"),
+        "{config}"
+    );
+    assert_eq!(
+        http.get("/api/v1/vga/nginx/1.7/configuration").await.status,
+        StatusCode::NOT_FOUND
+    );
+    // Template overrides: stored, read back, removed.
+    let a = http
+        .call(
+            Method::PUT,
+            "/api/v1/vga/haproxy/1.7/template",
+            Some("application/json"),
+            Some("text/plain"),
+            Some("global\n".into()),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        http.get("/api/v1/vga/haproxy/1.7/template").await.text,
+        "global\n"
+    );
+    let a = http
+        .call(
+            Method::DELETE,
+            "/api/v1/vga/haproxy/1.7/template",
+            None,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT);
+    assert_eq!(http.get("/api/v1/vga/haproxy/1.7/template").await.text, "");
+    // Dynamic configuration: stored without the HTTP API's keys.
+    let a = http
+        .send(
+            Method::PUT,
+            "/api/v1/config",
+            "vamp:\n  operation: {synchronization: {period: 3s}}\n  http-api: {port: 1}\n",
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
+    let dynamic = http.get("/api/v1/config?type=dynamic").await.json();
+    assert_eq!(
+        dynamic["vamp"]["operation"]["synchronization"]["period"],
+        "3s"
+    );
+    assert!(dynamic["vamp"].get("http-api").is_none(), "{dynamic}");
+    let a = http
+        .send(Method::PUT, "/api/v1/config", "- not a map\n")
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(a.message(), "Configuration is not valid.");
+    // Statistics and the scheduler's view.
+    let stats = http.get("/api/v1/stats").await.json();
+    assert_eq!(stats["persistence"]["blueprints"], 1);
+    assert_eq!(stats["persistence"]["deployments"], 1);
+    eventually("the service runs", async || {
+        let routing = http
+            .get("/api/v1/scheduler/routing?selector=sava")
+            .await
+            .json();
+        (routing.as_array()?.len() == 1 && routing[0]["instances"].as_array()?.len() == 1)
+            .then_some(())
+    })
+    .await;
+    let nodes = http.get("/api/v1/scheduler/nodes").await.json();
+    assert_eq!(nodes.as_array().unwrap().len(), 1, "{nodes}");
+    assert_eq!(http.get("/api/v1/mesosconfig").await.json(), "");
+    s.stop().await;
+}
