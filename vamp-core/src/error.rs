@@ -428,6 +428,12 @@ pub enum Notification {
         /// The aggregator.
         aggregator: String,
     },
+    /// A canary policy that cannot work (an extension of Vamp's notifications).
+    #[error("Invalid canary policy: {message}")]
+    InvalidCanaryPolicyError {
+        /// What is wrong.
+        message: String,
+    },
     /// An event type with characters other than alphanumerics, `-` and `_`.
     #[error("Unsupported event type '{event_type}', only alphanumerics, '-' and '_' are allowed.")]
     EventTypeError {
@@ -529,6 +535,7 @@ impl Notification {
             Self::ImportDefinitionError => "ImportDefinitionError",
             Self::ImportReferenceError { .. } => "ImportReferenceError",
             Self::UnexpectedArtifact { .. } => "UnexpectedArtifact",
+            Self::InvalidCanaryPolicyError { .. } => "InvalidCanaryPolicyError",
         }
     }
 }

@@ -71,6 +71,8 @@ pub enum ArtifactKind {
     Workflow,
     /// `templates`
     Template,
+    /// `canary-policies`: an extension of Vamp's DSL (see [`CanaryPolicy`]).
+    CanaryPolicy,
     /// `events` (not stored as an artifact)
     Event,
     /// `event queries` (not stored as an artifact)
@@ -79,7 +81,7 @@ pub enum ArtifactKind {
 
 impl ArtifactKind {
     /// Every kind, in a stable order.
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::Breed,
         Self::Blueprint,
         Self::Deployment,
@@ -92,6 +94,7 @@ impl ArtifactKind {
         Self::Scale,
         Self::Workflow,
         Self::Template,
+        Self::CanaryPolicy,
         Self::Event,
         Self::EventQuery,
     ];
@@ -111,6 +114,7 @@ impl ArtifactKind {
             Self::Scale => "scales",
             Self::Workflow => "workflows",
             Self::Template => "templates",
+            Self::CanaryPolicy => "canary-policies",
             Self::Event => "events",
             Self::EventQuery => "event-queries",
         }
@@ -139,6 +143,7 @@ impl ArtifactKind {
             "scales" => Self::Scale,
             "workflows" => Self::Workflow,
             "templates" => Self::Template,
+            "canary-policies" | "canary-policys" | "canaries" | "canarys" => Self::CanaryPolicy,
             "events" => Self::Event,
             "event-queries" | "querys" | "queries" | "event-querys" => Self::EventQuery,
             _ => return None,
@@ -195,6 +200,7 @@ artifact!(Sla, Sla, |x| x.name());
 artifact!(DefaultScale, Scale, |x| &x.name);
 artifact!(Workflow, Workflow, |x| &x.name);
 artifact!(Template, Template, |x| &x.name);
+artifact!(CanaryPolicy, CanaryPolicy, |x| &x.name);
 artifact!(Route, Route, |x| match x {
     Route::Default(r) => &r.name,
     Route::Reference { name, .. } => name,
@@ -1287,6 +1293,127 @@ pub struct Import {
     pub base: Map,
     /// The imported artifacts, in order.
     pub references: Vec<ImportReference>,
+}
+
+// === canary policies (an extension of Vamp's DSL) ===
+
+/// A canary release that decides for itself: the weights of `canary` in `gateway` move
+/// through `steps`, one every `interval`, while every gate passes; after `failures` failed
+/// checks in a row the stable route gets all traffic back. See
+/// [`crate::ops::canary`] for the decisions and the statistics behind them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CanaryPolicy {
+    /// The policy's name.
+    pub name: String,
+    /// Free-form metadata.
+    pub metadata: Metadata,
+    /// The gateway whose weights move (`sava/sava/webport`, or a standalone gateway).
+    pub gateway: String,
+    /// The stable route's path in the gateway (`sava/sava/sava:1.0/webport`).
+    pub stable: String,
+    /// The canary route's path.
+    pub canary: String,
+    /// The canary's weights, in percent, increasing; the last is where it is promoted.
+    pub steps: Vec<u8>,
+    /// Time between checks (ms).
+    pub interval_ms: i64,
+    /// Failed checks in a row before the rollback (at least 1).
+    pub failures: u32,
+    /// Requests each compared route needs in a check before it can pass or fail.
+    pub minimum_requests: u64,
+    /// The gates every check must pass.
+    pub gates: CanaryGates,
+    /// After promotion, slice the stable route's service out of its deployment.
+    pub slice_stable: bool,
+    /// Cookie stickiness on the gateway while the release runs: a user stays on the version
+    /// first served.
+    pub sticky: bool,
+    /// Where the release is (written by the control plane).
+    pub status: CanaryStatus,
+}
+
+/// The gates of a [`CanaryPolicy`]; unset gates are not checked.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct CanaryGates {
+    /// The canary's share of 5xx answers must not exceed this (a fraction, 0–1).
+    pub max_error_rate: Option<f64>,
+    /// The canary's response-time percentile must not exceed this (ms).
+    pub max_response_time: Option<(f64, f64)>,
+    /// The canary's error rate must not exceed the stable route's by more than this (a
+    /// fraction, 0–1).
+    pub relative_error_rate: Option<f64>,
+    /// The canary's response-time percentile must not exceed the stable route's by more than
+    /// this fraction: `(percentile, margin)`.
+    pub relative_response_time: Option<(f64, f64)>,
+    /// The confidence of the statistical tests (a fraction, default 0.95).
+    pub confidence: f64,
+}
+
+/// The phase of a canary release.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum CanaryPhase {
+    /// Not started yet.
+    #[default]
+    Pending,
+    /// Moving through the steps.
+    Progressing,
+    /// Paused through the API: nothing moves.
+    Paused,
+    /// The canary got its last step.
+    Promoted,
+    /// The stable route got all traffic back after failed checks.
+    RolledBack,
+    /// Stopped through the API: the stable route got all traffic back.
+    Aborted,
+}
+
+impl CanaryPhase {
+    /// The DSL word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Progressing => "progressing",
+            Self::Paused => "paused",
+            Self::Promoted => "promoted",
+            Self::RolledBack => "rolled_back",
+            Self::Aborted => "aborted",
+        }
+    }
+
+    /// Parses the DSL word.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => Self::Pending,
+            "progressing" => Self::Progressing,
+            "paused" => Self::Paused,
+            "promoted" => Self::Promoted,
+            "rolled_back" => Self::RolledBack,
+            "aborted" => Self::Aborted,
+            _ => return None,
+        })
+    }
+
+    /// Whether the release is over.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Promoted | Self::RolledBack | Self::Aborted)
+    }
+}
+
+/// Where a canary release is: persisted with the policy, so a restarted control plane resumes.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct CanaryStatus {
+    /// The phase.
+    pub phase: CanaryPhase,
+    /// The index of the current step in `steps` (`None` before the first).
+    pub step: Option<usize>,
+    /// Failed checks in a row.
+    pub failed_checks: u32,
+    /// When the current step began (ms since the epoch).
+    pub since_ms: Option<i64>,
+    /// When the last check ran (ms since the epoch).
+    pub last_check_ms: Option<i64>,
+    /// Why the last decision was taken.
+    pub reason: Option<String>,
 }
 
 // === events ===

@@ -18,6 +18,7 @@
 //!     "gateways 'sava', at 'sticky': Sticky sessions are not allowed for TCP port: '8080/tcp'.");
 //! ```
 
+mod canary;
 mod compose;
 mod read;
 mod serde_impl;
@@ -60,6 +61,8 @@ pub enum AnyArtifact {
     Workflow(Workflow),
     /// A template.
     Template(Template),
+    /// A canary policy (an extension of Vamp's DSL).
+    CanaryPolicy(CanaryPolicy),
     /// An event.
     Event(Event),
     /// An event query.
@@ -82,6 +85,7 @@ impl AnyArtifact {
             Self::Scale(_) => ArtifactKind::Scale,
             Self::Workflow(_) => ArtifactKind::Workflow,
             Self::Template(_) => ArtifactKind::Template,
+            Self::CanaryPolicy(_) => ArtifactKind::CanaryPolicy,
             Self::Event(_) => ArtifactKind::Event,
             Self::EventQuery(_) => ArtifactKind::EventQuery,
         }
@@ -111,6 +115,7 @@ impl AnyArtifact {
             Self::Scale(s) => &s.name,
             Self::Workflow(w) => &w.name,
             Self::Template(t) => &t.name,
+            Self::CanaryPolicy(c) => &c.name,
             Self::Event(_) | Self::EventQuery(_) => "",
         }
     }
@@ -216,6 +221,7 @@ fn read_map(m: &mut Map, kind: ArtifactKind) -> ReadResult<AnyArtifact> {
         ArtifactKind::Scale => AnyArtifact::Scale(read::scale(m, "")?),
         ArtifactKind::Workflow => AnyArtifact::Workflow(read::workflow(m, "")?),
         ArtifactKind::Template => AnyArtifact::Template(read::template(m, "")?),
+        ArtifactKind::CanaryPolicy => AnyArtifact::CanaryPolicy(canary::canary_policy(m, "")?),
         ArtifactKind::Event => AnyArtifact::Event(read::event(m, "")?),
         ArtifactKind::EventQuery => AnyArtifact::EventQuery(read::event_query(m, "")?),
         ArtifactKind::Deployment => AnyArtifact::Deployment(read::deployment(m, "")?),

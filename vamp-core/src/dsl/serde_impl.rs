@@ -82,6 +82,12 @@ dsl_serde!(
     Template,
     write::template_node
 );
+dsl_serde!(
+    CanaryPolicy,
+    ArtifactKind::CanaryPolicy,
+    CanaryPolicy,
+    super::canary::canary_policy_node
+);
 dsl_serde!(Event, ArtifactKind::Event, Event, write::event_node);
 dsl_serde!(
     EventQuery,

@@ -921,6 +921,7 @@ pub fn to_node(artifact: &AnyArtifact) -> Node {
         AnyArtifact::Scale(x) => scale_node(x, true),
         AnyArtifact::Workflow(w) => workflow_node(w),
         AnyArtifact::Template(t) => template_node(t),
+        AnyArtifact::CanaryPolicy(c) => super::canary::canary_policy_node(c),
         AnyArtifact::Event(e) => event_node(e),
         AnyArtifact::EventQuery(q) => event_query_node(q),
     }
