@@ -380,6 +380,17 @@ pub trait MetricsStore: Debug + Display + Send + Sync + 'static {
 
     /// The metrics of `frontend` over the last `window`.
     async fn request_metrics(&self, frontend: &str, window: Duration) -> Result<RequestMetrics>;
+
+    /// The total times (ms) of `frontend`'s requests over the last `window`, for tests on
+    /// their distribution (the canary gates). Stores that keep no request records return
+    /// [`Error::NotSupported`] (the default).
+    async fn response_times(&self, frontend: &str, window: Duration) -> Result<Vec<u64>> {
+        let _ = (frontend, window);
+        Err(Error::NotSupported {
+            backend: self.to_string(),
+            operation: "response_times",
+        })
+    }
 }
 
 /// The metrics store behind a trait object.
@@ -433,6 +444,9 @@ macro_rules! forward_metrics {
                 window: Duration,
             ) -> Result<RequestMetrics> {
                 (**self).request_metrics(frontend, window).await
+            }
+            async fn response_times(&self, frontend: &str, window: Duration) -> Result<Vec<u64>> {
+                (**self).response_times(frontend, window).await
             }
         }
     };

@@ -87,7 +87,7 @@ fn millis(n: &Node, path: &str) -> ReadResult<i64> {
         }
     };
     let ms = number * factor;
-    if !ms.is_finite() || ms < 0.0 || ms > 1e12 {
+    if !ms.is_finite() || !(0.0..=1e12).contains(&ms) {
         return invalid(path, format!("{number} is not a usable duration"));
     }
     Ok(ms.round() as i64)
@@ -248,7 +248,7 @@ fn status(n: Node, path: &str, steps: usize) -> ReadResult<CanaryStatus> {
                     N::InvalidCanaryPolicyError {
                         message: format!("{}: '{t}' is not a date-time", join(path, key)),
                     },
-                    &join(path, key),
+                    join(path, key),
                 )
             }),
         }

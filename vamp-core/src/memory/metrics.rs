@@ -238,6 +238,17 @@ impl MetricsStore for InMemoryMetrics {
             .filter(|r| r.frontend == frontend && r.timestamp_ms > from && r.timestamp_ms <= now);
         Ok(RequestMetrics::compute(window, in_window))
     }
+
+    async fn response_times(&self, frontend: &str, window: Duration) -> Result<Vec<u64>> {
+        let now = (self.clock)();
+        let from = now - window.as_millis() as i64;
+        let s = self.state.lock();
+        Ok(s.requests
+            .iter()
+            .filter(|r| r.frontend == frontend && r.timestamp_ms > from && r.timestamp_ms <= now)
+            .map(|r| r.total_time_ms)
+            .collect())
+    }
 }
 
 #[cfg(test)]

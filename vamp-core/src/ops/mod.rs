@@ -31,6 +31,7 @@
 //! ```
 
 pub mod artifacts;
+pub mod canary;
 pub mod controller;
 pub mod deploy;
 pub mod reconcile;
