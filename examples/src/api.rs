@@ -38,7 +38,7 @@ use vamp_core::persistence::{
 use vamp_core::scheduler::DynContainerScheduler;
 
 /// The kinds served by the generic routes (`GET|POST /{kind}`, `…/{kind}/{name}`).
-const CRUD_KINDS: [ArtifactKind; 11] = [
+const CRUD_KINDS: [ArtifactKind; 12] = [
     ArtifactKind::Breed,
     ArtifactKind::Blueprint,
     ArtifactKind::Sla,
@@ -50,6 +50,7 @@ const CRUD_KINDS: [ArtifactKind; 11] = [
     ArtifactKind::Workflow,
     ArtifactKind::Gateway,
     ArtifactKind::Template,
+    ArtifactKind::CanaryPolicy,
 ];
 
 /// Page size when none is asked for, and the most a page holds (Vamp: 30).
@@ -182,6 +183,10 @@ impl Api {
             .route(
                 "/workflows/{name}/status",
                 get(get_workflow_status).put(put_workflow_status),
+            )
+            .route(
+                "/canary-policies/{name}/status",
+                get(get_canary_status).put(put_canary_status),
             )
             .route("/stats", get(stats))
             .route("/statistics", get(stats))
@@ -742,6 +747,16 @@ impl Api {
             return self.put_internal_gateway(artifact, validate_only).await;
         }
         let existing = self.find(kind, &name).await?;
+        // A canary policy's status is the control plane's: an update without one keeps it.
+        let artifact = match (artifact, &existing) {
+            (AnyArtifact::CanaryPolicy(mut c), Some(AnyArtifact::CanaryPolicy(old)))
+                if c.status == CanaryStatus::default() =>
+            {
+                c.status = old.status.clone();
+                AnyArtifact::CanaryPolicy(c)
+            }
+            (a, _) => a,
+        };
         let gateways = self.gateways().await?;
         let deployments: Vec<Deployment> = self
             .deployments()
@@ -1445,6 +1460,77 @@ async fn put_workflow_status(
         format,
         &serde_json::Value::String(updated.status.to_string()),
     ))
+}
+
+/// `GET /canary-policies/{name}/status`: the release's status.
+async fn get_canary_status(
+    State(api): Shared,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let format = accept(&headers)?;
+    let c = api
+        .persistence
+        .get::<CanaryPolicy>(&name)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    let node = to_node(&AnyArtifact::CanaryPolicy(c.value));
+    let status = node.to_json()["status"].clone();
+    Ok(body(StatusCode::OK, format, &status))
+}
+
+/// `PUT /canary-policies/{name}/status` with `paused`, `progressing` (resume) or `aborted`
+/// (the stable route gets all traffic back) → 202.
+async fn put_canary_status(
+    State(api): Shared,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> ApiResult {
+    let format = accept(&headers)?;
+    let word = String::from_utf8_lossy(&bytes)
+        .trim()
+        .trim_matches('"')
+        .to_owned();
+    let wanted = match CanaryPhase::parse(&word) {
+        Some(p @ (CanaryPhase::Paused | CanaryPhase::Progressing | CanaryPhase::Aborted)) => p,
+        _ => {
+            return Err(ApiError::bad(format!(
+                "Invalid canary policy: status '{word}': one of paused, progressing, aborted"
+            )));
+        }
+    };
+    let _write = api.writes.lock().await;
+    let stored = api
+        .persistence
+        .get::<CanaryPolicy>(&name)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    let mut c = stored.value;
+    let from = c.status.phase;
+    let allowed = match wanted {
+        CanaryPhase::Paused => from == CanaryPhase::Progressing,
+        CanaryPhase::Progressing => from == CanaryPhase::Paused,
+        _ => !from.is_final(),
+    };
+    if !allowed && from != wanted {
+        return Err(ApiError::bad(format!(
+            "Invalid canary policy: '{name}' is {}, it cannot become {}",
+            from.as_str(),
+            wanted.as_str()
+        )));
+    }
+    c.status.phase = wanted;
+    api.persistence.update(&c, stored.version).await?;
+    api.archive(
+        ArtifactKind::CanaryPolicy,
+        &name,
+        "update",
+        Node::Str(wanted.as_str().into()),
+    )
+    .await;
+    let status = to_node(&AnyArtifact::CanaryPolicy(c)).to_json()["status"].clone();
+    Ok(body(StatusCode::ACCEPTED, format, &status))
 }
 
 // ------------------------------------------------------------------------------------------

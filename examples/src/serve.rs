@@ -331,6 +331,17 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
             }
         }));
     }
+    // Canary releases decide from the metrics the agent reads from HAProxy's logs.
+    let canaries = vamp_core::ops::canary::CanaryController::new(
+        Arc::clone(&persistence),
+        Arc::clone(&metrics) as Arc<DynMetricsStore>,
+    )
+    .with_events(Arc::clone(&events));
+    tasks.push(tokio::spawn({
+        let stop = until_stopped(stopped.clone());
+        let period = Duration::from_millis(config.period_ms.max(10));
+        async move { canaries.run(period, stop).await }
+    }));
     tasks.push(tokio::spawn({
         let controller = Arc::clone(&controller);
         let stop = until_stopped(stopped.clone());

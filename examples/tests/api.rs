@@ -914,3 +914,63 @@ async fn compose_javascript_breeds_vga_keys_dynamic_config_stats_and_scheduler_r
     assert_eq!(http.get("/api/v1/mesosconfig").await.json(), "");
     s.stop().await;
 }
+
+/// Canary policies: stored like the other artifacts, their status changed through its route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_policies_are_stored_and_paused_resumed_and_aborted() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path(), None).await;
+    let http = Http::new(&s);
+    let policy = "name: c\ngateway: sava/sava/webport\nstable: sava/sava/sava:1.0/webport\ncanary: sava/sava/sava:1.1/webport\nstep: 25%\n";
+    let a = http
+        .send(Method::POST, "/api/v1/canary-policies", policy)
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    assert_eq!(a.json()["steps"], json!(["25%", "50%", "75%", "100%"]));
+    let a = http
+        .send(
+            Method::POST,
+            "/api/v1/canary-policies",
+            "name: d\ngateway: g\nstable: a\ncanary: a\nstep: 5%\n",
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(
+        a.message().contains("Invalid canary policy"),
+        "{}",
+        a.text
+    );
+    assert_eq!(
+        http.get("/api/v1/canary-policies/c/status").await.json()["phase"],
+        "pending"
+    );
+    let put = async |word: &str| {
+        http.call(
+            Method::PUT,
+            "/api/v1/canary-policies/c/status",
+            Some("application/json"),
+            Some("text/plain"),
+            Some(word.into()),
+        )
+        .await
+    };
+    // Only a progressing release pauses; it resumes from paused; any unfinished one aborts.
+    assert_eq!(put("paused").await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(put("flying").await.status, StatusCode::BAD_REQUEST);
+    let a = put("aborted").await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
+    assert_eq!(a.json()["phase"], "aborted");
+    assert_eq!(put("progressing").await.status, StatusCode::BAD_REQUEST);
+    // An update without a status keeps the control plane's.
+    let a = http
+        .send(
+            Method::PUT,
+            "/api/v1/canary-policies/c",
+            &policy.replace("25%", "50%"),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json()["status"]["phase"], "aborted");
+    assert_eq!(a.json()["steps"], json!(["50%", "100%"]));
+    s.stop().await;
+}
