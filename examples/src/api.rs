@@ -1997,12 +1997,15 @@ fn path_tags(segments: &[&str]) -> Option<Vec<String>> {
             if gateway.is_empty() {
                 return None;
             }
+            // Gateway-level events carry `gateway`, route-level ones `route` (runtime.md §5.4).
             let mut tags = vec![format!("gateways:{}", gateway.join("/"))];
-            if let Some(route) = route {
-                if route.is_empty() {
-                    return None;
+            match route {
+                Some([]) => return None,
+                Some(route) => {
+                    tags.push(format!("routes:{}", route.join("/")));
+                    tags.push("route".into());
                 }
-                tags.push(format!("routes:{}", route.join("/")));
+                None => tags.push("gateway".into()),
             }
             Some(tags)
         }

@@ -331,6 +331,23 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
             }
         }));
     }
+    // Vamp's metrics and health events, and the SLAs and escalations that read them.
+    let pulse = vamp_core::ops::pulse::PulseController::new(
+        Arc::clone(&persistence),
+        Arc::clone(&metrics) as Arc<DynMetricsStore>,
+        Arc::clone(&events),
+    );
+    let sla =
+        vamp_core::ops::sla::SlaController::new(Arc::clone(&persistence), Arc::clone(&events));
+    tasks.push(tokio::spawn({
+        let stop = until_stopped(stopped.clone());
+        async move { pulse.run(Duration::from_secs(5), stop).await }
+    }));
+    tasks.push(tokio::spawn({
+        let stop = until_stopped(stopped.clone());
+        let period = Duration::from_millis(config.period_ms.max(10));
+        async move { sla.run(period, stop).await }
+    }));
     // Canary releases decide from the metrics the agent reads from HAProxy's logs.
     let canaries = vamp_core::ops::canary::CanaryController::new(
         Arc::clone(&persistence),

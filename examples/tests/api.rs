@@ -559,7 +559,7 @@ async fn events_health_metrics_info_config_and_workflow_status() {
         .send(
             Method::POST,
             "/api/v1/events",
-            "tags: [gateways:sava, health]\ntype: health\nvalue: 0.75\n",
+            "tags: [gateways:sava, gateway, health]\ntype: health\nvalue: 0.75\n",
         )
         .await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
@@ -567,7 +567,7 @@ async fn events_health_metrics_info_config_and_workflow_status() {
         .send(
             Method::POST,
             "/api/v1/events",
-            "tags: [gateways:sava, metrics:rate]\ntype: metrics\nvalue: 12.5\n",
+            "tags: [gateways:sava, gateway, metrics:rate]\ntype: metrics\nvalue: 12.5\n",
         )
         .await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
@@ -935,11 +935,7 @@ async fn canary_policies_are_stored_and_paused_resumed_and_aborted() {
         )
         .await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
-    assert!(
-        a.message().contains("Invalid canary policy"),
-        "{}",
-        a.text
-    );
+    assert!(a.message().contains("Invalid canary policy"), "{}", a.text);
     assert_eq!(
         http.get("/api/v1/canary-policies/c/status").await.json()["phase"],
         "pending"

@@ -34,8 +34,10 @@ pub mod artifacts;
 pub mod canary;
 pub mod controller;
 pub mod deploy;
+pub mod pulse;
 pub mod reconcile;
 pub mod resolve;
+pub mod sla;
 pub mod status;
 
 pub use crate::error::OperationError;
