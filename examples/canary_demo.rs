@@ -1,4 +1,4 @@
-//! `canary_demo`: a canary release of the `sava` demo service as a Vamp workflow, through
+//! `canary_demo`: canary releases that decide for themselves, as a Vamp workflow through
 //! Vamp's REST API on embedded defaults (`vamp serve` in this process: SQLite in a temporary
 //! directory, the in-memory key-value store, local processes, and the gateway agent with a
 //! real HAProxy; metrics from HAProxy's logs).
@@ -8,14 +8,15 @@
 //! ```
 //!
 //! It deploys `sava` 1.0 from a blueprint (`POST /api/v1/deployments`) and waits on the event
-//! stream for `synchronization:deployed`, merges 1.1 (which fails 2% of its requests) into the
-//! cluster (`PUT /api/v1/deployments/sava`), sends steady traffic through the deployment's
-//! gateway, and walks the cluster gateway's weights 100/0 → 90/10 → 50/50 → 0/100
-//! (`PUT /api/v1/gateways/sava/sava/webport`); per step it prints how the agent applied the
-//! change and the split and error rate measured from HAProxy's logs. At the end it slices 1.0
-//! out (`DELETE /api/v1/deployments/sava` with its blueprint). HAProxy 2.6+ is needed: as root
-//! on Debian it installs the `haproxy` package when missing; otherwise it says what to install
-//! (or set `VAMP_HAPROXY_BIN`).
+//! stream for `synchronization:deployed`, merges 1.1 (which fails 10% of its requests) and 1.2
+//! (healthy) into the cluster (`PUT /api/v1/deployments/sava`), and sends steady traffic
+//! through the deployment's gateway. Then a canary policy (`POST /api/v1/canary-policies`)
+//! releases 1.1: its error rate is judged against 1.0's every N seconds (default 3) and it is
+//! rolled back on its own; a second policy releases 1.2, which is promoted step by step to
+//! 100%. Every decision is printed as the event stream delivers it, with its figures, and the
+//! split measured from HAProxy's logs after each release. HAProxy 2.6+ is needed: as root on
+//! Debian it installs the `haproxy` package when missing; otherwise it says what to install (or
+//! set `VAMP_HAPROXY_BIN`).
 
 #[path = "common/sava_service.rs"]
 mod sava_service;
@@ -29,14 +30,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use vamp_core::kv::{KeyValueStore, keys};
 use vamp_core::lookup::route_lookup_name;
 use vamp_core::metrics::MetricsStore;
 use vamp_examples::serve::{ServeConfig, start};
-use vamp_haproxy::agent::AgentStatus;
 
-const STEPS: [(u8, u8); 4] = [(100, 0), (90, 10), (50, 50), (0, 100)];
-const CANARY_FAIL_PERCENT: u32 = 2;
+/// 1.1 fails this share of its requests; 1.0 and 1.2 none.
+const CANARY_FAIL_PERCENT: u32 = 10;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -51,7 +50,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let step_seconds = match args.as_slice() {
-        [] => 4,
+        [] => 3,
         [flag, n] if flag == "--step-seconds" => match n.parse::<u64>() {
             Ok(n) if n > 0 => n,
             _ => {
@@ -148,25 +147,6 @@ struct Seen {
     failed: u64,
 }
 
-fn progress(done: Duration, total: Duration) {
-    use std::io::IsTerminal;
-    // Redraw only on a terminal; elsewhere (logs, CI) print the finished bar once.
-    if !std::io::stdout().is_terminal() && done < total {
-        return;
-    }
-    let width = 30;
-    let filled =
-        ((done.as_secs_f64() / total.as_secs_f64()) * width as f64).min(width as f64) as usize;
-    print!(
-        "\r    [{}{}] {:>4.1}s / {}s",
-        "#".repeat(filled),
-        "-".repeat(width - filled),
-        done.as_secs_f64().min(total.as_secs_f64()),
-        total.as_secs()
-    );
-    let _ = std::io::stdout().flush();
-}
-
 /// A small client of the API.
 struct Api {
     client: reqwest::Client,
@@ -213,30 +193,6 @@ fn blueprint(
     ))
 }
 
-async fn wait_for(
-    status: &mut tokio::sync::watch::Receiver<AgentStatus>,
-    version: u64,
-) -> Result<AgentStatus, String> {
-    let result = tokio::time::timeout(Duration::from_secs(30), async {
-        status
-            .wait_for(|s| s.applied_version.is_some_and(|v| v >= version) || s.counts.rejected > 0)
-            .await
-            .map(|s| s.clone())
-    })
-    .await;
-    match result {
-        Ok(Ok(s)) if s.applied_version.is_some_and(|v| v >= version) => Ok(s),
-        Ok(Ok(s)) => Err(format!(
-            "the agent rejected the configuration: {:?}",
-            s.last_error
-        )),
-        _ => Err(format!(
-            "the agent did not apply version {version}: {:?}",
-            *status.borrow()
-        )),
-    }
-}
-
 /// Polls `f` (bounded) until it gives a value.
 async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> Result<T, String> {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -260,7 +216,7 @@ async fn demo(haproxy: String, step: Duration) -> Result<(), String> {
 
 async fn run(work: &std::path::Path, haproxy: String, step: Duration) -> Result<(), String> {
     println!(
-        "Vamp canary demo: sava 1.0 → sava 1.1 through Vamp's REST API and HAProxy, embedded defaults\n"
+        "Vamp canary demo: canary releases that decide for themselves, through Vamp's REST API and HAProxy\n"
     );
     let mut config = ServeConfig::new(work);
     config.listen = "127.0.0.1:0".parse().expect("address");
@@ -276,7 +232,6 @@ async fn run(work: &std::path::Path, haproxy: String, step: Duration) -> Result<
         server.addr,
         work.display()
     );
-    let mut status = server.agent.clone().ok_or("no gateway agent")?;
 
     // Deploy 1.0 and wait for Vamp's event that it is deployed.
     let port = free_port();
@@ -313,23 +268,25 @@ async fn run(work: &std::path::Path, haproxy: String, step: Duration) -> Result<
     .map_err(|_| "sava 1.0 was not deployed within 60 s".to_owned())??;
     println!("  event      deployments:sava synchronization:deployed");
 
-    // Merge 1.1 into the cluster: it gets no traffic until the weights say so.
-    api.call(
-        reqwest::Method::PUT,
-        "/deployments/sava",
-        Some(blueprint("1.1", CANARY_FAIL_PERCENT, None)?),
-    )
-    .await?;
+    // Merge 1.1 and 1.2 into the cluster: they get no traffic until a release gives them some.
+    for (version, fail) in [("1.1", CANARY_FAIL_PERCENT), ("1.2", 0)] {
+        api.call(
+            reqwest::Method::PUT,
+            "/deployments/sava",
+            Some(blueprint(version, fail, None)?),
+        )
+        .await?;
+    }
     println!(
-        "  merge      PUT /api/v1/deployments/sava: sava 1.1 (fails {CANARY_FAIL_PERCENT}% of its requests)"
+        "  merge      PUT /api/v1/deployments/sava: sava 1.1 (fails {CANARY_FAIL_PERCENT}% of its requests) and sava 1.2"
     );
-    until("sava 1.1 to run", async || {
+    until("every version to run", async || {
         let d = api
             .call(reqwest::Method::GET, "/deployments/sava", None)
             .await
             .ok()?;
         let services = d["clusters"]["sava"]["services"].as_array()?.clone();
-        (services.len() == 2
+        (services.len() == 3
             && services
                 .iter()
                 .all(|s| s["status"]["phase"]["name"] == "Done"))
@@ -340,20 +297,14 @@ async fn run(work: &std::path::Path, haproxy: String, step: Duration) -> Result<
         request(port).filter(|(s, _)| *s == 200)
     })
     .await?;
-    println!("  gateway    sava/sava/webport routes sava:1.0 and sava:1.1\n");
 
     // Steady traffic from a client thread.
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let traffic = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
     let client = {
-        let (seen, traffic, done) = (Arc::clone(&seen), Arc::clone(&traffic), Arc::clone(&done));
+        let (seen, done) = (Arc::clone(&seen), Arc::clone(&done));
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
-                if !traffic.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(5));
-                    continue;
-                }
                 let answer = request(port);
                 let mut s = seen.lock().expect("lock");
                 match answer {
@@ -367,161 +318,118 @@ async fn run(work: &std::path::Path, haproxy: String, step: Duration) -> Result<
                     None => s.failed += 1,
                 }
                 drop(s);
-                std::thread::sleep(Duration::from_millis(4));
+                std::thread::sleep(Duration::from_millis(3));
             }
         })
     };
+    println!("  traffic    steady requests through 127.0.0.1:{port}\n");
 
-    let key = keys::haproxy_configuration("default", "1.7").map_err(|e| e.to_string())?;
-    let routes: Vec<(String, String)> = ["1.0", "1.1"]
-        .iter()
-        .map(|v| {
+    let mut failures = 0;
+    for (version, expected) in [("1.1", "rolled_back"), ("1.2", "promoted")] {
+        let name = format!("sava-{}", version.replace('.', "-"));
+        let mut decisions = api
+            .client
+            .get(format!(
+                "{}/events/stream?tag=canary-policies:{name}&type=canary",
+                api.base
+            ))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .bytes_stream();
+        let policy = format!(
+            "name: {name}\ngateway: sava/sava/webport\nstable: sava/sava/sava:1.0/webport\ncanary: sava/sava/sava:{version}/webport\nsteps: [10%, 50%, 100%]\ninterval: {}s\nfailures: 2\nminimum_requests: 50\ngates:\n  relative:\n    error_rate: 1%\n",
+            step.as_secs()
+        );
+        api.call(reqwest::Method::POST, "/canary-policies", Some(policy))
+            .await?;
+        println!(
+            "release sava {version}: POST /api/v1/canary-policies {name}: 10% → 50% → 100% every {}s, its error rate within 1% of 1.0's, rolled back after 2 failed checks",
+            step.as_secs()
+        );
+        *seen.lock().expect("lock") = Seen::default();
+        // Print every decision as the stream delivers it, until the release is over.
+        let outcome = tokio::time::timeout(Duration::from_secs(60 + 10 * step.as_secs()), async {
+            let mut buffer = String::new();
+            loop {
+                match decisions.next().await {
+                    Some(Ok(chunk)) => buffer.push_str(&String::from_utf8_lossy(&chunk)),
+                    _ => return Err("the event stream ended".to_owned()),
+                }
+                while let Some(end) = buffer.find("\n\n") {
+                    let message: String = buffer.drain(..end + 2).collect();
+                    let Some(data) = message
+                        .lines()
+                        .find_map(|l| l.strip_prefix("data:"))
+                        .and_then(|d| serde_json::from_str::<serde_json::Value>(d.trim()).ok())
+                    else {
+                        continue;
+                    };
+                    let value = &data["value"];
+                    let verdict = value["verdict"].as_str().unwrap_or("?").to_owned();
+                    println!(
+                        "    {verdict:<12} {}",
+                        value["reason"].as_str().unwrap_or("")
+                    );
+                    if matches!(verdict.as_str(), "rolled_back" | "promoted" | "aborted") {
+                        return Ok(verdict);
+                    }
+                }
+            }
+        })
+        .await
+        .map_err(|_| format!("the release of sava {version} did not finish"))??;
+        // The split after the release (once the agent applied it), from HAProxy's logs.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        *seen.lock().expect("lock") = Seen::default();
+        let window = Duration::from_secs(2);
+        tokio::time::sleep(window).await;
+        let mut line = Vec::new();
+        for v in ["1.0", version] {
             let breed = format!("sava:{v}");
-            let lookup = route_lookup_name(
+            let frontend = route_lookup_name(
                 "sava/sava/webport",
                 &["sava", "sava", breed.as_str(), "webport"],
             );
-            ((*v).to_owned(), lookup)
-        })
-        .collect();
-    let mut failures = 0;
-    let mut before = status.borrow().clone();
-    for (weights, index) in STEPS.iter().zip(1..) {
-        println!(
-            "step {index}/{}: PUT /api/v1/gateways/sava/sava/webport: sava 1.0 {}% / sava 1.1 {}%",
-            STEPS.len(),
-            weights.0,
-            weights.1
-        );
-        let current = server
-            .kv
-            .get(&key)
-            .await
-            .map_err(|e| e.to_string())?
-            .map(|v| v.version.0);
-        let now = api
-            .call(reqwest::Method::GET, "/gateways/sava/sava/webport", None)
-            .await?;
-        let unchanged = [("1.0", weights.0), ("1.1", weights.1)]
-            .iter()
-            .all(|(v, w)| {
-                now["routes"][format!("sava/sava/sava:{v}/webport")]["weight"] == format!("{w}%")
-            });
-        let written = Instant::now();
-        let gateway = format!(
-            "name: sava/sava/webport\nroutes:\n  sava/sava/sava:1.0/webport: {{weight: {}%}}\n  sava/sava/sava:1.1/webport: {{weight: {}%}}\n",
-            weights.0, weights.1
-        );
-        api.call(
-            reqwest::Method::PUT,
-            "/gateways/sava/sava/webport",
-            Some(gateway),
-        )
-        .await?;
-        // The reconcile loop pushes the gateway; the agent applies what the driver wrote.
-        let kv = &server.kv;
-        let version = if unchanged {
-            current.ok_or("no configuration written yet")?
-        } else {
-            until("the new configuration", async || {
-                let v = kv.get(&key).await.ok()??.version.0;
-                (Some(v) != current).then_some(v)
-            })
-            .await?
-        };
-        let applied = wait_for(&mut status, version).await?;
-        let how = if unchanged {
-            "already in place"
-        } else if applied.counts.dynamic > before.counts.dynamic {
-            "runtime API, no reload"
-        } else if applied.starts > before.starts {
-            "HAProxy started"
-        } else {
-            "reload"
-        };
-        println!(
-            "    applied in {:.0} ms ({how})",
-            written.elapsed().as_secs_f64() * 1000.0
-        );
-        before = applied;
-
-        *seen.lock().expect("lock") = Seen::default();
-        let started = Instant::now();
-        traffic.store(true, Ordering::Relaxed);
-        while started.elapsed() < step {
-            progress(started.elapsed(), step);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        traffic.store(false, Ordering::Relaxed);
-        progress(step, step);
-        println!();
-        // Let the last log lines arrive, then read the step's window.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let window = started.elapsed();
-        let mut measured = Vec::new();
-        for (version, frontend) in &routes {
             let m = server
                 .metrics
-                .request_metrics(frontend, window)
+                .request_metrics(&frontend, window)
                 .await
                 .map_err(|e| e.to_string())?;
-            measured.push((version.clone(), m));
+            line.push(format!("sava {v} {} requests", m.requests));
         }
-        let total: u64 = measured.iter().map(|(_, m)| m.requests).sum();
         let s = seen.lock().expect("lock");
-        for (version, m) in &measured {
-            let share = if total == 0 {
-                0.0
-            } else {
-                m.requests as f64 * 100.0 / total as f64
-            };
-            let (client_answers, _) = s
-                .versions
-                .get(version.as_str())
-                .copied()
-                .unwrap_or_default();
-            println!(
-                "    sava {version}: {share:5.1}% of {total} requests (HAProxy logs), {client_answers} answers seen by the client, error rate {:.1}%, p95 {} ms",
-                m.error_rate * 100.0,
-                m.response_time_p95_ms
-                    .map_or("-".to_owned(), |p| format!("{p:.0}"))
-            );
+        println!(
+            "    measured over the last {}s (HAProxy logs): {}; {} failed at the client\n",
+            window.as_secs(),
+            line.join(", "),
+            s.failed
+        );
+        failures += s.failed;
+        if outcome != expected {
+            return Err(format!("sava {version} was {outcome}, expected {expected}"));
         }
-        if s.failed > 0 {
-            println!("    {} requests failed at the client", s.failed);
-            failures += s.failed;
-        }
-        println!();
     }
     done.store(true, Ordering::Relaxed);
     let _ = client.join();
-
-    // Promote: slice 1.0 out of the deployment.
-    api.call(
-        reqwest::Method::DELETE,
-        "/deployments/sava",
-        Some(blueprint("1.0", 0, None)?),
-    )
-    .await?;
-    until("sava 1.0 to be gone", async || {
-        let d = api
-            .call(reqwest::Method::GET, "/deployments/sava", None)
-            .await
-            .ok()?;
-        (d["clusters"]["sava"]["services"].as_array()?.len() == 1).then_some(())
-    })
-    .await?;
-    println!("promoted: DELETE /api/v1/deployments/sava with sava 1.0's blueprint sliced it out");
-    let last = status.borrow().clone();
+    let agent = server.agent.clone().ok_or("no gateway agent")?;
+    let last = agent.borrow().clone();
     println!(
-        "done: {} reloads, {} runtime weight changes, {} rejected, {failures} failed requests",
+        "done: 1.1 rolled back, 1.2 promoted; {} reloads, {} runtime weight changes, {} rejected, {failures} failed requests",
         last.counts.reload, last.counts.dynamic, last.counts.rejected
     );
     // Undeploy everything before stopping (the demo leaves nothing running).
+    let everything = format!(
+        "name: sava\nclusters:\n  sava:\n    services:\n{}",
+        ["1.0", "1.1", "1.2"]
+            .iter()
+            .map(|v| format!("    - breed: sava:{v}\n"))
+            .collect::<String>()
+    );
     api.call(
         reqwest::Method::DELETE,
         "/deployments/sava",
-        Some(blueprint("1.1", CANARY_FAIL_PERCENT, None)?),
+        Some(everything),
     )
     .await?;
     until("the deployment to be gone", async || {

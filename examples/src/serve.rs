@@ -73,9 +73,12 @@ pub struct ServeConfig {
     /// The HAProxy binary of the in-process agent.
     #[arg(long, env = "VAMP_HAPROXY_BIN", default_value = "haproxy")]
     pub haproxy: String,
-    /// Time between passes of the reconcile loop, in milliseconds.
+    /// Time between passes of the reconcile, SLA and canary loops, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub period_ms: u64,
+    /// Time between publications of Vamp's metrics and health events, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    pub pulse_ms: u64,
 }
 
 impl ServeConfig {
@@ -93,6 +96,7 @@ impl ServeConfig {
             no_agent: false,
             haproxy: "haproxy".into(),
             period_ms: 1000,
+            pulse_ms: 5000,
         }
     }
 
@@ -341,7 +345,8 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         vamp_core::ops::sla::SlaController::new(Arc::clone(&persistence), Arc::clone(&events));
     tasks.push(tokio::spawn({
         let stop = until_stopped(stopped.clone());
-        async move { pulse.run(Duration::from_secs(5), stop).await }
+        let period = Duration::from_millis(config.pulse_ms.max(100));
+        async move { pulse.run(period, stop).await }
     }));
     tasks.push(tokio::spawn({
         let stop = until_stopped(stopped.clone());

@@ -1313,7 +1313,8 @@ pub struct CanaryPolicy {
     pub stable: String,
     /// The canary route's path.
     pub canary: String,
-    /// The canary's weights, in percent, increasing; the last is where it is promoted.
+    /// The canary's weights, in percent, increasing. Passing the last (or reaching 100%)
+    /// promotes: the canary gets all traffic.
     pub steps: Vec<u8>,
     /// Time between checks (ms).
     pub interval_ms: i64,

@@ -195,9 +195,9 @@ async fn a_healthy_canary_is_promoted_through_every_step() {
     assert_eq!(h.pass().await, Verdict::Idle);
     assert_eq!(h.interval(HEALTHY, (400, 1, 21)).await, Verdict::Advanced);
     assert_eq!(h.weights().await, (50, 50));
-    assert_eq!(h.interval(HEALTHY, HEALTHY).await, Verdict::Advanced);
-    assert_eq!(h.weights().await, (0, 100));
+    // The next step is 100%: passing at 50% promotes.
     assert_eq!(h.interval(HEALTHY, HEALTHY).await, Verdict::Promoted);
+
     assert_eq!(h.status().await.phase, CanaryPhase::Promoted);
     assert_eq!(h.weights().await, (0, 100));
     // Over: nothing more happens.
@@ -208,7 +208,7 @@ async fn a_healthy_canary_is_promoted_through_every_step() {
     let value = promoted[0].value.to_json();
     assert_eq!(value["canary"]["requests"], 400, "{value}");
     assert_eq!(value["gates"].as_array().unwrap().len(), 3, "{value}");
-    assert_eq!(h.events("advanced").await.len(), 2);
+    assert_eq!(h.events("advanced").await.len(), 1);
 }
 
 #[tokio::test]
@@ -346,7 +346,11 @@ async fn a_restarted_control_plane_resumes_at_the_same_step() {
     h.traffic(STABLE, 400, 0, 20).await;
     h.traffic(CANARY, 400, 0, 20).await;
     let out = restarted.tick().await.unwrap();
-    assert_eq!(out[0].verdict, Verdict::Advanced);
+    assert_eq!(
+        out[0].verdict,
+        Verdict::Promoted,
+        "from 50%, not from the first step"
+    );
     assert_eq!(
         h.weights().await,
         (0, 100),
@@ -411,4 +415,47 @@ async fn sticky_sessions_and_slicing_the_stable_version_at_promotion() {
         Intention::Undeployment,
         "1.0 is sliced out"
     );
+}
+
+#[tokio::test]
+async fn a_last_step_below_100_is_a_maximum_and_promotion_gives_the_canary_everything() {
+    let h = harness(CanaryPolicy {
+        steps: vec![25, 50],
+        ..policy("gates:\n  relative:\n    error_rate: 1%\n")
+    })
+    .await;
+    assert_eq!(h.pass().await, Verdict::Started);
+    assert_eq!(h.weights().await, (75, 25));
+    assert_eq!(h.interval(HEALTHY, HEALTHY).await, Verdict::Advanced);
+    assert_eq!(h.weights().await, (50, 50));
+    assert_eq!(h.interval(HEALTHY, HEALTHY).await, Verdict::Promoted);
+    assert_eq!(h.weights().await, (0, 100));
+}
+
+#[tokio::test]
+async fn at_100_percent_relative_gates_are_not_judged_the_absolute_ones_are() {
+    // A switch: all traffic to the canary at once, judged on its own error rate only.
+    let h = harness(CanaryPolicy {
+        steps: vec![100],
+        ..policy("failures: 1\ngates:\n  error_rate: 5%\n  relative:\n    error_rate: 1%\n")
+    })
+    .await;
+    assert_eq!(h.pass().await, Verdict::Started);
+    assert_eq!(h.weights().await, (0, 100));
+    // No stable traffic at all: not a reason to wait.
+    assert_eq!(
+        h.interval((0, 0, 20), (400, 0, 20)).await,
+        Verdict::Promoted
+    );
+    let failing = harness(CanaryPolicy {
+        steps: vec![100],
+        ..policy("failures: 1\ngates:\n  error_rate: 5%\n  relative:\n    error_rate: 1%\n")
+    })
+    .await;
+    failing.pass().await;
+    assert_eq!(
+        failing.interval((0, 0, 20), (400, 60, 20)).await,
+        Verdict::RolledBack
+    );
+    assert_eq!(failing.weights().await, (100, 0));
 }

@@ -23,7 +23,10 @@
 //! * relative response time (`percentile P`, margin `m`): the threshold is the stable route's
 //!   `P`th percentile × (1 + m), then as the absolute one.
 //!
-//! A check that passes every gate advances to the next step (or promotes after the last);
+//! A check that passes every gate advances to the next step; after the last step, or when
+//! the next one is 100% (the stable route would have no traffic left to compare with), it
+//! promotes: the canary gets all traffic (a last step below 100% is a maximum, as in
+//! Flagger);
 //! one that fails counts; `failures` failed checks in a row roll back (the canary's weight
 //! goes to 0). Every decision is published as an event tagged `canary-policies:<name>`,
 //! `canary:<verdict>` and `gateways:<gateway>` (type `canary`), with the figures it was based
@@ -215,8 +218,19 @@ fn rate(s: &RouteSample) -> f64 {
     }
 }
 
-/// Judges every gate; `None` when the check cannot judge (too few requests, no times).
-fn judge(policy: &CanaryPolicy, check: &Check) -> std::result::Result<Vec<GateResult>, String> {
+/// Judges every gate; an error when the check cannot judge (too few requests, no times).
+/// With `stable_idle` (the canary has all traffic) the relative gates are not judged.
+fn judge(
+    policy: &CanaryPolicy,
+    check: &Check,
+    stable_idle: bool,
+) -> std::result::Result<Vec<GateResult>, String> {
+    let mut policy = policy.clone();
+    if stable_idle {
+        policy.gates.relative_error_rate = None;
+        policy.gates.relative_response_time = None;
+    }
+    let policy = &policy;
     let g = &policy.gates;
     let min = policy.minimum_requests;
     let (c, s) = (&check.canary, &check.stable);
@@ -382,7 +396,7 @@ pub fn decide(policy: &CanaryPolicy, check: Option<&Check>, now: i64) -> Decisio
     if !check_due(policy, now) {
         return idle(status);
     }
-    let gates = match judge(policy, check) {
+    let gates = match judge(policy, check, policy.steps[step] >= 100) {
         Err(why) => {
             // Waiting accumulates traffic: the window keeps its start.
             status.reason = Some(why);
@@ -439,10 +453,14 @@ pub fn decide(policy: &CanaryPolicy, check: Option<&Check>, now: i64) -> Decisio
         .map(|g| g.detail.as_str())
         .collect::<Vec<_>>()
         .join("; ");
-    if step + 1 >= policy.steps.len() {
+    // The last step, or a next step of 100% (where the stable route has no traffic to
+    // compare with): promotion, the canary gets all traffic.
+    if step + 1 >= policy.steps.len() || policy.steps[step + 1] >= 100 {
         status.phase = CanaryPhase::Promoted;
-        status.reason = Some(format!("promoted at {}%: {passed}", policy.steps[step]));
-        let mut actions = Vec::new();
+        status.step = Some(policy.steps.len() - 1);
+        status.since_ms = Some(now);
+        status.reason = Some(format!("promoted after {}%: {passed}", policy.steps[step]));
+        let mut actions = vec![Action::SetWeight(100)];
         if policy.sticky {
             actions.push(Action::SetSticky(false));
         }

@@ -9,8 +9,10 @@
 //!   services are all deployed, unless an SLA event of the cluster lies within the last
 //!   `interval + cooldown` seconds, the average `metrics:responseTime` of each cluster gateway
 //!   over the last `interval` seconds is taken and the largest compared: above `upper` →
-//!   escalate, below `lower` → de-escalate (strictly: exactly at a threshold is neither). A
-//!   gateway without traffic counts as 0 ms, as in Vamp (an idle cluster de-escalates).
+//!   escalate, below `lower` → de-escalate (strictly: exactly at a threshold is neither).
+//!   Gateways without `metrics:responseTime` events in the interval are left out; with none
+//!   at all there is no signal (Vamp took the missing average as 0 ms and de-escalated, and
+//!   the SLA event then held every check off for the cooldown, right after a deployment).
 //! * `escalation_only`: no check; `sla:escalate` / `sla:deescalate` events posted with
 //!   `deployment:<d>` and `cluster:<c>` tags drive the escalations.
 //! * Escalations act as a `to_one` group: on escalate the first that changes something, in
@@ -86,12 +88,12 @@ pub fn sla_event(deployment: &str, cluster: &str, signal: Signal, now_ms: i64) -
 }
 
 /// The check of a `response_time_sliding_window` SLA: `response_time_ms` is the largest
-/// average over the cluster's gateways (`None`: no traffic, taken as 0 as Vamp did).
+/// average over the cluster's gateways (`None`: nothing measured, no signal).
 pub fn check(sla: &Sla, response_time_ms: Option<f64>) -> Option<Signal> {
     let Sla::ResponseTimeSlidingWindow { upper, lower, .. } = sla else {
         return None;
     };
-    let t = response_time_ms.unwrap_or(0.0);
+    let t = response_time_ms?;
     if t > *upper as f64 {
         Some(Signal::Escalate)
     } else if t < *lower as f64 {
@@ -315,8 +317,9 @@ impl SlaController {
                 .events
                 .aggregate(&q, Aggregation::Average, "value")
                 .await?;
-            let v = avg.value.unwrap_or(0.0);
-            max = Some(max.map_or(v, |m: f64| m.max(v)));
+            if let Some(v) = avg.value {
+                max = Some(max.map_or(v, |m: f64| m.max(v)));
+            }
         }
         Ok(max)
     }
