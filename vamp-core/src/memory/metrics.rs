@@ -20,12 +20,12 @@ type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 struct Subscriber {
     tags: Vec<String>,
     event_type: Option<String>,
-    tx: mpsc::UnboundedSender<Result<Event>>,
+    tx: mpsc::Sender<Result<Event>>,
 }
 
 #[derive(Default)]
 struct State {
-    events: Vec<Event>,
+    events: VecDeque<Event>,
     next_id: u64,
     subscribers: Vec<Subscriber>,
     requests: VecDeque<RequestRecord>,
@@ -39,14 +39,24 @@ struct State {
 /// arrive, and so are the oldest beyond [`DEFAULT_MAX_RECORDS`] (or
 /// [`InMemoryMetrics::with_max_records`]), counted by [`InMemoryMetrics::dropped_records`], so
 /// memory stays bounded whatever the request rate (a record takes about 250 bytes). Events
-/// are kept. The clock is injectable for tests. Cloning shares the store.
+/// are kept up to [`DEFAULT_MAX_EVENTS`] (or [`InMemoryMetrics::with_max_events`]), the oldest
+/// going first; a subscriber more than [`SUBSCRIBER_BUFFER`] events behind is dropped (its
+/// stream ends; a client subscribes again). The clock is injectable for tests. Cloning shares
+/// the store.
 #[derive(Clone)]
 pub struct InMemoryMetrics {
     state: Arc<Mutex<State>>,
     clock: Clock,
     retention: Duration,
     max_records: usize,
+    max_events: usize,
 }
+
+/// The most events an [`InMemoryMetrics`] keeps by default.
+pub const DEFAULT_MAX_EVENTS: usize = 100_000;
+
+/// How many events a subscriber may have waiting before it is dropped.
+pub const SUBSCRIBER_BUFFER: usize = 10_000;
 
 /// The most request records an [`InMemoryMetrics`] keeps by default (about 60 MiB).
 pub const DEFAULT_MAX_RECORDS: usize = 250_000;
@@ -70,7 +80,15 @@ impl InMemoryMetrics {
             clock: Arc::new(clock),
             retention: Duration::from_secs(3600),
             max_records: DEFAULT_MAX_RECORDS,
+            max_events: DEFAULT_MAX_EVENTS,
         }
+    }
+
+    /// Sets how many events are kept at most (the oldest go first).
+    #[must_use]
+    pub fn with_max_events(mut self, max: usize) -> Self {
+        self.max_events = max.max(1);
+        self
     }
 
     /// Sets how many request records are kept at most (the oldest go first).
@@ -150,14 +168,18 @@ impl EventStore for InMemoryMetrics {
             s.next_id += 1;
             event.id = Some(format!("{:016x}", s.next_id));
         }
-        s.events.push(event.clone());
-        s.subscribers.retain(|sub| {
+        s.events.push_back(event.clone());
+        while s.events.len() > self.max_events {
+            s.events.pop_front();
+        }
+        s.subscribers.retain_mut(|sub| {
             let matches = sub.tags.iter().all(|t| event.tags.contains(t))
                 && sub
                     .event_type
                     .as_ref()
                     .is_none_or(|t| t == &event.event_type);
-            !matches || sub.tx.unbounded_send(Ok(event.clone())).is_ok()
+            // Full or gone: the subscriber is dropped (its stream ends).
+            !matches || sub.tx.try_send(Ok(event.clone())).is_ok()
         });
         Ok(event)
     }
@@ -192,7 +214,7 @@ impl EventStore for InMemoryMetrics {
         tags: Vec<String>,
         event_type: Option<String>,
     ) -> BoxStream<'static, Result<Event>> {
-        let (tx, rx) = mpsc::unbounded();
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
         self.state.lock().subscribers.push(Subscriber {
             tags,
             event_type,
@@ -257,6 +279,46 @@ mod tests {
     use crate::conformance::metrics as suite;
 
     const NOW: i64 = 1_800_000_000_000;
+
+    /// Events are bounded: the oldest go beyond the maximum, and a subscriber that does not
+    /// read is dropped once its buffer is full (the store kept everything before).
+    #[tokio::test]
+    async fn events_and_subscribers_are_bounded() {
+        use futures_util::FutureExt;
+        let store = InMemoryMetrics::with_clock(|| NOW).with_max_events(10);
+        let mut slow = store.subscribe(vec!["t".into()], None);
+        let event = |i: i64| {
+            let mut e = Event::new(vec!["t".into()], crate::node::Node::Int(i), "event");
+            e.timestamp = crate::time::format_epoch_millis(NOW - 1000 + i);
+            e
+        };
+        for i in 0..(SUBSCRIBER_BUFFER as i64 + 50) {
+            store.publish(event(i)).await.unwrap();
+        }
+        let q = EventQuery {
+            tags: vec!["t".into()],
+            event_type: None,
+            timestamp: None,
+            aggregator: None,
+        };
+        let kept = store.query(&q, ListOptions::all()).await.unwrap();
+        assert_eq!(kept.len(), 10);
+        assert_eq!(
+            kept[0].value,
+            crate::node::Node::Int(SUBSCRIBER_BUFFER as i64 + 49),
+            "the newest are kept"
+        );
+        assert!(
+            store.state.lock().subscribers.is_empty(),
+            "the slow subscriber was dropped"
+        );
+        let mut delivered = 0;
+        while let Some(Some(_)) = slow.next().now_or_never() {
+            delivered += 1;
+        }
+        assert!(delivered <= SUBSCRIBER_BUFFER + 1, "{delivered}");
+        assert!(matches!(slow.next().now_or_never(), Some(None)), "its stream ended");
+    }
 
     #[tokio::test]
     async fn in_memory_passes_the_suites() {

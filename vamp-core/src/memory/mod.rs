@@ -7,6 +7,6 @@ mod persistence;
 mod scheduler;
 
 pub use kv::{InMemoryKv, WATCH_BUFFER};
-pub use metrics::{DEFAULT_MAX_RECORDS, InMemoryMetrics};
+pub use metrics::{DEFAULT_MAX_EVENTS, DEFAULT_MAX_RECORDS, InMemoryMetrics, SUBSCRIBER_BUFFER};
 pub use persistence::InMemoryPersistence;
 pub use scheduler::InMemoryScheduler;
