@@ -1,7 +1,9 @@
 //! Vamp's REST API over HTTP: a real server on a loopback port (in-process, on in-memory
 //! backends unless a test says otherwise, no gateway agent) and a real HTTP client.
 
-use std::time::{Duration, Instant};
+mod support;
+
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use reqwest::{Client, Method, StatusCode};
@@ -109,18 +111,6 @@ async fn raw_get(server: &Server, path: &str) -> String {
     let mut out = String::new();
     c.read_to_string(&mut out).await.unwrap();
     out
-}
-
-/// Waits (bounded) until `f` gives a value.
-async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 const BREED: &str =
@@ -411,7 +401,7 @@ async fn a_blueprint_becomes_a_deployment_with_gateways_events_scale_and_sla() {
         .await
         .json();
     assert_eq!(scale["instances"], 3);
-    eventually("three instances", async || {
+    support::eventually("three instances", Duration::from_secs(30), async || {
         let d = http.get("/api/v1/deployments/sava").await.json();
         (d["clusters"]["sava"]["services"][0]["instances"]
             .as_array()
@@ -462,9 +452,14 @@ async fn a_blueprint_becomes_a_deployment_with_gateways_events_scale_and_sla() {
         )
         .await;
     assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
-    eventually("the deployment is gone", async || {
-        (http.get("/api/v1/deployments/sava").await.status == StatusCode::NOT_FOUND).then_some(())
-    })
+    support::eventually(
+        "the deployment is gone",
+        Duration::from_secs(30),
+        async || {
+            (http.get("/api/v1/deployments/sava").await.status == StatusCode::NOT_FOUND)
+                .then_some(())
+        },
+    )
     .await;
     // Now the breed can go.
     let a = http
@@ -527,9 +522,14 @@ async fn bulk_requests_create_and_delete_everything_in_a_multi_document_body() {
         http.get("/api/v1/blueprints/shop").await.status,
         StatusCode::NOT_FOUND
     );
-    eventually("the deployment is gone", async || {
-        (http.get("/api/v1/deployments/sava").await.status == StatusCode::NOT_FOUND).then_some(())
-    })
+    support::eventually(
+        "the deployment is gone",
+        Duration::from_secs(30),
+        async || {
+            (http.get("/api/v1/deployments/sava").await.status == StatusCode::NOT_FOUND)
+                .then_some(())
+        },
+    )
     .await;
     s.stop().await;
 }
@@ -837,10 +837,14 @@ async fn compose_javascript_breeds_vga_keys_dynamic_config_stats_and_scheduler_r
             .status,
         StatusCode::ACCEPTED
     );
-    let config = eventually("a rendered configuration", async || {
-        let a = http.get("/api/v1/vga/haproxy/1.7/configuration").await;
-        (a.status == StatusCode::OK && a.text.contains("frontend")).then_some(a.text)
-    })
+    let config = support::eventually(
+        "a rendered configuration",
+        Duration::from_secs(30),
+        async || {
+            let a = http.get("/api/v1/vga/haproxy/1.7/configuration").await;
+            (a.status == StatusCode::OK && a.text.contains("frontend")).then_some(a.text)
+        },
+    )
     .await;
     assert!(
         config.contains("sava/sava/webport") || config.contains("bind"),
@@ -900,7 +904,7 @@ async fn compose_javascript_breeds_vga_keys_dynamic_config_stats_and_scheduler_r
     let stats = http.get("/api/v1/stats").await.json();
     assert_eq!(stats["persistence"]["blueprints"], 1);
     assert_eq!(stats["persistence"]["deployments"], 1);
-    eventually("the service runs", async || {
+    support::eventually("the service runs", Duration::from_secs(30), async || {
         let routing = http
             .get("/api/v1/scheduler/routing?selector=sava")
             .await

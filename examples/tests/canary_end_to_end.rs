@@ -3,19 +3,17 @@
 //! HAProxy's logs), driven through the REST API. Required with CI=true or
 //! VAMP_TEST_INTEGRATION=1; skipped, saying so, without HAProxy otherwise.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::{Client, StatusCode};
 use serde_json::Value;
-use vamp_examples::serve::{ServeConfig, haproxy_works, start};
-
-fn required() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
-        || std::env::var("VAMP_TEST_INTEGRATION").is_ok_and(|v| !v.is_empty() && v != "0")
-}
+use support::{eventually, free_port, haproxy_or_skip};
+use vamp_examples::serve::{ServeConfig, start};
 
 /// Answers `$VERSION`; every `$FAIL_EVERY`th request (0: none) is a 503.
 const SERVICE: &str = r#"import http.server, os, threading
@@ -37,14 +35,6 @@ class H(http.server.BaseHTTPRequestHandler):
         pass
 http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
 "#;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn service(version: &str, fail_every: u32, script: &std::path::Path) -> String {
     format!(
@@ -89,17 +79,6 @@ impl Api {
     }
 }
 
-async fn eventually<T>(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Which versions answer `n` requests through the gateway.
 async fn sample(client: &Client, port: u16, n: usize) -> BTreeMap<String, usize> {
     let mut seen = BTreeMap::new();
@@ -115,12 +94,7 @@ async fn sample(client: &Client, port: u16, n: usize) -> BTreeMap<String, usize>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_canary_is_rolled_back_and_a_healthy_one_promoted() {
-    if !haproxy_works("haproxy") {
-        assert!(
-            !required(),
-            "HAProxy is required (scripts/test.sh installs it)"
-        );
-        eprintln!("SKIPPED: no HAProxy on this machine");
+    if !haproxy_or_skip() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -3,18 +3,16 @@
 //! agent with a real HAProxy. Required with CI=true or VAMP_TEST_INTEGRATION=1 (HAProxy is
 //! installed by scripts/test.sh); skipped, saying so, on a machine without HAProxy otherwise.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use reqwest::{Client, StatusCode};
 use serde_json::Value;
-use vamp_examples::serve::{ServeConfig, haproxy_works, start};
-
-fn required() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
-        || std::env::var("VAMP_TEST_INTEGRATION").is_ok_and(|v| !v.is_empty() && v != "0")
-}
+use support::{free_port, haproxy_or_skip};
+use vamp_examples::serve::{ServeConfig, start};
 
 /// An HTTP service answering its version (`$VERSION`), on `$PORT`.
 const SERVICE: &str = r#"import http.server, os
@@ -29,14 +27,6 @@ class H(http.server.BaseHTTPRequestHandler):
         pass
 http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
 "#;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A breed of `version` running the service script with a marker the test can find.
 fn breed(version: &str, script: &std::path::Path, marker: &str) -> String {
@@ -63,17 +53,6 @@ fn processes_with(marker: &str) -> usize {
         .count()
 }
 
-async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// One GET through the gateway: the body, if it answered 200.
 async fn through(client: &Client, port: u16) -> Option<String> {
     let r = client
@@ -88,12 +67,7 @@ async fn through(client: &Client, port: u16) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_release_through_the_api_alone_on_embedded_defaults() {
-    if !haproxy_works("haproxy") {
-        assert!(
-            !required(),
-            "HAProxy is required (scripts/test.sh installs it)"
-        );
-        eprintln!("SKIPPED: no HAProxy on this machine");
+    if !haproxy_or_skip() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -161,9 +135,11 @@ async fn a_canary_release_through_the_api_alone_on_embedded_defaults() {
     })
     .await
     .expect("the deployment is synchronised");
-    let body = eventually("traffic through the gateway", async || {
-        through(&client, port).await
-    })
+    let body = support::eventually(
+        "traffic through the gateway",
+        Duration::from_secs(60),
+        async || through(&client, port).await,
+    )
     .await;
     assert_eq!(body, "1.0");
 
@@ -181,7 +157,7 @@ async fn a_canary_release_through_the_api_alone_on_embedded_defaults() {
         "{}",
         r.text().await.unwrap()
     );
-    eventually("both versions run", async || {
+    support::eventually("both versions run", Duration::from_secs(60), async || {
         let d = get("/deployments/shop").await;
         let services = d["clusters"]["web"]["services"].as_array()?.clone();
         (services.len() == 2
@@ -216,7 +192,7 @@ async fn a_canary_release_through_the_api_alone_on_embedded_defaults() {
         r.text().await.unwrap()
     );
     // Once 1.1 answers, the new weights are live; then a fresh sample measures the split.
-    eventually("1.1 gets traffic", async || {
+    support::eventually("1.1 gets traffic", Duration::from_secs(60), async || {
         (through(&client, port).await.as_deref() == Some("1.1")).then_some(())
     })
     .await;
@@ -244,15 +220,19 @@ async fn a_canary_release_through_the_api_alone_on_embedded_defaults() {
         "{}",
         r.text().await.unwrap()
     );
-    eventually("three instances of 1.0, four processes", async || {
-        let d = get("/deployments/shop").await;
-        let v10 = d["clusters"]["web"]["services"]
-            .as_array()?
-            .iter()
-            .find(|s| s["breed"]["name"] == "web:1.0")?
-            .clone();
-        (v10["instances"].as_array()?.len() == 3 && processes_with(&marker) == 4).then_some(())
-    })
+    support::eventually(
+        "three instances of 1.0, four processes",
+        Duration::from_secs(60),
+        async || {
+            let d = get("/deployments/shop").await;
+            let v10 = d["clusters"]["web"]["services"]
+                .as_array()?
+                .iter()
+                .find(|s| s["breed"]["name"] == "web:1.0")?
+                .clone();
+            (v10["instances"].as_array()?.len() == 3 && processes_with(&marker) == 4).then_some(())
+        },
+    )
     .await;
 
     // DELETE /api/v1 with a body naming both services: every process stops, the gateway goes.
@@ -272,8 +252,9 @@ async fn a_canary_release_through_the_api_alone_on_embedded_defaults() {
         "{}",
         r.text().await.unwrap()
     );
-    eventually(
+    support::eventually(
         "every process stopped and the deployment gone",
+        Duration::from_secs(60),
         async || {
             let gone = client
                 .get(format!("{base}/deployments/shop"))
@@ -287,7 +268,7 @@ async fn a_canary_release_through_the_api_alone_on_embedded_defaults() {
         },
     )
     .await;
-    eventually("the gateway is gone", async || {
+    support::eventually("the gateway is gone", Duration::from_secs(60), async || {
         let gateways = get("/gateways").await;
         let none = gateways
             .as_array()?

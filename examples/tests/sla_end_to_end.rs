@@ -4,6 +4,8 @@
 //! reaches both. Required with CI=true or VAMP_TEST_INTEGRATION=1; skipped, saying so,
 //! without HAProxy otherwise.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,12 +13,8 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Client, StatusCode};
 use serde_json::Value;
-use vamp_examples::serve::{ServeConfig, haproxy_works, start};
-
-fn required() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
-        || std::env::var("VAMP_TEST_INTEGRATION").is_ok_and(|v| !v.is_empty() && v != "0")
-}
+use support::{free_port, haproxy_or_skip};
+use vamp_examples::serve::{ServeConfig, start};
 
 /// Answers its instance's name after `$SLOW_MS` milliseconds.
 const SERVICE: &str = r#"import http.server, os, time
@@ -33,22 +31,9 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
 "#;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_service_is_scaled_by_its_sla_and_traffic_reaches_both_instances() {
-    if !haproxy_works("haproxy") {
-        assert!(
-            !required(),
-            "HAProxy is required (scripts/test.sh installs it)"
-        );
-        eprintln!("SKIPPED: no HAProxy on this machine");
+    if !haproxy_or_skip() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

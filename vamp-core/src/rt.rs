@@ -127,6 +127,23 @@ pub async fn timeout<F: Future>(duration: Duration, future: F) -> Option<F::Outp
     }
 }
 
+/// Runs `pass` now and then every `period` after the previous pass ended, until `shutdown`
+/// completes (checked between passes). The loops of [`crate::ops`] run on this.
+pub async fn every<F, Fut>(period: Duration, shutdown: impl Future<Output = ()>, mut pass: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    use futures_util::future::{Either, select};
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        pass().await;
+        if let Either::Right(_) = select(std::pin::pin!(sleep(period)), shutdown.as_mut()).await {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -317,7 +317,10 @@ mod tests {
             delivered += 1;
         }
         assert!(delivered <= SUBSCRIBER_BUFFER + 1, "{delivered}");
-        assert!(matches!(slow.next().now_or_never(), Some(None)), "its stream ended");
+        assert!(
+            matches!(slow.next().now_or_never(), Some(None)),
+            "its stream ended"
+        );
     }
 
     #[tokio::test]

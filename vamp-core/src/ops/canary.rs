@@ -802,18 +802,10 @@ impl CanaryController {
 
     /// Runs passes every `period` until `shutdown` completes.
     pub async fn run(&self, period: Duration, shutdown: impl std::future::Future<Output = ()>) {
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            if let Err(e) = self.tick().await {
-                let _ = e;
-            }
-            let sleep = std::pin::pin!(crate::rt::sleep(period));
-            if let futures_util::future::Either::Left(_) =
-                futures_util::future::select(shutdown.as_mut(), sleep).await
-            {
-                return;
-            }
-        }
+        crate::rt::every(period, shutdown, || async {
+            let _ = self.tick().await;
+        })
+        .await;
     }
 }
 

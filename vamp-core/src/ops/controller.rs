@@ -415,14 +415,9 @@ impl Controller {
     /// Runs passes every [`ControllerOptions::period`] until `shutdown` completes. Errors of a
     /// pass are retried on the next.
     pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) {
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
+        crate::rt::every(self.options.period, shutdown, || async {
             let _ = self.tick().await;
-            let sleep = crate::rt::sleep(self.options.period);
-            match futures_util::future::select(std::pin::pin!(sleep), shutdown.as_mut()).await {
-                futures_util::future::Either::Left(_) => {}
-                futures_util::future::Either::Right(_) => return,
-            }
-        }
+        })
+        .await;
     }
 }

@@ -474,15 +474,9 @@ impl SlaController {
 
     /// Runs passes every `period` until `shutdown` completes.
     pub async fn run(&self, period: Duration, shutdown: impl std::future::Future<Output = ()>) {
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
+        crate::rt::every(period, shutdown, || async {
             let _ = self.tick().await;
-            let sleep = std::pin::pin!(crate::rt::sleep(period));
-            if let futures_util::future::Either::Left(_) =
-                futures_util::future::select(shutdown.as_mut(), sleep).await
-            {
-                return;
-            }
-        }
+        })
+        .await;
     }
 }
