@@ -356,6 +356,16 @@ pub trait ContainerScheduler: Debug + Display + Send + Sync + 'static {
 
     /// What the scheduler can do.
     fn capabilities(&self) -> SchedulerCapabilities;
+
+    /// Runs `spec` once (one instance, not restarted when it exits): a workflow execution.
+    /// Schedulers without one-shot runs return [`Error::NotSupported`] (the default).
+    async fn run_once(&self, spec: ServiceSpec) -> Result<()> {
+        let _ = spec;
+        Err(crate::error::Error::NotSupported {
+            backend: self.to_string(),
+            operation: "run_once",
+        })
+    }
 }
 
 /// The scheduler behind a trait object.
@@ -385,6 +395,9 @@ macro_rules! forward_scheduler {
             }
             fn capabilities(&self) -> SchedulerCapabilities {
                 (**self).capabilities()
+            }
+            async fn run_once(&self, spec: ServiceSpec) -> Result<()> {
+                (**self).run_once(spec).await
             }
         }
     };

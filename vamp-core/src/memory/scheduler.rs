@@ -20,6 +20,8 @@ struct State {
     next_instance: u64,
     subscribers: Vec<mpsc::UnboundedSender<Result<SchedulerEvent>>>,
     host: String,
+    /// One-shot runs, in order (the most recent 10,000).
+    runs: std::collections::VecDeque<ServiceSpec>,
 }
 
 impl State {
@@ -88,8 +90,15 @@ impl InMemoryScheduler {
                 next_instance: 0,
                 subscribers: Vec::new(),
                 host: "127.0.0.1".into(),
+                runs: std::collections::VecDeque::new(),
             })),
         }
+    }
+
+    /// The one-shot runs so far ([`ContainerScheduler::run_once`]), oldest first (at most the
+    /// last 10,000).
+    pub fn runs(&self) -> Vec<ServiceSpec> {
+        self.state.lock().runs.iter().cloned().collect()
     }
 
     /// Sets the health of instance `index` of a service.
@@ -218,6 +227,16 @@ impl ContainerScheduler for InMemoryScheduler {
         let (tx, rx) = mpsc::unbounded();
         self.state.lock().subscribers.push(tx);
         rx.boxed()
+    }
+
+    async fn run_once(&self, spec: ServiceSpec) -> Result<()> {
+        let spec = spec.normalized()?;
+        let mut s = self.state.lock();
+        s.runs.push_back(spec);
+        while s.runs.len() > 10_000 {
+            s.runs.pop_front();
+        }
+        Ok(())
     }
 
     fn capabilities(&self) -> SchedulerCapabilities {

@@ -39,5 +39,6 @@ pub mod reconcile;
 pub mod resolve;
 pub mod sla;
 pub mod status;
+pub mod workflow;
 
 pub use crate::error::OperationError;

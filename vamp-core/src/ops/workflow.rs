@@ -1,0 +1,386 @@
+//! Workflows (`model.md` §1.11, §8.3): a breed run on a schedule through the container
+//! scheduler, with Vamp's environment variables. Runtime-agnostic; the time comes from a
+//! [`Clock`], so a test drives it pass by pass.
+//!
+//! * `daemon`: a scheduler service (`workflows/<name>/<breed>`, one instance) that the
+//!   scheduler restarts when it dies.
+//! * `time` (`period`, `repeat`, `start`): one run ([`ContainerScheduler::run_once`]) at
+//!   `start` (or when the workflow starts) and every `period` after, `repeat` times (or
+//!   forever). Runs that fell due while the control plane was down are not made up: after a
+//!   restart the next run is the next multiple of the period.
+//! * `event` (`tags`): one run per event carrying all the tags (published after the
+//!   workflow started), with the event as JSON in `VAMP_WORKFLOW_EVENT`.
+//!
+//! Every run gets `VAMP_URL`, `VAMP_NAMESPACE`, `VAMP_WORKFLOW_NAME`,
+//! `VAMP_WORKFLOW_EXECUTION_PERIOD` (seconds; 0 for a daemon or an event run) and
+//! `VAMP_WORKFLOW_EXECUTION_TIMEOUT`, then the breed's and the workflow's own variables.
+//!
+//! Statuses (`PUT /api/v1/workflows/<name>/status`): `starting` → `running` (event
+//! `workflows:<name>`, `scheduled`); `suspending` → the service is undeployed → `suspended`
+//! (`unscheduled`); `stopping` → undeployed and the workflow deleted (`unscheduled`);
+//! `restarting` → undeployed → `restarting/starting` → deployed → `running`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::error::Result;
+use crate::metrics::DynEventStore;
+use crate::model::*;
+use crate::node::Node;
+use crate::ops::controller::{Clock, SystemClock};
+use crate::persistence::{DynPersistenceStore, ListOptions, PersistenceExt};
+use crate::scheduler::{DeployOptions, DynContainerScheduler, ServiceId, ServiceSpec};
+
+/// What every run is told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkflowOptions {
+    /// The API's URL (`VAMP_URL`).
+    pub vamp_url: String,
+    /// The namespace (`VAMP_NAMESPACE`).
+    pub namespace: String,
+    /// How long a run may take (`VAMP_WORKFLOW_EXECUTION_TIMEOUT`, seconds).
+    pub execution_timeout_s: u64,
+}
+
+impl Default for WorkflowOptions {
+    fn default() -> Self {
+        Self {
+            vamp_url: "http://127.0.0.1:8080".into(),
+            namespace: "default".into(),
+            execution_timeout_s: 60,
+        }
+    }
+}
+
+/// The period of a time schedule in milliseconds (calendar parts as 365/30/1 days; an empty
+/// period is Vamp's `PT1S`).
+pub fn period_ms(p: &RepeatPeriod) -> i64 {
+    let days = p.period.map_or(0, |(y, m, d)| {
+        y.saturating_mul(365) + m.saturating_mul(30) + d
+    });
+    let seconds = days
+        .saturating_mul(86_400)
+        .saturating_add(p.duration.unwrap_or(0));
+    if seconds <= 0 {
+        1000
+    } else {
+        seconds.saturating_mul(1000)
+    }
+}
+
+/// The service id of a workflow's runs.
+pub fn service_id(w: &Workflow) -> ServiceId {
+    ServiceId::new("workflows", w.name.as_str(), w.breed.name())
+}
+
+/// What a run of `w` is given to the scheduler as.
+pub fn spec(w: &Workflow, options: &WorkflowOptions, period_s: i64) -> Option<ServiceSpec> {
+    let Ref::Inline(breed) = &w.breed else {
+        return None;
+    };
+    let mut spec = ServiceSpec::new(service_id(w), breed.deployable.clone()).with_instances(1);
+    for (k, v) in [
+        ("VAMP_URL", options.vamp_url.clone()),
+        ("VAMP_NAMESPACE", options.namespace.clone()),
+        ("VAMP_WORKFLOW_NAME", w.name.clone()),
+        ("VAMP_WORKFLOW_EXECUTION_PERIOD", period_s.to_string()),
+        (
+            "VAMP_WORKFLOW_EXECUTION_TIMEOUT",
+            options.execution_timeout_s.to_string(),
+        ),
+    ] {
+        spec = spec.with_env(k, v);
+    }
+    for e in breed
+        .environment_variables
+        .iter()
+        .chain(w.environment_variables.iter())
+    {
+        if let Some(v) = &e.value {
+            spec = spec.with_env(e.name.clone(), v.clone());
+        }
+    }
+    let scale = match &w.scale {
+        Some(Ref::Inline(s)) => Some(s.clone()),
+        _ => None,
+    };
+    spec.cpu = scale.as_ref().map_or(0.1, |s| s.cpu.0);
+    spec.memory_mb = scale.as_ref().map_or(64.0, |s| s.memory.0);
+    Some(spec)
+}
+
+fn event(name: &str, what: &str, now: i64) -> Event {
+    let mut e = Event::new(
+        vec![format!("workflows:{name}"), what.into()],
+        Node::Null,
+        "event",
+    );
+    e.version = Some("1.0".into());
+    e.timestamp = crate::time::format_epoch_millis(now);
+    e
+}
+
+/// What one pass did for one workflow.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkflowOutcome {
+    /// The workflow.
+    pub workflow: String,
+    /// Runs started (`run_once`).
+    pub runs: usize,
+    /// The status after the pass.
+    pub status: WorkflowStatus,
+    /// An error (retried next pass).
+    pub error: Option<String>,
+}
+
+#[derive(Default)]
+struct Timing {
+    /// Time runs made since the workflow started (this control plane's count).
+    runs: i64,
+    /// When the next time run is due.
+    next_ms: Option<i64>,
+    /// Where event runs have read events up to.
+    events_since: Option<i64>,
+}
+
+/// The workflow loop.
+pub struct WorkflowController {
+    persistence: Arc<DynPersistenceStore>,
+    scheduler: Arc<DynContainerScheduler>,
+    events: Arc<DynEventStore>,
+    clock: Arc<dyn Clock>,
+    options: WorkflowOptions,
+    timing: Mutex<BTreeMap<String, Timing>>,
+}
+
+impl fmt::Debug for WorkflowController {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkflowController")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkflowController {
+    /// A loop over the workflows in `persistence`, run on `scheduler`, triggered by and
+    /// reporting to `events`.
+    pub fn new(
+        persistence: Arc<DynPersistenceStore>,
+        scheduler: Arc<DynContainerScheduler>,
+        events: Arc<DynEventStore>,
+        options: WorkflowOptions,
+    ) -> Self {
+        Self {
+            persistence,
+            scheduler,
+            events,
+            clock: Arc::new(SystemClock),
+            options,
+            timing: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Uses `clock` for now.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    async fn set_status(
+        &self,
+        w: &Workflow,
+        version: crate::kv::Version,
+        status: WorkflowStatus,
+    ) -> Result<()> {
+        let mut updated = w.clone();
+        updated.status = status;
+        self.persistence.update(&updated, version).await.map(drop)
+    }
+
+    async fn running(&self, w: &Workflow, now: i64) -> Result<usize> {
+        let mut runs = 0;
+        match &w.schedule {
+            Schedule::Daemon => {
+                let spec = spec(w, &self.options, 0).ok_or_else(|| unresolved(w))?;
+                self.scheduler
+                    .deploy(spec, DeployOptions::default())
+                    .await?;
+            }
+            Schedule::Time {
+                period,
+                repeat,
+                start,
+            } => {
+                let every = period_ms(period);
+                let start = start
+                    .as_deref()
+                    .and_then(crate::time::parse_millis)
+                    .unwrap_or(now);
+                let due = {
+                    let mut timing = self.timing.lock();
+                    let t = timing.entry(w.name.clone()).or_default();
+                    let next = *t.next_ms.get_or_insert_with(|| {
+                        // The first run at the start, or the next multiple after it.
+                        if now <= start {
+                            start
+                        } else {
+                            start + ((now - start + every - 1) / every) * every
+                        }
+                    });
+                    let left = match repeat {
+                        Repeat::Forever => true,
+                        Repeat::Count(n) => t.runs < *n,
+                    };
+                    left && now >= next
+                };
+                if due {
+                    let s = spec(w, &self.options, every / 1000).ok_or_else(|| unresolved(w))?;
+                    self.scheduler.run_once(s).await?;
+                    runs += 1;
+                    let mut timing = self.timing.lock();
+                    let t = timing.entry(w.name.clone()).or_default();
+                    t.runs += 1;
+                    // The next run after now (a late pass does not run twice).
+                    let next = t.next_ms.unwrap_or(now);
+                    t.next_ms = Some(next + ((now - next) / every + 1) * every);
+                }
+            }
+            Schedule::Event { tags } => {
+                let since = {
+                    let mut timing = self.timing.lock();
+                    let t = timing.entry(w.name.clone()).or_default();
+                    *t.events_since.get_or_insert(now)
+                };
+                let q = EventQuery {
+                    tags: tags.clone(),
+                    event_type: None,
+                    timestamp: Some(TimeRange {
+                        lt: None,
+                        lte: Some(crate::time::format_epoch_millis(now)),
+                        gt: Some(crate::time::format_epoch_millis(since)),
+                        gte: None,
+                    }),
+                    aggregator: None,
+                };
+                let mut found = self.events.query(&q, ListOptions::all()).await?;
+                found.reverse(); // oldest first
+                for e in &found {
+                    let json = crate::dsl::to_node(&crate::dsl::AnyArtifact::Event(e.clone()))
+                        .to_json()
+                        .to_string();
+                    let s = spec(w, &self.options, 0)
+                        .ok_or_else(|| unresolved(w))?
+                        .with_env("VAMP_WORKFLOW_EVENT", json);
+                    self.scheduler.run_once(s).await?;
+                    runs += 1;
+                }
+                self.timing
+                    .lock()
+                    .entry(w.name.clone())
+                    .or_default()
+                    .events_since = Some(now);
+            }
+        }
+        Ok(runs)
+    }
+
+    async fn step(&self, stored: crate::kv::Versioned<Workflow>, now: i64) -> WorkflowOutcome {
+        let w = stored.value;
+        let mut outcome = WorkflowOutcome {
+            workflow: w.name.clone(),
+            runs: 0,
+            status: w.status,
+            error: None,
+        };
+        let result: Result<()> = async {
+            match &w.status {
+                WorkflowStatus::Starting
+                | WorkflowStatus::Running
+                | WorkflowStatus::Restarting(Some(RestartingPhase::Starting)) => {
+                    outcome.runs = self.running(&w, now).await?;
+                    if w.status != WorkflowStatus::Running {
+                        self.set_status(&w, stored.version, WorkflowStatus::Running)
+                            .await?;
+                        self.events
+                            .publish(event(&w.name, "scheduled", now))
+                            .await?;
+                        outcome.status = WorkflowStatus::Running;
+                    }
+                }
+                WorkflowStatus::Suspending => {
+                    self.scheduler.undeploy(&service_id(&w)).await?;
+                    self.timing.lock().remove(&w.name);
+                    self.set_status(&w, stored.version, WorkflowStatus::Suspended)
+                        .await?;
+                    self.events
+                        .publish(event(&w.name, "unscheduled", now))
+                        .await?;
+                    outcome.status = WorkflowStatus::Suspended;
+                }
+                WorkflowStatus::Stopping => {
+                    self.scheduler.undeploy(&service_id(&w)).await?;
+                    self.timing.lock().remove(&w.name);
+                    self.persistence
+                        .remove::<Workflow>(&w.name, Some(stored.version))
+                        .await?;
+                    self.events
+                        .publish(event(&w.name, "unscheduled", now))
+                        .await?;
+                }
+                WorkflowStatus::Restarting(None)
+                | WorkflowStatus::Restarting(Some(RestartingPhase::Stopping)) => {
+                    self.scheduler.undeploy(&service_id(&w)).await?;
+                    self.timing.lock().remove(&w.name);
+                    let next = WorkflowStatus::Restarting(Some(RestartingPhase::Starting));
+                    self.set_status(&w, stored.version, next).await?;
+                    outcome.status = next;
+                }
+                WorkflowStatus::Suspended => {}
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            outcome.error = Some(e.to_string());
+        }
+        outcome
+    }
+
+    /// One pass over every workflow.
+    ///
+    /// # Errors
+    /// The workflows could not be read.
+    pub async fn tick(&self) -> Result<Vec<WorkflowOutcome>> {
+        let now = self.clock.now_millis();
+        let mut out = Vec::new();
+        for stored in self.persistence.list_all::<Workflow>().await? {
+            out.push(self.step(stored, now).await);
+        }
+        Ok(out)
+    }
+
+    /// Runs passes every `period` until `shutdown` completes.
+    pub async fn run(&self, period: Duration, shutdown: impl std::future::Future<Output = ()>) {
+        crate::rt::every(period, shutdown, || async {
+            let _ = self.tick().await;
+        })
+        .await;
+    }
+}
+
+fn unresolved(w: &Workflow) -> crate::error::Error {
+    crate::error::Error::Invalid {
+        what: "workflow",
+        value: w.name.clone(),
+        reason: format!(
+            "its breed '{}' is a reference: give the breed inline",
+            w.breed.name()
+        ),
+    }
+}

@@ -1,0 +1,195 @@
+//! Workflows on the deterministic harness: in-memory store, events and scheduler (which
+//! records one-shot runs), a manual clock, one pass at a time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use vamp_core::dsl::{AnyArtifact, read_str};
+use vamp_core::memory::{InMemoryMetrics, InMemoryPersistence, InMemoryScheduler};
+use vamp_core::metrics::EventStore;
+use vamp_core::model::*;
+use vamp_core::node::Node;
+use vamp_core::ops::controller::ManualClock;
+use vamp_core::ops::workflow::{WorkflowController, WorkflowOptions, service_id};
+use vamp_core::persistence::PersistenceExt;
+use vamp_core::scheduler::ContainerScheduler;
+
+const T0: i64 = 1_800_000_000_000;
+
+struct Harness {
+    store: Arc<InMemoryPersistence>,
+    scheduler: Arc<InMemoryScheduler>,
+    events: Arc<InMemoryMetrics>,
+    clock: ManualClock,
+    workflows: WorkflowController,
+}
+
+fn workflow(schedule: &str) -> Workflow {
+    let yaml = format!(
+        "name: tick\nbreed:\n  name: tick\n  deployable: command://echo tick\n  environment_variables: {{GREETING: hello}}\nschedule:\n{schedule}"
+    );
+    match read_str(&yaml, Some(ArtifactKind::Workflow))
+        .unwrap()
+        .remove(0)
+    {
+        AnyArtifact::Workflow(w) => w,
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn harness(schedule: &str) -> Harness {
+    let store = Arc::new(InMemoryPersistence::new());
+    let scheduler = Arc::new(InMemoryScheduler::new());
+    let clock = ManualClock::new(T0);
+    let c = clock.clone();
+    let events = Arc::new(InMemoryMetrics::with_clock(move || c.now()));
+    store.create(&workflow(schedule)).await.unwrap();
+    let workflows = WorkflowController::new(
+        Arc::clone(&store) as _,
+        Arc::clone(&scheduler) as _,
+        Arc::clone(&events) as _,
+        WorkflowOptions::default(),
+    )
+    .with_clock(Arc::new(clock.clone()));
+    Harness {
+        store,
+        scheduler,
+        events,
+        clock,
+        workflows,
+    }
+}
+
+impl Harness {
+    async fn pass(&self) -> usize {
+        let out = self.workflows.tick().await.unwrap();
+        out.iter()
+            .map(|o| {
+                assert_eq!(o.error, None, "{o:?}");
+                o.runs
+            })
+            .sum()
+    }
+
+    async fn status(&self) -> Option<WorkflowStatus> {
+        self.store
+            .get::<Workflow>("tick")
+            .await
+            .unwrap()
+            .map(|w| w.value.status)
+    }
+
+    async fn set_status(&self, status: WorkflowStatus) {
+        let v = self.store.get::<Workflow>("tick").await.unwrap().unwrap();
+        let mut w = v.value;
+        w.status = status;
+        self.store.update(&w, v.version).await.unwrap();
+    }
+
+    /// Passes every second for `seconds`: the runs started.
+    async fn run_for(&self, seconds: u64) -> usize {
+        let mut runs = 0;
+        for _ in 0..seconds {
+            self.clock.advance(Duration::from_secs(1));
+            runs += self.pass().await;
+        }
+        runs
+    }
+}
+
+#[tokio::test]
+async fn a_time_workflow_runs_the_expected_number_of_times_in_a_window() {
+    let h = harness("  time: {period: PT10S, repeat: 3}\n").await;
+    assert_eq!(h.pass().await, 1, "the first run at the start");
+    assert_eq!(h.status().await, Some(WorkflowStatus::Running));
+    assert_eq!(h.run_for(9).await, 0);
+    assert_eq!(h.run_for(1).await, 1, "10 s later");
+    assert_eq!(h.run_for(60).await, 1, "the third and last");
+    let runs = h.scheduler.runs();
+    assert_eq!(runs.len(), 3);
+    let env = &runs[0].environment;
+    assert_eq!(env["VAMP_WORKFLOW_EXECUTION_PERIOD"], "10");
+    assert_eq!(env["VAMP_WORKFLOW_NAME"], "tick");
+    assert_eq!(env["GREETING"], "hello");
+    assert!(env.contains_key("VAMP_URL"));
+
+    let forever = harness("  time: {period: PT10S}\n").await;
+    forever.pass().await;
+    assert_eq!(forever.run_for(60).await, 6, "at 10, 20, … 60 s");
+    // A late pass runs once, not once per missed period.
+    forever.clock.advance(Duration::from_secs(35));
+    assert_eq!(forever.pass().await, 1);
+    assert_eq!(forever.run_for(4).await, 0, "the next at 100 s");
+    assert_eq!(forever.run_for(1).await, 1);
+}
+
+#[tokio::test]
+async fn a_time_workflow_waits_for_its_start() {
+    let start = vamp_core::time::format_epoch_millis(T0 + 30_000);
+    let h = harness(&format!(
+        "  time: {{period: PT10S, repeat: 2, start: '{start}'}}\n"
+    ))
+    .await;
+    assert_eq!(h.pass().await, 0);
+    assert_eq!(h.run_for(29).await, 0);
+    assert_eq!(h.run_for(1).await, 1, "at the start");
+    assert_eq!(h.run_for(30).await, 1);
+}
+
+#[tokio::test]
+async fn an_event_workflow_runs_once_per_matching_event() {
+    let h = harness("  event: {tags: [deploy, 'team:web']}\n").await;
+    assert_eq!(h.pass().await, 0);
+    let publish = async |tags: &[&str], value: i64| {
+        let mut e = Event::new(
+            tags.iter().map(|t| (*t).to_owned()).collect(),
+            Node::Int(value),
+            "event",
+        );
+        e.timestamp = vamp_core::time::format_epoch_millis(h.clock.now());
+        h.events.publish(e).await.unwrap();
+    };
+    h.clock.advance(Duration::from_secs(1));
+    publish(&["deploy", "team:web"], 1).await;
+    publish(&["deploy"], 2).await; // not every tag
+    publish(&["deploy", "team:web", "extra"], 3).await;
+    assert_eq!(h.pass().await, 2);
+    assert_eq!(h.run_for(5).await, 0, "each event once");
+    let runs = h.scheduler.runs();
+    assert!(
+        runs[0].environment["VAMP_WORKFLOW_EVENT"].contains("\"value\":1"),
+        "{:?}",
+        runs[0].environment
+    );
+    assert!(runs[1].environment["VAMP_WORKFLOW_EVENT"].contains("\"value\":3"));
+}
+
+#[tokio::test]
+async fn a_daemon_is_deployed_suspended_restarted_and_stopped() {
+    let h = harness("  daemon\n").await;
+    h.pass().await;
+    let id = service_id(&workflow("  daemon\n"));
+    let deployed = h.scheduler.service(&id).await.unwrap().expect("deployed");
+    assert_eq!(
+        deployed.spec.environment["VAMP_WORKFLOW_EXECUTION_PERIOD"],
+        "0"
+    );
+    assert_eq!(h.status().await, Some(WorkflowStatus::Running));
+    h.set_status(WorkflowStatus::Suspending).await;
+    h.pass().await;
+    assert_eq!(h.status().await, Some(WorkflowStatus::Suspended));
+    assert!(h.scheduler.service(&id).await.unwrap().is_none());
+    h.set_status(WorkflowStatus::Restarting(None)).await;
+    h.pass().await;
+    assert_eq!(
+        h.status().await,
+        Some(WorkflowStatus::Restarting(Some(RestartingPhase::Starting)))
+    );
+    h.pass().await;
+    assert_eq!(h.status().await, Some(WorkflowStatus::Running));
+    assert!(h.scheduler.service(&id).await.unwrap().is_some());
+    h.set_status(WorkflowStatus::Stopping).await;
+    h.pass().await;
+    assert_eq!(h.status().await, None, "a stopped workflow is deleted");
+    assert!(h.scheduler.service(&id).await.unwrap().is_none());
+}
