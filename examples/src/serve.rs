@@ -373,6 +373,28 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         .await
         .map_err(|e| format!("listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    // Workflows run on the scheduler, told where the API is.
+    let mut workflow_options = vamp_core::ops::workflow::WorkflowOptions::default();
+    workflow_options.vamp_url = format!("http://{addr}");
+    workflow_options.namespace = config.namespace.clone();
+    // Vamp gave workflows the key-value store's settings (they are the operator's own code;
+    // an in-memory store is not reachable from another process).
+    if !kv_url.starts_with("memory:") {
+        workflow_options
+            .environment
+            .insert("VAMP_KEY_VALUE_STORE_URL".into(), kv_url.clone());
+    }
+    let workflows = vamp_core::ops::workflow::WorkflowController::new(
+        Arc::clone(&persistence),
+        Arc::clone(&scheduler),
+        Arc::clone(&events),
+        workflow_options,
+    );
+    tasks.push(tokio::spawn({
+        let stop = until_stopped(stopped.clone());
+        let period = Duration::from_millis(config.period_ms.max(10));
+        async move { workflows.run(period, stop).await }
+    }));
     let router = api.router();
     tasks.push(tokio::spawn({
         let stop = until_stopped(stopped.clone());

@@ -599,10 +599,11 @@ async fn events_health_metrics_info_config_and_workflow_status() {
         "name: tick\nbreed:\n  name: tick\n  deployable: command://echo tick\nschedule: daemon\n";
     let a = http.send(Method::POST, "/api/v1/workflows", wf).await;
     assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
-    assert_eq!(
-        http.get("/api/v1/workflows/tick/status").await.json(),
-        "starting"
-    );
+    // The workflow loop starts it: starting, then running.
+    support::eventually("the workflow runs", Duration::from_secs(30), async || {
+        (http.get("/api/v1/workflows/tick/status").await.json() == "running").then_some(())
+    })
+    .await;
     let a = http
         .call(
             Method::PUT,
@@ -613,10 +614,15 @@ async fn events_health_metrics_info_config_and_workflow_status() {
         )
         .await;
     assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
-    assert_eq!(
-        http.get("/api/v1/workflows/tick/status").await.json(),
-        "suspending"
-    );
+    // The loop undeploys it: suspending, then suspended.
+    support::eventually(
+        "the workflow is suspended",
+        Duration::from_secs(30),
+        async || {
+            (http.get("/api/v1/workflows/tick/status").await.json() == "suspended").then_some(())
+        },
+    )
+    .await;
     let a = http
         .call(
             Method::PUT,

@@ -547,3 +547,116 @@ async fn ports_return_to_the_range_when_their_instances_stop() {
     })
     .await;
 }
+
+/// A one-shot run runs once (not restarted) and its directory goes when it exits; a
+/// JavaScript deployable runs with node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_shot_run_runs_once_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.txt");
+    let scheduler = LocalScheduler::new(dir.path().join("work")).unwrap();
+    let spec = ServiceSpec::new(
+        ServiceId::new("workflows", "once", "once"),
+        command("echo ran >> \"$OUT\""),
+    )
+    .with_env("OUT", out.display().to_string());
+    scheduler.run_once(spec).await.unwrap();
+    let work = dir.path().join("work");
+    eventually("the run finished and its directory is gone", async || {
+        let left = std::fs::read_dir(&work).ok()?.count();
+        (left == 0 && out.exists()).then_some(())
+    })
+    .await;
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "ran\n");
+    if std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        let js = ServiceSpec::new(
+            ServiceId::new("workflows", "js", "js"),
+            Deployable {
+                deployable_type: Some("application/javascript".into()),
+                definition: "require('fs').appendFileSync(process.env.OUT, 'js ' + process.env.VAMP_INSTANCE + '\\n')".into(),
+            },
+        )
+        .with_env("OUT", out.display().to_string());
+        scheduler.run_once(js).await.unwrap();
+        let text = eventually("the script ran", async || {
+            let t = std::fs::read_to_string(&out).ok()?;
+            t.contains("js ").then_some(t)
+        })
+        .await;
+        assert!(text.contains("js workflows-js-js-"), "{text}");
+    }
+}
+
+/// Workflows on local processes: a time workflow runs its three times, a daemon that dies is
+/// started again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflows_run_on_local_processes() {
+    use std::sync::Arc;
+    use vamp_core::dsl::{AnyArtifact, read_str};
+    use vamp_core::memory::{InMemoryMetrics, InMemoryPersistence};
+    use vamp_core::model::{ArtifactKind, Workflow};
+    use vamp_core::ops::workflow::{WorkflowController, WorkflowOptions};
+    use vamp_core::persistence::PersistenceExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ticks = dir.path().join("ticks.txt");
+    let pids = dir.path().join("pids.txt");
+    let store = Arc::new(InMemoryPersistence::new());
+    let workflow = |yaml: String| match read_str(&yaml, Some(ArtifactKind::Workflow))
+        .unwrap()
+        .remove(0)
+    {
+        AnyArtifact::Workflow(w) => w,
+        other => panic!("{other:?}"),
+    };
+    let timed: Workflow = workflow(format!(
+        "name: tick\nbreed:\n  name: tick\n  deployable: {{type: command, definition: 'echo tick >> {}'}}\nschedule:\n  time: {{period: PT1S, repeat: 3}}\n",
+        ticks.display()
+    ));
+    let daemon: Workflow = workflow(format!(
+        "name: keeper\nbreed:\n  name: keeper\n  deployable: {{type: command, definition: 'echo $$ >> {}; exec sleep 600'}}\nschedule: daemon\n",
+        pids.display()
+    ));
+    store.create(&timed).await.unwrap();
+    store.create(&daemon).await.unwrap();
+    let scheduler = Arc::new(LocalScheduler::new(dir.path().join("work")).unwrap());
+    let workflows = WorkflowController::new(
+        Arc::clone(&store) as _,
+        Arc::clone(&scheduler) as _,
+        Arc::new(InMemoryMetrics::new()) as _,
+        WorkflowOptions::default(),
+    );
+    let lines = |p: &Path| {
+        std::fs::read_to_string(p)
+            .map(|t| t.lines().map(str::to_owned).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    eventually("three ticks and a daemon", async || {
+        for o in workflows.tick().await.unwrap() {
+            assert_eq!(o.error, None, "{o:?}");
+        }
+        (lines(&ticks).len() >= 3 && lines(&pids).len() == 1).then_some(())
+    })
+    .await;
+    // Passes go on: still three ticks (repeat: 3), and the daemon is not deployed again.
+    for _ in 0..3 {
+        workflows.tick().await.unwrap();
+    }
+    assert_eq!(lines(&ticks).len(), 3);
+    let first = lines(&pids)[0].clone();
+    assert!(alive(&first));
+    std::process::Command::new("kill")
+        .args(["-9", first.trim()])
+        .status()
+        .unwrap();
+    let restarted = eventually("the daemon is started again", async || {
+        let p = lines(&pids);
+        (p.len() == 2).then(|| p[1].clone())
+    })
+    .await;
+    assert_ne!(restarted, first);
+    assert!(alive(&restarted));
+}

@@ -44,11 +44,15 @@ async fn harness(schedule: &str) -> Harness {
     let c = clock.clone();
     let events = Arc::new(InMemoryMetrics::with_clock(move || c.now()));
     store.create(&workflow(schedule)).await.unwrap();
+    let mut options = WorkflowOptions::default();
+    options
+        .environment
+        .insert("VAMP_KEY_VALUE_STORE_URL".into(), "etcd://etcd:2379".into());
     let workflows = WorkflowController::new(
         Arc::clone(&store) as _,
         Arc::clone(&scheduler) as _,
         Arc::clone(&events) as _,
-        WorkflowOptions::default(),
+        options,
     )
     .with_clock(Arc::new(clock.clone()));
     Harness {
@@ -112,6 +116,7 @@ async fn a_time_workflow_runs_the_expected_number_of_times_in_a_window() {
     assert_eq!(env["VAMP_WORKFLOW_NAME"], "tick");
     assert_eq!(env["GREETING"], "hello");
     assert!(env.contains_key("VAMP_URL"));
+    assert_eq!(env["VAMP_KEY_VALUE_STORE_URL"], "etcd://etcd:2379");
 
     let forever = harness("  time: {period: PT10S}\n").await;
     forever.pass().await;

@@ -73,7 +73,26 @@ use vamp_core::model::HealthCheck;
 use vamp_core::scheduler::*;
 
 /// The deployable types this scheduler runs.
-pub const DEPLOYABLE_TYPES: [&str; 4] = ["command", "cmd", "process", "shell"];
+pub const DEPLOYABLE_TYPES: [&str; 5] = [
+    "command",
+    "cmd",
+    "process",
+    "shell",
+    "application/javascript",
+];
+
+/// Whether `program` is an executable on the `PATH`.
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| {
+            let candidate = dir.join(program);
+            std::fs::metadata(&candidate).is_ok_and(|m| {
+                m.is_file()
+                    && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+            })
+        })
+    })
+}
 
 /// A [`ContainerScheduler`] running each instance as a local process. Cloning shares the
 /// scheduler; when the last clone is dropped, every process is stopped.
@@ -528,6 +547,13 @@ impl LocalScheduler {
                 ),
             });
         }
+        if kind == "application/javascript" && !on_path("node") {
+            return Err(Error::Invalid {
+                what: "deployable",
+                value: spec.id.to_string(),
+                reason: "an application/javascript breed runs with node, which is not installed here (Debian: apt-get install nodejs)".into(),
+            });
+        }
         if spec.deployable.definition.trim().is_empty() {
             return Err(Error::Invalid {
                 what: "deployable",
@@ -676,7 +702,9 @@ impl Supervisor {
             .create(true)
             .append(true)
             .open(self.dir.join("output.log"))?;
-        let mut cmd = Command::new("sh");
+        let javascript =
+            self.spec.deployable.deployable_type.as_deref() == Some("application/javascript");
+        let mut cmd = Command::new(if javascript { "node" } else { "sh" });
         // Only what Vamp defines, the spec's environment and the allow-list: never the
         // control plane's whole environment (its database and key-value store credentials).
         cmd.env_clear();
@@ -685,7 +713,7 @@ impl Supervisor {
                 cmd.env(name, value);
             }
         }
-        cmd.arg("-c")
+        cmd.arg(if javascript { "-e" } else { "-c" })
             .arg(&self.spec.deployable.definition)
             .current_dir(&self.dir)
             .stdin(Stdio::null())
@@ -1027,6 +1055,56 @@ impl ContainerScheduler for LocalScheduler {
         rx.boxed()
     }
 
+    /// Runs `spec` once as a process of its own (not restarted), in a directory that is
+    /// removed, and with ports that are given back, when it exits.
+    async fn run_once(&self, spec: ServiceSpec) -> Result<(), Error> {
+        let spec = spec.normalized()?.with_instances(1);
+        self.check_spec(&spec)?;
+        let first = Self::reserve_numbers(&mut self.state(), 1);
+        let prepared = self
+            .prepare(&spec, first, 1)?
+            .pop()
+            .expect("one instance prepared");
+        let runner = Supervisor {
+            scheduler: Arc::downgrade(&self.inner),
+            inherit: self.inner.inherit.clone(),
+            id: spec.id.clone(),
+            name: prepared.name,
+            dir: prepared.dir,
+            spec,
+            ports: prepared.ports,
+        };
+        let mut child = match runner.command().and_then(|mut c| c.spawn()) {
+            Ok(c) => c,
+            Err(e) => {
+                self.inner.release_ports(&runner.ports);
+                let _ = std::fs::remove_dir_all(&runner.dir);
+                return Err(Error::Backend {
+                    backend: self.inner.label.clone(),
+                    source: Box::new(e),
+                });
+            }
+        };
+        if let Some(pid) = child.id()
+            && let Some(t) = start_time(pid)
+        {
+            let _ = std::fs::write(runner.dir.join(PID_FILE), format!("{pid} {t}\n"));
+        }
+        let pgid = child.id();
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+            // Leftover children of the command.
+            if let Some(pgid) = pgid {
+                signal_group(pgid, "KILL").await;
+            }
+            if let Some(inner) = runner.scheduler.upgrade() {
+                inner.release_ports(&runner.ports);
+            }
+            let _ = std::fs::remove_dir_all(&runner.dir);
+        });
+        Ok(())
+    }
+
     fn capabilities(&self) -> SchedulerCapabilities {
         let mut caps = SchedulerCapabilities::default();
         caps.scale = true;
@@ -1041,6 +1119,12 @@ impl ContainerScheduler for LocalScheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn programs_are_found_on_the_path() {
+        assert!(on_path("sh"));
+        assert!(!on_path("vamp-no-such-program-on-any-path"));
+    }
 
     #[test]
     fn port_names_become_environment_names() {

@@ -13,7 +13,8 @@
 //!
 //! Every run gets `VAMP_URL`, `VAMP_NAMESPACE`, `VAMP_WORKFLOW_NAME`,
 //! `VAMP_WORKFLOW_EXECUTION_PERIOD` (seconds; 0 for a daemon or an event run) and
-//! `VAMP_WORKFLOW_EXECUTION_TIMEOUT`, then the breed's and the workflow's own variables.
+//! `VAMP_WORKFLOW_EXECUTION_TIMEOUT`, then [`WorkflowOptions::environment`] (the key-value
+//! store's settings, as Vamp passed them), then the breed's and the workflow's own variables.
 //!
 //! Statuses (`PUT /api/v1/workflows/<name>/status`): `starting` → `running` (event
 //! `workflows:<name>`, `scheduled`); `suspending` → the service is undeployed → `suspended`
@@ -45,6 +46,9 @@ pub struct WorkflowOptions {
     pub namespace: String,
     /// How long a run may take (`VAMP_WORKFLOW_EXECUTION_TIMEOUT`, seconds).
     pub execution_timeout_s: u64,
+    /// More variables every run gets (the key-value store's and the metrics store's
+    /// settings, as Vamp passed them), before the breed's and the workflow's own.
+    pub environment: BTreeMap<String, String>,
 }
 
 impl Default for WorkflowOptions {
@@ -53,6 +57,7 @@ impl Default for WorkflowOptions {
             vamp_url: "http://127.0.0.1:8080".into(),
             namespace: "default".into(),
             execution_timeout_s: 60,
+            environment: BTreeMap::new(),
         }
     }
 }
@@ -95,6 +100,9 @@ pub fn spec(w: &Workflow, options: &WorkflowOptions, period_s: i64) -> Option<Se
         ),
     ] {
         spec = spec.with_env(k, v);
+    }
+    for (k, v) in &options.environment {
+        spec = spec.with_env(k.clone(), v.clone());
     }
     for e in breed
         .environment_variables
