@@ -4,7 +4,7 @@
 //!
 //! * `daemon`: a scheduler service (`workflows/<name>/<breed>`, one instance) that the
 //!   scheduler restarts when it dies.
-//! * `time` (`period`, `repeat`, `start`): one run ([`ContainerScheduler::run_once`]) at
+//! * `time` (`period`, `repeat`, `start`): one run ([`ContainerScheduler::run_once`](crate::scheduler::ContainerScheduler::run_once)) at
 //!   `start` (or when the workflow starts) and every `period` after, `repeat` times (or
 //!   forever). Runs that fell due while the control plane was down are not made up: after a
 //!   restart the next run is the next multiple of the period.
