@@ -414,6 +414,27 @@ impl IntoResponse for ApiError {
 
 type ApiResult = Result<Response, ApiError>;
 
+/// How often a write that lost a race with another writer is planned and tried again.
+const CONFLICT_RETRIES: usize = 5;
+
+/// Evaluates `write` again when it lost a race with another writer (a 409: the reconcile
+/// loop stores statuses while a request plans from what it read); every attempt reads and
+/// plans anew, so the request applies to the newest state. (A macro: an async closure here
+/// would not be `Send`.)
+macro_rules! retrying {
+    ($write:expr) => {{
+        let mut attempt = 0;
+        loop {
+            match $write {
+                Err(e) if e.status == StatusCode::CONFLICT && attempt < CONFLICT_RETRIES => {
+                    attempt += 1;
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+
 /// A body in the asked format.
 fn body(status: StatusCode, format: Format, value: &serde_json::Value) -> Response {
     match format {
@@ -732,8 +753,21 @@ impl Api {
     }
 
     /// Plans and (unless `validate_only`) stores a create or update of `artifact`; returns
-    /// what was (or would be) stored last: the artifact itself.
+    /// what was (or would be) stored last: the artifact itself. Planned again when another
+    /// writer won.
     async fn put_artifact(
+        &self,
+        artifact: AnyArtifact,
+        validate_only: bool,
+        creating: bool,
+    ) -> Result<AnyArtifact, ApiError> {
+        retrying!(
+            self.put_artifact_once(artifact.clone(), validate_only, creating)
+                .await
+        )
+    }
+
+    async fn put_artifact_once(
         &self,
         artifact: AnyArtifact,
         validate_only: bool,
@@ -1015,8 +1049,17 @@ impl Api {
     }
 
     /// Merges `blueprint` into the deployment `name` and (unless `validate_only`) stores it
-    /// with the blueprint's new inline breeds.
+    /// with the blueprint's new inline breeds; planned again when another writer won.
     async fn deploy(
+        &self,
+        name: Option<&str>,
+        blueprint: &DefaultBlueprint,
+        validate_only: bool,
+    ) -> Result<(Deployment, Vec<DefaultBreed>), ApiError> {
+        retrying!(self.deploy_once(name, blueprint, validate_only).await)
+    }
+
+    async fn deploy_once(
         &self,
         name: Option<&str>,
         blueprint: &DefaultBlueprint,
@@ -1084,8 +1127,18 @@ impl Api {
         Ok((merged.deployment, merged.new_breeds))
     }
 
-    /// Slices `blueprint`'s services out of the deployment `name`.
+    /// Slices `blueprint`'s services out of the deployment `name` (planned again when
+    /// another writer won).
     async fn slice(
+        &self,
+        name: &str,
+        blueprint: &DefaultBlueprint,
+        validate_only: bool,
+    ) -> Result<Deployment, ApiError> {
+        retrying!(self.slice_once(name, blueprint, validate_only).await)
+    }
+
+    async fn slice_once(
         &self,
         name: &str,
         blueprint: &DefaultBlueprint,
@@ -1267,6 +1320,15 @@ async fn get_sla(
 }
 
 async fn set_sla(api: &Api, d: &str, c: &str, sla: Option<Sla>) -> Result<Deployment, ApiError> {
+    retrying!(set_sla_once(api, d, c, sla.clone()).await)
+}
+
+async fn set_sla_once(
+    api: &Api,
+    d: &str,
+    c: &str,
+    sla: Option<Sla>,
+) -> Result<Deployment, ApiError> {
     let existing = api.deployment(d).await?.ok_or_else(ApiError::not_found)?;
     let updated = vamp_core::ops::deploy::set_sla(&existing.value, c, sla)?;
     api.persistence.update(&updated, existing.version).await?;
@@ -1378,10 +1440,17 @@ async fn put_scale(
         )?
     };
     let _write = api.writes.lock().await;
-    let existing = api.deployment(&d).await?.ok_or_else(ApiError::not_found)?;
-    let updated =
-        vamp_core::ops::deploy::scale(&existing.value, &c, &s, scale.clone(), Api::now())?;
-    api.persistence.update(&updated, existing.version).await?;
+    let scaled: Result<(), ApiError> = retrying!(
+        async {
+            let existing = api.deployment(&d).await?.ok_or_else(ApiError::not_found)?;
+            let updated =
+                vamp_core::ops::deploy::scale(&existing.value, &c, &s, scale.clone(), Api::now())?;
+            api.persistence.update(&updated, existing.version).await?;
+            Ok::<(), ApiError>(())
+        }
+        .await
+    );
+    scaled?;
     api.publish(
         vec![
             format!("deployment-service-scales:{d}"),
@@ -2183,4 +2252,154 @@ fn nest(flat: &BTreeMap<String, serde_json::Value>) -> serde_json::Value {
         node.insert(parts[parts.len() - 1].to_owned(), value.clone());
     }
     serde_json::Value::Object(root)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures_util::stream::BoxStream;
+    use vamp_core::memory::{InMemoryMetrics, InMemoryPersistence, InMemoryScheduler};
+    use vamp_core::persistence::{
+        ArtifactRecord, ChangeOptions, PersistenceCapabilities, PersistenceStore,
+    };
+
+    use super::*;
+
+    /// A store whose next `n` versioned deployment writes lose to "another writer".
+    #[derive(Debug, Default)]
+    struct Contended {
+        inner: InMemoryPersistence,
+        conflicts: AtomicUsize,
+    }
+
+    impl std::fmt::Display for Contended {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Contended")
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl PersistenceStore for Contended {
+        async fn read(
+            &self,
+            kind: ArtifactKind,
+            name: &str,
+        ) -> vamp_core::Result<Option<ArtifactRecord>> {
+            self.inner.read(kind, name).await
+        }
+        async fn write(
+            &self,
+            writes: Vec<ArtifactWrite>,
+        ) -> vamp_core::Result<Vec<Option<vamp_core::kv::Version>>> {
+            let versioned = writes.iter().any(|w| {
+                w.kind == ArtifactKind::Deployment
+                    && matches!(
+                        w.op,
+                        WriteOp::Put {
+                            mode: PutMode::Update(_),
+                            ..
+                        }
+                    )
+            });
+            if versioned
+                && self
+                    .conflicts
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
+            {
+                return Err(vamp_core::Error::Conflict {
+                    backend: "Contended".into(),
+                    key: "deployments/sava".into(),
+                    expected: 1,
+                    found: Some(2),
+                });
+            }
+            self.inner.write(writes).await
+        }
+        async fn list(
+            &self,
+            kind: ArtifactKind,
+            opts: ListOptions,
+        ) -> vamp_core::Result<Vec<ArtifactRecord>> {
+            self.inner.list(kind, opts).await
+        }
+        async fn history(
+            &self,
+            kind: ArtifactKind,
+            name: &str,
+        ) -> vamp_core::Result<Vec<ArtifactRecord>> {
+            self.inner.history(kind, name).await
+        }
+        fn changes(
+            &self,
+            opts: ChangeOptions,
+        ) -> BoxStream<'static, vamp_core::Result<ArtifactRecord>> {
+            self.inner.changes(opts)
+        }
+        fn capabilities(&self) -> PersistenceCapabilities {
+            self.inner.capabilities()
+        }
+    }
+
+    const V1: &str = "name: sava\nclusters:\n  sava:\n    breed: {name: 'sava:1.0', deployable: sava, ports: {webport: 8080/http}}\n";
+
+    /// A merge that loses a race with another writer (the reconcile loop storing statuses) is
+    /// planned again from the newest deployment instead of failing with a 409; only a store
+    /// that keeps losing makes it fail.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_merge_that_loses_a_race_is_planned_again() {
+        let store = Arc::new(Contended::default());
+        let api = Arc::new(Api::new(
+            Arc::clone(&store) as _,
+            Arc::new(InMemoryMetrics::new()) as _,
+            Arc::new(InMemoryScheduler::new()) as _,
+            ApiOptions::default(),
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, api.router()).await });
+        let client = reqwest::Client::new();
+        let send = async |method: reqwest::Method, path: &str, body: String| {
+            client
+                .request(method, format!("http://{addr}/api/v1{path}"))
+                .header("Accept", "application/json")
+                .header("Content-Type", "application/x-yaml")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+        };
+        let r = send(reqwest::Method::POST, "/deployments", V1.into()).await;
+        assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
+        store.conflicts.store(2, Ordering::SeqCst);
+        let r = send(
+            reqwest::Method::PUT,
+            "/deployments/sava",
+            V1.replace("sava:1.0", "sava:1.1"),
+        )
+        .await;
+        assert_eq!(
+            r.status(),
+            reqwest::StatusCode::ACCEPTED,
+            "{}",
+            r.text().await.unwrap()
+        );
+        let d = store
+            .inner
+            .get::<Deployment>("sava")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.value.clusters[0].services.len(), 2);
+        store.conflicts.store(100, Ordering::SeqCst);
+        let r = send(
+            reqwest::Method::PUT,
+            "/deployments/sava",
+            V1.replace("sava:1.0", "sava:1.2"),
+        )
+        .await;
+        assert_eq!(r.status(), reqwest::StatusCode::CONFLICT);
+        server.abort();
+    }
 }
