@@ -893,7 +893,7 @@ impl Api {
         Ok(existed)
     }
 
-    /// A breed a stored blueprint or deployment uses, or a blueprint... cannot be deleted.
+    /// A breed that a stored blueprint or a deployed service uses cannot be deleted.
     async fn check_unused(&self, kind: ArtifactKind, name: &str) -> Result<(), ApiError> {
         if kind != ArtifactKind::Breed {
             return Ok(());
@@ -970,18 +970,16 @@ async fn update_kind(
         .is_some_and(|v| v.starts_with("application/javascript"));
     let artifact = if javascript && kind == ArtifactKind::Breed {
         // A JavaScript breed: the body is the script (Vamp's workflows ran them).
-        let mut breed = Node::Map(Default::default());
-        if let Node::Map(m) = &mut breed {
-            m.insert("name".into(), Node::Str(name.clone()));
-            let mut deployable = vamp_core::node::Map::new();
-            deployable.insert("type".into(), Node::Str("application/javascript".into()));
-            deployable.insert(
-                "definition".into(),
-                Node::Str(String::from_utf8_lossy(&bytes).into_owned()),
-            );
-            m.insert("deployable".into(), Node::Map(deployable));
-        }
-        read_node(breed, Some(ArtifactKind::Breed))?
+        let mut deployable = vamp_core::node::Map::new();
+        deployable.insert("type".into(), Node::Str("application/javascript".into()));
+        deployable.insert(
+            "definition".into(),
+            Node::Str(String::from_utf8_lossy(&bytes).into_owned()),
+        );
+        let mut breed = vamp_core::node::Map::new();
+        breed.insert("name".into(), Node::Str(name.clone()));
+        breed.insert("deployable".into(), Node::Map(deployable));
+        read_node(Node::Map(breed), Some(ArtifactKind::Breed))?
     } else {
         content_type(&headers)?;
         one(&bytes, kind)?

@@ -89,6 +89,12 @@ impl Http {
             .await
     }
 
+    /// A `DELETE` without a body.
+    async fn delete(&self, path: &str) -> Answer {
+        self.call(Method::DELETE, path, Some("application/json"), None, None)
+            .await
+    }
+
     async fn send(&self, method: Method, path: &str, yaml: &str) -> Answer {
         self.call(
             method,
@@ -278,15 +284,7 @@ async fn artifacts_are_created_read_updated_listed_and_deleted() {
         "sorted by name: b00…b33, sava:1.0"
     );
     // Delete: 204, then 404 with an empty body.
-    let a = http
-        .call(
-            Method::DELETE,
-            "/api/v1/breeds/b00",
-            Some("application/json"),
-            None,
-            None,
-        )
-        .await;
+    let a = http.delete("/api/v1/breeds/b00").await;
     assert_eq!(a.status, StatusCode::NO_CONTENT);
     let a = http.get("/api/v1/breeds/b00").await;
     assert_eq!((a.status, a.text.as_str()), (StatusCode::NOT_FOUND, ""));
@@ -359,15 +357,7 @@ async fn a_blueprint_becomes_a_deployment_with_gateways_events_scale_and_sla() {
     let g = http.get("/api/v1/gateways/sava/sava/webport").await;
     assert_eq!(g.status, StatusCode::OK, "{}", g.text);
     // It cannot be created or deleted through the API.
-    let a = http
-        .call(
-            Method::DELETE,
-            "/api/v1/gateways/sava/sava/webport",
-            Some("application/json"),
-            None,
-            None,
-        )
-        .await;
+    let a = http.delete("/api/v1/gateways/sava/sava/webport").await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     assert!(
         a.message().contains("internal deployment gateway"),
@@ -375,15 +365,7 @@ async fn a_blueprint_becomes_a_deployment_with_gateways_events_scale_and_sla() {
         a.text
     );
     // A breed in use cannot be deleted.
-    let a = http
-        .call(
-            Method::DELETE,
-            "/api/v1/breeds/sava:1.0",
-            Some("application/json"),
-            None,
-            None,
-        )
-        .await;
+    let a = http.delete("/api/v1/breeds/sava:1.0").await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     assert!(a.message().contains("in use"), "{}", a.text);
 
@@ -425,13 +407,7 @@ async fn a_blueprint_becomes_a_deployment_with_gateways_events_scale_and_sla() {
     assert_eq!(got.status, StatusCode::OK);
     assert_eq!(got.json()["type"], "response_time_sliding_window");
     let a = http
-        .call(
-            Method::DELETE,
-            "/api/v1/deployments/sava/clusters/sava/sla",
-            Some("application/json"),
-            None,
-            None,
-        )
+        .delete("/api/v1/deployments/sava/clusters/sava/sla")
         .await;
     assert_eq!(a.status, StatusCode::NO_CONTENT);
     assert_eq!(
@@ -462,15 +438,7 @@ async fn a_blueprint_becomes_a_deployment_with_gateways_events_scale_and_sla() {
     )
     .await;
     // Now the breed can go.
-    let a = http
-        .call(
-            Method::DELETE,
-            "/api/v1/breeds/sava:1.0",
-            Some("application/json"),
-            None,
-            None,
-        )
-        .await;
+    let a = http.delete("/api/v1/breeds/sava:1.0").await;
     assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.text);
     s.stop().await;
 }

@@ -31,6 +31,15 @@ async fn redis() -> Option<RedisKv> {
     )
 }
 
+/// The `host:port` of a `redis://host:port/db` URL (for the fault proxy to point at).
+fn host_port(url: &str) -> String {
+    url.trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
 fn root(name: &str) -> KeyPath {
     KeyPath::parse(&format!("/redis-test/{}/{name}", std::process::id())).unwrap()
 }
@@ -215,12 +224,7 @@ async fn a_watch_whose_first_read_fails_still_delivers_the_current_value() {
     let direct = RedisKv::connect(&url, "vamp-test").await.unwrap();
     let key = root("blip").child("configuration").unwrap();
     direct.put(&key, "current".into()).await.unwrap();
-    let target = url
-        .trim_start_matches("redis://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let target = host_port(&url);
     let proxy = FaultProxy::start(target, Box::new(|| Box::pin(async {}))).await;
     let through = RedisKv::connect(&format!("redis://127.0.0.1:{}/0", proxy.port), "vamp-test")
         .await
@@ -312,12 +316,7 @@ async fn redis_watches_survive_injected_faults() {
     };
     let name = format!("vamp-faults-{}", std::process::id());
     let direct = RedisKv::connect(&url, &name).await.unwrap();
-    let target = url
-        .trim_start_matches("redis://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let target = host_port(&url);
     let client = redis::Client::open(url.as_str()).unwrap();
     let stream = format!("{name}:events");
     let proxy = FaultProxy::start(
@@ -356,12 +355,7 @@ async fn a_watch_on_a_half_open_connection_times_out_and_resumes() {
     };
     let name = format!("vamp-stall-{}", std::process::id());
     let direct = RedisKv::connect(&url, &name).await.unwrap();
-    let target = url
-        .trim_start_matches("redis://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let target = host_port(&url);
     let proxy = FaultProxy::start(target, Box::new(|| Box::pin(async {}))).await;
     let through = RedisKv::connect(&format!("redis://127.0.0.1:{}/0", proxy.port), &name)
         .await

@@ -1439,6 +1439,19 @@ pub struct Event {
 }
 
 impl Event {
+    /// A system event of the control plane (version `1.0`, as Vamp's) at `now_ms`.
+    pub fn system(
+        tags: Vec<String>,
+        value: Node,
+        event_type: impl Into<String>,
+        now_ms: i64,
+    ) -> Self {
+        let mut e = Self::new(tags, value, event_type);
+        e.version = Some("1.0".into());
+        e.timestamp = crate::time::format_epoch_millis(now_ms);
+        e
+    }
+
     /// A new event of `event_type` with `tags` and `value`, timestamped now (no id yet).
     pub fn new(tags: Vec<String>, value: Node, event_type: impl Into<String>) -> Self {
         Self {

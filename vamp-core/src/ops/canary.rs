@@ -225,13 +225,12 @@ fn judge(
     check: &Check,
     stable_idle: bool,
 ) -> std::result::Result<Vec<GateResult>, String> {
-    let mut policy = policy.clone();
+    let mut gates = policy.gates.clone();
     if stable_idle {
-        policy.gates.relative_error_rate = None;
-        policy.gates.relative_response_time = None;
+        gates.relative_error_rate = None;
+        gates.relative_response_time = None;
     }
-    let policy = &policy;
-    let g = &policy.gates;
+    let g = &gates;
     let min = policy.minimum_requests;
     let (c, s) = (&check.canary, &check.stable);
     let relative = g.relative_error_rate.is_some() || g.relative_response_time.is_some();

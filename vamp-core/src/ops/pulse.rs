@@ -36,10 +36,7 @@ pub fn events(
     let event = |extra: &str, value: f64, kind: &str| {
         let mut t = tags.to_vec();
         t.push(extra.to_owned());
-        let mut e = Event::new(t, Node::Float(value), kind);
-        e.version = Some("1.0".into());
-        e.timestamp = crate::time::format_epoch_millis(now_ms);
-        e
+        Event::system(t, Node::Float(value), kind, now_ms)
     };
     let mut out = vec![event("metrics:rate", round(metrics.rate), "metrics")];
     if let Some(avg) = metrics

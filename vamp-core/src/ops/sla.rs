@@ -72,7 +72,7 @@ impl Signal {
 
 /// The SLA event Vamp published for `signal` on `deployment`/`cluster`, at `now_ms`.
 pub fn sla_event(deployment: &str, cluster: &str, signal: Signal, now_ms: i64) -> Event {
-    let mut e = Event::new(
+    Event::system(
         vec![
             "sla".into(),
             signal.tag().into(),
@@ -81,10 +81,8 @@ pub fn sla_event(deployment: &str, cluster: &str, signal: Signal, now_ms: i64) -
         ],
         Node::Null,
         "event",
-    );
-    e.version = Some("1.0".into());
-    e.timestamp = crate::time::format_epoch_millis(now_ms);
-    e
+        now_ms,
+    )
 }
 
 /// The check of a `response_time_sliding_window` SLA: `response_time_ms` is the largest
@@ -115,20 +113,16 @@ fn sign(signal: Signal) -> f64 {
 fn scale_one(
     d: &Deployment,
     target: &str,
-    signal: Signal,
     now: i64,
     change: impl Fn(&DefaultScale) -> Option<DefaultScale>,
 ) -> Option<Deployment> {
     let cluster = d.clusters.iter().find(|c| c.name == target)?;
     let service = cluster.services.first()?;
-    let current = service.scale.clone().unwrap_or(DefaultScale {
-        name: String::new(),
-        metadata: Default::default(),
-        cpu: Quantity(1.0),
-        memory: MegaByte(1024.0),
-        instances: 1,
-    });
-    let _ = signal;
+    // A service without a scale runs with the merge's default.
+    let current = service
+        .scale
+        .clone()
+        .unwrap_or_else(|| crate::ops::deploy::MergeOptions::new(now).default_scale);
     let new = change(&current)?;
     if new == current {
         return None;
@@ -152,7 +146,7 @@ fn apply(
             scale_by,
             target,
             ..
-        } => scale_one(d, target.as_deref().unwrap_or(own), signal, now, |s| {
+        } => scale_one(d, target.as_deref().unwrap_or(own), now, |s| {
             let new = s.instances + sign(signal) as i64 * scale_by;
             within(new as f64, *minimum as f64, *maximum as f64).then(|| DefaultScale {
                 instances: new,
@@ -165,7 +159,7 @@ fn apply(
             scale_by,
             target,
             ..
-        } => scale_one(d, target.as_deref().unwrap_or(own), signal, now, |s| {
+        } => scale_one(d, target.as_deref().unwrap_or(own), now, |s| {
             let new = s.cpu.0 + sign(signal) * scale_by;
             within(new, *minimum, *maximum).then(|| DefaultScale {
                 cpu: Quantity(new),
@@ -178,7 +172,7 @@ fn apply(
             scale_by,
             target,
             ..
-        } => scale_one(d, target.as_deref().unwrap_or(own), signal, now, |s| {
+        } => scale_one(d, target.as_deref().unwrap_or(own), now, |s| {
             let new = s.memory.0 + sign(signal) * scale_by;
             within(new, *minimum, *maximum).then(|| DefaultScale {
                 memory: MegaByte(new),

@@ -123,14 +123,12 @@ pub fn spec(w: &Workflow, options: &WorkflowOptions, period_s: i64) -> Option<Se
 }
 
 fn event(name: &str, what: &str, now: i64) -> Event {
-    let mut e = Event::new(
+    Event::system(
         vec![format!("workflows:{name}"), what.into()],
         Node::Null,
         "event",
-    );
-    e.version = Some("1.0".into());
-    e.timestamp = crate::time::format_epoch_millis(now);
-    e
+        now,
+    )
 }
 
 /// What one pass did for one workflow.
