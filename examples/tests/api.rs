@@ -553,6 +553,38 @@ async fn events_health_metrics_info_config_and_workflow_status() {
         http.get("/api/v1/health/gateways/other").await.status,
         StatusCode::NOT_FOUND
     );
+    // Route-level events answer the route's path, and do not mix with the gateway's.
+    for e in [
+        "tags: [gateways:sava, 'routes:sava:1.0', route, health]\ntype: health\nvalue: 0.5\n",
+        "tags: [deployments:shop, clusters:web, ports:port, metrics:rate]\ntype: metrics\nvalue: 3\n",
+    ] {
+        assert_eq!(
+            http.send(Method::POST, "/api/v1/events", e).await.status,
+            StatusCode::CREATED
+        );
+    }
+    assert_eq!(
+        http.get("/api/v1/health/gateways/sava/routes/sava:1.0")
+            .await
+            .json(),
+        0.5
+    );
+    assert_eq!(http.get("/api/v1/health/gateways/sava").await.json(), 0.75);
+    assert_eq!(
+        http.get("/api/v1/metrics/deployments/shop/clusters/web/ports/port/rate")
+            .await
+            .json(),
+        3
+    );
+    assert_eq!(
+        http.get(
+            "/api/v1/metrics/deployments/shop/clusters/web/services/s/instances/i/ports/port/rate"
+        )
+        .await
+        .status,
+        StatusCode::NOT_FOUND,
+        "instance metrics are never served (as in Vamp)"
+    );
     let info = http.get("/api/v1/info").await;
     assert_eq!(info.status, StatusCode::OK);
     assert_eq!(info.json()["persistence"]["status"], "ok");
@@ -828,6 +860,10 @@ async fn compose_javascript_breeds_vga_keys_dynamic_config_stats_and_scheduler_r
         http.get("/api/v1/vga/nginx/1.7/configuration").await.status,
         StatusCode::NOT_FOUND
     );
+    // The alias (the configuration may have changed meanwhile as instances came up).
+    let alias = http.get("/api/v1/vga/haproxy/1.7/config").await;
+    assert_eq!(alias.status, StatusCode::OK);
+    assert!(alias.text.contains("frontend"), "{}", alias.text);
     // Template overrides: stored, read back, removed.
     let a = http
         .call(
@@ -877,6 +913,11 @@ async fn compose_javascript_breeds_vga_keys_dynamic_config_stats_and_scheduler_r
     // Statistics and the scheduler's view.
     let stats = http.get("/api/v1/stats").await.json();
     assert_eq!(stats["persistence"]["blueprints"], 1);
+    assert_eq!(
+        http.get("/api/v1/statistics").await.json()["persistence"],
+        stats["persistence"],
+        "the alias"
+    );
     assert_eq!(stats["persistence"]["deployments"], 1);
     support::eventually("the service runs", Duration::from_secs(30), async || {
         let routing = http

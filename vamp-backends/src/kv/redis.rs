@@ -189,6 +189,16 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a watch waits before reconnecting after `failures` failed attempts in a row:
+/// none before the first, then 200 ms doubling to 5 s (it spun while Redis was down).
+fn reconnect_delay(failures: u32) -> Option<Duration> {
+    (failures > 0).then(|| {
+        Duration::from_millis(100)
+            .saturating_mul(1 << failures.min(6))
+            .min(Duration::from_secs(5))
+    })
+}
+
 /// The version an entry of the change stream carries.
 fn entry_version(entry: &redis::streams::StreamId) -> Option<u64> {
     entry
@@ -215,10 +225,9 @@ impl WatchState {
             if let Some(e) = self.pending.pop_front() {
                 return Some((Ok(e), self));
             }
-            if self.conn.is_none() && self.failures > 0 {
-                let backoff = Duration::from_millis(100)
-                    .saturating_mul(1 << self.failures.min(6))
-                    .min(Duration::from_secs(5));
+            if self.conn.is_none()
+                && let Some(backoff) = reconnect_delay(self.failures)
+            {
                 vamp_core::rt::sleep(backoff).await;
             }
             match self.fill().await {
@@ -481,5 +490,20 @@ impl KeyValueStore for RedisKv {
         caps.ttl = false;
         caps.value_max_bytes = Some(512 * 1024 * 1024);
         caps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnects_back_off_doubling_up_to_five_seconds() {
+        assert_eq!(reconnect_delay(0), None, "the first attempt at once");
+        let delays: Vec<u128> = (1..=8)
+            .map(|f| reconnect_delay(f).unwrap().as_millis())
+            .collect();
+        assert_eq!(delays, [200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+        assert_eq!(reconnect_delay(u32::MAX), Some(Duration::from_secs(5)));
     }
 }
