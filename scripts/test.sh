@@ -32,6 +32,12 @@ command -v etcd >/dev/null 2>&1 || need_packages+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || need_packages+=(protobuf-compiler)
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need_packages+=(mariadb-server)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_packages+=(postgresql)
+# The Docker scheduler's test image is busybox's root file system (no image can be pulled).
+[ -x /bin/busybox ] || need_packages+=(busybox-static)
+# A Docker engine: the machine's own when one answers, else Debian's, started privately below.
+if ! docker version --format '{{.Server.Version}}' >/dev/null 2>&1; then
+  command -v dockerd >/dev/null 2>&1 || need_packages+=(docker.io)
+fi
 if ((${#need_packages[@]})); then
   step "installing ${need_packages[*]}"
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -163,6 +169,40 @@ EOF
   echo "MariaDB on $VAMP_MYSQL_URL"
 fi
 
+# Docker: the machine's engine (DOCKER_HOST or the default socket) when it answers; otherwise
+# a private dockerd (own data root, exec root and socket), stopped on exit. Without iptables it
+# runs with --iptables=false --bridge=none, and the tests use host networking.
+if docker version --format '{{.Server.Version}}' >/dev/null 2>&1; then
+  echo "Docker engine $(docker version --format '{{.Server.Version}}') at ${DOCKER_HOST:-the default socket}"
+elif command -v dockerd >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  step "starting a private dockerd"
+  dk_dir="$SERVERS_DIR/docker"
+  mkdir -p "$dk_dir"
+  dk_flags=()
+  command -v iptables >/dev/null 2>&1 && iptables -L >/dev/null 2>&1 || {
+    dk_flags=(--iptables=false --bridge=none)
+    export VAMP_TEST_DOCKER_NETWORK=host
+  }
+  dockerd --host "unix://$dk_dir/docker.sock" --data-root "$dk_dir/root" --exec-root "$dk_dir/exec" \
+    --pidfile "$dk_dir/dockerd.pid" "${dk_flags[@]}" >"$dk_dir/dockerd.log" 2>&1 &
+  started_pids+=($!)
+  export DOCKER_HOST="unix://$dk_dir/docker.sock"
+  for _ in $(seq 300); do docker version >/dev/null 2>&1 && break; sleep 0.1; done
+  echo "private dockerd at $DOCKER_HOST"
+fi
+# The tests' image and anything they left (by label) go when the run ends.
+export VAMP_TEST_RUN="r$$"
+if docker version >/dev/null 2>&1; then
+  cat >"$SERVERS_DIR/docker-cleanup.sh" <<EOF
+#!/bin/sh
+docker ps -a --format '{{.ID}} {{.Label "io.vamp.namespace"}}' | awk '\$2 ~ /^$VAMP_TEST_RUN-/ { print \$1 }' | xargs -r docker rm -f
+docker volume ls --format '{{.Name}} {{.Label "io.vamp.namespace"}}' | awk '\$2 ~ /^$VAMP_TEST_RUN-/ { print \$1 }' | xargs -r docker volume rm -f
+docker images -q --filter label=io.vamp.test=1 | xargs -r docker rmi -f
+EOF
+  chmod +x "$SERVERS_DIR/docker-cleanup.sh"
+  stop_commands=("$SERVERS_DIR/docker-cleanup.sh" "${stop_commands[@]}")
+fi
+
 # The README's first command must build on a machine with nothing but Rust: no protoc (the
 # etcd client's build script needs one; nothing in the demo's build may).
 step "the canary demo builds without protoc"
@@ -185,11 +225,11 @@ fi
 
 step "each vamp-backends feature builds alone, and none builds a backend SDK by default"
 cargo check -p vamp-backends --no-default-features --quiet
-if cargo tree -p vamp-backends -e normal --no-default-features --prefix none | grep -E '^(redis|etcd-client|sqlx|tiberius|zookeeper-client|hyper|hyper-util) '; then
+if cargo tree -p vamp-backends -e normal --no-default-features --prefix none | grep -E '^(redis|etcd-client|sqlx|tiberius|zookeeper-client|hyper|hyper-util|bollard) '; then
   echo "vamp-backends without features must not build backend SDKs" >&2
   exit 1
 fi
-for feature in kv-etcd kv-consul kv-redis kv-zookeeper persistence-postgres persistence-mysql persistence-sqlite persistence-mssql scheduler-local; do
+for feature in kv-etcd kv-consul kv-redis kv-zookeeper persistence-postgres persistence-mysql persistence-sqlite persistence-mssql scheduler-local scheduler-docker; do
   cargo check -p vamp-backends --no-default-features --features "$feature" --quiet
 done
 

@@ -56,6 +56,30 @@ async fn local_processes_pass_the_scheduler_conformance_suite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_killed_behind_the_scheduler_s_back_is_seen_and_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let scheduler = LocalScheduler::new(dir.path()).unwrap();
+    let workdir = dir.path().to_owned();
+    vamp_core::conformance::scheduler::replaces_an_instance_lost_behind_its_back(
+        &scheduler,
+        "lost",
+        &http_server(),
+        async |victim: &InstanceState| {
+            let record = std::fs::read_to_string(workdir.join(&victim.name).join("instance.pid"))
+                .expect("the instance's process group");
+            let pgid = record.split_whitespace().next().expect("a process group");
+            let killed = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("kill -s KILL -- -{pgid}"))
+                .status()
+                .unwrap();
+            assert!(killed.success(), "kill -KILL -{pgid}");
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_serve_on_their_ports_and_are_stopped_with_their_children() {
     let dir = tempfile::tempdir().unwrap();
     let scheduler = LocalScheduler::new(dir.path()).unwrap();

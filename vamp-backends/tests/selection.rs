@@ -232,7 +232,7 @@ async fn compiled_out_backends_name_their_feature() {
         "local",
         "scheduler-local"
     );
-    planned!(
+    case!(
         SchedulerBackendConfig,
         "docker://",
         "docker",

@@ -299,6 +299,12 @@ pub struct SchedulerCapabilities {
     pub rolling_update: bool,
     /// `watch` is supported.
     pub watch: bool,
+    /// Instances are real: each answers on its host and ports, and is really gone after a
+    /// scale-down or an undeploy (the conformance suite connects to them).
+    pub reachable_instances: bool,
+    /// A new scheduler on the same backend finds the services an earlier one deployed (the
+    /// state lives in the backend, not in the scheduler object).
+    pub adopts_services: bool,
     /// The deployable types it runs (`None`: any). A control plane refuses a breed whose
     /// deployable it cannot run before anything is stored.
     pub deployable_types: Option<&'static [&'static str]>,

@@ -65,12 +65,12 @@ use futures_channel::mpsc;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use indexmap::IndexMap;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio::sync::watch;
 use vamp_core::Error;
-use vamp_core::model::HealthCheck;
 use vamp_core::scheduler::*;
+
+use super::ports::PortAllocator;
 
 /// The deployable types this scheduler runs.
 pub const DEPLOYABLE_TYPES: [&str; 5] = [
@@ -194,86 +194,10 @@ impl Drop for Inner {
     }
 }
 
-/// The ports instances get by default: below the gateways' default range (24000–29999, see
-/// `vamp_core::ops::deploy::MergeOptions`) and Linux's default ephemeral range (32768–60999),
-/// so neither a gateway nor another process's outgoing connection is given one of them.
-pub const DEFAULT_PORT_RANGE: RangeInclusive<u16> = 20000..=23999;
+pub use super::ports::DEFAULT_PORT_RANGE;
 
 /// The most instances one service may have here (each is a process on this machine).
 pub const DEFAULT_MAX_INSTANCES: u32 = 256;
-
-/// Hands out the ports of the scheduler's range: each to one instance at a time, and only
-/// while nothing else listens on it. Every scheduler on the machine shares the reservation:
-/// a port given out is locked (`flock`) in [`port_lock_dir`] until it is given back, so two
-/// schedulers (two control planes, parallel tests) never hand out the same port while its
-/// instance has yet to bind it.
-struct PortAllocator {
-    range: RangeInclusive<u16>,
-    next: u16,
-    held: BTreeMap<u16, Option<std::fs::File>>,
-}
-
-/// Where the port reservations of every local scheduler on this machine are locked.
-fn port_lock_dir() -> PathBuf {
-    std::env::temp_dir().join("vamp-local-ports")
-}
-
-impl PortAllocator {
-    fn new(range: RangeInclusive<u16>) -> Self {
-        Self {
-            next: *range.start(),
-            range,
-            held: BTreeMap::new(),
-        }
-    }
-
-    /// Locks `port` for this scheduler: `None` when another holds it; `Some(None)` when
-    /// locks cannot be taken here (then only this scheduler's own bookkeeping counts).
-    fn reserve(port: u16) -> Option<Option<std::fs::File>> {
-        let dir = port_lock_dir();
-        if std::fs::create_dir_all(&dir).is_err() {
-            return Some(None);
-        }
-        let Ok(file) = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(format!("{port}.lock")))
-        else {
-            return Some(None);
-        };
-        match file.try_lock() {
-            Ok(()) => Some(Some(file)),
-            Err(std::fs::TryLockError::WouldBlock) => None,
-            Err(std::fs::TryLockError::Error(_)) => Some(None),
-        }
-    }
-
-    fn allocate(&mut self) -> Option<u16> {
-        let (start, end) = (*self.range.start(), *self.range.end());
-        let len = u32::from(end.checked_sub(start)?) + 1;
-        for _ in 0..len {
-            let port = self.next;
-            self.next = if port >= end { start } else { port + 1 };
-            if self.held.contains_key(&port) {
-                continue;
-            }
-            let Some(lock) = Self::reserve(port) else {
-                continue;
-            };
-            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-                self.held.insert(port, lock);
-                return Some(port);
-            }
-        }
-        None
-    }
-
-    fn release(&mut self, port: u16) {
-        // Dropping the file releases its lock.
-        self.held.remove(&port);
-    }
-}
 
 /// The kernel's ephemeral port range, when it can be read.
 fn ephemeral_range() -> Option<RangeInclusive<u16>> {
@@ -303,50 +227,6 @@ async fn signal_group(pgid: u32, signal: &str) {
         .stderr(Stdio::null())
         .status()
         .await;
-}
-
-/// One health check: `Ok(())` when it passes.
-async fn check(health: &HealthCheck, port: u16) -> Result<(), String> {
-    let timeout = Duration::from_secs(health.timeout.clamp(1, 300) as u64);
-    let probe = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .map_err(|e| e.to_string())?;
-        if !matches!(
-            health.protocol.to_ascii_uppercase().as_str(),
-            "HTTP" | "HTTPS" | ""
-        ) {
-            return Ok(());
-        }
-        let path = if health.path.starts_with('/') {
-            health.path.clone()
-        } else {
-            format!("/{}", health.path)
-        };
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nUser-Agent: vamp-local-scheduler\r\n\r\n"
-        );
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut head = vec![0u8; 64];
-        let n = stream.read(&mut head).await.map_err(|e| e.to_string())?;
-        let status: u16 = String::from_utf8_lossy(&head[..n])
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or("not an HTTP answer")?;
-        if (200..400).contains(&status) {
-            Ok(())
-        } else {
-            Err(format!("HTTP {status}"))
-        }
-    };
-    match tokio::time::timeout(timeout, probe).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("no answer within {timeout:?}")),
-    }
 }
 
 /// The start time of process `pid` (clock ticks since boot), if it runs.
@@ -882,7 +762,7 @@ impl Supervisor {
                 let Some(port) = self.ports.get(&h.port) else {
                     continue;
                 };
-                match check(h, *port).await {
+                match super::probe::check(h, "127.0.0.1", *port, "vamp-local-scheduler").await {
                     Ok(()) => *failed = 0,
                     Err(_) => *failed += 1,
                 }
@@ -1111,6 +991,7 @@ impl ContainerScheduler for LocalScheduler {
         caps.health_checks = true;
         caps.instance_ports = true;
         caps.watch = true;
+        caps.reachable_instances = true;
         caps.deployable_types = Some(&DEPLOYABLE_TYPES);
         caps
     }

@@ -1,7 +1,13 @@
 //! Container scheduler selection.
 
+#[cfg(feature = "scheduler-docker")]
+pub mod docker;
 #[cfg(feature = "scheduler-local")]
 pub mod local;
+#[cfg(any(feature = "scheduler-local", feature = "scheduler-docker"))]
+mod ports;
+#[cfg(any(feature = "scheduler-local", feature = "scheduler-docker"))]
+mod probe;
 
 use std::sync::Arc;
 
@@ -128,6 +134,24 @@ impl SchedulerBackendConfig {
                 backend: "local",
                 feature: "scheduler-local",
             }),
+            #[cfg(feature = "scheduler-docker")]
+            Self::Docker(c) => {
+                if c.token.is_some() {
+                    return Err(invalid(
+                        "docker",
+                        "a Docker engine takes no token (use a unix socket or a TLS proxy)",
+                    ));
+                }
+                let mut opts = docker::DockerOptions {
+                    address: c.address,
+                    ..Default::default()
+                };
+                if let Some(ns) = c.namespace {
+                    opts.namespace = ns;
+                }
+                Ok(Arc::new(docker::DockerScheduler::connect(opts).await?))
+            }
+            #[cfg(not(feature = "scheduler-docker"))]
             Self::Docker(_) => Err(Error::FeatureDisabled {
                 backend: "docker",
                 feature: "scheduler-docker",

@@ -246,6 +246,8 @@ impl ContainerScheduler for InMemoryScheduler {
             instance_ports: true,
             rolling_update: false,
             watch: true,
+            reachable_instances: false,
+            adopts_services: false,
             deployable_types: None,
         }
     }
