@@ -58,7 +58,8 @@ pub struct ServeConfig {
     /// The key-value store's URL (`memory://`, `etcd://…`, `consul://…`, `zk://…`, `redis://…`).
     #[arg(long)]
     pub kv: Option<String>,
-    /// The container scheduler's URL (`local://dir`, `memory://`).
+    /// The container scheduler's URL (`local://dir`, `memory://`; `docker://?namespace=…`
+    /// with the `docker` feature).
     #[arg(long)]
     pub scheduler: Option<String>,
     /// Vamp's namespace (the key-value store's `/vamp/<namespace>`).
@@ -147,6 +148,7 @@ impl ServeConfig {
             self.scheduler = env("VAMP_CONTAINER_DRIVER_URL").or_else(|| {
                 match env("VAMP_CONTAINER_DRIVER_TYPE")?.as_str() {
                     "in-memory" | "memory" => Some("memory://".into()),
+                    "docker" => Some("docker://".into()),
                     _ => None,
                 }
             });

@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use reqwest::{Client, StatusCode};
 use serde_json::Value;
-use support::{free_port, haproxy_or_skip};
+use support::{free_port, haproxy_or_skip, through};
 use vamp_examples::serve::{ServeConfig, start};
 
 /// An HTTP service answering its version (`$VERSION`), on `$PORT`.
@@ -53,18 +53,6 @@ fn processes_with(marker: &str) -> usize {
         .count()
 }
 
-/// One GET through the gateway: the body, if it answered 200.
-async fn through(client: &Client, port: u16) -> Option<String> {
-    let r = client
-        .get(format!("http://127.0.0.1:{port}/"))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .ok()?;
-    (r.status() == StatusCode::OK).then_some(())?;
-    r.text().await.ok()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_release_through_the_api_alone_on_embedded_defaults() {
     if !haproxy_or_skip() {
@@ -88,19 +76,8 @@ async fn a_canary_release_through_the_api_alone_on_embedded_defaults() {
             .body(body)
             .send()
     };
-    let get = async |path: &str| -> Value {
-        client
-            .get(format!("{base}{path}"))
-            .header("Accept", "application/json")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or(Value::Null)
-    };
+    let get =
+        async |path: &str| -> Value { support::get_json(&client, &format!("{base}{path}")).await };
 
     // Listen for the deployment's synchronisation before deploying.
     let mut stream = client

@@ -5,98 +5,24 @@
 //! containers and volumes of that namespace.
 #![cfg(feature = "scheduler-docker")]
 
+mod docker_image;
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bollard::query_parameters::{
     ListContainersOptionsBuilder, ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder,
 };
+use docker_image::{IMAGE, Namespace, ensure_image, integration_required};
 use vamp_backends::scheduler::docker::{DockerOptions, DockerScheduler};
 use vamp_core::conformance::scheduler as suite;
 use vamp_core::model::{Deployable, HealthCheck, PortType};
 use vamp_core::scheduler::*;
 
-/// The test image: busybox's `httpd` serving `$VERSION` (or the host name) on `$PORT`.
-const IMAGE: &str = "vamp-test/busybox-httpd:1";
-
-fn integration_required() -> bool {
-    std::env::var("VAMP_TEST_INTEGRATION").is_ok_and(|v| !v.is_empty() && v != "0")
-        || std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
-}
-
-/// Builds the test image once per machine (tagged; rebuilt only when missing).
-fn ensure_image() -> Result<(), String> {
-    // One build at a time: parallel imports would leave untagged copies behind.
-    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = BUILD.lock().unwrap_or_else(|p| p.into_inner());
-    let present = std::process::Command::new("docker")
-        .args(["image", "inspect", IMAGE])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .map_err(|e| format!("the docker command: {e}"))?;
-    if present.success() {
-        return Ok(());
-    }
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .ok_or("busybox is not installed (Debian: apt-get install busybox-static)")?;
-    let root = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let bin = root.path().join("bin");
-    std::fs::create_dir_all(&bin).map_err(|e| e.to_string())?;
-    std::fs::copy(busybox, bin.join("busybox")).map_err(|e| e.to_string())?;
-    for applet in ["sh", "httpd", "mkdir", "echo", "sleep", "cat"] {
-        std::os::unix::fs::symlink("busybox", bin.join(applet)).map_err(|e| e.to_string())?;
-    }
-    let script = r#"mkdir -p /www && echo "${VERSION:-$HOSTNAME}" > /www/index.html && echo ok > /www/health && exec httpd -f -p "${PORT:-8080}" -h /www"#;
-    let cmd = serde_json::to_string(&["/bin/sh", "-c", script]).unwrap();
-    let status = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "tar -C '{}' -cf - . | docker import --change 'CMD {cmd}' --change 'LABEL io.vamp.test=1' - {IMAGE} >/dev/null",
-            root.path().display()
-        ))
-        .status()
-        .map_err(|e| e.to_string())?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("docker import of {IMAGE} failed"))
-    }
-}
-
 fn image() -> Deployable {
     Deployable {
         deployable_type: Some("docker".into()),
         definition: IMAGE.into(),
-    }
-}
-
-/// A namespace of this test's own; its containers and volumes are removed on drop.
-struct Namespace(String);
-
-impl Namespace {
-    /// `<run>-<test>`: the test command names the run (`VAMP_TEST_RUN`) to remove what a
-    /// killed test left.
-    fn new(test: &str) -> Self {
-        let run = std::env::var("VAMP_TEST_RUN")
-            .ok()
-            .filter(|r| !r.is_empty() && r.chars().all(|c| c.is_ascii_alphanumeric()))
-            .unwrap_or_else(|| format!("p{}", std::process::id()));
-        Self(format!("{run}-{test}"))
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let label = format!("label=io.vamp.namespace={}", self.0);
-        let _ = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "docker ps -aq --filter '{label}' | xargs -r docker rm -f >/dev/null 2>&1; docker volume ls -q --filter '{label}' | xargs -r docker volume rm -f >/dev/null 2>&1"
-            ))
-            .status();
     }
 }
 

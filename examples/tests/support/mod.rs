@@ -47,3 +47,32 @@ pub async fn eventually<T>(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// One GET through a gateway on `port`: the body (trimmed), if it answered 200.
+pub async fn through(client: &reqwest::Client, port: u16) -> Option<String> {
+    let r = client
+        .get(format!("http://127.0.0.1:{port}/"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    (r.status() == reqwest::StatusCode::OK).then_some(())?;
+    Some(r.text().await.ok()?.trim().to_owned())
+}
+
+/// A GET of an API `url` as JSON (`Null` when it does not answer JSON).
+pub async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value {
+    let Ok(r) = client
+        .get(url)
+        .header("Accept", "application/json")
+        .send()
+        .await
+    else {
+        return serde_json::Value::Null;
+    };
+    r.text()
+        .await
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(serde_json::Value::Null)
+}

@@ -30,6 +30,10 @@ pub struct ApiConfig {
     pub namespace: Option<String>,
     /// A bearer token.
     pub token: Option<Secret>,
+    /// The network containers join when a breed names none (Docker: `bridge`, `host` or a
+    /// network's name; `?network=`).
+    #[serde(default)]
+    pub network: Option<String>,
 }
 
 /// Local processes.
@@ -60,7 +64,7 @@ pub enum SchedulerBackendConfig {
 
 impl SchedulerBackendConfig {
     /// Parses a URL: `memory://`, `local:///workdir`, `docker://` (local socket),
-    /// `docker:///path/to/docker.sock`, `docker://host:2375`, `kubernetes://` (in-cluster) or
+    /// `docker:///path/to/docker.sock`, `docker://host:2375` (`?namespace=`, `?network=host`), `kubernetes://` (in-cluster) or
     /// `kubernetes://host:6443?namespace=vamp`, `marathon://host:8080?group=vamp`.
     ///
     /// # Errors
@@ -82,6 +86,7 @@ impl SchedulerBackendConfig {
                     .or_else(|| u.query.get("group"))
                     .cloned(),
                 token: u.query.get("token").cloned().map(Secret),
+                network: u.query.get("network").cloned(),
             }
         };
         Ok(match u.scheme.as_str() {
@@ -148,6 +153,9 @@ impl SchedulerBackendConfig {
                 };
                 if let Some(ns) = c.namespace {
                     opts.namespace = ns;
+                }
+                if let Some(network) = c.network {
+                    opts.network = network;
                 }
                 Ok(Arc::new(docker::DockerScheduler::connect(opts).await?))
             }
