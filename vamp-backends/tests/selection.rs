@@ -244,7 +244,7 @@ async fn compiled_out_backends_name_their_feature() {
         "kubernetes",
         "scheduler-kubernetes"
     );
-    planned!(
+    case!(
         SchedulerBackendConfig,
         "marathon://h",
         "marathon",

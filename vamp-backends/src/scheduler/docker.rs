@@ -74,17 +74,16 @@ use bollard::query_parameters::{
     ListContainersOptionsBuilder, ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder,
     RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder,
 };
-use futures_channel::mpsc;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use indexmap::IndexMap;
-use serde_json::{Value, json};
+use serde_json::Value;
 use vamp_core::Error;
-use vamp_core::model::{Argument, Deployable, HealthCheck, PortType};
-use vamp_core::node::Node;
+use vamp_core::model::Argument;
 use vamp_core::scheduler::*;
 
 use super::ports::{DEFAULT_PORT_RANGE, PortAllocator};
+use super::record::{Watchers, spec_from_json, spec_hash, spec_json};
 
 /// The deployable types this scheduler runs (a breed without a type is a Docker image too).
 pub const DEPLOYABLE_TYPES: [&str; 2] = ["container/docker", "docker"];
@@ -172,8 +171,7 @@ struct Inner {
     ops: tokio::sync::Mutex<()>,
     /// Serialises reading the engine and comparing with `known`.
     refresh: tokio::sync::Mutex<()>,
-    known: Mutex<BTreeMap<ServiceId, DeployedService>>,
-    subscribers: Mutex<Vec<mpsc::UnboundedSender<Result<SchedulerEvent, Error>>>>,
+    watchers: Watchers,
     health: Mutex<HashMap<String, Health>>,
     host_ports: Mutex<PortAllocator>,
 }
@@ -247,103 +245,6 @@ fn env_name(port: &str) -> String {
             }
         })
         .collect()
-}
-
-fn health_json(h: &HealthCheck) -> Value {
-    json!({
-        "path": h.path, "port": h.port, "initial_delay": h.initial_delay, "timeout": h.timeout,
-        "interval": h.interval, "failures": h.failures, "protocol": h.protocol,
-    })
-}
-
-fn health_from_json(v: &Value) -> Option<HealthCheck> {
-    let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
-    let i = |k: &str| v.get(k).and_then(Value::as_i64);
-    Some(HealthCheck {
-        path: s("path")?,
-        port: s("port")?,
-        initial_delay: i("initial_delay")?,
-        timeout: i("timeout")?,
-        interval: i("interval")?,
-        failures: i("failures")?,
-        protocol: s("protocol")?,
-    })
-}
-
-/// The spec as JSON, without the number of instances when `with_instances` is false (what
-/// the spec hash covers: a scale keeps the containers).
-fn spec_json(spec: &ServiceSpec, with_instances: bool) -> Value {
-    let mut v = json!({
-        "deployment": spec.id.deployment,
-        "cluster": spec.id.cluster,
-        "service": spec.id.service,
-        "deployable": {"type": spec.deployable.deployable_type, "definition": spec.deployable.definition},
-        "cpu": spec.cpu,
-        "memory_mb": spec.memory_mb,
-        "ports": spec.ports.iter().map(|p| json!({"name": p.name, "container_port": p.container_port, "type": p.port_type.to_string()})).collect::<Vec<_>>(),
-        "environment": spec.environment,
-        "arguments": spec.arguments.iter().map(|a| json!({"key": a.key, "value": a.value})).collect::<Vec<_>>(),
-        "labels": spec.labels,
-        "health_checks": spec.health_checks.iter().map(health_json).collect::<Vec<_>>(),
-        "network": spec.network,
-        "dialects": Node::Map(spec.dialects.clone()).to_json(),
-    });
-    if with_instances {
-        v["instances"] = json!(spec.instances);
-    }
-    v
-}
-
-fn spec_from_json(v: &Value) -> Option<ServiceSpec> {
-    let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
-    let id = ServiceId::new(s("deployment")?, s("cluster")?, s("service")?);
-    let d = v.get("deployable")?;
-    let deployable = Deployable {
-        deployable_type: d.get("type").and_then(Value::as_str).map(str::to_owned),
-        definition: d.get("definition")?.as_str()?.to_owned(),
-    };
-    let mut spec = ServiceSpec::new(id, deployable);
-    spec.instances = u32::try_from(v.get("instances")?.as_u64()?).ok()?;
-    spec.cpu = v.get("cpu")?.as_f64()?;
-    spec.memory_mb = v.get("memory_mb")?.as_f64()?;
-    for p in v.get("ports")?.as_array()? {
-        spec.ports.push(PortSpec {
-            name: p.get("name")?.as_str()?.to_owned(),
-            container_port: u16::try_from(p.get("container_port")?.as_u64()?).ok()?,
-            port_type: if p.get("type")?.as_str()? == "tcp" {
-                PortType::Tcp
-            } else {
-                PortType::Http
-            },
-        });
-    }
-    for (k, val) in v.get("environment")?.as_object()? {
-        spec.environment.insert(k.clone(), val.as_str()?.to_owned());
-    }
-    for a in v.get("arguments")?.as_array()? {
-        spec.arguments.push(Argument {
-            key: a.get("key")?.as_str()?.to_owned(),
-            value: a.get("value")?.as_str()?.to_owned(),
-        });
-    }
-    spec.labels = v
-        .get("labels")?
-        .as_object()?
-        .iter()
-        .map(|(k, val)| Some((k.clone(), val.as_str()?.to_owned())))
-        .collect::<Option<_>>()?;
-    for h in v.get("health_checks")?.as_array()? {
-        spec.health_checks.push(health_from_json(h)?);
-    }
-    spec.network = v.get("network").and_then(Value::as_str).map(str::to_owned);
-    if let Node::Map(m) = Node::from_json(v.get("dialects")?) {
-        spec.dialects = m;
-    }
-    Some(spec)
-}
-
-fn spec_hash(spec: &ServiceSpec) -> String {
-    vamp_core::lookup::hex_sha1(&spec_json(spec, false).to_string(), "")[..12].to_owned()
 }
 
 /// Deep-merges `patch` into `base` (objects merged key by key, anything else replaced).
@@ -602,62 +503,14 @@ impl Inner {
                 (r.spec.id.clone(), self.snapshot(r, &list))
             })
             .collect();
-        let mut events = Vec::new();
-        {
-            let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-            for (id, s) in &now {
-                match known.get(id) {
-                    None => events.push(SchedulerEvent::Deployed(s.clone())),
-                    Some(before) => {
-                        let mut a = before.spec.clone();
-                        a.instances = s.spec.instances;
-                        if a != s.spec {
-                            events.push(SchedulerEvent::Updated(s.clone()));
-                        } else if before != s {
-                            events.push(SchedulerEvent::InstancesChanged(s.clone()));
-                        }
-                    }
-                }
-            }
-            for id in known.keys() {
-                if !now.contains_key(id) {
-                    events.push(SchedulerEvent::Undeployed(id.clone()));
-                }
-            }
-            known.clone_from(&now);
-        }
-        if !events.is_empty() {
-            let mut subscribers = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
-            for e in events {
-                subscribers.retain(|tx| tx.unbounded_send(Ok(e.clone())).is_ok());
-            }
-        }
+        self.watchers.publish(&now);
         Ok(now)
     }
 
     /// Reports container `name` as stopped (from the engine's `die` event).
     async fn died(&self, name: &str) {
         let _guard = self.refresh.lock().await;
-        let event = {
-            let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-            known.values_mut().find_map(|service| {
-                let instance = service
-                    .instances
-                    .iter_mut()
-                    .find(|i| i.name == name && i.running)?;
-                instance.running = false;
-                if instance.healthy.is_some() {
-                    instance.healthy = Some(false);
-                }
-                Some(SchedulerEvent::InstancesChanged(service.clone()))
-            })
-        };
-        if let Some(e) = event {
-            self.subscribers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .retain(|tx| tx.unbounded_send(Ok(e.clone())).is_ok());
-        }
+        self.watchers.stopped(name);
     }
 
     fn check_spec(&self, spec: &ServiceSpec) -> Result<(), Error> {
@@ -1176,9 +1029,7 @@ impl Inner {
 
     /// Runs the health checks that are due.
     async fn check_health(&self) {
-        let Ok(known) = self.known.lock().map(|k| k.clone()) else {
-            return;
-        };
+        let known = self.watchers.known();
         for service in known.values() {
             if service.spec.health_checks.is_empty() {
                 continue;
@@ -1376,8 +1227,7 @@ impl DockerScheduler {
             label,
             ops: tokio::sync::Mutex::new(()),
             refresh: tokio::sync::Mutex::new(()),
-            known: Mutex::new(BTreeMap::new()),
-            subscribers: Mutex::new(Vec::new()),
+            watchers: Watchers::default(),
             health: Mutex::new(HashMap::new()),
             host_ports: Mutex::new(PortAllocator::new(opts.host_port_range.clone())),
             opts,
@@ -1535,13 +1385,7 @@ impl ContainerScheduler for DockerScheduler {
     }
 
     fn watch(&self) -> BoxStream<'static, Result<SchedulerEvent, Error>> {
-        let (tx, rx) = mpsc::unbounded();
-        self.inner
-            .subscribers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(tx);
-        rx.boxed()
+        self.inner.watchers.subscribe()
     }
 
     /// Runs `spec` once as a container that is removed when it exits (no restart, no
@@ -1593,6 +1437,9 @@ impl ContainerScheduler for DockerScheduler {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+    use vamp_core::model::{Deployable, HealthCheck, PortType};
+
     use super::*;
 
     fn spec() -> ServiceSpec {
@@ -1663,8 +1510,7 @@ mod tests {
             label: "test".into(),
             ops: tokio::sync::Mutex::new(()),
             refresh: tokio::sync::Mutex::new(()),
-            known: Mutex::new(BTreeMap::new()),
-            subscribers: Mutex::new(Vec::new()),
+            watchers: Watchers::default(),
             health: Mutex::new(HashMap::new()),
             host_ports: Mutex::new(PortAllocator::new(opts.host_port_range.clone())),
             opts,

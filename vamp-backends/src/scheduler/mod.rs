@@ -4,10 +4,14 @@
 pub mod docker;
 #[cfg(feature = "scheduler-local")]
 pub mod local;
+#[cfg(feature = "scheduler-marathon")]
+pub mod marathon;
 #[cfg(any(feature = "scheduler-local", feature = "scheduler-docker"))]
 mod ports;
 #[cfg(any(feature = "scheduler-local", feature = "scheduler-docker"))]
 mod probe;
+#[cfg(any(feature = "scheduler-docker", feature = "scheduler-marathon"))]
+mod record;
 
 use std::sync::Arc;
 
@@ -34,6 +38,12 @@ pub struct ApiConfig {
     /// network's name; `?network=`).
     #[serde(default)]
     pub network: Option<String>,
+    /// HTTP basic credentials (Marathon): the URL's user and password.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The password of `user`.
+    #[serde(default)]
+    pub password: Option<Secret>,
 }
 
 /// Local processes.
@@ -65,17 +75,25 @@ pub enum SchedulerBackendConfig {
 impl SchedulerBackendConfig {
     /// Parses a URL: `memory://`, `local:///workdir`, `docker://` (local socket),
     /// `docker:///path/to/docker.sock`, `docker://host:2375` (`?namespace=`, `?network=host`), `kubernetes://` (in-cluster) or
-    /// `kubernetes://host:6443?namespace=vamp`, `marathon://host:8080?group=vamp`.
+    /// `kubernetes://host:6443?namespace=vamp`, `marathon://host:8080?group=vamp`,
+    /// `marathon://user:password@host:8080`, `dcos://cluster.example.com/service/marathon?tls=true&token=…`.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] for an unknown scheme or a malformed URL.
     pub fn from_url(url: &str) -> Result<Self, Error> {
         let u = BackendUrl::parse(url)?;
-        let api = |default_port: u16, https: bool| {
-            let address = u
-                .hosts_with_port(default_port)
-                .first()
-                .map(|h| format!("{}://{h}", if https { "https" } else { "http" }));
+        let tls = u
+            .query
+            .get("tls")
+            .is_some_and(|v| matches!(v.as_str(), "true" | "1" | "yes"));
+        let api = |default_port: u16, https: bool, with_path: bool| {
+            let address = u.hosts_with_port(default_port).first().map(|h| {
+                format!(
+                    "{}://{h}{}",
+                    if https || tls { "https" } else { "http" },
+                    if with_path { u.path.as_str() } else { "" }
+                )
+            });
             let address =
                 address.or_else(|| (!u.path.is_empty()).then(|| format!("unix://{}", u.path)));
             ApiConfig {
@@ -87,6 +105,8 @@ impl SchedulerBackendConfig {
                     .cloned(),
                 token: u.query.get("token").cloned().map(Secret),
                 network: u.query.get("network").cloned(),
+                user: u.user.clone(),
+                password: u.password.clone().map(Secret),
             }
         };
         Ok(match u.scheme.as_str() {
@@ -94,9 +114,9 @@ impl SchedulerBackendConfig {
             "local" => Self::Local(LocalConfig {
                 workdir: (!u.path.is_empty()).then(|| u.path.clone()),
             }),
-            "docker" => Self::Docker(api(2375, false)),
-            "kubernetes" | "k8s" => Self::Kubernetes(api(6443, true)),
-            "marathon" | "dcos" => Self::Marathon(api(8080, false)),
+            "docker" => Self::Docker(api(2375, false, false)),
+            "kubernetes" | "k8s" => Self::Kubernetes(api(6443, true, false)),
+            "marathon" | "dcos" => Self::Marathon(api(8080, false, true)),
             other => {
                 return Err(invalid(
                     "scheduler",
@@ -168,6 +188,23 @@ impl SchedulerBackendConfig {
                 backend: "kubernetes",
                 feature: "scheduler-kubernetes",
             }),
+            #[cfg(feature = "scheduler-marathon")]
+            Self::Marathon(c) => {
+                let address = c.address.filter(|a| a.starts_with("http")).ok_or_else(|| {
+                    invalid(
+                        "marathon",
+                        "Marathon's address is missing: marathon://host:8080",
+                    )
+                })?;
+                let mut opts = marathon::MarathonOptions::new(address);
+                if let Some(group) = c.namespace {
+                    opts.group = group;
+                }
+                opts.token = c.token;
+                opts.basic = c.user.map(|u| (u, c.password.unwrap_or_default()));
+                Ok(Arc::new(marathon::MarathonScheduler::connect(opts).await?))
+            }
+            #[cfg(not(feature = "scheduler-marathon"))]
             Self::Marathon(_) => Err(Error::FeatureDisabled {
                 backend: "marathon",
                 feature: "scheduler-marathon",
