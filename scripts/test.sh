@@ -225,11 +225,11 @@ fi
 
 step "each vamp-backends feature builds alone, and none builds a backend SDK by default"
 cargo check -p vamp-backends --no-default-features --quiet
-if cargo tree -p vamp-backends -e normal --no-default-features --prefix none | grep -E '^(redis|etcd-client|sqlx|tiberius|zookeeper-client|hyper|hyper-util|bollard|reqwest) '; then
+if cargo tree -p vamp-backends -e normal --no-default-features --prefix none | grep -E '^(redis|etcd-client|sqlx|tiberius|zookeeper-client|hyper|hyper-util|bollard|reqwest|kube|k8s-openapi) '; then
   echo "vamp-backends without features must not build backend SDKs" >&2
   exit 1
 fi
-for feature in kv-etcd kv-consul kv-redis kv-zookeeper persistence-postgres persistence-mysql persistence-sqlite persistence-mssql scheduler-local scheduler-docker scheduler-marathon; do
+for feature in kv-etcd kv-consul kv-redis kv-zookeeper persistence-postgres persistence-mysql persistence-sqlite persistence-mssql scheduler-local scheduler-docker scheduler-marathon scheduler-kubernetes; do
   cargo check -p vamp-backends --no-default-features --features "$feature" --quiet
 done
 
@@ -244,6 +244,10 @@ fi
 if [ -n "${VAMP_TEST_MARATHON_URL:-}" ]; then
   step "real Marathon at $VAMP_TEST_MARATHON_URL"
   cargo test -p vamp-backends --features scheduler-marathon --test marathon -- --ignored 2>&1 | tee -a "${CARGO_TARGET_DIR}/test.log"
+fi
+if [ -n "${KUBECONFIG:-}" ] || [ "${VAMP_TEST_KUBERNETES:-}" = 1 ]; then
+  step "real Kubernetes cluster"
+  cargo test -p vamp-backends --features scheduler-kubernetes --test kubernetes -- --ignored 2>&1 | tee -a "${CARGO_TARGET_DIR}/test.log"
 fi
 if [ -n "${VAMP_TEST_MSSQL_URL:-}" ]; then
   step "real SQL Server"

@@ -238,7 +238,7 @@ async fn compiled_out_backends_name_their_feature() {
         "docker",
         "scheduler-docker"
     );
-    planned!(
+    case!(
         SchedulerBackendConfig,
         "kubernetes://",
         "kubernetes",

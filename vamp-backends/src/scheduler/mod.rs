@@ -2,6 +2,8 @@
 
 #[cfg(feature = "scheduler-docker")]
 pub mod docker;
+#[cfg(feature = "scheduler-kubernetes")]
+pub mod kubernetes;
 #[cfg(feature = "scheduler-local")]
 pub mod local;
 #[cfg(feature = "scheduler-marathon")]
@@ -10,7 +12,11 @@ pub mod marathon;
 mod ports;
 #[cfg(any(feature = "scheduler-local", feature = "scheduler-docker"))]
 mod probe;
-#[cfg(any(feature = "scheduler-docker", feature = "scheduler-marathon"))]
+#[cfg(any(
+    feature = "scheduler-docker",
+    feature = "scheduler-marathon",
+    feature = "scheduler-kubernetes"
+))]
 mod record;
 
 use std::sync::Arc;
@@ -86,6 +92,11 @@ impl SchedulerBackendConfig {
             .query
             .get("tls")
             .is_some_and(|v| matches!(v.as_str(), "true" | "1" | "yes"));
+        // `kubernetes://host:8001?tls=false`: a plain-HTTP API server (`kubectl proxy`, a double).
+        let tls_off = u
+            .query
+            .get("tls")
+            .is_some_and(|v| matches!(v.as_str(), "false" | "0" | "no"));
         let api = |default_port: u16, https: bool, with_path: bool| {
             let address = u.hosts_with_port(default_port).first().map(|h| {
                 format!(
@@ -115,7 +126,7 @@ impl SchedulerBackendConfig {
                 workdir: (!u.path.is_empty()).then(|| u.path.clone()),
             }),
             "docker" => Self::Docker(api(2375, false, false)),
-            "kubernetes" | "k8s" => Self::Kubernetes(api(6443, true, false)),
+            "kubernetes" | "k8s" => Self::Kubernetes(api(6443, !tls_off, false)),
             "marathon" | "dcos" => Self::Marathon(api(8080, false, true)),
             other => {
                 return Err(invalid(
@@ -184,6 +195,37 @@ impl SchedulerBackendConfig {
                 backend: "docker",
                 feature: "scheduler-docker",
             }),
+            #[cfg(feature = "scheduler-kubernetes")]
+            Self::Kubernetes(c) => {
+                let unavailable = |e: String| Error::Unavailable {
+                    backend: "kubernetes".into(),
+                    source: e.into(),
+                };
+                kubernetes::install_tls_provider();
+                let client = match c.address {
+                    None => kube::Client::try_default().await.map_err(|e| {
+                        unavailable(format!("no in-cluster or kubeconfig credentials: {e}"))
+                    })?,
+                    Some(address) => {
+                        let url = address.parse().map_err(|_| {
+                            invalid("kubernetes", "the API server's address is not a URL")
+                        })?;
+                        let mut config = kube::Config::new(url);
+                        if let Some(token) = c.token {
+                            config.auth_info.token = Some(token.0.into());
+                        }
+                        kube::Client::try_from(config).map_err(|e| unavailable(e.to_string()))?
+                    }
+                };
+                let mut opts = kubernetes::KubernetesOptions::default();
+                if let Some(ns) = c.namespace {
+                    opts.namespace = ns;
+                }
+                Ok(Arc::new(
+                    kubernetes::KubernetesScheduler::connect(client, opts).await?,
+                ))
+            }
+            #[cfg(not(feature = "scheduler-kubernetes"))]
             Self::Kubernetes(_) => Err(Error::FeatureDisabled {
                 backend: "kubernetes",
                 feature: "scheduler-kubernetes",

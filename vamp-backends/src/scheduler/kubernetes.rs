@@ -1,0 +1,753 @@
+//! Kubernetes as a [`ContainerScheduler`] (feature `scheduler-kubernetes`, crates `kube` and
+//! `k8s-openapi`), after Vamp's Kubernetes driver (`runtime.md` §4.3).
+//!
+//! The library enables no `k8s-openapi` version feature (that crate's rule for libraries): the
+//! program linking it picks one, e.g. `k8s-openapi = { version = "0.29", features = ["v1_33"] }`.
+//!
+//! # Mapping from Vamp's model to Kubernetes
+//!
+//! | Vamp | Kubernetes |
+//! |---|---|
+//! | service (deployment, cluster, breed) | a `Deployment` (`apps/v1`) in [`KubernetesOptions::namespace`], named `<deployment>-<cluster>-<breed>` (each part itself when it is a DNS label shorter than 32 characters, else the first 20 hex digits of its SHA-1; the whole `vamp-<sha1[:20]>` when longer than 63) |
+//! | deployable (`docker`, `container/docker`, or no type) | the container's `image` (one container, named like the Deployment) |
+//! | instances | `spec.replicas`; scaled through the `scale` subresource |
+//! | instance | a pod: name = pod name, host = `status.podIP`, ports = the container ports, running = phase `Running` (and not terminating) |
+//! | breed port `8080` | container port `{name: p8080, containerPort: 8080, protocol: TCP}` |
+//! | environment | `env: [{name, value}]`, after `PORT`, `PORT0`, … and `PORT_<NAME>` (the container ports) |
+//! | scale: cpu, memory | `resources.requests` `{cpu: "<cpu>", memory: "<mem>M"}` |
+//! | argument `privileged` | `securityContext.privileged`; other arguments are refused |
+//! | health checks | `readinessProbe` (`httpGet` of the path, or `tcpSocket`, on the named port; `initialDelaySeconds`, `periodSeconds`, `timeoutSeconds`, `failureThreshold`); healthy = every container ready |
+//! | labels | on the Deployment and its pods: `io.vamp: deployment-service`, `io.vamp.deployment-service: <name>`, Vamp's `io.vamp.deployment`, `io.vamp.cluster`, `io.vamp.service` (values outside `[A-Za-z0-9._-]` replaced by `_`, at most 63 characters) and the spec's own valid labels; `spec.selector` matches the first two |
+//! | the spec | the annotation `io.vamp/spec` (the spec as JSON, read back by [`ContainerScheduler::service`]) |
+//! | dialect `kubernetes: {…}` | merged into the pod template's `spec` (Vamp merged it there); `container: {…}` in it merges into the container |
+//!
+//! Deploy creates the Deployment (`POST`) or replaces it (`PUT` with the resourceVersion read,
+//! re-read and sent again on a `409` conflict) when the spec or the replicas changed; undeploy
+//! deletes it with `propagationPolicy: Background` (the pods go with it). Vamp's driver made
+//! no Service per deployment service (only per gateway, for external access): instances are
+//! pods reached at their pod IP, so the gateway agent runs in the cluster (as Vamp's did, a
+//! DaemonSet). Rancher 2.x runs Kubernetes: use this driver.
+//!
+//! The state lives in the cluster: a scheduler created after a restart finds every Deployment
+//! labelled `io.vamp=deployment-service` in its namespace. [`ContainerScheduler::watch`] is fed
+//! by `kube::runtime` watchers on those Deployments and their pods. One-shot runs are not
+//! supported yet ([`Error::NotSupported`]).
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use vamp_backends::scheduler::kubernetes::{KubernetesOptions, KubernetesScheduler};
+//!
+//! let client = kube::Client::try_default().await?;
+//! let scheduler = KubernetesScheduler::connect(client, KubernetesOptions::default()).await?;
+//! # Ok(()) }
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Weak};
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use indexmap::IndexMap;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+use vamp_core::Error;
+use vamp_core::scheduler::*;
+
+use super::record::{Watchers, spec_from_json, spec_json};
+
+/// The deployable types this scheduler runs (a breed without a type is an image too).
+pub const DEPLOYABLE_TYPES: [&str; 2] = ["container/docker", "docker"];
+
+/// The annotation holding the spec.
+pub const SPEC_ANNOTATION: &str = "io.vamp/spec";
+
+const SELECTOR: &str = "io.vamp=deployment-service";
+
+/// Where and how the scheduler works in the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KubernetesOptions {
+    /// The namespace (Vamp: `vamp.container-driver.kubernetes.namespace`). Default `default`.
+    pub namespace: String,
+    /// The most instances of one service (default 1000).
+    pub max_instances: u32,
+}
+
+impl Default for KubernetesOptions {
+    fn default() -> Self {
+        Self {
+            namespace: "default".into(),
+            max_instances: 1000,
+        }
+    }
+}
+
+/// A [`ContainerScheduler`] on a Kubernetes cluster. Cloning shares the scheduler.
+#[derive(Clone)]
+pub struct KubernetesScheduler {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    deployments: Api<Deployment>,
+    pods: Api<Pod>,
+    opts: KubernetesOptions,
+    label: String,
+    refresh: tokio::sync::Mutex<()>,
+    watchers: Watchers,
+}
+
+fn dns_label(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn part(name: &str) -> String {
+    if dns_label(name, 31) {
+        name.to_owned()
+    } else {
+        vamp_core::lookup::hex_sha1(name, "0000")[..20].to_owned()
+    }
+}
+
+/// The Deployment's name for a service.
+pub fn deployment_name(id: &ServiceId) -> String {
+    let joined = format!(
+        "{}-{}-{}",
+        part(&id.deployment),
+        part(&id.cluster),
+        part(&id.service)
+    );
+    if joined.len() <= 63 {
+        joined
+    } else {
+        format!(
+            "vamp-{}",
+            &vamp_core::lookup::hex_sha1(&joined, "0000")[..20]
+        )
+    }
+}
+
+/// A label value Kubernetes accepts: characters outside `[A-Za-z0-9._-]` replaced by `_`,
+/// at most 63, starting and ending with an alphanumeric (else `x`-padded).
+fn label_value(v: &str) -> String {
+    let mut out: String = v
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    out.truncate(63);
+    while out
+        .chars()
+        .last()
+        .is_some_and(|c| !c.is_ascii_alphanumeric())
+    {
+        out.pop();
+    }
+    while out
+        .chars()
+        .next()
+        .is_some_and(|c| !c.is_ascii_alphanumeric())
+    {
+        out.remove(0);
+    }
+    out
+}
+
+/// Whether `k` is a valid label key (`[prefix/]name`, name ≤ 63 of `[A-Za-z0-9._-]`).
+fn label_key(k: &str) -> bool {
+    let name = k.rsplit_once('/').map_or(k, |(_, n)| n);
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && k.len() <= 253
+}
+
+/// A quantity as Kubernetes writes it: `256`, `0.5` (no trailing `.0`).
+fn quantity(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+fn env_name(port: &str) -> String {
+    port.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Deep-merges `patch` into `base`.
+fn merge(base: &mut Value, patch: &Value) {
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) => {
+            for (k, v) in p {
+                merge(b.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (b, p) => *b = p.clone(),
+    }
+}
+
+impl Inner {
+    fn error(&self, e: kube::Error) -> Error {
+        match e {
+            kube::Error::Api(status) if status.code == 401 || status.code == 403 => {
+                Error::Backend {
+                    backend: self.label.clone(),
+                    source: format!(
+                        "the API server refused the credentials (HTTP {}): {}",
+                        status.code, status.message
+                    )
+                    .into(),
+                }
+            }
+            kube::Error::Api(status) if status.code == 422 || status.code == 400 => {
+                Error::Invalid {
+                    what: "deployment",
+                    value: status.reason.clone(),
+                    reason: format!("the API server refused it: {}", status.message),
+                }
+            }
+            kube::Error::Api(status) if status.code >= 500 || status.code == 429 => {
+                Error::Unavailable {
+                    backend: self.label.clone(),
+                    source: format!("HTTP {}: {}", status.code, status.message).into(),
+                }
+            }
+            kube::Error::Api(status) => Error::Backend {
+                backend: self.label.clone(),
+                source: format!("HTTP {}: {}", status.code, status.message).into(),
+            },
+            other => Error::Unavailable {
+                backend: self.label.clone(),
+                source: Box::new(other),
+            },
+        }
+    }
+
+    fn check_spec(&self, spec: &ServiceSpec) -> Result<(), Error> {
+        let kind = spec.deployable.deployable_type.as_deref();
+        if kind.is_some_and(|k| !DEPLOYABLE_TYPES.contains(&k)) {
+            return Err(Error::Invalid {
+                what: "deployable",
+                value: format!("{}: {kind:?}", spec.id),
+                reason: format!(
+                    "Kubernetes runs images: type one of {} (or none)",
+                    DEPLOYABLE_TYPES.join(", ")
+                ),
+            });
+        }
+        let image = spec.deployable.definition.trim();
+        if image.is_empty() || image.chars().any(char::is_whitespace) {
+            return Err(Error::Invalid {
+                what: "deployable",
+                value: format!("{}: {image:?}", spec.id),
+                reason: "not an image name".into(),
+            });
+        }
+        if spec.instances > self.opts.max_instances {
+            return Err(Error::Invalid {
+                what: "instances",
+                value: format!("{}: {}", spec.id, spec.instances),
+                reason: format!(
+                    "at most {} instances (KubernetesOptions::max_instances)",
+                    self.opts.max_instances
+                ),
+            });
+        }
+        self.object(spec).map(drop)
+    }
+
+    /// The Deployment sent for `spec`, as JSON.
+    fn object(&self, spec: &ServiceSpec) -> Result<Value, Error> {
+        let name = deployment_name(&spec.id);
+        let mut labels = serde_json::Map::new();
+        for (k, v) in &spec.labels {
+            if label_key(k) && !k.starts_with("io.vamp") {
+                labels.insert(k.clone(), json!(label_value(v)));
+            }
+        }
+        for (k, v) in spec.id.labels() {
+            labels.insert(k, json!(label_value(&v)));
+        }
+        labels.insert("io.vamp".into(), json!("deployment-service"));
+        labels.insert("io.vamp.deployment-service".into(), json!(name));
+        let mut env = Vec::new();
+        for (i, p) in spec.ports.iter().enumerate() {
+            if i == 0 {
+                env.push(json!({"name": "PORT", "value": p.container_port.to_string()}));
+            }
+            env.push(json!({"name": format!("PORT{i}"), "value": p.container_port.to_string()}));
+            env.push(json!({"name": format!("PORT_{}", env_name(&p.name)), "value": p.container_port.to_string()}));
+        }
+        for (k, v) in &spec.environment {
+            env.push(json!({"name": k, "value": v}));
+        }
+        let mut privileged = false;
+        for a in &spec.arguments {
+            match (a.key.as_str(), a.value.trim()) {
+                ("privileged", "true") => privileged = true,
+                ("privileged", "false") => privileged = false,
+                _ => {
+                    return Err(Error::Invalid {
+                        what: "argument",
+                        value: format!("{}: {}={}", spec.id, a.key, a.value),
+                        reason: "the Kubernetes scheduler takes only privileged (use the kubernetes dialect for the rest)".into(),
+                    });
+                }
+            }
+        }
+        let mut container = json!({
+            "name": name,
+            "image": spec.deployable.definition.trim(),
+            "env": env,
+            "ports": spec.ports.iter().map(|p| json!({"name": format!("p{}", p.container_port), "containerPort": p.container_port, "protocol": "TCP"})).collect::<Vec<_>>(),
+            "resources": {"requests": {"cpu": quantity(spec.cpu), "memory": format!("{}M", quantity(spec.memory_mb))}},
+            "securityContext": {"privileged": privileged},
+        });
+        if let Some(h) = spec.health_checks.first() {
+            let Some(port) = spec.ports.iter().find(|p| p.name == h.port) else {
+                return Err(Error::Invalid {
+                    what: "health check",
+                    value: format!("{}: port {:?}", spec.id, h.port),
+                    reason: "names no port of the service".into(),
+                });
+            };
+            let mut probe = json!({
+                "initialDelaySeconds": h.initial_delay.max(0),
+                "periodSeconds": h.interval.max(1),
+                "timeoutSeconds": h.timeout.max(1),
+                "failureThreshold": h.failures.max(1),
+            });
+            match h.protocol.to_ascii_uppercase().as_str() {
+                "" | "HTTP" | "HTTPS" => {
+                    probe["httpGet"] = json!({
+                        "path": if h.path.starts_with('/') { h.path.clone() } else { format!("/{}", h.path) },
+                        "port": port.container_port,
+                        "scheme": if h.protocol.eq_ignore_ascii_case("https") { "HTTPS" } else { "HTTP" },
+                    });
+                }
+                _ => probe["tcpSocket"] = json!({"port": port.container_port}),
+            }
+            container["readinessProbe"] = probe;
+        }
+        let mut pod_spec = json!({"containers": [container]});
+        if let Some(dialect) = spec.dialects.get("kubernetes") {
+            let mut patch = dialect.to_json();
+            if !patch.is_object() {
+                return Err(Error::Invalid {
+                    what: "dialect",
+                    value: format!("{}: kubernetes", spec.id),
+                    reason: "the kubernetes dialect must be a map of pod spec fields".into(),
+                });
+            }
+            if let Some(c) = patch.as_object_mut().and_then(|p| p.remove("container")) {
+                merge(&mut pod_spec["containers"][0], &c);
+            }
+            merge(&mut pod_spec, &patch);
+        }
+        let selector = json!({
+            "io.vamp": "deployment-service",
+            "io.vamp.deployment-service": name,
+        });
+        let object = json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {
+                "name": name,
+                "namespace": self.opts.namespace,
+                "labels": labels,
+                "annotations": {SPEC_ANNOTATION: spec_json(spec, false).to_string()},
+            },
+            "spec": {
+                "replicas": spec.instances,
+                "selector": {"matchLabels": selector},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": pod_spec,
+                },
+            },
+        });
+        // Refused here what would not even be a Deployment.
+        serde_json::from_value::<Deployment>(object.clone()).map_err(|e| Error::Invalid {
+            what: "dialect",
+            value: format!("{}: kubernetes", spec.id),
+            reason: format!("not a pod spec: {e}"),
+        })?;
+        Ok(object)
+    }
+
+    fn spec_of(d: &Deployment) -> Option<ServiceSpec> {
+        let text = d.metadata.annotations.as_ref()?.get(SPEC_ANNOTATION)?;
+        let mut v: Value = serde_json::from_str(text).ok()?;
+        v["instances"] = json!(d.spec.as_ref()?.replicas.unwrap_or(1).max(0));
+        spec_from_json(&v)
+    }
+
+    fn snapshot(spec: ServiceSpec, pods: &[&Pod]) -> DeployedService {
+        let checks = !spec.health_checks.is_empty();
+        let mut instances: Vec<InstanceState> = pods
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter_map(|p| {
+                let status = p.status.as_ref();
+                let ip = status.and_then(|s| s.pod_ip.clone()).unwrap_or_default();
+                let container_ports: Vec<i32> = p
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.containers.first())
+                    .and_then(|c| c.ports.as_ref())
+                    .map(|ports| ports.iter().map(|x| x.container_port).collect())
+                    .unwrap_or_default();
+                let ports: IndexMap<String, u16> = if ip.is_empty() {
+                    IndexMap::new()
+                } else {
+                    spec.ports
+                        .iter()
+                        .filter(|sp| container_ports.contains(&i32::from(sp.container_port)))
+                        .map(|sp| (sp.name.clone(), sp.container_port))
+                        .collect()
+                };
+                let running = status.and_then(|s| s.phase.as_deref()) == Some("Running");
+                let healthy = checks.then(|| {
+                    status
+                        .and_then(|s| s.container_statuses.as_ref())
+                        .is_some_and(|cs| !cs.is_empty() && cs.iter().all(|c| c.ready))
+                });
+                Some(InstanceState {
+                    name: p.metadata.name.clone()?,
+                    host: ip,
+                    ports,
+                    running,
+                    healthy,
+                })
+            })
+            .collect();
+        instances.sort_by(|a, b| a.name.cmp(&b.name));
+        DeployedService { spec, instances }
+    }
+
+    async fn pods_of(&self, name: Option<&str>) -> Result<Vec<Pod>, Error> {
+        let selector = match name {
+            Some(n) => format!("{SELECTOR},io.vamp.deployment-service={n}"),
+            None => SELECTOR.to_owned(),
+        };
+        Ok(self
+            .pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| self.error(e))?
+            .items)
+    }
+
+    async fn list(&self) -> Result<BTreeMap<ServiceId, DeployedService>, Error> {
+        let deployments = self
+            .deployments
+            .list(&ListParams::default().labels(SELECTOR))
+            .await
+            .map_err(|e| self.error(e))?
+            .items;
+        let pods = self.pods_of(None).await?;
+        let mut out = BTreeMap::new();
+        for d in &deployments {
+            let Some(spec) = Self::spec_of(d) else {
+                continue;
+            };
+            let name = d.metadata.name.clone().unwrap_or_default();
+            let mine: Vec<&Pod> = pods
+                .iter()
+                .filter(|p| {
+                    p.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get("io.vamp.deployment-service"))
+                        == Some(&name)
+                })
+                .collect();
+            let s = Self::snapshot(spec, &mine);
+            out.insert(s.spec.id.clone(), s);
+        }
+        Ok(out)
+    }
+
+    async fn refresh(&self) -> Result<(), Error> {
+        let _guard = self.refresh.lock().await;
+        let now = self.list().await?;
+        self.watchers.publish(&now);
+        Ok(())
+    }
+}
+
+/// Follows the Deployments and pods Vamp labelled; every change refreshes the watch.
+async fn follow(inner: Weak<Inner>, deployments: Api<Deployment>, pods: Api<Pod>) {
+    let config = watcher::Config::default().labels(SELECTOR);
+    let d = watcher(deployments, config.clone())
+        .map(|e| e.map(drop))
+        .boxed();
+    let p = watcher(pods, config).map(|e| e.map(drop)).boxed();
+    let mut events = futures_util::stream::select(d, p);
+    while let Some(event) = events.next().await {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if event.is_err() {
+            // The watcher backs off and resumes by itself; a short pause keeps a broken API
+            // server from being asked in a loop.
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        let _ = inner.refresh().await;
+    }
+}
+
+/// Makes `ring` the process's TLS provider unless one is already installed: `kube`'s client
+/// takes the process default, which rustls cannot pick by itself when both `ring` and
+/// `aws-lc-rs` are linked (as with the SQL Server backend). Call it before building a
+/// `kube::Client` in a program that links both; the URL selection calls it.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl KubernetesScheduler {
+    /// A scheduler on `client` (e.g. `kube::Client::try_default()`: in-cluster or the
+    /// kubeconfig), reading what runs in the namespace and starting the watchers.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the API server cannot be reached; [`Error::Backend`] when
+    /// it refuses the credentials.
+    pub async fn connect(client: kube::Client, opts: KubernetesOptions) -> Result<Self, Error> {
+        if !dns_label(&opts.namespace, 63) {
+            return Err(crate::invalid(
+                "kubernetes",
+                format!("the namespace {:?} is not a DNS label", opts.namespace),
+            ));
+        }
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &opts.namespace);
+        let pods: Api<Pod> = Api::namespaced(client, &opts.namespace);
+        let inner = Arc::new(Inner {
+            label: format!("KubernetesScheduler(namespace {})", opts.namespace),
+            deployments: deployments.clone(),
+            pods: pods.clone(),
+            opts,
+            refresh: tokio::sync::Mutex::new(()),
+            watchers: Watchers::default(),
+        });
+        inner.refresh().await?;
+        tokio::spawn(follow(Arc::downgrade(&inner), deployments, pods));
+        Ok(Self { inner })
+    }
+
+    /// The Deployment this scheduler sends for `spec`, as JSON (nothing is sent).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for what the scheduler cannot run.
+    pub fn deployment_for(&self, spec: &ServiceSpec) -> Result<Value, Error> {
+        let spec = spec.clone().normalized()?;
+        self.inner.check_spec(&spec)?;
+        self.inner.object(&spec)
+    }
+}
+
+impl fmt::Debug for KubernetesScheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KubernetesScheduler")
+            .field("options", &self.inner.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for KubernetesScheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.inner.label)
+    }
+}
+
+#[async_trait]
+impl ContainerScheduler for KubernetesScheduler {
+    async fn deploy(&self, spec: ServiceSpec, opts: DeployOptions) -> Result<(), Error> {
+        let inner = &self.inner;
+        let spec = spec.normalized()?;
+        inner.check_spec(&spec)?;
+        let object = inner.object(&spec)?;
+        let name = deployment_name(&spec.id);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let current = inner
+                .deployments
+                .get_opt(&name)
+                .await
+                .map_err(|e| inner.error(e))?;
+            let result = match current {
+                None => {
+                    let d: Deployment =
+                        serde_json::from_value(object.clone()).expect("checked when built");
+                    inner
+                        .deployments
+                        .create(&PostParams::default(), &d)
+                        .await
+                        .map(drop)
+                }
+                Some(current) => {
+                    let same = Inner::spec_of(&current).is_some_and(|s| s == spec);
+                    if same && !opts.force {
+                        break;
+                    }
+                    let mut object = object.clone();
+                    object["metadata"]["resourceVersion"] =
+                        json!(current.metadata.resource_version);
+                    if opts.force {
+                        // A changed annotation on the template restarts every pod.
+                        object["spec"]["template"]["metadata"]["annotations"] = json!({"io.vamp/restarted": format!("{:?}", std::time::SystemTime::now())});
+                    }
+                    let d: Deployment = serde_json::from_value(object).expect("checked when built");
+                    inner
+                        .deployments
+                        .replace(&name, &PostParams::default(), &d)
+                        .await
+                        .map(drop)
+                }
+            };
+            match result {
+                Ok(()) => break,
+                // Created or changed meanwhile: read again.
+                Err(kube::Error::Api(s)) if s.code == 409 && tries < 5 => continue,
+                Err(e) => return Err(inner.error(e)),
+            }
+        }
+        inner.refresh().await
+    }
+
+    async fn undeploy(&self, id: &ServiceId) -> Result<bool, Error> {
+        let inner = &self.inner;
+        let existed = match inner
+            .deployments
+            .delete(&deployment_name(id), &DeleteParams::background())
+            .await
+        {
+            Ok(_) => true,
+            Err(kube::Error::Api(s)) if s.code == 404 => false,
+            Err(e) => return Err(inner.error(e)),
+        };
+        inner.refresh().await?;
+        Ok(existed)
+    }
+
+    async fn scale(&self, id: &ServiceId, instances: u32) -> Result<(), Error> {
+        let inner = &self.inner;
+        if instances > inner.opts.max_instances {
+            return Err(Error::Invalid {
+                what: "instances",
+                value: format!("{id}: {instances}"),
+                reason: format!("at most {} instances", inner.opts.max_instances),
+            });
+        }
+        let patch = json!({"spec": {"replicas": instances}});
+        match inner
+            .deployments
+            .patch_scale(
+                &deployment_name(id),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                return Err(Error::NotFound {
+                    backend: inner.label.clone(),
+                    kind: "service".into(),
+                    name: id.to_string(),
+                });
+            }
+            Err(e) => return Err(inner.error(e)),
+        }
+        inner.refresh().await
+    }
+
+    async fn service(&self, id: &ServiceId) -> Result<Option<DeployedService>, Error> {
+        let inner = &self.inner;
+        let name = deployment_name(id);
+        let Some(d) = inner
+            .deployments
+            .get_opt(&name)
+            .await
+            .map_err(|e| inner.error(e))?
+        else {
+            return Ok(None);
+        };
+        let Some(spec) = Inner::spec_of(&d) else {
+            return Ok(None);
+        };
+        let pods = inner.pods_of(Some(&name)).await?;
+        Ok(Some(Inner::snapshot(
+            spec,
+            &pods.iter().collect::<Vec<_>>(),
+        )))
+    }
+
+    async fn services(&self) -> Result<Vec<DeployedService>, Error> {
+        Ok(self.inner.list().await?.into_values().collect())
+    }
+
+    fn watch(&self) -> BoxStream<'static, Result<SchedulerEvent, Error>> {
+        self.inner.watchers.subscribe()
+    }
+
+    fn capabilities(&self) -> SchedulerCapabilities {
+        let mut caps = SchedulerCapabilities::default();
+        caps.scale = true;
+        caps.health_checks = true;
+        caps.instance_ports = true;
+        caps.rolling_update = true;
+        caps.watch = true;
+        caps.reachable_instances = true;
+        caps.adopts_services = true;
+        caps.deployable_types = Some(&DEPLOYABLE_TYPES);
+        caps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_labels_are_what_kubernetes_accepts() {
+        let id = ServiceId::new("sava", "web", "sava:1.0.0");
+        let name = deployment_name(&id);
+        assert!(name.starts_with("sava-web-"));
+        assert!(dns_label(&name, 63), "{name}");
+        let long = ServiceId::new("a".repeat(30), "b".repeat(30), "c".repeat(30));
+        let name = deployment_name(&long);
+        assert!(name.starts_with("vamp-") && name.len() == 25, "{name}");
+        assert_eq!(label_value("sava:1.0.0"), "sava_1.0.0");
+        assert_eq!(label_value(":x:"), "x");
+        assert!(label_value(&"y".repeat(100)).len() == 63);
+        assert!(label_key("team") && label_key("example.com/team"));
+        assert!(!label_key("bad key"));
+    }
+}

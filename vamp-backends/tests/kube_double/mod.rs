@@ -1,0 +1,991 @@
+//! A **double** of the Kubernetes API server, in process, speaking real HTTP, for tests: no
+//! API server can run on this project's machines. It is not Kubernetes; it follows the
+//! Kubernetes API reference (API concepts: resource versions, watches, `Status` bodies;
+//! `apps/v1` Deployment, its `scale` subresource, `v1` Pod) for what the
+//! `scheduler-kubernetes` driver and `kube`'s clients and watchers use:
+//!
+//! * `GET|POST /apis/apps/v1/namespaces/{ns}/deployments`, `GET|PUT|PATCH|DELETE …/{name}`,
+//!   `GET|PATCH …/{name}/scale` (merge patch); `GET /api/v1/namespaces/{ns}/pods`,
+//!   `GET|DELETE …/pods/{name}`. Lists filter by `labelSelector` (`k=v`, `k==v`, `k!=v`, `k`)
+//!   and carry the list's `resourceVersion`.
+//! * Watches (`?watch=true&resourceVersion=N`): newline-delimited `ADDED`/`MODIFIED`/`DELETED`
+//!   events after version `N`, from a bounded history, then live; a version older than the
+//!   history gets an `ERROR` event with a `410 Expired` `Status`, as the API server answers.
+//!   A watch ends after `timeoutSeconds`.
+//! * Errors as `Status` objects: `404 NotFound`, `409 AlreadyExists` (create),
+//!   `409 Conflict` (update with a stale `resourceVersion`), `422 Invalid` with `causes`
+//!   (names, label values, a selector that does not match the template, no containers, no
+//!   `resourceVersion` on update), `401 Unauthorized` without the bearer token when one is set.
+//! * A Deployment controller of its own: pods named `<deployment>-<template hash>-<n>` follow
+//!   `spec.replicas` and are replaced when the template changes; a deleted pod is replaced.
+//!   Pods are simulated but reachable: each gets its own loopback address (`127.x.y.z`) as
+//!   `podIP`, with an HTTP server on every container port answering `200` with the pod's name.
+//!   A pod is ready unless its readiness probe's path contains `fail` (no probe is run).
+//! * Every request is recorded (method, path with query, body) for request-shape tests.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+
+/// How many events a watch can resume from.
+const HISTORY: usize = 2000;
+
+/// A recorded request.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub body: Value,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Deployment,
+    Pod,
+}
+
+#[derive(Clone, Debug)]
+struct Ev {
+    rv: u64,
+    kind: Kind,
+    ns: String,
+    typ: &'static str,
+    object: Value,
+}
+
+struct PodEntry {
+    json: Value,
+    owner: String,
+    servers: Vec<JoinHandle<()>>,
+}
+
+impl Drop for PodEntry {
+    fn drop(&mut self) {
+        for s in &self.servers {
+            s.abort();
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    rv: u64,
+    deployments: BTreeMap<(String, String), Value>,
+    pods: BTreeMap<(String, String), PodEntry>,
+    history: VecDeque<Ev>,
+    requests: Vec<Recorded>,
+    counter: u64,
+    next_ip: u32,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    events: broadcast::Sender<Ev>,
+    token: Option<String>,
+    ip_base: u32,
+    /// The longest a watch stays open (the API server's own limit, shortened by tests).
+    watch_limit: Mutex<Duration>,
+    /// Watches still to be answered `410 Expired` whatever their version.
+    expire: std::sync::atomic::AtomicU32,
+    /// `410 Expired` answers given.
+    expired: std::sync::atomic::AtomicU32,
+}
+
+/// The double; stops serving when dropped.
+pub struct KubeDouble {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    server: JoinHandle<()>,
+}
+
+impl Drop for KubeDouble {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn full(status: StatusCode, body: Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("Content-Type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())).boxed())
+        .unwrap()
+}
+
+fn status(code: u16, reason: &str, message: String, details: Value) -> Response<Body> {
+    full(
+        StatusCode::from_u16(code).unwrap(),
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": message, "reason": reason, "details": details, "code": code}),
+    )
+}
+
+fn not_found(kind: &str, group: &str, name: &str) -> Response<Body> {
+    let full_kind = if group.is_empty() {
+        kind.to_owned()
+    } else {
+        format!("{kind}.{group}")
+    };
+    status(
+        404,
+        "NotFound",
+        format!("{full_kind} \"{name}\" not found"),
+        json!({"name": name, "group": group, "kind": kind}),
+    )
+}
+
+fn invalid(name: &str, causes: Vec<(String, String)>) -> Response<Body> {
+    let message = causes
+        .iter()
+        .map(|(f, m)| format!("{f}: {m}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    status(
+        422,
+        "Invalid",
+        format!("Deployment.apps \"{name}\" is invalid: {message}"),
+        json!({"name": name, "group": "apps", "kind": "Deployment",
+               "causes": causes.iter().map(|(f, m)| json!({"reason": "FieldValueInvalid", "message": m, "field": f})).collect::<Vec<_>>()}),
+    )
+}
+
+fn dns1123_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn dns1123_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(dns1123_label)
+}
+
+fn label_value_ok(v: &str) -> bool {
+    v.is_empty()
+        || (v.len() <= 63
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && v.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && v.chars().last().is_some_and(|c| c.is_ascii_alphanumeric()))
+}
+
+/// Whether `labels` match a selector `k=v,k==v,k!=v,k`.
+fn matches(selector: &str, labels: &Value) -> bool {
+    selector.split(',').filter(|s| !s.is_empty()).all(|term| {
+        if let Some((k, v)) = term.split_once("!=") {
+            labels.get(k.trim()).and_then(Value::as_str) != Some(v.trim())
+        } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+            labels.get(k.trim()).and_then(Value::as_str) == Some(v.trim())
+        } else {
+            labels.get(term.trim()).is_some()
+        }
+    })
+}
+
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                if let Ok(b) = u8::from_str_radix(hex, 16) {
+                    out.push(b);
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn pod_server(listener: TcpListener, text: String) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let text = text.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+            let response = format!(
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n\r\n{text}",
+                text.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+        });
+    }
+}
+
+impl State {
+    fn emit(
+        &mut self,
+        tx: &broadcast::Sender<Ev>,
+        kind: Kind,
+        ns: &str,
+        typ: &'static str,
+        object: Value,
+    ) {
+        let rv = object["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(self.rv);
+        let ev = Ev {
+            rv,
+            kind,
+            ns: ns.to_owned(),
+            typ,
+            object,
+        };
+        self.history.push_back(ev.clone());
+        while self.history.len() > HISTORY {
+            self.history.pop_front();
+        }
+        let _ = tx.send(ev);
+    }
+
+    fn bump(&mut self) -> String {
+        self.rv += 1;
+        self.rv.to_string()
+    }
+}
+
+impl KubeDouble {
+    /// A double without authentication.
+    pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// A double requiring `Authorization: Bearer <token>`.
+    pub async fn start_with(token: Option<&str>) -> Self {
+        let seed = u32::from(std::process::id() as u16)
+            ^ (std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos()
+                & 0xffff);
+        // 127.<seed>.0.2 upwards: a block of loopback addresses of this double's own.
+        let ip_base = u32::from(Ipv4Addr::new(
+            127,
+            (seed % 250) as u8 + 2,
+            (seed >> 8) as u8,
+            2,
+        ));
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            events: broadcast::channel(4096).0,
+            token: token.map(str::to_owned),
+            ip_base,
+            watch_limit: Mutex::new(Duration::from_secs(290)),
+            expire: std::sync::atomic::AtomicU32::new(0),
+            expired: std::sync::atomic::AtomicU32::new(0),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let s = Arc::clone(&shared);
+        let server = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let s = Arc::clone(&s);
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let s = Arc::clone(&s);
+                        async move { Ok::<_, Infallible>(handle(&s, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            shared,
+            server,
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn address(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The requests received so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.shared.state.lock().unwrap().requests.clone()
+    }
+
+    /// Ends every watch after `limit` (the client must watch again from its last version).
+    pub fn limit_watches(&self, limit: Duration) {
+        *self.shared.watch_limit.lock().unwrap() = limit;
+    }
+
+    /// Answers the next `n` watches that resume from a version `410 Expired`, as the API
+    /// server does once that version left its history.
+    pub fn expire_next_watches(&self, n: u32) {
+        self.shared
+            .expire
+            .store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many watches were answered `410 Expired`.
+    pub fn expired(&self) -> u32 {
+        self.shared
+            .expired
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The names of the pods of a namespace.
+    pub fn pods(&self, ns: &str) -> Vec<String> {
+        self.shared
+            .state
+            .lock()
+            .unwrap()
+            .pods
+            .keys()
+            .filter(|(n, _)| n == ns)
+            .map(|(_, name)| name.clone())
+            .collect()
+    }
+}
+
+impl Shared {
+    /// Brings the pods of Deployment `ns/name` in line with it (the double's controller).
+    async fn reconcile(&self, ns: &str, name: &str) {
+        let deployment = self
+            .state
+            .lock()
+            .unwrap()
+            .deployments
+            .get(&(ns.to_owned(), name.to_owned()))
+            .cloned();
+        let Some(d) = deployment else {
+            // Deleted: its pods go (propagation Background).
+            let mut state = self.state.lock().unwrap();
+            let gone: Vec<(String, String)> = state
+                .pods
+                .iter()
+                .filter(|(k, p)| k.0 == ns && p.owner == name)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in gone {
+                if let Some(p) = state.pods.remove(&key) {
+                    let mut json = p.json.clone();
+                    json["metadata"]["resourceVersion"] = json!(state.bump());
+                    state.emit(&self.events, Kind::Pod, ns, "DELETED", json);
+                }
+            }
+            return;
+        };
+        let template = d["spec"]["template"].clone();
+        let hash = vamp_core::lookup::hex_sha1(&template.to_string(), "")[..10].to_owned();
+        let replicas = d["spec"]["replicas"].as_u64().unwrap_or(1) as usize;
+        // Pods of an older template go; extra pods go.
+        let keep: Vec<(String, String)> = {
+            let mut state = self.state.lock().unwrap();
+            let mine: Vec<((String, String), String)> = state
+                .pods
+                .iter()
+                .filter(|(k, p)| k.0 == ns && p.owner == name)
+                .map(|(k, p)| {
+                    (
+                        k.clone(),
+                        p.json["metadata"]["labels"]["pod-template-hash"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_owned(),
+                    )
+                })
+                .collect();
+            let mut keep = Vec::new();
+            for (key, h) in mine {
+                if h == hash && keep.len() < replicas {
+                    keep.push(key);
+                } else if let Some(p) = state.pods.remove(&key) {
+                    let mut json = p.json.clone();
+                    json["metadata"]["resourceVersion"] = json!(state.bump());
+                    state.emit(&self.events, Kind::Pod, ns, "DELETED", json);
+                }
+            }
+            keep
+        };
+        for _ in keep.len()..replicas {
+            self.launch(ns, name, &template, &hash).await;
+        }
+        // Status.
+        let mut state = self.state.lock().unwrap();
+        let ready = state
+            .pods
+            .iter()
+            .filter(|(k, p)| k.0 == ns && p.owner == name)
+            .filter(|(_, p)| p.json["status"]["containerStatuses"][0]["ready"] == json!(true))
+            .count();
+        let rv = state.bump();
+        if let Some(d) = state.deployments.get_mut(&(ns.to_owned(), name.to_owned())) {
+            d["status"] = json!({
+                "observedGeneration": d["metadata"]["generation"],
+                "replicas": replicas,
+                "updatedReplicas": replicas,
+                "readyReplicas": ready,
+                "availableReplicas": ready,
+            });
+            d["metadata"]["resourceVersion"] = json!(rv);
+            let d = d.clone();
+            state.emit(&self.events, Kind::Deployment, ns, "MODIFIED", d);
+        }
+    }
+
+    async fn launch(&self, ns: &str, owner: &str, template: &Value, hash: &str) {
+        let ports: Vec<u16> = template["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
+            .filter_map(|p| {
+                p["containerPort"]
+                    .as_u64()
+                    .and_then(|p| u16::try_from(p).ok())
+            })
+            .collect();
+        let (n, mut ip_n) = {
+            let mut state = self.state.lock().unwrap();
+            state.counter += 1;
+            (state.counter, state.next_ip)
+        };
+        let name = format!("{owner}-{hash}-{n:05x}");
+        // An address of its own where every container port can be bound.
+        let (ip, servers) = loop {
+            let ip = Ipv4Addr::from(self.ip_base + ip_n);
+            ip_n += 1;
+            let mut listeners = Vec::new();
+            for p in &ports {
+                match TcpListener::bind((ip, *p)).await {
+                    Ok(l) => listeners.push(l),
+                    Err(_) => break,
+                }
+            }
+            if listeners.len() == ports.len() {
+                let servers = listeners
+                    .into_iter()
+                    .map(|l| tokio::spawn(pod_server(l, name.clone())))
+                    .collect::<Vec<_>>();
+                break (ip, servers);
+            }
+        };
+        let probe_path = template["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"]
+            .as_str()
+            .unwrap_or("");
+        let ready = !probe_path.contains("fail");
+        let mut labels = template["metadata"]["labels"].clone();
+        labels["pod-template-hash"] = json!(hash);
+        let containers = template["spec"]["containers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let mut state = self.state.lock().unwrap();
+        state.next_ip = state.next_ip.max(ip_n);
+        let rv = state.bump();
+        let pod = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name, "namespace": ns, "uid": format!("uid-pod-{n}"), "resourceVersion": rv,
+                "labels": labels, "creationTimestamp": "2026-11-29T12:00:00Z",
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("{owner}-{hash}"), "uid": format!("uid-rs-{owner}-{hash}"), "controller": true}],
+            },
+            "spec": template["spec"],
+            "status": {
+                "phase": "Running", "podIP": ip.to_string(), "hostIP": "127.0.0.1",
+                "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+                "containerStatuses": containers.iter().map(|c| json!({
+                    "name": c["name"], "ready": ready, "restartCount": 0, "image": c["image"], "imageID": "",
+                    "started": true, "state": {"running": {"startedAt": "2026-11-29T12:00:01Z"}},
+                })).collect::<Vec<_>>(),
+            },
+        });
+        state.pods.insert(
+            (ns.to_owned(), name.clone()),
+            PodEntry {
+                json: pod.clone(),
+                owner: owner.to_owned(),
+                servers,
+            },
+        );
+        state.emit(&self.events, Kind::Pod, ns, "ADDED", pod);
+    }
+
+    fn validate(d: &Value, name: &str) -> Vec<(String, String)> {
+        let mut causes = Vec::new();
+        if !dns1123_subdomain(name) {
+            causes.push(("metadata.name".into(), format!("Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.'")));
+        }
+        for path in ["/metadata/labels", "/spec/template/metadata/labels"] {
+            if let Some(labels) = d.pointer(path).and_then(Value::as_object) {
+                for (k, v) in labels {
+                    let v = v.as_str().unwrap_or("");
+                    if !label_value_ok(v) {
+                        causes.push((format!("{}[{k}]", path.trim_start_matches('/').replace('/', ".")), format!("Invalid value: \"{v}\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.'")));
+                    }
+                }
+            }
+        }
+        let selector = d
+            .pointer("/spec/selector/matchLabels")
+            .and_then(Value::as_object);
+        match selector {
+            None => causes.push(("spec.selector".into(), "Required value".into())),
+            Some(sel) => {
+                let labels = d
+                    .pointer("/spec/template/metadata/labels")
+                    .cloned()
+                    .unwrap_or(json!({}));
+                if sel.iter().any(|(k, v)| labels.get(k) != Some(v)) {
+                    causes.push((
+                        "spec.template.metadata.labels".into(),
+                        "Invalid value: `selector` does not match template `labels`".into(),
+                    ));
+                }
+            }
+        }
+        let containers = d
+            .pointer("/spec/template/spec/containers")
+            .and_then(Value::as_array);
+        match containers {
+            None => causes.push((
+                "spec.template.spec.containers".into(),
+                "Required value".into(),
+            )),
+            Some(cs) if cs.is_empty() => causes.push((
+                "spec.template.spec.containers".into(),
+                "Required value".into(),
+            )),
+            Some(cs) => {
+                for (i, c) in cs.iter().enumerate() {
+                    if !c["name"].as_str().is_some_and(dns1123_label) {
+                        causes.push((
+                            format!("spec.template.spec.containers[{i}].name"),
+                            "Invalid value: a lowercase RFC 1123 label".into(),
+                        ));
+                    }
+                    if c["image"].as_str().is_none_or(str::is_empty) {
+                        causes.push((
+                            format!("spec.template.spec.containers[{i}].image"),
+                            "Required value".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        causes
+    }
+}
+
+fn list_of(kind: &str, api_version: &str, rv: u64, items: Vec<Value>) -> Value {
+    json!({"apiVersion": api_version, "kind": format!("{kind}List"), "metadata": {"resourceVersion": rv.to_string()}, "items": items})
+}
+
+/// A watch's answer: history after `from`, then live events, as newline-delimited JSON.
+fn watch(
+    s: &Shared,
+    kind: Kind,
+    ns: &str,
+    selector: String,
+    from: Option<u64>,
+    timeout: Duration,
+) -> Response<Body> {
+    let mut live = s.events.subscribe();
+    let (backlog, expired, start) = {
+        let state = s.state.lock().unwrap();
+        let oldest = state.history.front().map_or(state.rv + 1, |e| e.rv);
+        let start = from.unwrap_or(state.rv);
+        let forced = from.is_some()
+            && s.expire
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |n| n.checked_sub(1),
+                )
+                .is_ok();
+        let expired = forced || from.is_some_and(|f| f + 1 < oldest && state.rv > f);
+        if expired {
+            s.expired.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        let backlog: Vec<Ev> = state
+            .history
+            .iter()
+            .filter(|e| e.rv > start)
+            .cloned()
+            .collect();
+        (backlog, expired, start)
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
+    let ns = ns.to_owned();
+    tokio::spawn(async move {
+        let relevant = |e: &Ev| {
+            e.kind == kind && e.ns == ns && matches(&selector, &e.object["metadata"]["labels"])
+        };
+        let line =
+            |e: &Ev| Bytes::from(format!("{}\n", json!({"type": e.typ, "object": e.object})));
+        if expired {
+            let error = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": format!("too old resource version: {start}"), "reason": "Expired", "code": 410}});
+            let _ = tx.send(Bytes::from(format!("{error}\n"))).await;
+            return;
+        }
+        let mut last = start;
+        for e in backlog.iter().filter(|e| relevant(e)) {
+            last = last.max(e.rv);
+            if tx.send(line(e)).await.is_err() {
+                return;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let e = tokio::select! {
+                e = live.recv() => e,
+                () = tokio::time::sleep_until(deadline) => return,
+                () = tx.closed() => return,
+            };
+            match e {
+                Ok(e) if e.rv > last && relevant(&e) => {
+                    last = e.rv;
+                    if tx.send(line(&e)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => return,
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let chunk = rx.recv().await?;
+        Some((Ok::<_, Infallible>(Frame::data(chunk)), rx))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("Content-Type", "application/json")
+        .body(StreamBody::new(stream).boxed())
+        .unwrap()
+}
+
+async fn handle(s: &Shared, req: Request<Incoming>) -> Response<Body> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let authorized = s.token.as_ref().is_none_or(|t| {
+        req.headers()
+            .get("authorization")
+            .and_then(|h| h.to_str().ok())
+            == Some(format!("Bearer {t}").as_str())
+    });
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    s.state.lock().unwrap().requests.push(Recorded {
+        method: method.to_string(),
+        path: if query.is_empty() {
+            path.clone()
+        } else {
+            format!("{path}?{query}")
+        },
+        body: body.clone(),
+    });
+    if !authorized {
+        return status(401, "Unauthorized", "Unauthorized".into(), json!({}));
+    }
+    let params: BTreeMap<String, String> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect();
+    let selector = params.get("labelSelector").cloned().unwrap_or_default();
+    let watching = params.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let from = params
+        .get("resourceVersion")
+        .filter(|r| !r.is_empty() && *r != "0")
+        .and_then(|r| r.parse().ok());
+    let timeout = Duration::from_secs(
+        params
+            .get("timeoutSeconds")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(290u64)
+            .min(290),
+    )
+    .min(*s.watch_limit.lock().unwrap());
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["apis", "apps", "v1", "namespaces", ns, "deployments"] => {
+            let ns = (*ns).to_owned();
+            if method == Method::GET {
+                if watching {
+                    return watch(s, Kind::Deployment, &ns, selector, from, timeout);
+                }
+                let state = s.state.lock().unwrap();
+                let items = state
+                    .deployments
+                    .iter()
+                    .filter(|(k, d)| k.0 == ns && matches(&selector, &d["metadata"]["labels"]))
+                    .map(|(_, d)| d.clone())
+                    .collect();
+                return full(
+                    StatusCode::OK,
+                    list_of("Deployment", "apps/v1", state.rv, items),
+                );
+            }
+            if method != Method::POST {
+                return status(
+                    405,
+                    "MethodNotAllowed",
+                    "method not allowed".into(),
+                    json!({}),
+                );
+            }
+            let name = body["metadata"]["name"].as_str().unwrap_or("").to_owned();
+            let causes = Shared::validate(&body, &name);
+            if !causes.is_empty() {
+                return invalid(&name, causes);
+            }
+            let created = {
+                let mut state = s.state.lock().unwrap();
+                let key = (ns.clone(), name.clone());
+                if state.deployments.contains_key(&key) {
+                    return status(
+                        409,
+                        "AlreadyExists",
+                        format!("deployments.apps \"{name}\" already exists"),
+                        json!({"name": name, "group": "apps", "kind": "deployments"}),
+                    );
+                }
+                let mut d = body.clone();
+                d["metadata"]["namespace"] = json!(ns);
+                d["metadata"]["uid"] = json!(format!("uid-deploy-{name}"));
+                d["metadata"]["generation"] = json!(1);
+                d["metadata"]["creationTimestamp"] = json!("2026-11-29T12:00:00Z");
+                d["metadata"]["resourceVersion"] = json!(state.bump());
+                state.deployments.insert(key, d.clone());
+                state.emit(&s.events, Kind::Deployment, &ns, "ADDED", d.clone());
+                d
+            };
+            s.reconcile(&ns, &name).await;
+            full(StatusCode::CREATED, created)
+        }
+        [
+            "apis",
+            "apps",
+            "v1",
+            "namespaces",
+            ns,
+            "deployments",
+            name,
+            rest @ ..,
+        ] => {
+            let (ns, name) = ((*ns).to_owned(), (*name).to_owned());
+            let key = (ns.clone(), name.clone());
+            let Some(current) = s.state.lock().unwrap().deployments.get(&key).cloned() else {
+                return not_found("deployments", "apps", &name);
+            };
+            let scale = rest == ["scale"];
+            let scale_of = |d: &Value| {
+                json!({"kind": "Scale", "apiVersion": "autoscaling/v1",
+                       "metadata": {"name": name, "namespace": ns, "resourceVersion": d["metadata"]["resourceVersion"]},
+                       "spec": {"replicas": d["spec"]["replicas"]},
+                       "status": {"replicas": d["spec"]["replicas"], "selector": "io.vamp=deployment-service"}})
+            };
+            match (method.clone(), scale) {
+                (Method::GET, false) => full(StatusCode::OK, current),
+                (Method::GET, true) => full(StatusCode::OK, scale_of(&current)),
+                (Method::PUT, false) => {
+                    let Some(sent_rv) = body["metadata"]["resourceVersion"].as_str() else {
+                        return invalid(
+                            &name,
+                            vec![(
+                                "metadata.resourceVersion".into(),
+                                "Invalid value: 0x0: must be specified for an update".into(),
+                            )],
+                        );
+                    };
+                    if Some(sent_rv) != current["metadata"]["resourceVersion"].as_str() {
+                        return status(
+                            409,
+                            "Conflict",
+                            format!(
+                                "Operation cannot be fulfilled on deployments.apps \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+                            ),
+                            json!({"name": name, "group": "apps", "kind": "deployments"}),
+                        );
+                    }
+                    let causes = Shared::validate(&body, &name);
+                    if !causes.is_empty() {
+                        return invalid(&name, causes);
+                    }
+                    let updated = {
+                        let mut state = s.state.lock().unwrap();
+                        let mut d = body.clone();
+                        for k in ["uid", "creationTimestamp", "namespace"] {
+                            d["metadata"][k] = current["metadata"][k].clone();
+                        }
+                        let generation = current["metadata"]["generation"].as_u64().unwrap_or(1)
+                            + u64::from(d["spec"] != current["spec"]);
+                        d["metadata"]["generation"] = json!(generation);
+                        d["status"] = current["status"].clone();
+                        d["metadata"]["resourceVersion"] = json!(state.bump());
+                        state.deployments.insert(key.clone(), d.clone());
+                        state.emit(&s.events, Kind::Deployment, &ns, "MODIFIED", d.clone());
+                        d
+                    };
+                    s.reconcile(&ns, &name).await;
+                    full(StatusCode::OK, updated)
+                }
+                (Method::PATCH, _) => {
+                    let mut d = current.clone();
+                    if scale {
+                        if let Some(r) = body.pointer("/spec/replicas") {
+                            d["spec"]["replicas"] = r.clone();
+                        }
+                    } else {
+                        fn merge(b: &mut Value, p: &Value) {
+                            match (b, p) {
+                                (Value::Object(b), Value::Object(p)) => {
+                                    for (k, v) in p {
+                                        if v.is_null() {
+                                            b.remove(k);
+                                        } else {
+                                            merge(b.entry(k.clone()).or_insert(Value::Null), v);
+                                        }
+                                    }
+                                }
+                                (b, p) => *b = p.clone(),
+                            }
+                        }
+                        merge(&mut d, &body);
+                    }
+                    let causes = Shared::validate(&d, &name);
+                    if !causes.is_empty() {
+                        return invalid(&name, causes);
+                    }
+                    let updated = {
+                        let mut state = s.state.lock().unwrap();
+                        let generation = current["metadata"]["generation"].as_u64().unwrap_or(1)
+                            + u64::from(d["spec"] != current["spec"]);
+                        d["metadata"]["generation"] = json!(generation);
+                        d["metadata"]["resourceVersion"] = json!(state.bump());
+                        state.deployments.insert(key.clone(), d.clone());
+                        state.emit(&s.events, Kind::Deployment, &ns, "MODIFIED", d.clone());
+                        d
+                    };
+                    s.reconcile(&ns, &name).await;
+                    full(
+                        StatusCode::OK,
+                        if scale { scale_of(&updated) } else { updated },
+                    )
+                }
+                (Method::DELETE, false) => {
+                    {
+                        let mut state = s.state.lock().unwrap();
+                        state.deployments.remove(&key);
+                        let mut d = current.clone();
+                        d["metadata"]["resourceVersion"] = json!(state.bump());
+                        state.emit(&s.events, Kind::Deployment, &ns, "DELETED", d);
+                    }
+                    s.reconcile(&ns, &name).await;
+                    full(
+                        StatusCode::OK,
+                        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": {"name": name, "group": "apps", "kind": "deployments", "uid": current["metadata"]["uid"]}}),
+                    )
+                }
+                _ => status(
+                    405,
+                    "MethodNotAllowed",
+                    "method not allowed".into(),
+                    json!({}),
+                ),
+            }
+        }
+        ["api", "v1", "namespaces", ns, "pods"] => {
+            let ns = (*ns).to_owned();
+            if watching {
+                return watch(s, Kind::Pod, &ns, selector, from, timeout);
+            }
+            let state = s.state.lock().unwrap();
+            let items = state
+                .pods
+                .iter()
+                .filter(|(k, p)| k.0 == ns && matches(&selector, &p.json["metadata"]["labels"]))
+                .map(|(_, p)| p.json.clone())
+                .collect();
+            full(StatusCode::OK, list_of("Pod", "v1", state.rv, items))
+        }
+        ["api", "v1", "namespaces", ns, "pods", name] => {
+            let key = ((*ns).to_owned(), (*name).to_owned());
+            match method {
+                Method::GET => match s.state.lock().unwrap().pods.get(&key) {
+                    Some(p) => full(StatusCode::OK, p.json.clone()),
+                    None => not_found("pods", "", name),
+                },
+                Method::DELETE => {
+                    let (owner, json) = {
+                        let mut state = s.state.lock().unwrap();
+                        let Some(p) = state.pods.remove(&key) else {
+                            return not_found("pods", "", name);
+                        };
+                        let mut json = p.json.clone();
+                        json["metadata"]["resourceVersion"] = json!(state.bump());
+                        state.emit(&s.events, Kind::Pod, ns, "DELETED", json.clone());
+                        (p.owner.clone(), json)
+                    };
+                    // The ReplicaSet replaces it.
+                    s.reconcile(ns, &owner).await;
+                    full(StatusCode::OK, json)
+                }
+                _ => status(
+                    405,
+                    "MethodNotAllowed",
+                    "method not allowed".into(),
+                    json!({}),
+                ),
+            }
+        }
+        _ => status(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+            json!({}),
+        ),
+    }
+}

@@ -1,0 +1,360 @@
+//! The Kubernetes scheduler against an in-process **double** of the API server
+//! (`kube_double`, real HTTP, watches with resource versions), and against a real cluster
+//! when `VAMP_TEST_KUBERNETES=1` or `KUBECONFIG` is set
+//! (`cargo test -p vamp-backends --features scheduler-kubernetes --test kubernetes -- --ignored`).
+#![cfg(feature = "scheduler-kubernetes")]
+
+mod kube_double;
+
+use kube_double::KubeDouble;
+use serde_json::json;
+use vamp_backends::scheduler::kubernetes::{
+    KubernetesOptions, KubernetesScheduler, deployment_name,
+};
+use vamp_core::conformance::scheduler as suite;
+use vamp_core::model::{Argument, Deployable, HealthCheck, PortType};
+use vamp_core::scheduler::*;
+
+fn image() -> Deployable {
+    Deployable {
+        deployable_type: Some("docker".into()),
+        definition: "magneticio/sava:1.0.0".into(),
+    }
+}
+
+fn client(double: &KubeDouble, token: Option<&str>) -> kube::Client {
+    vamp_backends::scheduler::kubernetes::install_tls_provider();
+    let mut config = kube::Config::new(double.address().parse().unwrap());
+    if let Some(t) = token {
+        config.auth_info.token = Some(t.to_owned().into());
+    }
+    kube::Client::try_from(config).unwrap()
+}
+
+async fn scheduler(double: &KubeDouble) -> KubernetesScheduler {
+    let mut opts = KubernetesOptions::default();
+    opts.namespace = "vamp".into();
+    KubernetesScheduler::connect(client(double, None), opts)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_passes_the_scheduler_conformance_suite_on_the_double() {
+    let double = KubeDouble::start().await;
+    let s = scheduler(&double).await;
+    suite::run_all(&s, "conformance", &image()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_scheduler_finds_the_deployments_of_the_first() {
+    let double = KubeDouble::start().await;
+    let (first, second) = (scheduler(&double).await, scheduler(&double).await);
+    suite::a_second_scheduler_finds_the_services(&first, &second, "adopt", &image()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_deleted_behind_the_scheduler_s_back_shows_in_the_watch_and_is_replaced() {
+    let double = KubeDouble::start().await;
+    let s = scheduler(&double).await;
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(client(&double, None), "vamp");
+    suite::replaces_an_instance_lost_behind_its_back(&s, "lost", &image(), async |victim| {
+        pods.delete(&victim.name, &Default::default())
+            .await
+            .expect("kubectl delete pod");
+    })
+    .await;
+}
+
+fn full_spec() -> ServiceSpec {
+    let mut s = ServiceSpec::new(ServiceId::new("sava", "sava", "sava:1.0.0"), image())
+        .with_instances(3)
+        .with_port("webport", 8080, PortType::Http)
+        .with_env("SAVA_DEBUG", "true");
+    s.cpu = 0.5;
+    s.memory_mb = 256.0;
+    s.labels.insert("team".into(), "canary".into());
+    s.arguments.push(Argument {
+        key: "privileged".into(),
+        value: "true".into(),
+    });
+    s.health_checks.push(HealthCheck {
+        path: "/health".into(),
+        port: "webport".into(),
+        initial_delay: 30,
+        timeout: 5,
+        interval: 10,
+        failures: 3,
+        protocol: "HTTP".into(),
+    });
+    s
+}
+
+/// The exact Deployment sent, in the shape of the Kubernetes API reference's `apps/v1`
+/// Deployment (selector, template labels, container ports, env, resources, probe).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deployment_sent_is_vamp_s_mapping_in_kubernetes_objects() {
+    let double = KubeDouble::start().await;
+    let s = scheduler(&double).await;
+    let spec = full_spec();
+    s.deploy(spec.clone(), DeployOptions::default())
+        .await
+        .unwrap();
+    let posts: Vec<_> = double
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .collect();
+    assert_eq!(posts.len(), 1);
+    assert_eq!(posts[0].path, "/apis/apps/v1/namespaces/vamp/deployments");
+    let mut sent = posts[0].body.clone();
+    let annotation = sent["metadata"]["annotations"]
+        .as_object_mut()
+        .unwrap()
+        .remove("io.vamp/spec")
+        .expect("the spec annotation");
+    assert!(
+        annotation
+            .as_str()
+            .unwrap()
+            .contains("\"SAVA_DEBUG\":\"true\"")
+    );
+    let name = deployment_name(&spec.id);
+    let breed = &vamp_core::lookup::hex_sha1("sava:1.0.0", "0000")[..20];
+    assert_eq!(name, format!("sava-sava-{breed}"));
+    let labels = json!({
+        "team": "canary",
+        "io.vamp.deployment": "sava",
+        "io.vamp.cluster": "sava",
+        "io.vamp.service": "sava_1.0.0",
+        "io.vamp": "deployment-service",
+        "io.vamp.deployment-service": name,
+    });
+    assert_eq!(
+        sent,
+        json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": "vamp", "labels": labels, "annotations": {}},
+            "spec": {
+                "replicas": 3,
+                "selector": {"matchLabels": {"io.vamp": "deployment-service", "io.vamp.deployment-service": name}},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"containers": [{
+                        "name": name,
+                        "image": "magneticio/sava:1.0.0",
+                        "env": [
+                            {"name": "PORT", "value": "8080"},
+                            {"name": "PORT0", "value": "8080"},
+                            {"name": "PORT_WEBPORT", "value": "8080"},
+                            {"name": "SAVA_DEBUG", "value": "true"}
+                        ],
+                        "ports": [{"name": "p8080", "containerPort": 8080, "protocol": "TCP"}],
+                        "resources": {"requests": {"cpu": "0.5", "memory": "256M"}},
+                        "securityContext": {"privileged": true},
+                        "readinessProbe": {
+                            "httpGet": {"path": "/health", "port": 8080, "scheme": "HTTP"},
+                            "initialDelaySeconds": 30,
+                            "periodSeconds": 10,
+                            "timeoutSeconds": 5,
+                            "failureThreshold": 3
+                        }
+                    }]}
+                }
+            }
+        })
+    );
+    let back = s.service(&spec.id).await.unwrap().unwrap();
+    assert_eq!(back.spec, spec.clone().normalized().unwrap());
+    assert_eq!(back.instances.len(), 3);
+    for i in &back.instances {
+        assert!(i.running && i.healthy == Some(true), "{i:?}");
+        assert!(i.host.starts_with("127."), "a pod IP: {}", i.host);
+        assert_eq!(i.ports["webport"], 8080);
+    }
+    // An unchanged spec sends nothing; a scale goes through the scale subresource.
+    let writes = || {
+        double
+            .requests()
+            .into_iter()
+            .filter(|r| r.method != "GET")
+            .collect::<Vec<_>>()
+    };
+    s.deploy(spec.clone(), DeployOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(writes().len(), 1);
+    s.scale(&spec.id, 1).await.unwrap();
+    let patch = writes().pop().unwrap();
+    assert_eq!(patch.method, "PATCH");
+    assert!(patch.path.starts_with(&format!(
+        "/apis/apps/v1/namespaces/vamp/deployments/{name}/scale"
+    )));
+    assert_eq!(patch.body, json!({"spec": {"replicas": 1}}));
+    assert_eq!(double.pods("vamp").len(), 1);
+    // A changed spec replaces the Deployment with the version read.
+    s.deploy(
+        spec.clone()
+            .with_env("SAVA_DEBUG", "false")
+            .with_instances(1),
+        DeployOptions::default(),
+    )
+    .await
+    .unwrap();
+    let put = writes().pop().unwrap();
+    assert_eq!(put.method, "PUT");
+    assert!(put.body["metadata"]["resourceVersion"].as_str().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unhealthy_pods_are_reported_and_bad_specs_refused() {
+    let double = KubeDouble::start().await;
+    let s = scheduler(&double).await;
+    let mut bad = full_spec().with_instances(1);
+    bad.id = ServiceId::new("sick", "web", "web");
+    bad.health_checks[0].path = "/fail".into();
+    s.deploy(bad.clone(), DeployOptions::default())
+        .await
+        .unwrap();
+    let d = s.service(&bad.id).await.unwrap().unwrap();
+    assert_eq!(d.instances[0].healthy, Some(false));
+    let mut command = full_spec();
+    command.deployable.deployable_type = Some("command".into());
+    assert!(matches!(
+        s.deploy(command, DeployOptions::default()).await,
+        Err(vamp_core::Error::Invalid { .. })
+    ));
+    let mut argument = full_spec();
+    argument.arguments.push(Argument {
+        key: "volume".into(),
+        value: "/:/host".into(),
+    });
+    let e = s
+        .deploy(argument, DeployOptions::default())
+        .await
+        .expect_err("an argument Kubernetes has no place for");
+    assert!(e.to_string().contains("only privileged"), "{e}");
+    // The API server's own refusal reaches the caller with its field.
+    let mut dialect = full_spec();
+    dialect.id = ServiceId::new("dialect", "web", "web");
+    dialect.dialects.insert(
+        "kubernetes".into(),
+        vamp_core::node::Node::from_json(&json!({"container": {"name": "Not_A_Label"}})),
+    );
+    let e = s
+        .deploy(dialect.clone(), DeployOptions::default())
+        .await
+        .expect_err("an invalid container name");
+    assert!(matches!(e, vamp_core::Error::Invalid { .. }), "{e:?}");
+    assert!(e.to_string().contains("containers[0].name"), "{e}");
+    assert!(s.service(&dialect.id).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bearer_token_is_sent_and_never_shown() {
+    let double = KubeDouble::start_with(Some("s3cr3t-token")).await;
+    let mut opts = KubernetesOptions::default();
+    opts.namespace = "vamp".into();
+    let e = KubernetesScheduler::connect(client(&double, Some("wrong-token")), opts.clone())
+        .await
+        .expect_err("a wrong token");
+    let text = format!("{e} {e:?}");
+    assert!(text.contains("credentials"), "{text}");
+    assert!(!text.contains("wrong-token"), "{text}");
+    let s = KubernetesScheduler::connect(client(&double, Some("s3cr3t-token")), opts)
+        .await
+        .unwrap();
+    assert!(s.services().await.unwrap().is_empty());
+    let url = format!(
+        "kubernetes://{}?tls=false&namespace=vamp&token=s3cr3t-token",
+        double.addr
+    );
+    let selected = vamp_backends::scheduler::SchedulerBackendConfig::from_url(&url)
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    assert!(selected.services().await.unwrap().is_empty());
+    assert!(!format!("{selected:?} {selected}").contains("s3cr3t"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_behind_a_410_gone_still_reach_the_watch() {
+    // Watches end every 300 ms and the next four resuming ones are told their version expired
+    // (410), so
+    // kube's watchers must list again; changes made by another client meanwhile still show.
+    let double = KubeDouble::start().await;
+    double.limit_watches(std::time::Duration::from_millis(300));
+    let s = scheduler(&double).await;
+    let other = scheduler(&double).await;
+    let spec = ServiceSpec::new(ServiceId::new("churn", "web", "web"), image()).with_port(
+        "web",
+        8080,
+        PortType::Http,
+    );
+    other
+        .deploy(spec.clone(), DeployOptions::default())
+        .await
+        .unwrap();
+    let mut w = s.watch();
+    // Both watchers (Deployments, pods) resume, meet 410 and list again, twice over.
+    double.expire_next_watches(4);
+    let start = std::time::Instant::now();
+    while double.expired() < 4 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "the watchers never resumed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for n in [3u32, 1, 4, 2] {
+        other.scale(&spec.id, n).await.unwrap();
+    }
+    // The scheduler under test made none of these changes: only its watchers can tell.
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            match futures_util::StreamExt::next(&mut w).await {
+                // Deployed when the first sight of the service is already its newest state.
+                Some(Ok(
+                    SchedulerEvent::InstancesChanged(d)
+                    | SchedulerEvent::Updated(d)
+                    | SchedulerEvent::Deployed(d),
+                )) if d.spec.id == spec.id && d.spec.instances == 2 && d.instances.len() == 2 => {
+                    return d;
+                }
+                Some(Ok(_)) => {}
+                other => panic!("the watch ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the newest state reaches the watch");
+    assert_eq!(seen.instances.len(), 2);
+    assert!(double.expired() > 0, "the watchers met 410 Expired");
+}
+
+/// A real cluster: `VAMP_TEST_KUBERNETES=1` (or `KUBECONFIG`), credentials from the
+/// kubeconfig or the pod's service account, namespace `VAMP_TEST_KUBERNETES_NAMESPACE`
+/// (default `default`), and an image serving HTTP on port 8080 (`VAMP_TEST_KUBERNETES_IMAGE`,
+/// default `nginxinc/nginx-unprivileged`). The instances are checked from where the test
+/// runs, so run it where pod IPs are reachable (in the cluster).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real cluster: set VAMP_TEST_KUBERNETES=1 or KUBECONFIG"]
+async fn a_real_cluster_passes_the_conformance_suite() {
+    let client = kube::Client::try_default()
+        .await
+        .expect("cluster credentials");
+    let mut opts = KubernetesOptions::default();
+    if let Ok(ns) = std::env::var("VAMP_TEST_KUBERNETES_NAMESPACE") {
+        opts.namespace = ns;
+    }
+    let s = KubernetesScheduler::connect(client, opts).await.unwrap();
+    let image = Deployable {
+        deployable_type: Some("docker".into()),
+        definition: std::env::var("VAMP_TEST_KUBERNETES_IMAGE")
+            .unwrap_or_else(|_| "nginxinc/nginx-unprivileged".into()),
+    };
+    suite::run_all(&s, &format!("vamp-test-{}", std::process::id()), &image).await;
+}
