@@ -8,7 +8,7 @@
 //! | `--data-dir` | `VAMP_DATA_DIR` | `.vamp` |
 //! | `--persistence` | `VAMP_PERSISTENCE_URL`, or `VAMP_PERSISTENCE_DATABASE_TYPE` (+ `…_SQL_URL`) | `sqlite://<data-dir>/vamp.db` (`--in-memory`: `memory://`) |
 //! | `--kv` | `VAMP_KEY_VALUE_STORE_URL`, or `VAMP_PERSISTENCE_KEY_VALUE_STORE_TYPE` (+ `…_<TYPE>_URL`) | `memory://` |
-//! | `--scheduler` | `VAMP_CONTAINER_DRIVER_URL`, or `VAMP_CONTAINER_DRIVER_TYPE` | `local://<data-dir>/instances` |
+//! | `--scheduler` | `VAMP_CONTAINER_DRIVER_URL`, or `VAMP_CONTAINER_DRIVER_TYPE` (`docker`, `kubernetes`, `marathon` with `VAMP_CONTAINER_DRIVER_MARATHON_URL`) | `local://<data-dir>/instances` |
 //! | `--namespace` | `VAMP_NAMESPACE` | `default` |
 //! | `--gateway-host` | `VAMP_GATEWAY_DRIVER_HOST` | `127.0.0.1` |
 //! | `--agent` / `--no-agent` | `VAMP_GATEWAY_AGENT` (`true`/`false`) | an in-process agent when HAProxy is found |
@@ -58,8 +58,8 @@ pub struct ServeConfig {
     /// The key-value store's URL (`memory://`, `etcd://…`, `consul://…`, `zk://…`, `redis://…`).
     #[arg(long)]
     pub kv: Option<String>,
-    /// The container scheduler's URL (`local://dir`, `memory://`; `docker://?namespace=…`
-    /// with the `docker` feature).
+    /// The container scheduler's URL (`local://dir`, `memory://`; with the features of the
+    /// same names `docker://?namespace=…`, `marathon://host:8080`, `kubernetes://`).
     #[arg(long)]
     pub scheduler: Option<String>,
     /// Vamp's namespace (the key-value store's `/vamp/<namespace>`).
@@ -149,6 +149,15 @@ impl ServeConfig {
                 match env("VAMP_CONTAINER_DRIVER_TYPE")?.as_str() {
                     "in-memory" | "memory" => Some("memory://".into()),
                     "docker" => Some("docker://".into()),
+                    // Vamp's in-cluster default; the namespace is Vamp's.
+                    "kubernetes" => Some("kubernetes://".into()),
+                    "marathon" | "dcos" => {
+                        let url = env("VAMP_CONTAINER_DRIVER_MARATHON_URL")?;
+                        Some(match url.strip_prefix("https://") {
+                            Some(rest) => format!("marathon://{rest}?tls=true"),
+                            None => format!("marathon://{}", url.trim_start_matches("http://")),
+                        })
+                    }
                     _ => None,
                 }
             });

@@ -76,3 +76,110 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value 
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or(serde_json::Value::Null)
 }
+
+/// Runs `vamp serve` on `scheduler` (a URL), deploys two versions of a breed behind a
+/// gateway (`breed(version)` gives each breed's YAML, indented for a service), waits for both
+/// to run, sets 80/20 weights and measures the split over 500 requests through the
+/// in-process agent's HAProxy (`classify` names the version an answer came from); then
+/// undeploys and waits until `gone()` says nothing is left.
+pub async fn weighted_split_on(
+    scheduler: String,
+    breed: impl Fn(&str) -> String,
+    classify: impl Fn(&str) -> Option<String>,
+    gone: impl AsyncFn() -> bool,
+) {
+    use reqwest::{Client, StatusCode};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = vamp_examples::serve::ServeConfig::new(dir.path().join("data"));
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.period_ms = 200;
+    config.scheduler = Some(scheduler.clone());
+    let server = vamp_examples::serve::start(config)
+        .await
+        .unwrap_or_else(|e| panic!("vamp serve starts on {scheduler}: {e}"));
+    let base = format!("http://{}/api/v1", server.addr);
+    let client = Client::new();
+    let put = async |path: &str, body: String| {
+        let r = client
+            .put(format!("{base}{path}"))
+            .header("Accept", "application/json")
+            .header("Content-Type", "application/x-yaml")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        assert_eq!(status, StatusCode::ACCEPTED, "{}", r.text().await.unwrap());
+    };
+    let port = free_port();
+    let (v1, v2) = (breed("1.0"), breed("1.1"));
+    put(
+        "",
+        format!(
+            "kind: deployment\nname: shop\ngateways:\n  {port}: web/port\nclusters:\n  web:\n    services:\n    - breed:\n{v1}      scale: {{cpu: 0.1, memory: 64MB, instances: 2}}\n    - breed:\n{v2}      scale: {{cpu: 0.1, memory: 64MB, instances: 1}}\n"
+        ),
+    )
+    .await;
+    eventually(
+        "both versions deployed, three instances",
+        Duration::from_secs(120),
+        async || {
+            let d = get_json(&client, &format!("{base}/deployments/shop")).await;
+            let services = d["clusters"]["web"]["services"].as_array()?.clone();
+            let instances: usize = services
+                .iter()
+                .map(|s| s["instances"].as_array().map_or(0, Vec::len))
+                .sum();
+            (services.len() == 2
+                && instances == 3
+                && services
+                    .iter()
+                    .all(|s| s["status"]["phase"]["name"] == "Done"))
+            .then_some(())
+        },
+    )
+    .await;
+    put(
+        "/gateways/shop/web/port",
+        "name: shop/web/port\nroutes:\n  shop/web/web:1.0/port: {weight: 80%}\n  shop/web/web:1.1/port: {weight: 20%}\n".into(),
+    )
+    .await;
+    eventually("1.1 gets traffic", Duration::from_secs(60), async || {
+        let body = through(&client, port).await?;
+        (classify(&body).as_deref() == Some("1.1")).then_some(())
+    })
+    .await;
+    let mut split: std::collections::BTreeMap<String, u32> = Default::default();
+    for _ in 0..500 {
+        let body = through(&client, port).await.expect("every request answers");
+        let version =
+            classify(&body).unwrap_or_else(|| panic!("an answer of neither version: {body}"));
+        *split.entry(version).or_default() += 1;
+    }
+    let v11 = split.get("1.1").copied().unwrap_or(0);
+    assert_eq!(split.values().sum::<u32>(), 500, "{split:?}");
+    // 20% of 500 is 100; HAProxy's weighted round robin keeps it close.
+    assert!((70..=130).contains(&v11), "1.1: {v11} of 500 ({split:?})");
+    let r = client
+        .delete(format!("{base}/deployments/shop"))
+        .header("Accept", "application/json")
+        .body(format!(
+            "name: shop\nclusters:\n  web:\n    services:\n    - breed:\n{v1}    - breed:\n{v2}"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::ACCEPTED,
+        "{}",
+        r.text().await.unwrap()
+    );
+    eventually(
+        "nothing left on the scheduler",
+        Duration::from_secs(120),
+        async || gone().await.then_some(()),
+    )
+    .await;
+    server.stop().await;
+}
