@@ -5,7 +5,13 @@
 //! gateway-agent [--kv URL] [--key PATH] [--haproxy BIN] [--work-dir DIR] [--config FILE]
 //!               [--master-socket PATH] [--stats-socket PATH] [--base-config FILE]
 //!               [--socket-dir DIR] [--health ADDR] [--metrics ADDR] [--debounce-ms N]
+//!               [--drain-ms N]
+//! gateway-agent check-health [--health ADDR]
 //! ```
+//!
+//! `check-health` asks a running agent's `/health` (a container's health check): exit 0 when it
+//! answers 200, 1 otherwise. `SIGTERM` and `SIGINT` stop the agent; HAProxy is then drained
+//! (`--drain-ms`: its listeners close and connections in flight get that long to finish).
 //!
 //! | flag | environment | default |
 //! |---|---|---|
@@ -21,11 +27,12 @@
 //! | `--health` (`/health`, `/status`) | `VAMP_GATEWAY_AGENT_HEALTH` | `127.0.0.1:1988` |
 //! | `--debounce-ms` | `VAMP_GATEWAY_AGENT_DEBOUNCE_MS` | `100` |
 //! | `--metrics` (Prometheus text format on `/metrics`) | `VAMP_GATEWAY_AGENT_METRICS` | off |
+//! | `--drain-ms` (on stop, HAProxy's soft stop before it is stopped) | `VAMP_GATEWAY_AGENT_DRAIN_MS` | `0` |
 //!
 //! KV URLs: `etcd://host:2379/prefix`, `consul://host:8500/prefix`, `zk://host:2181/prefix`,
 //! `redis://host:6379/0`, each needing this crate's feature of the same name (`--features
 //! etcd,consul,zookeeper,redis`). Unlike Vamp's VGA the key path is used as given (no etcd
-//! `/value` suffix is added). Logs go to stderr (`tracing`); Ctrl-C stops the agent and HAProxy.
+//! `/value` suffix is added). Logs go to stderr (`tracing`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,7 +42,7 @@ use vamp_backends::kv::KvBackendConfig;
 use vamp_core::kv::KeyPath;
 use vamp_haproxy::agent::{AgentOptions, GatewayAgent};
 
-const USAGE: &str = "usage: gateway-agent [--kv URL] [--key PATH] [--haproxy BIN] [--work-dir DIR] [--config FILE] [--master-socket PATH] [--stats-socket PATH] [--base-config FILE] [--socket-dir DIR] [--health ADDR] [--metrics ADDR] [--debounce-ms N]";
+const USAGE: &str = "usage: gateway-agent [--kv URL] [--key PATH] [--haproxy BIN] [--work-dir DIR] [--config FILE] [--master-socket PATH] [--stats-socket PATH] [--base-config FILE] [--socket-dir DIR] [--health ADDR] [--metrics ADDR] [--debounce-ms N] [--drain-ms N]\n       gateway-agent check-health [--health ADDR]";
 
 #[derive(Debug, PartialEq, Eq)]
 struct Settings {
@@ -51,6 +58,7 @@ struct Settings {
     health: String,
     metrics: Option<String>,
     debounce_ms: String,
+    drain_ms: String,
 }
 
 /// `/run/vamp-gateway-agent` where the agent may write `/run` (as root), else the user's
@@ -102,6 +110,7 @@ fn settings(
         health: env("VAMP_GATEWAY_AGENT_HEALTH").unwrap_or_else(|| "127.0.0.1:1988".into()),
         metrics: env("VAMP_GATEWAY_AGENT_METRICS"),
         debounce_ms: env("VAMP_GATEWAY_AGENT_DEBOUNCE_MS").unwrap_or_else(|| "100".into()),
+        drain_ms: env("VAMP_GATEWAY_AGENT_DRAIN_MS").unwrap_or_else(|| "0".into()),
     };
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -122,18 +131,71 @@ fn settings(
             "--health" => s.health = value,
             "--metrics" => s.metrics = Some(value),
             "--debounce-ms" => s.debounce_ms = value,
+            "--drain-ms" => s.drain_ms = value,
             other => return Err(format!("unknown flag {other}")),
         }
     }
     Ok(s)
 }
 
+/// `check-health`: 0 when the agent at `addr` answers `/health` with 200.
+fn check_health(addr: &str) -> ExitCode {
+    use std::io::{Read, Write};
+    let answer = (|| -> std::io::Result<String> {
+        let addr: std::net::SocketAddr = addr
+            .parse()
+            .map_err(|_| std::io::Error::other("--health takes host:port"))?;
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        s.write_all(b"GET /health HTTP/1.0\r\nHost: agent\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })();
+    match answer {
+        Ok(a) if a.split_whitespace().nth(1) == Some("200") => ExitCode::SUCCESS,
+        Ok(a) => {
+            eprintln!(
+                "gateway-agent: unhealthy: {}",
+                a.lines().next().unwrap_or("")
+            );
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("gateway-agent: no answer on {addr}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// SIGTERM (a container or service manager stopping the agent) or SIGINT.
+async fn stop_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: a container's or a journal's log stays plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let s = match settings(std::env::args().skip(1), process_env) {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let health_check = args.first().is_some_and(|a| a == "check-health");
+    if health_check {
+        args.remove(0);
+    }
+    let s = match settings(args, process_env) {
         Ok(s) => s,
         Err(why) => {
             if !why.is_empty() {
@@ -143,6 +205,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if health_check {
+        return check_health(&s.health);
+    }
     if let Some(addr) = &s.metrics {
         let Ok(addr) = addr.parse::<std::net::SocketAddr>() else {
             eprintln!("gateway-agent: --metrics takes host:port");
@@ -163,15 +228,20 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (Ok(health), Ok(debounce)) = (s.health.parse(), s.debounce_ms.parse::<u64>()) else {
-        eprintln!("gateway-agent: --health takes host:port and --debounce-ms a number");
+    let (Ok(health), Ok(debounce), Ok(drain)) = (
+        s.health.parse(),
+        s.debounce_ms.parse::<u64>(),
+        s.drain_ms.parse::<u64>(),
+    ) else {
+        eprintln!("gateway-agent: --health takes host:port, --debounce-ms and --drain-ms a number");
         return ExitCode::from(2);
     };
     let mut options = AgentOptions::new(key, PathBuf::from(&s.work_dir))
         .with_haproxy_bin(&s.haproxy)
         .with_socket_dir(&s.socket_dir)
         .with_health(health)
-        .with_debounce(Duration::from_millis(debounce));
+        .with_debounce(Duration::from_millis(debounce))
+        .with_drain(Duration::from_millis(drain));
     if let Some(config) = &s.config {
         options = options.with_config_path(config);
     }
@@ -205,8 +275,8 @@ async fn main() -> ExitCode {
     tracing::info!(kv = %kv, key = %s.key, work_dir = %s.work_dir, health = %s.health, "gateway agent starting");
     let agent = GatewayAgent::new(kv, options);
     let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("stopping");
+        stop_signal().await;
+        tracing::info!(drain_ms = drain, "stopping");
     };
     match agent.run(shutdown).await {
         Ok(()) => ExitCode::SUCCESS,

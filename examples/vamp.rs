@@ -30,7 +30,7 @@ use vamp_core::dsl::{AnyArtifact, document_kind, load_documents, read_node, to_n
 type Artifact = AnyArtifact;
 use vamp_core::model::ArtifactKind;
 
-const USAGE: &str = "usage: vamp validate [--kind KIND] [--output text|json] FILE...\n       vamp convert --to yaml|json [--kind KIND] FILE\n       vamp render haproxy [--check] [--socket-dir DIR] FILE...\n       vamp serve [--help]";
+const USAGE: &str = "usage: vamp validate [--kind KIND] [--output text|json] FILE...\n       vamp convert --to yaml|json [--kind KIND] FILE\n       vamp render haproxy [--check] [--socket-dir DIR] FILE...\n       vamp serve [--help]\n       vamp check-health [HOST:PORT]";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Output {
@@ -60,7 +60,11 @@ fn serve(args: &[String]) -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    tracing_subscriber::fmt().with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_target(false)
+        // Colours only on a terminal: a container's or a journal's log stays plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .init();
     let config = parsed
         .config
         .with_env(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
@@ -113,11 +117,48 @@ fn run(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         Some("validate") => validate(&args[1..], out, err),
         Some("convert") => convert(&args[1..], out, err),
         Some("render") => render(&args[1..], out, err),
+        Some("check-health") => check_health(&args[1..], err),
         Some("-h" | "--help" | "help") => {
             let _ = writeln!(out, "{USAGE}");
             0
         }
         _ => usage(err, "expected a command"),
+    }
+}
+
+/// `check-health [HOST:PORT]`: 0 when a `vamp serve` there (default `127.0.0.1` and
+/// `VAMP_HTTP_API_PORT`, else 8080) answers `GET /api/v1/info` with 200 (a container's health
+/// check).
+fn check_health(args: &[String], err: &mut dyn Write) -> u8 {
+    use std::io::Read;
+    let addr = args.first().cloned().unwrap_or_else(|| {
+        let port = std::env::var("VAMP_HTTP_API_PORT").unwrap_or_else(|_| "8080".into());
+        format!("127.0.0.1:{port}")
+    });
+    let answer = (|| -> std::io::Result<String> {
+        let target: std::net::SocketAddr = addr
+            .parse()
+            .map_err(|_| std::io::Error::other("takes HOST:PORT"))?;
+        let mut s =
+            std::net::TcpStream::connect_timeout(&target, std::time::Duration::from_secs(3))?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
+        s.write_all(
+            b"GET /api/v1/info HTTP/1.0\r\nHost: vamp\r\nAccept: application/json\r\n\r\n",
+        )?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })();
+    match answer {
+        Ok(a) if a.split_whitespace().nth(1) == Some("200") => 0,
+        Ok(a) => {
+            let _ = writeln!(err, "vamp: unhealthy: {}", a.lines().next().unwrap_or(""));
+            1
+        }
+        Err(e) => {
+            let _ = writeln!(err, "vamp: no answer on {addr}: {e}");
+            1
+        }
     }
 }
 

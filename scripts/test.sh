@@ -233,6 +233,34 @@ for feature in kv-etcd kv-consul kv-redis kv-zookeeper persistence-postgres pers
   cargo check -p vamp-backends --no-default-features --features "$feature" --quiet
 done
 
+# The images of the gateway agent and of vamp serve (packaging/), for the fleet test; and the
+# systemd unit, checked by systemd itself.
+if docker version >/dev/null 2>&1; then
+  step "the gateway agent's and vamp's images (packaging/build-image.sh)"
+  export VAMP_TEST_AGENT_IMAGE="vamp-gateway-agent:test-$VAMP_TEST_RUN"
+  export VAMP_TEST_VAMP_IMAGE="vamp:test-$VAMP_TEST_RUN"
+  stop_commands+=("docker rmi -f $VAMP_TEST_AGENT_IMAGE $VAMP_TEST_VAMP_IMAGE")
+  ./packaging/build-image.sh agent "$VAMP_TEST_AGENT_IMAGE"
+  ./packaging/build-image.sh vamp "$VAMP_TEST_VAMP_IMAGE"
+fi
+if command -v systemd-analyze >/dev/null 2>&1; then
+  step "systemd-analyze verify packaging/systemd/vamp-gateway-agent.service"
+  unit_dir="$SERVERS_DIR/unit"
+  mkdir -p "$unit_dir"
+  # The unit as installed, but for the binary's and the environment file's paths here.
+  sed -e "s|^ExecStart=.*|ExecStart=$CARGO_TARGET_DIR/release/examples/gateway-agent|" \
+      -e "s|^EnvironmentFile=.*|EnvironmentFile=$PWD/packaging/systemd/vamp-gateway-agent.env|" \
+      packaging/systemd/vamp-gateway-agent.service >"$unit_dir/vamp-gateway-agent.service"
+  [ -x "$CARGO_TARGET_DIR/release/examples/gateway-agent" ] || \
+    cargo build --release --quiet -p vamp-examples --example gateway-agent --features etcd,consul,zookeeper,redis,docker,kubernetes,marathon
+  verify_out="$(systemd-analyze verify "$unit_dir/vamp-gateway-agent.service" 2>&1 || true)"
+  if [ -n "$verify_out" ]; then
+    echo "$verify_out" >&2
+    echo "the systemd unit does not verify cleanly" >&2
+    exit 1
+  fi
+fi
+
 step "cargo test --workspace"
 cargo test --workspace --all-features 2>&1 | tee "${CARGO_TARGET_DIR}/test.log"
 

@@ -110,6 +110,9 @@ pub struct AgentOptions {
     pub backoff: Duration,
     /// The longest delay between restarts or retries (default 30 s).
     pub max_backoff: Duration,
+    /// On shutdown, how long HAProxy may finish the connections in flight after its
+    /// listeners close (a soft stop) before it is stopped (default zero: at once).
+    pub drain: Duration,
 }
 
 impl AgentOptions {
@@ -131,7 +134,15 @@ impl AgentOptions {
             max_config_bytes: 64 << 20,
             backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(30),
+            drain: Duration::ZERO,
         }
+    }
+
+    /// On shutdown, drains HAProxy for at most `grace` (see [`AgentOptions::drain`]).
+    #[must_use]
+    pub fn with_drain(mut self, grace: Duration) -> Self {
+        self.drain = grace;
+        self
     }
 
     /// Sets the directory of the frontends' unix sockets (the generator's `socket_dir`).
@@ -651,7 +662,7 @@ impl GatewayAgent {
         }
         background.abort_all();
         if let Some(h) = self.haproxy.take() {
-            h.stop().await;
+            h.drain_and_stop(self.options.drain).await;
         }
         self.update_status(AgentStatus::haproxy_stopped);
         Ok(())

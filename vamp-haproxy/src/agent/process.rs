@@ -391,6 +391,33 @@ impl HaProxy {
         }
     }
 
+    /// Stops HAProxy gracefully: a soft stop (`SIGUSR1`: the listeners close, connections in
+    /// flight finish) for at most `grace`, then [`HaProxy::stop`]. A zero `grace` stops at once.
+    pub async fn drain_and_stop(mut self, grace: Duration) {
+        if !grace.is_zero() {
+            let pid = self
+                .child
+                .as_ref()
+                .and_then(tokio::process::Child::id)
+                .unwrap_or(self.pid);
+            signal(pid, "USR1").await;
+            let exited = match &mut self.child {
+                Some(child) => tokio::time::timeout(grace, child.wait()).await.is_ok(),
+                None => {
+                    let deadline = tokio::time::Instant::now() + grace;
+                    while alive(pid) && tokio::time::Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    !alive(pid)
+                }
+            };
+            if exited {
+                return;
+            }
+        }
+        self.stop().await;
+    }
+
     /// Stops HAProxy (the master and its workers).
     pub async fn stop(mut self) {
         match &mut self.child {
