@@ -863,3 +863,149 @@ async fn the_configuration_and_sockets_go_where_they_are_told() {
     assert!(!dir.path().join("agent").join("haproxy.cfg").exists());
     agent.stop().await;
 }
+
+/// A backend that holds its answer to the first request until released.
+struct HeldBackend {
+    port: u16,
+    arrived: std::sync::mpsc::Receiver<()>,
+    release: std::sync::mpsc::Sender<()>,
+}
+
+impl HeldBackend {
+    fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (arrived_tx, arrived) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let released = std::sync::Mutex::new(released);
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut buf = [0u8; 4096];
+                let mut got = Vec::new();
+                conn.set_read_timeout(Some(Duration::from_secs(30))).ok();
+                // HAProxy's health checks connect and close without a request.
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if got.is_empty() {
+                    continue;
+                }
+                let _ = arrived_tx.send(());
+                let _ = released
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(Duration::from_secs(60));
+                let body = "held\n";
+                let _ = conn.write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+            }
+        });
+        Self {
+            port,
+            arrived,
+            release,
+        }
+    }
+}
+
+/// Stops an agent (drain `drain`) while a request is in flight; whether that request got its
+/// answer.
+async fn in_flight_request_survives_stop(drain: Duration) -> Option<bool> {
+    let dir = tempfile::tempdir().unwrap();
+    let kv: Arc<DynKeyValueStore> = Arc::new(InMemoryKv::new());
+    let key = KeyPath::parse("/vamp/drain/haproxy").unwrap();
+    let held = HeldBackend::start();
+    let port = free_port();
+    let g = gateway(&format!(
+        "name: drain/{port}\nport: {port}\nroutes:\n  held: {{weight: 100%}}\n"
+    ));
+    let g = with_targets(g, 0, vec![target("held", None, i64::from(held.port))]);
+    let opts = RenderOptions::default()
+        .with_socket_dir(dir.path().to_str().unwrap())
+        .with_bind_address("127.0.0.1");
+    kv.put(&key, render(&[g], &opts).unwrap().render().into())
+        .await
+        .unwrap();
+    let metrics: Arc<DynMetricsStore> = Arc::new(InMemoryMetrics::new());
+    let events: Arc<DynEventStore> = Arc::new(InMemoryMetrics::new());
+    let mut agent = Running::start(kv, &key, dir.path(), metrics, events, |o| {
+        o.with_drain(drain)
+    })
+    .await?;
+    agent
+        .until("serving", |s| s.ready && s.applied_version.is_some())
+        .await;
+    // A request reaches the backend and waits there.
+    let client = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        Some(out)
+    });
+    held.arrived
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the request reached the backend");
+    // Stop the agent; with a drain, the listener closes first while the request stays open.
+    let stop = tokio::spawn(agent.stop());
+    if !drain.is_zero() {
+        support_wait_refused(port).await;
+    } else {
+        let _ = tokio::time::timeout(Duration::from_secs(20), stop).await;
+        let _ = held.release.send(());
+        let out = tokio::task::spawn_blocking(move || client.join().unwrap())
+            .await
+            .unwrap();
+        return Some(out.is_some_and(|o| o.starts_with("HTTP/1.1 200")));
+    }
+    let _ = held.release.send(());
+    let out = tokio::task::spawn_blocking(move || client.join().unwrap())
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), stop)
+        .await
+        .expect("the agent stops once the request is done")
+        .unwrap();
+    Some(out.is_some_and(|o| o.starts_with("HTTP/1.1 200") && o.ends_with("held\n")))
+}
+
+/// Waits (bounded) until nothing accepts connections on `port`.
+async fn support_wait_refused(port: u16) {
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the listener never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_stop_lets_the_request_in_flight_finish_and_a_hard_one_does_not() {
+    let Some(drained) = in_flight_request_survives_stop(Duration::from_secs(10)).await else {
+        // No HAProxy here (haproxy() panics when one is required).
+        return;
+    };
+    assert!(
+        drained,
+        "with a drain, the request in flight gets its answer"
+    );
+    let hard = in_flight_request_survives_stop(Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(!hard, "without one, HAProxy is stopped under the request");
+}
