@@ -28,8 +28,8 @@ fn id(version: &str) -> ServiceId {
 }
 
 /// One after the other: two `vamp serve` at once would both give their cluster gateway the
-/// first port of the gateway range, and HAProxy (binding with `SO_REUSEPORT`) lets both
-/// listen there, sharing each other's traffic.
+/// first port of the gateway range, and the second one's agent would (rightly) leave that
+/// gateway out, its port being another HAProxy's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vamp_serve_splits_traffic_on_marathon_then_on_kubernetes() {
     if !haproxy_or_skip() {

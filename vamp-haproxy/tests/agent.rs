@@ -1009,3 +1009,85 @@ async fn a_drained_stop_lets_the_request_in_flight_finish_and_a_hard_one_does_no
         .unwrap();
     assert!(!hard, "without one, HAProxy is stopped under the request");
 }
+
+/// Two agents on one machine (two control planes) given the same gateway port: HAProxy binds
+/// with SO_REUSEPORT, so without care both would listen there and share each other's traffic.
+/// The second leaves that gateway out, says so, and applies the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_another_agent_s_haproxy_serves_is_left_out_not_shared() {
+    let (a, b) = (HttpBackend::start("a"), HttpBackend::start("b"));
+    let (shared, own) = (free_port(), free_port());
+    let (dir1, dir2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let key = KeyPath::parse("/vamp/shared/haproxy").unwrap();
+    let render_for = |dir: &std::path::Path, gateways: &[(u16, &HttpBackend, &str)]| {
+        let gs: Vec<_> = gateways
+            .iter()
+            .map(|(port, backend, name)| {
+                let g = gateway(&format!(
+                    "name: {name}/{port}\nport: {port}\nroutes:\n  r: {{weight: 100%}}\n"
+                ));
+                with_targets(g, 0, vec![backend.target("r")])
+            })
+            .collect();
+        let opts = RenderOptions::default()
+            .with_socket_dir(dir.to_str().unwrap())
+            .with_bind_address("127.0.0.1");
+        render(&gs, &opts).unwrap().render()
+    };
+    let kv1: Arc<DynKeyValueStore> = Arc::new(InMemoryKv::new());
+    kv1.put(
+        &key,
+        render_for(dir1.path(), &[(shared, &a, "first")]).into(),
+    )
+    .await
+    .unwrap();
+    let metrics = || -> Arc<DynMetricsStore> { Arc::new(InMemoryMetrics::new()) };
+    let events = || -> Arc<DynEventStore> { Arc::new(InMemoryMetrics::new()) };
+    let Some(mut first) = Running::start(kv1, &key, dir1.path(), metrics(), events(), |o| o).await
+    else {
+        return;
+    };
+    first
+        .until("serving", |s| s.ready && s.applied_version.is_some())
+        .await;
+    until_served(shared, "a").await;
+
+    let kv2: Arc<DynKeyValueStore> = Arc::new(InMemoryKv::new());
+    kv2.put(
+        &key,
+        render_for(
+            dir2.path(),
+            &[(shared, &b, "second"), (own, &b, "second-own")],
+        )
+        .into(),
+    )
+    .await
+    .unwrap();
+    let mut second = Running::start(kv2, &key, dir2.path(), metrics(), events(), |o| o)
+        .await
+        .unwrap();
+    let status = second
+        .until("the shared port left out", |s| {
+            s.applied_version.is_some() && !s.unavailable.is_empty()
+        })
+        .await;
+    assert_eq!(status.unavailable.len(), 1, "{:?}", status.unavailable);
+    assert!(
+        status.unavailable[0].contains(&format!("127.0.0.1:{shared}")),
+        "{:?}",
+        status.unavailable
+    );
+    until_served(own, "b").await;
+    let counts = split(shared, 50).await;
+    assert_eq!(
+        counts.get("a").copied(),
+        Some(50),
+        "the first agent's gateway keeps its port alone: {counts:?}"
+    );
+    // The first agent's own reloads still count its listeners as its own.
+    first
+        .until("still serving", |s| s.unavailable.is_empty())
+        .await;
+    second.stop().await;
+    first.stop().await;
+}

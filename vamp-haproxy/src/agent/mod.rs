@@ -809,7 +809,18 @@ impl GatewayAgent {
 
     /// Leaves out the frontends whose ports another process holds, and reports them.
     async fn without_taken_ports(&mut self, candidate: String, version: u64) -> String {
-        let taken = ports::unbindable(&candidate);
+        let (master, workers) = {
+            let status = self.status.borrow();
+            (status.haproxy_pid, status.workers.clone())
+        };
+        let pids: Vec<u32> = master.into_iter().chain(workers).collect();
+        let taken = ports::unbindable(
+            &candidate,
+            &ports::Ours {
+                pids: &pids,
+                running: self.running.as_deref(),
+            },
+        );
         let newly: Vec<&ports::Unbindable> = taken
             .iter()
             .filter(|t| !self.left_out.contains(t))

@@ -1,14 +1,115 @@
 //! Gateway ports that cannot be bound. HAProxy applies a configuration all or nothing, so one
 //! gateway whose port another process holds would stop every gateway of this HAProxy from
-//! updating. Before a reload, each TCP `bind` of the candidate is probed the way HAProxy binds
-//! (`SO_REUSEADDR` and `SO_REUSEPORT`, so HAProxy's own listeners do not count as taken);
-//! frontends whose port is held by another process are left out of the configuration applied,
-//! reported, and tried again later.
+//! updating. Before a reload, each TCP `bind` of the candidate is probed with `SO_REUSEADDR`
+//! but without `SO_REUSEPORT`: a port in use counts as taken unless the configuration this
+//! agent's HAProxy runs binds it (HAProxy's own listeners). Probing with `SO_REUSEPORT`, as
+//! HAProxy binds, would miss another HAProxy (a second control plane's agent on the same
+//! machine) holding the port the same way: both would listen and share each other's traffic.
+//! Frontends whose port is held by another process are left out of the configuration
+//! applied, reported, and tried again later.
 
 use std::net::SocketAddr;
 
-/// Whether `addr` can be bound as HAProxy binds it.
-fn bindable(addr: SocketAddr) -> bool {
+/// The inodes of the sockets listening on TCP `port` (IPv4 and IPv6), from `/proc/net`;
+/// `None` when they cannot be read.
+fn listeners_on(port: u16) -> Option<Vec<u64>> {
+    let mut out = Vec::new();
+    let mut read_any = false;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        read_any = true;
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            let listening = *state == "0A";
+            let on_port = local
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+                == Some(port);
+            if listening
+                && on_port
+                && let Ok(inode) = inode.parse()
+            {
+                out.push(inode);
+            }
+        }
+    }
+    read_any.then_some(out)
+}
+
+/// The socket inodes held by the processes `roots` and their descendants.
+fn sockets_of(roots: &[u32]) -> std::collections::HashSet<u64> {
+    let mut pids: Vec<u32> = roots.to_vec();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        let parents: Vec<(u32, u32)> = entries
+            .flatten()
+            .filter_map(|e| {
+                let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+                let ppid = stat
+                    .rsplit_once(')')?
+                    .1
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse()
+                    .ok()?;
+                Some((pid, ppid))
+            })
+            .collect();
+        let mut grew = true;
+        while grew {
+            grew = false;
+            for (pid, ppid) in &parents {
+                if pids.contains(ppid) && !pids.contains(pid) {
+                    pids.push(*pid);
+                    grew = true;
+                }
+            }
+        }
+    }
+    let mut out = std::collections::HashSet::new();
+    for pid in pids {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path())
+                && let Some(inode) = target
+                    .to_str()
+                    .and_then(|t| t.strip_prefix("socket:["))
+                    .and_then(|t| t.strip_suffix(']'))
+                    .and_then(|t| t.parse().ok())
+            {
+                out.insert(inode);
+            }
+        }
+    }
+    out
+}
+
+/// Who holds ports: this agent's HAProxy (its processes, and the addresses the configuration
+/// it runs binds).
+pub(crate) struct Ours<'a> {
+    /// The HAProxy master and workers.
+    pub pids: &'a [u32],
+    /// The configuration HAProxy runs, if known.
+    pub running: Option<&'a str>,
+}
+
+/// Whether `addr` is free, or held only by this agent's own HAProxy: every socket listening
+/// on the port belongs to its processes (read from `/proc`); where `/proc` cannot tell, the
+/// configuration it runs binds the address.
+fn bindable(
+    addr: SocketAddr,
+    ours: &[SocketAddr],
+    own_sockets: &std::collections::HashSet<u64>,
+) -> bool {
     use rustix::net::{AddressFamily, SocketType, bind, socket, sockopt};
     let family = if addr.is_ipv4() {
         AddressFamily::INET
@@ -19,26 +120,30 @@ fn bindable(addr: SocketAddr) -> bool {
         return true; // cannot tell: let HAProxy decide
     };
     let _ = sockopt::set_socket_reuseaddr(&fd, true);
-    let _ = sockopt::set_socket_reuseport(&fd, true);
     match bind(&fd, &addr) {
         Ok(()) => true,
-        Err(e) => e != rustix::io::Errno::ADDRINUSE,
+        Err(e) if e == rustix::io::Errno::ADDRINUSE => {
+            if let Some(listeners) = listeners_on(addr.port())
+                && !listeners.is_empty()
+                && !own_sockets.is_empty()
+            {
+                return listeners.iter().all(|i| own_sockets.contains(i));
+            }
+            ours.iter().any(|o| {
+                // The same port on the same address, or where either side is every address.
+                o.port() == addr.port()
+                    && (o.ip() == addr.ip()
+                        || o.ip().is_unspecified()
+                        || addr.ip().is_unspecified())
+            })
+        }
+        Err(_) => true,
     }
 }
 
-/// A frontend left out because its port is taken.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Unbindable {
-    /// The frontend's proxy name.
-    pub lookup: String,
-    /// The gateway's name (from the generator's `# frontend:` comment), or the lookup.
-    pub gateway: String,
-    /// The address.
-    pub address: String,
-}
-
-/// The frontends of `config` whose TCP bind address another process holds.
-pub(crate) fn unbindable(config: &str) -> Vec<Unbindable> {
+/// The TCP bind addresses of `config`'s frontends: (lookup, gateway, address as written,
+/// parsed address).
+fn binds(config: &str) -> Vec<(String, String, String, Option<SocketAddr>)> {
     let mut out = Vec::new();
     let mut comment: Option<String> = None;
     let mut frontend: Option<(String, String)> = None;
@@ -73,17 +178,44 @@ pub(crate) fn unbindable(config: &str) -> Vec<Unbindable> {
                 .filter(|(h, _)| h.is_empty() || *h == "*")
                 .map(|_| SocketAddr::from(([0, 0, 0, 0], port)))
         });
-        if let Some(addr) = parsed
-            && !bindable(addr)
-        {
-            out.push(Unbindable {
-                lookup: lookup.clone(),
-                gateway: gateway.clone(),
-                address: address.to_owned(),
-            });
-        }
+        out.push((lookup.clone(), gateway.clone(), address.to_owned(), parsed));
     }
     out
+}
+
+/// A frontend left out because its port is taken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Unbindable {
+    /// The frontend's proxy name.
+    pub lookup: String,
+    /// The gateway's name (from the generator's `# frontend:` comment), or the lookup.
+    pub gateway: String,
+    /// The address.
+    pub address: String,
+}
+
+/// The frontends of `config` whose TCP bind address another process holds (see [`Ours`]).
+pub(crate) fn unbindable(config: &str, ours: &Ours<'_>) -> Vec<Unbindable> {
+    let own_sockets = if ours.pids.is_empty() {
+        std::collections::HashSet::new()
+    } else {
+        sockets_of(ours.pids)
+    };
+    let running = ours.running;
+    let ours: Vec<SocketAddr> = running
+        .map(|r| binds(r).into_iter().filter_map(|b| b.3).collect())
+        .unwrap_or_default();
+    binds(config)
+        .into_iter()
+        .filter_map(|(lookup, gateway, address, parsed)| {
+            let addr = parsed?;
+            (!bindable(addr, &ours, &own_sockets)).then_some(Unbindable {
+                lookup,
+                gateway,
+                address,
+            })
+        })
+        .collect()
 }
 
 /// `config` without the frontend sections named in `lookups` (and their comment lines).
@@ -130,7 +262,13 @@ mod tests {
         let config = format!(
             "global\n  maxconn 1\n\n# frontend: shop/a\nfrontend fa\n  bind 127.0.0.1:{port}\n  default_backend b\n\n# frontend: shop/b\nfrontend fb\n  bind 127.0.0.1:{free}\n  default_backend b\n\nbackend b\n  server s 127.0.0.1:1\n"
         );
-        let taken = unbindable(&config);
+        let taken = unbindable(
+            &config,
+            &Ours {
+                pids: &[],
+                running: None,
+            },
+        );
         assert_eq!(
             taken,
             [Unbindable {
@@ -143,6 +281,129 @@ mod tests {
         assert!(!reduced.contains("frontend fa") && !reduced.contains("shop/a"));
         assert!(reduced.contains("frontend fb") && reduced.contains("backend b"));
         drop(held);
-        assert!(unbindable(&config).is_empty(), "free again");
+        assert!(
+            unbindable(
+                &config,
+                &Ours {
+                    pids: &[],
+                    running: None
+                }
+            )
+            .is_empty(),
+            "free again"
+        );
+    }
+
+    /// A listener with `SO_REUSEPORT`, as another HAProxy binds.
+    fn reuseport_listener() -> (rustix::fd::OwnedFd, u16) {
+        use rustix::net::{AddressFamily, SocketType, bind, listen, socket, sockopt};
+        let fd = socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+        sockopt::set_socket_reuseaddr(&fd, true).unwrap();
+        sockopt::set_socket_reuseport(&fd, true).unwrap();
+        bind(&fd, &SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        listen(&fd, 16).unwrap();
+        let addr: SocketAddr = rustix::net::getsockname(&fd).unwrap().try_into().unwrap();
+        let port = addr.port();
+        (fd, port)
+    }
+
+    #[test]
+    fn a_port_our_haproxy_s_process_listens_on_is_ours_and_another_s_is_taken() {
+        // "Our HAProxy": a child process listening with SO_REUSEPORT.
+        let child = std::process::Command::new("python3")
+            .args(["-c", "import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1); s.bind(('127.0.0.1',0)); s.listen(); print(s.getsockname()[1], flush=True); time.sleep(60)"])
+            .stdout(std::process::Stdio::piped())
+            .spawn();
+        let Ok(mut child) = child else {
+            return; // no python3 here
+        };
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let guard = ChildGuard(child);
+        let haproxy_port: u16 = line.trim().parse().unwrap();
+        let ours = [guard.0.id()];
+        let config = format!("frontend fa\n  bind 127.0.0.1:{haproxy_port}\n");
+        assert!(
+            unbindable(
+                &config,
+                &Ours {
+                    pids: &ours,
+                    running: None
+                }
+            )
+            .is_empty(),
+            "the listener is our HAProxy's, whatever the configuration known"
+        );
+        // Another process (this test) listening the same way: taken.
+        let (_other, other_port) = reuseport_listener();
+        let config = format!("frontend fb\n  bind 127.0.0.1:{other_port}\n");
+        assert_eq!(
+            unbindable(
+                &config,
+                &Ours {
+                    pids: &ours,
+                    running: None
+                }
+            )
+            .len(),
+            1,
+            "another process's listener is taken even with SO_REUSEPORT"
+        );
+    }
+
+    struct ChildGuard(std::process::Child);
+
+    impl Drop for ChildGuard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn another_haproxy_s_port_is_taken_and_our_own_is_not() {
+        let (_other, port) = reuseport_listener();
+        let config = format!(
+            "# frontend: shop/a\nfrontend fa\n  bind 127.0.0.1:{port}\n  default_backend b\n\nbackend b\n  server s 127.0.0.1:1\n"
+        );
+        assert_eq!(
+            unbindable(
+                &config,
+                &Ours {
+                    pids: &[],
+                    running: None
+                }
+            )
+            .len(),
+            1,
+            "held with SO_REUSEPORT by another process: taken"
+        );
+        assert!(
+            unbindable(
+                &config,
+                &Ours {
+                    pids: &[],
+                    running: Some(&config)
+                }
+            )
+            .is_empty(),
+            "held by the configuration this agent runs: ours"
+        );
+        let everywhere = format!("frontend fa\n  bind 0.0.0.0:{port}\n");
+        assert!(
+            unbindable(
+                &config,
+                &Ours {
+                    pids: &[],
+                    running: Some(&everywhere)
+                }
+            )
+            .is_empty(),
+            "ours on every address covers 127.0.0.1"
+        );
     }
 }
