@@ -81,6 +81,61 @@ fn main() {
         g.finish();
     }
     {
+        // One gateway's weights changed among n held: the incremental renderer re-renders that
+        // gateway and assembles the text from the kept pieces (issue 13's target: under 1 ms
+        // at 10,000 gateways), next to the full render above.
+        let mut g = c.benchmark_group("haproxy_render_one_change");
+        g.sample_size(20);
+        for &n in &sizes {
+            let input = gateways(n);
+            let mut inc =
+                vamp_haproxy::incremental::IncrementalRenderer::new(opts.clone()).expect("options");
+            for gw in &input {
+                inc.upsert(gw).expect("render");
+            }
+            let mut changed = input[n / 2].clone();
+            let mut flip = false;
+            g.bench_function(BenchmarkId::new("gateways", n), |b| {
+                b.iter(|| {
+                    flip = !flip;
+                    for (r, weight) in [
+                        (0, if flip { 60 } else { 70 }),
+                        (1, if flip { 20 } else { 10 }),
+                    ] {
+                        if let Route::Default(d) = &mut changed.routes[r] {
+                            d.weight = Some(Percentage(weight));
+                        }
+                    }
+                    inc.upsert(black_box(&changed)).expect("render");
+                    black_box(inc.render())
+                })
+            });
+            // Into a buffer kept between renders (no fresh 58 MiB allocation each time).
+            let mut buffer = String::new();
+            g.bench_function(BenchmarkId::new("into_kept_buffer", n), |b| {
+                b.iter(|| {
+                    flip = !flip;
+                    for (r, weight) in [
+                        (0, if flip { 60 } else { 70 }),
+                        (1, if flip { 20 } else { 10 }),
+                    ] {
+                        if let Route::Default(d) = &mut changed.routes[r] {
+                            d.weight = Some(Percentage(weight));
+                        }
+                    }
+                    inc.upsert(black_box(&changed)).expect("render");
+                    inc.render_into(&mut buffer);
+                    black_box(buffer.len())
+                })
+            });
+            // The piece alone: re-rendering the changed gateway, without the assembly.
+            g.bench_function(BenchmarkId::new("upsert_only", n), |b| {
+                b.iter(|| inc.upsert(black_box(&changed)).expect("render"))
+            });
+        }
+        g.finish();
+    }
+    {
         // The agent checks every value against the allow-list before anything else.
         let mut g = c.benchmark_group("haproxy_allow_list");
         g.sample_size(10);

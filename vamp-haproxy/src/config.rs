@@ -226,124 +226,160 @@ fn comment(s: &str) -> String {
 impl HaProxyConfig {
     /// Writes the configuration.
     pub fn write_to(&self, out: &mut impl fmt::Write) -> fmt::Result {
-        writeln!(out, "# HAProxy - Frontends & Backends managed by Vamp")?;
+        write_header(out)?;
         let dir = self.socket_dir.trim_end_matches('/');
         if !self.virtual_hosts.is_empty() {
-            writeln!(out, "\n# Virtual hosts\n")?;
-            writeln!(out, "frontend virtual_hosts")?;
-            writeln!(
-                out,
-                "  bind {}:{}",
-                self.virtual_hosts_bind.0, self.virtual_hosts_bind.1
-            )?;
-            writeln!(out, "  mode http")?;
-            writeln!(out, "  option httplog")?;
-            writeln!(out, "  log-format {}", self.log_formats.http)?;
+            write_virtual_hosts_head(out, &self.virtual_hosts_bind, &self.log_formats)?;
             for v in &self.virtual_hosts {
-                writeln!(out, "\n  # destination: {}", comment(&v.name))?;
-                writeln!(out, "  acl {} {}", v.acl.name, v.acl.definition)?;
-                writeln!(out, "  use_backend {} if {}", v.destination, v.acl.name)?;
+                write_virtual_host(out, v)?;
             }
             for b in &self.virtual_host_backends {
-                writeln!(out, "\n# backend: {}", comment(&b.name))?;
-                writeln!(out, "backend {}", b.lookup)?;
-                writeln!(out, "  balance roundrobin")?;
-                writeln!(out, "  mode http")?;
-                writeln!(out, "  option forwardfor")?;
-                writeln!(
-                    out,
-                    "  http-request set-header X-Forwarded-Port %[dst_port]"
-                )?;
-                writeln!(out, "  server {} 127.0.0.1:{}", b.lookup, b.port)?;
+                write_virtual_host_backend(out, b)?;
             }
         }
         if !self.frontends.is_empty() {
-            writeln!(out, "\n# Port mapping")?;
+            write_port_mapping_head(out)?;
         }
         for f in &self.frontends {
-            writeln!(out, "\n# frontend: {}", comment(&f.name))?;
-            writeln!(out, "frontend {}", f.lookup)?;
-            if let Some((ip, port)) = &f.bind {
-                writeln!(out, "  bind {ip}:{port}")?;
-            }
-            match f.mode {
-                Mode::Http => writeln!(
-                    out,
-                    "  option httplog\n  log-format {}",
-                    self.log_formats.http
-                )?,
-                Mode::Tcp => writeln!(
-                    out,
-                    "  option tcplog\n  log-format {}",
-                    self.log_formats.tcp
-                )?,
-            }
-            if let Some((sock, protocol)) = &f.unix_socket {
-                writeln!(out, "  bind unix@{dir}/{sock} {protocol}")?;
-            }
-            writeln!(out, "  mode {}", f.mode)?;
-            for c in &f.conditions {
-                let Some(acls) = &c.acls else { continue };
-                for acl in &acls.acls {
-                    writeln!(out, "  acl {} {}", acl.name, acl.definition)?;
-                }
-                match &acls.condition {
-                    // HAProxy reads at most 64 words a line: a longer condition becomes one
-                    // rule per term, consecutive and to the same backend, so the first match
-                    // still wins with the same meaning.
-                    Some(cond) if cond.split(' ').count() + 3 > crate::lex::MAX_WORDS => {
-                        for term in cond.split(" or ") {
-                            writeln!(out, "  use_backend {} if {term}", c.destination)?;
-                        }
-                    }
-                    Some(cond) => writeln!(out, "  use_backend {} if {cond}", c.destination)?,
-                    None => writeln!(out, "  use_backend {}", c.destination)?,
-                }
-            }
-            writeln!(out, "  default_backend {}", f.default_backend)?;
+            write_frontend(out, f, dir, &self.log_formats)?;
         }
         for b in &self.backends {
-            writeln!(out, "\n# backend: {}", comment(&b.name))?;
-            writeln!(out, "backend {}", b.lookup)?;
-            writeln!(out, "  mode {}", b.mode)?;
-            writeln!(out, "  balance {}", b.balance)?;
-            if b.sticky {
-                writeln!(out, "  cookie {} insert indirect nocache", b.lookup)?;
-            }
-            for r in &b.rewrites {
-                writeln!(out, "  http-request set-path {} if {}", r.path, r.condition)?;
-            }
-            for ps in &b.proxy_servers {
-                write!(
-                    out,
-                    "  server {} unix@{dir}/{} send-proxy weight {} check",
-                    ps.lookup, ps.unix_socket, ps.weight
-                )?;
-                if b.sticky {
-                    write!(out, " cookie {}", ps.lookup)?;
-                }
-                writeln!(out)?;
-            }
-            if !b.servers.is_empty() {
-                writeln!(out, "  option forwardfor")?;
-            }
-            for s in &b.servers {
-                write!(out, "  server {} {}", s.lookup, s.address)?;
-                if b.mode == Mode::Http {
-                    write!(out, " cookie {}", s.lookup)?;
-                }
-                write!(out, " weight {} check", s.weight)?;
-                if let Some(inter) = s.check_interval {
-                    write!(out, " inter {inter}")?;
-                }
-                if b.sticky {
-                    write!(out, " cookie {}", s.lookup)?;
-                }
-                writeln!(out)?;
-            }
+            write_backend(out, b, dir)?;
         }
         Ok(())
     }
+}
+
+// The pieces of the text, in the order `write_to` writes them (also used by
+// `crate::incremental`, whose output must be the same bytes).
+
+pub(crate) fn write_header(out: &mut impl fmt::Write) -> fmt::Result {
+    writeln!(out, "# HAProxy - Frontends & Backends managed by Vamp")
+}
+
+pub(crate) fn write_virtual_hosts_head(
+    out: &mut impl fmt::Write,
+    bind: &(String, u16),
+    log_formats: &LogFormats,
+) -> fmt::Result {
+    writeln!(out, "\n# Virtual hosts\n")?;
+    writeln!(out, "frontend virtual_hosts")?;
+    writeln!(out, "  bind {}:{}", bind.0, bind.1)?;
+    writeln!(out, "  mode http")?;
+    writeln!(out, "  option httplog")?;
+    writeln!(out, "  log-format {}", log_formats.http)?;
+    Ok(())
+}
+
+pub(crate) fn write_virtual_host(out: &mut impl fmt::Write, v: &VirtualHost) -> fmt::Result {
+    writeln!(out, "\n  # destination: {}", comment(&v.name))?;
+    writeln!(out, "  acl {} {}", v.acl.name, v.acl.definition)?;
+    writeln!(out, "  use_backend {} if {}", v.destination, v.acl.name)?;
+    Ok(())
+}
+
+pub(crate) fn write_virtual_host_backend(
+    out: &mut impl fmt::Write,
+    b: &VirtualHostBackend,
+) -> fmt::Result {
+    writeln!(out, "\n# backend: {}", comment(&b.name))?;
+    writeln!(out, "backend {}", b.lookup)?;
+    writeln!(out, "  balance roundrobin")?;
+    writeln!(out, "  mode http")?;
+    writeln!(out, "  option forwardfor")?;
+    writeln!(
+        out,
+        "  http-request set-header X-Forwarded-Port %[dst_port]"
+    )?;
+    writeln!(out, "  server {} 127.0.0.1:{}", b.lookup, b.port)?;
+    Ok(())
+}
+
+pub(crate) fn write_port_mapping_head(out: &mut impl fmt::Write) -> fmt::Result {
+    writeln!(out, "\n# Port mapping")
+}
+
+pub(crate) fn write_frontend(
+    out: &mut impl fmt::Write,
+    f: &Frontend,
+    dir: &str,
+    log_formats: &LogFormats,
+) -> fmt::Result {
+    writeln!(out, "\n# frontend: {}", comment(&f.name))?;
+    writeln!(out, "frontend {}", f.lookup)?;
+    if let Some((ip, port)) = &f.bind {
+        writeln!(out, "  bind {ip}:{port}")?;
+    }
+    match f.mode {
+        Mode::Http => writeln!(out, "  option httplog\n  log-format {}", log_formats.http)?,
+        Mode::Tcp => writeln!(out, "  option tcplog\n  log-format {}", log_formats.tcp)?,
+    }
+    if let Some((sock, protocol)) = &f.unix_socket {
+        writeln!(out, "  bind unix@{dir}/{sock} {protocol}")?;
+    }
+    writeln!(out, "  mode {}", f.mode)?;
+    for c in &f.conditions {
+        let Some(acls) = &c.acls else { continue };
+        for acl in &acls.acls {
+            writeln!(out, "  acl {} {}", acl.name, acl.definition)?;
+        }
+        match &acls.condition {
+            // HAProxy reads at most 64 words a line: a longer condition becomes one
+            // rule per term, consecutive and to the same backend, so the first match
+            // still wins with the same meaning.
+            Some(cond) if cond.split(' ').count() + 3 > crate::lex::MAX_WORDS => {
+                for term in cond.split(" or ") {
+                    writeln!(out, "  use_backend {} if {term}", c.destination)?;
+                }
+            }
+            Some(cond) => writeln!(out, "  use_backend {} if {cond}", c.destination)?,
+            None => writeln!(out, "  use_backend {}", c.destination)?,
+        }
+    }
+    writeln!(out, "  default_backend {}", f.default_backend)?;
+    Ok(())
+}
+
+pub(crate) fn write_backend(out: &mut impl fmt::Write, b: &Backend, dir: &str) -> fmt::Result {
+    writeln!(out, "\n# backend: {}", comment(&b.name))?;
+    writeln!(out, "backend {}", b.lookup)?;
+    writeln!(out, "  mode {}", b.mode)?;
+    writeln!(out, "  balance {}", b.balance)?;
+    if b.sticky {
+        writeln!(out, "  cookie {} insert indirect nocache", b.lookup)?;
+    }
+    for r in &b.rewrites {
+        writeln!(out, "  http-request set-path {} if {}", r.path, r.condition)?;
+    }
+    for ps in &b.proxy_servers {
+        write!(
+            out,
+            "  server {} unix@{dir}/{} send-proxy weight {} check",
+            ps.lookup, ps.unix_socket, ps.weight
+        )?;
+        if b.sticky {
+            write!(out, " cookie {}", ps.lookup)?;
+        }
+        writeln!(out)?;
+    }
+    if !b.servers.is_empty() {
+        writeln!(out, "  option forwardfor")?;
+    }
+    for s in &b.servers {
+        write!(out, "  server {} {}", s.lookup, s.address)?;
+        if b.mode == Mode::Http {
+            write!(out, " cookie {}", s.lookup)?;
+        }
+        write!(out, " weight {} check", s.weight)?;
+        if let Some(inter) = s.check_interval {
+            write!(out, " inter {inter}")?;
+        }
+        if b.sticky {
+            write!(out, " cookie {}", s.lookup)?;
+        }
+        writeln!(out)?;
+    }
+    Ok(())
 }
 
 impl fmt::Display for HaProxyConfig {

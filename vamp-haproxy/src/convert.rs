@@ -66,7 +66,7 @@ impl RenderOptions {
         self
     }
 
-    fn validate(&self) -> Result<(), RenderError> {
+    pub(crate) fn validate(&self) -> Result<(), RenderError> {
         let dir_ok = self.socket_dir.starts_with('/')
             && self
                 .socket_dir
@@ -276,11 +276,11 @@ pub fn with_defaults(gateway: &Gateway) -> Result<Gateway, RenderError> {
 
 /// One gateway's part of the configuration.
 #[derive(Debug, Default)]
-struct Part {
-    frontends: Vec<Frontend>,
-    backends: Vec<Backend>,
-    virtual_hosts: Vec<VirtualHost>,
-    virtual_host_backends: Vec<VirtualHostBackend>,
+pub(crate) struct Part {
+    pub(crate) frontends: Vec<Frontend>,
+    pub(crate) backends: Vec<Backend>,
+    pub(crate) virtual_hosts: Vec<VirtualHost>,
+    pub(crate) virtual_host_backends: Vec<VirtualHostBackend>,
 }
 
 fn route_error(gateway: &str, route: &DefaultRoute) -> impl Fn(RenderError) -> RenderError + use<> {
@@ -293,7 +293,7 @@ fn route_error(gateway: &str, route: &DefaultRoute) -> impl Fn(RenderError) -> R
     }
 }
 
-fn convert_gateway(g: &Gateway, opts: &RenderOptions) -> Result<Part, RenderError> {
+pub(crate) fn convert_gateway(g: &Gateway, opts: &RenderOptions) -> Result<Part, RenderError> {
     let gw_err = |e: RenderError| RenderError::Gateway {
         gateway: g.name.clone(),
         source: Box::new(e),

@@ -26,6 +26,7 @@ pub mod convert;
 pub mod driver;
 pub mod error;
 pub mod fetches;
+pub mod incremental;
 pub mod lex;
 pub mod log;
 pub mod targets;

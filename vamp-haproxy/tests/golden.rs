@@ -527,3 +527,78 @@ fn missing_weights_are_filled_like_vamp() {
         Err(RenderError::InvalidWeights { total: 120, .. })
     ));
 }
+
+/// The incremental renderer gives, after any sequence of changes, the same bytes as a full
+/// render of the gateways it then holds.
+mod incremental {
+    use proptest::prelude::*;
+    use vamp_haproxy::incremental::IncrementalRenderer;
+    use vamp_haproxy::{RenderOptions, render};
+
+    use super::gateway as gateway_of;
+
+    /// A gateway from a small pool: `n` picks the name (one to three segments) and port,
+    /// `w` the split, `vh` whether it has a virtual host, `c` whether a route has a condition.
+    fn yaml(n: u8, w: u8, vh: bool, c: bool) -> String {
+        let name = match n % 3 {
+            0 => format!("g{n}"),
+            1 => format!("shop/g{n}"),
+            _ => format!("shop/web/g{n}"),
+        };
+        let w = w % 101;
+        let mut y = format!(
+            "name: {name}\nport: {}\nroutes:\n  a{n}: {{weight: {w}%}}\n  b{n}: {{weight: {}%",
+            20000 + u16::from(n),
+            100 - w
+        );
+        if c {
+            y.push_str(", condition: user-agent = Chrome, condition_strength: 50%");
+        }
+        y.push_str("}\n");
+        if vh {
+            y.push_str(&format!("virtual_hosts: [g{n}.example]\n"));
+        }
+        y
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Upsert(u8, u8, bool, bool),
+        Remove(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0u8..12, any::<u8>(), any::<bool>(), any::<bool>())
+                .prop_map(|(n, w, vh, c)| Op::Upsert(n, w, vh, c)),
+            1 => (0u8..12).prop_map(Op::Remove),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn incremental_equals_full(ops in proptest::collection::vec(op(), 1..40)) {
+            let opts = RenderOptions::default();
+            let mut inc = IncrementalRenderer::new(opts.clone()).unwrap();
+            let mut held: std::collections::BTreeMap<u8, vamp_core::model::Gateway> = Default::default();
+            for op in ops {
+                match op {
+                    Op::Upsert(n, w, vh, c) => {
+                        let g = gateway_of(&yaml(n, w, vh, c));
+                        inc.upsert(&g).unwrap();
+                        held.insert(n, g);
+                    }
+                    Op::Remove(n) => {
+                        let name = held.get(&n).map(|g| g.name.clone());
+                        prop_assert_eq!(inc.remove(name.as_deref().unwrap_or("none")), name.is_some());
+                        held.remove(&n);
+                    }
+                }
+                let all: Vec<_> = held.values().cloned().collect();
+                let full = render(&all, &opts).unwrap().render();
+                prop_assert_eq!(inc.render(), full);
+            }
+        }
+    }
+}
