@@ -2,7 +2,9 @@
 //! writing a configuration to the key until a client (a new connection per request, without
 //! pause) first gets its answer from the new destination. 50 weight changes (applied through
 //! the runtime API) and 50 structural changes (a route's server address, applied by a reload),
-//! with the default 100 ms debounce and with none. In-memory key-value store.
+//! with the default 100 ms debounce and with none. In-memory key-value store. Each change is
+//! written after a quiet period longer than the debounce (as a canary moving its weights every
+//! few seconds): the agent applies such a value at once and coalesces only bursts.
 //!
 //! `cargo bench -p vamp-benches --bench agent_latency` (needs `haproxy`; prints a table)
 
@@ -184,6 +186,7 @@ async fn series(haproxy: &str, debounce: Duration) {
             ((100, 0), "a")
         };
         let config = gateway_config(port, &sockets, [a, b], w);
+        tokio::time::sleep(debounce + Duration::from_millis(20)).await;
         let written = Instant::now();
         kv.put(&key, config.into()).await.unwrap();
         now = tokio::task::block_in_place(|| client.until(expect));
@@ -201,6 +204,7 @@ async fn series(haproxy: &str, debounce: Duration) {
     for i in 0..CHANGES {
         let (target, expect) = if i % 2 == 0 { (c, "c") } else { (a, "a") };
         let config = gateway_config(port, &sockets, [target, b], (100, 0));
+        tokio::time::sleep(debounce + Duration::from_millis(20)).await;
         let written = Instant::now();
         kv.put(&key, config.into()).await.unwrap();
         now = tokio::task::block_in_place(|| client.until(expect));

@@ -1091,3 +1091,48 @@ async fn a_port_another_agent_s_haproxy_serves_is_left_out_not_shared() {
     second.stop().await;
     first.stop().await;
 }
+
+/// A value after a quiet period is applied at once; a burst that follows within the
+/// coalescing window is applied once, at the window's end, with its latest value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_change_is_applied_at_once_and_a_burst_after_it_once() {
+    let (a, b) = (HttpBackend::start("a"), HttpBackend::start("b"));
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPath::parse("/vamp/burst/haproxy").unwrap();
+    let kv: Arc<DynKeyValueStore> = Arc::new(InMemoryKv::new());
+    let config = |w: (u8, u8)| gateway_config(port, dir.path(), &a, &b, w, "roundrobin").0;
+    kv.put(&key, config((100, 0)).into()).await.unwrap();
+    let metrics: Arc<DynMetricsStore> = Arc::new(InMemoryMetrics::new());
+    let events: Arc<DynEventStore> = Arc::new(InMemoryMetrics::new());
+    // A long window, so that the burst below surely falls inside it.
+    let Some(mut agent) = Running::start(Arc::clone(&kv), &key, dir.path(), metrics, events, |o| {
+        o.with_debounce(Duration::from_secs(3))
+    })
+    .await
+    else {
+        return;
+    };
+    // The first value is applied (the benchmark agent_latency measures how soon).
+    let first = agent
+        .until("the first value applied", |s| s.applied_version.is_some())
+        .await;
+    let applied_before = first.counts.noop + first.counts.dynamic + first.counts.reload;
+    // A burst of ten values right after: the last one wins, applied once.
+    let mut last = 0;
+    for i in 1..=10u8 {
+        last = kv
+            .put(&key, config((100 - i * 5, i * 5)).into())
+            .await
+            .unwrap()
+            .0;
+    }
+    let done = agent
+        .until("the burst's last value applied", |s| {
+            s.applied_version == Some(last)
+        })
+        .await;
+    let applied = done.counts.noop + done.counts.dynamic + done.counts.reload - applied_before;
+    assert_eq!(applied, 1, "the burst is one update: {:?}", done.counts);
+    agent.stop().await;
+}

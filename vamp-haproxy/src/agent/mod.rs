@@ -34,8 +34,9 @@
 //! HAProxy's logs are accepted only from loopback and only with the secret tag the agent put
 //! in HAProxy's configuration.
 //!
-//! Values arriving within [`AgentOptions::debounce`] of the first are coalesced, updates run
-//! one at a time, and the latest value always wins. HAProxy runs in master-worker mode with
+//! A value arriving after a quiet period is applied at once; values arriving within
+//! [`AgentOptions::debounce`] of the last update started are coalesced and applied together
+//! at the end of that window. Updates run one at a time, and the latest value always wins. HAProxy runs in master-worker mode with
 //! `expose-fd listeners`, so reloads keep the listening sockets (hitless). The watch re-opens
 //! (reading the current value) whenever the store's stream fails, so a KV outage only delays
 //! updates.
@@ -91,7 +92,9 @@ pub struct AgentOptions {
     /// Written between the agent's `global` lines and the value: `global` and `defaults`
     /// settings (default [`crate::BASE_CONFIG`]).
     pub base_config: String,
-    /// How long to wait for more values after one arrives (default 100 ms).
+    /// The coalescing window (default 100 ms): a value arriving within it of the last update
+    /// waits for the window's end, together with any others; a value after a quiet period is
+    /// applied at once.
     pub debounce: Duration,
     /// The time limit of HAProxy starts, reloads and CLI commands (default 10 s).
     pub timeout: Duration,
@@ -593,6 +596,9 @@ impl GatewayAgent {
         let mut stream = self.open_watch();
         let mut pending: Option<(Bytes, u64)> = None;
         let mut apply_at: Option<tokio::time::Instant> = None;
+        // When the last update started: a value within `debounce` of it waits for the window's
+        // end (a burst is coalesced); any later one is applied at once.
+        let mut last_update: Option<tokio::time::Instant> = None;
         let mut retries: u32 = 0;
         let mut liveness = tokio::time::interval(Duration::from_millis(250));
         liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -609,7 +615,13 @@ impl GatewayAgent {
                     Some(Ok(WatchEvent::Put { key, value, version })) if key == self.options.key => {
                         pending = Some((value, version.0));
                         retries = 0;
-                        apply_at.get_or_insert_with(|| tokio::time::Instant::now() + self.options.debounce);
+                        apply_at.get_or_insert_with(|| {
+                            let now = tokio::time::Instant::now();
+                            match last_update {
+                                Some(at) if now < at + self.options.debounce => at + self.options.debounce,
+                                _ => now,
+                            }
+                        });
                     }
                     Some(Ok(WatchEvent::Delete { key, .. })) if key == self.options.key => {
                         tracing::warn!(key = %key, "the configuration key was deleted; HAProxy keeps its configuration");
@@ -631,6 +643,7 @@ impl GatewayAgent {
                 () = debounce => {
                     apply_at = None;
                     if let Some((value, version)) = pending.take() {
+                        last_update = Some(tokio::time::Instant::now());
                         // Shutdown interrupts an update (its processes are killed with it).
                         let outcome = tokio::select! {
                             () = &mut shutdown => break,

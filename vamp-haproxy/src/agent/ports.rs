@@ -2,7 +2,8 @@
 //! gateway whose port another process holds would stop every gateway of this HAProxy from
 //! updating. Before a reload, each TCP `bind` of the candidate is probed with `SO_REUSEADDR`
 //! but without `SO_REUSEPORT`: a port in use counts as taken unless the configuration this
-//! agent's HAProxy runs binds it (HAProxy's own listeners). Probing with `SO_REUSEPORT`, as
+//! agent's HAProxy runs binds it (HAProxy's own listeners) or, when that configuration is
+//! unknown, every listener on it is a socket of HAProxy's processes (from `/proc`). Probing with `SO_REUSEPORT`, as
 //! HAProxy binds, would miss another HAProxy (a second control plane's agent on the same
 //! machine) holding the port the same way: both would listen and share each other's traffic.
 //! Frontends whose port is held by another process are left out of the configuration
@@ -102,9 +103,9 @@ pub(crate) struct Ours<'a> {
     pub running: Option<&'a str>,
 }
 
-/// Whether `addr` is free, or held only by this agent's own HAProxy: every socket listening
-/// on the port belongs to its processes (read from `/proc`); where `/proc` cannot tell, the
-/// configuration it runs binds the address.
+/// Whether `addr` is free, or held by this agent's own HAProxy: the configuration it runs
+/// binds the address (`ours`), or, when that configuration is unknown, every socket listening
+/// on the port belongs to its processes (`own_sockets`, read from `/proc`).
 fn bindable(
     addr: SocketAddr,
     ours: &[SocketAddr],
@@ -123,19 +124,26 @@ fn bindable(
     match bind(&fd, &addr) {
         Ok(()) => true,
         Err(e) if e == rustix::io::Errno::ADDRINUSE => {
-            if let Some(listeners) = listeners_on(addr.port())
-                && !listeners.is_empty()
-                && !own_sockets.is_empty()
-            {
-                return listeners.iter().all(|i| own_sockets.contains(i));
-            }
-            ours.iter().any(|o| {
+            // The configuration HAProxy runs binds it: ours (cheap; the common case of every
+            // update).
+            if ours.iter().any(|o| {
                 // The same port on the same address, or where either side is every address.
                 o.port() == addr.port()
                     && (o.ip() == addr.ip()
                         || o.ip().is_unspecified()
                         || addr.ip().is_unspecified())
-            })
+            }) {
+                return true;
+            }
+            // Otherwise ours only if every listener on it is a socket of our HAProxy (read
+            // from /proc, only when the configuration it runs is unknown: `own_sockets` is
+            // empty otherwise).
+            match listeners_on(addr.port()) {
+                Some(listeners) if !listeners.is_empty() && !own_sockets.is_empty() => {
+                    listeners.iter().all(|i| own_sockets.contains(i))
+                }
+                _ => false,
+            }
         }
         Err(_) => true,
     }
@@ -196,7 +204,10 @@ pub(crate) struct Unbindable {
 
 /// The frontends of `config` whose TCP bind address another process holds (see [`Ours`]).
 pub(crate) fn unbindable(config: &str, ours: &Ours<'_>) -> Vec<Unbindable> {
-    let own_sockets = if ours.pids.is_empty() {
+    // Scanning /proc costs (every process's parent, every socket of HAProxy's processes, the
+    // kernel's TCP tables, long under load): only when the configuration HAProxy runs is
+    // unknown (first start, an adopted HAProxy, an update that failed half-way).
+    let own_sockets = if ours.pids.is_empty() || ours.running.is_some() {
         std::collections::HashSet::new()
     } else {
         sockets_of(ours.pids)
