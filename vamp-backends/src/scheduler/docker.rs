@@ -82,8 +82,9 @@ use vamp_core::Error;
 use vamp_core::model::Argument;
 use vamp_core::scheduler::*;
 
+use super::env_name;
 use super::ports::{DEFAULT_PORT_RANGE, PortAllocator};
-use super::record::{Watchers, spec_from_json, spec_hash, spec_json};
+use super::record::{Watchers, merge, spec_from_json, spec_hash, spec_json};
 
 /// The deployable types this scheduler runs (a breed without a type is a Docker image too).
 pub const DEPLOYABLE_TYPES: [&str; 2] = ["container/docker", "docker"];
@@ -233,30 +234,6 @@ fn name_prefix(key: &str, id: &ServiceId) -> String {
     let mut readable = sanitize(&format!("{}-{}-{}", id.deployment, id.cluster, id.service));
     readable.truncate(40);
     format!("vamp-{readable}-{}", &key[..8])
-}
-
-fn env_name(port: &str) -> String {
-    port.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-/// Deep-merges `patch` into `base` (objects merged key by key, anything else replaced).
-fn merge(base: &mut Value, patch: &Value) {
-    match (base, patch) {
-        (Value::Object(b), Value::Object(p)) => {
-            for (k, v) in p {
-                merge(b.entry(k.clone()).or_insert(Value::Null), v);
-            }
-        }
-        (b, p) => *b = p.clone(),
-    }
 }
 
 /// The keys of `patch` (objects, recursively) missing from `got`: fields Docker does not have.

@@ -58,7 +58,8 @@ use serde_json::{Value, json};
 use vamp_core::Error;
 use vamp_core::scheduler::*;
 
-use super::record::{Watchers, spec_from_json, spec_json};
+use super::env_name;
+use super::record::{Watchers, merge, spec_from_json, spec_json};
 
 /// The deployable types this scheduler runs (a breed without a type is an image too).
 pub const DEPLOYABLE_TYPES: [&str; 2] = ["container/docker", "docker"];
@@ -185,30 +186,6 @@ fn quantity(v: f64) -> String {
         format!("{}", v as i64)
     } else {
         format!("{v}")
-    }
-}
-
-fn env_name(port: &str) -> String {
-    port.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-/// Deep-merges `patch` into `base`.
-fn merge(base: &mut Value, patch: &Value) {
-    match (base, patch) {
-        (Value::Object(b), Value::Object(p)) => {
-            for (k, v) in p {
-                merge(b.entry(k.clone()).or_insert(Value::Null), v);
-            }
-        }
-        (b, p) => *b = p.clone(),
     }
 }
 

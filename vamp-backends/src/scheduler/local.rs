@@ -70,6 +70,7 @@ use tokio::sync::watch;
 use vamp_core::Error;
 use vamp_core::scheduler::*;
 
+use super::env_name;
 use super::ports::PortAllocator;
 
 /// The deployable types this scheduler runs.
@@ -204,18 +205,6 @@ fn ephemeral_range() -> Option<RangeInclusive<u16>> {
     let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
     let mut parts = text.split_whitespace().map(|p| p.parse::<u16>().ok());
     Some(parts.next()??..=parts.next()??)
-}
-
-fn env_name(port: &str) -> String {
-    port.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 /// Sends `signal` to a process group with the shell's own `kill` (no procps needed).

@@ -65,7 +65,7 @@ use serde_json::{Map, Value, json};
 use vamp_core::Error;
 use vamp_core::scheduler::*;
 
-use super::record::{Watchers, spec_from_json, spec_json};
+use super::record::{Watchers, merge, spec_from_json, spec_json};
 use crate::Secret;
 
 /// The deployable types this scheduler runs: Docker images and commands.
@@ -187,18 +187,6 @@ fn contained(small: &Value, big: &Value) -> bool {
         }
         (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
         (a, b) => a == b,
-    }
-}
-
-/// Deep-merges `patch` into `base` (objects merged key by key, anything else replaced).
-fn merge(base: &mut Value, patch: &Value) {
-    match (base, patch) {
-        (Value::Object(b), Value::Object(p)) => {
-            for (k, v) in p {
-                merge(b.entry(k.clone()).or_insert(Value::Null), v);
-            }
-        }
-        (b, p) => *b = p.clone(),
     }
 }
 

@@ -27,6 +27,26 @@ use vamp_core::memory::InMemoryScheduler;
 use vamp_core::scheduler::DynContainerScheduler;
 
 use crate::url::BackendUrl;
+
+/// The environment variable part of a port's name (`PORT_<NAME>`): upper-cased, every other
+/// character than ASCII letters and digits `_`.
+#[cfg(any(
+    feature = "scheduler-local",
+    feature = "scheduler-docker",
+    feature = "scheduler-kubernetes"
+))]
+pub(crate) fn env_name(port: &str) -> String {
+    port.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 use crate::{Secret, invalid};
 
 /// An HTTP API endpoint (Kubernetes, Marathon, Docker over TCP).

@@ -112,6 +112,19 @@ pub(crate) fn spec_hash(spec: &ServiceSpec) -> String {
     vamp_core::lookup::hex_sha1(&spec_json(spec, false).to_string(), "")[..12].to_owned()
 }
 
+/// Deep-merges `patch` into `base` (objects merged key by key, anything else replaced): how
+/// Vamp merged a scheduler dialect into the request.
+pub(crate) fn merge(base: &mut Value, patch: &Value) {
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) => {
+            for (k, v) in p {
+                merge(b.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (b, p) => *b = p.clone(),
+    }
+}
+
 /// The services last seen and the watchers to tell about changes.
 #[derive(Default)]
 pub(crate) struct Watchers {
