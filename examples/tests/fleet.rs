@@ -330,6 +330,17 @@ async fn a_fleet_of_agent_containers_survives_a_partition_and_a_restart() {
         "0",
         "SIGTERM stops the agent cleanly"
     );
+    // And HAProxy was drained (soft stop), not killed when the grace period ran out.
+    let logs = Command::new("docker")
+        .args(["logs", &a2])
+        .output()
+        .expect("docker logs");
+    let logs =
+        String::from_utf8_lossy(&logs.stderr).into_owned() + &String::from_utf8_lossy(&logs.stdout);
+    assert!(
+        logs.contains("HAProxy drained and exited"),
+        "the stopped agent drained HAProxy; its log:\n{logs}"
+    );
 }
 
 /// The control plane's image: `vamp serve` answers its API from the container, the image's

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use rustix::process::Signal;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
@@ -164,27 +165,30 @@ pub(crate) fn runs_config(pid: u32, config: &Path) -> bool {
     args.windows(2).any(|w| w[0] == "-f" && w[1] == config)
 }
 
-/// Sends `signal` (a name such as `TERM`) to `pid` with the shell's own `kill` (no procps).
-pub(crate) async fn signal(pid: u32, signal: &str) {
-    let _ = Command::new("sh")
-        .arg("-c")
-        .arg(format!("kill -s {signal} {pid}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .await;
+/// Sends `signal` to `pid` with the `kill` system call. Not through a shell's `kill`: the
+/// agent's container image has no shell, and a signal sent that way was silently lost (a
+/// stopped container's HAProxy was never drained, and the engine killed the agent).
+pub(crate) async fn signal(pid: u32, signal: Signal) {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return;
+    };
+    if let Err(e) = rustix::process::kill_process(pid, signal) {
+        tracing::debug!(pid = pid.as_raw_nonzero().get(), error = %e, "signal not delivered");
+    }
 }
 
 /// Stops a process that is not this agent's child: TERM, then KILL after `grace`.
 pub(crate) async fn terminate(pid: u32, grace: Duration) {
-    signal(pid, "TERM").await;
+    signal(pid, Signal::TERM).await;
     let deadline = tokio::time::Instant::now() + grace;
     while alive(pid) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     if alive(pid) {
-        signal(pid, "KILL").await;
+        signal(pid, Signal::KILL).await;
         let deadline = tokio::time::Instant::now() + grace;
         while alive(pid) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -400,7 +404,7 @@ impl HaProxy {
                 .as_ref()
                 .and_then(tokio::process::Child::id)
                 .unwrap_or(self.pid);
-            signal(pid, "USR1").await;
+            signal(pid, Signal::USR1).await;
             let exited = match &mut self.child {
                 Some(child) => tokio::time::timeout(grace, child.wait()).await.is_ok(),
                 None => {
@@ -412,8 +416,14 @@ impl HaProxy {
                 }
             };
             if exited {
+                tracing::info!(pid, "HAProxy drained and exited");
                 return;
             }
+            tracing::warn!(
+                pid,
+                grace_ms = grace.as_millis() as u64,
+                "HAProxy still had connections after the drain period; stopping it"
+            );
         }
         self.stop().await;
     }
@@ -424,7 +434,7 @@ impl HaProxy {
             Some(child) => {
                 if let Some(pid) = child.id() {
                     // SIGUSR1 would be a soft stop; the agent's owner asked for it to go.
-                    signal(pid, "TERM").await;
+                    signal(pid, Signal::TERM).await;
                 }
                 if tokio::time::timeout(Duration::from_secs(5), child.wait())
                     .await
