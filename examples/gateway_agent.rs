@@ -5,7 +5,7 @@
 //! gateway-agent [--kv URL] [--key PATH] [--haproxy BIN] [--work-dir DIR] [--config FILE]
 //!               [--master-socket PATH] [--stats-socket PATH] [--base-config FILE]
 //!               [--socket-dir DIR] [--health ADDR] [--metrics ADDR] [--debounce-ms N]
-//!               [--drain-ms N]
+//!               [--drain-ms N] [--metrics-store URL]
 //! gateway-agent check-health [--health ADDR]
 //! ```
 //!
@@ -28,10 +28,16 @@
 //! | `--debounce-ms` | `VAMP_GATEWAY_AGENT_DEBOUNCE_MS` | `100` |
 //! | `--metrics` (Prometheus text format on `/metrics`) | `VAMP_GATEWAY_AGENT_METRICS` | off |
 //! | `--drain-ms` (on stop, HAProxy's soft stop before it is stopped) | `VAMP_GATEWAY_AGENT_DRAIN_MS` | `0` |
+//! | `--metrics-store` (where HAProxy's request records go, e.g. `elasticsearch://host:9200?logs=vamp-vga-default`) | `VAMP_GATEWAY_AGENT_METRICS_STORE`, or Vamp's `VAMP_ELASTICSEARCH_URL` (`http://host:9200`, index `vamp-vga-<VAMP_NAMESPACE>`, as its Filebeat wrote) | off |
 //!
 //! KV URLs: `etcd://host:2379/prefix`, `consul://host:8500/prefix`, `zk://host:2181/prefix`,
 //! `redis://host:6379/0`, each needing this crate's feature of the same name (`--features
-//! etcd,consul,zookeeper,redis`). Unlike Vamp's VGA the key path is used as given (no etcd
+//! etcd,consul,zookeeper,redis`); an Elasticsearch metrics store needs `--features
+//! elasticsearch`. With a metrics store the agent receives HAProxy's logs on a loopback UDP
+//! port and writes one record per request in Filebeat's document shape, so no Filebeat is
+//! needed; while the store is away records wait (up to
+//! `vamp_haproxy::agent::MAX_PENDING_RECORDS`) and are sent again, and `/status` counts them
+//! (`logs`: received, stored, pending, dropped, refused). Unlike Vamp's VGA the key path is used as given (no etcd
 //! `/value` suffix is added). Logs go to stderr (`tracing`).
 
 use std::path::PathBuf;
@@ -39,10 +45,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use vamp_backends::kv::KvBackendConfig;
+use vamp_backends::metrics::MetricsBackendConfig;
 use vamp_core::kv::KeyPath;
 use vamp_haproxy::agent::{AgentOptions, GatewayAgent};
 
-const USAGE: &str = "usage: gateway-agent [--kv URL] [--key PATH] [--haproxy BIN] [--work-dir DIR] [--config FILE] [--master-socket PATH] [--stats-socket PATH] [--base-config FILE] [--socket-dir DIR] [--health ADDR] [--metrics ADDR] [--debounce-ms N] [--drain-ms N]\n       gateway-agent check-health [--health ADDR]";
+const USAGE: &str = "usage: gateway-agent [--kv URL] [--key PATH] [--haproxy BIN] [--work-dir DIR] [--config FILE] [--master-socket PATH] [--stats-socket PATH] [--base-config FILE] [--socket-dir DIR] [--health ADDR] [--metrics ADDR] [--debounce-ms N] [--drain-ms N] [--metrics-store URL]\n       gateway-agent check-health [--health ADDR]";
 
 #[derive(Debug, PartialEq, Eq)]
 struct Settings {
@@ -59,6 +66,7 @@ struct Settings {
     metrics: Option<String>,
     debounce_ms: String,
     drain_ms: String,
+    metrics_store: Option<String>,
 }
 
 /// `/run/vamp-gateway-agent` where the agent may write `/run` (as root), else the user's
@@ -111,6 +119,25 @@ fn settings(
         metrics: env("VAMP_GATEWAY_AGENT_METRICS"),
         debounce_ms: env("VAMP_GATEWAY_AGENT_DEBOUNCE_MS").unwrap_or_else(|| "100".into()),
         drain_ms: env("VAMP_GATEWAY_AGENT_DRAIN_MS").unwrap_or_else(|| "0".into()),
+        metrics_store: env("VAMP_GATEWAY_AGENT_METRICS_STORE").or_else(|| {
+            // Vamp's agent shipped its logs with Filebeat to this address, into
+            // `vamp-vga-<namespace>-<date>`.
+            let url = env("VAMP_ELASTICSEARCH_URL")?;
+            let logs = format!(
+                "vamp-vga-{}",
+                env("VAMP_NAMESPACE").unwrap_or_else(|| "default".into())
+            );
+            Some(match url.strip_prefix("https://") {
+                Some(rest) => format!(
+                    "elasticsearch+https://{}?logs={logs}",
+                    rest.trim_end_matches('/')
+                ),
+                None => format!(
+                    "elasticsearch://{}?logs={logs}",
+                    url.trim_start_matches("http://").trim_end_matches('/')
+                ),
+            })
+        }),
     };
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -132,6 +159,7 @@ fn settings(
             "--metrics" => s.metrics = Some(value),
             "--debounce-ms" => s.debounce_ms = value,
             "--drain-ms" => s.drain_ms = value,
+            "--metrics-store" => s.metrics_store = Some(value),
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -272,8 +300,32 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing::info!(kv = %kv, key = %s.key, work_dir = %s.work_dir, health = %s.health, "gateway agent starting");
-    let agent = GatewayAgent::new(kv, options);
+    let mut records = None;
+    if let Some(url) = &s.metrics_store {
+        let redacted = vamp_backends::url::redact(url);
+        let built = match MetricsBackendConfig::from_url(url) {
+            Ok(c) => c.build().await,
+            Err(e) => {
+                eprintln!("gateway-agent: metrics store {redacted}: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        match built {
+            Ok(stores) => {
+                options = options.with_syslog(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+                records = Some(stores.requests);
+            }
+            Err(e) => {
+                eprintln!("gateway-agent: metrics store {redacted}: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    tracing::info!(kv = %kv, key = %s.key, work_dir = %s.work_dir, health = %s.health, metrics_store = records.as_ref().map(ToString::to_string), "gateway agent starting");
+    let mut agent = GatewayAgent::new(kv, options);
+    if let Some(records) = records {
+        agent = agent.with_metrics(records);
+    }
     let shutdown = async {
         stop_signal().await;
         tracing::info!(drain_ms = drain, "stopping");
@@ -313,6 +365,41 @@ mod tests {
             ("haproxy", "127.0.0.1:1988")
         );
         assert_eq!(s.metrics, None);
+    }
+
+    #[test]
+    fn vamps_elasticsearch_variable_names_the_metrics_store() {
+        let s = settings(
+            args(&[]),
+            env_of(&[
+                ("VAMP_ELASTICSEARCH_URL", "http://es.local:9200/"),
+                ("VAMP_NAMESPACE", "prod"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.metrics_store.as_deref(),
+            Some("elasticsearch://es.local:9200?logs=vamp-vga-prod")
+        );
+        let s = settings(
+            args(&[]),
+            env_of(&[("VAMP_ELASTICSEARCH_URL", "https://u:p@es:443")]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.metrics_store.as_deref(),
+            Some("elasticsearch+https://u:p@es:443?logs=vamp-vga-default")
+        );
+        let s = settings(
+            args(&["--metrics-store", "memory://"]),
+            env_of(&[("VAMP_ELASTICSEARCH_URL", "http://es:9200")]),
+        )
+        .unwrap();
+        assert_eq!(s.metrics_store.as_deref(), Some("memory://"));
+        assert_eq!(
+            settings(args(&[]), env_of(&[])).unwrap().metrics_store,
+            None
+        );
     }
 
     #[test]

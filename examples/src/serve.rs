@@ -22,10 +22,10 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use vamp_backends::kv::KvBackendConfig;
+use vamp_backends::metrics::MetricsBackendConfig;
 use vamp_backends::persistence::PersistenceBackendConfig;
 use vamp_backends::scheduler::SchedulerBackendConfig;
 use vamp_core::kv::{DynKeyValueStore, keys};
-use vamp_core::memory::InMemoryMetrics;
 use vamp_core::metrics::{DynEventStore, DynMetricsStore};
 use vamp_core::ops::controller::{Controller, ControllerOptions};
 use vamp_core::persistence::DynPersistenceStore;
@@ -62,6 +62,11 @@ pub struct ServeConfig {
     /// same names `docker://?namespace=…`, `marathon://host:8080`, `kubernetes://`).
     #[arg(long)]
     pub scheduler: Option<String>,
+    /// The events and request-metrics store's URL (`memory://`, the default, fed by the
+    /// in-process agent; with the feature `elasticsearch`,
+    /// `elasticsearch://host:9200?index=vamp-pulse&logs=vamp-vga-default`).
+    #[arg(long)]
+    pub metrics_store: Option<String>,
     /// Vamp's namespace (the key-value store's `/vamp/<namespace>`).
     #[arg(long, env = "VAMP_NAMESPACE", default_value = "default")]
     pub namespace: String,
@@ -92,6 +97,7 @@ impl ServeConfig {
             persistence: None,
             kv: None,
             scheduler: None,
+            metrics_store: None,
             namespace: "default".into(),
             gateway_host: "127.0.0.1".into(),
             no_agent: false,
@@ -162,6 +168,19 @@ impl ServeConfig {
                 }
             });
         }
+        if self.metrics_store.is_none() {
+            self.metrics_store = env("VAMP_METRICS_STORE_URL").or_else(|| {
+                // Vamp's pulse on Elasticsearch (`vamp.pulse.elasticsearch.url`).
+                if env("VAMP_PULSE_TYPE")? != "elasticsearch" {
+                    return None;
+                }
+                let url = env("VAMP_PULSE_ELASTICSEARCH_URL")?;
+                Some(match url.strip_prefix("https://") {
+                    Some(rest) => format!("elasticsearch+https://{rest}"),
+                    None => format!("elasticsearch://{}", url.trim_start_matches("http://")),
+                })
+            });
+        }
         if env("VAMP_GATEWAY_AGENT").is_some_and(|v| v == "false") {
             self.no_agent = true;
         }
@@ -192,8 +211,10 @@ pub struct Server {
     pub addr: SocketAddr,
     /// The key-value store the gateways are written to.
     pub kv: Arc<DynKeyValueStore>,
-    /// Events and request metrics (from HAProxy's logs, when the agent runs here).
-    pub metrics: Arc<InMemoryMetrics>,
+    /// Request metrics (from HAProxy's logs, when the agent runs here).
+    pub metrics: Arc<DynMetricsStore>,
+    /// Events (Vamp's pulse).
+    pub events: Arc<DynEventStore>,
     /// The in-process gateway agent's status, when one runs.
     pub agent: Option<watch::Receiver<vamp_haproxy::agent::AgentStatus>>,
     shutdown: watch::Sender<bool>,
@@ -251,8 +272,14 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         .build()
         .await
         .map_err(|e| format!("scheduler: {e}"))?;
-    let metrics = Arc::new(InMemoryMetrics::new());
-    let events: Arc<DynEventStore> = Arc::clone(&metrics) as Arc<DynEventStore>;
+    let stores =
+        MetricsBackendConfig::from_url(config.metrics_store.as_deref().unwrap_or("memory://"))
+            .map_err(|e| format!("metrics store: {e}"))?
+            .build()
+            .await
+            .map_err(|e| format!("metrics store: {e}"))?;
+    let metrics: Arc<DynMetricsStore> = stores.requests;
+    let events: Arc<DynEventStore> = stores.events;
 
     let socket_dir = config.data_dir.join("haproxy");
     std::fs::create_dir_all(&socket_dir).map_err(|e| e.to_string())?;
@@ -334,8 +361,8 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
             .with_haproxy_bin(&config.haproxy)
             .with_socket_dir(&socket_dir)
             .with_syslog(SocketAddr::from(([127, 0, 0, 1], 0)));
-        let agent = GatewayAgent::new(Arc::clone(&kv), agent_options)
-            .with_metrics(Arc::clone(&metrics) as Arc<DynMetricsStore>);
+        let agent =
+            GatewayAgent::new(Arc::clone(&kv), agent_options).with_metrics(Arc::clone(&metrics));
         agent_status = Some(agent.status());
         tasks.push(tokio::spawn({
             let stop = until_stopped(stopped.clone());
@@ -349,7 +376,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
     // Vamp's metrics and health events, and the SLAs and escalations that read them.
     let pulse = vamp_core::ops::pulse::PulseController::new(
         Arc::clone(&persistence),
-        Arc::clone(&metrics) as Arc<DynMetricsStore>,
+        Arc::clone(&metrics),
         Arc::clone(&events),
     );
     let sla =
@@ -367,7 +394,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
     // Canary releases decide from the metrics the agent reads from HAProxy's logs.
     let canaries = vamp_core::ops::canary::CanaryController::new(
         Arc::clone(&persistence),
-        Arc::clone(&metrics) as Arc<DynMetricsStore>,
+        Arc::clone(&metrics),
     )
     .with_events(Arc::clone(&events));
     tasks.push(tokio::spawn({
@@ -431,6 +458,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         persistence = %persistence,
         kv = %kv,
         scheduler = %scheduler,
+        metrics = %metrics,
         agent = !config.no_agent,
         "vamp serves"
     );
@@ -438,6 +466,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         addr,
         kv,
         metrics,
+        events,
         agent: agent_status,
         shutdown,
         tasks,

@@ -1,4 +1,4 @@
-//! Events and metrics store selection.
+//! Events and metrics store selection, and the stores behind features.
 
 use std::sync::Arc;
 
@@ -10,6 +10,9 @@ use vamp_core::metrics::{DynEventStore, DynMetricsStore};
 use crate::url::BackendUrl;
 use crate::{Secret, invalid};
 
+#[cfg(feature = "metrics-elasticsearch")]
+pub mod elasticsearch;
+
 /// Elasticsearch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -19,10 +22,20 @@ pub struct ElasticsearchConfig {
     pub address: String,
     /// The pulse index base name (default `vamp-pulse`).
     pub index: String,
+    /// The request-log index base name (default `vamp-vga-default`).
+    #[serde(default = "default_logs")]
+    pub logs: String,
+    /// Wait for a refresh after writing request records (`?refresh=wait_for`).
+    #[serde(default)]
+    pub refresh_records: bool,
     /// User name.
     pub user: Option<String>,
     /// Password.
     pub password: Option<Secret>,
+}
+
+fn default_logs() -> String {
+    "vamp-vga-default".into()
 }
 
 /// Which events and metrics store, with its settings.
@@ -46,8 +59,10 @@ pub struct MetricsBackends {
 }
 
 impl MetricsBackendConfig {
-    /// Parses a URL: `memory://`, `elasticsearch://[user:pass@]host:9200?index=vamp-pulse`
-    /// (also `es://`, `elasticsearch+https://`).
+    /// Parses a URL: `memory://`,
+    /// `elasticsearch://[user:pass@]host:9200?index=vamp-pulse&logs=vamp-vga-default`
+    /// (also `es://`, `elasticsearch+https://`; `&refresh=wait_for` makes request records
+    /// visible to searches before a write returns).
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] for an unknown scheme or a malformed URL.
@@ -71,6 +86,17 @@ impl MetricsBackendConfig {
                         .get("index")
                         .cloned()
                         .unwrap_or_else(|| "vamp-pulse".into()),
+                    logs: u.query.get("logs").cloned().unwrap_or_else(default_logs),
+                    refresh_records: match u.query.get("refresh").map(String::as_str) {
+                        None | Some("false") => false,
+                        Some("wait_for" | "true") => true,
+                        Some(other) => {
+                            return Err(invalid(
+                                "elasticsearch",
+                                format!("refresh={other}: expected wait_for or false"),
+                            ));
+                        }
+                    },
                     user: u.user.clone(),
                     password: u.password.clone().map(Secret),
                 })
@@ -105,6 +131,22 @@ impl MetricsBackendConfig {
                     requests: store,
                 })
             }
+            #[cfg(feature = "metrics-elasticsearch")]
+            Self::Elasticsearch(c) => {
+                let mut opts = elasticsearch::ElasticsearchOptions::new(c.address)
+                    .with_index(c.index)
+                    .with_logs(c.logs)
+                    .with_refresh_records(c.refresh_records);
+                if let (Some(user), Some(password)) = (c.user, c.password) {
+                    opts = opts.with_credentials(user, password);
+                }
+                let store = Arc::new(elasticsearch::ElasticsearchStore::connect(opts).await?);
+                Ok(MetricsBackends {
+                    events: Arc::clone(&store) as Arc<DynEventStore>,
+                    requests: store,
+                })
+            }
+            #[cfg(not(feature = "metrics-elasticsearch"))]
             Self::Elasticsearch(_) => Err(Error::FeatureDisabled {
                 backend: "elasticsearch",
                 feature: "metrics-elasticsearch",

@@ -28,13 +28,65 @@ pub fn tagged_json<'a>(datagram: &'a str, tag: &str) -> Option<&'a str> {
         .then(|| datagram[i..].trim_end())
 }
 
-/// Receives datagrams on `socket` until it fails, batching records into `metrics` every
-/// 100 ms (or 500 records). Lines that are not Vamp's log format are counted and skipped.
+/// Request records parsed but not yet stored, at most (about 60 MiB): beyond it, while the
+/// store is away, new records are dropped and counted ([`LogCounts::dropped`]).
+pub const MAX_PENDING_RECORDS: u64 = 250_000;
+
+/// What became of the request records HAProxy logged, counted by the agent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogCounts {
+    /// Log lines of this agent's HAProxy parsed into records.
+    pub received: u64,
+    /// Records the store accepted.
+    pub stored: u64,
+    /// Records waiting for the store (retried while it is away).
+    pub pending: u64,
+    /// Records dropped because [`MAX_PENDING_RECORDS`] were waiting.
+    pub dropped: u64,
+    /// Records the store refused for good (a mapping error, say): reported, not retried.
+    pub refused: u64,
+    /// Datagrams that were not a log line of this agent's HAProxy.
+    pub skipped: u64,
+}
+
+impl LogCounts {
+    /// The counts as JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "received": self.received,
+            "stored": self.stored,
+            "pending": self.pending,
+            "dropped": self.dropped,
+            "refused": self.refused,
+            "skipped": self.skipped,
+        })
+    }
+}
+
+type Counts = tokio::sync::watch::Sender<super::AgentStatus>;
+
+fn count(status: &Counts, f: impl FnOnce(&mut LogCounts)) {
+    status.send_modify(|s| f(&mut s.logs));
+}
+
+/// Receives datagrams on `socket` until it fails, batching records (every 100 ms, or 500
+/// records) for [`ship`]. Lines that are not Vamp's log format are counted and skipped. The
+/// receiver never waits for the store, so a slow or absent store does not make the kernel
+/// drop datagrams: batches queue for the shipper up to [`MAX_PENDING_RECORDS`], and beyond
+/// that new ones are dropped and counted.
 ///
 /// Records are timed by the agent's clock: arrival minus the request's total time. HAProxy's
 /// `%t` is in the host's local time zone without an offset, so parsing it would need the time
 /// zone; a log line arrives over loopback as the request ends.
-pub(crate) async fn receive(socket: UdpSocket, metrics: Arc<DynMetricsStore>, tag: String) {
+pub(crate) async fn receive(
+    socket: UdpSocket,
+    metrics: Arc<DynMetricsStore>,
+    tag: String,
+    status: Counts,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Vec<RequestRecord>>();
+    let shipper = tokio::spawn(ship(rx, metrics, status.clone()));
+    let _stop_shipper = AbortOnDrop(shipper);
     let mut buf = vec![0u8; 65_536];
     let mut batch: Vec<RequestRecord> = Vec::new();
     let mut flush_at: Option<tokio::time::Instant> = None;
@@ -70,6 +122,7 @@ pub(crate) async fn receive(socket: UdpSocket, metrics: Arc<DynMetricsStore>, ta
                     None => {
                         metrics::counter!("vamp_gateway_agent_log_lines_total", "result" => "skipped")
                             .increment(1);
+                        count(&status, |c| c.skipped += 1);
                         tracing::debug!(bytes = n, "not a log line of this agent's HAProxy");
                     }
                 }
@@ -86,10 +139,85 @@ pub(crate) async fn receive(socket: UdpSocket, metrics: Arc<DynMetricsStore>, ta
             None => {}
         }
         flush_at = None;
-        if !batch.is_empty()
-            && let Err(e) = metrics.record(std::mem::take(&mut batch)).await
-        {
-            tracing::warn!(error = %e, "could not store request records");
+        if batch.is_empty() {
+            continue;
+        }
+        let n = batch.len() as u64;
+        let mut room = false;
+        status.send_modify(|s| {
+            s.logs.received += n;
+            room = s.logs.pending + n <= MAX_PENDING_RECORDS;
+            if room {
+                s.logs.pending += n;
+            } else {
+                s.logs.dropped += n;
+            }
+        });
+        if room {
+            if tx.send(std::mem::take(&mut batch)).is_err() {
+                return;
+            }
+        } else {
+            metrics::counter!("vamp_gateway_agent_log_records_total", "result" => "dropped")
+                .increment(n);
+            tracing::warn!(
+                records = n,
+                pending = MAX_PENDING_RECORDS,
+                "request records dropped: the store is behind"
+            );
+            batch.clear();
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Writes batches to the store in order. A batch the store could not take for now (it is
+/// away, or busy) is sent again, unchanged, with backoff (100 ms up to 5 s) until it is
+/// stored: unchanged, so a store that derives ids from the batch (Elasticsearch) stores
+/// nothing twice when an earlier attempt got through without an answer. A batch refused for
+/// good is counted and reported.
+async fn ship(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Vec<RequestRecord>>,
+    metrics: Arc<DynMetricsStore>,
+    status: Counts,
+) {
+    while let Some(batch) = rx.recv().await {
+        let n = batch.len() as u64;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match metrics.record(batch.clone()).await {
+                Ok(()) => {
+                    metrics::counter!("vamp_gateway_agent_log_records_total", "result" => "stored")
+                        .increment(n);
+                    count(&status, |c| {
+                        c.stored += n;
+                        c.pending -= n;
+                    });
+                    break;
+                }
+                Err(e) if e.is_temporary() => {
+                    tracing::warn!(error = %e, records = n, retry_in_ms = backoff.as_millis() as u64, "the metrics store is away; keeping the records");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    metrics::counter!("vamp_gateway_agent_log_records_total", "result" => "refused")
+                        .increment(n);
+                    count(&status, |c| {
+                        c.refused += n;
+                        c.pending -= n;
+                    });
+                    tracing::error!(error = %e, records = n, "the metrics store refused request records");
+                    break;
+                }
+            }
         }
     }
 }

@@ -65,7 +65,7 @@ use vamp_core::kv::{DynKeyValueStore, KeyPath, WatchEvent, WatchOptions};
 use vamp_core::metrics::{DynEventStore, DynMetricsStore};
 use vamp_core::model::Event;
 
-pub use self::logs::json_of;
+pub use self::logs::{LogCounts, MAX_PENDING_RECORDS, json_of};
 use self::process::{Found, HaProxy};
 pub use crate::error::AgentError;
 use crate::update::{Update, plan_update};
@@ -289,6 +289,8 @@ pub struct AgentStatus {
     pub syslog: Option<SocketAddr>,
     /// The health endpoint's address, once bound.
     pub health: Option<SocketAddr>,
+    /// What became of HAProxy's request records.
+    pub logs: LogCounts,
 }
 
 impl AgentStatus {
@@ -319,6 +321,7 @@ impl AgentStatus {
                 "reload": self.counts.reload,
                 "rejected": self.counts.rejected,
             },
+            "logs": self.logs.to_json(),
         })
     }
 }
@@ -575,7 +578,12 @@ impl GatewayAgent {
                     .map_err(|e| io_error(addr.to_string(), e.to_string()))?;
                 let local = socket.local_addr().ok();
                 if let Some(metrics) = &self.metrics {
-                    background.spawn(logs::receive(socket, Arc::clone(metrics), log_tag.clone()));
+                    background.spawn(logs::receive(
+                        socket,
+                        Arc::clone(metrics),
+                        log_tag.clone(),
+                        self.status.clone(),
+                    ));
                 }
                 local
             }
