@@ -241,10 +241,21 @@ async fn main() -> ExitCode {
             eprintln!("gateway-agent: --metrics takes host:port");
             return ExitCode::from(2);
         };
-        if let Err(e) = metrics_exporter_prometheus::PrometheusBuilder::new()
+        let builder = match metrics_exporter_prometheus::PrometheusBuilder::new()
             .with_http_listener(addr)
-            .install()
-        {
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(
+                    vamp_core::metrics::REQUEST_DURATION_HISTOGRAM.into(),
+                ),
+                &vamp_core::metrics::REQUEST_DURATION_BUCKETS,
+            ) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("gateway-agent: metrics: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        if let Err(e) = builder.install() {
             eprintln!("gateway-agent: cannot serve metrics on {addr}: {e}");
             return ExitCode::from(1);
         }
@@ -300,6 +311,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // HAProxy's logs feed the request-time histogram of the exporter and the metrics store.
+    if s.metrics.is_some() || s.metrics_store.is_some() {
+        options = options.with_syslog(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    }
     let mut records = None;
     if let Some(url) = &s.metrics_store {
         let redacted = vamp_backends::url::redact(url);
@@ -311,10 +326,7 @@ async fn main() -> ExitCode {
             }
         };
         match built {
-            Ok(stores) => {
-                options = options.with_syslog(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
-                records = Some(stores.requests);
-            }
+            Ok(stores) => records = Some(stores.requests),
             Err(e) => {
                 eprintln!("gateway-agent: metrics store {redacted}: {e}");
                 return ExitCode::from(1);

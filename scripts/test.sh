@@ -26,6 +26,8 @@ step() { printf '\n==> %s\n' "$*"; }
 need_packages=()
 command -v haproxy >/dev/null 2>&1 || need_packages+=(haproxy)
 command -v python3 >/dev/null 2>&1 || need_packages+=(python3)
+# A virtual environment for osmem-server (the Elasticsearch API's stand-in, from PyPI).
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_packages+=(python3-venv)
 command -v redis-server >/dev/null 2>&1 || need_packages+=(redis-server)
 command -v etcd >/dev/null 2>&1 || need_packages+=(etcd-server)
 [ -x /usr/share/zookeeper/bin/zkServer.sh ] || need_packages+=(zookeeperd)
@@ -34,6 +36,8 @@ command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need_package
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_packages+=(postgresql)
 # The Docker scheduler's test image is busybox's root file system (no image can be pulled).
 [ -x /bin/busybox ] || need_packages+=(busybox-static)
+# Prometheus, scraping a real HAProxy's exporter in the Prometheus store's test.
+command -v prometheus >/dev/null 2>&1 || need_packages+=(prometheus)
 # A Docker engine: the machine's own when one answers, else Debian's, started privately below.
 if ! docker version --format '{{.Server.Version}}' >/dev/null 2>&1; then
   command -v dockerd >/dev/null 2>&1 || need_packages+=(docker.io)
@@ -169,6 +173,34 @@ EOF
   echo "MariaDB on $VAMP_MYSQL_URL"
 fi
 
+# Elasticsearch's HTTP API: no Elasticsearch or OpenSearch can be installed on this project's
+# machines, so osmem-server (PyPI, an in-memory server speaking that API) stands in, installed in
+# a virtual environment of its own (not the system Python). The end-to-end test starts its own
+# copy too (VAMP_OSMEM_SERVER), to stop and restart it.
+osmem_venv="${VAMP_OSMEM_VENV:-$HOME/.cache/vamp-rs/osmem-venv}"
+osmem_version=0.1.6
+if ! "$osmem_venv/bin/pip" show osmem-server 2>/dev/null | grep -qx "Version: $osmem_version"; then
+  step "installing osmem-server $osmem_version (PyPI) in $osmem_venv"
+  python3 -m venv "$osmem_venv" && "$osmem_venv/bin/pip" install -q "osmem-server==$osmem_version" || true
+fi
+osmem_bin="$("$osmem_venv/bin/python" -c 'import os, osmem_server; print(os.path.join(os.path.dirname(osmem_server.__file__), "bin", "osmem-server"))' 2>/dev/null || true)"
+if [ -n "$osmem_bin" ] && [ -x "$osmem_bin" ]; then
+  step "starting osmem-server (Elasticsearch's HTTP API)"
+  es_port="$(free_port)"
+  "$osmem_bin" -addr "127.0.0.1:$es_port" -no-stdin-watch >"$SERVERS_DIR/osmem.log" 2>&1 &
+  started_pids+=($!)
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$es_port") 2>/dev/null && break; sleep 0.1; done
+  export VAMP_ELASTICSEARCH_URL="http://127.0.0.1:$es_port"
+  export VAMP_OSMEM_SERVER="$osmem_bin"
+  echo "osmem-server $osmem_version on $VAMP_ELASTICSEARCH_URL"
+fi
+
+# Prometheus: the test starts its own (its scrape targets are the test's ports).
+if command -v prometheus >/dev/null 2>&1; then
+  export VAMP_PROMETHEUS_BIN="$(command -v prometheus)"
+  echo "Prometheus $("$VAMP_PROMETHEUS_BIN" --version 2>&1 | head -n 1 | awk '{print $3}') at $VAMP_PROMETHEUS_BIN"
+fi
+
 # Docker: the machine's engine (DOCKER_HOST or the default socket) when it answers; otherwise
 # a private dockerd (own data root, exec root and socket), stopped on exit. Without iptables it
 # runs with --iptables=false --bridge=none, and the tests use host networking.
@@ -225,11 +257,11 @@ fi
 
 step "each vamp-backends feature builds alone, and none builds a backend SDK by default"
 cargo check -p vamp-backends --no-default-features --quiet
-if cargo tree -p vamp-backends -e normal --no-default-features --prefix none | grep -E '^(redis|etcd-client|sqlx|tiberius|zookeeper-client|hyper|hyper-util|bollard|reqwest|kube|k8s-openapi) '; then
+if cargo tree -p vamp-backends -e normal --no-default-features --prefix none | grep -E '^(redis|etcd-client|sqlx|tiberius|zookeeper-client|hyper|hyper-util|bollard|reqwest|kube|k8s-openapi|elasticsearch) '; then
   echo "vamp-backends without features must not build backend SDKs" >&2
   exit 1
 fi
-for feature in kv-etcd kv-consul kv-redis kv-zookeeper persistence-postgres persistence-mysql persistence-sqlite persistence-mssql scheduler-local scheduler-docker scheduler-marathon scheduler-kubernetes; do
+for feature in kv-etcd kv-consul kv-redis kv-zookeeper persistence-postgres persistence-mysql persistence-sqlite persistence-mssql scheduler-local scheduler-docker scheduler-marathon scheduler-kubernetes metrics-elasticsearch metrics-prometheus; do
   cargo check -p vamp-backends --no-default-features --features "$feature" --quiet
 done
 
@@ -252,7 +284,7 @@ if command -v systemd-analyze >/dev/null 2>&1; then
       -e "s|^EnvironmentFile=.*|EnvironmentFile=$PWD/packaging/systemd/vamp-gateway-agent.env|" \
       packaging/systemd/vamp-gateway-agent.service >"$unit_dir/vamp-gateway-agent.service"
   [ -x "$CARGO_TARGET_DIR/release/examples/gateway-agent" ] || \
-    cargo build --release --quiet -p vamp-examples --example gateway-agent --features etcd,consul,zookeeper,redis,docker,kubernetes,marathon
+    cargo build --release --quiet -p vamp-examples --example gateway-agent --features etcd,consul,zookeeper,redis,docker,kubernetes,marathon,elasticsearch,prometheus
   verify_out="$(systemd-analyze verify "$unit_dir/vamp-gateway-agent.service" 2>&1 || true)"
   if [ -n "$verify_out" ]; then
     echo "$verify_out" >&2
@@ -276,6 +308,10 @@ fi
 if [ -n "${KUBECONFIG:-}" ] || [ "${VAMP_TEST_KUBERNETES:-}" = 1 ]; then
   step "real Kubernetes cluster"
   cargo test -p vamp-backends --features scheduler-kubernetes --test kubernetes -- --ignored 2>&1 | tee -a "${CARGO_TARGET_DIR}/test.log"
+fi
+if [ -n "${VAMP_TEST_ELASTICSEARCH_URL:-}" ]; then
+  step "real Elasticsearch at $VAMP_TEST_ELASTICSEARCH_URL"
+  cargo test -p vamp-backends --features metrics-elasticsearch --test elasticsearch -- --ignored 2>&1 | tee -a "${CARGO_TARGET_DIR}/test.log"
 fi
 if [ -n "${VAMP_TEST_MSSQL_URL:-}" ]; then
   step "real SQL Server"

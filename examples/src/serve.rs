@@ -361,8 +361,12 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
             .with_haproxy_bin(&config.haproxy)
             .with_socket_dir(&socket_dir)
             .with_syslog(SocketAddr::from(([127, 0, 0, 1], 0)));
-        let agent =
-            GatewayAgent::new(Arc::clone(&kv), agent_options).with_metrics(Arc::clone(&metrics));
+        let mut agent = GatewayAgent::new(Arc::clone(&kv), agent_options);
+        // A store that scrapes its figures (Prometheus) takes no records: the agent's
+        // request-time histogram goes to the process's metrics exporter instead.
+        if metrics.metrics_capabilities().record {
+            agent = agent.with_metrics(Arc::clone(&metrics));
+        }
         agent_status = Some(agent.status());
         tasks.push(tokio::spawn({
             let stop = until_stopped(stopped.clone());

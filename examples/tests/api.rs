@@ -518,11 +518,9 @@ async fn a_deployable_the_scheduler_cannot_run_is_refused_before_anything_is_sto
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_health_metrics_info_config_and_workflow_status() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = server(dir.path(), None).await;
-    let http = Http::new(&s);
+/// Events published and read back through the API, and the health and metrics routes that
+/// answer from them (on whichever events store the server runs).
+async fn events_health_and_metrics(http: &Http) {
     let a = http
         .send(
             Method::POST,
@@ -585,6 +583,49 @@ async fn events_health_metrics_info_config_and_workflow_status() {
         StatusCode::NOT_FOUND,
         "instance metrics are never served (as in Vamp)"
     );
+}
+
+/// The same on Elasticsearch's API (`VAMP_ELASTICSEARCH_URL`, osmem-server in the test command).
+#[cfg(feature = "elasticsearch")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_health_and_metrics_on_elasticsearch() {
+    let Ok(url) = std::env::var("VAMP_ELASTICSEARCH_URL") else {
+        assert!(!support::required(), "VAMP_ELASTICSEARCH_URL is required");
+        eprintln!("SKIPPED: set VAMP_ELASTICSEARCH_URL");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServeConfig::new(dir.path());
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.in_memory = true;
+    config.kv = Some("memory://".into());
+    config.scheduler = Some("memory://".into());
+    config.no_agent = true;
+    config.period_ms = 50;
+    let run = std::process::id();
+    config.metrics_store = Some(format!(
+        "elasticsearch://{}?index=vamp-pulse-api{run}&logs=vamp-vga-api{run}",
+        url.trim_start_matches("http://")
+    ));
+    let s = start(config)
+        .await
+        .expect("the server starts on Elasticsearch");
+    assert!(
+        s.events.to_string().contains("ElasticsearchStore"),
+        "{}",
+        s.events
+    );
+    let http = Http::new(&s);
+    events_health_and_metrics(&http).await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_health_metrics_info_config_and_workflow_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path(), None).await;
+    let http = Http::new(&s);
+    events_health_and_metrics(&http).await;
     let info = http.get("/api/v1/info").await;
     assert_eq!(info.status, StatusCode::OK);
     assert_eq!(info.json()["persistence"]["status"], "ok");

@@ -243,6 +243,15 @@ pub trait EventStore: Debug + Display + Send + Sync + 'static {
 /// The event store behind a trait object.
 pub type DynEventStore = dyn EventStore;
 
+/// The histogram of request total times (seconds) a gateway agent exports per frontend (label
+/// `frontend`) from HAProxy's logs, for Prometheus.
+pub const REQUEST_DURATION_HISTOGRAM: &str = "vamp_gateway_request_duration_seconds";
+
+/// The buckets (seconds) of [`REQUEST_DURATION_HISTOGRAM`].
+pub const REQUEST_DURATION_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
 /// One HTTP or TCP request, as HAProxy logged it for one frontend.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestRecord {
@@ -354,6 +363,27 @@ impl RequestMetrics {
     }
 }
 
+/// What a metrics store can do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MetricsCapabilities {
+    /// [`MetricsStore::record`] stores records (a store whose figures are scraped from
+    /// HAProxy, such as Prometheus, takes none).
+    pub record: bool,
+    /// Response-time percentiles are exact nearest-rank values; otherwise they are the upper
+    /// bound of the histogram bucket holding the rank.
+    pub exact_percentiles: bool,
+}
+
+impl Default for MetricsCapabilities {
+    fn default() -> Self {
+        Self {
+            record: true,
+            exact_percentiles: true,
+        }
+    }
+}
+
 /// A store of request records with sliding-window request metrics.
 ///
 /// # Contract
@@ -390,6 +420,12 @@ pub trait MetricsStore: Debug + Display + Send + Sync + 'static {
             backend: self.to_string(),
             operation: "response_times",
         })
+    }
+
+    /// What the store can do (by default: it records, and its percentiles are exact). Named
+    /// apart from [`EventStore::capabilities`], as one type often implements both.
+    fn metrics_capabilities(&self) -> MetricsCapabilities {
+        MetricsCapabilities::default()
     }
 }
 
@@ -447,6 +483,9 @@ macro_rules! forward_metrics {
             }
             async fn response_times(&self, frontend: &str, window: Duration) -> Result<Vec<u64>> {
                 (**self).response_times(frontend, window).await
+            }
+            fn metrics_capabilities(&self) -> MetricsCapabilities {
+                (**self).metrics_capabilities()
             }
         }
     };

@@ -12,6 +12,21 @@ use crate::{Secret, invalid};
 
 #[cfg(feature = "metrics-elasticsearch")]
 pub mod elasticsearch;
+#[cfg(feature = "metrics-prometheus")]
+pub mod prometheus;
+
+/// Prometheus (request metrics only: it keeps no events).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PrometheusConfig {
+    /// The address (default `http://127.0.0.1:9090`).
+    pub address: String,
+    /// User name (basic authentication).
+    pub user: Option<String>,
+    /// Password.
+    pub password: Option<Secret>,
+}
 
 /// Elasticsearch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +62,8 @@ pub enum MetricsBackendConfig {
     Memory,
     /// Elasticsearch (feature `metrics-elasticsearch`).
     Elasticsearch(ElasticsearchConfig),
+    /// Prometheus for request metrics, events in memory (feature `metrics-prometheus`).
+    Prometheus(PrometheusConfig),
 }
 
 /// The built stores: one object may serve both.
@@ -62,7 +79,8 @@ impl MetricsBackendConfig {
     /// Parses a URL: `memory://`,
     /// `elasticsearch://[user:pass@]host:9200?index=vamp-pulse&logs=vamp-vga-default`
     /// (also `es://`, `elasticsearch+https://`; `&refresh=wait_for` makes request records
-    /// visible to searches before a write returns).
+    /// visible to searches before a write returns), `prometheus://host:9090[/prefix]`
+    /// (`prometheus+https://`; request metrics only, events then stay in memory).
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] for an unknown scheme or a malformed URL.
@@ -101,10 +119,26 @@ impl MetricsBackendConfig {
                     password: u.password.clone().map(Secret),
                 })
             }
+            "prometheus" | "prometheus+https" => {
+                let tls = if u.scheme.ends_with("+https") {
+                    "https"
+                } else {
+                    "http"
+                };
+                let path = u.path.trim_end_matches('/');
+                Self::Prometheus(PrometheusConfig {
+                    address: u.hosts_with_port(9090).first().map_or_else(
+                        || "http://127.0.0.1:9090".to_owned(),
+                        |h| format!("{tls}://{h}{path}"),
+                    ),
+                    user: u.user.clone(),
+                    password: u.password.clone().map(Secret),
+                })
+            }
             other => {
                 return Err(invalid(
                     "metrics",
-                    format!("unknown metrics scheme '{other}' (memory, elasticsearch)"),
+                    format!("unknown metrics scheme '{other}' (memory, elasticsearch, prometheus)"),
                 ));
             }
         })
@@ -115,6 +149,7 @@ impl MetricsBackendConfig {
         match self {
             Self::Memory => "memory",
             Self::Elasticsearch(_) => "elasticsearch",
+            Self::Prometheus(_) => "prometheus",
         }
     }
 
@@ -150,6 +185,23 @@ impl MetricsBackendConfig {
             Self::Elasticsearch(_) => Err(Error::FeatureDisabled {
                 backend: "elasticsearch",
                 feature: "metrics-elasticsearch",
+            }),
+            #[cfg(feature = "metrics-prometheus")]
+            Self::Prometheus(c) => {
+                let mut opts = prometheus::PrometheusOptions::new(c.address);
+                if let (Some(user), Some(password)) = (c.user, c.password) {
+                    opts = opts.with_credentials(user, password);
+                }
+                let store = prometheus::PrometheusStore::connect(opts).await?;
+                Ok(MetricsBackends {
+                    events: Arc::new(InMemoryMetrics::new()),
+                    requests: Arc::new(store),
+                })
+            }
+            #[cfg(not(feature = "metrics-prometheus"))]
+            Self::Prometheus(_) => Err(Error::FeatureDisabled {
+                backend: "prometheus",
+                feature: "metrics-prometheus",
             }),
         }
     }

@@ -393,6 +393,71 @@ pub async fn request_metrics(store: &DynMetricsStore, scope: &str, now_ms: i64) 
     );
 }
 
+/// One request a test sent through HAProxy: the status it got (`None` for TCP) and bounds on
+/// its total time in milliseconds (what the backend waited, and that plus the slack the test
+/// allows).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SentRequest {
+    /// The status the client saw.
+    pub status: Option<u16>,
+    /// The least and the most its total time can have been (ms).
+    pub time_ms: std::ops::RangeInclusive<u64>,
+}
+
+/// The metrics of real traffic: `frontend`'s figures over `window` count exactly the requests
+/// of `sent`, by status class, and the response times agree with the bounds: the average
+/// within the bounds' average; each percentile (p50, p95, p99) at least the lower bound of the
+/// nearest-rank request and, for exact stores, at most its upper bound, for stores with
+/// histogram percentiles at most `bucket_upper` of that upper bound (the bucket it falls in).
+pub async fn metrics_of_traffic(
+    store: &DynMetricsStore,
+    frontend: &str,
+    window: Duration,
+    sent: &[SentRequest],
+    bucket_upper: impl Fn(f64) -> f64,
+) {
+    let m = store
+        .request_metrics(frontend, window)
+        .await
+        .expect("metrics");
+    let mut status = StatusClasses::default();
+    for r in sent {
+        status.add(r.status);
+    }
+    assert_eq!(m.status, status, "status classes of {frontend}");
+    assert_eq!(m.requests, sent.len() as u64, "requests of {frontend}");
+    if sent.is_empty() {
+        return;
+    }
+    let n = sent.len() as f64;
+    let low = sent.iter().map(|r| *r.time_ms.start() as f64).sum::<f64>() / n;
+    let high = sent.iter().map(|r| *r.time_ms.end() as f64).sum::<f64>() / n;
+    let avg = m.response_time_avg_ms.expect("an average");
+    assert!(
+        (low..=high).contains(&avg),
+        "average {avg} ms of {frontend} outside {low}..={high}"
+    );
+    let mut by_low: Vec<u64> = sent.iter().map(|r| *r.time_ms.start()).collect();
+    let mut by_high: Vec<u64> = sent.iter().map(|r| *r.time_ms.end()).collect();
+    by_low.sort_unstable();
+    by_high.sort_unstable();
+    let exact = store.metrics_capabilities().exact_percentiles;
+    for (p, got) in [
+        (50.0, m.response_time_p50_ms),
+        (95.0, m.response_time_p95_ms),
+        (99.0, m.response_time_p99_ms),
+    ] {
+        let rank = ((p / 100.0) * n).ceil().clamp(1.0, n) as usize - 1;
+        let got = got.unwrap_or_else(|| panic!("p{p} of {frontend}"));
+        let (lo, hi) = (by_low[rank] as f64, by_high[rank] as f64);
+        let hi = if exact { hi } else { bucket_upper(hi) };
+        assert!(
+            lo <= got && got <= hi,
+            "p{p} {got} ms of {frontend} outside {lo}..={hi}"
+        );
+    }
+}
+
 /// Runs every event-store function the capabilities allow, with `now_ms` the store's clock.
 pub async fn run_all_events(store: &DynEventStore, scope: &str, now_ms: i64) {
     publish_and_query(store, &format!("{scope}-q"), now_ms).await;

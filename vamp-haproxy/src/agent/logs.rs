@@ -69,8 +69,9 @@ fn count(status: &Counts, f: impl FnOnce(&mut LogCounts)) {
     status.send_modify(|s| f(&mut s.logs));
 }
 
-/// Receives datagrams on `socket` until it fails, batching records (every 100 ms, or 500
-/// records) for [`ship`]. Lines that are not Vamp's log format are counted and skipped. The
+/// Receives datagrams on `socket` until it fails, recording each request's time in the
+/// [`REQUEST_DURATION_HISTOGRAM`](vamp_core::metrics::REQUEST_DURATION_HISTOGRAM) and, with a
+/// store, batching records (every 100 ms, or 500 records) for [`ship`]. Lines that are not Vamp's log format are counted and skipped. The
 /// receiver never waits for the store, so a slow or absent store does not make the kernel
 /// drop datagrams: batches queue for the shipper up to [`MAX_PENDING_RECORDS`], and beyond
 /// that new ones are dropped and counted.
@@ -80,13 +81,13 @@ fn count(status: &Counts, f: impl FnOnce(&mut LogCounts)) {
 /// zone; a log line arrives over loopback as the request ends.
 pub(crate) async fn receive(
     socket: UdpSocket,
-    metrics: Arc<DynMetricsStore>,
+    metrics: Option<Arc<DynMetricsStore>>,
     tag: String,
     status: Counts,
 ) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Vec<RequestRecord>>();
-    let shipper = tokio::spawn(ship(rx, metrics, status.clone()));
-    let _stop_shipper = AbortOnDrop(shipper);
+    let store = metrics.is_some();
+    let _stop_shipper = metrics.map(|m| AbortOnDrop(tokio::spawn(ship(rx, m, status.clone()))));
     let mut buf = vec![0u8; 65_536];
     let mut batch: Vec<RequestRecord> = Vec::new();
     let mut flush_at: Option<tokio::time::Instant> = None;
@@ -114,6 +115,16 @@ pub(crate) async fn receive(
                         record.timestamp_ms = vamp_core::time::now_millis() - total;
                         metrics::counter!("vamp_gateway_agent_log_lines_total", "result" => "parsed")
                             .increment(1);
+                        // For Prometheus: the program sets the histogram's buckets
+                        // (`vamp_core::metrics::REQUEST_DURATION_BUCKETS`).
+                        metrics::histogram!(
+                            vamp_core::metrics::REQUEST_DURATION_HISTOGRAM,
+                            "frontend" => record.frontend.clone()
+                        )
+                        .record(record.total_time_ms as f64 / 1000.0);
+                        if !store {
+                            continue;
+                        }
                         batch.push(record);
                         flush_at.get_or_insert_with(|| {
                             tokio::time::Instant::now() + Duration::from_millis(100)

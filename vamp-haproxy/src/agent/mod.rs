@@ -577,14 +577,12 @@ impl GatewayAgent {
                     .await
                     .map_err(|e| io_error(addr.to_string(), e.to_string()))?;
                 let local = socket.local_addr().ok();
-                if let Some(metrics) = &self.metrics {
-                    background.spawn(logs::receive(
-                        socket,
-                        Arc::clone(metrics),
-                        log_tag.clone(),
-                        self.status.clone(),
-                    ));
-                }
+                background.spawn(logs::receive(
+                    socket,
+                    self.metrics.clone(),
+                    log_tag.clone(),
+                    self.status.clone(),
+                ));
                 local
             }
         };
