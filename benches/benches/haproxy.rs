@@ -136,6 +136,49 @@ fn main() {
         g.finish();
     }
     {
+        // The gateway driver's push with one gateway changed among n: it renders and
+        // serialises only that gateway (IncrementalRenderer per marshaller), reads the
+        // store's current values and writes the configuration (in-memory store); next to
+        // `plan_push`, which renders and serialises all of them, as the driver did before.
+        let mut g = c.benchmark_group("driver_push_one_change");
+        g.sample_size(10);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let marshallers = vec![vamp_haproxy::driver::Marshaller::new("1.7")];
+        for &n in &sizes {
+            let mut input = gateways(n);
+            let kv: std::sync::Arc<vamp_core::kv::DynKeyValueStore> =
+                std::sync::Arc::new(vamp_core::memory::InMemoryKv::new());
+            let driver = vamp_haproxy::driver::GatewayDriver::new(kv, "bench", marshallers.clone());
+            rt.block_on(driver.push(&input)).expect("push");
+            let mut flip = false;
+            let mut change = |input: &mut Vec<Gateway>| {
+                flip = !flip;
+                if let Route::Default(d) = &mut input[n / 2].routes[0] {
+                    d.weight = Some(Percentage(if flip { 60 } else { 70 }));
+                }
+                if let Route::Default(d) = &mut input[n / 2].routes[1] {
+                    d.weight = Some(Percentage(if flip { 20 } else { 10 }));
+                }
+            };
+            g.bench_function(BenchmarkId::new("incremental", n), |b| {
+                b.iter(|| {
+                    change(&mut input);
+                    rt.block_on(driver.push(black_box(&input))).expect("push")
+                })
+            });
+            g.bench_function(BenchmarkId::new("full_plan", n), |b| {
+                b.iter(|| {
+                    change(&mut input);
+                    vamp_haproxy::driver::plan_push(black_box(&input), &marshallers, None, &[None])
+                        .expect("plan")
+                })
+            });
+        }
+        g.finish();
+    }
+    {
         // The agent checks every value against the allow-list before anything else.
         let mut g = c.benchmark_group("haproxy_allow_list");
         g.sample_size(10);

@@ -38,8 +38,8 @@
 //! # }).unwrap();
 //! ```
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use vamp_core::dsl::{AnyArtifact, to_node};
 use vamp_core::kv::{DynKeyValueStore, KeyValueStoreExt, keys};
@@ -47,6 +47,7 @@ use vamp_core::metrics::DynEventStore;
 use vamp_core::model::{Event, Gateway};
 use vamp_core::node::Node;
 
+use crate::incremental::IncrementalRenderer;
 use crate::{RenderOptions, render};
 
 /// One marshaller: a name (the key segment, Vamp's `1.7`) and how to render.
@@ -117,14 +118,21 @@ pub struct PushPlan {
     pub undeployed: Vec<String>,
 }
 
-/// The names in a `/gateways` value (an array of objects with `name`).
+/// The names in a `/gateways` value (an array of objects with `name`); the rest of each
+/// gateway is skipped without being built (the value holds every gateway).
 fn names(gateways_json: Option<&str>) -> BTreeSet<String> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        name: Option<serde_json::Value>,
+    }
     gateways_json
-        .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
-        .and_then(|v| v.as_array().cloned())
+        .and_then(|j| serde_json::from_str::<Vec<Named>>(j).ok())
         .unwrap_or_default()
-        .iter()
-        .filter_map(|g| g.get("name").and_then(|n| n.as_str()).map(str::to_owned))
+        .into_iter()
+        .filter_map(|g| match g.name {
+            Some(serde_json::Value::String(s)) => Some(s),
+            _ => None,
+        })
         .collect()
 }
 
@@ -139,29 +147,166 @@ pub fn plan_push(
     current_gateways: Option<&str>,
     current_configurations: &[Option<String>],
 ) -> Result<PushPlan, crate::RenderError> {
-    let json = serde_json::Value::Array(
-        gateways
-            .iter()
-            .map(|g| to_node(&AnyArtifact::Gateway(g.clone())).to_json())
-            .collect(),
-    )
-    .to_string();
+    let json = gateways_json(gateways.iter().map(gateway_json));
+    let mut texts = Vec::new();
+    for m in marshallers {
+        texts.push((m.name.clone(), render(gateways, &m.options)?.render()));
+    }
+    Ok(plan_with(
+        gateways,
+        json,
+        texts,
+        current_gateways,
+        names(current_gateways),
+        current_configurations,
+    ))
+}
+
+/// One gateway as the `/gateways` value holds it (compact canonical JSON).
+fn gateway_json(g: &Gateway) -> String {
+    to_node(&AnyArtifact::Gateway(g.clone()))
+        .to_json()
+        .to_string()
+}
+
+/// The `/gateways` value: the gateways' JSON in an array, as `serde_json` writes it.
+fn gateways_json<S: AsRef<str>>(pieces: impl Iterator<Item = S>) -> String {
+    let mut out = String::from("[");
+    for (i, p) in pieces.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(p.as_ref());
+    }
+    out.push(']');
+    out
+}
+
+/// The plan, from the rendered texts.
+fn plan_with<C: AsRef<[u8]>>(
+    gateways: &[Gateway],
+    json: String,
+    texts: Vec<(String, String)>,
+    current_gateways: Option<&str>,
+    before: BTreeSet<String>,
+    current_configurations: &[Option<C>],
+) -> PushPlan {
     let mut configurations = Vec::new();
-    for (i, m) in marshallers.iter().enumerate() {
-        let text = render(gateways, &m.options)?.render();
-        let current = current_configurations.get(i).and_then(Option::as_deref);
-        if current != Some(text.as_str()) {
-            configurations.push((m.name.clone(), text));
+    for (i, (name, text)) in texts.into_iter().enumerate() {
+        let current = current_configurations
+            .get(i)
+            .and_then(Option::as_ref)
+            .map(AsRef::as_ref);
+        if current != Some(text.as_bytes()) {
+            configurations.push((name, text));
         }
     }
-    let before = names(current_gateways);
     let after: BTreeSet<String> = gateways.iter().map(|g| g.name.clone()).collect();
-    Ok(PushPlan {
+    PushPlan {
         gateways: (current_gateways != Some(json.as_str())).then_some(json),
         configurations,
         deployed: after.difference(&before).cloned().collect(),
         undeployed: before.difference(&after).cloned().collect(),
-    })
+    }
+}
+
+/// What a driver keeps between pushes: each gateway as last pushed, its JSON, and per
+/// marshaller an [`IncrementalRenderer`] holding its text, so a push renders and serialises
+/// only the gateways that changed.
+#[derive(Default)]
+struct Kept {
+    gateways: HashMap<String, (Gateway, String)>,
+    renderers: Vec<IncrementalRenderer>,
+    /// The names of the last push, in its order.
+    order: Vec<String>,
+}
+
+impl Kept {
+    /// The names in the store's `/gateways` value: when it is what the last push wrote
+    /// (compared piece by piece, without parsing), the kept names; otherwise parsed.
+    fn names_in(&self, current: Option<&str>) -> BTreeSet<String> {
+        let Some(mut rest) = current.and_then(|c| c.strip_prefix('[')) else {
+            return names(current);
+        };
+        for (i, name) in self.order.iter().enumerate() {
+            let Some((_, piece)) = self.gateways.get(name) else {
+                return names(current);
+            };
+            if i > 0 {
+                match rest.strip_prefix(',') {
+                    Some(r) => rest = r,
+                    None => return names(current),
+                }
+            }
+            match rest.strip_prefix(piece.as_str()) {
+                Some(r) => rest = r,
+                None => return names(current),
+            }
+        }
+        if rest == "]" {
+            self.order.iter().cloned().collect()
+        } else {
+            names(current)
+        }
+    }
+
+    /// Brings the kept state to `gateways` and returns the `/gateways` value and each
+    /// marshaller's configuration. On a render error the state stays consistent (what was
+    /// applied is recorded) and the error is returned.
+    fn update(
+        &mut self,
+        gateways: &[Gateway],
+        marshallers: &[Marshaller],
+    ) -> Result<(String, Vec<(String, String)>), crate::RenderError> {
+        if self.renderers.len() != marshallers.len() {
+            self.gateways.clear();
+            self.renderers = marshallers
+                .iter()
+                .map(|m| IncrementalRenderer::new(m.options.clone()))
+                .collect::<Result<_, _>>()?;
+        }
+        let wanted: HashSet<&str> = gateways.iter().map(|g| g.name.as_str()).collect();
+        let gone: Vec<String> = self
+            .gateways
+            .keys()
+            .filter(|n| !wanted.contains(n.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            for r in &mut self.renderers {
+                r.remove(&name);
+            }
+            self.gateways.remove(&name);
+        }
+        for g in gateways {
+            if self
+                .gateways
+                .get(&g.name)
+                .is_some_and(|(kept, _)| kept == g)
+            {
+                continue;
+            }
+            // A gateway some renderers took and another refused: forget it everywhere, so the
+            // next push renders it again.
+            if let Err(e) = self.renderers.iter_mut().try_for_each(|r| r.upsert(g)) {
+                for r in &mut self.renderers {
+                    r.remove(&g.name);
+                }
+                self.gateways.remove(&g.name);
+                return Err(e);
+            }
+            self.gateways
+                .insert(g.name.clone(), (g.clone(), gateway_json(g)));
+        }
+        let json = gateways_json(gateways.iter().map(|g| self.gateways[&g.name].1.as_str()));
+        self.order = gateways.iter().map(|g| g.name.clone()).collect();
+        let texts = marshallers
+            .iter()
+            .zip(&self.renderers)
+            .map(|(m, r)| (m.name.clone(), r.render()))
+            .collect();
+        Ok((json, texts))
+    }
 }
 
 /// Writes gateways and their HAProxy configurations to the key-value store.
@@ -171,6 +316,7 @@ pub struct GatewayDriver {
     events: Option<Arc<DynEventStore>>,
     namespace: String,
     marshallers: Vec<Marshaller>,
+    kept: Arc<Mutex<Kept>>,
 }
 
 impl std::fmt::Debug for GatewayDriver {
@@ -195,6 +341,7 @@ impl GatewayDriver {
             events: None,
             namespace: namespace.into(),
             marshallers,
+            kept: Arc::default(),
         }
     }
 
@@ -230,7 +377,8 @@ impl GatewayDriver {
         let mut ignored_templates = Vec::new();
         for m in &self.marshallers {
             let key = keys::haproxy_configuration(&self.namespace, &m.name)?;
-            current.push(self.kv.get_string(&key).await?);
+            // Compared as bytes: no copy of a configuration that may be tens of MiB.
+            current.push(self.kv.get(&key).await?.map(|v| v.value));
             let template = keys::haproxy_template(&self.namespace, &m.name)?;
             if self
                 .kv
@@ -241,12 +389,38 @@ impl GatewayDriver {
                 ignored_templates.push(m.name.clone());
             }
         }
-        let plan = plan_push(
-            gateways,
-            &self.marshallers,
-            current_gateways.as_deref(),
-            &current,
-        )?;
+        // Incrementally: only gateways changed since the last push are rendered (the result
+        // is what `plan_push` renders in full; tested). Two gateways of one name (which the
+        // model does not allow) take the full render, which keeps both.
+        let names: HashSet<&str> = gateways.iter().map(|g| g.name.as_str()).collect();
+        let plan = if names.len() == gateways.len() {
+            let mut kept = self
+                .kept
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let before = kept.names_in(current_gateways.as_deref());
+            let (json, texts) = kept.update(gateways, &self.marshallers)?;
+            drop(kept);
+            plan_with(
+                gateways,
+                json,
+                texts,
+                current_gateways.as_deref(),
+                before,
+                &current,
+            )
+        } else {
+            let current: Vec<Option<String>> = current
+                .into_iter()
+                .map(|c| c.map(|b| String::from_utf8_lossy(&b).into_owned()))
+                .collect();
+            plan_push(
+                gateways,
+                &self.marshallers,
+                current_gateways.as_deref(),
+                &current,
+            )?
+        };
         let mut report = PushReport {
             ignored_templates,
             deployed: plan.deployed.clone(),

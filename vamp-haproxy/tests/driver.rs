@@ -192,3 +192,77 @@ fn ports_are_assigned_from_the_range_skipping_used_ones_and_wrapping() {
         assert!(PortAllocator::parse(bad).is_err(), "{bad}");
     }
 }
+
+/// The driver renders incrementally (only gateways changed since its last push): after every
+/// push of a long pseudo-random sequence (gateways added, changed, reordered, removed, and a
+/// push refused for a gateway that cannot be rendered), the store holds exactly what a full
+/// render of the pushed gateways gives, for each of two marshallers.
+#[test]
+fn incremental_pushes_write_what_a_full_render_writes() {
+    async {
+        let kv = Arc::new(InMemoryKv::new());
+        let marshallers = vec![
+            Marshaller::new("1.7").with_options(RenderOptions::default().with_socket_dir("/run/a")),
+            Marshaller::new("2.0").with_options(
+                RenderOptions::default()
+                    .with_socket_dir("/run/b")
+                    .with_bind_address("127.0.0.1"),
+            ),
+        ];
+        let driver = GatewayDriver::new(
+            Arc::clone(&kv) as Arc<vamp_core::kv::DynKeyValueStore>,
+            "default",
+            marshallers.clone(),
+        );
+        let mut seed = 0x9e37_79b9_u64;
+        let mut next = move |n: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % n
+        };
+        let mut pushed_bad = false;
+        for step in 0..80 {
+            let mut set: Vec<Gateway> = Vec::new();
+            for i in 0..6u16 {
+                if next(4) != 0 {
+                    let w = next(101) as u8;
+                    set.push(sava(9100 + i, (w, 100 - w)));
+                }
+            }
+            // Any order: the output does not depend on it.
+            if set.len() > 1 {
+                let k = next(set.len() as u64) as usize;
+                set.rotate_left(k);
+            }
+            if step % 17 == 5 {
+                let mut bad = sava(9200, (50, 50));
+                bad.port.number = 0;
+                let mut with_bad = set.clone();
+                with_bad.push(bad);
+                assert!(driver.push(&with_bad).await.is_err(), "step {step}");
+                pushed_bad = true;
+            }
+            driver.push(&set).await.unwrap();
+            for m in &marshallers {
+                let key = keys::haproxy_configuration("default", &m.name).unwrap();
+                let written = kv.get_string(&key).await.unwrap().unwrap_or_default();
+                let full = render(&set, &m.options).unwrap().render();
+                assert_eq!(written, full, "step {step}, marshaller {}", m.name);
+            }
+            let expected = vamp_haproxy::driver::plan_push(&set, &marshallers, None, &[None, None])
+                .unwrap()
+                .gateways
+                .unwrap();
+            let written = kv
+                .get_string(&keys::gateways("default").unwrap())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(written, expected, "step {step}: /gateways");
+        }
+        assert!(pushed_bad);
+    }
+    .now_or_never()
+    .unwrap();
+}

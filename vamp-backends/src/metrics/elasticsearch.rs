@@ -56,6 +56,12 @@
 //! Elasticsearch has no change feed: [`EventStore::subscribe`] sees the events published
 //! through this store object (as Vamp's pulse actor did), not those others write to the index.
 //!
+//! # Connections
+//!
+//! Straight to the address: proxies named in the environment (`HTTP_PROXY` and the like) are
+//! not used, so a variable set for other programs cannot reroute the records (and the
+//! credentials) of an agent running as root.
+//!
 //! # What the `elasticsearch` crate does not do
 //!
 //! Nothing was needed outside it: requests go through its typed APIs, and its transport
