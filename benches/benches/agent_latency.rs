@@ -2,9 +2,14 @@
 //! writing a configuration to the key until a client (a new connection per request, without
 //! pause) first gets its answer from the new destination. 50 weight changes (applied through
 //! the runtime API) and 50 structural changes (a route's server address, applied by a reload),
-//! with the default 100 ms debounce and with none. In-memory key-value store. Each change is
+//! with the default 100 ms debounce and with none; on the in-memory key-value store and, when
+//! `VAMP_ETCD_ENDPOINTS` names one (`http://127.0.0.1:2379`), on a real etcd. Each change is
 //! written after a quiet period longer than the debounce (as a canary moving its weights every
 //! few seconds): the agent applies such a value at once and coalesces only bursts.
+//!
+//! The reference for structural changes is HAProxy's own: the same 50 address changes applied
+//! to an HAProxy in master-worker mode by writing the file and sending `reload` to its master
+//! socket (no check, no agent), timed the same way.
 //!
 //! `cargo bench -p vamp-benches --bench agent_latency` (needs `haproxy`; prints a table)
 
@@ -143,7 +148,7 @@ fn summary(label: &str, mut ms: Vec<f64>) {
     );
 }
 
-async fn series(haproxy: &str, debounce: Duration) {
+async fn series(haproxy: &str, debounce: Duration, kv: Arc<DynKeyValueStore>, store: &str) {
     let (a, b, c) = (backend("a"), backend("b"), backend("c"));
     let dir = std::env::temp_dir().join(format!(
         "vamp-bench-latency-{}-{}",
@@ -152,7 +157,6 @@ async fn series(haproxy: &str, debounce: Duration) {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let sockets = dir.display().to_string();
-    let kv: Arc<DynKeyValueStore> = Arc::new(InMemoryKv::new());
     let key = KeyPath::parse("/vamp/bench/gateways/haproxy/1.7/configuration").unwrap();
     let options = AgentOptions::new(key.clone(), dir.join("agent"))
         .with_haproxy_bin(haproxy)
@@ -216,12 +220,78 @@ async fn series(haproxy: &str, debounce: Duration) {
     let _ = std::fs::remove_dir_all(&dir);
     let d = debounce.as_millis();
     summary(
-        &format!("weight change (runtime API), debounce {d} ms"),
+        &format!("weight change (runtime API), debounce {d} ms, {store}"),
         weights,
     );
     summary(
-        &format!("structural change (reload), debounce {d} ms"),
+        &format!("structural change (reload), debounce {d} ms, {store}"),
         structural,
+    );
+}
+
+/// HAProxy's own reload time, the reference for structural changes: an HAProxy in
+/// master-worker mode, the file rewritten and `reload` sent to the master socket.
+fn haproxy_reload_series(haproxy: &str) {
+    let (a, b, c) = (backend("a"), backend("b"), backend("c"));
+    let dir = std::env::temp_dir().join(format!("vamp-bench-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sockets = dir.display().to_string();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let file = dir.join("haproxy.cfg");
+    let master = dir.join("master.sock");
+    let write = |targets: [u16; 2]| {
+        std::fs::write(
+            &file,
+            format!(
+                "{}
+{}",
+                vamp_haproxy::BASE_CONFIG,
+                gateway_config(port, &sockets, targets, (100, 0))
+            ),
+        )
+        .unwrap();
+    };
+    write([a, b]);
+    let mut child = std::process::Command::new(haproxy)
+        .arg("-W")
+        .arg("-S")
+        .arg(&master)
+        .arg("-f")
+        .arg(&file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("haproxy");
+    let client = Client::start(port);
+    client.until("a");
+    let reload = || {
+        let mut s = std::os::unix::net::UnixStream::connect(&master).unwrap();
+        s.write_all(b"reload\n").unwrap();
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+    };
+    let mut times = Vec::new();
+    for i in 0..CHANGES {
+        let (target, expect) = if i % 2 == 0 { (c, "c") } else { (a, "a") };
+        std::thread::sleep(Duration::from_millis(120));
+        let written = Instant::now();
+        write([target, b]);
+        reload();
+        let now = client.until(expect);
+        times.push(now.duration_since(written).as_secs_f64() * 1000.0);
+    }
+    drop(client);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    summary(
+        "reference: HAProxy's own reload (file + master CLI `reload`)",
+        times,
     );
 }
 
@@ -245,6 +315,37 @@ fn main() {
         .build()
         .unwrap();
     println!("| change | n | median ms | p99 ms | max ms |\n| --- | --- | --- | --- | --- |");
-    rt.block_on(series(&haproxy, Duration::from_millis(100)));
-    rt.block_on(series(&haproxy, Duration::ZERO));
+    let memory = || Arc::new(InMemoryKv::new()) as Arc<DynKeyValueStore>;
+    rt.block_on(series(
+        &haproxy,
+        Duration::from_millis(100),
+        memory(),
+        "in memory",
+    ));
+    rt.block_on(series(&haproxy, Duration::ZERO, memory(), "in memory"));
+    if let Ok(endpoints) = std::env::var("VAMP_ETCD_ENDPOINTS") {
+        let hosts = endpoints
+            .split(',')
+            .map(|e| e.trim().trim_start_matches("http://"))
+            .collect::<Vec<_>>()
+            .join(",");
+        for debounce in [Duration::from_millis(100), Duration::ZERO] {
+            let url = format!(
+                "etcd://{hosts}/vamp-bench-{}-{}",
+                std::process::id(),
+                debounce.as_millis()
+            );
+            let kv = rt
+                .block_on(async {
+                    vamp_backends::kv::KvBackendConfig::from_url(&url)?
+                        .build()
+                        .await
+                })
+                .expect("etcd");
+            rt.block_on(series(&haproxy, debounce, kv, "etcd"));
+        }
+    } else {
+        eprintln!("set VAMP_ETCD_ENDPOINTS to measure on a real etcd too");
+    }
+    haproxy_reload_series(&haproxy);
 }
