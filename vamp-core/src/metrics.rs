@@ -243,6 +243,72 @@ pub trait EventStore: Debug + Display + Send + Sync + 'static {
 /// The event store behind a trait object.
 pub type DynEventStore = dyn EventStore;
 
+/// How many events a subscriber may have waiting before it is dropped.
+pub const SUBSCRIBER_BUFFER: usize = 10_000;
+
+struct Subscriber {
+    tags: Vec<String>,
+    event_type: Option<String>,
+    tx: futures_channel::mpsc::Sender<Result<Event>>,
+}
+
+/// The subscribers of a store that hands its events on in process ([`EventStore::subscribe`]):
+/// each gets the events that carry all its tags (and its type, if given); one more than
+/// [`SUBSCRIBER_BUFFER`] events behind, or gone, is dropped (its stream ends).
+#[derive(Default)]
+pub struct EventSubscribers {
+    list: parking_lot::Mutex<Vec<Subscriber>>,
+}
+
+impl Debug for EventSubscribers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventSubscribers")
+            .field("subscribers", &self.list.lock().len())
+            .finish()
+    }
+}
+
+impl EventSubscribers {
+    /// A new subscription.
+    pub fn subscribe(
+        &self,
+        tags: Vec<String>,
+        event_type: Option<String>,
+    ) -> BoxStream<'static, Result<Event>> {
+        use futures_util::StreamExt;
+        let (tx, rx) = futures_channel::mpsc::channel(SUBSCRIBER_BUFFER);
+        self.list.lock().push(Subscriber {
+            tags,
+            event_type,
+            tx,
+        });
+        rx.boxed()
+    }
+
+    /// Hands `event` (tags already expanded) to the subscribers it matches.
+    pub fn notify(&self, event: &Event) {
+        self.list.lock().retain_mut(|sub| {
+            let matches = sub.tags.iter().all(|t| event.tags.contains(t))
+                && sub
+                    .event_type
+                    .as_ref()
+                    .is_none_or(|t| t == &event.event_type);
+            // Full or gone: the subscriber is dropped (its stream ends).
+            !matches || sub.tx.try_send(Ok(event.clone())).is_ok()
+        });
+    }
+
+    /// How many subscribers there are.
+    pub fn len(&self) -> usize {
+        self.list.lock().len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// The histogram of request total times (seconds) a gateway agent exports per frontend (label
 /// `frontend`) from HAProxy's logs, for Prometheus.
 pub const REQUEST_DURATION_HISTOGRAM: &str = "vamp_gateway_request_duration_seconds";
@@ -326,20 +392,21 @@ pub struct RequestMetrics {
 }
 
 impl RequestMetrics {
-    /// Computes the metrics of `records` (already limited to the window).
-    pub fn compute<'a>(
+    /// The metrics from counts per status class and response-time figures (ms): requests,
+    /// rate and error rate follow from them.
+    pub fn from_counts(
         window: Duration,
-        records: impl IntoIterator<Item = &'a RequestRecord>,
+        status: StatusClasses,
+        response_time_avg_ms: Option<f64>,
+        [p50, p95, p99]: [Option<f64>; 3],
     ) -> Self {
-        let mut status = StatusClasses::default();
-        let mut times = Vec::new();
-        for r in records {
-            status.add(r.status);
-            times.push(r.total_time_ms as f64);
-        }
-        let requests = times.len() as u64;
+        let requests = status.informational
+            + status.success
+            + status.redirection
+            + status.client_error
+            + status.server_error
+            + status.other;
         let secs = window.as_secs_f64();
-        let pct = |p| aggregate_values(Aggregation::Percentile(p), times.clone(), requests).value;
         Self {
             window,
             requests,
@@ -354,12 +421,28 @@ impl RequestMetrics {
                 0.0
             },
             status,
-            response_time_avg_ms: aggregate_values(Aggregation::Average, times.clone(), requests)
-                .value,
-            response_time_p50_ms: pct(50.0),
-            response_time_p95_ms: pct(95.0),
-            response_time_p99_ms: pct(99.0),
+            response_time_avg_ms,
+            response_time_p50_ms: p50,
+            response_time_p95_ms: p95,
+            response_time_p99_ms: p99,
         }
+    }
+
+    /// Computes the metrics of `records` (already limited to the window).
+    pub fn compute<'a>(
+        window: Duration,
+        records: impl IntoIterator<Item = &'a RequestRecord>,
+    ) -> Self {
+        let mut status = StatusClasses::default();
+        let mut times = Vec::new();
+        for r in records {
+            status.add(r.status);
+            times.push(r.total_time_ms as f64);
+        }
+        let requests = times.len() as u64;
+        let pct = |p| aggregate_values(Aggregation::Percentile(p), times.clone(), requests).value;
+        let avg = aggregate_values(Aggregation::Average, times.clone(), requests).value;
+        Self::from_counts(window, status, avg, [pct(50.0), pct(95.0), pct(99.0)])
     }
 }
 

@@ -80,14 +80,13 @@ use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder}
 use elasticsearch::indices::IndicesPutIndexTemplateParts;
 use elasticsearch::params::Refresh;
 use elasticsearch::{BulkParts, CreateParts, Elasticsearch, SearchParts};
-use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use serde_json::{Value, json};
 use sha1::{Digest, Sha1};
 use vamp_core::error::{Error, Result};
 use vamp_core::metrics::{
-    Aggregation, AggregationResult, EventCapabilities, EventStore, MetricsStore, RequestMetrics,
-    RequestRecord, StatusClasses, expand_tags, parse_query_time,
+    Aggregation, AggregationResult, EventCapabilities, EventStore, EventSubscribers, MetricsStore,
+    RequestMetrics, RequestRecord, StatusClasses, expand_tags, parse_query_time,
 };
 use vamp_core::model::{Event, EventQuery};
 use vamp_core::node::Node;
@@ -232,12 +231,6 @@ fn date_of(ms: i64) -> String {
 
 type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
-struct Subscriber {
-    tags: Vec<String>,
-    event_type: Option<String>,
-    tx: futures_channel::mpsc::Sender<Result<Event>>,
-}
-
 struct Inner {
     client: Elasticsearch,
     label: String,
@@ -246,7 +239,7 @@ struct Inner {
     templates: AtomicBool,
     seq: AtomicU64,
     instance: u64,
-    subscribers: std::sync::Mutex<Vec<Subscriber>>,
+    subscribers: EventSubscribers,
 }
 
 /// Elasticsearch as the events and request-metrics store. Cloning shares the connection.
@@ -637,7 +630,7 @@ impl ElasticsearchStore {
                 templates: AtomicBool::new(false),
                 seq: AtomicU64::new(0),
                 instance,
-                subscribers: std::sync::Mutex::new(Vec::new()),
+                subscribers: EventSubscribers::default(),
             }),
         };
         store.ensure_templates().await?;
@@ -907,19 +900,7 @@ impl EventStore for ElasticsearchStore {
             Err(Error::Backend { source, .. }) if source.to_string().contains("HTTP 409") => {}
             Err(e) => return Err(e),
         }
-        let mut subs = self
-            .inner
-            .subscribers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        subs.retain_mut(|sub| {
-            let matches = sub.tags.iter().all(|t| event.tags.contains(t))
-                && sub
-                    .event_type
-                    .as_ref()
-                    .is_none_or(|t| t == &event.event_type);
-            !matches || sub.tx.try_send(Ok(event.clone())).is_ok()
-        });
+        self.inner.subscribers.notify(&event);
         Ok(event)
     }
 
@@ -1029,17 +1010,7 @@ impl EventStore for ElasticsearchStore {
         tags: Vec<String>,
         event_type: Option<String>,
     ) -> BoxStream<'static, Result<Event>> {
-        let (tx, rx) = futures_channel::mpsc::channel(vamp_core::memory::SUBSCRIBER_BUFFER);
-        self.inner
-            .subscribers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(Subscriber {
-                tags,
-                event_type,
-                tx,
-            });
-        rx.boxed()
+        self.inner.subscribers.subscribe(tags, event_type)
     }
 
     fn capabilities(&self) -> EventCapabilities {
@@ -1193,26 +1164,7 @@ impl MetricsStore for ElasticsearchStore {
         for (slot, p) in pct.iter_mut().zip([50.0, 95.0, 99.0]) {
             *slot = self.percentile(&index, &q, "Tt", times, p).await?;
         }
-        let secs = window.as_secs_f64();
-        Ok(RequestMetrics {
-            window,
-            requests,
-            rate: if secs > 0.0 {
-                requests as f64 / secs
-            } else {
-                0.0
-            },
-            error_rate: if requests > 0 {
-                status.server_error as f64 / requests as f64
-            } else {
-                0.0
-            },
-            status,
-            response_time_avg_ms: avg,
-            response_time_p50_ms: pct[0],
-            response_time_p95_ms: pct[1],
-            response_time_p99_ms: pct[2],
-        })
+        Ok(RequestMetrics::from_counts(window, status, avg, pct))
     }
 
     async fn response_times(&self, frontend: &str, window: Duration) -> Result<Vec<u64>> {

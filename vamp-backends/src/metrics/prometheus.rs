@@ -347,12 +347,6 @@ impl MetricsStore for PrometheusStore {
                 _ => status.other += n,
             }
         }
-        let requests = status.informational
-            + status.success
-            + status.redirection
-            + status.client_error
-            + status.server_error
-            + status.other;
         // The agent's histogram: buckets by `le`, sum and count.
         let mut buckets: Vec<(f64, f64)> = Vec::new();
         for (labels, samples) in self
@@ -396,26 +390,12 @@ impl MetricsStore for PrometheusStore {
                 .find(|(_, cumulative)| *cumulative >= rank)
                 .map(|(le, _)| le * 1000.0)
         };
-        let secs = window.as_secs_f64();
-        Ok(RequestMetrics {
+        Ok(RequestMetrics::from_counts(
             window,
-            requests,
-            rate: if secs > 0.0 {
-                requests as f64 / secs
-            } else {
-                0.0
-            },
-            error_rate: if requests > 0 {
-                status.server_error as f64 / requests as f64
-            } else {
-                0.0
-            },
             status,
-            response_time_avg_ms: avg,
-            response_time_p50_ms: pct(50.0),
-            response_time_p95_ms: pct(95.0),
-            response_time_p99_ms: pct(99.0),
-        })
+            avg,
+            [pct(50.0), pct(95.0), pct(99.0)],
+        ))
     }
 
     fn metrics_capabilities(&self) -> MetricsCapabilities {

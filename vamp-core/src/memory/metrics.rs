@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_channel::mpsc;
-use futures_util::stream::{BoxStream, StreamExt};
+use futures_util::stream::BoxStream;
 use parking_lot::Mutex;
 
 use crate::error::Result;
@@ -17,17 +16,11 @@ use crate::persistence::ListOptions;
 
 type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
-struct Subscriber {
-    tags: Vec<String>,
-    event_type: Option<String>,
-    tx: mpsc::Sender<Result<Event>>,
-}
-
 #[derive(Default)]
 struct State {
     events: VecDeque<Event>,
     next_id: u64,
-    subscribers: Vec<Subscriber>,
+    subscribers: EventSubscribers,
     requests: VecDeque<RequestRecord>,
     dropped: u64,
 }
@@ -54,9 +47,6 @@ pub struct InMemoryMetrics {
 
 /// The most events an [`InMemoryMetrics`] keeps by default.
 pub const DEFAULT_MAX_EVENTS: usize = 100_000;
-
-/// How many events a subscriber may have waiting before it is dropped.
-pub const SUBSCRIBER_BUFFER: usize = 10_000;
 
 /// The most request records an [`InMemoryMetrics`] keeps by default (about 60 MiB).
 pub const DEFAULT_MAX_RECORDS: usize = 250_000;
@@ -172,15 +162,7 @@ impl EventStore for InMemoryMetrics {
         while s.events.len() > self.max_events {
             s.events.pop_front();
         }
-        s.subscribers.retain_mut(|sub| {
-            let matches = sub.tags.iter().all(|t| event.tags.contains(t))
-                && sub
-                    .event_type
-                    .as_ref()
-                    .is_none_or(|t| t == &event.event_type);
-            // Full or gone: the subscriber is dropped (its stream ends).
-            !matches || sub.tx.try_send(Ok(event.clone())).is_ok()
-        });
+        s.subscribers.notify(&event);
         Ok(event)
     }
 
@@ -214,13 +196,7 @@ impl EventStore for InMemoryMetrics {
         tags: Vec<String>,
         event_type: Option<String>,
     ) -> BoxStream<'static, Result<Event>> {
-        let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
-        self.state.lock().subscribers.push(Subscriber {
-            tags,
-            event_type,
-            tx,
-        });
-        rx.boxed()
+        self.state.lock().subscribers.subscribe(tags, event_type)
     }
 
     fn capabilities(&self) -> EventCapabilities {
@@ -277,6 +253,7 @@ impl MetricsStore for InMemoryMetrics {
 mod tests {
     use super::*;
     use crate::conformance::metrics as suite;
+    use futures_util::StreamExt;
 
     const NOW: i64 = 1_800_000_000_000;
 

@@ -6,7 +6,8 @@ mod metrics;
 mod persistence;
 mod scheduler;
 
+pub use crate::metrics::SUBSCRIBER_BUFFER;
 pub use kv::{InMemoryKv, WATCH_BUFFER};
-pub use metrics::{DEFAULT_MAX_EVENTS, DEFAULT_MAX_RECORDS, InMemoryMetrics, SUBSCRIBER_BUFFER};
+pub use metrics::{DEFAULT_MAX_EVENTS, DEFAULT_MAX_RECORDS, InMemoryMetrics};
 pub use persistence::InMemoryPersistence;
 pub use scheduler::InMemoryScheduler;
