@@ -11,7 +11,8 @@
 //! to an HAProxy in master-worker mode by writing the file and sending `reload` to its master
 //! socket (no check, no agent), timed the same way.
 //!
-//! `cargo bench -p vamp-benches --bench agent_latency` (needs `haproxy`; prints a table)
+//! `cargo bench -p vamp-benches --bench agent_latency [--features etcd]` (needs `haproxy`;
+//! prints a table)
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -323,6 +324,7 @@ fn main() {
         "in memory",
     ));
     rt.block_on(series(&haproxy, Duration::ZERO, memory(), "in memory"));
+    #[cfg(feature = "etcd")]
     if let Ok(endpoints) = std::env::var("VAMP_ETCD_ENDPOINTS") {
         let hosts = endpoints
             .split(',')
@@ -347,5 +349,7 @@ fn main() {
     } else {
         eprintln!("set VAMP_ETCD_ENDPOINTS to measure on a real etcd too");
     }
+    #[cfg(not(feature = "etcd"))]
+    eprintln!("build with --features etcd and set VAMP_ETCD_ENDPOINTS to measure on etcd too");
     haproxy_reload_series(&haproxy);
 }
