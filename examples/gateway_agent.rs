@@ -127,16 +127,10 @@ fn settings(
                 "vamp-vga-{}",
                 env("VAMP_NAMESPACE").unwrap_or_else(|| "default".into())
             );
-            Some(match url.strip_prefix("https://") {
-                Some(rest) => format!(
-                    "elasticsearch+https://{}?logs={logs}",
-                    rest.trim_end_matches('/')
-                ),
-                None => format!(
-                    "elasticsearch://{}?logs={logs}",
-                    url.trim_start_matches("http://").trim_end_matches('/')
-                ),
-            })
+            Some(format!(
+                "{}?logs={logs}",
+                vamp_backends::metrics::elasticsearch_url(&url)
+            ))
         }),
     };
     let mut args = args.into_iter();

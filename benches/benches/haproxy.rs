@@ -43,6 +43,18 @@ fn gateways(n: usize) -> Vec<Gateway> {
         .collect()
 }
 
+/// A weight change of one gateway: its first two routes to 60/20 or back to 70/10.
+fn flip_weights(g: &mut Gateway, flip: bool) {
+    for (r, weight) in [
+        (0, if flip { 60 } else { 70 }),
+        (1, if flip { 20 } else { 10 }),
+    ] {
+        if let Route::Default(d) = &mut g.routes[r] {
+            d.weight = Some(Percentage(weight));
+        }
+    }
+}
+
 fn haproxy_check_time(config: &str) -> Option<(Duration, bool, String)> {
     let path = std::env::temp_dir().join(format!("vamp-bench-{}.cfg", std::process::id()));
     std::fs::write(&path, format!("{BASE_CONFIG}\n{config}")).ok()?;
@@ -98,14 +110,7 @@ fn main() {
             g.bench_function(BenchmarkId::new("gateways", n), |b| {
                 b.iter(|| {
                     flip = !flip;
-                    for (r, weight) in [
-                        (0, if flip { 60 } else { 70 }),
-                        (1, if flip { 20 } else { 10 }),
-                    ] {
-                        if let Route::Default(d) = &mut changed.routes[r] {
-                            d.weight = Some(Percentage(weight));
-                        }
-                    }
+                    flip_weights(&mut changed, flip);
                     inc.upsert(black_box(&changed)).expect("render");
                     black_box(inc.render())
                 })
@@ -115,14 +120,7 @@ fn main() {
             g.bench_function(BenchmarkId::new("into_kept_buffer", n), |b| {
                 b.iter(|| {
                     flip = !flip;
-                    for (r, weight) in [
-                        (0, if flip { 60 } else { 70 }),
-                        (1, if flip { 20 } else { 10 }),
-                    ] {
-                        if let Route::Default(d) = &mut changed.routes[r] {
-                            d.weight = Some(Percentage(weight));
-                        }
-                    }
+                    flip_weights(&mut changed, flip);
                     inc.upsert(black_box(&changed)).expect("render");
                     inc.render_into(&mut buffer);
                     black_box(buffer.len())
@@ -155,12 +153,7 @@ fn main() {
             let mut flip = false;
             let mut change = |input: &mut Vec<Gateway>| {
                 flip = !flip;
-                if let Route::Default(d) = &mut input[n / 2].routes[0] {
-                    d.weight = Some(Percentage(if flip { 60 } else { 70 }));
-                }
-                if let Route::Default(d) = &mut input[n / 2].routes[1] {
-                    d.weight = Some(Percentage(if flip { 20 } else { 10 }));
-                }
+                flip_weights(&mut input[n / 2], flip);
             };
             g.bench_function(BenchmarkId::new("incremental", n), |b| {
                 b.iter(|| {

@@ -174,11 +174,9 @@ impl ServeConfig {
                 if env("VAMP_PULSE_TYPE")? != "elasticsearch" {
                     return None;
                 }
-                let url = env("VAMP_PULSE_ELASTICSEARCH_URL")?;
-                Some(match url.strip_prefix("https://") {
-                    Some(rest) => format!("elasticsearch+https://{rest}"),
-                    None => format!("elasticsearch://{}", url.trim_start_matches("http://")),
-                })
+                Some(vamp_backends::metrics::elasticsearch_url(&env(
+                    "VAMP_PULSE_ELASTICSEARCH_URL",
+                )?))
             });
         }
         if env("VAMP_GATEWAY_AGENT").is_some_and(|v| v == "false") {

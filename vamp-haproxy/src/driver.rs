@@ -256,6 +256,7 @@ impl Kept {
     fn update(
         &mut self,
         gateways: &[Gateway],
+        wanted: &HashSet<&str>,
         marshallers: &[Marshaller],
     ) -> Result<(String, Vec<(String, String)>), crate::RenderError> {
         if self.renderers.len() != marshallers.len() {
@@ -265,7 +266,6 @@ impl Kept {
                 .map(|m| IncrementalRenderer::new(m.options.clone()))
                 .collect::<Result<_, _>>()?;
         }
-        let wanted: HashSet<&str> = gateways.iter().map(|g| g.name.as_str()).collect();
         let gone: Vec<String> = self
             .gateways
             .keys()
@@ -399,7 +399,7 @@ impl GatewayDriver {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let before = kept.names_in(current_gateways.as_deref());
-            let (json, texts) = kept.update(gateways, &self.marshallers)?;
+            let (json, texts) = kept.update(gateways, &names, &self.marshallers)?;
             drop(kept);
             plan_with(
                 gateways,

@@ -814,6 +814,26 @@ impl ElasticsearchStore {
         self.answer(&format!("search {index}"), sent).await
     }
 
+    /// One page of a `search_after` walk: `body` (with a unique sort) continued after
+    /// `after`, which moves to the page's last hit; the page's hits.
+    async fn page(
+        &self,
+        index: &str,
+        mut body: Value,
+        after: &mut Option<Value>,
+    ) -> Result<Vec<Value>> {
+        if let Some(a) = after.take() {
+            body["search_after"] = a;
+        }
+        let mut answer = self.search(index, body).await?;
+        let hits = match answer.pointer_mut("/hits/hits").map(Value::take) {
+            Some(Value::Array(hits)) => hits,
+            _ => Vec::new(),
+        };
+        *after = hits.last().and_then(|h| h.get("sort")).cloned();
+        Ok(hits)
+    }
+
     /// The `k`-th smallest (1-based) value of `field` among the documents matching `query`.
     async fn kth_value(
         &self,
@@ -917,21 +937,13 @@ impl EventStore for ElasticsearchStore {
             if size == 0 {
                 break;
             }
-            let mut body = json!({
+            let body = json!({
                 "query": { "bool": { "filter": filters } },
                 "size": size,
                 "sort": [{ "timestamp": { "order": "desc" } }, { "id": { "order": "desc" } }],
                 "track_total_hits": false,
             });
-            if let Some(a) = &after {
-                body["search_after"] = a.clone();
-            }
-            let answer = self.search(&index, body).await?;
-            let hits = answer
-                .pointer("/hits/hits")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
+            let hits = self.page(&index, body, &mut after).await?;
             for hit in &hits {
                 if skip > 0 {
                     skip -= 1;
@@ -939,7 +951,6 @@ impl EventStore for ElasticsearchStore {
                     out.push(e);
                 }
             }
-            after = hits.last().and_then(|h| h.get("sort")).cloned();
             if hits.len() < size || after.is_none() {
                 break;
             }
@@ -1173,22 +1184,14 @@ impl MetricsStore for ElasticsearchStore {
         let mut out = Vec::new();
         let mut after: Option<Value> = None;
         loop {
-            let mut body = json!({
+            let body = json!({
                 "query": q,
                 "size": PAGE,
                 "sort": [{ "Tt": { "order": "asc" } }, { "vamp_id": { "order": "asc", "missing": "_last" } }],
                 "_source": false,
                 "track_total_hits": false,
             });
-            if let Some(a) = &after {
-                body["search_after"] = a.clone();
-            }
-            let answer = self.search(&index, body).await?;
-            let hits = answer
-                .pointer("/hits/hits")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
+            let hits = self.page(&index, body, &mut after).await?;
             for h in &hits {
                 if let Some(t) = h.pointer("/sort/0").and_then(Value::as_f64) {
                     out.push(t.max(0.0) as u64);
@@ -1203,7 +1206,6 @@ impl MetricsStore for ElasticsearchStore {
                     ),
                 });
             }
-            after = hits.last().and_then(|h| h.get("sort")).cloned();
             if hits.len() < PAGE || after.is_none() {
                 break;
             }

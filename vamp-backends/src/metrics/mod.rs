@@ -49,6 +49,25 @@ pub struct ElasticsearchConfig {
     pub password: Option<Secret>,
 }
 
+/// This project's URL for an Elasticsearch address as Vamp's settings give it
+/// (`http://host:9200`, `https://user:pass@host`): `elasticsearch://host:9200`,
+/// `elasticsearch+https://user:pass@host`.
+///
+/// ```
+/// use vamp_backends::metrics::elasticsearch_url;
+/// assert_eq!(elasticsearch_url("http://es:9200/"), "elasticsearch://es:9200");
+/// assert_eq!(elasticsearch_url("https://u:p@es"), "elasticsearch+https://u:p@es");
+/// ```
+pub fn elasticsearch_url(address: &str) -> String {
+    match address.strip_prefix("https://") {
+        Some(rest) => format!("elasticsearch+https://{}", rest.trim_end_matches('/')),
+        None => format!(
+            "elasticsearch://{}",
+            address.trim_start_matches("http://").trim_end_matches('/')
+        ),
+    }
+}
+
 fn default_logs() -> String {
     "vamp-vga-default".into()
 }
