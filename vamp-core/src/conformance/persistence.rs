@@ -596,17 +596,37 @@ pub async fn cancelled_writes_leave_no_half_written_batch(
 ) -> CancelReport {
     const WORKERS: u64 = 8;
     const PER_WORKER: u64 = 25;
+    // Deadlines must cut some writes and spare others whatever the machine's speed: they
+    // range up to 40 ms, or further where an uncontended write already takes long (a loaded
+    // CI machine), up to twice what the workers' writes take one after another.
+    let mut slowest = std::time::Duration::ZERO;
+    for k in 0..5 {
+        let started = std::time::Instant::now();
+        store
+            .write(vec![ArtifactWrite::put(
+                K,
+                name(scope, &format!("cancel-calibrate{k}")),
+                json!({}),
+                PutMode::Create,
+            )])
+            .await
+            .expect("an uncancelled write");
+        slowest = slowest.max(started.elapsed());
+    }
+    let range_us = (slowest.as_micros() as u64)
+        .saturating_mul(2 * WORKERS)
+        .max(40_000);
     let acknowledged = std::sync::Mutex::new(Vec::new());
     let workers = (0..WORKERS).map(|worker| {
         let acknowledged = &acknowledged;
         async move {
-            // A fixed pseudo-random sequence of deadlines, 0 to 40 ms.
+            // A fixed pseudo-random sequence of deadlines in the range.
             let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ worker;
             for i in (worker * PER_WORKER)..(worker * PER_WORKER + PER_WORKER) {
                 seed = seed
                     .wrapping_mul(6_364_136_223_846_793_005)
                     .wrapping_add(1_442_695_040_888_963_407);
-                let deadline = std::time::Duration::from_micros((seed >> 33) % 40_000);
+                let deadline = std::time::Duration::from_micros((seed >> 33) % range_us);
                 let batch = vec![
                     ArtifactWrite::put(
                         K,
