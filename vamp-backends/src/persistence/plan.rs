@@ -225,6 +225,212 @@ pub(crate) fn plan(
     })
 }
 
+/// One log entry to append.
+#[derive(Debug)]
+pub(crate) struct LogRow {
+    pub version: i64,
+    pub kind: &'static str,
+    pub name: String,
+    pub content: Option<String>,
+}
+
+/// A current row to remove at the version it had when the batch read it.
+#[derive(Debug)]
+pub(crate) struct Removal {
+    pub kind: &'static str,
+    pub name: String,
+    pub expected: i64,
+    pub miss: Error,
+}
+
+/// A current row to add: the batch's last write of that artifact.
+#[derive(Debug)]
+pub(crate) struct NewRow {
+    pub version: i64,
+    pub kind: &'static str,
+    pub name: String,
+    pub content: String,
+    pub miss: Error,
+}
+
+/// A plan's net effect, for executors that write a batch in a few statements instead of one
+/// per action: every log entry, then the current rows to remove (the updated and deleted
+/// ones, each at its version before the batch), then the rows to add (the inserted and
+/// updated ones, each with the batch's last content). An artifact the batch writes twice
+/// appears once in `removals` and once in `rows` at most.
+#[derive(Debug, Default)]
+pub(crate) struct Net {
+    pub logs: Vec<LogRow>,
+    pub removals: Vec<Removal>,
+    pub rows: Vec<NewRow>,
+}
+
+impl Plan {
+    /// The plan's net effect on the log and the current table (see [`Net`]).
+    pub(crate) fn net(self) -> Net {
+        // Per artifact, in the order the batch first touches it: the removal of the row it
+        // had before the batch (its first action was an update or a delete), and its last
+        // row (None when the batch ends with a delete).
+        struct Touch {
+            removal: Option<(i64, Error)>,
+            last: Option<(i64, String)>,
+            miss: Option<Error>,
+        }
+        let mut net = Net::default();
+        let mut order: Vec<(&'static str, String)> = Vec::new();
+        let mut touched: HashMap<(&'static str, String), Touch> = HashMap::new();
+        for action in self.actions {
+            match action {
+                Action::Log {
+                    version,
+                    kind,
+                    name,
+                    content,
+                } => net.logs.push(LogRow {
+                    version,
+                    kind,
+                    name,
+                    content,
+                }),
+                Action::Insert {
+                    version,
+                    kind,
+                    name,
+                    content,
+                    miss,
+                } => {
+                    let t = touched.entry((kind, name.clone())).or_insert_with(|| {
+                        order.push((kind, name));
+                        Touch {
+                            removal: None,
+                            last: None,
+                            miss: None,
+                        }
+                    });
+                    t.last = Some((version, content));
+                    t.miss.get_or_insert(miss);
+                }
+                Action::Update {
+                    version,
+                    kind,
+                    name,
+                    content,
+                    expected,
+                    miss,
+                } => {
+                    let t = touched.entry((kind, name.clone())).or_insert_with(|| {
+                        order.push((kind, name));
+                        Touch {
+                            removal: Some((expected, miss)),
+                            last: None,
+                            miss: None,
+                        }
+                    });
+                    t.last = Some((version, content));
+                }
+                Action::Delete {
+                    kind,
+                    name,
+                    expected,
+                    miss,
+                } => {
+                    let t = touched.entry((kind, name.clone())).or_insert_with(|| {
+                        order.push((kind, name));
+                        Touch {
+                            removal: Some((expected, miss)),
+                            last: None,
+                            miss: None,
+                        }
+                    });
+                    t.last = None;
+                }
+            }
+        }
+        for (kind, name) in order {
+            let Some(t) = touched.remove(&(kind, name.clone())) else {
+                continue;
+            };
+            let mut row_miss = t.miss;
+            if let Some((expected, miss)) = t.removal {
+                if t.last.is_some() && row_miss.is_none() {
+                    // The row re-added after its removal can only collide with a writer
+                    // that bypassed the version lock: report the removal's error then.
+                    row_miss = Some(copy_miss(&miss));
+                }
+                net.removals.push(Removal {
+                    kind,
+                    name: name.clone(),
+                    expected,
+                    miss,
+                });
+            }
+            if let (Some((version, content)), Some(miss)) = (t.last, row_miss) {
+                net.rows.push(NewRow {
+                    version,
+                    kind,
+                    name,
+                    content,
+                    miss,
+                });
+            }
+        }
+        net
+    }
+}
+
+/// `items` in runs of at most [`MAX_ROWS`] rows and, past the first row, at most
+/// [`MAX_BYTES`] of `size` (so a batched statement stays within MySQL's packet limit).
+pub(crate) fn chunks<T>(items: &[T], size: impl Fn(&T) -> usize) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, item) in items.iter().enumerate() {
+        let n = size(item);
+        if i > start && (i - start == MAX_ROWS || bytes + n > MAX_BYTES) {
+            out.push(&items[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += n;
+    }
+    if start < items.len() {
+        out.push(&items[start..]);
+    }
+    out
+}
+
+/// The most rows a batched statement names.
+pub(crate) const MAX_ROWS: usize = 500;
+
+/// The most content bytes a batched statement carries (past its first row): MariaDB's
+/// default `max_allowed_packet` is 16 MiB.
+pub(crate) const MAX_BYTES: usize = 4 << 20;
+
+/// A copy of a planned miss (the error types the planner attaches).
+pub(crate) fn copy_miss(e: &Error) -> Error {
+    match e {
+        Error::Conflict {
+            backend,
+            key,
+            expected,
+            found,
+        } => Error::Conflict {
+            backend: backend.clone(),
+            key: key.clone(),
+            expected: *expected,
+            found: *found,
+        },
+        Error::AlreadyExists { backend, key } => Error::AlreadyExists {
+            backend: backend.clone(),
+            key: key.clone(),
+        },
+        other => Error::Backend {
+            backend: String::new(),
+            source: other.to_string().into(),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,6 +557,80 @@ mod tests {
         assert_eq!(plan.results, vec![Some(Version(5))]);
         assert!(plan.actions.is_empty());
         assert_eq!(plan.head, 9);
+    }
+
+    #[test]
+    fn chunks_keep_to_rows_and_bytes() {
+        let lens = |c: Vec<&[usize]>| c.iter().map(|c| c.len()).collect::<Vec<_>>();
+        assert_eq!(lens(chunks(&[1; 1200], |n| *n)), [500, 500, 200]);
+        assert_eq!(lens(chunks(&[1; 500], |n| *n)), [500]);
+        assert!(chunks(&[] as &[usize], |n| *n).is_empty());
+        // A row larger than the limit goes alone; rows fill a chunk up to the limit.
+        let big = [3 << 20, 3 << 20, 10, 5 << 20, 1, 1 << 20, 1 << 20];
+        assert_eq!(lens(chunks(&big, |n| *n)), [1, 2, 1, 3]);
+    }
+
+    #[test]
+    fn the_net_effect_keeps_one_row_per_artifact() {
+        let writes = vec![
+            // a: created, updated, deleted: logs only.
+            ArtifactWrite::put(ArtifactKind::Breed, "a", json!({"v": 1}), PutMode::Create),
+            ArtifactWrite::put(
+                ArtifactKind::Breed,
+                "a",
+                json!({"v": 2}),
+                PutMode::Overwrite,
+            ),
+            ArtifactWrite::delete(ArtifactKind::Breed, "a", None),
+            // b (stored at 5): deleted and created again: removed at 5, added at its last.
+            ArtifactWrite::delete(ArtifactKind::Breed, "b", Some(Version(5))),
+            ArtifactWrite::put(ArtifactKind::Breed, "b", json!({"v": 3}), PutMode::Create),
+            // c (stored at 6): updated twice: removed at 6, added with the second content.
+            ArtifactWrite::put(
+                ArtifactKind::Breed,
+                "c",
+                json!({"v": 4}),
+                PutMode::Overwrite,
+            ),
+            ArtifactWrite::put(
+                ArtifactKind::Breed,
+                "c",
+                json!({"v": 5}),
+                PutMode::Overwrite,
+            ),
+        ];
+        let mut current = state(&[("b", 5, json!({})), ("c", 6, json!({}))]);
+        current.insert((ArtifactKind::Breed, "a".into()), None);
+        let net = plan("t", 10, current, writes).unwrap().net();
+        let logs: Vec<_> = net
+            .logs
+            .iter()
+            .map(|l| (l.version, l.name.as_str()))
+            .collect();
+        assert_eq!(
+            logs,
+            [
+                (11, "a"),
+                (12, "a"),
+                (13, "a"),
+                (14, "b"),
+                (15, "b"),
+                (16, "c"),
+                (17, "c")
+            ]
+        );
+        let removals: Vec<_> = net
+            .removals
+            .iter()
+            .map(|r| (r.name.as_str(), r.expected))
+            .collect();
+        assert_eq!(removals, [("b", 5), ("c", 6)]);
+        let rows: Vec<_> = net
+            .rows
+            .iter()
+            .map(|r| (r.name.as_str(), r.version, r.content.as_str()))
+            .collect();
+        assert_eq!(rows, [("b", 15, r#"{"v":3}"#), ("c", 17, r#"{"v":5}"#)]);
     }
 
     #[test]

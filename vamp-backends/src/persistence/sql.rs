@@ -74,7 +74,7 @@ use crate::invalid;
 
 use super::feed::{FeedSource, change_feed};
 pub use super::plan::MAX_NAME_CHARS;
-use super::plan::{Action, Row as StoredRow, check_names, check_table, plan};
+use super::plan::{MAX_ROWS, Row as StoredRow, check_names, check_table, chunks, copy_miss, plan};
 
 /// The schema version this library writes; a database with a newer one is refused.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -273,46 +273,112 @@ fn q(sql: String) -> SqlStr {
     AssertSqlSafe(std::sync::Arc::<str>::from(sql)).into_sql_str()
 }
 
-/// The statements, built once per store.
+/// The statements, built once per store, and the batched ones, built per batch size.
 #[derive(Debug)]
 struct Statements {
+    dialect: Dialect,
+    table: String,
+    log_table: String,
+    /// Locks the version row and reads it, where the database has `UPDATE … RETURNING`.
+    lock_head: Option<SqlStr>,
     lock: SqlStr,
     head: SqlStr,
+    /// Sets the version row (and, on PostgreSQL, notifies the change feeds).
     set_head: SqlStr,
-    current: SqlStr,
-    insert_log: SqlStr,
-    insert: SqlStr,
-    update: SqlStr,
-    delete: SqlStr,
     read: SqlStr,
     list: SqlStr,
     history: SqlStr,
     feed: SqlStr,
-    notify: Option<SqlStr>,
 }
+
+const COLUMNS: &str = "kind, name, version, content, timestamp_ms";
 
 impl Statements {
     fn new(d: Dialect, t: &str) -> Self {
-        let cols = "kind, name, version, content, timestamp_ms";
+        let cols = COLUMNS;
         // MySQL has no LIMIT ALL / -1: "all" binds the largest BIGINT, which works everywhere.
         let limit = "LIMIT ? OFFSET ?";
+        let set_head = format!("UPDATE {t}_seq SET version = ? WHERE id = 1");
         Self {
-            lock: q(d.sql(&format!("UPDATE {t}_seq SET version = version WHERE id = 1"))),
-            head: q(d.sql(&format!("SELECT version FROM {t}_seq WHERE id = 1"))),
-            set_head: q(d.sql(&format!("UPDATE {t}_seq SET version = ? WHERE id = 1"))),
-            current: q(d.sql(&format!("SELECT version, content FROM {t} WHERE kind = ? AND name = ?"))),
-            insert_log: q(d.sql(&format!("INSERT INTO {t}_log ({cols}) VALUES (?, ?, ?, ?, ?)"))),
-            insert: q(d.sql(&format!("INSERT INTO {t} ({cols}) VALUES (?, ?, ?, ?, ?)"))),
-            update: q(d.sql(&format!(
-                "UPDATE {t} SET version = ?, content = ?, timestamp_ms = ? WHERE kind = ? AND name = ? AND version = ?"
+            dialect: d,
+            table: t.to_owned(),
+            log_table: format!("{t}_log"),
+            // MariaDB has no UPDATE … RETURNING.
+            lock_head: (d != Dialect::Mysql).then(|| {
+                q(format!(
+                    "UPDATE {t}_seq SET version = version WHERE id = 1 RETURNING version"
+                ))
+            }),
+            lock: q(d.sql(&format!(
+                "UPDATE {t}_seq SET version = version WHERE id = 1"
             ))),
-            delete: q(d.sql(&format!("DELETE FROM {t} WHERE kind = ? AND name = ? AND version = ?"))),
-            read: q(d.sql(&format!("SELECT {cols} FROM {t} WHERE kind = ? AND name = ?"))),
-            list: q(d.sql(&format!("SELECT {cols} FROM {t} WHERE kind = ? ORDER BY name {limit}"))),
-            history: q(d.sql(&format!("SELECT {cols} FROM {t}_log WHERE kind = ? AND name = ? ORDER BY version"))),
-            feed: q(d.sql(&format!("SELECT {cols} FROM {t}_log WHERE version > ? ORDER BY version LIMIT 500"))),
-            notify: (d == Dialect::Postgres).then(|| q(format!("SELECT pg_notify('{t}_changes', '')"))),
+            head: q(d.sql(&format!("SELECT version FROM {t}_seq WHERE id = 1"))),
+            set_head: q(if d == Dialect::Postgres {
+                format!(
+                    "WITH u AS ({}) SELECT pg_notify('{t}_changes', '') FROM u",
+                    d.sql(&format!("{set_head} RETURNING version"))
+                )
+            } else {
+                set_head
+            }),
+            read: q(d.sql(&format!(
+                "SELECT {cols} FROM {t} WHERE kind = ? AND name = ?"
+            ))),
+            list: q(d.sql(&format!(
+                "SELECT {cols} FROM {t} WHERE kind = ? ORDER BY name {limit}"
+            ))),
+            history: q(d.sql(&format!(
+                "SELECT {cols} FROM {t}_log WHERE kind = ? AND name = ? ORDER BY version"
+            ))),
+            feed: q(d.sql(&format!(
+                "SELECT {cols} FROM {t}_log WHERE version > ? ORDER BY version LIMIT 500"
+            ))),
         }
+    }
+
+    /// `n` tuples of `width` placeholders: `VALUES (?, ?), (?, ?)` where a row-value `IN`
+    /// needs a subquery (SQLite), `(?, ?), (?, ?)` elsewhere.
+    fn tuples(&self, n: usize, width: usize, values: bool) -> String {
+        let one = format!("({})", vec!["?"; width].join(", "));
+        let list = vec![one; n].join(", ");
+        if values {
+            format!("VALUES {list}")
+        } else {
+            list
+        }
+    }
+
+    /// The version and content of `n` artifacts, bound as `kind, name` pairs.
+    fn current_many(&self, n: usize) -> SqlStr {
+        let t = &self.table;
+        let values = self.dialect != Dialect::Mysql;
+        q(self.dialect.sql(&format!(
+            "SELECT kind, name, version, content FROM {t} WHERE (kind, name) IN ({})",
+            self.tuples(n, 2, values)
+        )))
+    }
+
+    /// Deletes `n` current rows, bound as `kind, name, version` triples.
+    fn delete_many(&self, n: usize) -> SqlStr {
+        let t = &self.table;
+        let values = self.dialect != Dialect::Mysql;
+        q(self.dialect.sql(&format!(
+            "DELETE FROM {t} WHERE (kind, name, version) IN ({})",
+            self.tuples(n, 3, values)
+        )))
+    }
+
+    /// Inserts `n` rows into `table`; `skip_existing` leaves a row whose key exists alone
+    /// instead of failing (PostgreSQL and SQLite; MySQL reports the duplicate key).
+    fn insert_many(&self, table: &str, n: usize, skip_existing: bool) -> SqlStr {
+        let mut sql = format!(
+            "INSERT INTO {table} ({COLUMNS}) VALUES {}",
+            self.tuples(n, 5, false)
+        );
+        if skip_existing && self.dialect != Dialect::Mysql {
+            sql.push_str(" ON CONFLICT DO NOTHING");
+        }
+        q(self.dialect.sql(&sql))
     }
 }
 
@@ -588,135 +654,167 @@ impl SqlPersistence {
     ) -> Result<Vec<Option<Version>>, Error> {
         let s = &self.statements;
         // The row lock on T_seq serialises writers for the rest of the transaction.
-        sqlx::query(s.lock.clone())
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| self.err(e))?;
-        let head: i64 = sqlx::query(s.head.clone())
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(|e| self.err(e))?
-            .try_get("version")
-            .map_err(|e| self.err(e))?;
-        let mut current = HashMap::new();
-        for w in &writes {
-            if current.contains_key(&(w.kind, w.name.clone())) {
-                continue;
-            }
-            let row = sqlx::query(s.current.clone())
-                .bind(w.kind.as_str())
-                .bind(&w.name)
-                .fetch_optional(&mut *conn)
+        let head: i64 = match &s.lock_head {
+            Some(lock_head) => sqlx::query(lock_head.clone())
+                .fetch_one(&mut *conn)
                 .await
-                .map_err(|e| self.err(e))?;
-            let row: Option<StoredRow> = match row {
-                None => None,
-                Some(row) => Some((
-                    row.try_get("version").map_err(|e| self.err(e))?,
-                    row.try_get("content").map_err(|e| self.err(e))?,
-                )),
-            };
-            current.insert((w.kind, w.name.clone()), row);
-        }
-        let plan = plan(&self.label, head, current, writes)?;
-        let now = vamp_core::time::now_millis();
-        for action in plan.actions {
-            let (affected, miss) = match action {
-                Action::Log {
-                    version,
-                    kind,
-                    name,
-                    content,
-                } => {
-                    sqlx::query(s.insert_log.clone())
-                        .bind(kind)
-                        .bind(name)
-                        .bind(version)
-                        .bind(content)
-                        .bind(now)
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(|e| self.err(e))?;
-                    continue;
-                }
-                Action::Insert {
-                    version,
-                    kind,
-                    name,
-                    content,
-                    miss,
-                } => {
-                    let inserted = sqlx::query(s.insert.clone())
-                        .bind(kind)
-                        .bind(name)
-                        .bind(version)
-                        .bind(content)
-                        .bind(now)
-                        .execute(&mut *conn)
-                        .await;
-                    match inserted {
-                        Ok(r) => (r.rows_affected(), miss),
-                        Err(sqlx::Error::Database(d)) if d.is_unique_violation() => (0, miss),
-                        Err(e) => return Err(self.err(e)),
-                    }
-                }
-                Action::Update {
-                    version,
-                    kind,
-                    name,
-                    content,
-                    expected,
-                    miss,
-                } => (
-                    sqlx::query(s.update.clone())
-                        .bind(version)
-                        .bind(content)
-                        .bind(now)
-                        .bind(kind)
-                        .bind(name)
-                        .bind(expected)
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(|e| self.err(e))?
-                        .rows_affected(),
-                    miss,
-                ),
-                Action::Delete {
-                    kind,
-                    name,
-                    expected,
-                    miss,
-                } => (
-                    sqlx::query(s.delete.clone())
-                        .bind(kind)
-                        .bind(name)
-                        .bind(expected)
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(|e| self.err(e))?
-                        .rows_affected(),
-                    miss,
-                ),
-            };
-            if affected != 1 {
-                // Only a writer that bypassed the T_seq lock can get here.
-                return Err(miss);
-            }
-        }
-        if plan.head != head {
-            sqlx::query(s.set_head.clone())
-                .bind(plan.head)
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| self.err(e))?;
-            if let Some(notify) = &s.notify {
-                sqlx::query(notify.clone())
+                .map_err(|e| self.err(e))?,
+            None => {
+                sqlx::query(s.lock.clone())
                     .execute(&mut *conn)
                     .await
                     .map_err(|e| self.err(e))?;
+                sqlx::query(s.head.clone())
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(|e| self.err(e))?
             }
         }
-        Ok(plan.results)
+        .try_get("version")
+        .map_err(|e| self.err(e))?;
+        let mut keys: Vec<(&'static str, &str)> = Vec::with_capacity(writes.len());
+        let mut seen = std::collections::HashSet::with_capacity(writes.len());
+        for w in &writes {
+            if seen.insert((w.kind, w.name.as_str())) {
+                keys.push((w.kind.as_str(), &w.name));
+            }
+        }
+        let found = self.current_rows(conn, &keys).await?;
+        let mut current: HashMap<(ArtifactKind, String), Option<StoredRow>> =
+            HashMap::with_capacity(keys.len());
+        for w in &writes {
+            let row = found.get(&(w.kind.as_str(), w.name.clone())).cloned();
+            current.insert((w.kind, w.name.clone()), row);
+        }
+        drop(found);
+        let mut plan = plan(&self.label, head, current, writes)?;
+        let new_head = plan.head;
+        let results = std::mem::take(&mut plan.results);
+        let net = plan.net();
+        let now = vamp_core::time::now_millis();
+        for chunk in chunks(&net.logs, |l| l.content.as_ref().map_or(0, String::len)) {
+            let sql = s.insert_many(&s.log_table, chunk.len(), false);
+            let mut query = sqlx::query(sql);
+            for l in chunk {
+                query = query
+                    .bind(l.kind)
+                    .bind(l.name.as_str())
+                    .bind(l.version)
+                    .bind(l.content.as_deref())
+                    .bind(now);
+            }
+            query.execute(&mut *conn).await.map_err(|e| self.err(e))?;
+        }
+        for chunk in chunks(&net.removals, |_| 0) {
+            let sql = s.delete_many(chunk.len());
+            let mut query = sqlx::query(sql);
+            for r in chunk {
+                query = query.bind(r.kind).bind(r.name.as_str()).bind(r.expected);
+            }
+            let affected = query
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| self.err(e))?
+                .rows_affected();
+            if affected != chunk.len() as u64 {
+                // Only a writer that bypassed the T_seq lock can get here.
+                let rows = chunk
+                    .iter()
+                    .map(|r| (r.kind, &*r.name, r.expected, &r.miss));
+                return Err(self.culprit(conn, rows, false).await);
+            }
+        }
+        for chunk in chunks(&net.rows, |r| r.content.len()) {
+            let sql = s.insert_many(&s.table, chunk.len(), true);
+            let mut query = sqlx::query(sql);
+            for r in chunk {
+                query = query
+                    .bind(r.kind)
+                    .bind(r.name.as_str())
+                    .bind(r.version)
+                    .bind(r.content.as_str())
+                    .bind(now);
+            }
+            let affected = match query.execute(&mut *conn).await {
+                Ok(r) => r.rows_affected(),
+                // MySQL: the statement was rolled back, the transaction goes on.
+                Err(sqlx::Error::Database(d)) if d.is_unique_violation() => 0,
+                Err(e) => return Err(self.err(e)),
+            };
+            if affected != chunk.len() as u64 {
+                let rows = chunk.iter().map(|r| (r.kind, &*r.name, r.version, &r.miss));
+                return Err(self.culprit(conn, rows, true).await);
+            }
+        }
+        if new_head != head {
+            sqlx::query(s.set_head.clone())
+                .bind(new_head)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(results)
+    }
+
+    /// The stored version and content of `keys`, in as few statements as their number allows.
+    async fn current_rows(
+        &self,
+        conn: &mut AnyConnection,
+        keys: &[(&'static str, &str)],
+    ) -> Result<HashMap<(&'static str, String), StoredRow>, Error> {
+        let mut found = HashMap::with_capacity(keys.len());
+        for chunk in keys.chunks(MAX_ROWS) {
+            let mut query = sqlx::query(self.statements.current_many(chunk.len()));
+            for (kind, name) in chunk {
+                query = query.bind(*kind).bind(*name);
+            }
+            let rows = query.fetch_all(&mut *conn).await.map_err(|e| self.err(e))?;
+            for row in &rows {
+                let kind = self.text(row, "kind")?;
+                let Some(kind) = chunk.iter().map(|k| k.0).find(|k| *k == kind) else {
+                    continue;
+                };
+                found.insert(
+                    (kind, self.text(row, "name")?),
+                    (
+                        row.try_get("version").map_err(|e| self.err(e))?,
+                        row.try_get("content").map_err(|e| self.err(e))?,
+                    ),
+                );
+            }
+        }
+        Ok(found)
+    }
+
+    /// The error of the first row operation that missed, after a statement affected fewer rows
+    /// than it named: a row found at another version than `version` (the one the statement
+    /// wrote, or the one a removal expected), or, with `absent_missed`, a row not found. (After
+    /// a removal, a row not found may be one the statement removed.)
+    async fn culprit<'a>(
+        &self,
+        conn: &mut AnyConnection,
+        rows: impl Iterator<Item = (&'static str, &'a str, i64, &'a Error)>,
+        absent_missed: bool,
+    ) -> Error {
+        let rows: Vec<_> = rows.collect();
+        let keys: Vec<(&'static str, &str)> = rows.iter().map(|r| (r.0, r.1)).collect();
+        let found = match self.current_rows(conn, &keys).await {
+            Ok(found) => found,
+            Err(e) => return e,
+        };
+        let missed = rows.iter().find(|(kind, name, version, _)| {
+            match found.get(&(*kind, (*name).to_owned())) {
+                Some(row) => row.0 != *version,
+                None => absent_missed,
+            }
+        });
+        match missed {
+            Some((_, _, _, miss)) => copy_miss(miss),
+            None => Error::Backend {
+                backend: self.label.clone(),
+                source: "an artifact row was removed behind the store's version lock".into(),
+            },
+        }
     }
 
     /// The newest version handed out (0 for an empty store): pass it to

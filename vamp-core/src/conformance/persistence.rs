@@ -340,6 +340,150 @@ pub async fn batch_is_atomic(store: &DynPersistenceStore, scope: &str) {
     }
 }
 
+/// Batches larger than one statement (1,234 artifacts, a few of them 1.5 MB) apply whole and
+/// in order: versions handed out one after another, an artifact written several times in one
+/// batch ends with its last write, and a failing last write leaves everything as it was.
+pub async fn large_batches(store: &DynPersistenceStore, scope: &str) {
+    const N: usize = 1234;
+    let big = "x".repeat(1_500_000);
+    let content = |i: usize, round: u32| {
+        if i % 300 == 7 {
+            json!({"i": i, "round": round, "big": big})
+        } else {
+            json!({"i": i, "round": round})
+        }
+    };
+    let names: Vec<String> = (0..N)
+        .map(|i| name(scope, &format!("large-{i:04}")))
+        .collect();
+    let creates = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| ArtifactWrite::put(K, n, content(i, 0), PutMode::Create))
+        .collect();
+    let versions = store
+        .write(creates)
+        .await
+        .expect("a large batch of creates");
+    let versions: Vec<u64> = versions
+        .iter()
+        .map(|v| v.expect("a created artifact has a version").0)
+        .collect();
+    assert!(
+        versions.windows(2).all(|w| w[1] == w[0] + 1),
+        "versions of one batch are handed out one after another"
+    );
+    // Per artifact: 0 updated at its version, 1 deleted, 2 deleted and created again, then
+    // updated; and a name the batch creates, updates and deletes.
+    let mut mixed = Vec::new();
+    let transient = name(scope, "large-transient");
+    mixed.push(ArtifactWrite::put(
+        K,
+        &transient,
+        json!({}),
+        PutMode::Create,
+    ));
+    for (i, n) in names.iter().enumerate() {
+        let v = Version(versions[i]);
+        match i % 3 {
+            0 => mixed.push(ArtifactWrite::put(K, n, content(i, 1), PutMode::Update(v))),
+            1 => mixed.push(ArtifactWrite::delete(K, n, Some(v))),
+            _ => {
+                mixed.push(ArtifactWrite::delete(K, n, Some(v)));
+                mixed.push(ArtifactWrite::put(K, n, content(i, 2), PutMode::Create));
+                mixed.push(ArtifactWrite::put(K, n, content(i, 3), PutMode::Overwrite));
+            }
+        }
+    }
+    mixed.push(ArtifactWrite::put(
+        K,
+        &transient,
+        json!({"t": 1}),
+        PutMode::Overwrite,
+    ));
+    mixed.push(ArtifactWrite::delete(K, &transient, None));
+    let results = store.write(mixed).await.expect("a large mixed batch");
+    let last = results
+        .iter()
+        .flatten()
+        .map(|v| v.0)
+        .max()
+        .expect("versions");
+    assert_eq!(
+        store.read(K, &transient).await.expect("read"),
+        None,
+        "an artifact created and deleted in one batch is absent"
+    );
+    let listed = store.list(K, ListOptions::all()).await.expect("list");
+    let listed: std::collections::HashMap<&str, &ArtifactRecord> = listed
+        .iter()
+        .filter(|r| r.name.starts_with(&name(scope, "large-")))
+        .map(|r| (r.name.as_str(), r))
+        .collect();
+    for (i, n) in names.iter().enumerate() {
+        let want = match i % 3 {
+            0 => Some(content(i, 1)),
+            1 => None,
+            _ => Some(content(i, 3)),
+        };
+        assert_eq!(
+            listed.get(n.as_str()).and_then(|r| r.content.clone()),
+            want,
+            "artifact {i} after the mixed batch"
+        );
+    }
+    if store.capabilities().history {
+        let history = store.history(K, &names[2]).await.expect("history");
+        let contents: Vec<_> = history.iter().map(|r| r.content.clone()).collect();
+        assert_eq!(
+            contents,
+            [
+                Some(content(2, 0)),
+                None,
+                Some(content(2, 2)),
+                Some(content(2, 3))
+            ],
+            "the history keeps every write of a batch, in order"
+        );
+    }
+    // A batch whose last write conflicts changes nothing, however large.
+    let mut failing: Vec<ArtifactWrite> = names
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 3 != 1)
+        .map(|(i, n)| ArtifactWrite::put(K, n, content(i, 9), PutMode::Overwrite))
+        .collect();
+    failing.push(ArtifactWrite::put(
+        K,
+        &names[1],
+        json!({}),
+        PutMode::Update(Version(last + 1_000)),
+    ));
+    let e = store
+        .write(failing)
+        .await
+        .expect_err("the last write conflicts");
+    assert!(e.is_conflict(), "{e}");
+    let after = store.list(K, ListOptions::all()).await.expect("list");
+    for r in after
+        .iter()
+        .filter(|r| r.name.starts_with(&name(scope, "large-")))
+    {
+        let rec = listed[r.name.as_str()];
+        assert_eq!(
+            (r.version, &r.content),
+            (rec.version, &rec.content),
+            "{} is unchanged by a failed batch",
+            r.name
+        );
+    }
+    let cleanup = names
+        .iter()
+        .map(|n| ArtifactWrite::delete(K, n, None))
+        .collect();
+    store.write(cleanup).await.expect("cleanup");
+}
+
 async fn next_change(
     stream: &mut BoxStream<'static, Result<ArtifactRecord>>,
     what: &str,
@@ -696,6 +840,7 @@ pub async fn run_all(store: &DynPersistenceStore, scope: &str) {
     equal_write_is_noop(store, scope).await;
     list_sorted_paged_and_kind_isolated(store, scope).await;
     batch_is_atomic(store, scope).await;
+    large_batches(store, scope).await;
     concurrent_writers_no_lost_update(store, scope).await;
     invalid_names(store, scope).await;
     typed_round_trip(store, scope).await;
