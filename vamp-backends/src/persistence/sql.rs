@@ -336,35 +336,43 @@ impl Statements {
         }
     }
 
-    /// `n` tuples of `width` placeholders: `VALUES (?, ?), (?, ?)` where a row-value `IN`
-    /// needs a subquery (SQLite), `(?, ?), (?, ?)` elsewhere.
-    fn tuples(&self, n: usize, width: usize, values: bool) -> String {
-        let one = format!("({})", vec!["?"; width].join(", "));
-        let list = vec![one; n].join(", ");
-        if values {
-            format!("VALUES {list}")
-        } else {
-            list
+    /// The right side of a row-value `IN` over `n` tuples of `width` placeholders, in the form
+    /// each database searches its primary key with: `((?, ?), …)` on MySQL, `(VALUES (?, ?), …)`
+    /// on PostgreSQL, and on SQLite a `SELECT` from the `VALUES` (given the `VALUES` directly,
+    /// SQLite 3.40, as a system library may be, scans the whole table; the bundled one does not).
+    fn row_values(&self, n: usize, width: usize) -> String {
+        let list = self.tuples(n, width);
+        match self.dialect {
+            Dialect::Mysql => format!("({list})"),
+            Dialect::Postgres => format!("(VALUES {list})"),
+            Dialect::Sqlite => {
+                let columns: Vec<String> = (1..=width).map(|i| format!("column{i}")).collect();
+                format!("(SELECT {} FROM (VALUES {list}))", columns.join(", "))
+            }
         }
+    }
+
+    /// `n` tuples of `width` placeholders: `(?, ?), (?, ?)`.
+    fn tuples(&self, n: usize, width: usize) -> String {
+        let one = format!("({})", vec!["?"; width].join(", "));
+        vec![one; n].join(", ")
     }
 
     /// The version and content of `n` artifacts, bound as `kind, name` pairs.
     fn current_many(&self, n: usize) -> SqlStr {
         let t = &self.table;
-        let values = self.dialect != Dialect::Mysql;
         q(self.dialect.sql(&format!(
-            "SELECT kind, name, version, content FROM {t} WHERE (kind, name) IN ({})",
-            self.tuples(n, 2, values)
+            "SELECT kind, name, version, content FROM {t} WHERE (kind, name) IN {}",
+            self.row_values(n, 2)
         )))
     }
 
     /// Deletes `n` current rows, bound as `kind, name, version` triples.
     fn delete_many(&self, n: usize) -> SqlStr {
         let t = &self.table;
-        let values = self.dialect != Dialect::Mysql;
         q(self.dialect.sql(&format!(
-            "DELETE FROM {t} WHERE (kind, name, version) IN ({})",
-            self.tuples(n, 3, values)
+            "DELETE FROM {t} WHERE (kind, name, version) IN {}",
+            self.row_values(n, 3)
         )))
     }
 
@@ -373,7 +381,7 @@ impl Statements {
     fn insert_many(&self, table: &str, n: usize, skip_existing: bool) -> SqlStr {
         let mut sql = format!(
             "INSERT INTO {table} ({COLUMNS}) VALUES {}",
-            self.tuples(n, 5, false)
+            self.tuples(n, 5)
         );
         if skip_existing && self.dialect != Dialect::Mysql {
             sql.push_str(" ON CONFLICT DO NOTHING");
@@ -1044,6 +1052,40 @@ impl PersistenceStore for SqlPersistence {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The batched statements search the primary key, never scan the table (SQLite 3.40 scans
+    /// it for a row-value `IN` over a bare `VALUES`).
+    #[cfg(feature = "persistence-sqlite")]
+    #[tokio::test(flavor = "current_thread")]
+    async fn sqlite_batched_statements_search_the_primary_key() {
+        let store = SqlPersistence::connect("sqlite::memory:", SqlOptions::default())
+            .await
+            .unwrap();
+        let s = &store.statements;
+        for sql in [s.current_many(3), s.delete_many(3)] {
+            let explain = format!("EXPLAIN QUERY PLAN {}", sql.as_str());
+            let mut query = sqlx::query(AssertSqlSafe(explain));
+            for _ in 0..(if sql.as_str().starts_with("DELETE") { 9 } else { 6 }) {
+                query = query.bind("x");
+            }
+            let rows = query.fetch_all(&store.pool).await.unwrap();
+            let details: Vec<String> = rows
+                .iter()
+                .map(|r| r.try_get::<String, _>("detail").unwrap())
+                .collect();
+            let table = &store.table;
+            assert!(
+                details
+                    .iter()
+                    .any(|d| d.starts_with(&format!("SEARCH {table} USING INDEX"))),
+                "{sql:?}: {details:?}"
+            );
+            assert!(
+                !details.iter().any(|d| d == &format!("SCAN {table}")),
+                "{sql:?}: {details:?}"
+            );
+        }
+    }
 
     #[test]
     fn postgres_placeholders_are_numbered() {
