@@ -62,6 +62,22 @@ use async_trait::async_trait;
 use futures_util::stream::BoxStream;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Row, SqlSafeStr, SqlStr};
+
+/// A statement with its arguments, on the `Any` driver.
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// Binds log rows, in [`COLUMNS`] order.
+fn bind_log<'q>(mut query: AnyQuery<'q>, chunk: &[LogRow], now: i64) -> AnyQuery<'q> {
+    for l in chunk {
+        query = query
+            .bind(l.kind)
+            .bind(l.name.as_str())
+            .bind(l.version)
+            .bind(l.content.as_deref())
+            .bind(now);
+    }
+    query
+}
 use vamp_core::Error;
 use vamp_core::kv::Version;
 use vamp_core::model::ArtifactKind;
@@ -74,7 +90,9 @@ use crate::invalid;
 
 use super::feed::{FeedSource, change_feed};
 pub use super::plan::MAX_NAME_CHARS;
-use super::plan::{MAX_ROWS, Row as StoredRow, check_names, check_table, chunks, copy_miss, plan};
+use super::plan::{
+    LogRow, MAX_ROWS, Row as StoredRow, check_names, check_table, chunks, copy_miss, plan,
+};
 
 /// The schema version this library writes; a database with a newer one is refused.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -279,12 +297,10 @@ struct Statements {
     dialect: Dialect,
     table: String,
     log_table: String,
-    /// Locks the version row and reads it, where the database has `UPDATE … RETURNING`.
-    lock_head: Option<SqlStr>,
-    lock: SqlStr,
+    /// Begins the write transaction, locks the version row and reads it: several statements
+    /// in one message (no parameters), so one round trip.
+    begin_lock: SqlStr,
     head: SqlStr,
-    /// Sets the version row (and, on PostgreSQL, notifies the change feeds).
-    set_head: SqlStr,
     read: SqlStr,
     list: SqlStr,
     history: SqlStr,
@@ -298,29 +314,27 @@ impl Statements {
         let cols = COLUMNS;
         // MySQL has no LIMIT ALL / -1: "all" binds the largest BIGINT, which works everywhere.
         let limit = "LIMIT ? OFFSET ?";
-        let set_head = format!("UPDATE {t}_seq SET version = ? WHERE id = 1");
+        let begin_lock = match d {
+            Dialect::Postgres => format!(
+                "BEGIN; UPDATE {t}_seq SET version = version WHERE id = 1 RETURNING version"
+            ),
+            // MariaDB has no UPDATE … RETURNING.
+            Dialect::Mysql => format!(
+                "BEGIN; UPDATE {t}_seq SET version = version WHERE id = 1; \
+                 SELECT version FROM {t}_seq WHERE id = 1"
+            ),
+            // SQLite: take the write lock at BEGIN so two writers never both hold read locks
+            // and then fail to upgrade.
+            Dialect::Sqlite => format!(
+                "BEGIN IMMEDIATE; UPDATE {t}_seq SET version = version WHERE id = 1 RETURNING version"
+            ),
+        };
         Self {
             dialect: d,
             table: t.to_owned(),
             log_table: format!("{t}_log"),
-            // MariaDB has no UPDATE … RETURNING.
-            lock_head: (d != Dialect::Mysql).then(|| {
-                q(format!(
-                    "UPDATE {t}_seq SET version = version WHERE id = 1 RETURNING version"
-                ))
-            }),
-            lock: q(d.sql(&format!(
-                "UPDATE {t}_seq SET version = version WHERE id = 1"
-            ))),
+            begin_lock: q(begin_lock),
             head: q(d.sql(&format!("SELECT version FROM {t}_seq WHERE id = 1"))),
-            set_head: q(if d == Dialect::Postgres {
-                format!(
-                    "WITH u AS ({}) SELECT pg_notify('{t}_changes', '') FROM u",
-                    d.sql(&format!("{set_head} RETURNING version"))
-                )
-            } else {
-                set_head
-            }),
             read: q(d.sql(&format!(
                 "SELECT {cols} FROM {t} WHERE kind = ? AND name = ?"
             ))),
@@ -359,26 +373,26 @@ impl Statements {
     }
 
     /// The version and content of `n` artifacts, bound as `kind, name` pairs.
-    fn current_many(&self, n: usize) -> SqlStr {
+    fn current_many(&self, n: usize) -> String {
         let t = &self.table;
-        q(self.dialect.sql(&format!(
+        format!(
             "SELECT kind, name, version, content FROM {t} WHERE (kind, name) IN {}",
             self.row_values(n, 2)
-        )))
+        )
     }
 
     /// Deletes `n` current rows, bound as `kind, name, version` triples.
-    fn delete_many(&self, n: usize) -> SqlStr {
+    fn delete_many(&self, n: usize) -> String {
         let t = &self.table;
-        q(self.dialect.sql(&format!(
+        format!(
             "DELETE FROM {t} WHERE (kind, name, version) IN {}",
             self.row_values(n, 3)
-        )))
+        )
     }
 
     /// Inserts `n` rows into `table`; `skip_existing` leaves a row whose key exists alone
     /// instead of failing (PostgreSQL and SQLite; MySQL reports the duplicate key).
-    fn insert_many(&self, table: &str, n: usize, skip_existing: bool) -> SqlStr {
+    fn insert_many(&self, table: &str, n: usize, skip_existing: bool) -> String {
         let mut sql = format!(
             "INSERT INTO {table} ({COLUMNS}) VALUES {}",
             self.tuples(n, 5)
@@ -386,7 +400,32 @@ impl Statements {
         if skip_existing && self.dialect != Dialect::Mysql {
             sql.push_str(" ON CONFLICT DO NOTHING");
         }
-        q(self.dialect.sql(&sql))
+        sql
+    }
+
+    /// `main` (a batched statement with `?` placeholders) as the database takes it; on
+    /// PostgreSQL with `log` rows appended to the log by the same statement.
+    fn statement(&self, log: Option<usize>, main: &str) -> SqlStr {
+        match log {
+            Some(n) => q(self.dialect.sql(&format!(
+                "WITH l AS ({}) {main}",
+                self.insert_many(&self.log_table, n, false)
+            ))),
+            None => q(self.dialect.sql(main)),
+        }
+    }
+
+    /// Sets the version row to `head` (an integer the store computed, not input), on
+    /// PostgreSQL notifies the change feeds, and commits: one message, so one round trip.
+    fn set_head_commit(&self, head: Option<i64>) -> SqlStr {
+        let t = &self.table;
+        q(match (head, self.dialect) {
+            (None, _) => "COMMIT".to_owned(),
+            (Some(v), Dialect::Postgres) => format!(
+                "UPDATE {t}_seq SET version = {v} WHERE id = 1; SELECT pg_notify('{t}_changes', ''); COMMIT"
+            ),
+            (Some(v), _) => format!("UPDATE {t}_seq SET version = {v} WHERE id = 1; COMMIT"),
+        })
     }
 }
 
@@ -610,19 +649,28 @@ impl SqlPersistence {
         db_error(&self.label, e)
     }
 
-    /// A text column, which MySQL's `VARBINARY` keys return as bytes.
+    /// A text column, which MySQL's `VARBINARY` keys return as bytes (read so first there,
+    /// not after a failed attempt that allocates an error per row).
     fn text(&self, row: &AnyRow, column: &str) -> Result<String, Error> {
+        let utf8 = |bytes: Vec<u8>| {
+            String::from_utf8(bytes).map_err(|e| Error::Invalid {
+                what: "stored name",
+                value: String::from_utf8_lossy(e.as_bytes())
+                    .chars()
+                    .take(64)
+                    .collect(),
+                reason: "not UTF-8".into(),
+            })
+        };
+        if self.dialect == Dialect::Mysql
+            && let Ok(bytes) = row.try_get::<Vec<u8>, _>(column)
+        {
+            return utf8(bytes);
+        }
         match row.try_get::<String, _>(column) {
             Ok(s) => Ok(s),
             Err(e) => match row.try_get::<Vec<u8>, _>(column) {
-                Ok(bytes) => String::from_utf8(bytes).map_err(|e| Error::Invalid {
-                    what: "stored name",
-                    value: String::from_utf8_lossy(e.as_bytes())
-                        .chars()
-                        .take(64)
-                        .collect(),
-                    reason: "not UTF-8".into(),
-                }),
+                Ok(bytes) => utf8(bytes),
                 Err(_) => Err(self.err(e)),
             },
         }
@@ -655,31 +703,15 @@ impl SqlPersistence {
         })
     }
 
+    /// Plans `writes` in the transaction `write` began, with the version row locked at
+    /// `head`, and runs the plan; returns the results and the new head.
     async fn apply(
         &self,
         conn: &mut AnyConnection,
+        head: i64,
         writes: Vec<ArtifactWrite>,
-    ) -> Result<Vec<Option<Version>>, Error> {
+    ) -> Result<(Vec<Option<Version>>, i64), Error> {
         let s = &self.statements;
-        // The row lock on T_seq serialises writers for the rest of the transaction.
-        let head: i64 = match &s.lock_head {
-            Some(lock_head) => sqlx::query(lock_head.clone())
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(|e| self.err(e))?,
-            None => {
-                sqlx::query(s.lock.clone())
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(|e| self.err(e))?;
-                sqlx::query(s.head.clone())
-                    .fetch_one(&mut *conn)
-                    .await
-                    .map_err(|e| self.err(e))?
-            }
-        }
-        .try_get("version")
-        .map_err(|e| self.err(e))?;
         let mut keys: Vec<(&'static str, &str)> = Vec::with_capacity(writes.len());
         let mut seen = std::collections::HashSet::with_capacity(writes.len());
         for w in &writes {
@@ -700,22 +732,26 @@ impl SqlPersistence {
         let results = std::mem::take(&mut plan.results);
         let net = plan.net();
         let now = vamp_core::time::now_millis();
-        for chunk in chunks(&net.logs, |l| l.content.as_ref().map_or(0, String::len)) {
-            let sql = s.insert_many(&s.log_table, chunk.len(), false);
-            let mut query = sqlx::query(sql);
-            for l in chunk {
-                query = query
-                    .bind(l.kind)
-                    .bind(l.name.as_str())
-                    .bind(l.version)
-                    .bind(l.content.as_deref())
-                    .bind(now);
+        let bind_log = |query, chunk| bind_log(query, chunk, now);
+        let log_chunks = chunks(&net.logs, |l| l.content.as_ref().map_or(0, String::len));
+        // PostgreSQL appends a log of one statement's size with the first row statement.
+        let mut log_with_rows = (self.dialect == Dialect::Postgres
+            && log_chunks.len() == 1
+            && !(net.removals.is_empty() && net.rows.is_empty()))
+        .then(|| log_chunks[0]);
+        if log_with_rows.is_none() {
+            for chunk in &log_chunks {
+                let sql = s.statement(None, &s.insert_many(&s.log_table, chunk.len(), false));
+                bind_log(sqlx::query(sql), chunk)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| self.err(e))?;
             }
-            query.execute(&mut *conn).await.map_err(|e| self.err(e))?;
         }
         for chunk in chunks(&net.removals, |_| 0) {
-            let sql = s.delete_many(chunk.len());
-            let mut query = sqlx::query(sql);
+            let log = log_with_rows.take();
+            let sql = s.statement(log.map(<[_]>::len), &s.delete_many(chunk.len()));
+            let mut query = bind_log(sqlx::query(sql), log.unwrap_or_default());
             for r in chunk {
                 query = query.bind(r.kind).bind(r.name.as_str()).bind(r.expected);
             }
@@ -733,8 +769,12 @@ impl SqlPersistence {
             }
         }
         for chunk in chunks(&net.rows, |r| r.content.len()) {
-            let sql = s.insert_many(&s.table, chunk.len(), true);
-            let mut query = sqlx::query(sql);
+            let log = log_with_rows.take();
+            let sql = s.statement(
+                log.map(<[_]>::len),
+                &s.insert_many(&s.table, chunk.len(), true),
+            );
+            let mut query = bind_log(sqlx::query(sql), log.unwrap_or_default());
             for r in chunk {
                 query = query
                     .bind(r.kind)
@@ -754,14 +794,7 @@ impl SqlPersistence {
                 return Err(self.culprit(conn, rows, true).await);
             }
         }
-        if new_head != head {
-            sqlx::query(s.set_head.clone())
-                .bind(new_head)
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| self.err(e))?;
-        }
-        Ok(results)
+        Ok((results, new_head))
     }
 
     /// The stored version and content of `keys`, in as few statements as their number allows.
@@ -772,7 +805,8 @@ impl SqlPersistence {
     ) -> Result<HashMap<(&'static str, String), StoredRow>, Error> {
         let mut found = HashMap::with_capacity(keys.len());
         for chunk in keys.chunks(MAX_ROWS) {
-            let mut query = sqlx::query(self.statements.current_many(chunk.len()));
+            let s = &self.statements;
+            let mut query = sqlx::query(s.statement(None, &s.current_many(chunk.len())));
             for (kind, name) in chunk {
                 query = query.bind(*kind).bind(*name);
             }
@@ -960,36 +994,52 @@ impl PersistenceStore for SqlPersistence {
             open: false,
         };
         let conn = guard.conn.as_mut().expect("held until dropped");
-        // SQLite: take the write lock at BEGIN so two writers never both hold read locks
-        // and then fail to upgrade.
-        let begin = if self.dialect == Dialect::Sqlite {
-            "BEGIN IMMEDIATE"
-        } else {
-            "BEGIN"
-        };
         // From BEGIN's request until COMMIT or ROLLBACK answers, a dropped future (a cancelled
         // write) must not hand the connection back to the pool with a transaction open: the
         // server may have started it even if the answer to BEGIN was never read.
         guard.open = true;
-        sqlx::query(begin)
-            .execute(&mut **conn)
+        let s = &self.statements;
+        // The row lock on T_seq serialises writers for the rest of the transaction.
+        let locked = sqlx::raw_sql(s.begin_lock.clone())
+            .fetch_all(&mut **conn)
             .await
-            .map_err(|e| self.err(e))?;
-        match self.apply(conn, writes).await {
-            Ok(v) => match sqlx::query("COMMIT").execute(&mut **conn).await {
-                Ok(_) => {
-                    guard.open = false;
-                    Ok(v)
-                }
-                Err(e) => {
-                    if sqlx::query("ROLLBACK").execute(&mut **conn).await.is_ok() {
-                        guard.open = false;
-                    }
-                    Err(self.err(e))
-                }
-            },
+            .map_err(|e| self.err(e))
+            .and_then(|rows| match rows.last() {
+                Some(row) => row.try_get::<i64, _>("version").map_err(|e| self.err(e)),
+                None => Err(Error::Backend {
+                    backend: self.label.clone(),
+                    source: "the version row is missing".into(),
+                }),
+            });
+        let applied = match locked {
+            Ok(head) => self
+                .apply(conn, head, writes)
+                .await
+                .map(|(results, new_head)| (results, (new_head != head).then_some(new_head))),
+            Err(e) => Err(e),
+        };
+        let result = match applied {
+            Ok((results, new_head)) => {
+                let commit = s.set_head_commit(new_head);
+                sqlx::raw_sql(commit)
+                    .execute(&mut **conn)
+                    .await
+                    .map(|_| results)
+                    .map_err(|e| self.err(e))
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(v) => {
+                guard.open = false;
+                Ok(v)
+            }
             Err(e) => {
-                if sqlx::query("ROLLBACK").execute(&mut **conn).await.is_ok() {
+                if sqlx::raw_sql(q("ROLLBACK".to_owned()))
+                    .execute(&mut **conn)
+                    .await
+                    .is_ok()
+                {
                     guard.open = false;
                 }
                 Err(e)
@@ -1065,7 +1115,11 @@ mod tests {
         for sql in [s.current_many(3), s.delete_many(3)] {
             let explain = format!("EXPLAIN QUERY PLAN {}", sql.as_str());
             let mut query = sqlx::query(AssertSqlSafe(explain));
-            for _ in 0..(if sql.as_str().starts_with("DELETE") { 9 } else { 6 }) {
+            for _ in 0..(if sql.as_str().starts_with("DELETE") {
+                9
+            } else {
+                6
+            }) {
                 query = query.bind("x");
             }
             let rows = query.fetch_all(&store.pool).await.unwrap();
