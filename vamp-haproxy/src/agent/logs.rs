@@ -28,6 +28,28 @@ pub fn tagged_json<'a>(datagram: &'a str, tag: &str) -> Option<&'a str> {
         .then(|| datagram[i..].trim_end())
 }
 
+/// The receive buffer the agent asks for on its syslog socket: HAProxy sends two datagrams per
+/// request (the gateway's frontend and the route's), and the kernel's default buffer (about
+/// 208 KiB) overflows within milliseconds at tens of thousands of requests per second.
+pub const SYSLOG_RECEIVE_BUFFER: usize = 16 << 20;
+
+/// Asks for [`SYSLOG_RECEIVE_BUFFER`]: beyond the kernel's `net.core.rmem_max` where the agent
+/// may (as root: `SO_RCVBUFFORCE`), else up to it. Reports the size the kernel granted.
+pub(crate) fn enlarge_receive_buffer(socket: &UdpSocket) {
+    use rustix::net::sockopt;
+    let forced = sockopt::set_socket_recv_buffer_size_force(socket, SYSLOG_RECEIVE_BUFFER);
+    if forced.is_err() {
+        let _ = sockopt::set_socket_recv_buffer_size(socket, SYSLOG_RECEIVE_BUFFER);
+    }
+    let granted = sockopt::socket_recv_buffer_size(socket).unwrap_or(0);
+    metrics::gauge!("vamp_gateway_agent_syslog_receive_buffer_bytes").set(granted as f64);
+    tracing::info!(
+        bytes = granted,
+        forced = forced.is_ok(),
+        "syslog socket receive buffer"
+    );
+}
+
 /// Request records parsed but not yet stored, at most (about 60 MiB): beyond it, while the
 /// store is away, new records are dropped and counted ([`LogCounts::dropped`]).
 pub const MAX_PENDING_RECORDS: u64 = 250_000;
@@ -236,6 +258,29 @@ async fn ship(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The syslog socket gets the larger buffer: all of it as root (`SO_RCVBUFFORCE`), else as
+    /// much as `net.core.rmem_max` allows. (Linux reports twice the size set.)
+    #[tokio::test]
+    async fn the_syslog_socket_gets_a_large_receive_buffer() {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let before = rustix::net::sockopt::socket_recv_buffer_size(&socket).unwrap();
+        enlarge_receive_buffer(&socket);
+        let granted = rustix::net::sockopt::socket_recv_buffer_size(&socket).unwrap();
+        let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let want = if rustix::process::geteuid().is_root() {
+            SYSLOG_RECEIVE_BUFFER
+        } else {
+            SYSLOG_RECEIVE_BUFFER.min(rmem_max)
+        };
+        assert!(
+            granted >= want && granted >= before,
+            "granted {granted} bytes (was {before}), wanted at least {want}"
+        );
+    }
 
     #[test]
     fn the_json_is_cut_out_of_the_syslog_line() {

@@ -576,6 +576,7 @@ impl GatewayAgent {
                 let socket = tokio::net::UdpSocket::bind(addr)
                     .await
                     .map_err(|e| io_error(addr.to_string(), e.to_string()))?;
+                logs::enlarge_receive_buffer(&socket);
                 let local = socket.local_addr().ok();
                 background.spawn(logs::receive(
                     socket,
