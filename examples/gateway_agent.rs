@@ -162,29 +162,10 @@ fn settings(
 
 /// `check-health`: 0 when the agent at `addr` answers `/health` with 200.
 fn check_health(addr: &str) -> ExitCode {
-    use std::io::{Read, Write};
-    let answer = (|| -> std::io::Result<String> {
-        let addr: std::net::SocketAddr = addr
-            .parse()
-            .map_err(|_| std::io::Error::other("--health takes host:port"))?;
-        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-        s.set_read_timeout(Some(Duration::from_secs(3)))?;
-        s.write_all(b"GET /health HTTP/1.0\r\nHost: agent\r\n\r\n")?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        Ok(out)
-    })();
-    match answer {
-        Ok(a) if a.split_whitespace().nth(1) == Some("200") => ExitCode::SUCCESS,
-        Ok(a) => {
-            eprintln!(
-                "gateway-agent: unhealthy: {}",
-                a.lines().next().unwrap_or("")
-            );
-            ExitCode::from(1)
-        }
-        Err(e) => {
-            eprintln!("gateway-agent: no answer on {addr}: {e}");
+    match vamp_examples::health::probe(addr, "/health") {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(why) => {
+            eprintln!("gateway-agent: {why}");
             ExitCode::from(1)
         }
     }

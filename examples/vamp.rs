@@ -130,33 +130,14 @@ fn run(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
 /// `VAMP_HTTP_API_PORT`, else 8080) answers `GET /api/v1/info` with 200 (a container's health
 /// check).
 fn check_health(args: &[String], err: &mut dyn Write) -> u8 {
-    use std::io::Read;
     let addr = args.first().cloned().unwrap_or_else(|| {
         let port = std::env::var("VAMP_HTTP_API_PORT").unwrap_or_else(|_| "8080".into());
         format!("127.0.0.1:{port}")
     });
-    let answer = (|| -> std::io::Result<String> {
-        let target: std::net::SocketAddr = addr
-            .parse()
-            .map_err(|_| std::io::Error::other("takes HOST:PORT"))?;
-        let mut s =
-            std::net::TcpStream::connect_timeout(&target, std::time::Duration::from_secs(3))?;
-        s.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
-        s.write_all(
-            b"GET /api/v1/info HTTP/1.0\r\nHost: vamp\r\nAccept: application/json\r\n\r\n",
-        )?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        Ok(out)
-    })();
-    match answer {
-        Ok(a) if a.split_whitespace().nth(1) == Some("200") => 0,
-        Ok(a) => {
-            let _ = writeln!(err, "vamp: unhealthy: {}", a.lines().next().unwrap_or(""));
-            1
-        }
-        Err(e) => {
-            let _ = writeln!(err, "vamp: no answer on {addr}: {e}");
+    match vamp_examples::health::probe(&addr, "/api/v1/info") {
+        Ok(()) => 0,
+        Err(why) => {
+            let _ = writeln!(err, "vamp: {why}");
             1
         }
     }

@@ -48,6 +48,16 @@ fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
 
+/// The plain loop's `INSERT` of row `i`.
+fn row(sql: &str, i: usize) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
+    sqlx::query(AssertSqlSafe(sql.to_owned()))
+        .bind("breeds")
+        .bind(format!("raw-{i}"))
+        .bind(i as i64)
+        .bind(breed(i).to_string())
+        .bind(0_i64)
+}
+
 struct Raw {
     pool: AnyPool,
     table: String,
@@ -102,15 +112,7 @@ impl Raw {
         let sql = self.insert();
         let start = Instant::now();
         for i in from..from + n {
-            sqlx::query(AssertSqlSafe(sql.clone()))
-                .bind("breeds")
-                .bind(format!("raw-{i}"))
-                .bind(i as i64)
-                .bind(breed(i).to_string())
-                .bind(0_i64)
-                .execute(&self.pool)
-                .await
-                .unwrap();
+            row(&sql, i).execute(&self.pool).await.unwrap();
         }
         start.elapsed()
     }
@@ -122,13 +124,7 @@ impl Raw {
         for b in 0..batches {
             let mut tx = self.pool.begin().await.unwrap();
             for i in 0..batch {
-                let i = from + b * batch + i;
-                sqlx::query(AssertSqlSafe(sql.clone()))
-                    .bind("breeds")
-                    .bind(format!("raw-{i}"))
-                    .bind(i as i64)
-                    .bind(breed(i).to_string())
-                    .bind(0_i64)
+                row(&sql, from + b * batch + i)
                     .execute(&mut *tx)
                     .await
                     .unwrap();

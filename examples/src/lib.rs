@@ -3,4 +3,5 @@
 //! `vamp` example's `serve` subcommand runs it; the tests start it in-process.
 
 pub mod api;
+pub mod health;
 pub mod serve;

@@ -5,6 +5,9 @@
 //! gateway's weights say. Required with CI=true or VAMP_TEST_INTEGRATION=1 (HAProxy).
 #![cfg(all(feature = "marathon", feature = "kubernetes"))]
 
+#[path = "../../vamp-backends/tests/http_double/mod.rs"]
+#[allow(dead_code)]
+mod http_double;
 #[path = "../../vamp-backends/tests/kube_double/mod.rs"]
 #[allow(dead_code)]
 mod kube_double;

@@ -199,7 +199,9 @@ async fn host_networking_gives_each_instance_a_port_of_its_own() {
     assert_ne!(ports[0], ports[1], "each instance listens on its own port");
     for port in ports {
         assert!(
-            vamp_backends::scheduler::local::DEFAULT_PORT_RANGE.contains(&port),
+            vamp_backends::scheduler::docker::DockerOptions::default()
+                .host_port_range
+                .contains(&port),
             "{port} from the host port range"
         );
         let answer = eventually("an answer", async || {

@@ -6,16 +6,16 @@
 //! it was sent.
 #![cfg(feature = "metrics-elasticsearch")]
 
+#[allow(dead_code)]
+mod http_double;
+
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use vamp_backends::Secret;
@@ -48,53 +48,44 @@ async fn replay(answers: Vec<(&'static str, u16, Value)>) -> (String, Arc<Mutex<
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let s = Arc::clone(&script);
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
+    tokio::spawn(http_double::serve(
+        listener,
+        move |req: Request<Incoming>| {
             let s = Arc::clone(&s);
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let s = Arc::clone(&s);
-                    async move {
-                        let method = req.method().to_string();
-                        let path = req.uri().to_string();
-                        let authorization = req
-                            .headers()
-                            .get("authorization")
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_owned);
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        let mut s = s.lock().unwrap();
-                        s.sent.push(Sent {
-                            method,
-                            path: path.clone(),
-                            authorization,
-                            body: String::from_utf8_lossy(&body).into_owned(),
-                        });
-                        let (status, answer) = match s.answers.front() {
-                            Some((prefix, _, _)) if path.starts_with(prefix) => {
-                                let (_, status, body) = s.answers.pop_front().unwrap();
-                                (status, body)
-                            }
-                            other => (
-                                599,
-                                json!({ "error": format!("unexpected {path}, expected {other:?}") }),
-                            ),
-                        };
-                        Ok::<_, Infallible>(
-                            Response::builder()
-                                .status(status)
-                                .header("content-type", "application/json")
-                                .body(Full::new(Bytes::from(answer.to_string())))
-                                .unwrap(),
-                        )
-                    }
+            async move {
+                let method = req.method().to_string();
+                let path = req.uri().to_string();
+                let authorization = req
+                    .headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let mut s = s.lock().unwrap();
+                s.sent.push(Sent {
+                    method,
+                    path: path.clone(),
+                    authorization,
+                    body: String::from_utf8_lossy(&body).into_owned(),
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+                let (status, answer) = match s.answers.front() {
+                    Some((prefix, _, _)) if path.starts_with(prefix) => {
+                        let (_, status, body) = s.answers.pop_front().unwrap();
+                        (status, body)
+                    }
+                    other => (
+                        599,
+                        json!({ "error": format!("unexpected {path}, expected {other:?}") }),
+                    ),
+                };
+                Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(answer.to_string())))
+                    .unwrap()
+            }
+        },
+    ));
     (format!("http://{addr}"), script)
 }
 

@@ -4,6 +4,8 @@
 //! (`cargo test -p vamp-backends --features scheduler-kubernetes --test kubernetes -- --ignored`).
 #![cfg(feature = "scheduler-kubernetes")]
 
+#[allow(dead_code)]
+mod http_double;
 mod kube_double;
 
 use kube_double::KubeDouble;

@@ -3,6 +3,8 @@
 //! (`cargo test -p vamp-backends --features scheduler-marathon --test marathon -- --ignored`).
 #![cfg(feature = "scheduler-marathon")]
 
+#[allow(dead_code)]
+mod http_double;
 mod marathon_double;
 
 use std::time::Duration;

@@ -232,8 +232,28 @@ impl ServiceSpec {
                 reason: "must be positive".into(),
             });
         }
+        for h in &self.health_checks {
+            self.health_check_port(h)?;
+        }
         self.labels.extend(self.id.labels());
         Ok(self)
+    }
+
+    /// The port a health check names, with its index among the service's ports.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] (`health check`) when it names no port of the service;
+    /// [`ServiceSpec::normalized`] refuses such a spec.
+    pub fn health_check_port(&self, check: &HealthCheck) -> Result<(usize, &PortSpec)> {
+        self.ports
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.name == check.port)
+            .ok_or_else(|| Error::Invalid {
+                what: "health check",
+                value: format!("{}: port {:?}", self.id, check.port),
+                reason: "names no port of the service".into(),
+            })
     }
 }
 

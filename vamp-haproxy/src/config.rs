@@ -389,6 +389,43 @@ impl fmt::Display for HaProxyConfig {
 }
 
 impl HaProxyConfig {
+    /// The lookup name of the route frontend whose requests reach the server at `address`
+    /// (`host:port`): the frontend HAProxy's logs and counters name for that route's traffic.
+    /// `None` when no route backend has such a server.
+    ///
+    /// ```
+    /// use vamp_core::model::*;
+    /// use vamp_haproxy::{RenderOptions, render};
+    ///
+    /// let mut g = Gateway::new(Port::new("", Some("9050".into())).unwrap());
+    /// g.name = "shop".into();
+    /// let mut route = DefaultRoute::new("shop/web:1.0/port");
+    /// route.targets = vec![RouteTarget::Internal { name: "a".into(), host: Some("10.0.0.5".into()), port: 8080 }];
+    /// g.routes = vec![Route::Default(route)];
+    /// let config = render(&[g], &RenderOptions::default()).unwrap();
+    /// let route = config.route_frontend_of_server("10.0.0.5:8080").unwrap();
+    /// assert_ne!(Some(route), config.gateway_frontends().next());
+    /// assert!(config.route_frontend_of_server("10.0.0.6:8080").is_none());
+    /// ```
+    pub fn route_frontend_of_server(&self, address: &str) -> Option<&str> {
+        let backend = self
+            .backends
+            .iter()
+            .find(|be| be.servers.iter().any(|s| s.address == address))?;
+        self.frontends
+            .iter()
+            .find(|f| f.bind.is_none() && f.default_backend == backend.lookup)
+            .map(|f| f.lookup.as_str())
+    }
+
+    /// The lookup names of the gateways' own frontends (the ones bound to a port), in order.
+    pub fn gateway_frontends(&self) -> impl Iterator<Item = &str> {
+        self.frontends
+            .iter()
+            .filter(|f| f.bind.is_some())
+            .map(|f| f.lookup.as_str())
+    }
+
     /// The configuration as text.
     pub fn render(&self) -> String {
         let mut s = String::with_capacity(256 * (self.frontends.len() + self.backends.len()) + 256);

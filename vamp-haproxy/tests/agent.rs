@@ -53,28 +53,15 @@ fn gateway_config_with_routes(
         .with_socket_dir(dir.to_str().unwrap())
         .with_bind_address("127.0.0.1");
     let config = render(&[g], &opts).unwrap();
-    let frontend = config
-        .frontends
-        .iter()
-        .find(|f| f.bind.is_some())
-        .unwrap()
-        .lookup
-        .clone();
-    let mut routes = HashMap::new();
-    for (name, backend) in [("a", a), ("b", b)] {
-        let address = format!("127.0.0.1:{}", backend.port);
-        let route_backend = config
-            .backends
-            .iter()
-            .find(|be| be.servers.iter().any(|s| s.address == address))
-            .unwrap();
-        let route_frontend = config
-            .frontends
-            .iter()
-            .find(|f| f.bind.is_none() && f.default_backend == route_backend.lookup)
-            .unwrap();
-        routes.insert(name.to_owned(), route_frontend.lookup.clone());
-    }
+    let frontend = config.gateway_frontends().next().unwrap().to_owned();
+    let routes = [("a", a), ("b", b)]
+        .into_iter()
+        .map(|(name, backend)| {
+            let address = format!("127.0.0.1:{}", backend.port);
+            let route = config.route_frontend_of_server(&address).unwrap();
+            (name.to_owned(), route.to_owned())
+        })
+        .collect();
     (config.render(), frontend, routes)
 }
 

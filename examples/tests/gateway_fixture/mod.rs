@@ -105,28 +105,14 @@ impl Fixture {
             .with_socket_dir(dir.path().to_str().unwrap())
             .with_bind_address("127.0.0.1");
         let config = render(&[g], &render_opts).unwrap();
-        let mut frontends = HashMap::new();
-        for (name, backend_port) in [("a", a), ("b", b)] {
-            let address = format!("127.0.0.1:{backend_port}");
-            let be = config
-                .backends
-                .iter()
-                .find(|be| be.servers.iter().any(|s| s.address == address))
-                .unwrap();
-            let fe = config
-                .frontends
-                .iter()
-                .find(|f| f.bind.is_none() && f.default_backend == be.lookup)
-                .unwrap();
-            frontends.insert(name.to_owned(), fe.lookup.clone());
-        }
-        let gateway_frontend = config
-            .frontends
-            .iter()
-            .find(|f| f.bind.is_some())
-            .unwrap()
-            .lookup
-            .clone();
+        let frontends: HashMap<String, String> = [("a", a), ("b", b)]
+            .into_iter()
+            .map(|(name, port)| {
+                let route = config.route_frontend_of_server(&format!("127.0.0.1:{port}"));
+                (name.to_owned(), route.unwrap().to_owned())
+            })
+            .collect();
+        let gateway_frontend = config.gateway_frontends().next().unwrap().to_owned();
         let kv: Arc<DynKeyValueStore> = Arc::new(InMemoryKv::new());
         let key = KeyPath::parse("/vamp/e2e/gateways/haproxy/1.7/configuration").unwrap();
         let version = kv.put(&key, config.render().into()).await.unwrap();

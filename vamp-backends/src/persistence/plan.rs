@@ -280,36 +280,30 @@ impl Plan {
         let mut order: Vec<(&'static str, String)> = Vec::new();
         let mut touched: HashMap<(&'static str, String), Touch> = HashMap::new();
         for action in self.actions {
-            match action {
+            // The artifact, how this action treats the row before it (a removal at the
+            // version read, or an insert's miss), and its row after it.
+            let (kind, name, before, after) = match action {
                 Action::Log {
                     version,
                     kind,
                     name,
                     content,
-                } => net.logs.push(LogRow {
-                    version,
-                    kind,
-                    name,
-                    content,
-                }),
+                } => {
+                    net.logs.push(LogRow {
+                        version,
+                        kind,
+                        name,
+                        content,
+                    });
+                    continue;
+                }
                 Action::Insert {
                     version,
                     kind,
                     name,
                     content,
                     miss,
-                } => {
-                    let t = touched.entry((kind, name.clone())).or_insert_with(|| {
-                        order.push((kind, name));
-                        Touch {
-                            removal: None,
-                            last: None,
-                            miss: None,
-                        }
-                    });
-                    t.last = Some((version, content));
-                    t.miss.get_or_insert(miss);
-                }
+                } => (kind, name, Err(miss), Some((version, content))),
                 Action::Update {
                     version,
                     kind,
@@ -317,32 +311,33 @@ impl Plan {
                     content,
                     expected,
                     miss,
-                } => {
-                    let t = touched.entry((kind, name.clone())).or_insert_with(|| {
-                        order.push((kind, name));
-                        Touch {
-                            removal: Some((expected, miss)),
-                            last: None,
-                            miss: None,
-                        }
-                    });
-                    t.last = Some((version, content));
-                }
+                } => (kind, name, Ok((expected, miss)), Some((version, content))),
                 Action::Delete {
                     kind,
                     name,
                     expected,
                     miss,
-                } => {
-                    let t = touched.entry((kind, name.clone())).or_insert_with(|| {
-                        order.push((kind, name));
-                        Touch {
-                            removal: Some((expected, miss)),
-                            last: None,
-                            miss: None,
-                        }
+                } => (kind, name, Ok((expected, miss)), None),
+            };
+            match touched.entry((kind, name)) {
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    let t = e.get_mut();
+                    t.last = after;
+                    if let Err(miss) = before {
+                        t.miss.get_or_insert(miss);
+                    }
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    order.push(e.key().clone());
+                    let (removal, miss) = match before {
+                        Ok(removal) => (Some(removal), None),
+                        Err(miss) => (None, Some(miss)),
+                    };
+                    e.insert(Touch {
+                        removal,
+                        last: after,
+                        miss,
                     });
-                    t.last = None;
                 }
             }
         }

@@ -520,15 +520,7 @@ impl Inner {
                 ),
             });
         }
-        for h in &spec.health_checks {
-            if !spec.ports.iter().any(|p| p.name == h.port) {
-                return Err(Error::Invalid {
-                    what: "health check",
-                    value: format!("{}: port {:?}", spec.id, h.port),
-                    reason: "names no port of the service".into(),
-                });
-            }
-        }
+        // Health checks naming no port were refused by ServiceSpec::normalized.
         // Builds a container body to refuse bad arguments and dialects before storing.
         self.body(spec, "check", 1, &IndexMap::new())?;
         Ok(())

@@ -307,13 +307,7 @@ impl Inner {
             "securityContext": {"privileged": privileged},
         });
         if let Some(h) = spec.health_checks.first() {
-            let Some(port) = spec.ports.iter().find(|p| p.name == h.port) else {
-                return Err(Error::Invalid {
-                    what: "health check",
-                    value: format!("{}: port {:?}", spec.id, h.port),
-                    reason: "names no port of the service".into(),
-                });
-            };
+            let (_, port) = spec.health_check_port(h)?;
             let mut probe = json!({
                 "initialDelaySeconds": h.initial_delay.max(0),
                 "periodSeconds": h.interval.max(1),

@@ -440,15 +440,7 @@ impl LocalScheduler {
                 ),
             });
         }
-        for h in &spec.health_checks {
-            if !spec.ports.iter().any(|p| p.name == h.port) {
-                return Err(Error::Invalid {
-                    what: "health check",
-                    value: format!("{}: port {:?}", spec.id, h.port),
-                    reason: "names no port of the service".into(),
-                });
-            }
-        }
+        // Health checks naming no port were refused by ServiceSpec::normalized.
         Ok(())
     }
 

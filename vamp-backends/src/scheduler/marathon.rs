@@ -314,13 +314,7 @@ impl Inner {
         labels.insert(SPEC_LABEL.into(), json!(spec_json(spec, false).to_string()));
         let mut health_checks = Vec::new();
         for h in &spec.health_checks {
-            let Some(index) = spec.ports.iter().position(|p| p.name == h.port) else {
-                return Err(Error::Invalid {
-                    what: "health check",
-                    value: format!("{}: port {:?}", spec.id, h.port),
-                    reason: "names no port of the service".into(),
-                });
-            };
+            let (index, _) = spec.health_check_port(h)?;
             let protocol = match h.protocol.to_ascii_uppercase().as_str() {
                 "" | "HTTP" => "HTTP".to_owned(),
                 other => other.to_owned(),

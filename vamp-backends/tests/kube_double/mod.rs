@@ -33,12 +33,11 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+
+use super::http_double;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
@@ -224,24 +223,6 @@ fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-async fn pod_server(listener: TcpListener, text: String) {
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let text = text.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let _ = stream.read(&mut buf).await;
-            let response = format!(
-                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n\r\n{text}",
-                text.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-        });
-    }
-}
-
 impl State {
     fn emit(
         &mut self,
@@ -308,23 +289,10 @@ impl KubeDouble {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let s = Arc::clone(&shared);
-        let server = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let s = Arc::clone(&s);
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| {
-                        let s = Arc::clone(&s);
-                        async move { Ok::<_, Infallible>(handle(&s, req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let server = tokio::spawn(http_double::serve(listener, move |req| {
+            let s = Arc::clone(&s);
+            async move { handle(&s, req).await }
+        }));
         Self {
             addr,
             shared,
@@ -494,7 +462,7 @@ impl Shared {
             if listeners.len() == ports.len() {
                 let servers = listeners
                     .into_iter()
-                    .map(|l| tokio::spawn(pod_server(l, name.clone())))
+                    .map(|l| tokio::spawn(http_double::text_server(l, name.clone())))
                     .collect::<Vec<_>>();
                 break (ip, servers);
             }

@@ -26,7 +26,6 @@
 //! * Every request is recorded (method, path with query, body) for request-shape tests.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,12 +33,11 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+
+use super::http_double;
 use tokio::task::JoinHandle;
 
 /// A recorded request.
@@ -110,23 +108,10 @@ impl MarathonDouble {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let s = Arc::clone(&shared);
-        let server = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let s = Arc::clone(&s);
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| {
-                        let s = Arc::clone(&s);
-                        async move { Ok::<_, Infallible>(handle(&s, req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let server = tokio::spawn(http_double::serve(listener, move |req| {
+            let s = Arc::clone(&s);
+            async move { handle(&s, req).await }
+        }));
         Self {
             addr,
             shared,
@@ -200,24 +185,6 @@ fn ports_of(app: &Value) -> usize {
         .unwrap_or(0)
 }
 
-async fn task_server(listener: TcpListener, text: String) {
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let text = text.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let _ = stream.read(&mut buf).await;
-            let response = format!(
-                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n\r\n{text}",
-                text.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-        });
-    }
-}
-
 impl Shared {
     async fn launch(&self, app: &Value) -> Task {
         let id = app["id"].as_str().unwrap_or("/").to_owned();
@@ -231,7 +198,7 @@ impl Shared {
         for _ in 0..ports_of(app) {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             ports.push(listener.local_addr().unwrap().port());
-            servers.push(tokio::spawn(task_server(
+            servers.push(tokio::spawn(http_double::text_server(
                 listener,
                 format!("{id} {task_id}"),
             )));

@@ -326,6 +326,23 @@ pub async fn invalid_specs(
         ),
         "duplicate port names"
     );
+    let mut unchecked = spec(scope, "invalid", "svc", deployable);
+    unchecked.health_checks.push(crate::model::HealthCheck {
+        path: "/".into(),
+        port: "nowhere".into(),
+        initial_delay: 0,
+        timeout: 1,
+        interval: 1,
+        failures: 1,
+        protocol: "HTTP".into(),
+    });
+    match scheduler.deploy(unchecked, DeployOptions::default()).await {
+        Err(crate::error::Error::Invalid { what, value, .. }) => {
+            assert_eq!(what, "health check");
+            assert!(value.contains("nowhere"), "{value}");
+        }
+        other => panic!("a health check naming no port: {other:?}"),
+    }
     assert!(
         scheduler
             .service(&ServiceId::new(scope, "invalid", "svc"))
