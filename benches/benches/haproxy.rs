@@ -89,6 +89,14 @@ fn main() {
             g.bench_with_input(BenchmarkId::new("gateways", n), &input, |b, input| {
                 b.iter(|| render(black_box(input), &opts).expect("render").render())
             });
+            // The two halves: gateways to sections (names, conditions, weights), and the text.
+            g.bench_with_input(BenchmarkId::new("sections", n), &input, |b, input| {
+                b.iter(|| render(black_box(input), &opts).expect("render"))
+            });
+            let sections = render(&input, &opts).expect("render");
+            g.bench_with_input(BenchmarkId::new("text", n), &sections, |b, sections| {
+                b.iter(|| black_box(sections).render())
+            });
         }
         g.finish();
     }

@@ -50,13 +50,18 @@ impl LookupClass {
 
 /// Java `BigInteger(1, digest).toString(16)`: lowercase hex without leading zeros.
 fn big_hex(digest: &[u8]) -> String {
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    let trimmed = hex.trim_start_matches('0');
-    if trimmed.is_empty() {
-        "0".to_owned()
-    } else {
-        trimmed.to_owned()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = String::with_capacity(digest.len() * 2);
+    for b in digest {
+        hex.push(char::from(HEX[usize::from(b >> 4)]));
+        hex.push(char::from(HEX[usize::from(b & 0x0f)]));
     }
+    let zeros = hex.len() - hex.trim_start_matches('0').len();
+    if zeros == hex.len() {
+        return "0".to_owned();
+    }
+    hex.drain(..zeros);
+    hex
 }
 
 /// The lookup name of `name` for `class`.
@@ -69,8 +74,22 @@ fn big_hex(digest: &[u8]) -> String {
 /// );
 /// ```
 pub fn lookup_name(class: LookupClass, name: &str) -> String {
+    lookup_of_parts(class, &[name], "")
+}
+
+/// The lookup name of `parts` joined by `separator`, hashed without joining them first.
+fn lookup_of_parts(class: LookupClass, parts: &[&str], separator: &str) -> String {
     let mut h = Sha1::new();
-    h.update(format!("class {}@{}v1", class.class_name(), name).as_bytes());
+    h.update(b"class ");
+    h.update(class.class_name().as_bytes());
+    h.update(b"@");
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            h.update(separator.as_bytes());
+        }
+        h.update(part.as_bytes());
+    }
+    h.update(b"v1");
     big_hex(&h.finalize())
 }
 
@@ -85,13 +104,13 @@ pub fn lookup_name(class: LookupClass, name: &str) -> String {
 /// );
 /// ```
 pub fn route_lookup_name<S: AsRef<str>>(gateway: &str, segments: &[S]) -> String {
-    let mut parts: Vec<&str> = vec![gateway, "*", "*", "*"];
-    let mut route: Vec<&str> = segments.iter().map(AsRef::as_ref).collect();
-    while route.len() < 4 {
-        route.push("*");
+    let mut parts: Vec<&str> = Vec::with_capacity(4 + segments.len().max(4));
+    parts.extend([gateway, "*", "*", "*"]);
+    parts.extend(segments.iter().map(AsRef::as_ref));
+    while parts.len() < 8 {
+        parts.push("*");
     }
-    parts.extend(route);
-    lookup_name(LookupClass::Gateway, &parts.join("/"))
+    lookup_of_parts(LookupClass::Gateway, &parts, "/")
 }
 
 /// `HashUtil.hexSha1(content, salt)`: hex SHA-1 of content + salt (default salt `0000`), used
@@ -131,5 +150,7 @@ mod tests {
     fn leading_zeros_are_stripped() {
         assert_eq!(big_hex(&[0, 0, 0x0a, 0xff]), "aff");
         assert_eq!(big_hex(&[0, 0]), "0");
+        // Zeros inside and at the end stay.
+        assert_eq!(big_hex(&[0x10, 0x00, 0xff, 0x01]), "1000ff01");
     }
 }
