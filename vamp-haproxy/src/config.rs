@@ -428,7 +428,10 @@ impl HaProxyConfig {
 
     /// The configuration as text.
     pub fn render(&self) -> String {
-        let mut s = String::with_capacity(256 * (self.frontends.len() + self.backends.len()) + 256);
+        // About 600 bytes a section (a route with its frontend and backend): room for the
+        // whole text at once, so that it is not copied as it grows.
+        let sections = self.frontends.len() + self.backends.len() + self.virtual_hosts.len();
+        let mut s = String::with_capacity(640 * sections + 256);
         let _ = self.write_to(&mut s);
         s
     }
