@@ -179,7 +179,10 @@ fi
 # copy too (VAMP_OSMEM_SERVER), to stop and restart it.
 osmem_venv="${VAMP_OSMEM_VENV:-$HOME/.cache/vamp-rs/osmem-venv}"
 osmem_version=0.1.6
-if ! "$osmem_venv/bin/pip" show osmem-server 2>/dev/null | grep -qx "Version: $osmem_version"; then
+# pip's output is captured first: `grep -q` ends at the first match, and with pipefail pip's
+# SIGPIPE would fail the test (and reinstall on every run).
+osmem_installed="$("$osmem_venv/bin/pip" show osmem-server 2>/dev/null || true)"
+if ! grep -qx "Version: $osmem_version" <<<"$osmem_installed"; then
   step "installing osmem-server $osmem_version (PyPI) in $osmem_venv"
   python3 -m venv "$osmem_venv" && "$osmem_venv/bin/pip" install -q "osmem-server==$osmem_version" || true
 fi
