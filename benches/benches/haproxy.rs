@@ -43,12 +43,15 @@ fn gateways(n: usize) -> Vec<Gateway> {
         .collect()
 }
 
-/// A weight change of one gateway: its first two routes to 60/20 or back to 70/10.
+/// A weight change of one gateway: its first two routes to 60/20 or back to 70/10 (the text
+/// keeps its length).
 fn flip_weights(g: &mut Gateway, flip: bool) {
-    for (r, weight) in [
-        (0, if flip { 60 } else { 70 }),
-        (1, if flip { 20 } else { 10 }),
-    ] {
+    set_weights(g, if flip { (60, 20) } else { (70, 10) });
+}
+
+/// The weights of a gateway's first two routes.
+fn set_weights(g: &mut Gateway, (first, second): (u8, u8)) {
+    for (r, weight) in [(0, first), (1, second)] {
         if let Route::Default(d) = &mut g.routes[r] {
             d.weight = Some(Percentage(weight));
         }
@@ -132,6 +135,26 @@ fn main() {
                     inc.upsert(black_box(&changed)).expect("render");
                     inc.render_into(&mut buffer);
                     black_box(buffer.len())
+                })
+            });
+            // The text kept assembled, the changed gateway's pieces written over their old
+            // ones: a change of the same length, and one of another length (75/5 against
+            // 70/10: the text after the gateway moves).
+            let _ = inc.text();
+            g.bench_function(BenchmarkId::new("kept_assembled", n), |b| {
+                b.iter(|| {
+                    flip = !flip;
+                    flip_weights(&mut changed, flip);
+                    inc.upsert(black_box(&changed)).expect("render");
+                    black_box(inc.text().len())
+                })
+            });
+            g.bench_function(BenchmarkId::new("kept_assembled_other_length", n), |b| {
+                b.iter(|| {
+                    flip = !flip;
+                    set_weights(&mut changed, if flip { (75, 5) } else { (70, 10) });
+                    inc.upsert(black_box(&changed)).expect("render");
+                    black_box(inc.text().len())
                 })
             });
             // The piece alone: re-rendering the changed gateway, without the assembly.

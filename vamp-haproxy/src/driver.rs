@@ -300,10 +300,11 @@ impl Kept {
         }
         let json = gateways_json(gateways.iter().map(|g| self.gateways[&g.name].1.as_str()));
         self.order = gateways.iter().map(|g| g.name.clone()).collect();
+        // Each renderer keeps its text assembled and writes only the changed gateways in place.
         let texts = marshallers
             .iter()
-            .zip(&self.renderers)
-            .map(|(m, r)| (m.name.clone(), r.render()))
+            .zip(&mut self.renderers)
+            .map(|(m, r)| (m.name.clone(), r.text().to_owned()))
             .collect();
         Ok((json, texts))
     }

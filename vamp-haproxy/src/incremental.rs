@@ -47,6 +47,22 @@ struct Pieces {
     backends: String,
 }
 
+impl Pieces {
+    /// The pieces in the order of their sections in the text.
+    fn sections(&self) -> [&str; 4] {
+        [
+            &self.virtual_hosts,
+            &self.virtual_host_backends,
+            &self.frontends,
+            &self.backends,
+        ]
+    }
+
+    fn lengths(&self) -> [usize; 4] {
+        self.sections().map(str::len)
+    }
+}
+
 /// Renders a changing set of gateways, each gateway's text kept between changes. Gateways are
 /// identified by name.
 #[derive(Clone, Debug)]
@@ -59,6 +75,14 @@ pub struct IncrementalRenderer {
     with_virtual_hosts: usize,
     with_frontends: usize,
     len: usize,
+    /// The text [`IncrementalRenderer::text`] keeps assembled.
+    assembled: String,
+    /// Whether `assembled` holds the current gateways' text, but for those in `stale`.
+    assembled_valid: bool,
+    /// The gateways changed since the text was assembled, with their pieces' lengths in it.
+    stale: BTreeMap<SortKey, [usize; 4]>,
+    /// The length of each section's pieces together.
+    section_len: [usize; 4],
 }
 
 fn sort_key(g: &Gateway) -> SortKey {
@@ -84,6 +108,10 @@ impl IncrementalRenderer {
             with_virtual_hosts: 0,
             with_frontends: 0,
             len: 0,
+            assembled: String::new(),
+            assembled_valid: false,
+            stale: BTreeMap::new(),
+            section_len: [0; 4],
         })
     }
 
@@ -107,11 +135,28 @@ impl IncrementalRenderer {
         for b in &part.backends {
             let _ = write_backend(&mut p.backends, b, &self.dir);
         }
-        self.remove(&g.name);
-        self.count(&p, true);
         let key = sort_key(g);
-        self.keys.insert(g.name.clone(), key.clone());
+        let headings = self.headings();
+        if self.keys.get(&g.name) == Some(&key) {
+            // The same place in the text: only this gateway's pieces change there.
+            if let Some(old) = self.pieces.remove(&key) {
+                self.count(&old, false);
+                if self.assembled_valid {
+                    self.stale
+                        .entry(key.clone())
+                        .or_insert_with(|| old.lengths());
+                }
+            }
+        } else {
+            self.remove(&g.name);
+            self.assembled_valid = false;
+            self.keys.insert(g.name.clone(), key.clone());
+        }
+        self.count(&p, true);
         self.pieces.insert(key, p);
+        if self.headings() != headings {
+            self.assembled_valid = false;
+        }
         Ok(())
     }
 
@@ -123,24 +168,34 @@ impl IncrementalRenderer {
         if let Some(p) = self.pieces.remove(&key) {
             self.count(&p, false);
         }
+        self.assembled_valid = false;
         true
     }
 
+    /// Which section headings the text has (virtual hosts, port mapping).
+    fn headings(&self) -> (bool, bool) {
+        (self.with_virtual_hosts > 0, self.with_frontends > 0)
+    }
+
     fn count(&mut self, p: &Pieces, add: bool) {
-        let size = p.virtual_hosts.len()
-            + p.virtual_host_backends.len()
-            + p.frontends.len()
-            + p.backends.len();
+        let lengths = p.lengths();
+        let size: usize = lengths.iter().sum();
         let vh = usize::from(!p.virtual_hosts.is_empty());
         let fe = usize::from(!p.frontends.is_empty());
         if add {
             self.len += size;
             self.with_virtual_hosts += vh;
             self.with_frontends += fe;
+            for (total, l) in self.section_len.iter_mut().zip(lengths) {
+                *total += l;
+            }
         } else {
             self.len -= size;
             self.with_virtual_hosts -= vh;
             self.with_frontends -= fe;
+            for (total, l) in self.section_len.iter_mut().zip(lengths) {
+                *total -= l;
+            }
         }
     }
 
@@ -152,6 +207,91 @@ impl IncrementalRenderer {
     /// Whether it holds no gateway.
     pub fn is_empty(&self) -> bool {
         self.pieces.is_empty()
+    }
+
+    /// The configuration, kept assembled between calls: what [`IncrementalRenderer::render`]
+    /// gives, without assembling it again. When only gateways already held changed since the
+    /// last call (weights, routes, conditions: anything but their name, port or whether they
+    /// have virtual hosts or frontends), their pieces are written over their old ones in place:
+    /// a change of the same length costs the gateway's own text, another one also moves the
+    /// text after it. Anything else assembles the whole text again.
+    ///
+    /// ```
+    /// # use vamp_core::dsl::{read_str, AnyArtifact};
+    /// # use vamp_core::model::ArtifactKind;
+    /// use vamp_haproxy::incremental::IncrementalRenderer;
+    /// use vamp_haproxy::{render, RenderOptions};
+    /// # let gateway = |yaml: &str| match read_str(yaml, Some(ArtifactKind::Gateway)).unwrap().remove(0) {
+    /// #     AnyArtifact::Gateway(g) => g,
+    /// #     _ => unreachable!(),
+    /// # };
+    ///
+    /// let mut r = IncrementalRenderer::new(RenderOptions::default()).unwrap();
+    /// r.upsert(&gateway("name: a\nport: 8080\nroutes: {x: {weight: 70%}, y: {weight: 30%}}")).unwrap();
+    /// let _ = r.text();
+    /// let a = gateway("name: a\nport: 8080\nroutes: {x: {weight: 60%}, y: {weight: 40%}}");
+    /// r.upsert(&a).unwrap();
+    /// assert_eq!(r.text(), render(&[a], &RenderOptions::default()).unwrap().render());
+    /// ```
+    pub fn text(&mut self) -> &str {
+        // Every gateway written in place is still held (a removal assembles the text again).
+        if self.stale.keys().any(|k| !self.pieces.contains_key(k)) {
+            self.assembled_valid = false;
+        }
+        if !self.assembled_valid {
+            let mut text = std::mem::take(&mut self.assembled);
+            self.render_into(&mut text);
+            self.assembled = text;
+            self.assembled_valid = true;
+            self.stale.clear();
+            return &self.assembled;
+        }
+        if self.stale.is_empty() {
+            return &self.assembled;
+        }
+        // Where each section starts: the text's head, the headings, the sections before it
+        // (already written, so at their new lengths).
+        let mut head = String::new();
+        let _ = write_header(&mut head);
+        let mut start = head.len();
+        let (virtual_hosts, frontends) = self.headings();
+        let mut at = start;
+        for section in 0..4 {
+            head.clear();
+            if section == 0 && virtual_hosts {
+                let _ = write_virtual_hosts_head(
+                    &mut head,
+                    &self.opts.virtual_hosts_bind,
+                    &self.opts.log_formats,
+                );
+            }
+            if section == 2 && frontends {
+                let _ = write_port_mapping_head(&mut head);
+            }
+            start += head.len();
+            if section < 2 && !virtual_hosts {
+                continue;
+            }
+            // Walk to each changed gateway, summing the lengths of the pieces before it.
+            at = start;
+            let mut from = std::ops::Bound::Unbounded;
+            for (key, old) in &self.stale {
+                at += self
+                    .pieces
+                    .range((from, std::ops::Bound::Excluded(key)))
+                    .map(|(_, p)| p.sections()[section].len())
+                    .sum::<usize>();
+                let new = self.pieces.get(key).map_or("", |p| p.sections()[section]);
+                self.assembled.replace_range(at..at + old[section], new);
+                at += new.len();
+                from = std::ops::Bound::Excluded(key);
+            }
+            start += self.section_len[section];
+            at = start;
+        }
+        self.stale.clear();
+        debug_assert_eq!(at, self.assembled.len());
+        &self.assembled
     }
 
     /// The configuration: what [`crate::render`] of the gateways held would give, as text.

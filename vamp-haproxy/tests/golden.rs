@@ -581,22 +581,34 @@ mod incremental {
         fn incremental_equals_full(ops in proptest::collection::vec(op(), 1..40)) {
             let opts = RenderOptions::default();
             let mut inc = IncrementalRenderer::new(opts.clone()).unwrap();
+            // Kept assembled: one asked for its text after every change, one only after every
+            // third, so that several changes wait to be written in place at once.
+            let mut kept = IncrementalRenderer::new(opts.clone()).unwrap();
+            let mut lazy = IncrementalRenderer::new(opts.clone()).unwrap();
             let mut held: std::collections::BTreeMap<u8, vamp_core::model::Gateway> = Default::default();
-            for op in ops {
+            for (i, op) in ops.into_iter().enumerate() {
                 match op {
                     Op::Upsert(n, w, vh, c) => {
                         let g = gateway_of(&yaml(n, w, vh, c));
                         inc.upsert(&g).unwrap();
+                        kept.upsert(&g).unwrap();
+                        lazy.upsert(&g).unwrap();
                         held.insert(n, g);
                     }
                     Op::Remove(n) => {
                         let name = held.get(&n).map(|g| g.name.clone());
                         prop_assert_eq!(inc.remove(name.as_deref().unwrap_or("none")), name.is_some());
+                        kept.remove(name.as_deref().unwrap_or("none"));
+                        lazy.remove(name.as_deref().unwrap_or("none"));
                         held.remove(&n);
                     }
                 }
                 let all: Vec<_> = held.values().cloned().collect();
                 let full = render(&all, &opts).unwrap().render();
+                prop_assert_eq!(kept.text(), full.as_str());
+                if i % 3 == 2 {
+                    prop_assert_eq!(lazy.text(), full.as_str());
+                }
                 prop_assert_eq!(inc.render(), full);
             }
         }
