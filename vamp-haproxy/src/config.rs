@@ -194,7 +194,9 @@ impl Default for LogFormats {
 /// HTTP client (Lua's and ACME's) at every start, check and reload, about 20–35 ms of each on
 /// this project's machines; with verification off it loads none. Nothing in a configuration
 /// the generator writes uses that client (the agent's allow-list refuses Lua), so this changes
-/// no behaviour; a base configuration that adds Lua using the client should drop the line.
+/// no behaviour; a base configuration that adds Lua using the client should drop the line. The
+/// keyword needs HAProxy built with OpenSSL (every distribution's package is): for a build
+/// without it, pass a base configuration without the line.
 pub const BASE_CONFIG: &str = "global\n  maxconn 4096\n  httpclient.ssl.verify none\n\ndefaults\n  log global\n  option dontlognull\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  default-server init-addr last,libc,none\n";
 
 /// Vamp's HTTP log format.
