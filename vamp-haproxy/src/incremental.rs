@@ -254,26 +254,14 @@ impl IncrementalRenderer {
         let mut head = String::new();
         let _ = write_header(&mut head);
         let mut start = head.len();
-        let (virtual_hosts, frontends) = self.headings();
-        let mut at = start;
         for section in 0..4 {
             head.clear();
-            if section == 0 && virtual_hosts {
-                let _ = write_virtual_hosts_head(
-                    &mut head,
-                    &self.opts.virtual_hosts_bind,
-                    &self.opts.log_formats,
-                );
-            }
-            if section == 2 && frontends {
-                let _ = write_port_mapping_head(&mut head);
-            }
-            start += head.len();
-            if section < 2 && !virtual_hosts {
+            if !self.write_section_head(section, &mut head) {
                 continue;
             }
+            start += head.len();
             // Walk to each changed gateway, summing the lengths of the pieces before it.
-            at = start;
+            let mut at = start;
             let mut from = std::ops::Bound::Unbounded;
             for (key, old) in &self.stale {
                 at += self
@@ -287,10 +275,9 @@ impl IncrementalRenderer {
                 from = std::ops::Bound::Excluded(key);
             }
             start += self.section_len[section];
-            at = start;
         }
         self.stale.clear();
-        debug_assert_eq!(at, self.assembled.len());
+        debug_assert_eq!(start, self.assembled.len());
         &self.assembled
     }
 
@@ -307,30 +294,32 @@ impl IncrementalRenderer {
     pub fn render_into(&self, out: &mut String) {
         out.clear();
         out.reserve(self.len + 1024);
-        let out = &mut *out;
         // Writing to a String cannot fail.
         let _ = write_header(out);
-        if self.with_virtual_hosts > 0 {
+        for section in 0..4 {
+            if self.write_section_head(section, out) {
+                for p in self.pieces.values() {
+                    out.push_str(p.sections()[section]);
+                }
+            }
+        }
+    }
+
+    /// Writes what comes before the pieces of `section` (see [`Pieces::sections`]): the
+    /// virtual hosts' heading before theirs, the port mapping's before the frontends. Whether
+    /// the section is in the text at all (the virtual hosts' two only when a gateway has one).
+    fn write_section_head(&self, section: usize, out: &mut String) -> bool {
+        let (virtual_hosts, frontends) = self.headings();
+        if section == 0 && virtual_hosts {
             let _ = write_virtual_hosts_head(
                 out,
                 &self.opts.virtual_hosts_bind,
                 &self.opts.log_formats,
             );
-            for p in self.pieces.values() {
-                out.push_str(&p.virtual_hosts);
-            }
-            for p in self.pieces.values() {
-                out.push_str(&p.virtual_host_backends);
-            }
         }
-        if self.with_frontends > 0 {
+        if section == 2 && frontends {
             let _ = write_port_mapping_head(out);
         }
-        for p in self.pieces.values() {
-            out.push_str(&p.frontends);
-        }
-        for p in self.pieces.values() {
-            out.push_str(&p.backends);
-        }
+        section >= 2 || virtual_hosts
     }
 }
