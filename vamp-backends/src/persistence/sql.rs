@@ -62,6 +62,21 @@ use async_trait::async_trait;
 use futures_util::stream::BoxStream;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Row, SqlSafeStr, SqlStr};
+use vamp_core::Error;
+use vamp_core::kv::Version;
+use vamp_core::model::ArtifactKind;
+use vamp_core::persistence::{
+    ArtifactRecord, ArtifactWrite, ChangeOptions, ListOptions, PersistenceCapabilities,
+    PersistenceStore,
+};
+
+use crate::invalid;
+
+use super::feed::{FeedSource, change_feed};
+pub use super::plan::MAX_NAME_CHARS;
+use super::plan::{
+    LogRow, MAX_ROWS, Row as StoredRow, check_names, check_table, chunks, copy_miss, plan,
+};
 
 /// A statement with its arguments, on the `Any` driver.
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
@@ -78,21 +93,6 @@ fn bind_log<'q>(mut query: AnyQuery<'q>, chunk: &[LogRow], now: i64) -> AnyQuery
     }
     query
 }
-use vamp_core::Error;
-use vamp_core::kv::Version;
-use vamp_core::model::ArtifactKind;
-use vamp_core::persistence::{
-    ArtifactRecord, ArtifactWrite, ChangeOptions, ListOptions, PersistenceCapabilities,
-    PersistenceStore,
-};
-
-use crate::invalid;
-
-use super::feed::{FeedSource, change_feed};
-pub use super::plan::MAX_NAME_CHARS;
-use super::plan::{
-    LogRow, MAX_ROWS, Row as StoredRow, check_names, check_table, chunks, copy_miss, plan,
-};
 
 /// The schema version this library writes; a database with a newer one is refused.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -719,20 +719,19 @@ impl SqlPersistence {
                 keys.push((w.kind.as_str(), &w.name));
             }
         }
-        let found = self.current_rows(conn, &keys).await?;
+        let mut found = self.current_rows(conn, &keys).await?;
         let mut current: HashMap<(ArtifactKind, String), Option<StoredRow>> =
             HashMap::with_capacity(keys.len());
         for w in &writes {
-            let row = found.get(&(w.kind.as_str(), w.name.clone())).cloned();
-            current.insert((w.kind, w.name.clone()), row);
+            current
+                .entry((w.kind, w.name.clone()))
+                .or_insert_with(|| found.remove(&(w.kind.as_str(), w.name.clone())));
         }
-        drop(found);
         let mut plan = plan(&self.label, head, current, writes)?;
         let new_head = plan.head;
         let results = std::mem::take(&mut plan.results);
         let net = plan.net();
         let now = vamp_core::time::now_millis();
-        let bind_log = |query, chunk| bind_log(query, chunk, now);
         let log_chunks = chunks(&net.logs, |l| l.content.as_ref().map_or(0, String::len));
         // PostgreSQL appends a log of one statement's size with the first row statement.
         let mut log_with_rows = (self.dialect == Dialect::Postgres
@@ -742,7 +741,7 @@ impl SqlPersistence {
         if log_with_rows.is_none() {
             for chunk in &log_chunks {
                 let sql = s.statement(None, &s.insert_many(&s.log_table, chunk.len(), false));
-                bind_log(sqlx::query(sql), chunk)
+                bind_log(sqlx::query(sql), chunk, now)
                     .execute(&mut *conn)
                     .await
                     .map_err(|e| self.err(e))?;
@@ -751,7 +750,7 @@ impl SqlPersistence {
         for chunk in chunks(&net.removals, |_| 0) {
             let log = log_with_rows.take();
             let sql = s.statement(log.map(<[_]>::len), &s.delete_many(chunk.len()));
-            let mut query = bind_log(sqlx::query(sql), log.unwrap_or_default());
+            let mut query = bind_log(sqlx::query(sql), log.unwrap_or_default(), now);
             for r in chunk {
                 query = query.bind(r.kind).bind(r.name.as_str()).bind(r.expected);
             }
@@ -774,7 +773,7 @@ impl SqlPersistence {
                 log.map(<[_]>::len),
                 &s.insert_many(&s.table, chunk.len(), true),
             );
-            let mut query = bind_log(sqlx::query(sql), log.unwrap_or_default());
+            let mut query = bind_log(sqlx::query(sql), log.unwrap_or_default(), now);
             for r in chunk {
                 query = query
                     .bind(r.kind)
@@ -803,9 +802,9 @@ impl SqlPersistence {
         conn: &mut AnyConnection,
         keys: &[(&'static str, &str)],
     ) -> Result<HashMap<(&'static str, String), StoredRow>, Error> {
+        let s = &self.statements;
         let mut found = HashMap::with_capacity(keys.len());
         for chunk in keys.chunks(MAX_ROWS) {
-            let s = &self.statements;
             let mut query = sqlx::query(s.statement(None, &s.current_many(chunk.len())));
             for (kind, name) in chunk {
                 query = query.bind(*kind).bind(*name);
@@ -1035,11 +1034,7 @@ impl PersistenceStore for SqlPersistence {
                 Ok(v)
             }
             Err(e) => {
-                if sqlx::raw_sql(q("ROLLBACK".to_owned()))
-                    .execute(&mut **conn)
-                    .await
-                    .is_ok()
-                {
+                if sqlx::raw_sql("ROLLBACK").execute(&mut **conn).await.is_ok() {
                     guard.open = false;
                 }
                 Err(e)
@@ -1115,11 +1110,7 @@ mod tests {
         for sql in [s.current_many(3), s.delete_many(3)] {
             let explain = format!("EXPLAIN QUERY PLAN {}", sql.as_str());
             let mut query = sqlx::query(AssertSqlSafe(explain));
-            for _ in 0..(if sql.as_str().starts_with("DELETE") {
-                9
-            } else {
-                6
-            }) {
+            for _ in 0..sql.matches('?').count() {
                 query = query.bind("x");
             }
             let rows = query.fetch_all(&store.pool).await.unwrap();
