@@ -181,7 +181,7 @@ async fn run(haproxy: &str, rate: f64) {
     let config_file = options.config_file();
     let kv: Arc<DynKeyValueStore> = Arc::new(InMemoryKv::new());
     let metrics: Arc<DynMetricsStore> = Arc::new(InMemoryMetrics::new());
-    let agent = GatewayAgent::new(Arc::clone(&kv), options).with_metrics(Arc::clone(&metrics));
+    let agent = GatewayAgent::new(Arc::clone(&kv), options).with_metrics(metrics);
     let mut status = agent.status();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(agent.run(async {
