@@ -127,14 +127,14 @@ fn run(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
 }
 
 /// `check-health [HOST:PORT]`: 0 when a `vamp serve` there (default `127.0.0.1` and
-/// `VAMP_HTTP_API_PORT`, else 8080) answers `GET /api/v1/info` with 200 (a container's health
-/// check).
+/// `VAMP_HTTP_API_PORT`, else 8080) answers its liveness probe, `GET /healthz` (a container's
+/// health check; it needs no token).
 fn check_health(args: &[String], err: &mut dyn Write) -> u8 {
     let addr = args.first().cloned().unwrap_or_else(|| {
         let port = std::env::var("VAMP_HTTP_API_PORT").unwrap_or_else(|_| "8080".into());
         format!("127.0.0.1:{port}")
     });
-    match vamp_examples::health::probe(&addr, "/api/v1/info") {
+    match vamp_examples::health::probe(&addr, vamp_examples::auth::LIVENESS_PATH) {
         Ok(()) => 0,
         Err(why) => {
             let _ = writeln!(err, "vamp: {why}");

@@ -7,7 +7,8 @@
 //! iff it starts with `application/x-yaml`); `POST`/`PUT` need `Content-Type`
 //! `application/json` or `application/x-yaml` and are read by the YAML reader either way;
 //! lists are paged (`page`, `per_page`, at most 30) with `X-Total-Count` and `Link`; every
-//! response says `Cache-Control: no-store`; CORS is open; a Vamp notification is a 400 with
+//! response says `Cache-Control: no-store`; CORS is granted only to configured origins, and
+//! every route sits behind the security layer ([`crate::auth`]); a Vamp notification is a 400 with
 //! `{"message": …}`, a missing artifact a 404 with an empty body. What differs from Vamp is in
 //! COMPATIBILITY.md.
 
@@ -22,7 +23,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use futures_util::StreamExt;
 use tokio::sync::Mutex;
 use vamp_core::dsl::{AnyArtifact, load_documents, read_node, to_node};
@@ -36,6 +37,8 @@ use vamp_core::persistence::{
     ArtifactWrite, DynPersistenceStore, ListOptions, PersistenceExt, WriteOp,
 };
 use vamp_core::scheduler::DynContainerScheduler;
+
+use crate::auth::{self, Guard, Security};
 
 /// The kinds served by the generic routes (`GET|POST /{kind}`, `…/{kind}/{name}`).
 const CRUD_KINDS: [ArtifactKind; 12] = [
@@ -71,6 +74,8 @@ pub struct ApiOptions {
     pub keep_alive: Duration,
     /// Configuration shown by `GET /config` (Vamp's keys).
     pub config: BTreeMap<String, serde_json::Value>,
+    /// Who may call, and from where (tokens, client certificates, CORS, hosts).
+    pub security: Security,
 }
 
 impl Default for ApiOptions {
@@ -81,6 +86,7 @@ impl Default for ApiOptions {
             request_timeout: Duration::from_secs(10),
             keep_alive: Duration::from_secs(15),
             config: BTreeMap::new(),
+            security: Security::default(),
         }
     }
 }
@@ -98,6 +104,8 @@ pub struct Api {
     /// The key-value store and namespace of the gateway side (`/vga/…`, `/config`).
     kv: Option<(Arc<DynKeyValueStore>, String)>,
     started: std::time::Instant,
+    /// The security layer's state.
+    guard: Arc<Guard>,
 }
 
 impl std::fmt::Debug for Api {
@@ -118,7 +126,9 @@ impl Api {
         scheduler: Arc<DynContainerScheduler>,
         options: ApiOptions,
     ) -> Self {
+        let guard = Arc::new(Guard::new(options.security.clone()));
         Self {
+            guard,
             persistence,
             events,
             scheduler,
@@ -146,84 +156,128 @@ impl Api {
         self
     }
 
-    /// The routes, with the conventions as middleware.
-    pub fn router(self: Arc<Self>) -> Router {
-        let limit = self.options.body_limit;
-        let timeout = self.options.request_timeout;
-        let api = Router::new()
-            .route("/", post(bulk_create).put(bulk_update).delete(bulk_delete))
-            .route("/info", get(info))
-            .route("/information", get(info))
-            .route("/config", get(config).put(put_config).post(put_config))
-            .route(
+    /// The routes below `/api/v1`, as a table: each path with the methods it answers and
+    /// their handlers. [`Api::router`] is built from it alone, and [`Api::routes`] lists it.
+    fn table() -> Vec<(&'static str, Verbs)> {
+        let v = Verbs::default;
+        vec![
+            (
+                "/",
+                v().post(bulk_create).put(bulk_update).delete(bulk_delete),
+            ),
+            ("/login", v().get(caller).post(login)),
+            ("/logout", v().post(logout)),
+            ("/info", v().get(info)),
+            ("/information", v().get(info)),
+            ("/config", v().get(config).put(put_config).post(put_config)),
+            (
                 "/configuration",
-                get(config).put(put_config).post(put_config),
-            )
-            .route("/config/{key}", get(config_key))
-            .route("/events", get(list_events).post(publish_event))
-            .route("/events/stream", get(event_stream))
-            .route(
+                v().get(config).put(put_config).post(put_config),
+            ),
+            ("/config/{key}", v().get(config_key)),
+            ("/events", v().get(list_events).post(publish_event)),
+            ("/events/stream", v().get(event_stream)),
+            (
                 "/deployments",
-                get(list_deployments).post(create_deployment),
-            )
-            .route(
+                v().get(list_deployments).post(create_deployment),
+            ),
+            (
                 "/deployments/{name}",
-                get(get_deployment)
+                v().get(get_deployment)
                     .put(update_deployment)
                     .delete(delete_deployment),
-            )
-            .route(
+            ),
+            (
                 "/deployments/{d}/clusters/{c}/sla",
-                get(get_sla).post(put_sla).put(put_sla).delete(delete_sla),
-            )
-            .route(
+                v().get(get_sla)
+                    .post(put_sla)
+                    .put(put_sla)
+                    .delete(delete_sla),
+            ),
+            (
                 "/deployments/{d}/clusters/{c}/services/{s}/scale",
-                get(get_scale).put(put_scale),
-            )
-            .route(
+                v().get(get_scale).put(put_scale),
+            ),
+            (
                 "/workflows/{name}/status",
-                get(get_workflow_status).put(put_workflow_status),
-            )
-            .route(
+                v().get(get_workflow_status).put(put_workflow_status),
+            ),
+            (
                 "/canary-policies/{name}/status",
-                get(get_canary_status).put(put_canary_status),
-            )
-            .route("/stats", get(stats))
-            .route("/statistics", get(stats))
-            .route("/mesosconfig", get(mesos_config))
-            .route("/scheduler/nodes", get(scheduler_nodes))
-            .route("/scheduler/routing", get(scheduler_routing))
-            .route(
+                v().get(get_canary_status).put(put_canary_status),
+            ),
+            ("/stats", v().get(stats)),
+            ("/statistics", v().get(stats)),
+            ("/mesosconfig", v().get(mesos_config)),
+            ("/scheduler/nodes", v().get(scheduler_nodes)),
+            ("/scheduler/routing", v().get(scheduler_routing)),
+            (
                 "/vga/{kind}/{name}/template",
-                get(get_template)
+                v().get(get_template)
                     .put(put_template)
                     .post(put_template)
                     .delete(delete_template),
-            )
-            .route(
+            ),
+            (
                 "/vga/{kind}/{name}/configuration",
-                get(get_vga_configuration),
-            )
-            .route("/vga/{kind}/{name}/config", get(get_vga_configuration))
-            .route("/docker-compose", post(docker_compose))
-            .route("/health/{*path}", get(health))
-            .route("/metrics/{*path}", get(metrics))
-            .route("/{kind}", get(list_kind).post(create_kind))
-            .route(
+                v().get(get_vga_configuration),
+            ),
+            ("/vga/{kind}/{name}/config", v().get(get_vga_configuration)),
+            ("/docker-compose", v().post(docker_compose)),
+            ("/health/{*path}", v().get(health)),
+            ("/metrics/{*path}", v().get(metrics)),
+            ("/{kind}", v().get(list_kind).post(create_kind)),
+            (
                 "/{kind}/{*name}",
-                get(get_kind).put(update_kind).delete(delete_kind),
-            )
+                v().get(get_kind).put(update_kind).delete(delete_kind),
+            ),
+        ]
+    }
+
+    /// Every route of the router: its full path (parameters as `{name}`) and the methods it
+    /// answers (`GET` also answers `HEAD`). The liveness probe ([`auth::LIVENESS_PATH`]) and
+    /// the login route are the only ones answered without a caller.
+    pub fn routes() -> Vec<RouteInfo> {
+        let mut out = vec![RouteInfo {
+            path: auth::LIVENESS_PATH.to_owned(),
+            methods: vec![Method::GET],
+        }];
+        out.extend(Self::table().into_iter().map(|(path, v)| RouteInfo {
+            path: format!("/api/v1{}", path.trim_end_matches('/')),
+            methods: v.methods,
+        }));
+        out
+    }
+
+    /// The routes, behind the security layer ([`auth::guard`]: host, origin, content type,
+    /// caller and role) and the conventions.
+    pub fn router(self: Arc<Self>) -> Router {
+        let limit = self.options.body_limit;
+        let timeout = self.options.request_timeout;
+        let guard = Arc::clone(&self.guard);
+        let mut api = Router::new();
+        for (path, verbs) in Self::table() {
+            api = api.route(path, verbs.router);
+        }
+        let api = api
             .fallback(|| async { StatusCode::NOT_FOUND })
             .with_state(self);
         Router::new()
+            .route(auth::LIVENESS_PATH, get(auth::liveness))
             .nest("/api/v1", api)
             .fallback(|| async { StatusCode::NOT_FOUND })
             .layer(axum::extract::DefaultBodyLimit::max(limit))
+            .layer(middleware::from_fn_with_state(guard, auth::guard))
             .layer(middleware::from_fn(conventions))
             .layer(tower_http::timeout::TimeoutLayer::with_status_code(
                 StatusCode::SERVICE_UNAVAILABLE,
                 timeout,
             ))
+    }
+
+    /// The security layer's state (its settings and the console's sessions).
+    pub fn guard(&self) -> &Arc<Guard> {
+        &self.guard
     }
 
     fn now() -> i64 {
@@ -243,34 +297,87 @@ type Params = Query<Vec<(String, String)>>;
 // ------------------------------------------------------------------------------------------
 // Conventions
 
-/// CORS, no caching, and answers to preflight requests.
+/// No caching. (CORS grants and preflights are the security layer's: [`auth::guard`].)
 async fn conventions(request: Request, next: Next) -> Response {
-    let preflight = request.method() == Method::OPTIONS;
-    let mut response = if preflight {
-        StatusCode::OK.into_response()
-    } else {
-        next.run(request).await
-    };
+    let mut response = next.run(request).await;
     let h = response.headers_mut();
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("GET, POST, HEAD, OPTIONS, DELETE, PUT"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("*"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("Link, X-Total-Count"),
-    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     response
+}
+
+/// One route of [`Api::routes`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RouteInfo {
+    /// The full path, parameters as `{name}` and `{*rest}`.
+    pub path: String,
+    /// The methods it answers.
+    pub methods: Vec<Method>,
+}
+
+/// The handlers of one path, with the methods they answer (the route table's entries).
+#[derive(Default)]
+struct Verbs {
+    router: axum::routing::MethodRouter<Arc<Api>>,
+    methods: Vec<Method>,
+}
+
+impl Verbs {
+    fn on<H, T>(mut self, method: Method, handler: H) -> Self
+    where
+        H: axum::handler::Handler<T, Arc<Api>>,
+        T: 'static,
+    {
+        let filter = axum::routing::MethodFilter::try_from(method.clone())
+            .expect("the table names standard methods");
+        self.router = self.router.on(filter, handler);
+        self.methods.push(method);
+        self
+    }
+
+    fn get<H: axum::handler::Handler<T, Arc<Api>>, T: 'static>(self, h: H) -> Self {
+        self.on(Method::GET, h)
+    }
+
+    fn post<H: axum::handler::Handler<T, Arc<Api>>, T: 'static>(self, h: H) -> Self {
+        self.on(Method::POST, h)
+    }
+
+    fn put<H: axum::handler::Handler<T, Arc<Api>>, T: 'static>(self, h: H) -> Self {
+        self.on(Method::PUT, h)
+    }
+
+    fn delete<H: axum::handler::Handler<T, Arc<Api>>, T: 'static>(self, h: H) -> Self {
+        self.on(Method::DELETE, h)
+    }
+}
+
+/// `POST /login` (see [`auth::login`]).
+async fn login(State(api): Shared, headers: HeaderMap, body: axum::body::Body) -> Response {
+    auth::login(&api.guard, &headers, body).await
+}
+
+/// `GET /login`: who the caller is (name, role, how recognised, client certificate).
+async fn caller(caller: Option<axum::Extension<auth::Caller>>) -> Response {
+    let Some(axum::Extension(c)) = caller else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    body(
+        StatusCode::OK,
+        Format::Json,
+        &serde_json::json!({
+            "name": c.name,
+            "role": c.role.as_str(),
+            "via": format!("{:?}", c.via).to_ascii_lowercase(),
+            "certificate": c.certificate.as_deref(),
+        }),
+    )
+}
+
+/// `POST /logout` (see [`auth::logout`]).
+async fn logout(State(api): Shared, headers: HeaderMap) -> Response {
+    auth::logout(&api.guard, &headers)
 }
 
 /// How a response body is written.
@@ -2143,6 +2250,21 @@ async fn info(State(api): Shared, headers: HeaderMap, Query(params): Params) -> 
     let mut out = serde_json::Map::new();
     out.insert("message".into(), "Hi, I'm Vamp! How are you?".into());
     out.insert("version".into(), env!("CARGO_PKG_VERSION").into());
+    let security = api.guard.security();
+    out.insert(
+        "security".into(),
+        serde_json::json!({
+            "authentication": if !security.tokens.is_empty() {
+                "token"
+            } else if security.client_certificates {
+                "certificate"
+            } else {
+                "none"
+            },
+            "tls": security.tls,
+            "warnings": security.warnings(),
+        }),
+    );
     let mut failed = false;
     let mut component = |name: &str, label: String, result: Result<(), vamp_core::Error>| {
         let mut c = serde_json::Map::new();

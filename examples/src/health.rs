@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 /// Sends `GET <path>` to `addr` (`host:port`) and waits at most 3 s to connect and 3 s for the
-/// answer. `Ok` when it is a 200; otherwise what to report: the answer's status line, or why
+/// answer. `Ok` when it is a 2xx (a liveness probe answers 204); otherwise what to report: the answer's status line, or why
 /// there was none.
 pub fn probe(addr: &str, path: &str) -> Result<(), String> {
     let answer = (|| -> std::io::Result<String> {
@@ -24,7 +24,13 @@ pub fn probe(addr: &str, path: &str) -> Result<(), String> {
         Ok(out)
     })();
     match answer {
-        Ok(a) if a.split_whitespace().nth(1) == Some("200") => Ok(()),
+        Ok(a)
+            if a.split_whitespace()
+                .nth(1)
+                .is_some_and(|s| s.len() == 3 && s.starts_with('2')) =>
+        {
+            Ok(())
+        }
         Ok(a) => Err(format!("unhealthy: {}", a.lines().next().unwrap_or(""))),
         Err(e) => Err(format!("no answer on {addr}: {e}")),
     }

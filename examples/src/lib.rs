@@ -3,5 +3,7 @@
 //! `vamp` example's `serve` subcommand runs it; the tests start it in-process.
 
 pub mod api;
+pub mod auth;
 pub mod health;
 pub mod serve;
+pub mod tls;

@@ -4,7 +4,14 @@
 //!
 //! | flag | environment | default |
 //! |---|---|---|
-//! | `--listen` | `VAMP_HTTP_API_INTERFACE` + `VAMP_HTTP_API_PORT` | `127.0.0.1:8080` |
+//! | `--listen` (wins over the environment) | `VAMP_HTTP_API_INTERFACE` + `VAMP_HTTP_API_PORT` | `127.0.0.1:8080` |
+//! | (none: a secret stays off command lines) | `VAMP_HTTP_API_TOKEN` (one `write` token) | none |
+//! | `--api-tokens FILE` | `VAMP_HTTP_API_TOKENS_FILE` (lines `<name> <read\|write> <token>`) | none |
+//! | `--insecure-no-auth` | | off: a non-loopback address without a token is refused |
+//! | `--tls-cert FILE` `--tls-key FILE` | `VAMP_HTTP_API_TLS_CERT`, `VAMP_HTTP_API_TLS_KEY` | plain HTTP; re-read on SIGHUP |
+//! | `--tls-client-ca FILE` | `VAMP_HTTP_API_TLS_CLIENT_CA` | no client certificates |
+//! | `--cors-origin ORIGIN` (repeatable) | | no CORS grant |
+//! | `--allowed-host NAME` (repeatable) | | loopback names on a loopback listener |
 //! | `--data-dir` | `VAMP_DATA_DIR` | `.vamp` |
 //! | `--persistence` | `VAMP_PERSISTENCE_URL`, or `VAMP_PERSISTENCE_DATABASE_TYPE` (+ `…_SQL_URL`) | `sqlite://<data-dir>/vamp.db` (`--in-memory`: `memory://`) |
 //! | `--kv` | `VAMP_KEY_VALUE_STORE_URL`, or `VAMP_PERSISTENCE_KEY_VALUE_STORE_TYPE` (+ `…_<TYPE>_URL`) | `memory://` |
@@ -35,6 +42,8 @@ use vamp_haproxy::agent::{AgentOptions, GatewayAgent};
 use vamp_haproxy::driver::{GatewayDriver, Marshaller};
 
 use crate::api::{Api, ApiOptions};
+use crate::auth::{Peer, Security, Tokens};
+use crate::tls::{TlsFiles, TlsListener, TlsReloader};
 
 /// How long in-flight requests may take to finish once the server stops.
 const GRACE: Duration = Duration::from_secs(10);
@@ -43,9 +52,36 @@ const GRACE: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug, clap::Args)]
 #[non_exhaustive]
 pub struct ServeConfig {
-    /// Where the API listens.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
+    /// Where the API listens (default `127.0.0.1:8080`; the flag wins over
+    /// `VAMP_HTTP_API_INTERFACE`/`VAMP_HTTP_API_PORT`).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// The single `write` token (`VAMP_HTTP_API_TOKEN`; no flag, so that it stays off
+    /// command lines).
+    #[arg(skip)]
+    pub api_token: Option<Secret>,
+    /// A file of tokens, one a line: `<name> <read|write> <token>`.
+    #[arg(long, env = "VAMP_HTTP_API_TOKENS_FILE")]
+    pub api_tokens: Option<PathBuf>,
+    /// Serve a non-loopback address without authentication (a warning at start and in
+    /// `/api/v1/info`).
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+    /// The API's TLS certificate chain (PEM); re-read with the key on SIGHUP.
+    #[arg(long, env = "VAMP_HTTP_API_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The API's TLS private key (PEM).
+    #[arg(long, env = "VAMP_HTTP_API_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates must chain to (mutual TLS).
+    #[arg(long, env = "VAMP_HTTP_API_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// An origin (`https://console.example.com`) granted CORS and allowed to write.
+    #[arg(long = "cors-origin")]
+    pub cors_origins: Vec<String>,
+    /// A further name the `Host` header may carry.
+    #[arg(long = "allowed-host")]
+    pub allowed_hosts: Vec<String>,
     /// Where the embedded defaults keep their data.
     #[arg(long, env = "VAMP_DATA_DIR", default_value = ".vamp")]
     pub data_dir: PathBuf,
@@ -79,6 +115,11 @@ pub struct ServeConfig {
     /// The HAProxy binary of the in-process agent.
     #[arg(long, env = "VAMP_HAPROXY_BIN", default_value = "haproxy")]
     pub haproxy: String,
+    /// The key-value store's URL given to workflow runs as `VAMP_KEY_VALUE_STORE_URL`
+    /// (none by default: runs get no key-value store, and never the server's own URL or its
+    /// password unless this is it).
+    #[arg(long, env = "VAMP_WORKFLOW_KEY_VALUE_STORE_URL")]
+    pub workflow_kv_url: Option<Secret>,
     /// Time between passes of the reconcile, SLA and canary loops, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub period_ms: u64,
@@ -91,7 +132,16 @@ impl ServeConfig {
     /// The defaults, with data in `data_dir`.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            listen: None,
+            api_token: None,
+            api_tokens: None,
+            insecure_no_auth: false,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            cors_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            workflow_kv_url: None,
             data_dir: data_dir.into(),
             in_memory: false,
             persistence: None,
@@ -110,12 +160,17 @@ impl ServeConfig {
     /// Fills what flags left open from Vamp's environment variables (`env`).
     #[must_use]
     pub fn with_env(mut self, env: impl Fn(&str) -> Option<String>) -> Self {
-        if let (Some(interface), Some(port)) = (
-            env("VAMP_HTTP_API_INTERFACE"),
-            env("VAMP_HTTP_API_PORT").and_then(|p| p.parse::<u16>().ok()),
-        ) && let Ok(ip) = interface.parse::<std::net::IpAddr>()
+        if self.api_token.is_none() {
+            self.api_token = env(crate::auth::TOKEN_ENV).map(Secret);
+        }
+        if self.listen.is_none()
+            && let (Some(interface), Some(port)) = (
+                env("VAMP_HTTP_API_INTERFACE"),
+                env("VAMP_HTTP_API_PORT").and_then(|p| p.parse::<u16>().ok()),
+            )
+            && let Ok(ip) = interface.parse::<std::net::IpAddr>()
         {
-            self.listen = SocketAddr::new(ip, port);
+            self.listen = Some(SocketAddr::new(ip, port));
         }
         if self.persistence.is_none() {
             self.persistence = env("VAMP_PERSISTENCE_URL").or_else(|| {
@@ -185,6 +240,54 @@ impl ServeConfig {
         self
     }
 
+    /// Where the API listens.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)))
+    }
+
+    /// The API's security settings from the flags (the token file read), for a listener on
+    /// `addr`.
+    ///
+    /// # Errors
+    /// An unreadable or malformed token file, a bad token, or a start that would serve a
+    /// non-loopback address without authentication.
+    pub fn security(&self, addr: SocketAddr) -> Result<Security, String> {
+        let mut s = Security::default();
+        if let Some(path) = &self.api_tokens {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("API tokens {}: {e}", path.display()))?;
+            s.tokens =
+                Tokens::parse(&text).map_err(|e| format!("API tokens {}: {e}", path.display()))?;
+            warn_if_readable_by_others(path);
+        }
+        if let Some(Secret(token)) = &self.api_token {
+            s.tokens
+                .add(
+                    crate::auth::TOKEN_ENV,
+                    crate::auth::Role::Write,
+                    token.trim(),
+                )
+                .map_err(|e| format!("{}: {e}", crate::auth::TOKEN_ENV))?;
+        }
+        s.insecure_no_auth = self.insecure_no_auth;
+        s.client_certificates = self.tls_client_ca.is_some();
+        s.tls = self.tls_cert.is_some();
+        s.loopback = addr.ip().is_loopback();
+        for o in &self.cors_origins {
+            let o = o.trim_end_matches('/');
+            if o == "*" || o == "null" || !(o.starts_with("http://") || o.starts_with("https://")) {
+                return Err(format!(
+                    "--cors-origin '{o}': an origin is scheme://host[:port] ('*' and 'null' are never granted)"
+                ));
+            }
+            s.cors_origins.push(o.to_ascii_lowercase());
+        }
+        s.allowed_hosts.clone_from(&self.allowed_hosts);
+        s.check_start(addr)?;
+        Ok(s)
+    }
+
     fn persistence_url(&self) -> String {
         self.persistence.clone().unwrap_or_else(|| {
             if self.in_memory {
@@ -199,6 +302,35 @@ impl ServeConfig {
         self.scheduler
             .clone()
             .unwrap_or_else(|| format!("local://{}", self.data_dir.join("instances").display()))
+    }
+}
+
+/// A secret (a token) whose `Debug` shows nothing of it.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+fn warn_if_readable_by_others(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path)
+        && m.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            file = %path.display(),
+            "the API token file is readable by others than its owner (chmod 600 it)"
+        );
     }
 }
 
@@ -217,9 +349,15 @@ pub struct Server {
     pub agent: Option<watch::Receiver<vamp_haproxy::agent::AgentStatus>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    guard: Arc<crate::auth::Guard>,
 }
 
 impl Server {
+    /// How many console sessions are live.
+    pub fn sessions(&self) -> usize {
+        self.guard.sessions().len()
+    }
+
     /// Stops accepting, finishes in-flight requests, stops the loop and the agent. The
     /// services deployed keep running (the scheduler adopts or stops them next start).
     pub async fn stop(mut self) {
@@ -249,6 +387,26 @@ pub fn haproxy_works(bin: &str) -> bool {
 /// # Errors
 /// A backend that cannot be built or reached, or an address that cannot be bound.
 pub async fn start(config: ServeConfig) -> Result<Server, String> {
+    let listen = config.listen_addr();
+    let security = config.security(listen)?;
+    for w in security.warnings() {
+        tracing::warn!("{w}");
+    }
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let mut files = TlsFiles::new(cert, key);
+            if let Some(ca) = &config.tls_client_ca {
+                files = files.with_client_ca(ca);
+            }
+            Some(TlsReloader::new(files)?)
+        }
+        (None, None) if config.tls_client_ca.is_none() => None,
+        _ => {
+            return Err(
+                "TLS needs both --tls-cert and --tls-key (and them for --tls-client-ca)".into(),
+            );
+        }
+    };
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("data directory {}: {e}", config.data_dir.display()))?;
     let persistence_url = config.persistence_url();
@@ -306,9 +464,9 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
     config_keys.insert("vamp.namespace".to_owned(), config.namespace.clone().into());
     config_keys.insert(
         "vamp.http-api.interface".to_owned(),
-        config.listen.ip().to_string().into(),
+        listen.ip().to_string().into(),
     );
-    config_keys.insert("vamp.http-api.port".to_owned(), config.listen.port().into());
+    config_keys.insert("vamp.http-api.port".to_owned(), listen.port().into());
     config_keys.insert(
         "vamp.persistence.database.type".to_owned(),
         persistence.to_string().into(),
@@ -328,6 +486,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
     let mut options = ApiOptions::default();
     options.merge = options.merge.with_gateway_host(config.gateway_host.clone());
     options.config = config_keys;
+    options.security = security;
     let (shutdown, stopped) = watch::channel(false);
     let api = Arc::new(
         Api::new(
@@ -409,20 +568,21 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         let stop = until_stopped(stopped.clone());
         async move { controller.run(stop).await }
     }));
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| format!("listen on {}: {e}", config.listen))?;
+        .map_err(|e| format!("listen on {listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     // Workflows run on the scheduler, told where the API is.
     let mut workflow_options = vamp_core::ops::workflow::WorkflowOptions::default();
-    workflow_options.vamp_url = format!("http://{addr}");
+    workflow_options.vamp_url =
+        format!("{}://{addr}", if tls.is_some() { "https" } else { "http" });
     workflow_options.namespace = config.namespace.clone();
-    // Vamp gave workflows the key-value store's settings (they are the operator's own code;
-    // an in-memory store is not reachable from another process).
-    if !kv_url.starts_with("memory:") {
+    // Vamp gave workflows the key-value store's settings; here only what the operator chose
+    // to give them (a password only if that URL has one).
+    if let Some(url) = &config.workflow_kv_url {
         workflow_options
             .environment
-            .insert("VAMP_KEY_VALUE_STORE_URL".into(), kv_url.clone());
+            .insert("VAMP_KEY_VALUE_STORE_URL".into(), url.0.clone());
     }
     let workflows = vamp_core::ops::workflow::WorkflowController::new(
         Arc::clone(&persistence),
@@ -435,26 +595,60 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         let period = Duration::from_millis(config.period_ms.max(10));
         async move { workflows.run(period, stop).await }
     }));
-    let router = api.router();
-    tasks.push(tokio::spawn({
-        let stop = until_stopped(stopped.clone());
-        let mut deadline = stopped.clone();
-        async move {
-            let serve = axum::serve(listener, router).with_graceful_shutdown(stop);
-            // In-flight requests get a grace period (their own time limit), then they are
-            // dropped.
-            let grace = async move {
-                let _ = deadline.wait_for(|s| *s).await;
-                tokio::time::sleep(GRACE).await;
-            };
-            tokio::select! {
-                r = serve => if let Err(e) = r {
-                    tracing::error!(error = %e, "the API server failed");
-                },
-                () = grace => tracing::warn!("requests still open after {GRACE:?} were dropped"),
+    let guard = Arc::clone(api.guard());
+    let app = api.router().into_make_service_with_connect_info::<Peer>();
+    let stop = until_stopped(stopped.clone());
+    let mut deadline = stopped.clone();
+    // In-flight requests get a grace period (their own time limit), then they are dropped.
+    let grace = async move {
+        let _ = deadline.wait_for(|s| *s).await;
+        tokio::time::sleep(GRACE).await;
+    };
+    let serve: std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>> =
+        match &tls {
+            None => Box::pin(
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .into_future(),
+            ),
+            Some(tls) => {
+                let listener =
+                    TlsListener::new(listener, tls.clone()).map_err(|e| e.to_string())?;
+                Box::pin(
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(stop)
+                        .into_future(),
+                )
             }
+        };
+    tasks.push(tokio::spawn(async move {
+        tokio::select! {
+            r = serve => if let Err(e) = r {
+                tracing::error!(error = %e, "the API server failed");
+            },
+            () = grace => tracing::warn!("requests still open after {GRACE:?} were dropped"),
         }
     }));
+    // The certificate and key are read again on SIGHUP; open connections keep theirs.
+    if let Some(tls) = tls {
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| format!("SIGHUP: {e}"))?;
+        let mut stop = stopped.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    r = hup.recv() => if r.is_none() { return },
+                }
+                match tls.reload() {
+                    Ok(()) => tracing::info!("TLS certificate and key read again"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "TLS files not read again; the old ones stay")
+                    }
+                }
+            }
+        }));
+    }
     tracing::info!(
         %addr,
         persistence = %persistence,
@@ -472,5 +666,6 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         agent: agent_status,
         shutdown,
         tasks,
+        guard,
     })
 }

@@ -364,11 +364,49 @@ async fn the_vamp_image_serves_the_api_and_stops_cleanly() {
         networks: Vec::new(),
         images: Vec::new(),
     };
+    // Listening on every interface, the image refuses to start without a token.
+    let refused = fleet.run_container(
+        "no-token",
+        &[
+            &image,
+            "serve",
+            "--in-memory",
+            "--no-agent",
+            "--scheduler",
+            "memory://",
+        ],
+    );
+    support::eventually(
+        "the tokenless container exits",
+        Duration::from_secs(60),
+        async || {
+            (docker(&["inspect", "--format", "{{.State.Status}}", &refused]) == "exited")
+                .then_some(())
+        },
+    )
+    .await;
+    assert_ne!(
+        docker(&["inspect", "--format", "{{.State.ExitCode}}", &refused]),
+        "0"
+    );
+    let logs = std::process::Command::new("docker")
+        .args(["logs", &refused])
+        .output()
+        .unwrap();
+    let logs =
+        String::from_utf8_lossy(&logs.stderr).into_owned() + &String::from_utf8_lossy(&logs.stdout);
+    assert!(
+        logs.contains("VAMP_HTTP_API_TOKEN"),
+        "the refusal says what to set: {logs}"
+    );
+    let token = "fleet-test-token-0123456789";
     let name = fleet.run_container(
         "api",
         &[
             "-p",
             "127.0.0.1::8080",
+            "-e",
+            &format!("VAMP_HTTP_API_TOKEN={token}"),
             &image,
             "serve",
             "--in-memory",
@@ -388,11 +426,25 @@ async fn the_vamp_image_serves_the_api_and_stops_cleanly() {
             .then_some(())
     })
     .await;
-    let info = support::get_json(
-        &reqwest::Client::new(),
-        &format!("http://127.0.0.1:{port}/api/v1/info"),
-    )
-    .await;
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/api/v1/info");
+    let without = client
+        .get(&url)
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(without.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let info: serde_json::Value = client
+        .get(&url)
+        .header("Accept", "application/json")
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(info.is_object(), "{info}");
     assert_eq!(
         docker(&["inspect", "--format", "{{.Config.User}}", &name]),
