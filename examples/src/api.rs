@@ -76,6 +76,8 @@ pub struct ApiOptions {
     pub config: BTreeMap<String, serde_json::Value>,
     /// Who may call, and from where (tokens, client certificates, CORS, hosts).
     pub security: Security,
+    /// What deployables may ask of the machines (checked before anything is stored).
+    pub policy: vamp_core::policy::Policy,
 }
 
 impl Default for ApiOptions {
@@ -87,6 +89,7 @@ impl Default for ApiOptions {
             keep_alive: Duration::from_secs(15),
             config: BTreeMap::new(),
             security: Security::default(),
+            policy: vamp_core::policy::Policy::default(),
         }
     }
 }
@@ -771,9 +774,54 @@ impl Api {
         .await;
     }
 
-    /// Refuses a deployment whose deployables the scheduler cannot run, before anything is
-    /// stored.
+    /// Refuses what the operator's policy refuses (a 400 naming the breed, field and rule).
+    fn check_policy(&self, spec: &vamp_core::scheduler::ServiceSpec) -> Result<(), ApiError> {
+        self.options
+            .policy
+            .check(spec)
+            .map_err(|v| ApiError::bad(v.to_string()))
+    }
+
+    /// Checks what a breed or workflow would run against the policy before it is stored (a
+    /// deployment's services are checked by [`Api::check_deployables`]).
+    async fn check_artifact_policy(&self, artifact: &AnyArtifact) -> Result<(), ApiError> {
+        use vamp_core::scheduler::{ServiceId, ServiceSpec};
+        match artifact {
+            AnyArtifact::Breed(b) => {
+                let spec = ServiceSpec::new(ServiceId::new("", "", &b.name), b.deployable.clone());
+                self.check_policy(&spec)
+            }
+            AnyArtifact::Workflow(w) => {
+                let mut w = w.clone();
+                if let Ref::Reference(name) = &w.breed {
+                    match self.persistence.get::<DefaultBreed>(name).await? {
+                        Some(b) => w.breed = Ref::Inline(b.value),
+                        // The workflow loop reports a missing breed.
+                        None => return Ok(()),
+                    }
+                }
+                let options = vamp_core::ops::workflow::WorkflowOptions::default();
+                if let Some(mut spec) = vamp_core::ops::workflow::spec(&w, &options, 1) {
+                    spec.arguments.clone_from(&w.arguments);
+                    spec.network.clone_from(&w.network);
+                    spec.dialects.clone_from(&w.dialects);
+                    self.check_policy(&spec)?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses a deployment whose deployables the policy or the scheduler refuse, before
+    /// anything is stored.
     fn check_deployables(&self, d: &Deployment) -> Result<(), ApiError> {
+        for c in &d.clusters {
+            for s in &c.services {
+                let id = vamp_core::scheduler::ServiceId::new(&d.name, &c.name, &s.breed.name);
+                self.check_policy(&vamp_core::ops::reconcile::service_spec(id, s, &[]))?;
+            }
+        }
         let Some(types) = self.scheduler.capabilities().deployable_types else {
             return Ok(());
         };
@@ -906,6 +954,7 @@ impl Api {
             .map(|d| d.value)
             .collect();
         let stored = Stored::new(existing.as_ref(), &gateways, &deployments);
+        self.check_artifact_policy(&artifact).await?;
         let writes = plan_put(artifact.clone(), &stored)?;
         if validate_only || writes.is_empty() {
             return Ok(writes.last().cloned().unwrap_or(artifact));

@@ -12,6 +12,8 @@
 //! | `--tls-client-ca FILE` | `VAMP_HTTP_API_TLS_CLIENT_CA` | no client certificates |
 //! | `--cors-origin ORIGIN` (repeatable) | | no CORS grant |
 //! | `--allowed-host NAME` (repeatable) | | loopback names on a loopback listener |
+//! | `--policy FILE` | `VAMP_POLICY_FILE` | the default operator policy ([`vamp_core::policy`]) |
+//! | `--policy-allow RULE` (repeatable) | | no rule lifted |
 //! | `--data-dir` | `VAMP_DATA_DIR` | `.vamp` |
 //! | `--persistence` | `VAMP_PERSISTENCE_URL`, or `VAMP_PERSISTENCE_DATABASE_TYPE` (+ `…_SQL_URL`) | `sqlite://<data-dir>/vamp.db` (`--in-memory`: `memory://`) |
 //! | `--kv` | `VAMP_KEY_VALUE_STORE_URL`, or `VAMP_PERSISTENCE_KEY_VALUE_STORE_TYPE` (+ `…_<TYPE>_URL`) | `memory://` |
@@ -82,6 +84,14 @@ pub struct ServeConfig {
     /// A further name the `Host` header may carry.
     #[arg(long = "allowed-host")]
     pub allowed_hosts: Vec<String>,
+    /// The operator policy deployables pass (YAML: `allow`, `dialect-keys`, `images`,
+    /// `deployable-types`; see `vamp_core::policy`).
+    #[arg(long, env = "VAMP_POLICY_FILE")]
+    pub policy: Option<PathBuf>,
+    /// A policy rule to lift (`privileged`, `capabilities`, `host-namespaces`, `host-paths`,
+    /// `arguments`, `dialects`).
+    #[arg(long = "policy-allow")]
+    pub policy_allow: Vec<String>,
     /// Where the embedded defaults keep their data.
     #[arg(long, env = "VAMP_DATA_DIR", default_value = ".vamp")]
     pub data_dir: PathBuf,
@@ -141,6 +151,8 @@ impl ServeConfig {
             tls_client_ca: None,
             cors_origins: Vec::new(),
             allowed_hosts: Vec::new(),
+            policy: None,
+            policy_allow: Vec::new(),
             workflow_kv_url: None,
             data_dir: data_dir.into(),
             in_memory: false,
@@ -288,6 +300,28 @@ impl ServeConfig {
         Ok(s)
     }
 
+    /// The operator policy from `--policy` and `--policy-allow`.
+    ///
+    /// # Errors
+    /// An unreadable or malformed policy file, or an unknown rule.
+    pub fn operator_policy(&self) -> Result<vamp_core::policy::Policy, String> {
+        let mut p = match &self.policy {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("policy {}: {e}", path.display()))?;
+                vamp_core::policy::Policy::parse(&text)
+                    .map_err(|e| format!("policy {}: {e}", path.display()))?
+            }
+            None => vamp_core::policy::Policy::default(),
+        };
+        for rule in &self.policy_allow {
+            p.allow
+                .lift(rule)
+                .map_err(|e| format!("--policy-allow: {e}"))?;
+        }
+        Ok(p)
+    }
+
     fn persistence_url(&self) -> String {
         self.persistence.clone().unwrap_or_else(|| {
             if self.in_memory {
@@ -389,6 +423,7 @@ pub fn haproxy_works(bin: &str) -> bool {
 pub async fn start(config: ServeConfig) -> Result<Server, String> {
     let listen = config.listen_addr();
     let security = config.security(listen)?;
+    let policy = config.operator_policy()?;
     for w in security.warnings() {
         tracing::warn!("{w}");
     }
@@ -428,6 +463,9 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         .build()
         .await
         .map_err(|e| format!("scheduler: {e}"))?;
+    // Nothing the policy refuses is deployed, whatever stored it.
+    let scheduler: Arc<DynContainerScheduler> =
+        Arc::new(vamp_core::layers::Policed::new(scheduler, policy.clone()));
     let stores =
         MetricsBackendConfig::from_url(config.metrics_store.as_deref().unwrap_or("memory://"))
             .map_err(|e| format!("metrics store: {e}"))?
@@ -487,6 +525,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
     options.merge = options.merge.with_gateway_host(config.gateway_host.clone());
     options.config = config_keys;
     options.security = security;
+    options.policy = policy;
     let (shutdown, stopped) = watch::channel(false);
     let api = Arc::new(
         Api::new(

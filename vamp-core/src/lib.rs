@@ -42,6 +42,7 @@ pub mod node;
 pub mod ops;
 pub mod parser;
 pub mod persistence;
+pub mod policy;
 pub mod rt;
 pub mod scheduler;
 pub mod time;
