@@ -78,6 +78,46 @@ pub struct ApiOptions {
     pub security: Security,
     /// What deployables may ask of the machines (checked before anything is stored).
     pub policy: vamp_core::policy::Policy,
+    /// Quotas and limits of the whole server.
+    pub limits: Limits,
+}
+
+/// Quotas and limits of the whole server, with defaults a laptop survives. A request over one
+/// is refused before anything is stored: a 400 naming the limit (a 503 for event streams).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Services of all deployments together (default 1,000; `--max-services`).
+    pub max_services: usize,
+    /// Instances of all deployments together (default 4,000; `--max-instances`).
+    pub max_instances: u64,
+    /// Event streams open at once (default 1,000; `--max-event-streams`).
+    pub max_event_streams: usize,
+    /// Tags an event query or stream may name (default 32).
+    pub max_tags: usize,
+    /// The longest tag (default 256 bytes).
+    pub max_tag_len: usize,
+    /// The longest artifact name (default 256 bytes).
+    pub max_name_len: usize,
+    /// HAProxy template overrides stored (default 64).
+    pub max_templates: usize,
+    /// The largest template override (default 256 KiB).
+    pub max_template_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_services: 1000,
+            max_instances: 4000,
+            max_event_streams: 1000,
+            max_tags: 32,
+            max_tag_len: 256,
+            max_name_len: 256,
+            max_templates: 64,
+            max_template_bytes: 256 << 10,
+        }
+    }
 }
 
 impl Default for ApiOptions {
@@ -90,6 +130,7 @@ impl Default for ApiOptions {
             config: BTreeMap::new(),
             security: Security::default(),
             policy: vamp_core::policy::Policy::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -109,6 +150,8 @@ pub struct Api {
     started: std::time::Instant,
     /// The security layer's state.
     guard: Arc<Guard>,
+    /// Event streams open now.
+    streams: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for Api {
@@ -132,6 +175,7 @@ impl Api {
         let guard = Arc::new(Guard::new(options.security.clone()));
         Self {
             guard,
+            streams: Arc::default(),
             persistence,
             events,
             scheduler,
@@ -774,6 +818,76 @@ impl Api {
         .await;
     }
 
+    /// Refuses a name over [`Limits::max_name_len`].
+    fn check_name(&self, kind: ArtifactKind, name: &str) -> Result<(), ApiError> {
+        let max = self.options.limits.max_name_len;
+        if name.len() > max {
+            return Err(ApiError::bad(format!(
+                "The name of {} '{}…' is longer than {max} bytes.",
+                kind.as_str(),
+                name.chars().take(32).collect::<String>()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses `updated` (the deployment `name` after a write) when the server's deployments
+    /// together would be over the service or instance quota.
+    async fn check_quota(&self, name: &str, updated: &Deployment) -> Result<(), ApiError> {
+        let count = |d: &Deployment| {
+            d.clusters
+                .iter()
+                .flat_map(|c| &c.services)
+                .fold((0usize, 0u64), |(s, i), svc| {
+                    let n = svc
+                        .scale
+                        .as_ref()
+                        .map_or(1, |sc| u64::try_from(sc.instances).unwrap_or(0));
+                    (s + 1, i.saturating_add(n))
+                })
+        };
+        let (mut services, mut instances) = count(updated);
+        for d in self.deployments().await? {
+            if d.value.name != name {
+                let (s, i) = count(&d.value);
+                services += s;
+                instances = instances.saturating_add(i);
+            }
+        }
+        let l = &self.options.limits;
+        if services > l.max_services {
+            return Err(ApiError::bad(format!(
+                "Deployment '{name}' would bring the server to {services} services, over its quota of {} (--max-services).",
+                l.max_services
+            )));
+        }
+        if instances > l.max_instances {
+            return Err(ApiError::bad(format!(
+                "Deployment '{name}' would bring the server to {instances} instances, over its quota of {} (--max-instances).",
+                l.max_instances
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses an event query or stream over the tag limits.
+    fn check_tags(&self, tags: &[String]) -> Result<(), ApiError> {
+        let l = &self.options.limits;
+        if tags.len() > l.max_tags {
+            return Err(ApiError::bad(format!(
+                "An event query names at most {} tags.",
+                l.max_tags
+            )));
+        }
+        if tags.iter().any(|t| t.len() > l.max_tag_len) {
+            return Err(ApiError::bad(format!(
+                "An event tag is at most {} bytes long.",
+                l.max_tag_len
+            )));
+        }
+        Ok(())
+    }
+
     /// Refuses what the operator's policy refuses (a 400 naming the breed, field and rule).
     fn check_policy(&self, spec: &vamp_core::scheduler::ServiceSpec) -> Result<(), ApiError> {
         self.options
@@ -791,6 +905,11 @@ impl Api {
                 let spec = ServiceSpec::new(ServiceId::new("", "", &b.name), b.deployable.clone());
                 self.check_policy(&spec)
             }
+            AnyArtifact::Gateway(g) => self
+                .options
+                .policy
+                .check_gateway(g)
+                .map_err(|v| ApiError::bad(v.to_string())),
             AnyArtifact::Workflow(w) => {
                 let mut w = w.clone();
                 if let Ref::Reference(name) = &w.breed {
@@ -816,6 +935,12 @@ impl Api {
     /// Refuses a deployment whose deployables the policy or the scheduler refuse, before
     /// anything is stored.
     fn check_deployables(&self, d: &Deployment) -> Result<(), ApiError> {
+        for g in &d.gateways {
+            self.options
+                .policy
+                .check_gateway(g)
+                .map_err(|v| ApiError::bad(v.to_string()))?;
+        }
         for c in &d.clusters {
             for s in &c.services {
                 let id = vamp_core::scheduler::ServiceId::new(&d.name, &c.name, &s.breed.name);
@@ -931,6 +1056,7 @@ impl Api {
         let kind = artifact.kind();
         let name = artifact.name().to_owned();
         vamp_core::persistence::validate_name(&name)?;
+        self.check_name(kind, &name)?;
         if kind == ArtifactKind::Gateway && GatewayPath::new(&name).segments.len() == 3 && !creating
         {
             return self.put_internal_gateway(artifact, validate_only).await;
@@ -1035,6 +1161,18 @@ impl Api {
             check_gateway_delete(name, &Stored::new(None, &gateways, &deployments))?;
         }
         self.check_unused(kind, name).await?;
+        // A workflow is stopped by the workflow loop (its daemon and runs go first), which
+        // then deletes it (Vamp: status `stopping`).
+        if kind == ArtifactKind::Workflow {
+            let Some(w) = self.persistence.get::<Workflow>(name).await? else {
+                return Ok(false);
+            };
+            let mut stopping = w.value.clone();
+            stopping.status = WorkflowStatus::Stopping;
+            self.persistence.update(&stopping, w.version).await?;
+            self.archive(kind, name, "delete", Node::Null).await;
+            return Ok(true);
+        }
         let existed = self.persistence.read(kind, name).await?.is_some();
         if existed {
             self.persistence
@@ -1221,6 +1359,7 @@ impl Api {
     ) -> Result<(Deployment, Vec<DefaultBreed>), ApiError> {
         let name = name.unwrap_or(&blueprint.name).to_owned();
         vamp_core::persistence::validate_name(&name)?;
+        self.check_name(ArtifactKind::Deployment, &name)?;
         let existing = self.deployment(&name).await?;
         let artifacts = self.artifacts(&name).await?;
         let merged = merge(
@@ -1231,6 +1370,7 @@ impl Api {
             &self.merge_options(),
         )?;
         self.check_deployables(&merged.deployment)?;
+        self.check_quota(&name, &merged.deployment).await?;
         if validate_only {
             return Ok((merged.deployment, merged.new_breeds));
         }
@@ -1599,6 +1739,7 @@ async fn put_scale(
             let existing = api.deployment(&d).await?.ok_or_else(ApiError::not_found)?;
             let updated =
                 vamp_core::ops::deploy::scale(&existing.value, &c, &s, scale.clone(), Api::now())?;
+            api.check_quota(&d, &updated).await?;
             api.persistence.update(&updated, existing.version).await?;
             Ok::<(), ApiError>(())
         }
@@ -1912,6 +2053,7 @@ async fn list_events(
 ) -> ApiResult {
     let format = accept(&headers)?;
     let query = event_query(&params, &bytes)?;
+    api.check_tags(&query.tags)?;
     if let Some(aggregator) = &query.aggregator {
         let result = api
             .events
@@ -1932,12 +2074,42 @@ async fn list_events(
     )
 }
 
+/// One open event stream, counted until it is dropped.
+struct StreamSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Api {
+    /// Event streams open now.
+    pub fn event_streams(&self) -> usize {
+        self.streams.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 async fn event_stream(
     State(api): Shared,
     Query(params): Params,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
     let query = event_query(&params, &bytes)?;
+    api.check_tags(&query.tags)?;
+    let max = api.options.limits.max_event_streams;
+    let open = Arc::clone(&api.streams);
+    if open.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= max {
+        open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        return Err(ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: Some(format!(
+                "{max} event streams are open, the most this server serves at once (--max-event-streams)."
+            )),
+        });
+    }
+    // Counted while the stream lives: dropped with it when the client goes.
+    let counted = StreamSlot(open);
     let stream = api
         .events
         .subscribe(query.tags.clone(), query.event_type.clone())
@@ -1955,9 +2127,14 @@ async fn event_stream(
             }
         });
     let mut shutdown = api.shutdown.clone();
-    let stream = stream.take_until(async move {
-        let _ = shutdown.wait_for(|s| *s).await;
-    });
+    let stream = stream
+        .take_until(async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        })
+        .map(move |item| {
+            let _slot = &counted;
+            item
+        });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(api.options.keep_alive))
         .into_response())
@@ -2044,6 +2221,24 @@ async fn put_template(
     check_vga(&kind)?;
     let (kv, ns) = api.kv()?;
     let key = keys::haproxy_template(ns, &name)?;
+    let l = &api.options.limits;
+    if bytes.len() > l.max_template_bytes {
+        return Err(ApiError::bad(format!(
+            "A template is at most {} bytes.",
+            l.max_template_bytes
+        )));
+    }
+    let stored = kv
+        .list_all(&keys::gateways(ns)?.child("haproxy")?)
+        .await?
+        .into_iter()
+        .filter(|k| k.to_string().ends_with("/template") && *k != key)
+        .count();
+    if stored >= l.max_templates {
+        return Err(ApiError::bad(format!(
+            "{stored} templates are stored, the most this server keeps."
+        )));
+    }
     kv.put(&key, bytes.clone()).await?;
     api.publish(
         vec![

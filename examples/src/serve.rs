@@ -130,6 +130,21 @@ pub struct ServeConfig {
     /// password unless this is it).
     #[arg(long, env = "VAMP_WORKFLOW_KEY_VALUE_STORE_URL")]
     pub workflow_kv_url: Option<Secret>,
+    /// The most services of all deployments together.
+    #[arg(long, default_value_t = 1000)]
+    pub max_services: usize,
+    /// The most instances of all deployments together.
+    #[arg(long, default_value_t = 4000)]
+    pub max_instances: u64,
+    /// The most event streams open at once (503 beyond).
+    #[arg(long, default_value_t = 1000)]
+    pub max_event_streams: usize,
+    /// The most workflow runs alive at once.
+    #[arg(long, default_value_t = 16)]
+    pub max_workflow_runs: usize,
+    /// How long a workflow run may take before it is killed (an event says so), in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub workflow_timeout_s: u64,
     /// Time between passes of the reconcile, SLA and canary loops, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub period_ms: u64,
@@ -154,6 +169,11 @@ impl ServeConfig {
             policy: None,
             policy_allow: Vec::new(),
             workflow_kv_url: None,
+            max_services: 1000,
+            max_instances: 4000,
+            max_event_streams: 1000,
+            max_workflow_runs: 16,
+            workflow_timeout_s: 60,
             data_dir: data_dir.into(),
             in_memory: false,
             persistence: None,
@@ -526,6 +546,9 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
     options.config = config_keys;
     options.security = security;
     options.policy = policy;
+    options.limits.max_services = config.max_services;
+    options.limits.max_instances = config.max_instances;
+    options.limits.max_event_streams = config.max_event_streams;
     let (shutdown, stopped) = watch::channel(false);
     let api = Arc::new(
         Api::new(
@@ -616,6 +639,8 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
     workflow_options.vamp_url =
         format!("{}://{addr}", if tls.is_some() { "https" } else { "http" });
     workflow_options.namespace = config.namespace.clone();
+    workflow_options.max_runs = config.max_workflow_runs;
+    workflow_options.execution_timeout_s = config.workflow_timeout_s.max(1);
     // Vamp gave workflows the key-value store's settings; here only what the operator chose
     // to give them (a password only if that URL has one).
     if let Some(url) = &config.workflow_kv_url {

@@ -490,3 +490,54 @@ async fn a_foreign_host_is_refused_on_loopback() {
     assert_eq!(get("vamp.internal:8080").await, "200");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_routes_to_metadata_addresses_are_refused_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = Client::new();
+    let post = async |s: &Server, yaml: &str| {
+        let r = client
+            .post(format!("http://{}/api/v1/gateways", s.addr))
+            .header("Accept", "application/json")
+            .header("Content-Type", "application/x-yaml")
+            .body(yaml.to_owned())
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.text().await.unwrap())
+    };
+    let s = start(config(dir.path())).await.unwrap();
+    for target in [
+        "169.254.169.254:80",
+        "[fe80::1]:80",
+        "metadata.google.internal:80",
+    ] {
+        let (status, text) = post(
+            &s,
+            &format!("name: meta\nport: 40123\nroutes:\n  '[{target}]': {{weight: 100%}}\n"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{target}: {text}");
+        assert!(
+            text.contains("link-local-targets") && text.contains("Gateway 'meta'"),
+            "{text}"
+        );
+    }
+    let (status, text) = post(
+        &s,
+        "name: ok\nport: 40124\nroutes:\n  '[10.1.2.3:80]': {weight: 100%}\n",
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{text}");
+    s.stop().await;
+    let mut c = config(dir.path());
+    c.policy_allow = vec!["link-local-targets".into()];
+    let s = start(c).await.unwrap();
+    let (status, text) = post(
+        &s,
+        "name: meta\nport: 40123\nroutes:\n  '[169.254.169.254:80]': {weight: 100%}\n",
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{text}");
+    s.stop().await;
+}

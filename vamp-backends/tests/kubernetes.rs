@@ -360,3 +360,46 @@ async fn a_real_cluster_passes_the_conformance_suite() {
     };
     suite::run_all(&s, &format!("vamp-test-{}", std::process::id()), &image).await;
 }
+
+/// A credential in the environment reaches the container, but the spec annotation holds its
+/// digest; deploying the same spec again changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_not_copied_into_the_spec_annotation() {
+    let double = KubeDouble::start().await;
+    let s = scheduler(&double).await;
+    let spec = full_spec()
+        .with_env("DB_PASSWORD", "hunter2-secret")
+        .with_env("STORE", "redis://user:pw-secret@redis:6379");
+    s.deploy(spec.clone(), DeployOptions::default())
+        .await
+        .unwrap();
+    let posts: Vec<_> = double
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .collect();
+    let sent = &posts[0].body;
+    let annotation = sent["metadata"]["annotations"]["io.vamp/spec"]
+        .as_str()
+        .unwrap();
+    assert!(
+        !annotation.contains("hunter2-secret") && !annotation.contains("pw-secret"),
+        "{annotation}"
+    );
+    assert!(
+        annotation.contains("\"DB_PASSWORD\":\"sha1:"),
+        "{annotation}"
+    );
+    let env = sent["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    assert!(
+        env.contains("hunter2-secret") && env.contains("pw-secret"),
+        "{env}"
+    );
+    let before = double.requests().len();
+    s.deploy(spec, DeployOptions::default()).await.unwrap();
+    let writes = double.requests()[before..]
+        .iter()
+        .filter(|r| r.method != "GET")
+        .count();
+    assert_eq!(writes, 0, "the same spec is not sent again");
+}

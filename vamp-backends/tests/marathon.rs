@@ -382,3 +382,32 @@ async fn a_real_marathon_passes_the_conformance_suite() {
     };
     suite::run_all(&s, "real", &image).await;
 }
+
+/// A credential in the environment reaches the app, but the spec label holds its digest;
+/// deploying the same spec again changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_not_copied_into_the_spec_label() {
+    let double = MarathonDouble::start().await;
+    let s = scheduler(&double).await;
+    let spec = full_spec()
+        .with_env("API_TOKEN", "tok-secret-123")
+        .with_env("STORE", "etcd://root:pw-secret@etcd:2379");
+    s.deploy(spec.clone(), DeployOptions::default())
+        .await
+        .unwrap();
+    let app = double.app(&app_id("vamp", &spec.id)).unwrap();
+    let label = app["labels"]["io.vamp.spec"].as_str().unwrap();
+    assert!(
+        !label.contains("tok-secret-123") && !label.contains("pw-secret"),
+        "{label}"
+    );
+    assert!(label.contains("\"API_TOKEN\":\"sha1:"), "{label}");
+    assert_eq!(app["env"]["API_TOKEN"], "tok-secret-123");
+    let before = double.requests().len();
+    s.deploy(spec, DeployOptions::default()).await.unwrap();
+    let writes = double.requests()[before..]
+        .iter()
+        .filter(|r| r.method != "GET")
+        .count();
+    assert_eq!(writes, 0, "the same spec is not sent again");
+}

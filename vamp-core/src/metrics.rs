@@ -238,6 +238,10 @@ pub trait EventStore: Debug + Display + Send + Sync + 'static {
 
     /// What the store can do.
     fn capabilities(&self) -> EventCapabilities;
+
+    /// How many subscriptions ([`EventStore::subscribe`]) are open. A subscription whose
+    /// stream was dropped MUST NOT be counted (its resources are released at once).
+    fn subscribers(&self) -> usize;
 }
 
 /// The event store behind a trait object.
@@ -247,6 +251,7 @@ pub type DynEventStore = dyn EventStore;
 pub const SUBSCRIBER_BUFFER: usize = 10_000;
 
 struct Subscriber {
+    id: u64,
     tags: Vec<String>,
     event_type: Option<String>,
     tx: futures_channel::mpsc::Sender<Result<Event>>,
@@ -255,9 +260,45 @@ struct Subscriber {
 /// The subscribers of a store that hands its events on in process ([`EventStore::subscribe`]):
 /// each gets the events that carry all its tags (and its type, if given); one more than
 /// [`SUBSCRIBER_BUFFER`] events behind, or gone, is dropped (its stream ends).
-#[derive(Default)]
 pub struct EventSubscribers {
-    list: parking_lot::Mutex<Vec<Subscriber>>,
+    list: std::sync::Arc<parking_lot::Mutex<Vec<Subscriber>>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Default for EventSubscribers {
+    fn default() -> Self {
+        Self {
+            list: std::sync::Arc::default(),
+            next: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+/// A subscription's stream: dropping it removes the subscriber at once (not at the next
+/// matching event).
+struct Subscription {
+    id: u64,
+    list: std::sync::Weak<parking_lot::Mutex<Vec<Subscriber>>>,
+    rx: futures_channel::mpsc::Receiver<Result<Event>>,
+}
+
+impl futures_util::Stream for Subscription {
+    type Item = Result<Event>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::pin::Pin::new(&mut self.rx).poll_next(cx)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(list) = self.list.upgrade() {
+            list.lock().retain(|s| s.id != self.id);
+        }
+    }
 }
 
 impl Debug for EventSubscribers {
@@ -277,12 +318,19 @@ impl EventSubscribers {
     ) -> BoxStream<'static, Result<Event>> {
         use futures_util::StreamExt;
         let (tx, rx) = futures_channel::mpsc::channel(SUBSCRIBER_BUFFER);
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.list.lock().push(Subscriber {
+            id,
             tags,
             event_type,
             tx,
         });
-        rx.boxed()
+        Subscription {
+            id,
+            list: std::sync::Arc::downgrade(&self.list),
+            rx,
+        }
+        .boxed()
     }
 
     /// Hands `event` (tags already expanded) to the subscribers it matches.
@@ -542,6 +590,9 @@ macro_rules! forward_stores {
             }
             fn capabilities(&self) -> EventCapabilities {
                 (**self).capabilities()
+            }
+            fn subscribers(&self) -> usize {
+                (**self).subscribers()
             }
         }
     };

@@ -55,6 +55,8 @@ pub struct Allow {
     /// Further dialect keys, by path (`kubernetes.serviceAccountName`,
     /// `docker.HostConfig.Sysctls`); a path allows everything below it.
     pub dialect_keys: Vec<String>,
+    /// Gateway routes to link-local and cloud metadata addresses (`[169.254.169.254:80]`).
+    pub link_local_targets: bool,
 }
 
 /// The operator's policy.
@@ -85,6 +87,50 @@ pub struct PolicyViolation {
     pub rule: &'static str,
     /// Why, in words.
     pub reason: String,
+}
+
+/// A gateway route the policy refuses: where it points is not for gateways to reach.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "Gateway '{gateway}' is refused by the operator policy: route '{route}' breaks the rule 'link-local-targets' (link-local and cloud metadata addresses are not reachable through gateways)."
+)]
+#[non_exhaustive]
+pub struct ReachViolation {
+    /// The gateway.
+    pub gateway: String,
+    /// The route (`[host:port]`).
+    pub route: String,
+}
+
+/// Names of cloud metadata services (besides their link-local addresses).
+pub const METADATA_NAMES: &[&str] = &[
+    "metadata",
+    "metadata.google.internal",
+    "instance-data",
+    "instance-data.ec2.internal",
+];
+
+/// Whether `host` (a name or an IP address, `[v6]` included) is link-local or a cloud
+/// metadata service.
+pub fn link_local(host: &str) -> bool {
+    let h = host
+        .trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim_end_matches('.');
+    if METADATA_NAMES.iter().any(|n| h.eq_ignore_ascii_case(n)) {
+        return true;
+    }
+    match h.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(v4)) => v4.is_link_local(),
+        Ok(std::net::IpAddr::V6(v6)) => {
+            // fe80::/10, AWS's fd00:ec2::254, and IPv4-mapped link-local.
+            (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+                || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local())
+        }
+        Err(_) => false,
+    }
 }
 
 /// Top-level keys of the `docker` dialect (Docker Engine API container-create fields) allowed
@@ -565,9 +611,10 @@ impl Allow {
             "host-paths" => self.host_paths = true,
             "arguments" => self.arguments = true,
             "dialects" => self.dialects = true,
+            "link-local-targets" => self.link_local_targets = true,
             other => {
                 return Err(format!(
-                    "unknown policy rule '{}' (rules: privileged, capabilities, host-namespaces, host-paths, arguments, dialects)",
+                    "unknown policy rule '{}' (rules: privileged, capabilities, host-namespaces, host-paths, arguments, dialects, link-local-targets)",
                     other.escape_debug()
                 ));
             }
@@ -577,6 +624,44 @@ impl Allow {
 }
 
 impl Policy {
+    /// Checks where a gateway's external routes (`[host:port]`) point: link-local and cloud
+    /// metadata addresses are refused unless [`Allow::link_local_targets`]. (A name that
+    /// resolves to such an address is not resolved here.)
+    ///
+    /// ```
+    /// use vamp_core::dsl::{read_str, AnyArtifact};
+    /// use vamp_core::model::ArtifactKind;
+    /// use vamp_core::policy::Policy;
+    /// let doc = "name: g\nport: 9050\nroutes:\n  '[169.254.169.254:80]': {weight: 100%}";
+    /// let AnyArtifact::Gateway(g) = read_str(doc, Some(ArtifactKind::Gateway)).unwrap().remove(0) else { unreachable!() };
+    /// assert!(Policy::default().check_gateway(&g).is_err());
+    /// ```
+    ///
+    /// # Errors
+    /// The first route that breaks the rule.
+    pub fn check_gateway(&self, g: &crate::model::Gateway) -> Result<(), ReachViolation> {
+        if self.allow.link_local_targets {
+            return Ok(());
+        }
+        for r in &g.routes {
+            let path = r.path();
+            let Some(external) = path.external() else {
+                continue;
+            };
+            let host = match external.rsplit_once(':') {
+                Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+                _ => external,
+            };
+            if link_local(host) {
+                return Err(ReachViolation {
+                    gateway: g.name.clone(),
+                    route: path.source.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Reads a policy document (YAML or JSON):
     ///
     /// ```yaml
@@ -884,6 +969,31 @@ mod tests {
             Policy::default().check(&dialect("nomad", "anything: goes")),
             Ok(())
         );
+    }
+
+    #[test]
+    fn link_local_and_metadata_hosts_are_recognised() {
+        for h in [
+            "169.254.169.254",
+            "169.254.0.1",
+            "[fe80::1]",
+            "fd00:ec2::254",
+            "metadata.google.internal",
+            "METADATA.",
+            "::ffff:169.254.1.1",
+        ] {
+            assert!(link_local(h), "{h}");
+        }
+        for h in [
+            "10.0.0.1",
+            "127.0.0.1",
+            "[::1]",
+            "example.com",
+            "metadata.example.com",
+            "fd00::1",
+        ] {
+            assert!(!link_local(h), "{h}");
+        }
     }
 
     #[test]

@@ -305,6 +305,86 @@ pub struct DeployOptions {
     pub timeout: Option<Duration>,
 }
 
+/// Names of environment variables that hold credentials (matched as parts of the upper-cased
+/// name).
+pub const CREDENTIAL_NAMES: &[&str] = &[
+    "PASSWORD",
+    "PASSWD",
+    "SECRET",
+    "TOKEN",
+    "CREDENTIAL",
+    "PRIVATE_KEY",
+    "API_KEY",
+    "ACCESS_KEY",
+];
+
+/// Whether an environment variable holds a credential: by its name ([`CREDENTIAL_NAMES`]),
+/// or a URL value with a password (`scheme://user:password@host`).
+pub fn is_credential(name: &str, value: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    CREDENTIAL_NAMES.iter().any(|n| upper.contains(n))
+        || value
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split(['/', '?', '#']).next())
+            .and_then(|authority| authority.rsplit_once('@'))
+            .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+}
+
+/// The environment as a scheduler records it in its platform's metadata (labels, annotations,
+/// records): each credential ([`is_credential`]) replaced by `sha1:<digest>` of its value, so
+/// that a changed secret is still a changed spec but the value is not written there.
+/// Idempotent: a recorded environment records as itself.
+///
+/// ```
+/// use indexmap::IndexMap;
+/// use vamp_core::scheduler::recorded_environment;
+/// let env: IndexMap<String, String> = [
+///     ("DB_PASSWORD", "hunter2"),
+///     ("STORE", "redis://u:pw@h:6379"),
+///     ("STORE_PLAIN", "redis://h:6379"),
+///     ("MODE", "fast"),
+/// ]
+/// .into_iter()
+/// .map(|(k, v)| (k.to_owned(), v.to_owned()))
+/// .collect();
+/// let r = recorded_environment(&env);
+/// assert!(r["DB_PASSWORD"].starts_with("sha1:") && r["STORE"].starts_with("sha1:"));
+/// assert_eq!((r["STORE_PLAIN"].as_str(), r["MODE"].as_str()), ("redis://h:6379", "fast"));
+/// assert_eq!(recorded_environment(&r), r);
+/// ```
+pub fn recorded_environment(env: &IndexMap<String, String>) -> IndexMap<String, String> {
+    env.iter()
+        .map(|(k, v)| {
+            let recorded = if v.starts_with("sha1:") || !is_credential(k, v) {
+                v.clone()
+            } else {
+                format!("sha1:{}", crate::lookup::hex_sha1(v, ""))
+            };
+            (k.clone(), recorded)
+        })
+        .collect()
+}
+
+/// A one-shot run ([`ContainerScheduler::run_once`]) still alive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RunInfo {
+    /// The run's name (a process's or container's), for [`ContainerScheduler::stop_run`].
+    pub name: String,
+    /// When it started (milliseconds since the Unix epoch).
+    pub started_ms: i64,
+}
+
+impl RunInfo {
+    /// A run named `name` started at `started_ms`.
+    pub fn new(name: impl Into<String>, started_ms: i64) -> Self {
+        Self {
+            name: name.into(),
+            started_ms,
+        }
+    }
+}
+
 /// What a scheduler can do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -365,7 +445,8 @@ pub trait ContainerScheduler: Debug + Display + Send + Sync + 'static {
     /// Creates or updates a service.
     async fn deploy(&self, spec: ServiceSpec, opts: DeployOptions) -> Result<()>;
 
-    /// Removes a service; returns whether it existed.
+    /// Removes a service, and stops the one-shot runs of `id` still alive; returns whether
+    /// the service existed.
     async fn undeploy(&self, id: &ServiceId) -> Result<bool>;
 
     /// Changes the number of instances.
@@ -391,6 +472,20 @@ pub trait ContainerScheduler: Debug + Display + Send + Sync + 'static {
             backend: self.to_string(),
             operation: "run_once",
         })
+    }
+
+    /// The one-shot runs of `id` still alive. A scheduler without one-shot runs has none
+    /// (the default).
+    async fn runs(&self, id: &ServiceId) -> Result<Vec<RunInfo>> {
+        let _ = id;
+        Ok(Vec::new())
+    }
+
+    /// Stops (kills) the run `name` of `id`; returns whether it was alive. A scheduler
+    /// without one-shot runs has none to stop (the default: `false`).
+    async fn stop_run(&self, id: &ServiceId, name: &str) -> Result<bool> {
+        let _ = (id, name);
+        Ok(false)
     }
 }
 
@@ -424,6 +519,12 @@ macro_rules! forward_scheduler {
             }
             async fn run_once(&self, spec: ServiceSpec) -> Result<()> {
                 (**self).run_once(spec).await
+            }
+            async fn runs(&self, id: &ServiceId) -> Result<Vec<RunInfo>> {
+                (**self).runs(id).await
+            }
+            async fn stop_run(&self, id: &ServiceId, name: &str) -> Result<bool> {
+                (**self).stop_run(id, name).await
             }
         }
     };

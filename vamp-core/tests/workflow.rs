@@ -109,7 +109,7 @@ async fn a_time_workflow_runs_the_expected_number_of_times_in_a_window() {
     assert_eq!(h.run_for(9).await, 0);
     assert_eq!(h.run_for(1).await, 1, "10 s later");
     assert_eq!(h.run_for(60).await, 1, "the third and last");
-    let runs = h.scheduler.runs();
+    let runs = h.scheduler.started_runs();
     assert_eq!(runs.len(), 3);
     let env = &runs[0].environment;
     assert_eq!(env["VAMP_WORKFLOW_EXECUTION_PERIOD"], "10");
@@ -160,7 +160,7 @@ async fn an_event_workflow_runs_once_per_matching_event() {
     publish(&["deploy", "team:web", "extra"], 3).await;
     assert_eq!(h.pass().await, 2);
     assert_eq!(h.run_for(5).await, 0, "each event once");
-    let runs = h.scheduler.runs();
+    let runs = h.scheduler.started_runs();
     assert!(
         runs[0].environment["VAMP_WORKFLOW_EVENT"].contains("\"value\":1"),
         "{:?}",

@@ -52,10 +52,13 @@ impl RenderOptions {
         self
     }
 
-    /// Sets the bind address of gateway frontends.
+    /// Sets the bind address of gateway frontends, and of the `virtual_hosts` frontend (which
+    /// binds where the gateways do; [`RenderOptions::with_virtual_hosts_bind`] after this
+    /// sets it apart).
     #[must_use]
     pub fn with_bind_address(mut self, address: impl Into<String>) -> Self {
         self.bind_address = address.into();
+        self.virtual_hosts_bind.0.clone_from(&self.bind_address);
         self
     }
 

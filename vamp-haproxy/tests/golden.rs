@@ -614,3 +614,36 @@ mod incremental {
         }
     }
 }
+
+/// The `virtual_hosts` frontend binds where the gateways bind (a loopback control plane must
+/// not open port 80 on every interface), unless set apart.
+#[test]
+fn the_virtual_hosts_frontend_binds_with_the_gateways() {
+    let g = single(
+        "deployment/cluster/port",
+        "33000",
+        "vamp/sava/sava:1.0.0/port",
+        target(T64, None, 32768),
+        "virtual_hosts: [port.cluster.deployment]\n",
+    );
+    let out = vamp_haproxy::render(
+        std::slice::from_ref(&g),
+        &vamp_haproxy::RenderOptions::default().with_bind_address("127.0.0.1"),
+    )
+    .unwrap()
+    .render();
+    let vhosts = out.split("frontend virtual_hosts").nth(1).unwrap();
+    assert!(
+        vhosts.trim_start().starts_with("bind 127.0.0.1:80"),
+        "{out}"
+    );
+    let apart = vamp_haproxy::render(
+        &[g],
+        &vamp_haproxy::RenderOptions::default()
+            .with_bind_address("127.0.0.1")
+            .with_virtual_hosts_bind("0.0.0.0", 8080),
+    )
+    .unwrap()
+    .render();
+    assert!(apart.contains("bind 0.0.0.0:8080"), "{apart}");
+}

@@ -1031,6 +1031,10 @@ impl EventStore for ElasticsearchStore {
         c.subscribe = true;
         c
     }
+
+    fn subscribers(&self) -> usize {
+        self.inner.subscribers.len()
+    }
 }
 
 impl ElasticsearchStore {

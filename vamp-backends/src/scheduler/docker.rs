@@ -367,6 +367,36 @@ impl Inner {
         Ok(out)
     }
 
+    /// The one-shot runs of a service key still running.
+    async fn run_containers(&self, key: &str) -> Result<Vec<ContainerSummary>, Error> {
+        let options = ListContainersOptionsBuilder::new()
+            .filters(&self.filters(label::RUN_VALUE, Some(key)))
+            .build();
+        self.docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| self.backend_error(e))
+    }
+
+    /// Kills and removes a run's container; whether it was there.
+    async fn remove_run(&self, id: &str) -> Result<bool, Error> {
+        match self
+            .docker
+            .remove_container(
+                id,
+                Some(RemoveContainerOptionsBuilder::new().force(true).build()),
+            )
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404 | 409,
+                ..
+            }) => Ok(false),
+            Err(e) => Err(self.backend_error(e)),
+        }
+    }
+
     fn container(c: ContainerSummary) -> Option<(String, Container)> {
         let labels = c.labels.unwrap_or_default();
         let key = labels.get(label::KEY)?.clone();
@@ -1307,6 +1337,11 @@ impl ContainerScheduler for DockerScheduler {
             for c in &containers {
                 inner.remove_container(c).await?;
             }
+            for run in inner.run_containers(&key).await? {
+                if let Some(id) = &run.id {
+                    inner.remove_run(id).await?;
+                }
+            }
             record.is_some()
         };
         inner.refresh().await?;
@@ -1388,6 +1423,37 @@ impl ContainerScheduler for DockerScheduler {
             .start_container(&id, None)
             .await
             .map_err(|e| inner.backend_error(e))
+    }
+
+    async fn runs(&self, id: &ServiceId) -> Result<Vec<RunInfo>, Error> {
+        let key = service_key(&self.inner.opts.namespace, id);
+        Ok(self
+            .inner
+            .run_containers(&key)
+            .await?
+            .into_iter()
+            .filter_map(|c| {
+                Some(RunInfo::new(
+                    c.id?,
+                    c.created.unwrap_or(0).saturating_mul(1000),
+                ))
+            })
+            .collect())
+    }
+
+    async fn stop_run(&self, id: &ServiceId, name: &str) -> Result<bool, Error> {
+        let key = service_key(&self.inner.opts.namespace, id);
+        // Only a run of this service is stopped, whatever name is given.
+        let ours = self
+            .inner
+            .run_containers(&key)
+            .await?
+            .into_iter()
+            .any(|c| c.id.as_deref() == Some(name));
+        if !ours {
+            return Ok(false);
+        }
+        self.inner.remove_run(name).await
     }
 
     fn capabilities(&self) -> SchedulerCapabilities {

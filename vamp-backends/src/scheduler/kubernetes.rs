@@ -59,7 +59,7 @@ use vamp_core::Error;
 use vamp_core::scheduler::*;
 
 use super::env_name;
-use super::record::{Watchers, merge, spec_from_json, spec_json};
+use super::record::{Watchers, merge, metadata_json, spec_from_json};
 
 /// The deployable types this scheduler runs (a breed without a type is an image too).
 pub const DEPLOYABLE_TYPES: [&str; 2] = ["container/docker", "docker"];
@@ -352,7 +352,7 @@ impl Inner {
                 "name": name,
                 "namespace": self.opts.namespace,
                 "labels": labels,
-                "annotations": {SPEC_ANNOTATION: spec_json(spec, false).to_string()},
+                "annotations": {SPEC_ANNOTATION: metadata_json(spec).to_string()},
             },
             "spec": {
                 "replicas": spec.instances,
@@ -583,7 +583,10 @@ impl ContainerScheduler for KubernetesScheduler {
                         .map(drop)
                 }
                 Some(current) => {
-                    let same = Inner::spec_of(&current).is_some_and(|s| s == spec);
+                    // Compared as recorded: credentials are digests in the annotation.
+                    let same = Inner::spec_of(&current).is_some_and(|s| {
+                        s.instances == spec.instances && metadata_json(&s) == metadata_json(&spec)
+                    });
                     if same && !opts.force {
                         break;
                     }

@@ -153,6 +153,8 @@ pub const DEFAULT_INHERITED_ENV: &[&str] = &[
 #[derive(Default)]
 struct State {
     services: BTreeMap<ServiceId, Service>,
+    /// One-shot runs still alive, by the id they run for.
+    runs: BTreeMap<ServiceId, Vec<Run>>,
     next_instance: u64,
     subscribers: Vec<mpsc::UnboundedSender<Result<SchedulerEvent, Error>>>,
 }
@@ -164,6 +166,12 @@ struct Service {
 
 struct Instance {
     state: InstanceState,
+    stop: watch::Sender<bool>,
+}
+
+/// A one-shot run: killed (its whole process group) when `stop` turns true.
+struct Run {
+    info: RunInfo,
     stop: watch::Sender<bool>,
 }
 
@@ -190,6 +198,9 @@ impl Drop for Inner {
                 for i in &service.instances {
                     let _ = i.stop.send(true);
                 }
+            }
+            for run in state.runs.values().flatten() {
+                let _ = run.stop.send(true);
             }
         }
     }
@@ -833,6 +844,9 @@ impl ContainerScheduler for LocalScheduler {
 
     async fn undeploy(&self, id: &ServiceId) -> Result<bool, Error> {
         let mut state = self.state();
+        for run in state.runs.get(id).into_iter().flatten() {
+            let _ = run.stop.send(true);
+        }
         let Some(service) = state.services.remove(id) else {
             return Ok(false);
         };
@@ -952,11 +966,35 @@ impl ContainerScheduler for LocalScheduler {
             let _ = std::fs::write(runner.dir.join(PID_FILE), format!("{pid} {t}\n"));
         }
         let pgid = child.id();
+        let (stop, mut stopped) = watch::channel(false);
+        let id = runner.id.clone();
+        let name = runner.name.clone();
+        self.state().runs.entry(id.clone()).or_default().push(Run {
+            info: RunInfo::new(name.clone(), vamp_core::time::now_millis()),
+            stop,
+        });
         tokio::spawn(async move {
-            let _ = child.wait().await;
+            tokio::select! {
+                _ = child.wait() => {}
+                () = async { let _ = stopped.wait_for(|s| *s).await; } => {
+                    if let Some(pgid) = pgid {
+                        signal_group(pgid, "KILL").await;
+                    }
+                    let _ = child.wait().await;
+                }
+            }
             // Leftover children of the command.
             if let Some(pgid) = pgid {
                 signal_group(pgid, "KILL").await;
+            }
+            if let Some(inner) = runner.scheduler.upgrade() {
+                let mut state = inner.state.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(runs) = state.runs.get_mut(&id) {
+                    runs.retain(|r| r.info.name != name);
+                    if runs.is_empty() {
+                        state.runs.remove(&id);
+                    }
+                }
             }
             if let Some(inner) = runner.scheduler.upgrade() {
                 inner.release_ports(&runner.ports);
@@ -964,6 +1002,24 @@ impl ContainerScheduler for LocalScheduler {
             let _ = std::fs::remove_dir_all(&runner.dir);
         });
         Ok(())
+    }
+
+    async fn runs(&self, id: &ServiceId) -> Result<Vec<RunInfo>, Error> {
+        Ok(self
+            .state()
+            .runs
+            .get(id)
+            .map(|runs| runs.iter().map(|r| r.info.clone()).collect())
+            .unwrap_or_default())
+    }
+
+    async fn stop_run(&self, id: &ServiceId, name: &str) -> Result<bool, Error> {
+        let state = self.state();
+        let run = state
+            .runs
+            .get(id)
+            .and_then(|runs| runs.iter().find(|r| r.info.name == name));
+        Ok(run.is_some_and(|r| r.stop.send(true).is_ok()))
     }
 
     fn capabilities(&self) -> SchedulerCapabilities {

@@ -65,7 +65,7 @@ use serde_json::{Map, Value, json};
 use vamp_core::Error;
 use vamp_core::scheduler::*;
 
-use super::record::{Watchers, merge, spec_from_json, spec_json};
+use super::record::{Watchers, merge, metadata_json, spec_from_json};
 use crate::Secret;
 
 /// The deployable types this scheduler runs: Docker images and commands.
@@ -311,7 +311,7 @@ impl Inner {
             labels.insert(k, json!(v));
         }
         labels.insert(NAMESPACE_LABEL.into(), json!(self.opts.group));
-        labels.insert(SPEC_LABEL.into(), json!(spec_json(spec, false).to_string()));
+        labels.insert(SPEC_LABEL.into(), json!(metadata_json(spec).to_string()));
         let mut health_checks = Vec::new();
         for h in &spec.health_checks {
             let (index, _) = spec.health_check_port(h)?;
@@ -418,7 +418,7 @@ impl Inner {
                 app["labels"][k] = json!(v);
             }
             app["labels"][NAMESPACE_LABEL] = json!(self.opts.group);
-            app["labels"][SPEC_LABEL] = json!(spec_json(spec, false).to_string());
+            app["labels"][SPEC_LABEL] = json!(metadata_json(spec).to_string());
         }
         Ok(app)
     }

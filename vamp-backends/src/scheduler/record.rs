@@ -59,6 +59,19 @@ pub(crate) fn spec_json(spec: &ServiceSpec, with_instances: bool) -> Value {
     v
 }
 
+/// The spec as JSON for an annotation or label that nothing is rebuilt from (Kubernetes,
+/// Marathon): without the number of instances, credentials in the environment as digests
+/// ([`recorded_environment`]), so they are not copied into metadata.
+#[cfg_attr(
+    not(any(feature = "scheduler-kubernetes", feature = "scheduler-marathon")),
+    allow(dead_code)
+)]
+pub(crate) fn metadata_json(spec: &ServiceSpec) -> Value {
+    let mut v = spec_json(spec, false);
+    v["environment"] = json!(recorded_environment(&spec.environment));
+    v
+}
+
 pub(crate) fn spec_from_json(v: &Value) -> Option<ServiceSpec> {
     let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
     let id = ServiceId::new(s("deployment")?, s("cluster")?, s("service")?);

@@ -98,4 +98,12 @@ impl<T: ContainerScheduler> ContainerScheduler for Policed<T> {
         self.check(&spec)?;
         self.inner.run_once(spec).await
     }
+
+    async fn runs(&self, id: &ServiceId) -> Result<Vec<RunInfo>> {
+        self.inner.runs(id).await
+    }
+
+    async fn stop_run(&self, id: &ServiceId, name: &str) -> Result<bool> {
+        self.inner.stop_run(id, name).await
+    }
 }

@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use crate::error::Result;
 use crate::metrics::*;
 use crate::model::{Event, EventQuery};
+use crate::node::Node;
 use crate::persistence::ListOptions;
 
 type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -19,6 +20,8 @@ type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 #[derive(Default)]
 struct State {
     events: VecDeque<Event>,
+    /// What [`event_bytes`] says the kept events take.
+    event_bytes: usize,
     next_id: u64,
     subscribers: EventSubscribers,
     requests: VecDeque<RequestRecord>,
@@ -43,10 +46,36 @@ pub struct InMemoryMetrics {
     retention: Duration,
     max_records: usize,
     max_events: usize,
+    max_event_bytes: usize,
 }
 
 /// The most events an [`InMemoryMetrics`] keeps by default.
 pub const DEFAULT_MAX_EVENTS: usize = 100_000;
+
+/// The most bytes of events an [`InMemoryMetrics`] keeps by default (64 MiB, as
+/// [`event_bytes`] counts them).
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 64 << 20;
+
+/// About how many bytes an event takes in memory: its strings, its value's strings and keys,
+/// and a fixed cost per node and per string.
+pub fn event_bytes(e: &Event) -> usize {
+    fn node(n: &Node) -> usize {
+        32 + match n {
+            Node::Str(s) => s.len(),
+            Node::Seq(items) => items.iter().map(node).sum(),
+            Node::Map(m) => m.iter().map(|(k, v)| 24 + k.len() + node(v)).sum(),
+            _ => 0,
+        }
+    }
+    let text = |s: &str| 24 + s.len();
+    160 + e.tags.iter().map(|t| text(t)).sum::<usize>()
+        + node(&e.value)
+        + text(&e.timestamp)
+        + text(&e.event_type)
+        + e.id.as_deref().map_or(0, text)
+        + e.version.as_deref().map_or(0, text)
+        + e.digest.as_deref().map_or(0, text)
+}
 
 /// The most request records an [`InMemoryMetrics`] keeps by default (about 60 MiB).
 pub const DEFAULT_MAX_RECORDS: usize = 250_000;
@@ -71,7 +100,16 @@ impl InMemoryMetrics {
             retention: Duration::from_secs(3600),
             max_records: DEFAULT_MAX_RECORDS,
             max_events: DEFAULT_MAX_EVENTS,
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
         }
+    }
+
+    /// Sets how many bytes of events ([`event_bytes`]) are kept at most (the oldest go first;
+    /// the newest event is always kept).
+    #[must_use]
+    pub fn with_max_event_bytes(mut self, max: usize) -> Self {
+        self.max_event_bytes = max;
+        self
     }
 
     /// Sets how many events are kept at most (the oldest go first).
@@ -158,9 +196,14 @@ impl EventStore for InMemoryMetrics {
             s.next_id += 1;
             event.id = Some(format!("{:016x}", s.next_id));
         }
+        s.event_bytes += event_bytes(&event);
         s.events.push_back(event.clone());
-        while s.events.len() > self.max_events {
-            s.events.pop_front();
+        while s.events.len() > self.max_events
+            || (s.event_bytes > self.max_event_bytes && s.events.len() > 1)
+        {
+            if let Some(old) = s.events.pop_front() {
+                s.event_bytes = s.event_bytes.saturating_sub(event_bytes(&old));
+            }
         }
         s.subscribers.notify(&event);
         Ok(event)
@@ -205,6 +248,10 @@ impl EventStore for InMemoryMetrics {
             percentiles: true,
             subscribe: true,
         }
+    }
+
+    fn subscribers(&self) -> usize {
+        self.state.lock().subscribers.len()
     }
 }
 
@@ -256,6 +303,60 @@ mod tests {
     use futures_util::StreamExt;
 
     const NOW: i64 = 1_800_000_000_000;
+
+    #[tokio::test]
+    async fn a_dropped_subscription_is_gone_at_once() {
+        let store = InMemoryMetrics::with_clock(|| NOW);
+        // Subscriptions whose tags never match any event, opened and closed in rounds.
+        for round in 0..3 {
+            let streams: Vec<_> = (0..1000)
+                .map(|i| store.subscribe(vec![format!("never-{round}-{i}")], None))
+                .collect();
+            assert_eq!(store.subscribers(), 1000);
+            drop(streams);
+            assert_eq!(store.subscribers(), 0, "round {round}");
+        }
+        // A live one still gets its events.
+        let mut live = store.subscribe(vec!["t".into()], None);
+        store
+            .publish(Event::new(vec!["t".into()], Node::Null, "event"))
+            .await
+            .unwrap();
+        assert!(live.next().await.unwrap().is_ok());
+        assert_eq!(store.subscribers(), 1);
+    }
+
+    fn every() -> EventQuery {
+        EventQuery {
+            tags: Vec::new(),
+            event_type: None,
+            timestamp: None,
+            aggregator: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn events_are_bounded_in_bytes_the_oldest_going_first() {
+        let big = || Event::new(vec!["big".into()], Node::Str("x".repeat(10_000)), "event");
+        let one = event_bytes(&big());
+        let store = InMemoryMetrics::with_clock(|| NOW).with_max_event_bytes(one * 5 + one / 2);
+        for _ in 0..50 {
+            store.publish(big()).await.unwrap();
+        }
+        let kept = store.query(&every(), ListOptions::default()).await.unwrap();
+        assert_eq!(kept.len(), 5);
+        assert!(
+            kept.iter()
+                .all(|e| e.id.as_deref() > Some("000000000000002d")),
+            "the newest kept"
+        );
+        // One event larger than the bound is still kept (alone).
+        let tiny = InMemoryMetrics::with_clock(|| NOW).with_max_event_bytes(10);
+        tiny.publish(big()).await.unwrap();
+        tiny.publish(big()).await.unwrap();
+        let kept = tiny.query(&every(), ListOptions::default()).await.unwrap();
+        assert_eq!(kept.len(), 1);
+    }
 
     /// Events are bounded: the oldest go beyond the maximum, and a subscriber that does not
     /// read is dropped once its buffer is full (the store kept everything before).
@@ -409,6 +510,9 @@ mod tests {
         }
         fn capabilities(&self) -> EventCapabilities {
             self.0.capabilities()
+        }
+        fn subscribers(&self) -> usize {
+            self.0.subscribers()
         }
     }
 

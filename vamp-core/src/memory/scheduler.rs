@@ -97,7 +97,7 @@ impl InMemoryScheduler {
 
     /// The one-shot runs so far ([`ContainerScheduler::run_once`]), oldest first (at most the
     /// last 10,000).
-    pub fn runs(&self) -> Vec<ServiceSpec> {
+    pub fn started_runs(&self) -> Vec<ServiceSpec> {
         self.state.lock().runs.iter().cloned().collect()
     }
 

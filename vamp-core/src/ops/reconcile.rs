@@ -198,7 +198,9 @@ pub fn service_spec(
 fn differs(running: &ServiceSpec, wanted: &ServiceSpec) -> bool {
     running.deployable != wanted.deployable
         || running.ports != wanted.ports
-        || running.environment != wanted.environment
+        // A scheduler that records its specs in the platform records credentials as digests.
+        || crate::scheduler::recorded_environment(&running.environment)
+            != crate::scheduler::recorded_environment(&wanted.environment)
         || running.arguments != wanted.arguments
         || running.health_checks != wanted.health_checks
         || running.cpu != wanted.cpu

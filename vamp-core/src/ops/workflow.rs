@@ -49,6 +49,9 @@ pub struct WorkflowOptions {
     /// More variables every run gets (the key-value store's and the metrics store's
     /// settings, as Vamp passed them), before the breed's and the workflow's own.
     pub environment: BTreeMap<String, String>,
+    /// The most runs alive at once, over every workflow (default 16): a run that falls due
+    /// beyond it is skipped (a time run) or waits (an event run).
+    pub max_runs: usize,
 }
 
 impl Default for WorkflowOptions {
@@ -58,6 +61,7 @@ impl Default for WorkflowOptions {
             namespace: "default".into(),
             execution_timeout_s: 60,
             environment: BTreeMap::new(),
+            max_runs: 16,
         }
     }
 }
@@ -138,6 +142,12 @@ pub struct WorkflowOutcome {
     pub workflow: String,
     /// Runs started (`run_once`).
     pub runs: usize,
+    /// Time runs that fell due and were not started: the workflow's previous run was still
+    /// alive (runs of one workflow never overlap), or [`WorkflowOptions::max_runs`] were.
+    pub skipped: usize,
+    /// Runs killed for outliving [`WorkflowOptions::execution_timeout_s`] (each with an
+    /// event tagged `workflows:<name>` and `timeout`).
+    pub killed: usize,
     /// The status after the pass.
     pub status: WorkflowStatus,
     /// An error (retried next pass).
@@ -209,8 +219,41 @@ impl WorkflowController {
         self.persistence.update(&updated, version).await.map(drop)
     }
 
-    async fn running(&self, w: &Workflow, now: i64) -> Result<usize> {
+    /// Kills the runs of `w` older than the execution timeout (an event for each); how many
+    /// are alive after, and how many were killed.
+    async fn enforce_timeout(&self, w: &Workflow, now: i64) -> Result<(usize, usize)> {
+        let id = service_id(w);
+        let limit = i64::try_from(self.options.execution_timeout_s)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1000);
+        let mut alive = 0;
+        let mut killed = 0;
+        for run in self.scheduler.runs(&id).await? {
+            if now.saturating_sub(run.started_ms) < limit {
+                alive += 1;
+                continue;
+            }
+            if self.scheduler.stop_run(&id, &run.name).await? {
+                killed += 1;
+                let mut e = Event::system(
+                    vec![format!("workflows:{}", w.name), "timeout".into()],
+                    Node::Str(format!(
+                        "run {} killed after the execution timeout of {} s",
+                        run.name, self.options.execution_timeout_s
+                    )),
+                    "event",
+                    now,
+                );
+                e.version = Some("1.0".into());
+                self.events.publish(e).await?;
+            }
+        }
+        Ok((alive, killed))
+    }
+
+    async fn running(&self, w: &Workflow, now: i64, budget: &mut Budget) -> Result<(usize, usize)> {
         let mut runs = 0;
+        let mut skipped = 0;
         match &w.schedule {
             Schedule::Daemon => {
                 let spec = spec(w, &self.options, 0).ok_or_else(|| unresolved(w))?;
@@ -236,7 +279,9 @@ impl WorkflowController {
                         if now <= start {
                             start
                         } else {
-                            start + ((now - start + every - 1) / every) * every
+                            let periods =
+                                now.saturating_sub(start).saturating_add(every - 1) / every;
+                            start.saturating_add(periods.saturating_mul(every))
                         }
                     });
                     let left = match repeat {
@@ -246,15 +291,27 @@ impl WorkflowController {
                     left && now >= next
                 };
                 if due {
-                    let s = spec(w, &self.options, every / 1000).ok_or_else(|| unresolved(w))?;
-                    self.scheduler.run_once(s).await?;
-                    runs += 1;
+                    // Runs of one workflow never overlap, and all together stay within the
+                    // budget: a run that cannot start now is skipped, not made up.
+                    let start_now = budget.alive_of == 0 && budget.left > 0;
+                    if start_now {
+                        let s =
+                            spec(w, &self.options, every / 1000).ok_or_else(|| unresolved(w))?;
+                        self.scheduler.run_once(s).await?;
+                        runs += 1;
+                        budget.left -= 1;
+                    } else {
+                        skipped += 1;
+                    }
                     let mut timing = self.timing.lock();
                     let t = timing.entry(w.name.clone()).or_default();
-                    t.runs += 1;
+                    if start_now {
+                        t.runs += 1;
+                    }
                     // The next run after now (a late pass does not run twice).
                     let next = t.next_ms.unwrap_or(now);
-                    t.next_ms = Some(next + ((now - next) / every + 1) * every);
+                    let periods = (now.saturating_sub(next) / every).saturating_add(1);
+                    t.next_ms = Some(next.saturating_add(periods.saturating_mul(every)));
                 }
             }
             Schedule::Event { tags } => {
@@ -276,7 +333,14 @@ impl WorkflowController {
                 };
                 let mut found = self.events.query(&q, ListOptions::all()).await?;
                 found.reverse(); // oldest first
+                // Read up to now, or (out of budget) up to the last event run: the rest wait
+                // for the next pass.
+                let mut read_to = now;
                 for e in &found {
+                    if budget.left == 0 {
+                        read_to = runs_until(&found, e).unwrap_or(since);
+                        break;
+                    }
                     let json = crate::dsl::to_node(&crate::dsl::AnyArtifact::Event(e.clone()))
                         .to_json()
                         .to_string();
@@ -285,22 +349,31 @@ impl WorkflowController {
                         .with_env("VAMP_WORKFLOW_EVENT", json);
                     self.scheduler.run_once(s).await?;
                     runs += 1;
+                    budget.left -= 1;
                 }
                 self.timing
                     .lock()
                     .entry(w.name.clone())
                     .or_default()
-                    .events_since = Some(now);
+                    .events_since = Some(read_to);
             }
         }
-        Ok(runs)
+        Ok((runs, skipped))
     }
 
-    async fn step(&self, stored: crate::kv::Versioned<Workflow>, now: i64) -> WorkflowOutcome {
+    async fn step(
+        &self,
+        stored: crate::kv::Versioned<Workflow>,
+        now: i64,
+        budget: &mut Budget,
+        killed: usize,
+    ) -> WorkflowOutcome {
         let w = stored.value;
         let mut outcome = WorkflowOutcome {
             workflow: w.name.clone(),
             runs: 0,
+            skipped: 0,
+            killed,
             status: w.status,
             error: None,
         };
@@ -309,7 +382,7 @@ impl WorkflowController {
                 WorkflowStatus::Starting
                 | WorkflowStatus::Running
                 | WorkflowStatus::Restarting(Some(RestartingPhase::Starting)) => {
-                    outcome.runs = self.running(&w, now).await?;
+                    (outcome.runs, outcome.skipped) = self.running(&w, now, budget).await?;
                     if w.status != WorkflowStatus::Running {
                         self.set_status(&w, stored.version, WorkflowStatus::Running)
                             .await?;
@@ -364,9 +437,36 @@ impl WorkflowController {
     /// The workflows could not be read.
     pub async fn tick(&self) -> Result<Vec<WorkflowOutcome>> {
         let now = self.clock.now_millis();
-        let mut out = Vec::new();
-        for stored in self.persistence.list_all::<Workflow>().await? {
-            out.push(self.step(stored, now).await);
+        let workflows = self.persistence.list_all::<Workflow>().await?;
+        // Runs past their timeout are killed first; what is left alive counts against the
+        // budget.
+        let mut alive = Vec::with_capacity(workflows.len());
+        let mut errors = Vec::with_capacity(workflows.len());
+        for stored in &workflows {
+            match self.enforce_timeout(&stored.value, now).await {
+                Ok(counts) => {
+                    alive.push(counts);
+                    errors.push(None);
+                }
+                Err(e) => {
+                    alive.push((0, 0));
+                    errors.push(Some(e.to_string()));
+                }
+            }
+        }
+        let total: usize = alive.iter().map(|(a, _)| a).sum();
+        let mut budget = Budget {
+            left: self.options.max_runs.saturating_sub(total),
+            alive_of: 0,
+        };
+        let mut out = Vec::with_capacity(workflows.len());
+        for ((stored, (alive_of, killed)), error) in workflows.into_iter().zip(alive).zip(errors) {
+            budget.alive_of = alive_of;
+            let mut outcome = self.step(stored, now, &mut budget, killed).await;
+            if outcome.error.is_none() {
+                outcome.error = error;
+            }
+            out.push(outcome);
         }
         Ok(out)
     }
@@ -378,6 +478,21 @@ impl WorkflowController {
         })
         .await;
     }
+}
+
+/// What runs may still start in this pass.
+struct Budget {
+    /// Runs that may start, over every workflow.
+    left: usize,
+    /// Runs of the workflow at hand alive now.
+    alive_of: usize,
+}
+
+/// The timestamp of the event before `e` in `found` (where an event reader stopped).
+fn runs_until(found: &[Event], e: &Event) -> Option<i64> {
+    let i = found.iter().position(|x| std::ptr::eq(x, e))?;
+    let before = found.get(i.checked_sub(1)?)?;
+    crate::time::parse_millis(&before.timestamp)
 }
 
 fn unresolved(w: &Workflow) -> crate::error::Error {
