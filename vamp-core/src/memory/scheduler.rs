@@ -80,6 +80,23 @@ impl Default for InMemoryScheduler {
     }
 }
 
+/// The most instances one service may have in an [`InMemoryScheduler`] (each is a record
+/// in memory; a larger count is refused, not looped over).
+pub const MAX_INSTANCES: u32 = 100_000;
+
+fn check_instances(id: &ServiceId, instances: u32) -> Result<()> {
+    if instances > MAX_INSTANCES {
+        return Err(Error::Invalid {
+            what: "instances",
+            value: format!("{id}: {instances}"),
+            reason: format!(
+                "the in-memory scheduler runs at most {MAX_INSTANCES} instances of a service"
+            ),
+        });
+    }
+    Ok(())
+}
+
 impl InMemoryScheduler {
     /// A scheduler with no services.
     pub fn new() -> Self {
@@ -160,6 +177,7 @@ impl fmt::Display for InMemoryScheduler {
 impl ContainerScheduler for InMemoryScheduler {
     async fn deploy(&self, spec: ServiceSpec, opts: DeployOptions) -> Result<()> {
         let spec = spec.normalized()?;
+        check_instances(&spec.id, spec.instances)?;
         let mut s = self.state.lock();
         match s.services.remove(&spec.id) {
             None => {
@@ -199,6 +217,7 @@ impl ContainerScheduler for InMemoryScheduler {
     }
 
     async fn scale(&self, id: &ServiceId, instances: u32) -> Result<()> {
+        check_instances(id, instances)?;
         let mut s = self.state.lock();
         let mut service = s.services.remove(id).ok_or_else(|| Error::NotFound {
             backend: self.to_string(),
@@ -266,6 +285,33 @@ mod tests {
             deployable_type: None,
             definition: "magneticio/sava:1.0.0".into(),
         }
+    }
+
+    #[tokio::test]
+    async fn an_instance_count_past_the_limit_is_refused_not_looped_over() {
+        let s = InMemoryScheduler::new();
+        let id = ServiceId::new("d", "c", "s");
+        let image = crate::model::Deployable {
+            deployable_type: None,
+            definition: "x".into(),
+        };
+        let e = s
+            .deploy(
+                ServiceSpec::new(id.clone(), image.clone()).with_instances(u32::MAX),
+                DeployOptions::default(),
+            )
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("at most"), "{e}");
+        assert!(s.services().await.unwrap().is_empty());
+        s.deploy(
+            ServiceSpec::new(id.clone(), image),
+            DeployOptions::default(),
+        )
+        .await
+        .unwrap();
+        assert!(s.scale(&id, u32::MAX).await.is_err());
+        assert_eq!(s.service(&id).await.unwrap().unwrap().instances.len(), 1);
     }
 
     #[tokio::test]
