@@ -152,6 +152,8 @@ pub struct Api {
     guard: Arc<Guard>,
     /// Event streams open now.
     streams: Arc<std::sync::atomic::AtomicUsize>,
+    /// The server's supervised loops, shown by `/info`.
+    loops: Option<Arc<crate::supervise::Loops>>,
 }
 
 impl std::fmt::Debug for Api {
@@ -176,6 +178,7 @@ impl Api {
         Self {
             guard,
             streams: Arc::default(),
+            loops: None,
             persistence,
             events,
             scheduler,
@@ -192,6 +195,14 @@ impl Api {
     #[must_use]
     pub fn with_kv(mut self, kv: Arc<DynKeyValueStore>, namespace: impl Into<String>) -> Self {
         self.kv = Some((kv, namespace.into()));
+        self
+    }
+
+    /// Shows the state of these loops in `/info` (and reports the server degraded, with a 500,
+    /// while one is failing).
+    #[must_use]
+    pub fn with_loops(mut self, loops: Arc<crate::supervise::Loops>) -> Self {
+        self.loops = Some(loops);
         self
     }
 
@@ -2552,6 +2563,19 @@ async fn info(State(api): Shared, headers: HeaderMap, Query(params): Params) -> 
     if wanted("container_driver") {
         let r = api.scheduler.services().await.map(drop);
         component("container_driver", api.scheduler.to_string(), r);
+    }
+    if let Some(loops) = &api.loops
+        && wanted("loops")
+    {
+        let all: serde_json::Map<String, serde_json::Value> = loops
+            .all()
+            .into_iter()
+            .map(|(name, state)| (name.to_owned(), state.to_json()))
+            .collect();
+        out.insert("loops".into(), all.into());
+        let degraded = loops.degraded();
+        out.insert("degraded".into(), degraded.into());
+        failed |= degraded;
     }
     let status = if failed {
         StatusCode::INTERNAL_SERVER_ERROR

@@ -6,4 +6,5 @@ pub mod api;
 pub mod auth;
 pub mod health;
 pub mod serve;
+pub mod supervise;
 pub mod tls;

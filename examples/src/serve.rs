@@ -45,7 +45,25 @@ use vamp_haproxy::driver::{GatewayDriver, Marshaller};
 
 use crate::api::{Api, ApiOptions};
 use crate::auth::{Peer, Security, Tokens};
+use crate::supervise::{Loops, supervise};
 use crate::tls::{TlsFiles, TlsListener, TlsReloader};
+
+/// A test hook: the loop it is given to panics in its first pass (to show supervision).
+#[derive(Debug)]
+struct PanicHook(std::sync::atomic::AtomicBool);
+
+impl PanicHook {
+    fn new(armed: bool) -> Self {
+        Self(std::sync::atomic::AtomicBool::new(armed))
+    }
+
+    fn fire(&self) {
+        assert!(
+            !self.0.swap(false, std::sync::atomic::Ordering::SeqCst),
+            "panic hook: this loop was told to panic once"
+        );
+    }
+}
 
 /// How long in-flight requests may take to finish once the server stops.
 const GRACE: Duration = Duration::from_secs(10);
@@ -145,6 +163,10 @@ pub struct ServeConfig {
     /// How long a workflow run may take before it is killed (an event says so), in seconds.
     #[arg(long, default_value_t = 60)]
     pub workflow_timeout_s: u64,
+    /// For tests: the loop of this name (`reconcile`, `canary`, `sla`, `pulse`, `workflows`)
+    /// panics in its first pass, to show that it is restarted.
+    #[arg(skip)]
+    pub panic_once_in: Option<String>,
     /// Time between passes of the reconcile, SLA and canary loops, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub period_ms: u64,
@@ -174,6 +196,7 @@ impl ServeConfig {
             max_event_streams: 1000,
             max_workflow_runs: 16,
             workflow_timeout_s: 60,
+            panic_once_in: None,
             data_dir: data_dir.into(),
             in_memory: false,
             persistence: None,
@@ -550,6 +573,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
     options.limits.max_instances = config.max_instances;
     options.limits.max_event_streams = config.max_event_streams;
     let (shutdown, stopped) = watch::channel(false);
+    let loops = Arc::new(Loops::default());
     let api = Arc::new(
         Api::new(
             Arc::clone(&persistence),
@@ -558,7 +582,8 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
             options,
         )
         .with_shutdown(stopped.clone())
-        .with_kv(Arc::clone(&kv), config.namespace.clone()),
+        .with_kv(Arc::clone(&kv), config.namespace.clone())
+        .with_loops(Arc::clone(&loops)),
     );
 
     let until_stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -587,16 +612,33 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
             agent = agent.with_metrics(Arc::clone(&metrics));
         }
         agent_status = Some(agent.status());
+        loops.running("gateway-agent");
         tasks.push(tokio::spawn({
             let stop = until_stopped(stopped.clone());
+            let loops = Arc::clone(&loops);
             async move {
-                if let Err(e) = agent.run(stop).await {
+                // The agent supervises its HAProxy itself; an agent that ends (or panics)
+                // is reported, and the server shows itself degraded.
+                let error = match tokio::spawn(agent.run(stop)).await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(e) => Some(format!("panicked: {e}")),
+                };
+                if let Some(e) = &error {
                     tracing::error!(error = %e, "the gateway agent stopped");
                 }
+                loops.ended("gateway-agent", error);
             }
         }));
     }
     // Vamp's metrics and health events, and the SLAs and escalations that read them.
+    // Each loop's passes run supervised: a panic is a restart after a backoff, errors are
+    // logged and shown by /api/v1/info.
+    let hook = |name: &'static str| {
+        Arc::new(PanicHook::new(
+            config.panic_once_in.as_deref() == Some(name),
+        ))
+    };
     let pulse = vamp_core::ops::pulse::PulseController::new(
         Arc::clone(&persistence),
         Arc::clone(&metrics),
@@ -604,32 +646,117 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
     );
     let sla =
         vamp_core::ops::sla::SlaController::new(Arc::clone(&persistence), Arc::clone(&events));
-    tasks.push(tokio::spawn({
-        let stop = until_stopped(stopped.clone());
-        let period = Duration::from_millis(config.pulse_ms.max(100));
-        async move { pulse.run(period, stop).await }
-    }));
-    tasks.push(tokio::spawn({
-        let stop = until_stopped(stopped.clone());
-        let period = Duration::from_millis(config.period_ms.max(10));
-        async move { sla.run(period, stop).await }
-    }));
+    let period = Duration::from_millis(config.period_ms.max(10));
+    let pulse = Arc::new(pulse);
+    tasks.push(tokio::spawn(supervise(
+        "pulse",
+        Arc::clone(&loops),
+        Duration::from_millis(config.pulse_ms.max(100)),
+        stopped.clone(),
+        {
+            let hook = hook("pulse");
+            move || {
+                let pulse = Arc::clone(&pulse);
+                let hook = Arc::clone(&hook);
+                async move {
+                    hook.fire();
+                    pulse
+                        .tick()
+                        .await
+                        .map(|_| Vec::new())
+                        .map_err(|e| e.to_string())
+                }
+            }
+        },
+    )));
+    let sla = Arc::new(sla);
+    tasks.push(tokio::spawn(supervise(
+        "sla",
+        Arc::clone(&loops),
+        period,
+        stopped.clone(),
+        {
+            let hook = hook("sla");
+            move || {
+                let sla = Arc::clone(&sla);
+                let hook = Arc::clone(&hook);
+                async move {
+                    hook.fire();
+                    sla.tick()
+                        .await
+                        .map(|r| r.errors)
+                        .map_err(|e| e.to_string())
+                }
+            }
+        },
+    )));
     // Canary releases decide from the metrics the agent reads from HAProxy's logs.
-    let canaries = vamp_core::ops::canary::CanaryController::new(
-        Arc::clone(&persistence),
-        Arc::clone(&metrics),
-    )
-    .with_events(Arc::clone(&events));
-    tasks.push(tokio::spawn({
-        let stop = until_stopped(stopped.clone());
-        let period = Duration::from_millis(config.period_ms.max(10));
-        async move { canaries.run(period, stop).await }
-    }));
-    tasks.push(tokio::spawn({
-        let controller = Arc::clone(&controller);
-        let stop = until_stopped(stopped.clone());
-        async move { controller.run(stop).await }
-    }));
+    let canaries = Arc::new(
+        vamp_core::ops::canary::CanaryController::new(
+            Arc::clone(&persistence),
+            Arc::clone(&metrics),
+        )
+        .with_events(Arc::clone(&events)),
+    );
+    tasks.push(tokio::spawn(supervise(
+        "canary",
+        Arc::clone(&loops),
+        period,
+        stopped.clone(),
+        {
+            let hook = hook("canary");
+            move || {
+                let canaries = Arc::clone(&canaries);
+                let hook = Arc::clone(&hook);
+                async move {
+                    hook.fire();
+                    canaries
+                        .tick()
+                        .await
+                        .map(|outcomes| {
+                            outcomes
+                                .into_iter()
+                                .filter_map(|o| {
+                                    Some(format!("canary policy '{}': {}", o.policy, o.error?))
+                                })
+                                .collect()
+                        })
+                        .map_err(|e| e.to_string())
+                }
+            }
+        },
+    )));
+    tasks.push(tokio::spawn(supervise(
+        "reconcile",
+        Arc::clone(&loops),
+        period,
+        stopped.clone(),
+        {
+            let controller = Arc::clone(&controller);
+            let hook = hook("reconcile");
+            move || {
+                let controller = Arc::clone(&controller);
+                let hook = Arc::clone(&hook);
+                async move {
+                    hook.fire();
+                    controller
+                        .tick()
+                        .await
+                        .map(|r| {
+                            let mut errors = r.errors;
+                            errors.extend(
+                                r.failed
+                                    .into_iter()
+                                    .map(|(id, e)| format!("service {id}: {e}")),
+                            );
+                            errors.extend(r.persistence_error);
+                            errors
+                        })
+                        .map_err(|e| e.to_string())
+                }
+            }
+        },
+    )));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("listen on {listen}: {e}"))?;
@@ -654,11 +781,36 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         Arc::clone(&events),
         workflow_options,
     );
-    tasks.push(tokio::spawn({
-        let stop = until_stopped(stopped.clone());
-        let period = Duration::from_millis(config.period_ms.max(10));
-        async move { workflows.run(period, stop).await }
-    }));
+    let workflows = Arc::new(workflows);
+    tasks.push(tokio::spawn(supervise(
+        "workflows",
+        Arc::clone(&loops),
+        period,
+        stopped.clone(),
+        {
+            let hook = hook("workflows");
+            move || {
+                let workflows = Arc::clone(&workflows);
+                let hook = Arc::clone(&hook);
+                async move {
+                    hook.fire();
+                    workflows
+                        .tick()
+                        .await
+                        .map(|outcomes| {
+                            outcomes
+                                .into_iter()
+                                .filter_map(|o| {
+                                    Some(format!("workflow '{}': {}", o.workflow, o.error?))
+                                })
+                                .collect()
+                        })
+                        .map_err(|e| e.to_string())
+                }
+            }
+        },
+    )));
+
     let guard = Arc::clone(api.guard());
     let app = api.router().into_make_service_with_connect_info::<Peer>();
     let stop = until_stopped(stopped.clone());

@@ -295,3 +295,60 @@ async fn service_instance_name_and_template_quotas_refuse_before_storing() {
     );
     s.stop().await;
 }
+
+/// A loop whose pass panics is restarted, and `/api/v1/info` shows the restart and the error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_loop_is_restarted_and_info_shows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.panic_once_in = Some("reconcile".into());
+    let s = start(c).await.unwrap();
+    let client = Client::new();
+    let info = support::eventually(
+        "the reconcile loop runs again",
+        Duration::from_secs(30),
+        async || {
+            let info = support::get_json(&client, &format!("http://{}/api/v1/info", s.addr)).await;
+            (info["loops"]["reconcile"]["passes"].as_u64()? > 0).then_some(info)
+        },
+    )
+    .await;
+    let reconcile = &info["loops"]["reconcile"];
+    assert_eq!(reconcile["restarts"], 1, "{info}");
+    assert!(
+        reconcile["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("panicked: panic hook"),
+        "{info}"
+    );
+    assert_eq!(reconcile["status"], "ok", "{info}");
+    assert_eq!(info["degraded"], false, "{info}");
+    for other in ["canary", "sla", "pulse", "workflows"] {
+        assert_eq!(info["loops"][other]["restarts"], 0, "{other}: {info}");
+    }
+    // The restarted loop does its work: a deployment is deployed.
+    let (status, text) = send(
+        &client,
+        &s,
+        reqwest::Method::POST,
+        "/deployments",
+        &blueprint("after", 1, 1),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{text}");
+    support::eventually(
+        "deployed after the restart",
+        Duration::from_secs(30),
+        async || {
+            let d = support::get_json(
+                &client,
+                &format!("http://{}/api/v1/deployments/after", s.addr),
+            )
+            .await;
+            (d["clusters"]["c"]["services"][0]["status"]["phase"]["name"] == "Done").then_some(())
+        },
+    )
+    .await;
+    s.stop().await;
+}
