@@ -1371,6 +1371,11 @@ impl Api {
         let name = name.unwrap_or(&blueprint.name).to_owned();
         vamp_core::persistence::validate_name(&name)?;
         self.check_name(ArtifactKind::Deployment, &name)?;
+        if name == vamp_core::ops::workflow::SCOPE {
+            return Err(ApiError::bad(format!(
+                "The deployment name '{name}' is reserved for the services of workflows."
+            )));
+        }
         let existing = self.deployment(&name).await?;
         let artifacts = self.artifacts(&name).await?;
         let merged = merge(

@@ -352,3 +352,68 @@ async fn a_panicking_loop_is_restarted_and_info_shows_it() {
     .await;
     s.stop().await;
 }
+
+/// A daemon workflow's service is the workflow loop's: reconcile passes leave its process
+/// alone (it was undeployed by one loop and deployed again by the other), and the
+/// deployment name of workflow services is reserved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_workflow_keeps_one_process_through_reconcile_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.scheduler = Some(format!(
+        "local://{}",
+        dir.path().join("instances").display()
+    ));
+    let s = start(c).await.unwrap();
+    let client = Client::new();
+    let marker = format!("{}", 800_000 + std::process::id() % 90_000);
+    let wf = format!(
+        "name: daemon\nbreed:\n  name: daemon\n  deployable: {{type: command, definition: 'sleep {marker}'}}\nschedule: daemon\n"
+    );
+    let (status, text) = send(&client, &s, reqwest::Method::POST, "/workflows", &wf).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{text}");
+    let pids = || -> Vec<u32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| {
+                let pid = e.ok()?.file_name().to_str()?.parse::<u32>().ok()?;
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                (text.starts_with("sleep ") && text.contains(&marker)).then_some(pid)
+            })
+            .collect()
+    };
+    let first = support::eventually("the daemon runs", Duration::from_secs(30), async || {
+        let p = pids();
+        (p.len() == 1).then_some(p)
+    })
+    .await;
+    let passes = async || {
+        support::get_json(&client, &format!("http://{}/api/v1/info", s.addr)).await["loops"]["reconcile"]["passes"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let start_passes = passes().await;
+    // Thirty reconcile passes (100 ms apart), the process watched throughout.
+    support::eventually(
+        "thirty reconcile passes",
+        Duration::from_secs(60),
+        async || {
+            assert_eq!(pids(), first, "the daemon's process is the same one");
+            (passes().await >= start_passes + 30).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(pids(), first);
+    let (status, text) = send(
+        &client,
+        &s,
+        reqwest::Method::POST,
+        "/deployments",
+        &blueprint("workflows", 1, 1),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(text.contains("reserved"), "{text}");
+    s.stop().await;
+}

@@ -198,3 +198,68 @@ async fn a_daemon_is_deployed_suspended_restarted_and_stopped() {
     assert_eq!(h.status().await, None, "a stopped workflow is deleted");
     assert!(h.scheduler.service(&id).await.unwrap().is_none());
 }
+
+/// Vamp's usual form: the breed by reference to a stored one. It runs; a missing breed is an
+/// error on the workflow's outcome and one event (not one per pass), and the stored workflow
+/// keeps its reference.
+#[tokio::test]
+async fn a_breed_by_reference_is_read_from_the_store_and_a_missing_one_is_reported() {
+    let h = harness("  time: {period: PT10S}\n").await;
+    let yaml = "name: by-ref\nbreed: stored-breed\nschedule:\n  time: {period: PT10S}\n";
+    let AnyArtifact::Workflow(w) = read_str(yaml, Some(ArtifactKind::Workflow))
+        .unwrap()
+        .remove(0)
+    else {
+        panic!("a workflow");
+    };
+    h.store.create(&w).await.unwrap();
+    let errors = async || {
+        let out = h.workflows.tick().await.unwrap();
+        out.into_iter()
+            .find(|o| o.workflow == "by-ref")
+            .unwrap()
+            .error
+    };
+    let e = errors().await.expect("the breed is missing");
+    assert!(e.contains("'stored-breed' is not stored"), "{e}");
+    h.clock.advance(Duration::from_secs(1));
+    assert!(errors().await.is_some());
+    let query = EventQuery {
+        tags: vec!["workflows:by-ref".into(), "error".into()],
+        event_type: None,
+        timestamp: None,
+        aggregator: None,
+    };
+    let reported = h.events.query(&query, Default::default()).await.unwrap();
+    assert_eq!(
+        reported.len(),
+        1,
+        "one event for the same error: {reported:?}"
+    );
+    // The breed is stored: the workflow runs, and is stored with its reference still.
+    let breed = "name: stored-breed\ndeployable: command://echo stored\n";
+    let AnyArtifact::Breed(b) = read_str(breed, Some(ArtifactKind::Breed))
+        .unwrap()
+        .remove(0)
+    else {
+        panic!("a breed");
+    };
+    h.store.create(&b).await.unwrap();
+    h.clock.advance(Duration::from_secs(1));
+    assert_eq!(errors().await, None);
+    let runs = h.scheduler.started_runs();
+    assert!(
+        runs.iter()
+            .any(|r| r.deployable.definition == "command://echo stored"),
+        "{runs:?}"
+    );
+    let stored = h
+        .store
+        .get::<Workflow>("by-ref")
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    assert_eq!(stored.breed, Ref::Reference("stored-breed".into()));
+    assert_eq!(stored.status, WorkflowStatus::Running);
+}

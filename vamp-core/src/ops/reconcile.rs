@@ -323,6 +323,10 @@ pub fn plan(
         }
     }
     for (id, _) in observed {
+        // A workflow's daemon is the workflow loop's to run and stop.
+        if id.deployment == crate::ops::workflow::SCOPE {
+            continue;
+        }
         if !wanted.contains(id) && !backoff.contains(id) {
             plan.actions.push(Action::Undeploy { id: id.clone() });
         }

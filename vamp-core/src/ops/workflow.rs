@@ -82,9 +82,14 @@ pub fn period_ms(p: &RepeatPeriod) -> i64 {
     }
 }
 
+/// The scope (the deployment part of a [`ServiceId`]) of every workflow's services and runs:
+/// they are the workflow loop's, which the reconciler leaves alone, and no deployment may have
+/// this name.
+pub const SCOPE: &str = "workflows";
+
 /// The service id of a workflow's runs.
 pub fn service_id(w: &Workflow) -> ServiceId {
-    ServiceId::new("workflows", w.name.as_str(), w.breed.name())
+    ServiceId::new(SCOPE, w.name.as_str(), w.breed.name())
 }
 
 /// What a run of `w` is given to the scheduler as.
@@ -162,6 +167,8 @@ struct Timing {
     next_ms: Option<i64>,
     /// Where event runs have read events up to.
     events_since: Option<i64>,
+    /// The last error reported (an event is published when it changes).
+    last_error: Option<String>,
 }
 
 /// The workflow loop.
@@ -361,6 +368,25 @@ impl WorkflowController {
         Ok((runs, skipped))
     }
 
+    /// The workflow with its breed inline: a reference is read from persistence.
+    async fn resolved(&self, w: Workflow) -> Result<Workflow> {
+        let Ref::Reference(name) = &w.breed else {
+            return Ok(w);
+        };
+        match self.persistence.get::<DefaultBreed>(name).await? {
+            Some(b) => {
+                let mut w = w;
+                w.breed = Ref::Inline(b.value);
+                Ok(w)
+            }
+            None => Err(crate::error::Error::Invalid {
+                what: "workflow",
+                value: w.name.clone(),
+                reason: format!("its breed '{name}' is not stored"),
+            }),
+        }
+    }
+
     async fn step(
         &self,
         stored: crate::kv::Versioned<Workflow>,
@@ -368,6 +394,55 @@ impl WorkflowController {
         budget: &mut Budget,
         killed: usize,
     ) -> WorkflowOutcome {
+        let outcome = self.step_resolved(stored, now, budget, killed).await;
+        // A new error (or a different one) is an event; the same one again is not.
+        let changed = {
+            let mut timing = self.timing.lock();
+            let t = timing.entry(outcome.workflow.clone()).or_default();
+            let changed = t.last_error != outcome.error;
+            t.last_error.clone_from(&outcome.error);
+            changed
+        };
+        if changed && let Some(e) = &outcome.error {
+            let mut event = Event::system(
+                vec![format!("workflows:{}", outcome.workflow), "error".into()],
+                Node::Str(e.clone()),
+                "event",
+                now,
+            );
+            event.version = Some("1.0".into());
+            let _ = self.events.publish(event).await;
+        }
+        outcome
+    }
+
+    async fn step_resolved(
+        &self,
+        stored: crate::kv::Versioned<Workflow>,
+        now: i64,
+        budget: &mut Budget,
+        killed: usize,
+    ) -> WorkflowOutcome {
+        let version = stored.version;
+        let stored_value = stored.value;
+        let name = stored_value.name.clone();
+        let status = stored_value.status;
+        // Statuses are written on the workflow as stored (a breed reference stays one).
+        let original = stored_value.clone();
+        let w = match self.resolved(stored_value).await {
+            Ok(w) => w,
+            Err(e) => {
+                return WorkflowOutcome {
+                    workflow: name,
+                    runs: 0,
+                    skipped: 0,
+                    killed,
+                    status,
+                    error: Some(e.to_string()),
+                };
+            }
+        };
+        let stored = crate::kv::Versioned { value: w, version };
         let w = stored.value;
         let mut outcome = WorkflowOutcome {
             workflow: w.name.clone(),
@@ -384,7 +459,7 @@ impl WorkflowController {
                 | WorkflowStatus::Restarting(Some(RestartingPhase::Starting)) => {
                     (outcome.runs, outcome.skipped) = self.running(&w, now, budget).await?;
                     if w.status != WorkflowStatus::Running {
-                        self.set_status(&w, stored.version, WorkflowStatus::Running)
+                        self.set_status(&original, stored.version, WorkflowStatus::Running)
                             .await?;
                         self.events
                             .publish(event(&w.name, "scheduled", now))
@@ -395,7 +470,7 @@ impl WorkflowController {
                 WorkflowStatus::Suspending => {
                     self.scheduler.undeploy(&service_id(&w)).await?;
                     self.timing.lock().remove(&w.name);
-                    self.set_status(&w, stored.version, WorkflowStatus::Suspended)
+                    self.set_status(&original, stored.version, WorkflowStatus::Suspended)
                         .await?;
                     self.events
                         .publish(event(&w.name, "unscheduled", now))
@@ -417,7 +492,7 @@ impl WorkflowController {
                     self.scheduler.undeploy(&service_id(&w)).await?;
                     self.timing.lock().remove(&w.name);
                     let next = WorkflowStatus::Restarting(Some(RestartingPhase::Starting));
-                    self.set_status(&w, stored.version, next).await?;
+                    self.set_status(&original, stored.version, next).await?;
                     outcome.status = next;
                 }
                 WorkflowStatus::Suspended => {}
@@ -500,7 +575,7 @@ fn unresolved(w: &Workflow) -> crate::error::Error {
         what: "workflow",
         value: w.name.clone(),
         reason: format!(
-            "its breed '{}' is a reference: give the breed inline",
+            "its breed '{}' was not resolved to a stored breed",
             w.breed.name()
         ),
     }
