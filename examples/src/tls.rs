@@ -173,7 +173,7 @@ impl TlsReloader {
     }
 }
 
-/// A TLS listener for [`axum::serve`]: finished handshakes, with the peer's address and
+/// A TLS listener for [`axum::serve()`]: finished handshakes, with the peer's address and
 /// verified client certificate subject.
 #[derive(Debug)]
 pub struct TlsListener {

@@ -8,6 +8,8 @@ mod scheduler;
 
 pub use crate::metrics::SUBSCRIBER_BUFFER;
 pub use kv::{InMemoryKv, WATCH_BUFFER};
-pub use metrics::{DEFAULT_MAX_EVENTS, DEFAULT_MAX_RECORDS, InMemoryMetrics};
+pub use metrics::{
+    DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_EVENTS, DEFAULT_MAX_RECORDS, InMemoryMetrics, event_bytes,
+};
 pub use persistence::InMemoryPersistence;
-pub use scheduler::InMemoryScheduler;
+pub use scheduler::{InMemoryScheduler, MAX_INSTANCES};
