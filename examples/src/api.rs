@@ -27,7 +27,7 @@ use axum::routing::get;
 use futures_util::StreamExt;
 use tokio::sync::Mutex;
 use vamp_core::dsl::{AnyArtifact, load_documents, read_node, to_node};
-use vamp_core::kv::{DynKeyValueStore, KeyValueStoreExt, PutMode, Versioned, keys};
+use vamp_core::kv::{DynKeyValueStore, KeyValueStoreExt, PutMode, Version, Versioned, keys};
 use vamp_core::metrics::DynEventStore;
 use vamp_core::model::*;
 use vamp_core::node::Node;
@@ -519,6 +519,59 @@ impl ApiError {
             message: None,
         }
     }
+
+    /// A `412`: the artifact is not at the version `If-Match` named.
+    fn precondition(what: &str, name: &str, found: Option<Version>, wanted: Version) -> Self {
+        let found = found.map_or_else(
+            || "not stored".to_owned(),
+            |v| format!("at version {}", v.0),
+        );
+        Self {
+            status: StatusCode::PRECONDITION_FAILED,
+            message: Some(format!(
+                "{what} '{name}' is {found}, not at version {} (If-Match); nothing was changed.",
+                wanted.0
+            )),
+        }
+    }
+
+    /// With `If-Match`, a write that lost a race is a `412`, not a `409` to retry.
+    fn expecting(self, expected: Option<Version>, what: &str, name: &str) -> Self {
+        match expected {
+            Some(v) if self.status == StatusCode::CONFLICT => {
+                Self::precondition(what, name, None, v)
+            }
+            _ => self,
+        }
+    }
+}
+
+/// The version `If-Match` names (`"<version>"`, as the `ETag`s of this API), if given.
+fn if_match(headers: &HeaderMap) -> Result<Option<Version>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or("").trim();
+    let digits = text.trim_start_matches("W/").trim_matches('"');
+    digits
+        .parse::<u64>()
+        .map(|v| Some(Version(v)))
+        .map_err(|_| {
+            ApiError::bad(format!(
+                "If-Match takes one ETag of this API (\"<version>\"), not '{}'.",
+                text.escape_debug()
+            ))
+        })
+}
+
+/// A response with the `ETag` of `version`.
+fn with_etag(mut response: Response, version: Option<Version>) -> Response {
+    if let Some(v) = version
+        && let Ok(h) = HeaderValue::from_str(&format!("\"{}\"", v.0))
+    {
+        response.headers_mut().insert(header::ETAG, h);
+    }
+    response
 }
 
 impl From<vamp_core::Error> for ApiError {
@@ -1017,26 +1070,47 @@ async fn get_kind(
 ) -> ApiResult {
     let format = accept(&headers)?;
     let kind = kind_of(&kind)?;
-    let found = api
-        .find(kind, &name)
+    let (found, version) = api
+        .find_versioned(kind, &name)
         .await?
         .ok_or_else(ApiError::not_found)?;
-    Ok(body(StatusCode::OK, format, &artifact_json(&found)))
+    Ok(with_etag(
+        body(StatusCode::OK, format, &artifact_json(&found)),
+        version,
+    ))
 }
 
 impl Api {
-    async fn find(&self, kind: ArtifactKind, name: &str) -> Result<Option<AnyArtifact>, ApiError> {
+    /// The artifact and its stored version (none for a gateway of a deployment, which lives
+    /// in the deployment).
+    async fn find_versioned(
+        &self,
+        kind: ArtifactKind,
+        name: &str,
+    ) -> Result<Option<(AnyArtifact, Option<Version>)>, ApiError> {
         if kind == ArtifactKind::Gateway {
-            return Ok(self
+            let Some(g) = self
                 .all_gateways()
                 .await?
                 .into_iter()
                 .find(|g| g.name == name)
-                .map(AnyArtifact::Gateway));
+            else {
+                return Ok(None);
+            };
+            let version = self
+                .persistence
+                .read(kind, name)
+                .await?
+                .filter(|r| r.content.is_some())
+                .map(|r| r.version);
+            return Ok(Some((AnyArtifact::Gateway(g), version)));
         }
         match self.persistence.read(kind, name).await? {
             Some(record) => match record.content {
-                Some(content) => Ok(Some(read_node(Node::from_json(&content), Some(kind))?)),
+                Some(content) => Ok(Some((
+                    read_node(Node::from_json(&content), Some(kind))?,
+                    Some(record.version),
+                ))),
                 None => Ok(None),
             },
             None => Ok(None),
@@ -1052,9 +1126,29 @@ impl Api {
         validate_only: bool,
         creating: bool,
     ) -> Result<AnyArtifact, ApiError> {
+        Ok(self
+            .put_artifact_expecting(artifact, validate_only, creating, None)
+            .await?
+            .0)
+    }
+
+    /// Stores `artifact` if it is at version `expected` (`If-Match`; a `412` otherwise), and
+    /// returns it with its new version. The write is conditional on the version read even
+    /// without `If-Match`, so that a writer elsewhere (another server on the same database)
+    /// is never overwritten: a lost race is planned again from what is stored then.
+    async fn put_artifact_expecting(
+        &self,
+        artifact: AnyArtifact,
+        validate_only: bool,
+        creating: bool,
+        expected: Option<Version>,
+    ) -> Result<(AnyArtifact, Option<Version>), ApiError> {
+        let name = artifact.name().to_owned();
+        let what = artifact.kind().as_str();
         retrying!(
-            self.put_artifact_once(artifact.clone(), validate_only, creating)
+            self.put_artifact_once(artifact.clone(), validate_only, creating, expected)
                 .await
+                .map_err(|e| e.expecting(expected, what, &name))
         )
     }
 
@@ -1063,16 +1157,33 @@ impl Api {
         artifact: AnyArtifact,
         validate_only: bool,
         creating: bool,
-    ) -> Result<AnyArtifact, ApiError> {
+        expected: Option<Version>,
+    ) -> Result<(AnyArtifact, Option<Version>), ApiError> {
         let kind = artifact.kind();
         let name = artifact.name().to_owned();
         vamp_core::persistence::validate_name(&name)?;
         self.check_name(kind, &name)?;
         if kind == ArtifactKind::Gateway && GatewayPath::new(&name).segments.len() == 3 && !creating
         {
-            return self.put_internal_gateway(artifact, validate_only).await;
+            if expected.is_some() {
+                return Err(ApiError::bad(
+                    "A gateway of a deployment has no ETag of its own: use the deployment's.",
+                ));
+            }
+            return Ok((
+                self.put_internal_gateway(artifact, validate_only).await?,
+                None,
+            ));
         }
-        let existing = self.find(kind, &name).await?;
+        let (existing, current) = match self.find_versioned(kind, &name).await? {
+            Some((a, v)) => (Some(a), v),
+            None => (None, None),
+        };
+        if let Some(v) = expected
+            && current != Some(v)
+        {
+            return Err(ApiError::precondition(kind.as_str(), &name, current, v));
+        }
         // A canary policy's status is the control plane's: an update without one keeps it.
         let artifact = match (artifact, &existing) {
             (AnyArtifact::CanaryPolicy(mut c), Some(AnyArtifact::CanaryPolicy(old)))
@@ -1094,13 +1205,31 @@ impl Api {
         self.check_artifact_policy(&artifact).await?;
         let writes = plan_put(artifact.clone(), &stored)?;
         if validate_only || writes.is_empty() {
-            return Ok(writes.last().cloned().unwrap_or(artifact));
+            return Ok((writes.last().cloned().unwrap_or(artifact), current));
         }
         let batch = writes
             .iter()
-            .map(|a| ArtifactWrite::put(a.kind(), a.name(), artifact_json(a), PutMode::Overwrite))
+            .map(|a| {
+                // The artifact itself only over the version read (or only if still absent).
+                let mode = if a.kind() == kind && a.name() == name {
+                    match (current, existing.is_some()) {
+                        (Some(v), _) => PutMode::Update(v),
+                        (None, false) => PutMode::Create,
+                        (None, true) => PutMode::Overwrite,
+                    }
+                } else {
+                    PutMode::Overwrite
+                };
+                ArtifactWrite::put(a.kind(), a.name(), artifact_json(a), mode)
+            })
             .collect();
-        self.persistence.write(batch).await?;
+        let versions = self.persistence.write(batch).await?;
+        let version = writes
+            .iter()
+            .zip(&versions)
+            .rev()
+            .find(|(a, _)| a.kind() == kind && a.name() == name)
+            .and_then(|(_, v)| *v);
         for a in &writes {
             let what = if a.name() == name && existing.is_some() {
                 "update"
@@ -1109,7 +1238,7 @@ impl Api {
             };
             self.archive(a.kind(), a.name(), what, to_node(a)).await;
         }
-        Ok(writes.last().cloned().unwrap_or(artifact))
+        Ok((writes.last().cloned().unwrap_or(artifact), version))
     }
 
     /// An internal gateway (`deployment/cluster/port`) lives in its deployment: an update
@@ -1161,6 +1290,27 @@ impl Api {
     }
 
     async fn delete_artifact(&self, kind: ArtifactKind, name: &str) -> Result<bool, ApiError> {
+        self.delete_artifact_expecting(kind, name, None).await
+    }
+
+    /// Deletes the artifact if it is at version `expected` (`If-Match`; a `412` otherwise).
+    async fn delete_artifact_expecting(
+        &self,
+        kind: ArtifactKind,
+        name: &str,
+        expected: Option<Version>,
+    ) -> Result<bool, ApiError> {
+        if let Some(v) = expected {
+            let current = self
+                .persistence
+                .read(kind, name)
+                .await?
+                .filter(|r| r.content.is_some())
+                .map(|r| r.version);
+            if current != Some(v) {
+                return Err(ApiError::precondition(kind.as_str(), name, current, v));
+            }
+        }
         if kind == ArtifactKind::Gateway {
             let gateways = self.gateways().await?;
             let deployments: Vec<Deployment> = self
@@ -1180,7 +1330,10 @@ impl Api {
             };
             let mut stopping = w.value.clone();
             stopping.status = WorkflowStatus::Stopping;
-            self.persistence.update(&stopping, w.version).await?;
+            self.persistence
+                .update(&stopping, expected.unwrap_or(w.version))
+                .await
+                .map_err(|e| ApiError::from(e).expecting(expected, kind.as_str(), name))?;
             self.archive(kind, name, "delete", Node::Null).await;
             return Ok(true);
         }
@@ -1190,9 +1343,10 @@ impl Api {
                 .write(vec![ArtifactWrite {
                     kind,
                     name: name.to_owned(),
-                    op: WriteOp::Delete { expected: None },
+                    op: WriteOp::Delete { expected },
                 }])
-                .await?;
+                .await
+                .map_err(|e| ApiError::from(e).expecting(expected, kind.as_str(), name))?;
             self.archive(kind, name, "delete", Node::Null).await;
         }
         Ok(existed)
@@ -1295,14 +1449,18 @@ async fn update_kind(
             artifact.name()
         )));
     }
+    let expected = if_match(&headers)?;
     let _write = api.writes.lock().await;
-    let stored = api
-        .put_artifact(artifact, flag(&params, "validate_only"), false)
+    let (stored, version) = api
+        .put_artifact_expecting(artifact, flag(&params, "validate_only"), false, expected)
         .await?;
-    Ok(body(
-        status_for_write(kind, StatusCode::OK),
-        format,
-        &artifact_json(&stored),
+    Ok(with_etag(
+        body(
+            status_for_write(kind, StatusCode::OK),
+            format,
+            &artifact_json(&stored),
+        ),
+        version,
     ))
 }
 
@@ -1317,8 +1475,9 @@ async fn delete_kind(
     if flag(&params, "validate_only") {
         return Ok(status_for_write(kind, StatusCode::NO_CONTENT).into_response());
     }
+    let expected = if_match(&headers)?;
     let _write = api.writes.lock().await;
-    api.delete_artifact(kind, &name).await?;
+    api.delete_artifact_expecting(kind, &name, expected).await?;
     Ok(status_for_write(kind, StatusCode::NO_CONTENT).into_response())
 }
 
@@ -1359,7 +1518,23 @@ impl Api {
         blueprint: &DefaultBlueprint,
         validate_only: bool,
     ) -> Result<(Deployment, Vec<DefaultBreed>), ApiError> {
-        retrying!(self.deploy_once(name, blueprint, validate_only).await)
+        retrying!(self.deploy_once(name, blueprint, validate_only, None).await)
+    }
+
+    /// [`Api::deploy`] into the deployment `name` if it is at version `expected` (`If-Match`;
+    /// a `412` otherwise).
+    async fn deploy_expecting(
+        &self,
+        name: &str,
+        blueprint: &DefaultBlueprint,
+        validate_only: bool,
+        expected: Option<Version>,
+    ) -> Result<(Deployment, Vec<DefaultBreed>), ApiError> {
+        retrying!(
+            self.deploy_once(Some(name), blueprint, validate_only, expected)
+                .await
+                .map_err(|e| e.expecting(expected, "deployments", name))
+        )
     }
 
     async fn deploy_once(
@@ -1367,6 +1542,7 @@ impl Api {
         name: Option<&str>,
         blueprint: &DefaultBlueprint,
         validate_only: bool,
+        expected: Option<Version>,
     ) -> Result<(Deployment, Vec<DefaultBreed>), ApiError> {
         let name = name.unwrap_or(&blueprint.name).to_owned();
         vamp_core::persistence::validate_name(&name)?;
@@ -1377,6 +1553,12 @@ impl Api {
             )));
         }
         let existing = self.deployment(&name).await?;
+        if let Some(v) = expected {
+            let current = existing.as_ref().map(|e| e.version);
+            if current != Some(v) {
+                return Err(ApiError::precondition("deployments", &name, current, v));
+            }
+        }
         let artifacts = self.artifacts(&name).await?;
         let merged = merge(
             existing.as_ref().map(|v| &v.value),
@@ -1445,7 +1627,24 @@ impl Api {
         blueprint: &DefaultBlueprint,
         validate_only: bool,
     ) -> Result<Deployment, ApiError> {
-        retrying!(self.slice_once(name, blueprint, validate_only).await)
+        self.slice_expecting(name, blueprint, validate_only, None)
+            .await
+    }
+
+    /// [`Api::slice`] if the deployment is at version `expected` (`If-Match`; a `412`
+    /// otherwise).
+    async fn slice_expecting(
+        &self,
+        name: &str,
+        blueprint: &DefaultBlueprint,
+        validate_only: bool,
+        expected: Option<Version>,
+    ) -> Result<Deployment, ApiError> {
+        retrying!(
+            self.slice_once(name, blueprint, validate_only, expected)
+                .await
+                .map_err(|e| e.expecting(expected, "deployments", name))
+        )
     }
 
     async fn slice_once(
@@ -1453,6 +1652,7 @@ impl Api {
         name: &str,
         blueprint: &DefaultBlueprint,
         validate_only: bool,
+        expected: Option<Version>,
     ) -> Result<Deployment, ApiError> {
         let existing = self.deployment(name).await?.ok_or_else(|| {
             ApiError::from(vamp_core::ops::OperationError::ArtifactNotFound {
@@ -1460,6 +1660,16 @@ impl Api {
                 name: name.to_owned(),
             })
         })?;
+        if let Some(v) = expected
+            && existing.version != v
+        {
+            return Err(ApiError::precondition(
+                "deployments",
+                name,
+                Some(existing.version),
+                v,
+            ));
+        }
         let sliced = slice(&existing.value, blueprint, Self::now())?;
         if !validate_only {
             self.persistence.update(&sliced, existing.version).await?;
@@ -1510,10 +1720,13 @@ async fn get_deployment(
         .deployment(&name)
         .await?
         .ok_or_else(ApiError::not_found)?;
-    Ok(body(
-        StatusCode::OK,
-        format,
-        &deployment_json(&d.value, flag(&params, "as_blueprint")),
+    Ok(with_etag(
+        body(
+            StatusCode::OK,
+            format,
+            &deployment_json(&d.value, flag(&params, "as_blueprint")),
+        ),
+        Some(d.version),
     ))
 }
 
@@ -1562,11 +1775,15 @@ async fn update_deployment(
     }
     let blueprint = Api::blueprint_of(docs.swap_remove(0))?;
     let validate_only = flag(&params, "validate_only");
+    let expected = if_match(&headers)?;
     let _write = api.writes.lock().await;
     let d = if flag(&params, "delete") {
-        api.slice(&name, &blueprint, validate_only).await?
+        api.slice_expecting(&name, &blueprint, validate_only, expected)
+            .await?
     } else {
-        api.deploy(Some(&name), &blueprint, validate_only).await?.0
+        api.deploy_expecting(&name, &blueprint, validate_only, expected)
+            .await?
+            .0
     };
     Ok(body(
         StatusCode::ACCEPTED,
@@ -1599,7 +1816,12 @@ async fn delete_deployment(
     };
     let blueprint = Api::blueprint_of(doc)?;
     let d = api
-        .slice(&name, &blueprint, flag(&params, "validate_only"))
+        .slice_expecting(
+            &name,
+            &blueprint,
+            flag(&params, "validate_only"),
+            if_match(&headers)?,
+        )
         .await?;
     Ok(body(
         StatusCode::ACCEPTED,

@@ -1032,3 +1032,125 @@ async fn canary_policies_are_stored_and_paused_resumed_and_aborted() {
     assert_eq!(a.json()["steps"], json!(["50%", "100%"]));
     s.stop().await;
 }
+
+/// Versioned writes: every artifact answer carries an `ETag`; `If-Match` on `PUT`/`DELETE`
+/// is honoured, a stale one gets `412` and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etags_and_if_match_guard_artifacts_and_deployments() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path(), None).await;
+    let http = Http::new(&s);
+    let with_if_match = async |method: Method, path: &str, etag: &str, body: Option<&str>| {
+        let mut r = http
+            .client
+            .request(method, format!("{}{path}", http.base))
+            .header("Accept", "application/json")
+            .header("If-Match", etag);
+        if let Some(b) = body {
+            r = r
+                .header("Content-Type", "application/x-yaml")
+                .body(b.to_owned());
+        }
+        let r = r.send().await.unwrap();
+        let status = r.status();
+        let etag = r
+            .headers()
+            .get("etag")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (status, etag, r.text().await.unwrap())
+    };
+    assert_eq!(
+        http.send(Method::POST, "/api/v1/breeds", BREED)
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let first = http.get("/api/v1/breeds/sava:1.0").await;
+    let etag = first.header("etag").expect("an ETag").to_owned();
+    assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
+    // Changed by someone else meanwhile: the first reader's If-Match is stale.
+    let changed = BREED.replace("600", "601");
+    let (status, new_etag, _) = with_if_match(
+        Method::PUT,
+        "/api/v1/breeds/sava:1.0",
+        &etag,
+        Some(&changed),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let new_etag = new_etag.expect("the new version's ETag");
+    assert_ne!(new_etag, etag);
+    assert_eq!(
+        http.get("/api/v1/breeds/sava:1.0").await.header("etag"),
+        Some(new_etag.as_str())
+    );
+    let stale = BREED.replace("600", "602");
+    let (status, _, text) =
+        with_if_match(Method::PUT, "/api/v1/breeds/sava:1.0", &etag, Some(&stale)).await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED, "{text}");
+    assert!(text.contains("If-Match"), "{text}");
+    let (status, _, _) =
+        with_if_match(Method::DELETE, "/api/v1/breeds/sava:1.0", &etag, None).await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED);
+    let now = http.get("/api/v1/breeds/sava:1.0").await;
+    assert!(now.text.contains("601"), "nothing changed: {}", now.text);
+    // A malformed If-Match is a 400; the current one deletes.
+    let (status, _, _) =
+        with_if_match(Method::DELETE, "/api/v1/breeds/sava:1.0", "yesterday", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _, _) =
+        with_if_match(Method::DELETE, "/api/v1/breeds/sava:1.0", &new_etag, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    // Deployments: a merge with a stale If-Match changes nothing.
+    assert_eq!(
+        http.send(Method::POST, "/api/v1/deployments", BLUEPRINT)
+            .await
+            .status,
+        StatusCode::ACCEPTED
+    );
+    let d = http.get("/api/v1/deployments/sava").await;
+    assert!(d.header("etag").is_some(), "a deployment ETag");
+    let scaled = format!("{BLUEPRINT}    scale: {{cpu: 0.2, memory: 128MB, instances: 3}}\n");
+    let (status, _, text) = with_if_match(
+        Method::PUT,
+        "/api/v1/deployments/sava",
+        "\"999999\"",
+        Some(&scaled),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED, "{text}");
+    let same = http.get("/api/v1/deployments/sava").await;
+    assert_eq!(
+        same.json()["clusters"],
+        d.json()["clusters"],
+        "the stale merge changed nothing"
+    );
+    // The current ETag merges (the reconcile loop writes statuses too: read again and retry
+    // until no write came between the read and the merge).
+    support::eventually(
+        "a merge at the current version",
+        Duration::from_secs(30),
+        async || {
+            let current = http
+                .get("/api/v1/deployments/sava")
+                .await
+                .header("etag")?
+                .to_owned();
+            let (status, _, _) = with_if_match(
+                Method::PUT,
+                "/api/v1/deployments/sava",
+                &current,
+                Some(&scaled),
+            )
+            .await;
+            (status == StatusCode::ACCEPTED).then_some(())
+        },
+    )
+    .await;
+    let merged = http.get("/api/v1/deployments/sava").await.json();
+    assert_eq!(
+        merged["clusters"]["sava"]["services"][0]["scale"]["instances"], 3,
+        "{merged}"
+    );
+    s.stop().await;
+}
