@@ -7,8 +7,9 @@
 //! gets a loopback port per instance from the scheduler's own range ([`DEFAULT_PORT_RANGE`],
 //! below the kernel's ephemeral ports, so no other process's outgoing connection is handed
 //! one; each port goes to one instance at a time, and only while nothing else listens on it;
-//! every local scheduler on the machine shares the reservation through `flock`ed files in
-//! `$TMPDIR/vamp-local-ports`, so two control planes never hand out one port twice),
+//! every local scheduler of the same user shares the reservation through `flock`ed files in
+//! `$TMPDIR/vamp-local-ports-<uid>`, a directory of that user's alone (`0700`, its owner and
+//! mode checked, never a link), so two control planes never hand out one port twice),
 //! passed in the environment as `PORT_<NAME>` (name
 //! upper-cased, other characters `_`), `PORT0`, `PORT1`, … in spec order, and `PORT` (the first);
 //! also `HOST=127.0.0.1`, `VAMP_INSTANCE` (the instance's name) and `VAMP_INSTANCE_DIR`, then
@@ -457,6 +458,24 @@ impl LocalScheduler {
 
     /// Makes `count` instances of `spec` ready (directories and ports), numbered from
     /// `first`, without the state lock. On failure nothing is left allocated.
+    /// [`LocalScheduler::prepare`] on a blocking thread (directories and port probes are
+    /// system calls that must not hold up the async runtime).
+    async fn prepare_off_runtime(
+        &self,
+        spec: &ServiceSpec,
+        first: u64,
+        count: u32,
+    ) -> Result<Vec<Prepared>, Error> {
+        let this = self.clone();
+        let spec = spec.clone();
+        tokio::task::spawn_blocking(move || this.prepare(&spec, first, count))
+            .await
+            .map_err(|e| Error::Backend {
+                backend: self.inner.label.clone(),
+                source: Box::new(e),
+            })?
+    }
+
     fn prepare(&self, spec: &ServiceSpec, first: u64, count: u32) -> Result<Vec<Prepared>, Error> {
         let mut prepared: Vec<Prepared> = Vec::new();
         let undo = |prepared: &[Prepared]| {
@@ -815,7 +834,9 @@ impl ContainerScheduler for LocalScheduler {
             }
             Self::reserve_numbers(&mut state, spec.instances)
         };
-        let prepared = self.prepare(&spec, first, spec.instances)?;
+        let prepared = self
+            .prepare_off_runtime(&spec, first, spec.instances)
+            .await?;
         let mut state = self.state();
         let state = &mut *state;
         let instances = self.start(&spec, prepared);
@@ -875,7 +896,7 @@ impl ContainerScheduler for LocalScheduler {
             let more = instances.saturating_sub(have);
             (spec, Self::reserve_numbers(&mut state, more), more)
         };
-        let prepared = self.prepare(&spec, first, more)?;
+        let prepared = self.prepare_off_runtime(&spec, first, more).await?;
         let mut state = self.state();
         let state = &mut *state;
         let Some(service) = state.services.get_mut(id) else {
@@ -937,7 +958,8 @@ impl ContainerScheduler for LocalScheduler {
         self.check_spec(&spec)?;
         let first = Self::reserve_numbers(&mut self.state(), 1);
         let prepared = self
-            .prepare(&spec, first, 1)?
+            .prepare_off_runtime(&spec, first, 1)
+            .await?
             .pop()
             .expect("one instance prepared");
         let runner = Supervisor {

@@ -183,7 +183,16 @@ impl SchedulerBackendConfig {
                     || std::env::temp_dir().join(format!("vamp-local-{}", std::process::id())),
                     std::path::PathBuf::from,
                 );
-                Ok(Arc::new(local::LocalScheduler::new(workdir)?))
+                // Stopping what an earlier scheduler left there waits for processes: not on
+                // the async runtime.
+                let scheduler =
+                    tokio::task::spawn_blocking(move || local::LocalScheduler::new(workdir))
+                        .await
+                        .map_err(|e| Error::Backend {
+                            backend: "local".into(),
+                            source: Box::new(e),
+                        })??;
+                Ok(Arc::new(scheduler))
             }
             #[cfg(not(feature = "scheduler-local"))]
             Self::Local(_) => Err(Error::FeatureDisabled {

@@ -21,9 +21,30 @@ pub(crate) struct PortAllocator {
     held: BTreeMap<u16, Option<std::fs::File>>,
 }
 
-/// Where the port reservations of every local scheduler on this machine are locked.
-fn port_lock_dir() -> PathBuf {
-    std::env::temp_dir().join("vamp-local-ports")
+/// Where the port reservations of this user's local schedulers are locked:
+/// `$TMPDIR/vamp-local-ports-<uid>`, created `0700`, and used only while it is a directory
+/// (not a link) of this user that nobody else may read or write; otherwise `None` (each
+/// scheduler then counts only its own ports).
+fn port_lock_dir() -> Option<PathBuf> {
+    static DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        use std::os::unix::fs::MetadataExt;
+        let uid = std::fs::metadata("/proc/self").ok()?.uid();
+        private_dir(&std::env::temp_dir(), uid)
+    })
+    .clone()
+}
+
+/// `base/vamp-local-ports-<uid>`, created `0700` if missing, if it is a directory (not a
+/// link) owned by `uid` with no access for group or others.
+fn private_dir(base: &std::path::Path, uid: u32) -> Option<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let dir = base.join(format!("vamp-local-ports-{uid}"));
+    // Created by us, or already there (made by another scheduler, or by someone else: then
+    // checked below).
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    let m = std::fs::symlink_metadata(&dir).ok()?;
+    (m.file_type().is_dir() && m.uid() == uid && m.mode() & 0o077 == 0).then_some(dir)
 }
 
 impl PortAllocator {
@@ -38,10 +59,9 @@ impl PortAllocator {
     /// Locks `port` for this scheduler: `None` when another holds it; `Some(None)` when
     /// locks cannot be taken here (then only this scheduler's own bookkeeping counts).
     fn reserve(port: u16) -> Option<Option<std::fs::File>> {
-        let dir = port_lock_dir();
-        if std::fs::create_dir_all(&dir).is_err() {
+        let Some(dir) = port_lock_dir() else {
             return Some(None);
-        }
+        };
         let Ok(file) = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -80,5 +100,38 @@ impl PortAllocator {
     pub(crate) fn release(&mut self, port: u16) {
         // Dropping the file releases its lock.
         self.held.remove(&port);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[test]
+    fn the_lock_directory_is_private_or_not_used() {
+        let base = tempfile::tempdir().unwrap();
+        let uid = std::fs::metadata("/proc/self").unwrap().uid();
+        let dir = private_dir(base.path(), uid).expect("created");
+        let m = std::fs::metadata(&dir).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            private_dir(base.path(), uid),
+            Some(dir.clone()),
+            "used again"
+        );
+        // Opened to others: not used.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert_eq!(private_dir(base.path(), uid), None);
+        // Another user's: not used.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(private_dir(base.path(), uid.wrapping_add(1)), None);
+        // A link planted in its place: not followed.
+        let other = tempfile::tempdir().unwrap();
+        let linked = base.path().join("links");
+        std::fs::create_dir(&linked).unwrap();
+        std::os::unix::fs::symlink(other.path(), linked.join(format!("vamp-local-ports-{uid}")))
+            .unwrap();
+        assert_eq!(private_dir(&linked, uid), None);
     }
 }
