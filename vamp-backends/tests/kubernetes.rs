@@ -124,7 +124,8 @@ async fn the_deployment_sent_is_vamp_s_mapping_in_kubernetes_objects() {
     );
     let name = deployment_name(&spec.id);
     let breed = &vamp_core::lookup::hex_sha1("sava:1.0.0", "0000")[..20];
-    assert_eq!(name, format!("sava-sava-{breed}"));
+    let tuple = &vamp_core::lookup::hex_sha1("sava\u{0}sava\u{0}sava:1.0.0", "")[..10];
+    assert_eq!(name, format!("sava-sava-{breed}-{tuple}"));
     let labels = json!({
         "team": "canary",
         "io.vamp.deployment": "sava",
@@ -402,4 +403,129 @@ async fn credentials_are_not_copied_into_the_spec_annotation() {
         .filter(|r| r.method != "GET")
         .count();
     assert_eq!(writes, 0, "the same spec is not sent again");
+}
+
+/// Tuples whose parts join to the same text get two Deployments; an object at a service's
+/// name that this scheduler did not make for it is neither replaced, scaled nor deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn colliding_tuples_get_two_objects_and_foreign_ones_are_left_alone() {
+    let double = KubeDouble::start().await;
+    let s = scheduler(&double).await;
+    let one = ServiceSpec::new(ServiceId::new("a-b", "c", "d"), image());
+    let two = ServiceSpec::new(ServiceId::new("a", "b-c", "d"), image());
+    assert_ne!(deployment_name(&one.id), deployment_name(&two.id));
+    s.deploy(one.clone(), DeployOptions::default())
+        .await
+        .unwrap();
+    s.deploy(two.clone(), DeployOptions::default())
+        .await
+        .unwrap();
+    let ids: Vec<ServiceId> = s
+        .services()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.spec.id)
+        .collect();
+    assert!(ids.contains(&one.id) && ids.contains(&two.id), "{ids:?}");
+    assert!(s.undeploy(&one.id).await.unwrap());
+    assert!(
+        s.service(&two.id).await.unwrap().is_some(),
+        "the other one stays"
+    );
+    // A Deployment made by someone else at the name a service would get.
+    let foreign = ServiceId::new("shop", "web", "web");
+    let name = deployment_name(&foreign);
+    let other = kube::Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(
+        client(&double, None),
+        "vamp",
+    );
+    let object: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "labels": {"app": "theirs"}},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "theirs"}},
+                 "template": {"metadata": {"labels": {"app": "theirs"}},
+                              "spec": {"containers": [{"name": "c", "image": "theirs:1"}]}}}
+    }))
+    .unwrap();
+    other
+        .create(&kube::api::PostParams::default(), &object)
+        .await
+        .unwrap();
+    let e = s
+        .deploy(
+            ServiceSpec::new(foreign.clone(), image()),
+            DeployOptions::default(),
+        )
+        .await
+        .expect_err("not replaced");
+    assert!(
+        e.to_string().contains("left alone") || format!("{e:?}").contains("left alone"),
+        "{e:?}"
+    );
+    assert!(s.scale(&foreign, 5).await.is_err());
+    assert!(!s.undeploy(&foreign).await.unwrap(), "not deleted");
+    let theirs = other.get(&name).await.unwrap();
+    let spec = theirs.spec.expect("a spec");
+    assert_eq!(spec.replicas, Some(2));
+    let image = spec.template.spec.expect("a pod spec").containers[0]
+        .image
+        .clone();
+    assert_eq!(image.as_deref(), Some("theirs:1"));
+}
+
+/// A service's Deployment under an earlier version's name (its parts joined without the
+/// tuple's digest) is replaced by the one under its own name, and goes with an undeploy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_under_an_earlier_name_are_moved_and_removed() {
+    let double = KubeDouble::start().await;
+    let s = scheduler(&double).await;
+    let spec = ServiceSpec::new(ServiceId::new("shop", "web", "web"), image());
+    s.deploy(spec.clone(), DeployOptions::default())
+        .await
+        .unwrap();
+    let mut legacy = double
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "POST")
+        .expect("the create")
+        .body;
+    assert!(s.undeploy(&spec.id).await.unwrap());
+    legacy["metadata"]["name"] = json!("shop-web-web");
+    let api = kube::Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(
+        client(&double, None),
+        "vamp",
+    );
+    let create = |body: serde_json::Value| {
+        let api = api.clone();
+        async move {
+            let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(body).unwrap();
+            api.create(&kube::api::PostParams::default(), &d)
+                .await
+                .unwrap();
+        }
+    };
+    let names = || {
+        let api = api.clone();
+        async move {
+            let mut n: Vec<String> = api
+                .list(&kube::api::ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .filter_map(|d| d.metadata.name)
+                .collect();
+            n.sort();
+            n
+        }
+    };
+    create(legacy.clone()).await;
+    s.deploy(spec.clone(), DeployOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(names().await, [deployment_name(&spec.id)]);
+    create(legacy).await;
+    assert!(s.undeploy(&spec.id).await.unwrap());
+    assert!(names().await.is_empty());
 }

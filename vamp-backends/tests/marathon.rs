@@ -131,10 +131,11 @@ async fn the_app_sent_is_vamp_s_payload_in_marathon_s_field_names() {
         .expect("the spec label");
     assert!(stored.as_str().unwrap().contains("\"SAVA_DEBUG\":\"true\""));
     let breed = &vamp_core::lookup::hex_sha1("sava:1.0.0", "")[..20];
+    let tuple = &vamp_core::lookup::hex_sha1("sava\u{0}sava\u{0}sava:1.0.0", "")[..10];
     assert_eq!(
         sent,
         json!({
-            "id": format!("/vamp/deployment-sava-service-sava-{breed}"),
+            "id": format!("/vamp/deployment-sava-service-sava-{breed}-{tuple}"),
             "instances": 3,
             "cpus": 0.5,
             "mem": 256.0,
@@ -410,4 +411,95 @@ async fn credentials_are_not_copied_into_the_spec_label() {
         .filter(|r| r.method != "GET")
         .count();
     assert_eq!(writes, 0, "the same spec is not sent again");
+}
+
+/// Tuples whose parts join to the same text get two apps; an app at a service's id that this
+/// scheduler did not make for it is neither updated, scaled nor deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn colliding_tuples_get_two_apps_and_foreign_ones_are_left_alone() {
+    let double = MarathonDouble::start().await;
+    let s = scheduler(&double).await;
+    let one = ServiceSpec::new(ServiceId::new("a-b", "c", "d"), image());
+    let two = ServiceSpec::new(ServiceId::new("a", "b-c", "d"), image());
+    assert_ne!(app_id("vamp", &one.id), app_id("vamp", &two.id));
+    s.deploy(one.clone(), DeployOptions::default())
+        .await
+        .unwrap();
+    s.deploy(two.clone(), DeployOptions::default())
+        .await
+        .unwrap();
+    assert!(double.app(&app_id("vamp", &one.id)).is_some());
+    assert!(double.app(&app_id("vamp", &two.id)).is_some());
+    assert!(s.undeploy(&one.id).await.unwrap());
+    assert!(
+        double.app(&app_id("vamp", &two.id)).is_some(),
+        "the other one stays"
+    );
+    // An app made by someone else at the id a service would get.
+    let foreign = ServiceId::new("shop", "web", "web");
+    let id = app_id("vamp", &foreign);
+    let created = reqwest::Client::new()
+        .post(format!("http://{}/v2/apps", double.addr))
+        .header("Content-Type", "application/json")
+        .body(
+            json!({"id": id, "cmd": "sleep 1000", "instances": 2, "labels": {"owner": "theirs"}})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(created.status().is_success(), "{}", created.status());
+    let e = s
+        .deploy(
+            ServiceSpec::new(foreign.clone(), image()),
+            DeployOptions::default(),
+        )
+        .await
+        .expect_err("not updated");
+    assert!(format!("{e} {e:?}").contains("left alone"), "{e:?}");
+    assert!(s.scale(&foreign, 5).await.is_err());
+    assert!(!s.undeploy(&foreign).await.unwrap(), "not deleted");
+    let theirs = double.app(&id).expect("still there");
+    assert_eq!(theirs["instances"], 2);
+    assert_eq!(theirs["cmd"], "sleep 1000");
+}
+
+/// A service's app under an earlier version's id (without the tuple's digest) is replaced by
+/// the one under its own id, and goes with an undeploy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_under_an_earlier_id_are_moved_and_removed() {
+    let double = MarathonDouble::start().await;
+    let s = scheduler(&double).await;
+    let spec = ServiceSpec::new(ServiceId::new("shop", "web", "web"), image());
+    s.deploy(spec.clone(), DeployOptions::default())
+        .await
+        .unwrap();
+    let mut legacy = double
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "POST" && r.path == "/v2/apps")
+        .expect("the create")
+        .body;
+    assert!(s.undeploy(&spec.id).await.unwrap());
+    let old_id = "/vamp/deployment-shop-service-web-web";
+    legacy["id"] = json!(old_id);
+    let create = async |body: &Value| {
+        let r = reqwest::Client::new()
+            .post(format!("http://{}/v2/apps", double.addr))
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+    };
+    create(&legacy).await;
+    s.deploy(spec.clone(), DeployOptions::default())
+        .await
+        .unwrap();
+    assert!(double.app(old_id).is_none(), "the earlier id is gone");
+    assert!(double.app(&app_id("vamp", &spec.id)).is_some());
+    create(&legacy).await;
+    assert!(s.undeploy(&spec.id).await.unwrap());
+    assert!(double.app(old_id).is_none() && double.app(&app_id("vamp", &spec.id)).is_none());
 }

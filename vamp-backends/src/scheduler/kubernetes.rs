@@ -8,7 +8,7 @@
 //!
 //! | Vamp | Kubernetes |
 //! |---|---|
-//! | service (deployment, cluster, breed) | a `Deployment` (`apps/v1`) in [`KubernetesOptions::namespace`], named `<deployment>-<cluster>-<breed>` (each part itself when it is a DNS label shorter than 32 characters, else the first 20 hex digits of its SHA-1; the whole `vamp-<sha1[:20]>` when longer than 63) |
+//! | service (deployment, cluster, breed) | a `Deployment` (`apps/v1`) in [`KubernetesOptions::namespace`], named `<deployment>-<cluster>-<breed>-<digest>` (each part itself when it is a DNS label shorter than 32 characters, else the first 20 hex digits of its SHA-1; the three cut to 52 characters; `<digest>` 10 hex digits of the SHA-1 of the whole tuple, so no two services share a name). A Deployment at that name that its spec annotation does not give to the service (made by someone else) is never replaced, scaled or deleted; one of the service's under another name (an earlier version's) is removed once the service runs under its own |
 //! | deployable (`docker`, `container/docker`, or no type) | the container's `image` (one container, named like the Deployment) |
 //! | instances | `spec.replicas`; scaled through the `scale` subresource |
 //! | instance | a pod: name = pod name, host = `status.podIP`, ports = the container ports, running = phase `Running` (and not terminating) |
@@ -120,7 +120,10 @@ fn part(name: &str) -> String {
     }
 }
 
-/// The Deployment's name for a service.
+/// The Deployment's name for a service: its parts joined by `-` (each itself when it is a
+/// short DNS label, else a digest), cut to leave room for a digest of the whole tuple, which
+/// ends the name: two services never share a name (`a-b`/`c` and `a`/`b-c` once did), and the
+/// name stays a DNS label of at most 63 characters.
 pub fn deployment_name(id: &ServiceId) -> String {
     let joined = format!(
         "{}-{}-{}",
@@ -128,14 +131,10 @@ pub fn deployment_name(id: &ServiceId) -> String {
         part(&id.cluster),
         part(&id.service)
     );
-    if joined.len() <= 63 {
-        joined
-    } else {
-        format!(
-            "vamp-{}",
-            &vamp_core::lookup::hex_sha1(&joined, "0000")[..20]
-        )
-    }
+    let tuple = format!("{}\u{0}{}\u{0}{}", id.deployment, id.cluster, id.service);
+    let digest = &vamp_core::lookup::hex_sha1(&tuple, "")[..10];
+    let readable = joined[..joined.len().min(52)].trim_end_matches('-');
+    format!("{readable}-{digest}")
 }
 
 /// A label value Kubernetes accepts: characters outside `[A-Za-z0-9._-]` replaced by `_`,
@@ -435,6 +434,54 @@ impl Inner {
             .items)
     }
 
+    /// Whether `d` is the Deployment of service `id`: one this scheduler's kind made for it
+    /// (its spec annotation names that service), not an object of another owner or of none.
+    fn owns(d: &Deployment, id: &ServiceId) -> bool {
+        Self::spec_of(d).is_some_and(|s| s.id == *id)
+    }
+
+    fn not_ours(&self, name: &str, id: &ServiceId) -> Error {
+        Error::Backend {
+            backend: self.label.clone(),
+            source: format!(
+                "a Deployment '{name}' exists that this scheduler did not make for {id}: it is left alone"
+            )
+            .into(),
+        }
+    }
+
+    /// Removes the Deployments of service `id` under another name than its own (made by an
+    /// earlier version's naming): each only if it is still the one read (its uid).
+    async fn remove_other_names(&self, id: &ServiceId) -> Result<usize, Error> {
+        let own = deployment_name(id);
+        let all = self
+            .deployments
+            .list(&ListParams::default().labels(SELECTOR))
+            .await
+            .map_err(|e| self.error(e))?
+            .items;
+        let mut removed = 0;
+        for d in all {
+            let Some(name) = d.metadata.name.clone() else {
+                continue;
+            };
+            if name == own || !Self::owns(&d, id) {
+                continue;
+            }
+            let mut params = DeleteParams::background();
+            params.preconditions = Some(kube::api::Preconditions {
+                uid: d.metadata.uid.clone(),
+                resource_version: None,
+            });
+            match self.deployments.delete(&name, &params).await {
+                Ok(_) => removed += 1,
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                Err(e) => return Err(self.error(e)),
+            }
+        }
+        Ok(removed)
+    }
+
     async fn list(&self) -> Result<BTreeMap<ServiceId, DeployedService>, Error> {
         let deployments = self
             .deployments
@@ -582,6 +629,9 @@ impl ContainerScheduler for KubernetesScheduler {
                         .await
                         .map(drop)
                 }
+                Some(current) if !Inner::owns(&current, &spec.id) => {
+                    return Err(inner.not_ours(&name, &spec.id));
+                }
                 Some(current) => {
                     // Compared as recorded: credentials are digests in the annotation.
                     let same = Inner::spec_of(&current).is_some_and(|s| {
@@ -612,18 +662,36 @@ impl ContainerScheduler for KubernetesScheduler {
                 Err(e) => return Err(inner.error(e)),
             }
         }
+        // The service under its own name now: a copy under an earlier version's name goes.
+        inner.remove_other_names(&spec.id).await?;
         inner.refresh().await
     }
 
     async fn undeploy(&self, id: &ServiceId) -> Result<bool, Error> {
         let inner = &self.inner;
-        let existed = match inner
+        let name = deployment_name(id);
+        let others = inner.remove_other_names(id).await?;
+        let Some(current) = inner
             .deployments
-            .delete(&deployment_name(id), &DeleteParams::background())
+            .get_opt(&name)
             .await
-        {
+            .map_err(|e| inner.error(e))?
+        else {
+            inner.refresh().await?;
+            return Ok(others > 0);
+        };
+        // Only the service's own Deployment goes, and only the one just read (its uid).
+        if !Inner::owns(&current, id) {
+            return Ok(false);
+        }
+        let mut params = DeleteParams::background();
+        params.preconditions = Some(kube::api::Preconditions {
+            uid: current.metadata.uid.clone(),
+            resource_version: None,
+        });
+        let existed = match inner.deployments.delete(&name, &params).await {
             Ok(_) => true,
-            Err(kube::Error::Api(s)) if s.code == 404 => false,
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => false,
             Err(e) => return Err(inner.error(e)),
         };
         inner.refresh().await?;
@@ -638,6 +706,17 @@ impl ContainerScheduler for KubernetesScheduler {
                 value: format!("{id}: {instances}"),
                 reason: format!("at most {} instances", inner.opts.max_instances),
             });
+        }
+        let name = deployment_name(id);
+        let current = inner
+            .deployments
+            .get_opt(&name)
+            .await
+            .map_err(|e| inner.error(e))?;
+        if let Some(current) = &current
+            && !Inner::owns(current, id)
+        {
+            return Err(inner.not_ours(&name, id));
         }
         let patch = json!({"spec": {"replicas": instances}});
         match inner
@@ -673,7 +752,7 @@ impl ContainerScheduler for KubernetesScheduler {
         else {
             return Ok(None);
         };
-        let Some(spec) = Inner::spec_of(&d) else {
+        let Some(spec) = Inner::spec_of(&d).filter(|s| s.id == *id) else {
             return Ok(None);
         };
         let pods = inner.pods_of(Some(&name)).await?;

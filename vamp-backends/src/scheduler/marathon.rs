@@ -6,7 +6,7 @@
 //!
 //! | Vamp | Marathon |
 //! |---|---|
-//! | service (deployment, cluster, breed) | app `/<group>/deployment-<deployment>-service-<cluster>-<breed>`, each part itself when it is a DNS label (lower-case letters, digits, `-`, at most 63), else the first 20 hex digits of its SHA-1 |
+//! | service (deployment, cluster, breed) | app `/<group>/deployment-<deployment>-service-<cluster>-<breed>-<digest>`, each part itself when it is a DNS label (lower-case letters, digits, `-`, at most 63), else the first 20 hex digits of its SHA-1, and `<digest>` 10 hex digits of the SHA-1 of the whole tuple (no two services share an id). An app at that id whose spec label does not give it to the service (made by someone else) is never updated, scaled or deleted; one of the service's under another id (an earlier version's) is removed once the service runs under its own |
 //! | deployable `docker`, `container/docker` or no type | `container: {type: DOCKER, docker: {image, network, portMappings, parameters, privileged, forcePullImage: false}}` |
 //! | deployable `command`, `cmd` | `cmd`, with `portDefinitions` (`$PORT0`, `$PORT1`, … given by Marathon) |
 //! | breed port `8080` | `portMappings[i] = {containerPort: 8080, hostPort: 0, protocol: tcp, name}` (network `BRIDGE`); `portDefinitions[i] = {port: 0, protocol: tcp, name}` (network `HOST` and commands) |
@@ -165,13 +165,17 @@ fn segment(name: &str) -> String {
     }
 }
 
-/// The app id of a service in `group`.
+/// The app id of a service in `group`: its parts (each itself when it is a DNS label, else a
+/// digest) and a digest of the whole tuple, so two services never share an id (`a-b`/`c` and
+/// `a`/`b-c` once did).
 pub fn app_id(group: &str, id: &ServiceId) -> String {
+    let tuple = format!("{}\u{0}{}\u{0}{}", id.deployment, id.cluster, id.service);
     format!(
-        "/{group}/deployment-{}-service-{}-{}",
+        "/{group}/deployment-{}-service-{}-{}-{}",
         segment(&id.deployment),
         segment(&id.cluster),
-        segment(&id.service)
+        segment(&id.service),
+        &vamp_core::lookup::hex_sha1(&tuple, "")[..10]
     )
 }
 
@@ -476,6 +480,57 @@ impl Inner {
         Some(DeployedService { spec, instances })
     }
 
+    /// Whether `app` is service `id`'s: in this scheduler's group, its spec label naming that
+    /// service (not an app of another owner or of none).
+    fn owns(&self, app: &Value, id: &ServiceId) -> bool {
+        self.service(app).is_some_and(|s| s.spec.id == *id)
+    }
+
+    fn not_ours(&self, id: &ServiceId) -> Error {
+        Error::Backend {
+            backend: self.label.clone(),
+            source: format!(
+                "an app '{}' exists that this scheduler did not make for {id}: it is left alone",
+                app_id(&self.opts.group, id)
+            )
+            .into(),
+        }
+    }
+
+    /// Removes the apps of service `id` under another id than its own (made by an earlier
+    /// version's naming); how many went.
+    async fn remove_other_ids(&self, id: &ServiceId) -> Result<usize, Error> {
+        let own = app_id(&self.opts.group, id);
+        let path = format!("/v2/apps?label={NAMESPACE_LABEL}=={}", self.opts.group);
+        let (status, body) = self.call(Method::GET, &path, None).await?;
+        if !status.is_success() {
+            return Err(self.refused("the app list", status, &body));
+        }
+        let mut removed = 0;
+        for app in body
+            .get("apps")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let Some(other) = app.get("id").and_then(Value::as_str) else {
+                continue;
+            };
+            if other == own || !self.owns(app, id) {
+                continue;
+            }
+            let (status, answer) = self
+                .call(Method::DELETE, &format!("/v2/apps{other}?force=true"), None)
+                .await?;
+            if status.is_success() {
+                removed += 1;
+            } else if status != StatusCode::NOT_FOUND {
+                return Err(self.refused(other, status, &answer));
+            }
+        }
+        Ok(removed)
+    }
+
     async fn get_app(&self, id: &ServiceId) -> Result<Option<Value>, Error> {
         let path = format!("/v2/apps{}?embed=app.tasks", app_id(&self.opts.group, id));
         let (status, body) = self.call(Method::GET, &path, None).await?;
@@ -728,6 +783,9 @@ impl ContainerScheduler for MarathonScheduler {
                     inner.write(Method::PUT, &spec.id, Some(&app), true).await?;
                 }
             }
+            Some(current) if !inner.owns(&current, &spec.id) => {
+                return Err(inner.not_ours(&spec.id));
+            }
             Some(current) => {
                 let mut changed = Map::new();
                 if let Value::Object(fields) = &app {
@@ -750,10 +808,21 @@ impl ContainerScheduler for MarathonScheduler {
                 }
             }
         }
+        // The service under its own id now: a copy under an earlier version's id goes.
+        inner.remove_other_ids(&spec.id).await?;
         inner.refresh().await
     }
 
     async fn undeploy(&self, id: &ServiceId) -> Result<bool, Error> {
+        let others = self.inner.remove_other_ids(id).await?;
+        match self.inner.get_app(id).await? {
+            Some(app) if self.inner.owns(&app, id) => {}
+            // Nothing of this service's (an app of another owner stays).
+            _ => {
+                self.inner.refresh().await?;
+                return Ok(others > 0);
+            }
+        }
         let status = self.inner.write(Method::DELETE, id, None, false).await?;
         self.inner.refresh().await?;
         Ok(status.is_success())
@@ -768,6 +837,9 @@ impl ContainerScheduler for MarathonScheduler {
                 name: id.to_string(),
             });
         };
+        if !inner.owns(&app, id) {
+            return Err(inner.not_ours(id));
+        }
         if instances > inner.opts.max_instances {
             return Err(Error::Invalid {
                 what: "instances",
@@ -793,7 +865,8 @@ impl ContainerScheduler for MarathonScheduler {
             .inner
             .get_app(id)
             .await?
-            .and_then(|app| self.inner.service(&app)))
+            .and_then(|app| self.inner.service(&app))
+            .filter(|s| s.spec.id == *id))
     }
 
     async fn services(&self) -> Result<Vec<DeployedService>, Error> {
