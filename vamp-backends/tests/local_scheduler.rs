@@ -684,3 +684,109 @@ async fn workflows_run_on_local_processes() {
     assert_ne!(restarted, first);
     assert!(alive(&restarted));
 }
+
+/// A scheduler that keeps its instances leaves them running when dropped, and one created on
+/// the same directory adopts them: the same processes on the same ports, restarted when they
+/// die, stopped by an undeploy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_instance_outlives_its_scheduler_and_is_adopted_by_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = ServiceId::new("keep", "web", "web");
+    let spec = ServiceSpec::new(id.clone(), http_server())
+        .with_instances(2)
+        .with_port("web", 8080, PortType::Http);
+    let first = LocalScheduler::adopting(dir.path()).unwrap();
+    first
+        .deploy(spec.clone(), DeployOptions::default())
+        .await
+        .unwrap();
+    let before = eventually("two instances answer", async || {
+        let s = first.service(&id).await.unwrap()?;
+        (s.instances.len() == 2
+            && s.instances
+                .iter()
+                .all(|i| http_status(i.ports["web"]) == Some(200)))
+        .then_some(s)
+    })
+    .await;
+    let pid_of = |name: &str| {
+        std::fs::read_to_string(dir.path().join(name).join("instance.pid"))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let pids: Vec<String> = before.instances.iter().map(|i| pid_of(&i.name)).collect();
+    drop(first);
+    // A moment for the supervisors to let go; the processes keep serving throughout.
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(pids.iter().all(|p| alive(p)), "kept instances stay");
+        assert!(
+            before
+                .instances
+                .iter()
+                .all(|i| http_status(i.ports["web"]) == Some(200))
+        );
+    }
+    let second = LocalScheduler::adopting(dir.path()).unwrap();
+    let adopted = second.service(&id).await.unwrap().expect("adopted");
+    let mut got: Vec<(String, u16)> = adopted
+        .instances
+        .iter()
+        .map(|i| (i.name.clone(), i.ports["web"]))
+        .collect();
+    let mut want: Vec<(String, u16)> = before
+        .instances
+        .iter()
+        .map(|i| (i.name.clone(), i.ports["web"]))
+        .collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "the same instances on the same ports");
+    assert_eq!(adopted.spec.environment, before.spec.environment);
+    assert!(adopted.instances.iter().all(|i| i.running));
+    assert_eq!(
+        adopted
+            .instances
+            .iter()
+            .map(|i| pid_of(&i.name))
+            .collect::<Vec<_>>(),
+        pids,
+        "the same processes"
+    );
+    // The same spec deployed again (what a reconcile pass does) changes nothing.
+    second
+        .deploy(spec.clone(), DeployOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        adopted
+            .instances
+            .iter()
+            .map(|i| pid_of(&i.name))
+            .collect::<Vec<_>>(),
+        pids
+    );
+    // An adopted instance that dies is started again.
+    let victim = &adopted.instances[0];
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -s KILL -- -{}", pids[0].trim()))
+        .status()
+        .unwrap();
+    eventually("the dead instance is started again", async || {
+        let p = std::fs::read_to_string(dir.path().join(&victim.name).join("instance.pid")).ok()?;
+        let pid = p.split_whitespace().next()?.to_owned();
+        (pid != pids[0] && alive(&pid) && http_status(victim.ports["web"]) == Some(200))
+            .then_some(())
+    })
+    .await;
+    // An undeploy stops the adopted ones too.
+    assert!(second.undeploy(&id).await.unwrap());
+    eventually("every instance stopped", async || {
+        (!alive(&pids[1])).then_some(())
+    })
+    .await;
+}

@@ -111,6 +111,8 @@ struct Inner {
     inherit: Vec<String>,
     ports: Mutex<PortAllocator>,
     max_instances: u32,
+    /// Instances outlive this scheduler (and a later one adopts them).
+    keep: bool,
 }
 
 impl Inner {
@@ -129,6 +131,7 @@ impl Inner {
 /// An instance made ready outside the state lock: its directory and ports.
 struct Prepared {
     name: String,
+    number: u64,
     dir: PathBuf,
     ports: IndexMap<String, u16>,
 }
@@ -195,7 +198,8 @@ impl State {
 impl Drop for Inner {
     fn drop(&mut self) {
         if let Ok(state) = self.state.lock() {
-            for service in state.services.values() {
+            // Kept instances outlive the scheduler; their supervisors let go of them.
+            for service in state.services.values().filter(|_| !self.keep) {
                 for i in &service.instances {
                     let _ = i.stop.send(true);
                 }
@@ -322,6 +326,10 @@ fn clean_up(workdir: &Path) -> usize {
 /// The file recording a running instance's process group.
 const PID_FILE: &str = "instance.pid";
 
+/// The file recording an instance for a later scheduler to adopt: its service's spec, its
+/// name, number and ports.
+const RECORD_FILE: &str = "instance.json";
+
 impl LocalScheduler {
     /// A scheduler keeping instance directories below `workdir` (created if missing). Process
     /// groups an earlier scheduler left running there are stopped first.
@@ -340,7 +348,36 @@ impl LocalScheduler {
             )
         })?;
         clean_up(&workdir);
-        Ok(Self {
+        Ok(Self::on(workdir, false))
+    }
+
+    /// A scheduler whose instances outlive it, keeping instance directories below `workdir`:
+    /// the instances an earlier such scheduler left running there (same processes, same
+    /// ports) are adopted, and supervised as if this one had started them; what is left of
+    /// instances that died meanwhile is removed. A service is adopted with the instances still
+    /// alive (a control plane scales it back up). Dropping this scheduler leaves every instance
+    /// running; [`ContainerScheduler::undeploy`] still stops them.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when the directory cannot be created.
+    pub fn adopting(workdir: impl Into<PathBuf>) -> Result<Self, Error> {
+        let workdir = workdir.into();
+        std::fs::create_dir_all(&workdir).map_err(|e| {
+            crate::invalid(
+                "local",
+                format!(
+                    "cannot create the work directory {}: {e}",
+                    workdir.display()
+                ),
+            )
+        })?;
+        let scheduler = Self::on(workdir, true);
+        scheduler.adopt();
+        Ok(scheduler)
+    }
+
+    fn on(workdir: PathBuf, keep: bool) -> Self {
+        Self {
             inner: Arc::new(Inner {
                 label: format!("LocalScheduler({})", workdir.display()),
                 workdir,
@@ -351,8 +388,99 @@ impl LocalScheduler {
                     .collect(),
                 ports: Mutex::new(PortAllocator::new(DEFAULT_PORT_RANGE)),
                 max_instances: DEFAULT_MAX_INSTANCES,
+                keep,
             }),
-        })
+        }
+    }
+
+    /// Adopts the live instances recorded below the work directory (see
+    /// [`LocalScheduler::adopting`]); removes the directories of dead ones.
+    fn adopt(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.inner.workdir) else {
+            return;
+        };
+        let mut found: BTreeMap<
+            ServiceId,
+            (
+                ServiceSpec,
+                Vec<(u64, String, PathBuf, u32, IndexMap<String, u16>)>,
+            ),
+        > = BTreeMap::new();
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let record = std::fs::read_to_string(dir.join(RECORD_FILE))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+            let pgid = std::fs::read_to_string(dir.join(PID_FILE))
+                .ok()
+                .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok());
+            let adopted = match (record, pgid) {
+                (Some(record), Some(pgid)) if pgid > 1 && group_alive(pgid, &dir) => {
+                    let spec = record.get("spec").and_then(super::record::spec_from_json);
+                    let number = record.get("number").and_then(serde_json::Value::as_u64);
+                    let name = record.get("name").and_then(serde_json::Value::as_str);
+                    let ports: Option<IndexMap<String, u16>> = record
+                        .get("ports")
+                        .and_then(|p| serde_json::from_value(p.clone()).ok());
+                    match (spec, number, name, ports) {
+                        (Some(spec), Some(number), Some(name), Some(ports)) => {
+                            let e = found
+                                .entry(spec.id.clone())
+                                .or_insert_with(|| (spec, Vec::new()));
+                            e.1.push((number, name.to_owned(), dir.clone(), pgid, ports));
+                            true
+                        }
+                        _ => false,
+                    }
+                }
+                _ => false,
+            };
+            if !adopted {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+        let mut state = self.state();
+        for (id, (mut spec, mut instances)) in found {
+            instances.sort_by_key(|i| i.0);
+            spec.instances = u32::try_from(instances.len()).unwrap_or(u32::MAX);
+            let mut adopted = Vec::new();
+            for (number, name, dir, pgid, ports) in instances {
+                state.next_instance = state.next_instance.max(number);
+                {
+                    let mut allocator = self.inner.ports();
+                    for port in ports.values() {
+                        allocator.adopt(*port);
+                    }
+                }
+                let (stop, stopped) = watch::channel(false);
+                let supervisor = Supervisor {
+                    scheduler: Arc::downgrade(&self.inner),
+                    inherit: self.inner.inherit.clone(),
+                    id: id.clone(),
+                    name: name.clone(),
+                    dir,
+                    spec: spec.clone(),
+                    ports: ports.clone(),
+                    keep: true,
+                };
+                tokio::spawn(supervisor.run_adopted(pgid, stopped));
+                adopted.push(Instance {
+                    state: InstanceState {
+                        name,
+                        host: "127.0.0.1".into(),
+                        ports,
+                        running: true,
+                        healthy: (!spec.health_checks.is_empty()).then_some(true),
+                    },
+                    stop,
+                });
+            }
+            let service = Service {
+                spec,
+                instances: adopted,
+            };
+            state.services.insert(id, service);
+        }
     }
 
     /// Gives instances ports from `range` instead of [`DEFAULT_PORT_RANGE`] (call before
@@ -507,7 +635,12 @@ impl LocalScheduler {
                     source: Box::new(e),
                 });
             }
-            prepared.push(Prepared { name, dir, ports });
+            prepared.push(Prepared {
+                name,
+                number: first + n,
+                dir,
+                ports,
+            });
         }
         Ok(prepared)
     }
@@ -540,7 +673,9 @@ impl LocalScheduler {
                     dir: p.dir,
                     spec: spec.clone(),
                     ports: p.ports,
+                    keep: self.inner.keep,
                 };
+                supervisor.record(p.number);
                 tokio::spawn(supervisor.run(stopped));
                 Instance {
                     state: state_now,
@@ -560,9 +695,110 @@ struct Supervisor {
     dir: PathBuf,
     spec: ServiceSpec,
     ports: IndexMap<String, u16>,
+    /// The instance outlives the scheduler: when the scheduler is gone, let go of it.
+    keep: bool,
+}
+
+/// How a supervisor's wait ended.
+enum Ended {
+    /// The process exited.
+    Exited,
+    /// Told to stop (undeploy, scale down, replacement, or a scheduler that does not keep).
+    Stop,
+    /// The scheduler is gone and the instance is kept: leave it running.
+    LetGo,
 }
 
 impl Supervisor {
+    /// Whether the scheduler is gone and this instance is kept (it is left running).
+    fn letting_go(&self) -> bool {
+        self.keep && self.scheduler.strong_count() == 0
+    }
+
+    /// What a change of the stop signal means: its sender dropped (`gone`) with the scheduler
+    /// of a kept instance lets it go; anything else stops it.
+    fn why_stopped(&self, gone: bool) -> Ended {
+        if gone && self.letting_go() {
+            Ended::LetGo
+        } else {
+            Ended::Stop
+        }
+    }
+
+    /// Writes the instance's record for a later scheduler (see [`RECORD_FILE`]).
+    fn record(&self, number: u64) {
+        let record = serde_json::json!({
+            "spec": super::record::spec_json(&self.spec, true),
+            "name": self.name,
+            "number": number,
+            "ports": self.ports,
+        });
+        let _ = std::fs::write(self.dir.join(RECORD_FILE), record.to_string());
+    }
+
+    /// Supervises an instance an earlier scheduler started (process group `pgid`): watched
+    /// until it exits (then started again as usual), stopped when told.
+    async fn run_adopted(self, pgid: u32, mut stopped: watch::Receiver<bool>) {
+        let ended = self.watch_adopted(pgid, &mut stopped).await;
+        self.after_adopted(pgid, ended, stopped).await;
+    }
+
+    async fn watch_adopted(&self, pgid: u32, stopped: &mut watch::Receiver<bool>) -> Ended {
+        let health = self.health_loop();
+        tokio::pin!(health);
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(250)) => {
+                    let (group, dir) = (pgid, self.dir.clone());
+                    let alive = tokio::task::spawn_blocking(move || group_alive(group, &dir))
+                        .await
+                        .unwrap_or(false);
+                    if !alive {
+                        break Ended::Exited;
+                    }
+                }
+                changed = stopped.changed() => break self.why_stopped(changed.is_err()),
+                () = &mut health => break Ended::Stop,
+            }
+        }
+    }
+
+    async fn after_adopted(self, pgid: u32, ended: Ended, stopped: watch::Receiver<bool>) {
+        match ended {
+            Ended::LetGo => {}
+            Ended::Stop => {
+                signal_group(pgid, "TERM").await;
+                let deadline = Instant::now() + Duration::from_secs(5);
+                loop {
+                    let (group, dir) = (pgid, self.dir.clone());
+                    let alive = tokio::task::spawn_blocking(move || group_alive(group, &dir))
+                        .await
+                        .unwrap_or(false);
+                    if !alive {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        signal_group(pgid, "KILL").await;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let _ = std::fs::remove_file(self.dir.join(PID_FILE));
+                if let Some(inner) = self.scheduler.upgrade() {
+                    inner.release_ports(&self.ports);
+                }
+            }
+            Ended::Exited => {
+                // Leftovers of the group, then the usual supervision: a new process.
+                signal_group(pgid, "KILL").await;
+                let _ = std::fs::remove_file(self.dir.join(PID_FILE));
+                if self.update(|s| s.running = false) {
+                    self.run(stopped).await;
+                }
+            }
+        }
+    }
+
     /// Updates this instance's state; `false` when the instance is gone.
     fn update(&self, f: impl FnOnce(&mut InstanceState)) -> bool {
         let Some(inner) = self.scheduler.upgrade() else {
@@ -611,7 +847,8 @@ impl Supervisor {
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .process_group(0)
-            .kill_on_drop(true)
+            // A kept instance outlives this process; any other dies with its handle.
+            .kill_on_drop(!self.keep)
             .env("HOST", "127.0.0.1")
             .env("VAMP_INSTANCE", &self.name)
             .env("VAMP_INSTANCE_DIR", &self.dir);
@@ -696,7 +933,9 @@ impl Supervisor {
                 let _ = std::fs::write(self.dir.join(PID_FILE), format!("{pid} {t}\n"));
             }
             if !self.update(|s| s.running = true) {
-                if let Some(pgid) = pgid {
+                if !self.letting_go()
+                    && let Some(pgid) = pgid
+                {
                     signal_group(pgid, "KILL").await;
                 }
                 return;
@@ -704,12 +943,13 @@ impl Supervisor {
             let health = self.health_loop();
             tokio::pin!(health);
             let exited = tokio::select! {
-                status = child.wait() => Some(status),
-                _ = stopped.changed() => None,
-                () = &mut health => None,
+                _ = child.wait() => Ended::Exited,
+                changed = stopped.changed() => self.why_stopped(changed.is_err()),
+                () = &mut health => Ended::Stop,
             };
             match exited {
-                None => {
+                Ended::LetGo => return,
+                Ended::Stop => {
                     // Stop: TERM to the group, KILL after 5 s.
                     if let Some(pgid) = pgid {
                         signal_group(pgid, "TERM").await;
@@ -724,7 +964,7 @@ impl Supervisor {
                     let _ = std::fs::remove_file(self.dir.join(PID_FILE));
                     return;
                 }
-                Some(_) => {
+                Ended::Exited => {
                     if let Some(pgid) = pgid {
                         // Leftover children of the command.
                         signal_group(pgid, "KILL").await;
@@ -970,6 +1210,8 @@ impl ContainerScheduler for LocalScheduler {
             dir: prepared.dir,
             spec,
             ports: prepared.ports,
+            // A run is the workflow loop's job: it goes with the scheduler.
+            keep: false,
         };
         let mut child = match runner.command().and_then(|mut c| c.spawn()) {
             Ok(c) => c,

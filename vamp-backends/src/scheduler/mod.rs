@@ -13,6 +13,7 @@ mod ports;
 #[cfg(any(feature = "scheduler-local", feature = "scheduler-docker"))]
 mod probe;
 #[cfg(any(
+    feature = "scheduler-local",
     feature = "scheduler-docker",
     feature = "scheduler-marathon",
     feature = "scheduler-kubernetes"
@@ -79,6 +80,10 @@ pub struct ApiConfig {
 pub struct LocalConfig {
     /// Working directory for the processes (default: a temporary directory).
     pub workdir: Option<String>,
+    /// Instances outlive the scheduler, and a scheduler on the same directory adopts them
+    /// (URL `?keep=true`; default false: dropping the scheduler stops them).
+    #[serde(default)]
+    pub keep: bool,
 }
 
 /// Which scheduler, with its settings.
@@ -144,6 +149,7 @@ impl SchedulerBackendConfig {
             "memory" | "mem" => Self::Memory,
             "local" => Self::Local(LocalConfig {
                 workdir: (!u.path.is_empty()).then(|| u.path.clone()),
+                keep: u.query.get("keep").is_some_and(|v| v == "true"),
             }),
             "docker" => Self::Docker(api(2375, false, false)),
             "kubernetes" | "k8s" => Self::Kubernetes(api(6443, !tls_off, false)),

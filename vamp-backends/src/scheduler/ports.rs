@@ -97,6 +97,14 @@ impl PortAllocator {
         None
     }
 
+    /// Holds `port` for an instance adopted from an earlier scheduler (it listens on the
+    /// port already, so no bind is tried).
+    #[cfg_attr(not(feature = "scheduler-local"), allow(dead_code))]
+    pub(crate) fn adopt(&mut self, port: u16) {
+        let lock = Self::reserve(port).unwrap_or(None);
+        self.held.insert(port, lock);
+    }
+
     pub(crate) fn release(&mut self, port: u16) {
         // Dropping the file releases its lock.
         self.held.remove(&port);

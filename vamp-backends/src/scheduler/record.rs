@@ -127,6 +127,14 @@ pub(crate) fn spec_hash(spec: &ServiceSpec) -> String {
 
 /// Deep-merges `patch` into `base` (objects merged key by key, anything else replaced): how
 /// Vamp merged a scheduler dialect into the request.
+#[cfg_attr(
+    not(any(
+        feature = "scheduler-docker",
+        feature = "scheduler-kubernetes",
+        feature = "scheduler-marathon"
+    )),
+    allow(dead_code)
+)]
 pub(crate) fn merge(base: &mut Value, patch: &Value) {
     match (base, patch) {
         (Value::Object(b), Value::Object(p)) => {
@@ -140,11 +148,27 @@ pub(crate) fn merge(base: &mut Value, patch: &Value) {
 
 /// The services last seen and the watchers to tell about changes.
 #[derive(Default)]
+#[cfg_attr(
+    not(any(
+        feature = "scheduler-docker",
+        feature = "scheduler-kubernetes",
+        feature = "scheduler-marathon"
+    )),
+    allow(dead_code)
+)]
 pub(crate) struct Watchers {
     known: Mutex<BTreeMap<ServiceId, DeployedService>>,
     subscribers: Mutex<Vec<mpsc::UnboundedSender<Result<SchedulerEvent, Error>>>>,
 }
 
+#[cfg_attr(
+    not(any(
+        feature = "scheduler-docker",
+        feature = "scheduler-kubernetes",
+        feature = "scheduler-marathon"
+    )),
+    allow(dead_code)
+)]
 impl Watchers {
     /// A new watch.
     pub(crate) fn subscribe(&self) -> BoxStream<'static, Result<SchedulerEvent, Error>> {
