@@ -326,6 +326,10 @@ fn clean_up(workdir: &Path) -> usize {
 /// The file recording a running instance's process group.
 const PID_FILE: &str = "instance.pid";
 
+/// A live instance found by [`LocalScheduler::adopting`]: its number, name, directory,
+/// process group and ports.
+type Found = (u64, String, PathBuf, u32, IndexMap<String, u16>);
+
 /// The file recording an instance for a later scheduler to adopt: its service's spec, its
 /// name, number and ports.
 const RECORD_FILE: &str = "instance.json";
@@ -399,13 +403,7 @@ impl LocalScheduler {
         let Ok(entries) = std::fs::read_dir(&self.inner.workdir) else {
             return;
         };
-        let mut found: BTreeMap<
-            ServiceId,
-            (
-                ServiceSpec,
-                Vec<(u64, String, PathBuf, u32, IndexMap<String, u16>)>,
-            ),
-        > = BTreeMap::new();
+        let mut found: BTreeMap<ServiceId, (ServiceSpec, Vec<Found>)> = BTreeMap::new();
         for entry in entries.flatten() {
             let dir = entry.path();
             let record = std::fs::read_to_string(dir.join(RECORD_FILE))
