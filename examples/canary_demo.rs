@@ -219,6 +219,7 @@ async fn run(work: &std::path::Path, haproxy: String, step: Duration) -> Result<
         "Vamp canary demo: canary releases that decide for themselves, through Vamp's REST API and HAProxy\n"
     );
     let mut config = ServeConfig::new(work);
+    config.stop_on_exit = true;
     config.listen = Some("127.0.0.1:0".parse().expect("address"));
     config.haproxy = haproxy;
     config.period_ms = 250;

@@ -21,6 +21,7 @@
 //! | `--namespace` | `VAMP_NAMESPACE` | `default` |
 //! | `--gateway-host` | `VAMP_GATEWAY_DRIVER_HOST` | `127.0.0.1` |
 //! | `--agent` / `--no-agent` | `VAMP_GATEWAY_AGENT` (`true`/`false`) | an in-process agent when HAProxy is found |
+//! | `--stop-on-exit` | | off: local services and the agent's HAProxy keep running when the server stops, and are adopted by the next start |
 //! | `--haproxy` | `VAMP_HAPROXY_BIN` | `haproxy` |
 
 use std::collections::BTreeMap;
@@ -140,6 +141,11 @@ pub struct ServeConfig {
     /// Run no gateway agent in this process (run `gateway-agent` beside HAProxy instead).
     #[arg(long)]
     pub no_agent: bool,
+    /// Stop the local scheduler's services and the in-process agent's HAProxy when the server
+    /// stops. By default they keep running, and the next start on the same data directory
+    /// adopts them (same processes, same ports, no request lost).
+    #[arg(long)]
+    pub stop_on_exit: bool,
     /// The HAProxy binary of the in-process agent.
     #[arg(long, env = "VAMP_HAPROXY_BIN", default_value = "haproxy")]
     pub haproxy: String,
@@ -206,6 +212,7 @@ impl ServeConfig {
             namespace: "default".into(),
             gateway_host: "127.0.0.1".into(),
             no_agent: false,
+            stop_on_exit: false,
             haproxy: "haproxy".into(),
             period_ms: 1000,
             pulse_ms: 5000,
@@ -376,9 +383,17 @@ impl ServeConfig {
     }
 
     fn scheduler_url(&self) -> String {
-        self.scheduler
+        let url = self
+            .scheduler
             .clone()
-            .unwrap_or_else(|| format!("local://{}", self.data_dir.join("instances").display()))
+            .unwrap_or_else(|| format!("local://{}", self.data_dir.join("instances").display()));
+        // Local processes outlive the server unless it stops them on exit.
+        if url.starts_with("local:") && !url.contains("keep=") && !self.stop_on_exit {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{sep}keep=true")
+        } else {
+            url
+        }
     }
 }
 
@@ -604,7 +619,8 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         let agent_options = AgentOptions::new(key, config.data_dir.join("agent"))
             .with_haproxy_bin(&config.haproxy)
             .with_socket_dir(&socket_dir)
-            .with_syslog(SocketAddr::from(([127, 0, 0, 1], 0)));
+            .with_syslog(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .with_keep_haproxy(!config.stop_on_exit);
         let mut agent = GatewayAgent::new(Arc::clone(&kv), agent_options);
         // A store that scrapes its figures (Prometheus) takes no records: the agent's
         // request-time histogram goes to the process's metrics exporter instead.

@@ -13,6 +13,7 @@ use vamp_examples::serve::{ServeConfig, Server, start};
 /// A server on in-memory backends (the in-memory scheduler, or `scheduler`).
 async fn server(dir: &std::path::Path, scheduler: Option<String>) -> Server {
     let mut config = ServeConfig::new(dir);
+    config.stop_on_exit = true;
     config.listen = Some("127.0.0.1:0".parse().unwrap());
     config.in_memory = true;
     config.kv = Some("memory://".into());
@@ -598,6 +599,7 @@ async fn events_health_and_metrics_on_elasticsearch() {
     };
     let dir = tempfile::tempdir().unwrap();
     let mut config = ServeConfig::new(dir.path());
+    config.stop_on_exit = true;
     config.listen = Some("127.0.0.1:0".parse().unwrap());
     config.in_memory = true;
     config.kv = Some("memory://".into());
@@ -685,6 +687,7 @@ async fn a_server_restarted_on_its_sqlite_file_serves_the_same_artifacts() {
     let dir = tempfile::tempdir().unwrap();
     let config = || {
         let mut c = ServeConfig::new(dir.path());
+        c.stop_on_exit = true;
         c.listen = Some("127.0.0.1:0".parse().unwrap());
         c.scheduler = Some("memory://".into());
         c.no_agent = true;

@@ -101,6 +101,7 @@ async fn a_failing_canary_is_rolled_back_and_a_healthy_one_promoted() {
     let script = dir.path().join("service.py");
     std::fs::write(&script, SERVICE).unwrap();
     let mut config = ServeConfig::new(dir.path().join("data"));
+    config.stop_on_exit = true;
     config.listen = Some("127.0.0.1:0".parse().unwrap());
     config.period_ms = 250;
     let server = start(config).await.expect("vamp serve starts");

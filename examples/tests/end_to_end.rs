@@ -63,6 +63,7 @@ async fn a_canary_release_through_the_api_alone_on_embedded_defaults() {
     std::fs::write(&script, SERVICE).unwrap();
     let marker = format!("vamp-e2e-{}", std::process::id());
     let mut config = ServeConfig::new(dir.path().join("data"));
+    config.stop_on_exit = true;
     config.listen = Some("127.0.0.1:0".parse().unwrap());
     config.period_ms = 200;
     let server = start(config).await.expect("vamp serve starts");

@@ -12,6 +12,7 @@ use vamp_examples::serve::{ServeConfig, Server, start};
 
 fn config(dir: &std::path::Path) -> ServeConfig {
     let mut config = ServeConfig::new(dir);
+    config.stop_on_exit = true;
     config.listen = Some("127.0.0.1:0".parse().unwrap());
     config.in_memory = true;
     config.kv = Some("memory://".into());

@@ -61,6 +61,7 @@ async fn refused_then_allowed(
     };
     let dir = tempfile::tempdir().unwrap();
     let mut config = vamp_examples::serve::ServeConfig::new(dir.path().join("data"));
+    config.stop_on_exit = true;
     config.listen = Some("127.0.0.1:0".parse().unwrap());
     config.in_memory = true;
     config.no_agent = true;

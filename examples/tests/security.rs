@@ -16,6 +16,7 @@ const READER: &str = "reader-token-0123456789";
 
 fn config(dir: &std::path::Path) -> ServeConfig {
     let mut config = ServeConfig::new(dir);
+    config.stop_on_exit = true;
     config.listen = Some("127.0.0.1:0".parse().unwrap());
     config.in_memory = true;
     config.kv = Some("memory://".into());

@@ -40,6 +40,7 @@ async fn a_slow_service_is_scaled_by_its_sla_and_traffic_reaches_both_instances(
     let script = dir.path().join("service.py");
     std::fs::write(&script, SERVICE).unwrap();
     let mut config = ServeConfig::new(dir.path().join("data"));
+    config.stop_on_exit = true;
     config.listen = Some("127.0.0.1:0".parse().unwrap());
     config.period_ms = 250;
     config.pulse_ms = 1000;

@@ -62,6 +62,7 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 async fn https_server(dir: &Path, ca: &Ca, client_ca: Option<&Ca>, listen: &str) -> Server {
     let (cert, key) = leaf(ca, "vamp server", false);
     let mut config = ServeConfig::new(dir);
+    config.stop_on_exit = true;
     config.listen = Some(listen.parse().unwrap());
     config.in_memory = true;
     config.kv = Some("memory://".into());

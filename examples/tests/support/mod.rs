@@ -91,6 +91,7 @@ pub async fn weighted_split_on(
     use reqwest::{Client, StatusCode};
     let dir = tempfile::tempdir().unwrap();
     let mut config = vamp_examples::serve::ServeConfig::new(dir.path().join("data"));
+    config.stop_on_exit = true;
     config.listen = Some("127.0.0.1:0".parse().unwrap());
     config.period_ms = 200;
     config.scheduler = Some(scheduler.clone());

@@ -383,7 +383,11 @@ impl LocalScheduler {
     fn on(workdir: PathBuf, keep: bool) -> Self {
         Self {
             inner: Arc::new(Inner {
-                label: format!("LocalScheduler({})", workdir.display()),
+                label: if keep {
+                    format!("LocalScheduler({}, keeps its instances)", workdir.display())
+                } else {
+                    format!("LocalScheduler({})", workdir.display())
+                },
                 workdir,
                 state: Mutex::new(State::default()),
                 inherit: DEFAULT_INHERITED_ENV

@@ -191,13 +191,19 @@ impl SchedulerBackendConfig {
                 );
                 // Stopping what an earlier scheduler left there waits for processes: not on
                 // the async runtime.
-                let scheduler =
-                    tokio::task::spawn_blocking(move || local::LocalScheduler::new(workdir))
-                        .await
-                        .map_err(|e| Error::Backend {
-                            backend: "local".into(),
-                            source: Box::new(e),
-                        })??;
+                let keep = c.keep;
+                let scheduler = tokio::task::spawn_blocking(move || {
+                    if keep {
+                        local::LocalScheduler::adopting(workdir)
+                    } else {
+                        local::LocalScheduler::new(workdir)
+                    }
+                })
+                .await
+                .map_err(|e| Error::Backend {
+                    backend: "local".into(),
+                    source: Box::new(e),
+                })??;
                 Ok(Arc::new(scheduler))
             }
             #[cfg(not(feature = "scheduler-local"))]

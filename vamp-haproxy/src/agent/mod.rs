@@ -116,6 +116,8 @@ pub struct AgentOptions {
     /// On shutdown, how long HAProxy may finish the connections in flight after its
     /// listeners close (a soft stop) before it is stopped (default zero: at once).
     pub drain: Duration,
+    /// On shutdown, HAProxy is left serving for a later agent to adopt (default false).
+    pub keep_haproxy: bool,
 }
 
 impl AgentOptions {
@@ -138,7 +140,16 @@ impl AgentOptions {
             backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(30),
             drain: Duration::ZERO,
+            keep_haproxy: false,
         }
+    }
+
+    /// On shutdown, leaves HAProxy serving its configuration (a later agent on the same work
+    /// directory adopts it), instead of draining and stopping it.
+    #[must_use]
+    pub fn with_keep_haproxy(mut self, keep: bool) -> Self {
+        self.keep_haproxy = keep;
+        self
     }
 
     /// On shutdown, drains HAProxy for at most `grace` (see [`AgentOptions::drain`]).
@@ -682,6 +693,14 @@ impl GatewayAgent {
         }
         background.abort_all();
         if let Some(h) = self.haproxy.take() {
+            if self.options.keep_haproxy {
+                tracing::info!(
+                    pid = h.pid(),
+                    "HAProxy left serving for the next agent to adopt"
+                );
+                h.let_go();
+                return Ok(());
+            }
             h.drain_and_stop(self.options.drain).await;
         }
         self.update_status(AgentStatus::haproxy_stopped);

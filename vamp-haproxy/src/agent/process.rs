@@ -395,6 +395,15 @@ impl HaProxy {
         }
     }
 
+    /// Leaves the master running: it is no longer this process's to stop (a later agent on
+    /// the same sockets adopts it). Its handle is forgotten, not dropped, so that it is not
+    /// killed with it.
+    pub fn let_go(mut self) {
+        if let Some(child) = self.child.take() {
+            std::mem::forget(child);
+        }
+    }
+
     /// Stops HAProxy gracefully: a soft stop (`SIGUSR1`: the listeners close, connections in
     /// flight finish) for at most `grace`, then [`HaProxy::stop`]. A zero `grace` stops at once.
     pub async fn drain_and_stop(mut self, grace: Duration) {
