@@ -796,7 +796,19 @@ mod tests {
         assert!(dns_label(&name, 63), "{name}");
         let long = ServiceId::new("a".repeat(30), "b".repeat(30), "c".repeat(30));
         let name = deployment_name(&long);
-        assert!(name.starts_with("vamp-") && name.len() == 25, "{name}");
+        assert!(dns_label(&name, 63), "{name}");
+        // The readable part cut at 52 characters, then the tuple's digest.
+        let digest = name.rsplit('-').next().unwrap();
+        assert_eq!(digest.len(), 10, "{name}");
+        assert!(
+            name.starts_with(&format!("{}-{}", "a".repeat(30), "b".repeat(20))),
+            "{name}"
+        );
+        // Tuples that join to the same text do not share a name.
+        let one = deployment_name(&ServiceId::new("a-b", "c", "d"));
+        let two = deployment_name(&ServiceId::new("a", "b-c", "d"));
+        assert!(one.starts_with("a-b-c-d-") && two.starts_with("a-b-c-d-"));
+        assert_ne!(one, two);
         assert_eq!(label_value("sava:1.0.0"), "sava_1.0.0");
         assert_eq!(label_value(":x:"), "x");
         assert!(label_value(&"y".repeat(100)).len() == 63);

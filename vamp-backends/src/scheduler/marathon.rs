@@ -900,7 +900,15 @@ mod tests {
         let id = ServiceId::new("sava", "web", "sava:1.0.0");
         let app = app_id("vamp", &id);
         let hashed = &vamp_core::lookup::hex_sha1("sava:1.0.0", "")[..20];
-        assert_eq!(app, format!("/vamp/deployment-sava-service-web-{hashed}"));
+        let tuple = &vamp_core::lookup::hex_sha1("sava\u{0}web\u{0}sava:1.0.0", "")[..10];
+        assert_eq!(
+            app,
+            format!("/vamp/deployment-sava-service-web-{hashed}-{tuple}")
+        );
+        assert_ne!(
+            app_id("vamp", &ServiceId::new("a-service-b", "c", "d")),
+            app_id("vamp", &ServiceId::new("a", "b-service-c", "d")),
+        );
         assert_eq!(segment("a-b1"), "a-b1");
         assert_eq!(segment("-a").len(), 20);
         assert_eq!(segment("Upper").len(), 20);
