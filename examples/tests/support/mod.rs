@@ -145,6 +145,30 @@ pub async fn weighted_split_on(
         "name: shop/web/port\nroutes:\n  shop/web/web:1.0/port: {weight: 80%}\n  shop/web/web:1.1/port: {weight: 20%}\n".into(),
     )
     .await;
+    // The 80/20 weights reach the gateway configuration in the key-value store, and the
+    // agent's HAProxy applies that version: only then is the split measured.
+    let key = vamp_core::kv::keys::haproxy_configuration("default", "1.7").unwrap();
+    let version = eventually(
+        "the 80/20 weights in the gateway configuration",
+        Duration::from_secs(60),
+        async || {
+            use vamp_core::kv::KeyValueStore;
+            let v = server.kv.get(&key).await.ok()??;
+            let text = String::from_utf8_lossy(&v.value).into_owned();
+            (text.contains("send-proxy weight 80 check")
+                && text.contains("send-proxy weight 20 check"))
+            .then_some(v.version)
+        },
+    )
+    .await;
+    let mut agent = server.agent.clone().expect("the in-process agent");
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        agent.wait_for(|s| s.applied_version.is_some_and(|a| a >= version.0)),
+    )
+    .await
+    .expect("the agent applies the weights")
+    .expect("the agent runs");
     eventually("1.1 gets traffic", Duration::from_secs(60), async || {
         let body = through(&client, port).await?;
         (classify(&body).as_deref() == Some("1.1")).then_some(())
