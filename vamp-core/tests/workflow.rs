@@ -263,3 +263,46 @@ async fn a_breed_by_reference_is_read_from_the_store_and_a_missing_one_is_report
     assert_eq!(stored.breed, Ref::Reference("stored-breed".into()));
     assert_eq!(stored.status, WorkflowStatus::Running);
 }
+
+/// `repeat: 1` runs once across a restart of the control plane: the run count is stored on
+/// the workflow (its metadata) before the run starts, and a new loop reads it.
+#[tokio::test]
+async fn a_run_count_survives_a_restart_of_the_loop() {
+    let h = harness("  time: {period: PT10S, repeat: 1}\n").await;
+    assert_eq!(h.run_for(30).await, 1);
+    let stored = h
+        .store
+        .get::<Workflow>("tick")
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    assert_eq!(
+        stored.metadata.get(vamp_core::ops::workflow::RUNS_KEY),
+        Some(&Node::Int(1))
+    );
+    assert!(
+        stored
+            .metadata
+            .contains_key(vamp_core::ops::workflow::LAST_RUN_KEY)
+    );
+    // A new loop (a restarted control plane) on the same store.
+    let restarted = WorkflowController::new(
+        Arc::clone(&h.store) as _,
+        Arc::clone(&h.scheduler) as _,
+        Arc::clone(&h.events) as _,
+        WorkflowOptions::default(),
+    )
+    .with_clock(Arc::new(h.clock.clone()));
+    let before = h.scheduler.started_runs().len();
+    for _ in 0..60 {
+        h.clock.advance(Duration::from_secs(1));
+        let out = restarted.tick().await.unwrap();
+        assert!(out.iter().all(|o| o.error.is_none()), "{out:?}");
+    }
+    assert_eq!(
+        h.scheduler.started_runs().len(),
+        before,
+        "no second run after the restart"
+    );
+}

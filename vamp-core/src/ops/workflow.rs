@@ -258,7 +258,13 @@ impl WorkflowController {
         Ok((alive, killed))
     }
 
-    async fn running(&self, w: &Workflow, now: i64, budget: &mut Budget) -> Result<(usize, usize)> {
+    async fn running(
+        &self,
+        w: &Workflow,
+        now: i64,
+        budget: &mut Budget,
+        stored: &mut Stored,
+    ) -> Result<(usize, usize)> {
         let mut runs = 0;
         let mut skipped = 0;
         match &w.schedule {
@@ -280,7 +286,14 @@ impl WorkflowController {
                     .unwrap_or(now);
                 let due = {
                     let mut timing = self.timing.lock();
-                    let t = timing.entry(w.name.clone()).or_default();
+                    let t = timing.entry(w.name.clone()).or_insert_with(|| Timing {
+                        // Runs made before a restart count.
+                        runs: match w.metadata.get(RUNS_KEY) {
+                            Some(Node::Int(n)) => *n,
+                            _ => 0,
+                        },
+                        ..Timing::default()
+                    });
                     let next = *t.next_ms.get_or_insert_with(|| {
                         // The first run at the start, or the next multiple after it.
                         if now <= start {
@@ -304,6 +317,21 @@ impl WorkflowController {
                     if start_now {
                         let s =
                             spec(w, &self.options, every / 1000).ok_or_else(|| unresolved(w))?;
+                        // The count is stored before the run starts: a run is never made twice
+                        // for one count (a restart in between skips it rather than repeat it).
+                        let done = self.timing.lock().get(&w.name).map_or(0, |t| t.runs);
+                        stored
+                            .workflow
+                            .metadata
+                            .insert(RUNS_KEY.into(), Node::Int(done.saturating_add(1)));
+                        stored.workflow.metadata.insert(
+                            LAST_RUN_KEY.into(),
+                            Node::Str(crate::time::format_epoch_millis(now)),
+                        );
+                        stored.version = self
+                            .persistence
+                            .update(&stored.workflow, stored.version)
+                            .await?;
                         self.scheduler.run_once(s).await?;
                         runs += 1;
                         budget.left -= 1;
@@ -427,8 +455,11 @@ impl WorkflowController {
         let stored_value = stored.value;
         let name = stored_value.name.clone();
         let status = stored_value.status;
-        // Statuses are written on the workflow as stored (a breed reference stays one).
-        let original = stored_value.clone();
+        // State is written on the workflow as stored (a breed reference stays one).
+        let mut record = Stored {
+            workflow: stored_value.clone(),
+            version,
+        };
         let w = match self.resolved(stored_value).await {
             Ok(w) => w,
             Err(e) => {
@@ -457,9 +488,10 @@ impl WorkflowController {
                 WorkflowStatus::Starting
                 | WorkflowStatus::Running
                 | WorkflowStatus::Restarting(Some(RestartingPhase::Starting)) => {
-                    (outcome.runs, outcome.skipped) = self.running(&w, now, budget).await?;
+                    (outcome.runs, outcome.skipped) =
+                        self.running(&w, now, budget, &mut record).await?;
                     if w.status != WorkflowStatus::Running {
-                        self.set_status(&original, stored.version, WorkflowStatus::Running)
+                        self.set_status(&record.workflow, record.version, WorkflowStatus::Running)
                             .await?;
                         self.events
                             .publish(event(&w.name, "scheduled", now))
@@ -470,7 +502,7 @@ impl WorkflowController {
                 WorkflowStatus::Suspending => {
                     self.scheduler.undeploy(&service_id(&w)).await?;
                     self.timing.lock().remove(&w.name);
-                    self.set_status(&original, stored.version, WorkflowStatus::Suspended)
+                    self.set_status(&record.workflow, record.version, WorkflowStatus::Suspended)
                         .await?;
                     self.events
                         .publish(event(&w.name, "unscheduled", now))
@@ -492,7 +524,8 @@ impl WorkflowController {
                     self.scheduler.undeploy(&service_id(&w)).await?;
                     self.timing.lock().remove(&w.name);
                     let next = WorkflowStatus::Restarting(Some(RestartingPhase::Starting));
-                    self.set_status(&original, stored.version, next).await?;
+                    self.set_status(&record.workflow, record.version, next)
+                        .await?;
                     outcome.status = next;
                 }
                 WorkflowStatus::Suspended => {}
@@ -554,6 +587,18 @@ impl WorkflowController {
         .await;
     }
 }
+
+/// The workflow as stored and its version: what the loop writes its state on (a time run's
+/// count and time, the status), the version following each write.
+struct Stored {
+    workflow: Workflow,
+    version: crate::kv::Version,
+}
+
+/// The metadata key of a time workflow's run count (kept across restarts: `repeat` holds).
+pub const RUNS_KEY: &str = "vamp.workflow.runs";
+/// The metadata key of a time workflow's last run (ISO-8601).
+pub const LAST_RUN_KEY: &str = "vamp.workflow.last-run";
 
 /// What runs may still start in this pass.
 struct Budget {
