@@ -28,7 +28,7 @@ use futures_util::StreamExt;
 use tokio::sync::Mutex;
 use vamp_core::dsl::{AnyArtifact, load_documents, read_node, to_node};
 use vamp_core::kv::{DynKeyValueStore, KeyValueStoreExt, PutMode, Version, Versioned, keys};
-use vamp_core::metrics::DynEventStore;
+use vamp_core::metrics::{DynEventStore, EventStore};
 use vamp_core::model::*;
 use vamp_core::node::Node;
 use vamp_core::ops::artifacts::{Stored, check_gateway_delete, plan_put};
@@ -196,6 +196,23 @@ impl Api {
     pub fn with_kv(mut self, kv: Arc<DynKeyValueStore>, namespace: impl Into<String>) -> Self {
         self.kv = Some((kv, namespace.into()));
         self
+    }
+
+    /// The same API over other persistence and event stores (a bulk request's stage).
+    fn over(&self, persistence: Arc<DynPersistenceStore>, events: Arc<DynEventStore>) -> Self {
+        Self {
+            persistence,
+            events,
+            scheduler: Arc::clone(&self.scheduler),
+            options: self.options.clone(),
+            writes: Mutex::new(()),
+            shutdown: self.shutdown.clone(),
+            kv: self.kv.clone(),
+            started: self.started,
+            guard: Arc::clone(&self.guard),
+            streams: Arc::clone(&self.streams),
+            loops: self.loops.clone(),
+        }
     }
 
     /// Shows the state of these loops in `/info` (and reports the server degraded, with a 500,
@@ -532,6 +549,18 @@ impl ApiError {
                 "{what} '{name}' is {found}, not at version {} (If-Match); nothing was changed.",
                 wanted.0
             )),
+        }
+    }
+
+    /// The error of document `n` of a bulk request, named in the message.
+    fn in_document(self, n: usize, kind: ArtifactKind, name: &str) -> Self {
+        let what = format!("Document {n} ({} '{name}')", kind.as_str());
+        Self {
+            status: self.status,
+            message: Some(match self.message {
+                Some(m) => format!("{what}: {m} Nothing was stored."),
+                None => format!("{what}: not found. Nothing was stored."),
+            }),
         }
     }
 
@@ -2160,56 +2189,96 @@ async fn bulk(
     let docs = documents(bytes)?;
     // Every document is read before anything is written.
     let mut planned = Vec::new();
-    for doc in docs {
+    for (i, doc) in docs.into_iter().enumerate() {
         let Some(kind) = vamp_core::dsl::document_kind(&doc) else {
-            return Err(ApiError::bad(
-                "Every document needs a 'kind' (and a 'name').".to_owned(),
-            ));
-        };
-        if kind == ArtifactKind::Deployment {
-            let name = vamp_core::dsl::lookup_string(&doc, "name")?.unwrap_or_default();
-            planned.push((kind, name, Some(Api::blueprint_of(doc)?), None));
-        } else if CRUD_KINDS.contains(&kind) {
-            let artifact = read_node(doc, Some(kind))?;
-            planned.push((kind, artifact.name().to_owned(), None, Some(artifact)));
-        } else {
             return Err(ApiError::bad(format!(
-                "Unexpected resource: '{}'.",
-                kind.as_str()
+                "Document {}: every document needs a 'kind' (and a 'name'). Nothing was stored.",
+                i + 1
             )));
-        }
+        };
+        let name = vamp_core::dsl::lookup_string(&doc, "name")
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let read: Result<_, ApiError> = (|| {
+            if kind == ArtifactKind::Deployment {
+                Ok((kind, name.clone(), Some(Api::blueprint_of(doc)?), None))
+            } else if CRUD_KINDS.contains(&kind) {
+                let artifact = read_node(doc, Some(kind))?;
+                Ok((kind, artifact.name().to_owned(), None, Some(artifact)))
+            } else {
+                Err(ApiError::bad(format!(
+                    "Unexpected resource: '{}'.",
+                    kind.as_str()
+                )))
+            }
+        })();
+        planned.push(read.map_err(|e| e.in_document(i + 1, kind, &name))?);
     }
     let _write = api.writes.lock().await;
+    // Every document is applied to a stage over the store, then the stage is committed as one
+    // batch: all documents or none (the answer names the failing one).
+    let staged = Arc::new(vamp_core::layers::Staged::new(Arc::clone(&api.persistence)));
+    let recorded = Arc::new(vamp_core::memory::InMemoryMetrics::new());
+    let tx = api.over(
+        Arc::clone(&staged) as Arc<DynPersistenceStore>,
+        Arc::clone(&recorded) as Arc<DynEventStore>,
+    );
     let mut results = Vec::new();
     // Deletions run in reverse (a deployment before the blueprint and breeds it came from).
     if op == Bulk::Delete {
         planned.reverse();
     }
-    for (kind, name, blueprint, artifact) in planned {
-        match (op, blueprint, artifact) {
-            (Bulk::Delete, Some(bp), _) if api.deployment(&name).await?.is_some() => {
-                let d = api.slice(&name, &bp, validate_only).await?;
-                results.push(deployment_json(&d, false));
-            }
-            (Bulk::Delete, Some(_), _) => {}
-            (Bulk::Delete, None, Some(a)) => {
-                if !validate_only {
-                    api.delete_artifact(kind, &name).await?;
+    let count = planned.len();
+    for (i, (kind, name, blueprint, artifact)) in planned.into_iter().enumerate() {
+        let n = if op == Bulk::Delete { count - i } else { i + 1 };
+        let applied: Result<(), ApiError> = async {
+            match (op, blueprint, artifact) {
+                (Bulk::Delete, Some(bp), _) if tx.deployment(&name).await?.is_some() => {
+                    let d = tx.slice(&name, &bp, false).await?;
+                    results.push(deployment_json(&d, false));
                 }
-                results.push(artifact_json(&a));
+                (Bulk::Delete, Some(_), _) => {}
+                (Bulk::Delete, None, Some(a)) => {
+                    tx.delete_artifact(kind, &name).await?;
+                    results.push(artifact_json(&a));
+                }
+                (_, Some(bp), _) => {
+                    let name = (!name.is_empty()).then_some(name.as_str());
+                    let (d, _) = tx.deploy(name, &bp, false).await?;
+                    results.push(deployment_json(&d, false));
+                }
+                (_, None, Some(a)) => {
+                    let stored = tx.put_artifact(a, false, op == Bulk::Create).await?;
+                    results.push(artifact_json(&stored));
+                }
+                _ => {}
             }
-            (_, Some(bp), _) => {
-                let name = (!name.is_empty()).then_some(name.as_str());
-                let (d, _) = api.deploy(name, &bp, validate_only).await?;
-                results.push(deployment_json(&d, false));
+            Ok(())
+        }
+        .await;
+        applied.map_err(|e| e.in_document(n, kind, &name))?;
+    }
+    if !validate_only {
+        staged.commit().await?;
+        // The documents' events, now that they are stored, oldest first.
+        let mut events = recorded
+            .query(
+                &EventQuery {
+                    tags: Vec::new(),
+                    event_type: None,
+                    timestamp: None,
+                    aggregator: None,
+                },
+                ListOptions::all(),
+            )
+            .await?;
+        events.reverse();
+        for mut e in events {
+            e.id = None;
+            if let Err(err) = api.events.publish(e).await {
+                tracing::warn!(error = %err, "an event could not be published");
             }
-            (_, None, Some(a)) => {
-                let stored = api
-                    .put_artifact(a, validate_only, op == Bulk::Create)
-                    .await?;
-                results.push(artifact_json(&stored));
-            }
-            _ => {}
         }
     }
     Ok(body(

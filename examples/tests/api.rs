@@ -1157,3 +1157,65 @@ async fn etags_and_if_match_guard_artifacts_and_deployments() {
     );
     s.stop().await;
 }
+
+/// A bulk request is one persistence batch: one invalid document (here the third, after a
+/// breed and a deployment that would have been stored) stores nothing, and the answer names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_request_with_one_invalid_document_stores_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path(), None).await;
+    let http = Http::new(&s);
+    let body = format!(
+        "kind: breed\n{BREED}---\nkind: deployment\n{}---\nkind: breed\nname: broken\n",
+        BLUEPRINT.replace("name: sava\n", "name: bulk-shop\n")
+    );
+    let a = http.send(Method::POST, "/api/v1", &body).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
+    assert!(
+        a.message().starts_with("Document 3 (breeds 'broken')"),
+        "{}",
+        a.text
+    );
+    assert!(a.message().contains("Nothing was stored"), "{}", a.text);
+    assert_eq!(
+        http.get("/api/v1/breeds/sava:1.0").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        http.get("/api/v1/deployments/bulk-shop").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(http.get("/api/v1/breeds").await.json(), json!([]));
+    // Read well, but failing when applied: a deployment of a breed nobody stored, after two
+    // documents that were applied to the stage.
+    let unresolved = body.replace(
+        "kind: breed\nname: broken\n",
+        "kind: deployment\nname: other\nclusters:\n  c:\n    breed: missing-breed\n",
+    );
+    let a = http.send(Method::POST, "/api/v1", &unresolved).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
+    assert!(
+        a.message().starts_with("Document 3 (deployments 'other')"),
+        "{}",
+        a.text
+    );
+    assert_eq!(http.get("/api/v1/breeds").await.json(), json!([]));
+    assert_eq!(http.get("/api/v1/deployments").await.json(), json!([]));
+    // The same documents without the broken one: all stored, in one batch.
+    let good = body
+        .split("---\nkind: breed\nname: broken")
+        .next()
+        .unwrap()
+        .to_owned();
+    let a = http.send(Method::POST, "/api/v1", &good).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
+    assert_eq!(
+        http.get("/api/v1/breeds/sava:1.0").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        http.get("/api/v1/deployments/bulk-shop").await.status,
+        StatusCode::OK
+    );
+    s.stop().await;
+}
