@@ -1110,6 +1110,20 @@ async fn get_kind(
 }
 
 impl Api {
+    /// The stored version of an artifact, if it is stored.
+    async fn stored_version(
+        &self,
+        kind: ArtifactKind,
+        name: &str,
+    ) -> Result<Option<Version>, ApiError> {
+        Ok(self
+            .persistence
+            .read(kind, name)
+            .await?
+            .filter(|r| r.content.is_some())
+            .map(|r| r.version))
+    }
+
     /// The artifact and its stored version (none for a gateway of a deployment, which lives
     /// in the deployment).
     async fn find_versioned(
@@ -1126,12 +1140,7 @@ impl Api {
             else {
                 return Ok(None);
             };
-            let version = self
-                .persistence
-                .read(kind, name)
-                .await?
-                .filter(|r| r.content.is_some())
-                .map(|r| r.version);
+            let version = self.stored_version(kind, name).await?;
             return Ok(Some((AnyArtifact::Gateway(g), version)));
         }
         match self.persistence.read(kind, name).await? {
@@ -1330,12 +1339,7 @@ impl Api {
         expected: Option<Version>,
     ) -> Result<bool, ApiError> {
         if let Some(v) = expected {
-            let current = self
-                .persistence
-                .read(kind, name)
-                .await?
-                .filter(|r| r.content.is_some())
-                .map(|r| r.version);
+            let current = self.stored_version(kind, name).await?;
             if current != Some(v) {
                 return Err(ApiError::precondition(kind.as_str(), name, current, v));
             }

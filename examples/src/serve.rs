@@ -53,6 +53,40 @@ use crate::tls::{TlsFiles, TlsListener, TlsReloader};
 #[derive(Debug)]
 struct PanicHook(std::sync::atomic::AtomicBool);
 
+/// Runs `pass` over `controller` supervised (see [`supervise`]) as the loop `name`, with the
+/// test hook that may make its first pass panic.
+fn spawn_loop<C, P, Fut>(
+    name: &'static str,
+    loops: &Arc<Loops>,
+    period: Duration,
+    stopped: &watch::Receiver<bool>,
+    hook: bool,
+    controller: Arc<C>,
+    pass: P,
+) -> tokio::task::JoinHandle<()>
+where
+    C: Send + Sync + 'static,
+    P: Fn(Arc<C>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = crate::supervise::PassResult> + Send + 'static,
+{
+    let hook = Arc::new(PanicHook::new(hook));
+    tokio::spawn(supervise(
+        name,
+        Arc::clone(loops),
+        period,
+        stopped.clone(),
+        move || {
+            let hook = Arc::clone(&hook);
+            let pass = pass(Arc::clone(&controller));
+            // Inside the pass's task, where a panic is caught.
+            async move {
+                hook.fire();
+                pass.await
+            }
+        },
+    ))
+}
+
 impl PanicHook {
     fn new(armed: bool) -> Self {
         Self(std::sync::atomic::AtomicBool::new(armed))
@@ -650,11 +684,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
     // Vamp's metrics and health events, and the SLAs and escalations that read them.
     // Each loop's passes run supervised: a panic is a restart after a backoff, errors are
     // logged and shown by /api/v1/info.
-    let hook = |name: &'static str| {
-        Arc::new(PanicHook::new(
-            config.panic_once_in.as_deref() == Some(name),
-        ))
-    };
+    let hook = |name: &'static str| config.panic_once_in.as_deref() == Some(name);
     let pulse = vamp_core::ops::pulse::PulseController::new(
         Arc::clone(&persistence),
         Arc::clone(&metrics),
@@ -663,49 +693,29 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
     let sla =
         vamp_core::ops::sla::SlaController::new(Arc::clone(&persistence), Arc::clone(&events));
     let period = Duration::from_millis(config.period_ms.max(10));
-    let pulse = Arc::new(pulse);
-    tasks.push(tokio::spawn(supervise(
+    tasks.push(spawn_loop(
         "pulse",
-        Arc::clone(&loops),
+        &loops,
         Duration::from_millis(config.pulse_ms.max(100)),
-        stopped.clone(),
-        {
-            let hook = hook("pulse");
-            move || {
-                let pulse = Arc::clone(&pulse);
-                let hook = Arc::clone(&hook);
-                async move {
-                    hook.fire();
-                    pulse
-                        .tick()
-                        .await
-                        .map(|_| Vec::new())
-                        .map_err(|e| e.to_string())
-                }
-            }
+        &stopped,
+        hook("pulse"),
+        Arc::new(pulse),
+        |c| async move {
+            c.tick()
+                .await
+                .map(|_| Vec::new())
+                .map_err(|e| e.to_string())
         },
-    )));
-    let sla = Arc::new(sla);
-    tasks.push(tokio::spawn(supervise(
+    ));
+    tasks.push(spawn_loop(
         "sla",
-        Arc::clone(&loops),
+        &loops,
         period,
-        stopped.clone(),
-        {
-            let hook = hook("sla");
-            move || {
-                let sla = Arc::clone(&sla);
-                let hook = Arc::clone(&hook);
-                async move {
-                    hook.fire();
-                    sla.tick()
-                        .await
-                        .map(|r| r.errors)
-                        .map_err(|e| e.to_string())
-                }
-            }
-        },
-    )));
+        &stopped,
+        hook("sla"),
+        Arc::new(sla),
+        |c| async move { c.tick().await.map(|r| r.errors).map_err(|e| e.to_string()) },
+    ));
     // Canary releases decide from the metrics the agent reads from HAProxy's logs.
     let canaries = Arc::new(
         vamp_core::ops::canary::CanaryController::new(
@@ -714,65 +724,48 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         )
         .with_events(Arc::clone(&events)),
     );
-    tasks.push(tokio::spawn(supervise(
+    tasks.push(spawn_loop(
         "canary",
-        Arc::clone(&loops),
+        &loops,
         period,
-        stopped.clone(),
-        {
-            let hook = hook("canary");
-            move || {
-                let canaries = Arc::clone(&canaries);
-                let hook = Arc::clone(&hook);
-                async move {
-                    hook.fire();
-                    canaries
-                        .tick()
-                        .await
-                        .map(|outcomes| {
-                            outcomes
-                                .into_iter()
-                                .filter_map(|o| {
-                                    Some(format!("canary policy '{}': {}", o.policy, o.error?))
-                                })
-                                .collect()
-                        })
-                        .map_err(|e| e.to_string())
-                }
-            }
+        &stopped,
+        hook("canary"),
+        canaries,
+        |c| async move {
+            c.tick()
+                .await
+                .map(|outcomes| {
+                    outcomes
+                        .into_iter()
+                        .filter_map(|o| Some(format!("canary policy '{}': {}", o.policy, o.error?)))
+                        .collect()
+                })
+                .map_err(|e| e.to_string())
         },
-    )));
-    tasks.push(tokio::spawn(supervise(
+    ));
+    tasks.push(spawn_loop(
         "reconcile",
-        Arc::clone(&loops),
+        &loops,
         period,
-        stopped.clone(),
-        {
-            let controller = Arc::clone(&controller);
-            let hook = hook("reconcile");
-            move || {
-                let controller = Arc::clone(&controller);
-                let hook = Arc::clone(&hook);
-                async move {
-                    hook.fire();
-                    controller
-                        .tick()
-                        .await
-                        .map(|r| {
-                            let mut errors = r.errors;
-                            errors.extend(
-                                r.failed
-                                    .into_iter()
-                                    .map(|(id, e)| format!("service {id}: {e}")),
-                            );
-                            errors.extend(r.persistence_error);
-                            errors
-                        })
-                        .map_err(|e| e.to_string())
-                }
-            }
+        &stopped,
+        hook("reconcile"),
+        Arc::clone(&controller),
+        |c| async move {
+            c.tick()
+                .await
+                .map(|r| {
+                    let mut errors = r.errors;
+                    errors.extend(
+                        r.failed
+                            .into_iter()
+                            .map(|(id, e)| format!("service {id}: {e}")),
+                    );
+                    errors.extend(r.persistence_error);
+                    errors
+                })
+                .map_err(|e| e.to_string())
         },
-    )));
+    ));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("listen on {listen}: {e}"))?;
@@ -797,35 +790,25 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         Arc::clone(&events),
         workflow_options,
     );
-    let workflows = Arc::new(workflows);
-    tasks.push(tokio::spawn(supervise(
+    tasks.push(spawn_loop(
         "workflows",
-        Arc::clone(&loops),
+        &loops,
         period,
-        stopped.clone(),
-        {
-            let hook = hook("workflows");
-            move || {
-                let workflows = Arc::clone(&workflows);
-                let hook = Arc::clone(&hook);
-                async move {
-                    hook.fire();
-                    workflows
-                        .tick()
-                        .await
-                        .map(|outcomes| {
-                            outcomes
-                                .into_iter()
-                                .filter_map(|o| {
-                                    Some(format!("workflow '{}': {}", o.workflow, o.error?))
-                                })
-                                .collect()
-                        })
-                        .map_err(|e| e.to_string())
-                }
-            }
+        &stopped,
+        hook("workflows"),
+        Arc::new(workflows),
+        |c| async move {
+            c.tick()
+                .await
+                .map(|outcomes| {
+                    outcomes
+                        .into_iter()
+                        .filter_map(|o| Some(format!("workflow '{}': {}", o.workflow, o.error?)))
+                        .collect()
+                })
+                .map_err(|e| e.to_string())
         },
-    )));
+    ));
 
     let guard = Arc::clone(api.guard());
     let app = api.router().into_make_service_with_connect_info::<Peer>();

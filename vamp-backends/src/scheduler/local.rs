@@ -323,6 +323,18 @@ fn clean_up(workdir: &Path) -> usize {
     stopped
 }
 
+fn create_workdir(workdir: &Path) -> Result<(), Error> {
+    std::fs::create_dir_all(workdir).map_err(|e| {
+        crate::invalid(
+            "local",
+            format!(
+                "cannot create the work directory {}: {e}",
+                workdir.display()
+            ),
+        )
+    })
+}
+
 /// The file recording a running instance's process group.
 const PID_FILE: &str = "instance.pid";
 
@@ -342,15 +354,7 @@ impl LocalScheduler {
     /// [`Error::InvalidConfig`] when the directory cannot be created.
     pub fn new(workdir: impl Into<PathBuf>) -> Result<Self, Error> {
         let workdir = workdir.into();
-        std::fs::create_dir_all(&workdir).map_err(|e| {
-            crate::invalid(
-                "local",
-                format!(
-                    "cannot create the work directory {}: {e}",
-                    workdir.display()
-                ),
-            )
-        })?;
+        create_workdir(&workdir)?;
         clean_up(&workdir);
         Ok(Self::on(workdir, false))
     }
@@ -366,15 +370,7 @@ impl LocalScheduler {
     /// [`Error::InvalidConfig`] when the directory cannot be created.
     pub fn adopting(workdir: impl Into<PathBuf>) -> Result<Self, Error> {
         let workdir = workdir.into();
-        std::fs::create_dir_all(&workdir).map_err(|e| {
-            crate::invalid(
-                "local",
-                format!(
-                    "cannot create the work directory {}: {e}",
-                    workdir.display()
-                ),
-            )
-        })?;
+        create_workdir(&workdir)?;
         let scheduler = Self::on(workdir, true);
         scheduler.adopt();
         Ok(scheduler)
