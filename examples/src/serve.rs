@@ -142,7 +142,7 @@ pub struct ServeConfig {
     #[arg(long, env = "VAMP_POLICY_FILE")]
     pub policy: Option<PathBuf>,
     /// A policy rule to lift (`privileged`, `capabilities`, `host-namespaces`, `host-paths`,
-    /// `arguments`, `dialects`).
+    /// `arguments`, `dialects`, `link-local-targets`).
     #[arg(long = "policy-allow")]
     pub policy_allow: Vec<String>,
     /// Where the embedded defaults keep their data.
@@ -186,7 +186,7 @@ pub struct ServeConfig {
     /// The key-value store's URL given to workflow runs as `VAMP_KEY_VALUE_STORE_URL`
     /// (none by default: runs get no key-value store, and never the server's own URL or its
     /// password unless this is it).
-    #[arg(long, env = "VAMP_WORKFLOW_KEY_VALUE_STORE_URL")]
+    #[arg(long, env = "VAMP_WORKFLOW_KEY_VALUE_STORE_URL", hide_env_values = true)]
     pub workflow_kv_url: Option<Secret>,
     /// The most services of all deployments together.
     #[arg(long, default_value_t = 1000)]
