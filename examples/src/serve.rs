@@ -15,7 +15,7 @@
 //! | `--policy FILE` | `VAMP_POLICY_FILE` | the default operator policy ([`vamp_core::policy`]) |
 //! | `--policy-allow RULE` (repeatable) | | no rule lifted |
 //! | `--data-dir` | `VAMP_DATA_DIR` | `.vamp` |
-//! | `--persistence` | `VAMP_PERSISTENCE_URL`, or `VAMP_PERSISTENCE_DATABASE_TYPE` (+ `…_SQL_URL`) | `sqlite://<data-dir>/vamp.db` (`--in-memory`: `memory://`) |
+//! | `--persistence` | `VAMP_PERSISTENCE_URL`, or `VAMP_PERSISTENCE_DATABASE_TYPE` (+ `…_SQL_URL`, Vamp's JDBC form too, `…_SQL_USER`, `…_SQL_PASSWORD`; PostgreSQL and MySQL with the features `postgres`, `mysql`) | `sqlite://<data-dir>/vamp.db` (`--in-memory`: `memory://`) |
 //! | `--kv` | `VAMP_KEY_VALUE_STORE_URL`, or `VAMP_PERSISTENCE_KEY_VALUE_STORE_TYPE` (+ `…_<TYPE>_URL`) | `memory://` |
 //! | `--scheduler` | `VAMP_CONTAINER_DRIVER_URL`, or `VAMP_CONTAINER_DRIVER_TYPE` (`docker`, `kubernetes`, `marathon` with `VAMP_CONTAINER_DRIVER_MARATHON_URL`) | `local://<data-dir>/instances` |
 //! | `--namespace` | `VAMP_NAMESPACE` | `default` |
@@ -104,7 +104,7 @@ impl PanicHook {
 const GRACE: Duration = Duration::from_secs(10);
 
 /// What `vamp serve` runs on.
-#[derive(Clone, Debug, clap::Args)]
+#[derive(Clone, clap::Args)]
 #[non_exhaustive]
 pub struct ServeConfig {
     /// Where the API listens (default `127.0.0.1:8080`; the flag wins over
@@ -186,7 +186,11 @@ pub struct ServeConfig {
     /// The key-value store's URL given to workflow runs as `VAMP_KEY_VALUE_STORE_URL`
     /// (none by default: runs get no key-value store, and never the server's own URL or its
     /// password unless this is it).
-    #[arg(long, env = "VAMP_WORKFLOW_KEY_VALUE_STORE_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "VAMP_WORKFLOW_KEY_VALUE_STORE_URL",
+        hide_env_values = true
+    )]
     pub workflow_kv_url: Option<Secret>,
     /// The most services of all deployments together.
     #[arg(long, default_value_t = 1000)]
@@ -272,9 +276,11 @@ impl ServeConfig {
             self.persistence = env("VAMP_PERSISTENCE_URL").or_else(|| {
                 match env("VAMP_PERSISTENCE_DATABASE_TYPE")?.as_str() {
                     "in-memory" => Some("memory://".into()),
-                    "sqlite" | "postgres" | "mysql" | "sqlserver" => {
-                        env("VAMP_PERSISTENCE_DATABASE_SQL_URL")
-                    }
+                    "sqlite" | "postgres" | "mysql" | "sqlserver" => Some(sql_url(
+                        &env("VAMP_PERSISTENCE_DATABASE_SQL_URL")?,
+                        env("VAMP_PERSISTENCE_DATABASE_SQL_USER").as_deref(),
+                        env("VAMP_PERSISTENCE_DATABASE_SQL_PASSWORD").as_deref(),
+                    )),
                     _ => None,
                 }
             });
@@ -428,6 +434,93 @@ impl ServeConfig {
         } else {
             url
         }
+    }
+}
+
+/// Vamp's SQL URL (`vamp.persistence.database.sql.url`, a JDBC URL such as
+/// `jdbc:postgresql://host:5432/vamp`, `jdbc:mysql://host:3306/vamp` or
+/// `jdbc:sqlserver://host:1433;databaseName=vamp`) with its user and password as this
+/// project's URL (`postgres://user:password@host:5432/vamp`, …); a URL of this project's form
+/// passes unchanged (the user and password are added when it has none).
+pub fn sql_url(url: &str, user: Option<&str>, password: Option<&str>) -> String {
+    let rest = url.trim().strip_prefix("jdbc:").unwrap_or(url.trim());
+    let Some((scheme, rest)) = rest.split_once("://") else {
+        return url.to_owned();
+    };
+    let scheme = match scheme {
+        "postgresql" | "postgres" => "postgres",
+        "mysql" | "mariadb" => "mysql",
+        "sqlserver" | "mssql" => "sqlserver",
+        other => other,
+    };
+    // SQL Server's properties (`;databaseName=vamp;…`): the database as the path.
+    let rest = match rest.split_once(';') {
+        Some((host, props)) if scheme == "sqlserver" => {
+            let db = props.split(';').find_map(|p| {
+                let (k, v) = p.split_once('=')?;
+                k.eq_ignore_ascii_case("databaseName").then_some(v)
+            });
+            match db {
+                Some(db) => format!("{host}/{db}"),
+                None => host.to_owned(),
+            }
+        }
+        _ => rest.to_owned(),
+    };
+    let has_userinfo = rest
+        .split('/')
+        .next()
+        .is_some_and(|authority| authority.contains('@'));
+    match user.filter(|u| !u.is_empty()) {
+        Some(user) if !has_userinfo => {
+            let password = password
+                .filter(|p| !p.is_empty())
+                .map(|p| format!(":{}", encode(p)))
+                .unwrap_or_default();
+            format!("{scheme}://{}{password}@{rest}", encode(user))
+        }
+        _ => format!("{scheme}://{rest}"),
+    }
+}
+
+/// Percent-encodes what a URL's user information may not hold as it is.
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl std::fmt::Debug for ServeConfig {
+    /// The settings, with every backend URL's password and secret parameters redacted.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = |u: &Option<String>| u.as_deref().map(vamp_backends::url::redact);
+        f.debug_struct("ServeConfig")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("in_memory", &self.in_memory)
+            .field("persistence", &url(&self.persistence))
+            .field("kv", &url(&self.kv))
+            .field("scheduler", &url(&self.scheduler))
+            .field("metrics_store", &url(&self.metrics_store))
+            .field("namespace", &self.namespace)
+            .field("api_token", &self.api_token)
+            .field("api_tokens", &self.api_tokens)
+            .field("insecure_no_auth", &self.insecure_no_auth)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_client_ca", &self.tls_client_ca)
+            .field("cors_origins", &self.cors_origins)
+            .field("allowed_hosts", &self.allowed_hosts)
+            .field("policy", &self.policy)
+            .field("no_agent", &self.no_agent)
+            .field("stop_on_exit", &self.stop_on_exit)
+            .field("workflow_kv_url", &self.workflow_kv_url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -883,4 +976,64 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         tasks,
         guard,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vamp_s_jdbc_urls_and_credentials_become_persistence_urls() {
+        for (url, user, password, want) in [
+            (
+                "jdbc:postgresql://db:5432/vamp",
+                Some("vamp"),
+                Some("p@ss:w/rd"),
+                "postgres://vamp:p%40ss%3Aw%2Frd@db:5432/vamp",
+            ),
+            (
+                "jdbc:mysql://db:3306/vamp",
+                Some("root"),
+                None,
+                "mysql://root@db:3306/vamp",
+            ),
+            (
+                "jdbc:sqlserver://db:1433;databaseName=vamp;encrypt=true",
+                Some("sa"),
+                Some("x"),
+                "sqlserver://sa:x@db:1433/vamp",
+            ),
+            (
+                "postgres://u:p@db/vamp",
+                Some("other"),
+                Some("y"),
+                "postgres://u:p@db/vamp",
+            ),
+            (
+                "sqlite:///var/lib/vamp/vamp.db",
+                None,
+                None,
+                "sqlite:///var/lib/vamp/vamp.db",
+            ),
+        ] {
+            assert_eq!(sql_url(url, user, password), want, "{url}");
+        }
+        let env = |k: &str| match k {
+            "VAMP_PERSISTENCE_DATABASE_TYPE" => Some("postgres".to_owned()),
+            "VAMP_PERSISTENCE_DATABASE_SQL_URL" => {
+                Some("jdbc:postgresql://db:5432/vamp".to_owned())
+            }
+            "VAMP_PERSISTENCE_DATABASE_SQL_USER" => Some("vamp".to_owned()),
+            "VAMP_PERSISTENCE_DATABASE_SQL_PASSWORD" => Some("hunter2-secret".to_owned()),
+            _ => None,
+        };
+        let config = ServeConfig::new(".vamp").with_env(env);
+        assert_eq!(
+            config.persistence.as_deref(),
+            Some("postgres://vamp:hunter2-secret@db:5432/vamp")
+        );
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2-secret"), "{debug}");
+        assert!(debug.contains("db:5432"), "{debug}");
+    }
 }
