@@ -23,7 +23,7 @@ case "$which" in
   *) echo "usage: $0 agent|vamp [IMAGE]" >&2; exit 2 ;;
 esac
 # One feature set for both programs, so that building the second image reuses the first's build.
-features=etcd,consul,zookeeper,redis,docker,kubernetes,marathon,elasticsearch,prometheus
+features=etcd,consul,zookeeper,redis,docker,kubernetes,marathon,elasticsearch,prometheus,postgres,mysql,mssql
 haproxy_bin="$(command -v haproxy || echo /usr/sbin/haproxy)"
 [ -x "$haproxy_bin" ] || { echo "HAProxy is not installed (Debian: apt-get install haproxy)" >&2; exit 1; }
 target="${CARGO_TARGET_DIR:-$PWD/target}"
