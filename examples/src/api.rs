@@ -856,8 +856,19 @@ impl Api {
         Ok(out)
     }
 
-    /// What a merge into `name` may reference.
-    async fn artifacts(&self, name: &str) -> Result<Artifacts, ApiError> {
+    /// The stored deployments but `name`.
+    async fn other_deployments(&self, name: &str) -> Result<Vec<Deployment>, ApiError> {
+        Ok(self
+            .deployments()
+            .await?
+            .into_iter()
+            .map(|d| d.value)
+            .filter(|d| d.name != name)
+            .collect())
+    }
+
+    /// What a merge may reference; `others` are the stored deployments but the one merged into.
+    async fn artifacts(&self, others: &[Deployment]) -> Result<Artifacts, ApiError> {
         let mut a = Artifacts::new();
         for b in self.persistence.list_all::<DefaultBreed>().await? {
             a = a.with_breed(b.value);
@@ -872,14 +883,7 @@ impl Api {
             a.workflows.insert(w.value.name);
         }
         let gateways = self.gateways().await?;
-        let others: Vec<Deployment> = self
-            .deployments()
-            .await?
-            .into_iter()
-            .map(|d| d.value)
-            .filter(|d| d.name != name)
-            .collect();
-        let other_gateways = vamp_core::ops::reconcile::gateways(&others);
+        let other_gateways = vamp_core::ops::reconcile::gateways(others);
         Ok(a.with_gateways(gateways.iter().chain(other_gateways.iter())))
     }
 
@@ -926,7 +930,13 @@ impl Api {
 
     /// Refuses `updated` (the deployment `name` after a write) when the server's deployments
     /// together would be over the service or instance quota.
-    async fn check_quota(&self, name: &str, updated: &Deployment) -> Result<(), ApiError> {
+    /// `others` are the other stored deployments (read once by the caller for its plan).
+    fn check_quota(
+        &self,
+        name: &str,
+        updated: &Deployment,
+        others: &[Deployment],
+    ) -> Result<(), ApiError> {
         let count = |d: &Deployment| {
             d.clusters
                 .iter()
@@ -940,12 +950,10 @@ impl Api {
                 })
         };
         let (mut services, mut instances) = count(updated);
-        for d in self.deployments().await? {
-            if d.value.name != name {
-                let (s, i) = count(&d.value);
-                services += s;
-                instances = instances.saturating_add(i);
-            }
+        for d in others.iter().filter(|d| d.name != name) {
+            let (s, i) = count(d);
+            services += s;
+            instances = instances.saturating_add(i);
         }
         let l = &self.options.limits;
         if services > l.max_services {
@@ -1592,7 +1600,8 @@ impl Api {
                 return Err(ApiError::precondition("deployments", &name, current, v));
             }
         }
-        let artifacts = self.artifacts(&name).await?;
+        let others = self.other_deployments(&name).await?;
+        let artifacts = self.artifacts(&others).await?;
         let merged = merge(
             existing.as_ref().map(|v| &v.value),
             &name,
@@ -1601,7 +1610,7 @@ impl Api {
             &self.merge_options(),
         )?;
         self.check_deployables(&merged.deployment)?;
-        self.check_quota(&name, &merged.deployment).await?;
+        self.check_quota(&name, &merged.deployment, &others)?;
         if validate_only {
             return Ok((merged.deployment, merged.new_breeds));
         }
@@ -2010,7 +2019,7 @@ async fn put_scale(
             let existing = api.deployment(&d).await?.ok_or_else(ApiError::not_found)?;
             let updated =
                 vamp_core::ops::deploy::scale(&existing.value, &c, &s, scale.clone(), Api::now())?;
-            api.check_quota(&d, &updated).await?;
+            api.check_quota(&d, &updated, &api.other_deployments(&d).await?)?;
             api.persistence.update(&updated, existing.version).await?;
             Ok::<(), ApiError>(())
         }

@@ -475,25 +475,15 @@ pub fn sql_url(url: &str, user: Option<&str>, password: Option<&str>) -> String 
         Some(user) if !has_userinfo => {
             let password = password
                 .filter(|p| !p.is_empty())
-                .map(|p| format!(":{}", encode(p)))
+                .map(|p| format!(":{}", vamp_backends::url::encode_component(p)))
                 .unwrap_or_default();
-            format!("{scheme}://{}{password}@{rest}", encode(user))
+            format!(
+                "{scheme}://{}{password}@{rest}",
+                vamp_backends::url::encode_component(user)
+            )
         }
         _ => format!("{scheme}://{rest}"),
     }
-}
-
-/// Percent-encodes what a URL's user information may not hold as it is.
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 impl std::fmt::Debug for ServeConfig {
