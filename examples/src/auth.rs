@@ -284,7 +284,7 @@ impl Sessions {
     fn create(&self, name: &str, role: Role, ttl: Duration) -> String {
         let mut raw = [0u8; 32];
         getrandom::fill(&mut raw).expect("the operating system's random source");
-        let id = hex(&raw);
+        let id = vamp_core::lookup::hex(&raw);
         let now = Instant::now();
         let mut map = self.map.lock();
         if map.len() >= Self::MAX {
@@ -332,16 +332,6 @@ impl Sessions {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 15)]));
-    }
-    s
 }
 
 /// The API's security settings.

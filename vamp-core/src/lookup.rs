@@ -48,14 +48,24 @@ impl LookupClass {
     }
 }
 
-/// Java `BigInteger(1, digest).toString(16)`: lowercase hex without leading zeros.
-fn big_hex(digest: &[u8]) -> String {
+/// `bytes` as lowercase hex, two digits a byte.
+///
+/// ```
+/// assert_eq!(vamp_core::lookup::hex(&[0x00, 0x0f, 0xa5]), "000fa5");
+/// ```
+pub fn hex(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut hex = String::with_capacity(digest.len() * 2);
-    for b in digest {
+    let mut hex = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
         hex.push(char::from(HEX[usize::from(b >> 4)]));
         hex.push(char::from(HEX[usize::from(b & 0x0f)]));
     }
+    hex
+}
+
+/// Java `BigInteger(1, digest).toString(16)`: lowercase hex without leading zeros.
+fn big_hex(digest: &[u8]) -> String {
+    let mut hex = hex(digest);
     let zeros = hex.len() - hex.trim_start_matches('0').len();
     if zeros == hex.len() {
         return "0".to_owned();

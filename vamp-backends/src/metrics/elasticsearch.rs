@@ -557,7 +557,7 @@ fn batch_ids(docs: &[Value]) -> Vec<String> {
         h.update(b"\n");
     }
     let digest = h.finalize();
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = vamp_core::lookup::hex(&digest);
     (0..docs.len()).map(|i| format!("{hex}-{i}")).collect()
 }
 

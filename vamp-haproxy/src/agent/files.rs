@@ -147,5 +147,5 @@ pub(crate) fn random_token() -> Result<String, AgentError> {
     std::fs::File::open(path)
         .and_then(|mut f| f.read_exact(&mut bytes))
         .map_err(|e| io(path, e.to_string()))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(vamp_core::lookup::hex(&bytes))
 }
