@@ -1012,14 +1012,12 @@ impl Api {
                 .check_gateway(g)
                 .map_err(|v| ApiError::bad(v.to_string())),
             AnyArtifact::Workflow(w) => {
-                let mut w = w.clone();
-                if let Ref::Reference(name) = &w.breed {
-                    match self.persistence.get::<DefaultBreed>(name).await? {
-                        Some(b) => w.breed = Ref::Inline(b.value),
-                        // The workflow loop reports a missing breed.
-                        None => return Ok(()),
-                    }
-                }
+                let stored =
+                    vamp_core::ops::workflow::with_stored_breed(&*self.persistence, w.clone());
+                // A missing breed is the workflow loop's to report.
+                let Some(w) = stored.await? else {
+                    return Ok(());
+                };
                 let options = vamp_core::ops::workflow::WorkflowOptions::default();
                 if let Some(mut spec) = vamp_core::ops::workflow::spec(&w, &options, 1) {
                     spec.arguments.clone_from(&w.arguments);

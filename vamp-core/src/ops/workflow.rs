@@ -87,6 +87,24 @@ pub fn period_ms(p: &RepeatPeriod) -> i64 {
 /// this name.
 pub const SCOPE: &str = "workflows";
 
+/// `w` with its breed inline: a reference is read from `persistence` (`None` when that breed
+/// is not stored).
+///
+/// # Errors
+/// The store's.
+pub async fn with_stored_breed(
+    persistence: &DynPersistenceStore,
+    mut w: Workflow,
+) -> Result<Option<Workflow>> {
+    if let Ref::Reference(name) = &w.breed {
+        match persistence.get::<DefaultBreed>(name).await? {
+            Some(b) => w.breed = Ref::Inline(b.value),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(w))
+}
+
 /// The service id of a workflow's runs.
 pub fn service_id(w: &Workflow) -> ServiceId {
     ServiceId::new(SCOPE, w.name.as_str(), w.breed.name())
@@ -398,21 +416,15 @@ impl WorkflowController {
 
     /// The workflow with its breed inline: a reference is read from persistence.
     async fn resolved(&self, w: Workflow) -> Result<Workflow> {
-        let Ref::Reference(name) = &w.breed else {
-            return Ok(w);
-        };
-        match self.persistence.get::<DefaultBreed>(name).await? {
-            Some(b) => {
-                let mut w = w;
-                w.breed = Ref::Inline(b.value);
-                Ok(w)
-            }
-            None => Err(crate::error::Error::Invalid {
+        let name = w.name.clone();
+        let breed = w.breed.name().to_owned();
+        with_stored_breed(&*self.persistence, w)
+            .await?
+            .ok_or_else(|| crate::error::Error::Invalid {
                 what: "workflow",
-                value: w.name.clone(),
-                reason: format!("its breed '{name}' is not stored"),
-            }),
-        }
+                value: name,
+                reason: format!("its breed '{breed}' is not stored"),
+            })
     }
 
     async fn step(
