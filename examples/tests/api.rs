@@ -12,14 +12,10 @@ use vamp_examples::serve::{ServeConfig, Server, start};
 
 /// A server on in-memory backends (the in-memory scheduler, or `scheduler`).
 async fn server(dir: &std::path::Path, scheduler: Option<String>) -> Server {
-    let mut config = ServeConfig::new(dir);
-    config.stop_on_exit = true;
-    config.listen = Some("127.0.0.1:0".parse().unwrap());
-    config.in_memory = true;
-    config.kv = Some("memory://".into());
-    config.scheduler = Some(scheduler.unwrap_or_else(|| "memory://".into()));
-    config.no_agent = true;
-    config.period_ms = 50;
+    let mut config = support::memory_config(dir);
+    if let Some(s) = scheduler {
+        config.scheduler = Some(s);
+    }
     start(config).await.expect("the server starts")
 }
 

@@ -38,19 +38,7 @@ fn breed(version: &str, script: &std::path::Path, marker: &str) -> String {
 
 /// The processes whose command line carries `marker`.
 fn processes_with(marker: &str) -> usize {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.parse::<u32>().is_ok())
-        })
-        .filter(|e| {
-            std::fs::read(e.path().join("cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
-        })
-        .count()
+    support::pids_where(|cmdline| cmdline.contains(marker)).len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,13 +11,7 @@ use reqwest::{Client, StatusCode};
 use vamp_examples::serve::{ServeConfig, Server, start};
 
 fn config(dir: &std::path::Path) -> ServeConfig {
-    let mut config = ServeConfig::new(dir);
-    config.stop_on_exit = true;
-    config.listen = Some("127.0.0.1:0".parse().unwrap());
-    config.in_memory = true;
-    config.kv = Some("memory://".into());
-    config.scheduler = Some("memory://".into());
-    config.no_agent = true;
+    let mut config = support::memory_config(dir);
     config.period_ms = 100;
     config
 }
@@ -40,19 +34,14 @@ async fn send(
     (r.status(), r.text().await.unwrap())
 }
 
-/// The processes whose command line holds `marker`.
+/// The `sleep` processes whose command line holds `marker` (not a shell around one).
+fn sleeps(marker: &str) -> Vec<u32> {
+    support::pids_where(|cmdline| cmdline.starts_with("sleep ") && cmdline.contains(marker))
+}
+
+/// How many of them there are.
 fn processes(marker: &str) -> usize {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| {
-            let pid = e.ok()?.file_name().to_str()?.parse::<u32>().ok()?;
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            // The sleep itself (its shell may exec it or wait for it).
-            text.starts_with("sleep ").then_some(())?;
-            text.contains(marker).then_some(())
-        })
-        .count()
+    sleeps(marker).len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -373,17 +362,7 @@ async fn a_daemon_workflow_keeps_one_process_through_reconcile_passes() {
     );
     let (status, text) = send(&client, &s, reqwest::Method::POST, "/workflows", &wf).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{text}");
-    let pids = || -> Vec<u32> {
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .filter_map(|e| {
-                let pid = e.ok()?.file_name().to_str()?.parse::<u32>().ok()?;
-                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-                let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-                (text.starts_with("sleep ") && text.contains(&marker)).then_some(pid)
-            })
-            .collect()
-    };
+    let pids = || sleeps(&marker);
     let first = support::eventually("the daemon runs", Duration::from_secs(30), async || {
         let p = pids();
         (p.len() == 1).then_some(p)

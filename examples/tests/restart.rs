@@ -94,19 +94,7 @@ fn spawn_server(data: &std::path::Path, listen: &str) -> Child {
 
 /// The processes whose command line carries `marker`, by pid.
 fn pids_with(marker: &str) -> Vec<u32> {
-    let mut out: Vec<u32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            String::from_utf8_lossy(&cmdline)
-                .contains(marker)
-                .then_some(pid)
-        })
-        .collect();
-    out.sort_unstable();
-    out
+    support::pids_where(|cmdline| cmdline.contains(marker))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

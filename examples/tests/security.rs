@@ -15,15 +15,7 @@ const WRITER: &str = "writer-token-0123456789";
 const READER: &str = "reader-token-0123456789";
 
 fn config(dir: &std::path::Path) -> ServeConfig {
-    let mut config = ServeConfig::new(dir);
-    config.stop_on_exit = true;
-    config.listen = Some("127.0.0.1:0".parse().unwrap());
-    config.in_memory = true;
-    config.kv = Some("memory://".into());
-    config.scheduler = Some("memory://".into());
-    config.no_agent = true;
-    config.period_ms = 50;
-    config
+    support::memory_config(dir)
 }
 
 /// A server with a `write` and a `read` token (from a token file).
@@ -314,15 +306,11 @@ async fn a_non_loopback_start_needs_a_token_and_the_flag_wins_over_the_environme
     let s = start(c.clone())
         .await
         .expect("starts by the operator's choice");
-    let info: serde_json::Value = client
-        .get(format!("http://127.0.0.1:{}/api/v1/info", s.addr.port()))
-        .header("Accept", "application/json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = support::get_json(
+        &client,
+        &format!("http://127.0.0.1:{}/api/v1/info", s.addr.port()),
+    )
+    .await;
     assert_eq!(info["security"]["authentication"], "none", "{info}");
     assert!(
         info["security"]["warnings"][0]
@@ -436,15 +424,7 @@ async fn browsers_get_no_grant_and_cross_origin_writes_store_nothing() {
         StatusCode::FORBIDDEN
     );
     assert_eq!(from("null").await.status(), StatusCode::FORBIDDEN);
-    let breeds: serde_json::Value = client
-        .get(format!("{base}/api/v1/breeds"))
-        .header("Accept", "application/json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let breeds = support::get_json(&client, &format!("{base}/api/v1/breeds")).await;
     assert_eq!(breeds, serde_json::json!([]), "nothing was stored");
     let ok = from("https://console.example").await;
     assert_eq!(ok.status(), StatusCode::CREATED);

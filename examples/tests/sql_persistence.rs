@@ -11,12 +11,10 @@ use reqwest::{Client, StatusCode};
 use vamp_examples::serve::{ServeConfig, Server, start};
 
 async fn serve(dir: &std::path::Path, config: impl FnOnce(&mut ServeConfig)) -> Server {
-    let mut c = ServeConfig::new(dir);
-    c.stop_on_exit = true;
-    c.listen = Some("127.0.0.1:0".parse().unwrap());
-    c.kv = Some("memory://".into());
-    c.scheduler = Some("memory://".into());
-    c.no_agent = true;
+    let mut c = support::memory_config(dir);
+    // Stored in the database under test, not in memory.
+    c.in_memory = false;
+    c.period_ms = 1000;
     config(&mut c);
     start(c).await.expect("the server starts")
 }

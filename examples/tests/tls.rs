@@ -199,15 +199,7 @@ async fn mutual_tls_accepts_the_ca_s_clients_and_refuses_the_rest() {
     let s = https_server(dir.path(), &server_ca, Some(&client_ca), "0.0.0.0:0").await;
     let url = format!("https://127.0.0.1:{}/api/v1/login", s.addr.port());
     let alice = client(&server_ca, Some(leaf(&client_ca, "alice", true)));
-    let me: serde_json::Value = alice
-        .get(&url)
-        .header("Accept", "application/json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me = support::get_json(&alice, &url).await;
     assert_eq!(me["via"], "certificate", "{me}");
     assert_eq!(me["role"], "write", "{me}");
     assert!(

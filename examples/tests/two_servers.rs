@@ -8,17 +8,11 @@ mod support;
 
 use reqwest::{Client, StatusCode};
 use serde_json::Value;
-use vamp_examples::serve::{ServeConfig, Server, start};
+use vamp_examples::serve::{Server, start};
 
 async fn server(dir: &std::path::Path, url: &str) -> Server {
-    let mut config = ServeConfig::new(dir);
-    config.stop_on_exit = true;
-    config.listen = Some("127.0.0.1:0".parse().unwrap());
+    let mut config = support::memory_config(dir);
     config.persistence = Some(url.to_owned());
-    config.kv = Some("memory://".into());
-    config.scheduler = Some("memory://".into());
-    config.no_agent = true;
-    config.period_ms = 50;
     start(config).await.expect("the server starts")
 }
 

@@ -23,6 +23,36 @@ pub fn haproxy_or_skip() -> bool {
     false
 }
 
+/// A server's configuration for API tests: a loopback port of its own, artifacts, keys and
+/// services in memory, no gateway agent, 50 ms between loop passes, and nothing left running
+/// when it stops.
+pub fn memory_config(dir: &std::path::Path) -> vamp_examples::serve::ServeConfig {
+    let mut config = vamp_examples::serve::ServeConfig::new(dir);
+    config.stop_on_exit = true;
+    config.listen = Some("127.0.0.1:0".parse().unwrap());
+    config.in_memory = true;
+    config.kv = Some("memory://".into());
+    config.scheduler = Some("memory://".into());
+    config.no_agent = true;
+    config.period_ms = 50;
+    config
+}
+
+/// The processes whose command line (arguments joined by spaces) `wanted` accepts, by pid.
+pub fn pids_where(wanted: impl Fn(&str) -> bool) -> Vec<u32> {
+    let mut out: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            wanted(&String::from_utf8_lossy(&cmdline).replace('\0', " ")).then_some(pid)
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
 /// A loopback port nothing listens on now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
