@@ -28,6 +28,10 @@ use futures_util::StreamExt;
 use tokio::sync::Mutex;
 use vamp_core::dsl::{AnyArtifact, load_documents, read_node, to_node};
 use vamp_core::kv::{DynKeyValueStore, KeyValueStoreExt, PutMode, Version, Versioned, keys};
+use vamp_core::layers::Owned;
+
+/// The scheduler as a control plane that records owners sees it.
+pub type OwnedScheduler = Owned<Arc<DynContainerScheduler>>;
 use vamp_core::metrics::{DynEventStore, EventStore};
 use vamp_core::model::*;
 use vamp_core::node::Node;
@@ -154,6 +158,10 @@ pub struct Api {
     streams: Arc<std::sync::atomic::AtomicUsize>,
     /// The server's supervised loops, shown by `/info`.
     loops: Option<Arc<crate::supervise::Loops>>,
+    /// The scheduler as its control plane's owner sees it (`/scheduler/unowned`).
+    owned: Option<Arc<OwnedScheduler>>,
+    /// The unowned services being adopted or removed now.
+    unowned_actions: Arc<parking_lot::Mutex<BTreeSet<vamp_core::scheduler::ServiceId>>>,
 }
 
 impl std::fmt::Debug for Api {
@@ -179,6 +187,8 @@ impl Api {
             guard,
             streams: Arc::default(),
             loops: None,
+            owned: None,
+            unowned_actions: Arc::default(),
             persistence,
             events,
             scheduler,
@@ -212,6 +222,8 @@ impl Api {
             guard: Arc::clone(&self.guard),
             streams: Arc::clone(&self.streams),
             loops: self.loops.clone(),
+            owned: self.owned.clone(),
+            unowned_actions: Arc::clone(&self.unowned_actions),
         }
     }
 
@@ -220,6 +232,16 @@ impl Api {
     #[must_use]
     pub fn with_loops(mut self, loops: Arc<crate::supervise::Loops>) -> Self {
         self.loops = Some(loops);
+        self
+    }
+
+    /// Acts on the scheduler through `owned` (only on this control plane's services), shows
+    /// its identity in `/info` and serves the services of other owners or none at
+    /// `/scheduler/unowned`, for an operator to adopt or remove.
+    #[must_use]
+    pub fn with_owner(mut self, owned: Arc<OwnedScheduler>) -> Self {
+        self.scheduler = Arc::clone(&owned) as Arc<DynContainerScheduler>;
+        self.owned = Some(owned);
         self
     }
 
@@ -286,6 +308,9 @@ impl Api {
             ("/mesosconfig", v().get(mesos_config)),
             ("/scheduler/nodes", v().get(scheduler_nodes)),
             ("/scheduler/routing", v().get(scheduler_routing)),
+            ("/scheduler/unowned", v().get(list_unowned)),
+            ("/scheduler/unowned/adopt", v().post(adopt_unowned)),
+            ("/scheduler/unowned/remove", v().post(remove_unowned)),
             (
                 "/vga/{kind}/{name}/template",
                 v().get(get_template)
@@ -611,7 +636,7 @@ impl From<vamp_core::Error> for ApiError {
             E::Operation(o) => Self::bad(o.to_string()),
             E::Invalid { .. } => Self::bad(e.to_string()),
             E::NotFound { .. } => Self::not_found(),
-            E::Conflict { .. } | E::AlreadyExists { .. } => Self {
+            E::Conflict { .. } | E::AlreadyExists { .. } | E::NotOwned { .. } => Self {
                 status: StatusCode::CONFLICT,
                 message: Some(e.to_string()),
             },
@@ -2042,22 +2067,35 @@ async fn put_scale(
     ))
 }
 
+/// `GET /workflows/{name}/status`: the status word, as Vamp answered it; with
+/// `?detailed=true`, `{status, error, runs, last_run}`, where `error` says what keeps the
+/// workflow from running (its breed not stored, the scheduler refusing it), or is null.
 async fn get_workflow_status(
     State(api): Shared,
     Path(name): Path<String>,
     headers: HeaderMap,
+    Query(params): Params,
 ) -> ApiResult {
+    use vamp_core::ops::workflow::{LAST_RUN_KEY, RUNS_KEY, recorded_error};
     let format = accept(&headers)?;
     let w = api
         .persistence
         .get::<Workflow>(&name)
         .await?
-        .ok_or_else(ApiError::not_found)?;
-    Ok(body(
-        StatusCode::OK,
-        format,
-        &serde_json::Value::String(w.value.status.to_string()),
-    ))
+        .ok_or_else(ApiError::not_found)?
+        .value;
+    let status = serde_json::Value::String(w.status.to_string());
+    let answer = if param(&params, "detailed") == Some("true") {
+        serde_json::json!({
+            "status": status,
+            "error": recorded_error(&w),
+            "runs": w.metadata.get(RUNS_KEY).map(Node::to_json),
+            "last_run": w.metadata.get(LAST_RUN_KEY).map(Node::to_json),
+        })
+    } else {
+        status
+    };
+    Ok(body(StatusCode::OK, format, &answer))
 }
 
 async fn put_workflow_status(
@@ -2670,6 +2708,123 @@ async fn scheduler_routing(
     paged(format, "/api/v1/scheduler/routing", &params, items)
 }
 
+/// `GET /scheduler/unowned`: the services in the scheduler's namespace that carry Vamp's
+/// labels but belong to another control plane (`owner`) or to none (`owner: null`). This
+/// server neither updates nor removes them; an operator adopts or removes each.
+async fn list_unowned(State(api): Shared, headers: HeaderMap, Query(params): Params) -> ApiResult {
+    let format = accept(&headers)?;
+    let unowned = match &api.owned {
+        Some(owned) => owned.unowned().await?,
+        None => Vec::new(),
+    };
+    let items = unowned
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "deployment": s.spec.id.deployment,
+                "cluster": s.spec.id.cluster,
+                "service": s.spec.id.service,
+                "owner": vamp_core::layers::owner_of(s),
+                "deployable": s.spec.deployable.definition,
+                "instances": s.instances.len(),
+            })
+        })
+        .collect();
+    paged(format, "/api/v1/scheduler/unowned", &params, items)
+}
+
+/// The service a `/scheduler/unowned/…` request names: `{deployment, cluster, service}`.
+fn unowned_target(
+    api: &Api,
+    headers: &HeaderMap,
+    bytes: &Bytes,
+) -> Result<(Arc<OwnedScheduler>, vamp_core::scheduler::ServiceId), ApiError> {
+    content_type(headers)?;
+    let owned = api.owned.clone().ok_or_else(|| {
+        ApiError::bad("This server does not record owners: every service is its own.")
+    })?;
+    let docs = documents(bytes)?;
+    let Some(Node::Map(m)) = docs.first() else {
+        return Err(ApiError::bad("Expected {deployment, cluster, service}."));
+    };
+    let field = |k: &str| {
+        m.get(k)
+            .and_then(Node::scalar_string)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| ApiError::bad(format!("Can't find any value for path: /{k}")))
+    };
+    let id = vamp_core::scheduler::ServiceId::new(
+        field("deployment")?,
+        field("cluster")?,
+        field("service")?,
+    );
+    Ok((owned, id))
+}
+
+/// `POST /scheduler/unowned/adopt` with `{deployment, cluster, service}`: the service is
+/// deployed again with this control plane's identity, and reconciled from then on (removed if
+/// no stored deployment wants it). Answers 202 once the service is found unowned (the
+/// scheduler takes its time); 200 with `adopted: false` for a service already its own.
+async fn adopt_unowned(State(api): Shared, headers: HeaderMap, bytes: Bytes) -> ApiResult {
+    unowned_action(&api, &headers, &bytes, "adopt").await
+}
+
+/// `POST /scheduler/unowned/remove` with `{deployment, cluster, service}`: removes a
+/// service of another control plane or of none. Answers 202 once the service is found
+/// unowned; 400 for a service of this control plane, 404 for none.
+async fn remove_unowned(State(api): Shared, headers: HeaderMap, bytes: Bytes) -> ApiResult {
+    unowned_action(&api, &headers, &bytes, "remove").await
+}
+
+async fn unowned_action(
+    api: &Arc<Api>,
+    headers: &HeaderMap,
+    bytes: &Bytes,
+    action: &'static str,
+) -> ApiResult {
+    let format = accept(headers)?;
+    let (owned, id) = unowned_target(api, headers, bytes)?;
+    let answer = |status, done: bool| {
+        let key = if action == "adopt" {
+            "adopted"
+        } else {
+            "removed"
+        };
+        Ok(body(
+            status,
+            format,
+            &serde_json::json!({ "service": id.to_string(), key: done }),
+        ))
+    };
+    match owned.unowned_service(&id).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return Err(ApiError::not_found()),
+        Err(vamp_core::Error::Invalid { .. }) if action == "adopt" => {
+            return answer(StatusCode::OK, false);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    // One action per service at a time: repeated requests do not pile up tasks.
+    if !api.unowned_actions.lock().insert(id.clone()) {
+        return answer(StatusCode::ACCEPTED, false);
+    }
+    let actions = Arc::clone(&api.unowned_actions);
+    let target = id.clone();
+    tokio::spawn(async move {
+        let result = if action == "adopt" {
+            owned.adopt(&target).await
+        } else {
+            owned.remove_unowned(&target).await
+        };
+        match result {
+            Ok(done) => tracing::info!(service = %target, action, done, "unowned service"),
+            Err(e) => tracing::warn!(service = %target, action, error = %e, "unowned service"),
+        }
+        actions.lock().remove(&target);
+    });
+    answer(StatusCode::ACCEPTED, true)
+}
+
 /// `GET /stats`: how many artifacts of each kind are stored, services and instances the
 /// scheduler runs, and the server's uptime.
 async fn stats(State(api): Shared, headers: HeaderMap) -> ApiResult {
@@ -2812,6 +2967,9 @@ async fn info(State(api): Shared, headers: HeaderMap, Query(params): Params) -> 
     let mut out = serde_json::Map::new();
     out.insert("message".into(), "Hi, I'm Vamp! How are you?".into());
     out.insert("version".into(), env!("CARGO_PKG_VERSION").into());
+    if let Some(owned) = &api.owned {
+        out.insert("identity".into(), owned.owner().into());
+    }
     let security = api.guard.security();
     out.insert(
         "security".into(),

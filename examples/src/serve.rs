@@ -641,6 +641,13 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
     // Nothing the policy refuses is deployed, whatever stored it.
     let scheduler: Arc<DynContainerScheduler> =
         Arc::new(vamp_core::layers::Policed::new(scheduler, policy.clone()));
+    // This control plane acts only on what it created: its identity, kept in persistence
+    // (replicas on one store share it), marks every service it deploys.
+    let identity = vamp_core::ops::identity::establish(&*persistence, &new_identity())
+        .await
+        .map_err(|e| format!("control-plane identity: {e}"))?;
+    let owned = Arc::new(vamp_core::layers::Owned::new(scheduler, identity.clone()));
+    let scheduler: Arc<DynContainerScheduler> = Arc::clone(&owned) as Arc<DynContainerScheduler>;
     let stores =
         MetricsBackendConfig::from_url(config.metrics_store.as_deref().unwrap_or("memory://"))
             .map_err(|e| format!("metrics store: {e}"))?
@@ -715,7 +722,8 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         )
         .with_shutdown(stopped.clone())
         .with_kv(Arc::clone(&kv), config.namespace.clone())
-        .with_loops(Arc::clone(&loops)),
+        .with_loops(Arc::clone(&loops))
+        .with_owner(owned),
     );
 
     let until_stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -952,6 +960,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         persistence = %persistence,
         kv = %kv,
         scheduler = %scheduler,
+        identity = %identity,
         metrics = %metrics,
         agent = !config.no_agent,
         "vamp serves"
@@ -966,6 +975,13 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         tasks,
         guard,
     })
+}
+
+/// A new control-plane identity: 16 random bytes in hex.
+fn new_identity() -> String {
+    let mut raw = [0u8; 16];
+    getrandom::fill(&mut raw).expect("the operating system's random source");
+    vamp_core::lookup::hex(&raw)
 }
 
 #[cfg(test)]

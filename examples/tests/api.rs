@@ -674,6 +674,73 @@ async fn events_health_metrics_info_config_and_workflow_status() {
         )
         .await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
+    // A time workflow naming a stored breed runs (its count in the detailed status); one
+    // naming a breed that is not stored shows why there, and runs once it is stored.
+    let a = http
+        .send(
+            Method::POST,
+            "/api/v1/breeds",
+            "name: ticker\ndeployable: command://echo tick\n",
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    for (name, breed) in [("by-ref", "ticker"), ("dangling", "not-there")] {
+        let wf = format!("name: {name}\nbreed: {breed}\nschedule:\n  time: {{period: PT1S}}\n");
+        let a = http.send(Method::POST, "/api/v1/workflows", &wf).await;
+        assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
+    }
+    let detailed = async |name: &str| {
+        http.get(&format!("/api/v1/workflows/{name}/status?detailed=true"))
+            .await
+            .json()
+    };
+    let ran = support::eventually("by-ref runs", Duration::from_secs(30), async || {
+        let d = detailed("by-ref").await;
+        (d["runs"].as_i64() >= Some(1)).then_some(d)
+    })
+    .await;
+    assert_eq!(ran["error"], serde_json::Value::Null, "{ran}");
+    let failing = support::eventually(
+        "dangling shows its error",
+        Duration::from_secs(30),
+        async || {
+            let d = detailed("dangling").await;
+            d["error"].is_string().then_some(d)
+        },
+    )
+    .await;
+    assert!(
+        failing["error"]
+            .as_str()
+            .unwrap()
+            .contains("its breed 'not-there' is not stored"),
+        "{failing}"
+    );
+    assert_eq!(failing["runs"], serde_json::Value::Null, "{failing}");
+    // The plain status stays Vamp's word.
+    assert!(
+        http.get("/api/v1/workflows/dangling/status")
+            .await
+            .json()
+            .is_string()
+    );
+    let a = http
+        .send(
+            Method::POST,
+            "/api/v1/breeds",
+            "name: not-there\ndeployable: command://echo late\n",
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    support::eventually(
+        "dangling runs once its breed is stored, the error cleared",
+        Duration::from_secs(30),
+        async || {
+            let d = detailed("dangling").await;
+            (d["error"].is_null() && d["runs"].as_i64() >= Some(1)).then_some(())
+        },
+    )
+    .await;
     s.stop().await;
 }
 

@@ -803,6 +803,20 @@ pub enum Error {
         /// The version found (`None`: the entry no longer exists).
         found: Option<u64>,
     },
+    /// The scheduler service belongs to another control plane, or to none (it lacks the
+    /// owner label): this one neither updates nor removes it
+    /// ([`crate::layers::Owned`]).
+    #[error("service '{service}' in {backend} belongs to {}, not to this control plane ({ours}): adopt or remove it as an unowned service", owner.as_deref().map_or_else(|| "no control plane (it has no io.vamp.owner label)".to_owned(), |o| format!("control plane {o}")))]
+    NotOwned {
+        /// The backend's label.
+        backend: String,
+        /// The service (`deployment/cluster/service`).
+        service: String,
+        /// Its owner (`None`: it has no owner label).
+        owner: Option<String>,
+        /// This control plane's identity.
+        ours: String,
+    },
     /// The backend does not support the operation (see its capabilities).
     #[error("{operation} is not supported by {backend}")]
     NotSupported {

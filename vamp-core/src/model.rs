@@ -77,11 +77,15 @@ pub enum ArtifactKind {
     Event,
     /// `event queries` (not stored as an artifact)
     EventQuery,
+    /// `control-planes`: the control plane's own records (its identity, see
+    /// [`crate::ops::identity`]); stored beside the artifacts, read by no DSL and served by no
+    /// artifact route.
+    ControlPlane,
 }
 
 impl ArtifactKind {
     /// Every kind, in a stable order.
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 16] = [
         Self::Breed,
         Self::Blueprint,
         Self::Deployment,
@@ -97,6 +101,7 @@ impl ArtifactKind {
         Self::CanaryPolicy,
         Self::Event,
         Self::EventQuery,
+        Self::ControlPlane,
     ];
 
     /// Vamp's kind string (`breeds`, `blueprints`, ...).
@@ -117,6 +122,7 @@ impl ArtifactKind {
             Self::CanaryPolicy => "canary-policies",
             Self::Event => "events",
             Self::EventQuery => "event-queries",
+            Self::ControlPlane => "control-planes",
         }
     }
 
@@ -146,6 +152,7 @@ impl ArtifactKind {
             "canary-policies" | "canary-policys" | "canaries" | "canarys" => Self::CanaryPolicy,
             "events" => Self::Event,
             "event-queries" | "querys" | "queries" | "event-querys" => Self::EventQuery,
+            "control-planes" => Self::ControlPlane,
             _ => return None,
         })
     }

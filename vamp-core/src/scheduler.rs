@@ -25,6 +25,9 @@ pub mod labels {
     pub const CLUSTER: &str = "io.vamp.cluster";
     /// The service (breed) name.
     pub const SERVICE: &str = "io.vamp.service";
+    /// The identity of the control plane that created it ([`crate::layers::Owned`],
+    /// [`crate::ops::identity`]).
+    pub const OWNER: &str = "io.vamp.owner";
 }
 
 /// Which deployment service a scheduled service is.

@@ -10,7 +10,7 @@ use vamp_core::metrics::EventStore;
 use vamp_core::model::*;
 use vamp_core::node::Node;
 use vamp_core::ops::controller::ManualClock;
-use vamp_core::ops::workflow::{WorkflowController, WorkflowOptions, service_id};
+use vamp_core::ops::workflow::{WorkflowController, WorkflowOptions, recorded_error, service_id};
 use vamp_core::persistence::PersistenceExt;
 use vamp_core::scheduler::ContainerScheduler;
 
@@ -236,6 +236,21 @@ async fn a_breed_by_reference_is_read_from_the_store_and_a_missing_one_is_report
         1,
         "one event for the same error: {reported:?}"
     );
+    // The error is stored on the workflow (what its status route shows, on every replica).
+    let recorded = async || {
+        let w = h
+            .store
+            .get::<Workflow>("by-ref")
+            .await
+            .unwrap()
+            .unwrap()
+            .value;
+        recorded_error(&w).map(str::to_owned)
+    };
+    let shown = recorded()
+        .await
+        .expect("the error recorded on the workflow");
+    assert!(shown.contains("'stored-breed' is not stored"), "{shown}");
     // The breed is stored: the workflow runs, and is stored with its reference still.
     let breed = "name: stored-breed\ndeployable: command://echo stored\n";
     let AnyArtifact::Breed(b) = read_str(breed, Some(ArtifactKind::Breed))
@@ -262,6 +277,7 @@ async fn a_breed_by_reference_is_read_from_the_store_and_a_missing_one_is_report
         .value;
     assert_eq!(stored.breed, Ref::Reference("stored-breed".into()));
     assert_eq!(stored.status, WorkflowStatus::Running);
+    assert_eq!(recorded().await, None, "the error is cleared once it runs");
 }
 
 /// `repeat: 1` runs once across a restart of the control plane: the run count is stored on

@@ -225,6 +225,14 @@ fn read_map(m: &mut Map, kind: ArtifactKind) -> ReadResult<AnyArtifact> {
         ArtifactKind::Event => AnyArtifact::Event(read::event(m, "")?),
         ArtifactKind::EventQuery => AnyArtifact::EventQuery(read::event_query(m, "")?),
         ArtifactKind::Deployment => AnyArtifact::Deployment(read::deployment(m, "")?),
+        ArtifactKind::ControlPlane => {
+            return Err(ReadError::new(
+                Notification::UnexpectedArtifact {
+                    artifact: kind.as_str().into(),
+                },
+                "kind",
+            ));
+        }
     })
 }
 

@@ -11,6 +11,8 @@
 //!   their own, internal gateways protected, gateway ports unique, equal writes no-ops).
 //! * [`reconcile`] and [`controller`]: the reconcile loop's planner and the loop itself, with
 //!   an injectable clock (the deterministic harness).
+//! * [`identity`]: the control plane's identity, kept in its persistence, which every scheduler
+//!   resource it creates carries ([`crate::layers::Owned`]).
 //! * [`status`]: the service status machine (Initiated → Updating → Done, per intention, and
 //!   Failed past a timeout).
 //!
@@ -34,6 +36,7 @@ pub mod artifacts;
 pub mod canary;
 pub mod controller;
 pub mod deploy;
+pub mod identity;
 pub mod pulse;
 pub mod reconcile;
 pub mod resolve;

@@ -434,7 +434,12 @@ impl WorkflowController {
         budget: &mut Budget,
         killed: usize,
     ) -> WorkflowOutcome {
+        let name = stored.value.name.clone();
+        let recorded = recorded_error(&stored.value).map(str::to_owned);
         let outcome = self.step_resolved(stored, now, budget, killed).await;
+        if recorded != outcome.error {
+            self.record_error(&name, outcome.error.as_deref()).await;
+        }
         // A new error (or a different one) is an event; the same one again is not.
         let changed = {
             let mut timing = self.timing.lock();
@@ -454,6 +459,27 @@ impl WorkflowController {
             let _ = self.events.publish(event).await;
         }
         outcome
+    }
+
+    /// Records `error` on the workflow as stored now (or clears it); a workflow removed in
+    /// between has nothing to record.
+    async fn record_error(&self, name: &str, error: Option<&str>) {
+        let Ok(Some(current)) = self.persistence.get::<Workflow>(name).await else {
+            return;
+        };
+        let mut updated = current.value;
+        match error {
+            Some(e) => {
+                // Bounded: a backend's message is not stored whole.
+                let e: String = e.chars().take(1000).collect();
+                updated.metadata.insert(ERROR_KEY.into(), Node::Str(e));
+            }
+            None => {
+                updated.metadata.shift_remove(ERROR_KEY);
+            }
+        }
+        // A failed write is retried on the next pass: the stored error still differs.
+        let _ = self.persistence.update(&updated, current.version).await;
     }
 
     async fn step_resolved(
@@ -611,6 +637,18 @@ struct Stored {
 pub const RUNS_KEY: &str = "vamp.workflow.runs";
 /// The metadata key of a time workflow's last run (ISO-8601).
 pub const LAST_RUN_KEY: &str = "vamp.workflow.last-run";
+/// The metadata key of the error that keeps a workflow from running (its breed not stored,
+/// the scheduler refusing it, ...), absent while it runs as it should. Shared by every
+/// replica and shown with the workflow and its status.
+pub const ERROR_KEY: &str = "vamp.workflow.error";
+
+/// The error recorded on a workflow ([`ERROR_KEY`]), if any.
+pub fn recorded_error(w: &Workflow) -> Option<&str> {
+    match w.metadata.get(ERROR_KEY) {
+        Some(Node::Str(e)) => Some(e),
+        _ => None,
+    }
+}
 
 /// What runs may still start in this pass.
 struct Budget {
