@@ -817,6 +817,13 @@ pub enum Error {
         /// This control plane's identity.
         ours: String,
     },
+    /// A leader's write refused because this replica no longer holds (or never held) the
+    /// leader lease, or another replica took it over since ([`crate::layers::Fenced`]).
+    #[error("write refused: {reason}")]
+    Fenced {
+        /// Why.
+        reason: String,
+    },
     /// The backend does not support the operation (see its capabilities).
     #[error("{operation} is not supported by {backend}")]
     NotSupported {

@@ -34,6 +34,7 @@ pub mod dsl;
 pub mod error;
 pub mod kv;
 pub mod layers;
+pub mod lease;
 pub mod lookup;
 pub mod memory;
 pub mod metrics;

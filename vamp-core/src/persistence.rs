@@ -45,6 +45,13 @@ pub enum WriteOp {
         /// Delete only if the artifact is at this version ([`Error::Conflict`] otherwise).
         expected: Option<Version>,
     },
+    /// Write nothing, but only let the batch apply if the artifact is at `expected` (`None`:
+    /// absent), [`Error::Conflict`] otherwise: how a leader's writes are fenced
+    /// ([`crate::layers::Fenced`]). Its result is the artifact's version.
+    Check {
+        /// The version the artifact must be at.
+        expected: Option<Version>,
+    },
 }
 
 /// A write of one artifact.
@@ -70,6 +77,15 @@ impl ArtifactWrite {
             kind,
             name: name.into(),
             op: WriteOp::Put { content, mode },
+        }
+    }
+
+    /// Lets the batch apply only if `kind`/`name` is at `expected` (`None`: absent).
+    pub fn check(kind: ArtifactKind, name: impl Into<String>, expected: Option<Version>) -> Self {
+        Self {
+            kind,
+            name: name.into(),
+            op: WriteOp::Check { expected },
         }
     }
 

@@ -209,6 +209,14 @@ pub(crate) fn plan(
                 current.insert((w.kind, w.name), None);
                 results.push(Some(Version(next as u64)));
             }
+            // Read under the version row's lock, which every writer takes: no write can
+            // change the artifact before the batch commits.
+            WriteOp::Check { expected } => {
+                if found != expected.map(|v| v.0) {
+                    return Err(conflict(expected.map_or(0, |v| v.0)));
+                }
+                results.push(found.map(Version));
+            }
             _ => {
                 return Err(Error::Invalid {
                     what: "artifact write",

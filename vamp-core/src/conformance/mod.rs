@@ -4,6 +4,7 @@
 //! Behind the `conformance` feature. Not covered by semver.
 
 pub mod kv;
+pub mod lease;
 pub mod metrics;
 pub mod persistence;
 pub mod scheduler;

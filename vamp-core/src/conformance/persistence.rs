@@ -284,6 +284,65 @@ pub async fn list_sorted_paged_and_kind_isolated(store: &DynPersistenceStore, sc
         .expect("cleanup");
 }
 
+/// A [`WriteOp::Check`] lets its batch apply only while the checked artifact is at the
+/// expected version (or absent, as expected), writes nothing itself, and returns the version.
+pub async fn checks_guard_their_batch(store: &DynPersistenceStore, scope: &str) {
+    let (fence, a, b) = (
+        name(scope, "check-fence"),
+        name(scope, "check-a"),
+        name(scope, "check-b"),
+    );
+    let v = store
+        .write(vec![
+            ArtifactWrite::check(K, &fence, None),
+            ArtifactWrite::put(K, &fence, json!({"token": 1}), PutMode::Create),
+        ])
+        .await
+        .expect("a check of an absent artifact passes");
+    let v1 = v[1].expect("the fence's version");
+    assert_eq!(v[0], None, "an absent artifact checks as none");
+    let r = store
+        .write(vec![
+            ArtifactWrite::check(K, &fence, Some(v1)),
+            ArtifactWrite::put(K, &a, json!({"a": 1}), PutMode::Overwrite),
+        ])
+        .await
+        .expect("the check at the current version passes");
+    assert_eq!(r[0], Some(v1));
+    assert!(store.read(K, &a).await.expect("read").is_some());
+    assert_eq!(
+        store
+            .read(K, &fence)
+            .await
+            .expect("read")
+            .expect("fence")
+            .version,
+        v1,
+        "a check writes nothing"
+    );
+    put(store, &fence, json!({"token": 2}), PutMode::Update(v1))
+        .await
+        .expect("the fence moves on");
+    let e = store
+        .write(vec![
+            ArtifactWrite::put(K, &b, json!({"b": 1}), PutMode::Overwrite),
+            ArtifactWrite::check(K, &fence, Some(v1)),
+        ])
+        .await
+        .expect_err("a stale check fails the batch");
+    assert!(e.is_conflict(), "{e}");
+    assert_eq!(
+        store.read(K, &b).await.expect("read"),
+        None,
+        "nothing of a batch with a failed check is applied"
+    );
+    let e = store
+        .write(vec![ArtifactWrite::check(K, &b, Some(v1))])
+        .await
+        .expect_err("a check of an absent artifact at a version fails");
+    assert!(e.is_conflict(), "{e}");
+}
+
 /// A batch applies all or nothing.
 pub async fn batch_is_atomic(store: &DynPersistenceStore, scope: &str) {
     let (a, b, c) = (
@@ -840,6 +899,7 @@ pub async fn run_all(store: &DynPersistenceStore, scope: &str) {
     equal_write_is_noop(store, scope).await;
     list_sorted_paged_and_kind_isolated(store, scope).await;
     batch_is_atomic(store, scope).await;
+    checks_guard_their_batch(store, scope).await;
     large_batches(store, scope).await;
     concurrent_writers_no_lost_update(store, scope).await;
     invalid_names(store, scope).await;

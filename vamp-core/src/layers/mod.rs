@@ -3,15 +3,18 @@
 //! * [`Namespaced`]: keeps every key under a prefix (object_store's `PrefixStore`).
 //! * [`Retrying`]: retries temporary errors with exponential backoff and a deadline.
 //! * [`Policed`]: refuses to deploy what the operator's [`Policy`](crate::policy::Policy) refuses.
+//! * [`Fenced`]: a leader's persistence writes, refused once another replica took over.
 //! * [`Owned`]: acts only on the scheduler services its control plane created.
 //! * [`Staged`]: keeps writes aside and commits them to a persistence store as one batch.
 
+mod fenced;
 mod namespaced;
 mod owned;
 mod policed;
 mod retrying;
 mod staged;
 
+pub use fenced::{FENCE_RECORD, Fence, Fenced};
 pub use namespaced::Namespaced;
 pub use owned::{Owned, owner_of};
 pub use policed::Policed;

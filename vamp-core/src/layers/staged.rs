@@ -209,6 +209,13 @@ impl<T: PersistenceStore> PersistenceStore for Staged<T> {
                     }
                     Some(content)
                 }
+                WriteOp::Check { expected } => {
+                    if found != expected {
+                        return Err(conflict(expected.unwrap_or(Version(0))));
+                    }
+                    results.push(found);
+                    continue;
+                }
                 WriteOp::Delete { expected } => {
                     if let Some(v) = expected
                         && found != Some(v)

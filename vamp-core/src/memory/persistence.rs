@@ -130,6 +130,19 @@ impl PersistenceStore for InMemoryPersistence {
                     results.push(Some(record.version));
                     planned.push(Some(record));
                 }
+                WriteOp::Check { expected } => {
+                    let found = current.as_ref().map(|r| r.version);
+                    if found != expected {
+                        return Err(Error::Conflict {
+                            backend,
+                            key: label,
+                            expected: expected.map_or(0, |v| v.0),
+                            found: found.map(|v| v.0),
+                        });
+                    }
+                    results.push(found);
+                    planned.push(None);
+                }
                 WriteOp::Delete { expected } => {
                     let found = current.as_ref().map(|r| r.version);
                     if let Some(expected) = expected

@@ -13,6 +13,8 @@
 //!   an injectable clock (the deterministic harness).
 //! * [`identity`]: the control plane's identity, kept in its persistence, which every scheduler
 //!   resource it creates carries ([`crate::layers::Owned`]).
+//! * [`leader`]: leader election among replicas, on a [`crate::lease::LeaseStore`], with
+//!   fencing.
 //! * [`status`]: the service status machine (Initiated → Updating → Done, per intention, and
 //!   Failed past a timeout).
 //!
@@ -37,6 +39,7 @@ pub mod canary;
 pub mod controller;
 pub mod deploy;
 pub mod identity;
+pub mod leader;
 pub mod pulse;
 pub mod reconcile;
 pub mod resolve;

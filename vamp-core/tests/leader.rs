@@ -1,0 +1,104 @@
+//! Leader election and fencing among replicas, on the in-memory lease store with an injected
+//! clock: a leader paused past its lease cannot write once another replica took over.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use vamp_core::Error;
+use vamp_core::kv::PutMode;
+use vamp_core::layers::Fenced;
+use vamp_core::memory::{InMemoryLeases, InMemoryPersistence};
+use vamp_core::model::ArtifactKind;
+use vamp_core::ops::controller::ManualClock;
+use vamp_core::ops::leader::{ElectionOptions, Elector};
+use vamp_core::persistence::{ArtifactWrite, PersistenceStore};
+
+fn write(name: &str) -> Vec<ArtifactWrite> {
+    vec![ArtifactWrite::put(
+        ArtifactKind::Breed,
+        name,
+        json!({ "name": name, "deployable": "x" }),
+        PutMode::Overwrite,
+    )]
+}
+
+#[tokio::test]
+async fn a_paused_leader_cannot_write_after_another_took_over() {
+    let clock = ManualClock::new(1_000_000);
+    let leases = Arc::new(InMemoryLeases::with_clock(Arc::new(clock.clone())));
+    let store = Arc::new(InMemoryPersistence::new());
+    let ttl = Duration::from_secs(10);
+    let elector = |id: &str| {
+        Elector::new(
+            Arc::clone(&leases) as Arc<_>,
+            Arc::clone(&store) as Arc<_>,
+            ElectionOptions::new("vamp-default", id).with_ttl(ttl),
+        )
+    };
+    let (a, b) = (elector("replica-a"), elector("replica-b"));
+    let a_writes = Fenced::new(Arc::clone(&store), a.fence());
+    let b_writes = Fenced::new(Arc::clone(&store), b.fence());
+
+    let la = a.tick().await.unwrap();
+    assert!(la.leader);
+    assert!(!b.tick().await.unwrap().leader);
+    assert!(
+        matches!(
+            b_writes.write(write("by-b")).await,
+            Err(Error::Fenced { .. })
+        ),
+        "a follower's loops cannot write"
+    );
+    a_writes.write(write("by-a")).await.unwrap();
+
+    // A pauses (no renewal) past its lease; B takes over. A's own clock has not moved: it
+    // still believes it leads, and its next write is what fencing must stop.
+    clock.advance(ttl + Duration::from_millis(1));
+    let lb = b.tick().await.unwrap();
+    assert!(lb.leader);
+    assert!(lb.token > la.token, "{lb:?} after {la:?}");
+    assert!(a.is_leader(), "the paused leader has not noticed");
+    let refused = a_writes.write(write("late")).await;
+    assert!(matches!(refused, Err(Error::Fenced { .. })), "{refused:?}");
+    assert!(
+        store
+            .read(ArtifactKind::Breed, "late")
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing of the late write is stored"
+    );
+    assert!(
+        !a.is_leader(),
+        "a refused write ends the old leader's leadership"
+    );
+    b_writes.write(write("by-new-leader")).await.unwrap();
+
+    // Back, A finds B leading; when B resigns, A takes over with a greater token.
+    let seen = a.tick().await.unwrap();
+    assert_eq!(
+        (seen.leader, seen.leader_id.as_deref()),
+        (false, Some("replica-b"))
+    );
+    b.resign().await.unwrap();
+    let again = a.tick().await.unwrap();
+    assert!(again.leader && again.token > lb.token, "{again:?}");
+    a_writes.write(write("by-a-again")).await.unwrap();
+    assert!(matches!(
+        b_writes.write(write("by-b")).await,
+        Err(Error::Fenced { .. })
+    ));
+}
+
+/// A stale acquisition (a token not newer than the fence's) does not take the fence.
+#[tokio::test]
+async fn the_fence_never_goes_back_to_an_older_token() {
+    let store = InMemoryPersistence::new();
+    let new = vamp_core::layers::Fence::new();
+    new.take(&store, 7, "replica-b").await.unwrap();
+    let old = vamp_core::layers::Fence::new();
+    let e = old.take(&store, 6, "replica-a").await.unwrap_err();
+    assert!(matches!(e, Error::Fenced { .. }), "{e}");
+    assert!(old.held().is_none());
+}
