@@ -285,3 +285,21 @@ async fn etcd_watches_survive_injected_faults() {
     )
     .await;
 }
+
+/// The lease conformance suite on the real etcd, directly and through the fault proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_passes_the_lease_conformance_suite_including_faults() {
+    let Some(endpoints) = endpoints() else { return };
+    let kv = EtcdKv::connect(&endpoints, None).await.unwrap();
+    let prefix = format!("etcd-{}", std::process::id());
+    vamp_core::conformance::lease::run_all(&kv, &prefix).await;
+    let target = endpoints[0]
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let proxy = FaultProxy::start(target, Box::new(|| Box::pin(async {}))).await;
+    let faulty = EtcdKv::connect(&[format!("http://127.0.0.1:{}", proxy.port)], None)
+        .await
+        .unwrap();
+    vamp_core::conformance::lease::leases_survive_faults(&faulty, &kv, &prefix, &proxy).await;
+}

@@ -403,3 +403,19 @@ async fn an_idle_watch_stays_quiet() {
     let quiet = tokio::time::timeout(std::time::Duration::from_secs(3), watch.next()).await;
     assert!(quiet.is_err(), "an idle watch yielded {:?}", quiet.unwrap());
 }
+
+/// The lease conformance suite on the real Redis, directly and through the fault proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_passes_the_lease_conformance_suite_including_faults() {
+    let Some(kv) = redis().await else { return };
+    let prefix = format!("redis-{}", std::process::id());
+    vamp_core::conformance::lease::run_all(&kv, &prefix).await;
+    let url = std::env::var("VAMP_REDIS_URL").unwrap();
+    let proxy = FaultProxy::start(host_port(&url), Box::new(|| Box::pin(async {}))).await;
+    let name = format!("vamp-test-{}", std::process::id());
+    let direct = RedisKv::connect(&url, &name).await.unwrap();
+    let faulty = RedisKv::connect(&format!("redis://127.0.0.1:{}/0", proxy.port), &name)
+        .await
+        .unwrap();
+    vamp_core::conformance::lease::leases_survive_faults(&faulty, &direct, &prefix, &proxy).await;
+}

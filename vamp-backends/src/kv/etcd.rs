@@ -434,3 +434,110 @@ impl KeyValueStore for EtcdKv {
         caps
     }
 }
+
+/// Leases on etcd: the key `vamp-lease/<name>`, holding the holder's id, attached to an etcd
+/// lease of the ttl (whole seconds, rounded up; etcd's own minimum applies). The key is
+/// created in a transaction only if absent, etcd deletes it when its lease expires, and the
+/// fencing token is the key's `create_revision`, which grows with every creation. A renewal
+/// is a keep-alive of the etcd lease (time is etcd's).
+#[async_trait]
+impl vamp_core::lease::LeaseStore for EtcdKv {
+    async fn try_acquire(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<vamp_core::lease::LeaseGrant>, Error> {
+        vamp_core::lease::check(name, holder, ttl)?;
+        let key = lease_key(name);
+        let mut c = self.client.clone();
+        let grant = |token: i64| vamp_core::lease::LeaseGrant {
+            name: name.to_owned(),
+            holder: holder.to_owned(),
+            token: u64::try_from(token).unwrap_or(0),
+            ttl,
+        };
+        let current = c.get(key.as_str(), None).await.map_err(|e| self.err(e))?;
+        if let Some(kv) = current.kvs().first() {
+            if kv.value() != holder.as_bytes() {
+                return Ok(None);
+            }
+            let (mut keeper, mut answers) = c
+                .lease_keep_alive(kv.lease())
+                .await
+                .map_err(|e| self.err(e))?;
+            keeper.keep_alive().await.map_err(|e| self.err(e))?;
+            let alive = answers
+                .message()
+                .await
+                .map_err(|e| self.err(e))?
+                .is_some_and(|a| a.ttl() > 0);
+            if alive {
+                return Ok(Some(grant(kv.create_revision())));
+            }
+            // Expired between the read and the keep-alive: acquire it again below.
+        }
+        let seconds = i64::try_from(ttl.as_millis().div_ceil(1000)).unwrap_or(i64::MAX);
+        let lease = c
+            .lease_grant(seconds, None)
+            .await
+            .map_err(|e| self.err(e))?
+            .id();
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.as_str(),
+                holder,
+                Some(etcd_client::PutOptions::new().with_lease(lease)),
+            )]);
+        let r = c.txn(txn).await.map_err(|e| self.err(e))?;
+        if r.succeeded() {
+            Ok(Some(grant(r.header().map_or(0, |h| h.revision()))))
+        } else {
+            let _ = c.lease_revoke(lease).await;
+            Ok(None)
+        }
+    }
+
+    async fn observe(&self, name: &str) -> Result<Option<vamp_core::lease::LeaseHolder>, Error> {
+        let r = self
+            .client
+            .clone()
+            .get(lease_key(name), None)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(r.kvs().first().map(|kv| vamp_core::lease::LeaseHolder {
+            holder: String::from_utf8_lossy(kv.value()).into_owned(),
+            token: u64::try_from(kv.create_revision()).unwrap_or(0),
+        }))
+    }
+
+    async fn release(&self, name: &str, holder: &str, token: u64) -> Result<bool, Error> {
+        let key = lease_key(name);
+        let mut c = self.client.clone();
+        let current = c.get(key.as_str(), None).await.map_err(|e| self.err(e))?;
+        let Some(kv) = current.kvs().first() else {
+            return Ok(false);
+        };
+        let lease = kv.lease();
+        let txn = Txn::new()
+            .when([
+                Compare::value(key.as_str(), CompareOp::Equal, holder),
+                Compare::create_revision(
+                    key.as_str(),
+                    CompareOp::Equal,
+                    i64::try_from(token).unwrap_or(-1),
+                ),
+            ])
+            .and_then([TxnOp::delete(key.as_str(), None)]);
+        let r = c.txn(txn).await.map_err(|e| self.err(e))?;
+        if r.succeeded() && lease != 0 {
+            let _ = c.lease_revoke(lease).await;
+        }
+        Ok(r.succeeded())
+    }
+}
+
+fn lease_key(name: &str) -> String {
+    format!("vamp-lease/{name}")
+}

@@ -507,3 +507,96 @@ mod tests {
         assert_eq!(reconnect_delay(u32::MAX), Some(Duration::from_secs(5)));
     }
 }
+
+/// Acquires or renews a lease: `KEYS[1]` the lease (`"<token> <holder>"`, expiring),
+/// `KEYS[2]` its token counter; `ARGV` the holder and the ttl in ms. The token, or -1 while
+/// another holds it.
+const LEASE_ACQUIRE: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v then
+  local sep = string.find(v, ' ', 1, true)
+  if string.sub(v, sep + 1) == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return tonumber(string.sub(v, 1, sep - 1))
+  end
+  return -1
+end
+local t = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], t .. ' ' .. ARGV[1], 'PX', ARGV[2])
+return t
+";
+
+/// Releases a lease if it holds `ARGV[1]` (`"<token> <holder>"`): 1 if it did.
+const LEASE_RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+";
+
+impl RedisKv {
+    fn lease_key(&self, name: &str) -> String {
+        format!("{}:lease:{name}", self.name)
+    }
+    fn lease_token_key(&self, name: &str) -> String {
+        format!("{}:lease-token:{name}", self.name)
+    }
+}
+
+/// Leases on Redis: `SET NX PX` in a script with a token counter that only grows (`INCR`),
+/// both in Redis's time. A renewal by the holder extends the expiry and keeps the token.
+#[async_trait]
+impl vamp_core::lease::LeaseStore for RedisKv {
+    async fn try_acquire(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<vamp_core::lease::LeaseGrant>, Error> {
+        vamp_core::lease::check(name, holder, ttl)?;
+        let mut conn = self.conn.clone();
+        let token: i64 = redis::Script::new(LEASE_ACQUIRE)
+            .key(self.lease_key(name))
+            .key(self.lease_token_key(name))
+            .arg(holder)
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| map_err(&self.label, e))?;
+        Ok(u64::try_from(token)
+            .ok()
+            .map(|token| vamp_core::lease::LeaseGrant {
+                name: name.to_owned(),
+                holder: holder.to_owned(),
+                token,
+                ttl,
+            }))
+    }
+
+    async fn observe(&self, name: &str) -> Result<Option<vamp_core::lease::LeaseHolder>, Error> {
+        let mut conn = self.conn.clone();
+        let v: Option<String> = conn
+            .get(self.lease_key(name))
+            .await
+            .map_err(|e| map_err(&self.label, e))?;
+        Ok(v.and_then(|v| {
+            let (token, holder) = v.split_once(' ')?;
+            Some(vamp_core::lease::LeaseHolder {
+                holder: holder.to_owned(),
+                token: token.parse().ok()?,
+            })
+        }))
+    }
+
+    async fn release(&self, name: &str, holder: &str, token: u64) -> Result<bool, Error> {
+        let mut conn = self.conn.clone();
+        let done: i64 = redis::Script::new(LEASE_RELEASE)
+            .key(self.lease_key(name))
+            .arg(format!("{token} {holder}"))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| map_err(&self.label, e))?;
+        Ok(done == 1)
+    }
+}

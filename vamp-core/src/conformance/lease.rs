@@ -207,6 +207,92 @@ pub async fn invalid_arguments_are_refused(store: &DynLeaseStore, prefix: &str) 
     assert_eq!(store.observe(&name).await.expect("observe"), None);
 }
 
+/// Through a handle whose connections fail (`faulty`, with `faults` to inject them; `direct`
+/// reaches the same store cleanly): a call cut at any point is an error or a true answer,
+/// never a grant the store does not hold; a leader cut off cannot renew, and its lease passes
+/// to another holder with a greater token once it expires; the cut-off holder, back, finds
+/// it taken.
+pub async fn leases_survive_faults(
+    faulty: &DynLeaseStore,
+    direct: &DynLeaseStore,
+    prefix: &str,
+    faults: &dyn crate::conformance::kv::Faults,
+) {
+    let name = format!("{prefix}-faults");
+    for budget in [0u64, 1, 17, 60, 150, 400, 900] {
+        faults.cut_after(budget);
+        let r = faulty.try_acquire(&name, "holder-a", LONG_TTL).await;
+        faults.disarm();
+        let seen = direct.observe(&name).await.expect("observe");
+        match r {
+            Ok(Some(g)) => assert_eq!(
+                seen,
+                Some(LeaseHolder {
+                    holder: "holder-a".into(),
+                    token: g.token
+                }),
+                "a grant answered through a cut at {budget} bytes is held"
+            ),
+            Ok(None) => panic!("nobody else holds {name}, yet holder-a was refused"),
+            Err(e) => assert!(
+                seen.as_ref().is_none_or(|h| h.holder == "holder-a"),
+                "a failed acquisition ({e}) made {seen:?} the holder"
+            ),
+        }
+        if let Some(h) = seen {
+            assert!(
+                direct
+                    .release(&name, &h.holder, h.token)
+                    .await
+                    .expect("release")
+            );
+        }
+    }
+    // The leader is cut off: it cannot renew; the lease expires and passes on.
+    let a = loop {
+        match faulty.try_acquire(&name, "holder-a", SHORT_TTL).await {
+            Ok(Some(a)) => break a,
+            Ok(None) => panic!("nobody else holds {name}"),
+            Err(_) => crate::rt::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    faults.hold();
+    assert!(
+        faulty
+            .try_acquire(&name, "holder-a", SHORT_TTL)
+            .await
+            .is_err(),
+        "a renewal through a held connection fails"
+    );
+    let deadline = Instant::now() + EXPIRY_LIMIT;
+    let b = loop {
+        if let Some(b) = acquire(direct, &name, "holder-b", LONG_TTL).await {
+            break b;
+        }
+        assert!(Instant::now() < deadline, "the cut-off lease never expired");
+        crate::rt::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(b.token > a.token);
+    faults.release();
+    let deadline = Instant::now() + EXPIRY_LIMIT;
+    loop {
+        match faulty.try_acquire(&name, "holder-a", LONG_TTL).await {
+            Ok(r) => {
+                assert!(r.is_none(), "the old holder, back, finds the lease taken");
+                break;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "never reconnected: {e}"),
+        }
+        crate::rt::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        direct
+            .release(&name, "holder-b", b.token)
+            .await
+            .expect("release")
+    );
+}
+
 /// Every check, one after the other.
 pub async fn run_all(store: &DynLeaseStore, prefix: &str) {
     exclusive_and_renewable(store, prefix).await;
