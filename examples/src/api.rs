@@ -160,6 +160,8 @@ pub struct Api {
     loops: Option<Arc<crate::supervise::Loops>>,
     /// The scheduler as its control plane's owner sees it (`/scheduler/unowned`).
     owned: Option<Arc<OwnedScheduler>>,
+    /// This replica's part in the leader election (`/info`).
+    elector: Option<Arc<vamp_core::ops::leader::Elector>>,
     /// The unowned services being adopted or removed now.
     unowned_actions: Arc<parking_lot::Mutex<BTreeSet<vamp_core::scheduler::ServiceId>>>,
 }
@@ -188,6 +190,7 @@ impl Api {
             streams: Arc::default(),
             loops: None,
             owned: None,
+            elector: None,
             unowned_actions: Arc::default(),
             persistence,
             events,
@@ -223,6 +226,7 @@ impl Api {
             streams: Arc::clone(&self.streams),
             loops: self.loops.clone(),
             owned: self.owned.clone(),
+            elector: self.elector.clone(),
             unowned_actions: Arc::clone(&self.unowned_actions),
         }
     }
@@ -242,6 +246,14 @@ impl Api {
     pub fn with_owner(mut self, owned: Arc<OwnedScheduler>) -> Self {
         self.scheduler = Arc::clone(&owned) as Arc<DynContainerScheduler>;
         self.owned = Some(owned);
+        self
+    }
+
+    /// Shows this replica's part in the leader election in `/info`: `leader` (whether it
+    /// runs the loops), `replica` (its id) and `leader_id`.
+    #[must_use]
+    pub fn with_election(mut self, elector: Arc<vamp_core::ops::leader::Elector>) -> Self {
+        self.elector = Some(elector);
         self
     }
 
@@ -2969,6 +2981,12 @@ async fn info(State(api): Shared, headers: HeaderMap, Query(params): Params) -> 
     out.insert("version".into(), env!("CARGO_PKG_VERSION").into());
     if let Some(owned) = &api.owned {
         out.insert("identity".into(), owned.owner().into());
+    }
+    if let Some(elector) = &api.elector {
+        let l = elector.leadership();
+        out.insert("leader".into(), l.leader.into());
+        out.insert("replica".into(), elector.options().holder.clone().into());
+        out.insert("leader_id".into(), l.leader_id.into());
     }
     let security = api.guard.security();
     out.insert(

@@ -48,6 +48,7 @@ use crate::api::{Api, ApiOptions};
 use crate::auth::{Peer, Security, Tokens};
 use crate::supervise::{Loops, supervise};
 use crate::tls::{TlsFiles, TlsListener, TlsReloader};
+use vamp_core::ops::leader::{ElectionOptions, Elector};
 
 /// A test hook: the loop it is given to panics in its first pass (to show supervision).
 #[derive(Debug)]
@@ -55,11 +56,13 @@ struct PanicHook(std::sync::atomic::AtomicBool);
 
 /// Runs `pass` over `controller` supervised (see [`supervise`]) as the loop `name`, with the
 /// test hook that may make its first pass panic.
+#[allow(clippy::too_many_arguments)]
 fn spawn_loop<C, P, Fut>(
     name: &'static str,
     loops: &Arc<Loops>,
     period: Duration,
     stopped: &watch::Receiver<bool>,
+    leader: Option<&Arc<Elector>>,
     hook: bool,
     controller: Arc<C>,
     pass: P,
@@ -70,11 +73,13 @@ where
     Fut: std::future::Future<Output = crate::supervise::PassResult> + Send + 'static,
 {
     let hook = Arc::new(PanicHook::new(hook));
+    let leader = leader.cloned();
     tokio::spawn(supervise(
         name,
         Arc::clone(loops),
         period,
         stopped.clone(),
+        move || leader.as_ref().is_none_or(|e| e.is_leader()),
         move || {
             let hook = Arc::clone(&hook);
             let pass = pass(Arc::clone(&controller));
@@ -180,6 +185,11 @@ pub struct ServeConfig {
     /// adopts them (same processes, same ports, no request lost).
     #[arg(long)]
     pub stop_on_exit: bool,
+    /// The directory of the UNIX sockets that join HAProxy's frontends and backends, as the
+    /// rendered configuration names it (default `<data-dir>/haproxy`). Replicas give the same
+    /// one, that of their standalone agents (`/usr/local/vamp` in the agent's image).
+    #[arg(long, env = "VAMP_GATEWAY_DRIVER_SOCKET_DIR")]
+    pub haproxy_socket_dir: Option<PathBuf>,
     /// The HAProxy binary of the in-process agent.
     #[arg(long, env = "VAMP_HAPROXY_BIN", default_value = "haproxy")]
     pub haproxy: String,
@@ -217,6 +227,18 @@ pub struct ServeConfig {
     /// Time between publications of Vamp's metrics and health events, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     pub pulse_ms: u64,
+    /// Where the replicas of this control plane elect their leader (`memory://`, one process;
+    /// `etcd://…`, `redis://…`). Default: the key-value store when it is etcd or Redis, else
+    /// memory (a single replica).
+    #[arg(long, env = "VAMP_LEASE_URL")]
+    pub lease: Option<String>,
+    /// The leader lease's time to live in milliseconds: a leader that dies is replaced
+    /// within it.
+    #[arg(long, default_value_t = 15000)]
+    pub lease_ttl_ms: u64,
+    /// This replica's id in the election (default: the host name and a random suffix).
+    #[arg(long, env = "VAMP_REPLICA_ID")]
+    pub replica_id: Option<String>,
 }
 
 impl ServeConfig {
@@ -252,8 +274,24 @@ impl ServeConfig {
             no_agent: false,
             stop_on_exit: false,
             haproxy: "haproxy".into(),
+            haproxy_socket_dir: None,
             period_ms: 1000,
             pulse_ms: 5000,
+            lease: None,
+            lease_ttl_ms: 15000,
+            replica_id: None,
+        }
+    }
+
+    /// Where the election's leases are: `--lease`, else the key-value store if it has leases
+    /// (etcd, Redis), else memory.
+    fn lease_url(&self) -> String {
+        if let Some(url) = &self.lease {
+            return url.clone();
+        }
+        match self.kv.as_deref() {
+            Some(kv) if kv.starts_with("etcd") || kv.starts_with("redis") => kv.to_owned(),
+            _ => "memory://".into(),
         }
     }
 
@@ -498,6 +536,8 @@ impl std::fmt::Debug for ServeConfig {
             .field("kv", &url(&self.kv))
             .field("scheduler", &url(&self.scheduler))
             .field("metrics_store", &url(&self.metrics_store))
+            .field("lease", &url(&self.lease))
+            .field("replica_id", &self.replica_id)
             .field("namespace", &self.namespace)
             .field("api_token", &self.api_token)
             .field("api_tokens", &self.api_tokens)
@@ -647,6 +687,35 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         .await
         .map_err(|e| format!("control-plane identity: {e}"))?;
     let owned = Arc::new(vamp_core::layers::Owned::new(scheduler, identity.clone()));
+    // Replicas that share the persistence elect one leader, which alone runs the loops; its
+    // writes are fenced (a leader that lost the lease cannot write after another took over).
+    let lease_url = config.lease_url();
+    let leases = KvBackendConfig::from_url(&lease_url)
+        .map_err(|e| format!("leases: {e}"))?
+        .build_leases()
+        .await
+        .map_err(|e| format!("leases: {e}"))?;
+    let replica = match &config.replica_id {
+        Some(id) if vamp_core::lease::is_valid_name(id) => id.clone(),
+        Some(id) => {
+            return Err(format!(
+                "--replica-id '{id}': 1 to 128 ASCII letters, digits, '.', '_' or '-'"
+            ));
+        }
+        None => new_replica_id(),
+    };
+    let elector = Arc::new(Elector::new(
+        leases,
+        Arc::clone(&persistence),
+        ElectionOptions::new(format!("vamp-{identity}"), replica.clone()).with_ttl(
+            Duration::from_millis(config.lease_ttl_ms.clamp(1000, 600_000)),
+        ),
+    ));
+    // The loops' persistence: fenced by the leader's token.
+    let loop_persistence: Arc<DynPersistenceStore> = Arc::new(vamp_core::layers::Fenced::new(
+        Arc::clone(&persistence),
+        elector.fence(),
+    ));
     let scheduler: Arc<DynContainerScheduler> = Arc::clone(&owned) as Arc<DynContainerScheduler>;
     let stores =
         MetricsBackendConfig::from_url(config.metrics_store.as_deref().unwrap_or("memory://"))
@@ -657,7 +726,10 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
     let metrics: Arc<DynMetricsStore> = stores.requests;
     let events: Arc<DynEventStore> = stores.events;
 
-    let socket_dir = config.data_dir.join("haproxy");
+    let socket_dir = config
+        .haproxy_socket_dir
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("haproxy"));
     std::fs::create_dir_all(&socket_dir).map_err(|e| e.to_string())?;
     let render = RenderOptions::default()
         .with_socket_dir(socket_dir.display().to_string())
@@ -672,7 +744,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
     controller_options.period = Duration::from_millis(config.period_ms.max(10));
     let controller = Arc::new(
         Controller::new(
-            Arc::clone(&persistence),
+            Arc::clone(&loop_persistence),
             Arc::clone(&scheduler),
             controller_options,
         )
@@ -723,7 +795,8 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         .with_shutdown(stopped.clone())
         .with_kv(Arc::clone(&kv), config.namespace.clone())
         .with_loops(Arc::clone(&loops))
-        .with_owner(owned),
+        .with_owner(owned)
+        .with_election(Arc::clone(&elector)),
     );
 
     let until_stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -776,19 +849,58 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
     // Each loop's passes run supervised: a panic is a restart after a backoff, errors are
     // logged and shown by /api/v1/info.
     let hook = |name: &'static str| config.panic_once_in.as_deref() == Some(name);
+    // The election: every replica takes part; the loops below run on the leader alone. A
+    // first round now, so that a single replica leads from its first pass.
+    if let Err(e) = elector.tick().await {
+        tracing::warn!(error = %e, "the first round of the leader election failed");
+    }
+    // Then a round every quarter of the lease's time to live.
+    tasks.push(spawn_loop(
+        "election",
+        &loops,
+        elector.options().renew_every(),
+        &stopped,
+        None,
+        false,
+        Arc::clone(&elector),
+        |e| async move {
+            let before = e.is_leader();
+            let r = e
+                .tick()
+                .await
+                .map(|_| Vec::new())
+                .map_err(|e| e.to_string());
+            if e.is_leader() != before {
+                tracing::info!(leader = e.is_leader(), "leadership changed");
+            }
+            r
+        },
+    ));
+    {
+        // On stop, the lease is given up: another replica takes over at once.
+        let elector = Arc::clone(&elector);
+        let mut stop = stopped.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = stop.wait_for(|s| *s).await;
+            if let Err(e) = elector.resign().await {
+                tracing::warn!(error = %e, "the leader lease was not released");
+            }
+        }));
+    }
     let pulse = vamp_core::ops::pulse::PulseController::new(
-        Arc::clone(&persistence),
+        Arc::clone(&loop_persistence),
         Arc::clone(&metrics),
         Arc::clone(&events),
     );
     let sla =
-        vamp_core::ops::sla::SlaController::new(Arc::clone(&persistence), Arc::clone(&events));
+        vamp_core::ops::sla::SlaController::new(Arc::clone(&loop_persistence), Arc::clone(&events));
     let period = Duration::from_millis(config.period_ms.max(10));
     tasks.push(spawn_loop(
         "pulse",
         &loops,
         Duration::from_millis(config.pulse_ms.max(100)),
         &stopped,
+        Some(&elector),
         hook("pulse"),
         Arc::new(pulse),
         |c| async move {
@@ -803,6 +915,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         &loops,
         period,
         &stopped,
+        Some(&elector),
         hook("sla"),
         Arc::new(sla),
         |c| async move { c.tick().await.map(|r| r.errors).map_err(|e| e.to_string()) },
@@ -810,7 +923,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
     // Canary releases decide from the metrics the agent reads from HAProxy's logs.
     let canaries = Arc::new(
         vamp_core::ops::canary::CanaryController::new(
-            Arc::clone(&persistence),
+            Arc::clone(&loop_persistence),
             Arc::clone(&metrics),
         )
         .with_events(Arc::clone(&events)),
@@ -820,6 +933,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         &loops,
         period,
         &stopped,
+        Some(&elector),
         hook("canary"),
         canaries,
         |c| async move {
@@ -839,6 +953,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         &loops,
         period,
         &stopped,
+        Some(&elector),
         hook("reconcile"),
         Arc::clone(&controller),
         |c| async move {
@@ -876,7 +991,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
             .insert("VAMP_KEY_VALUE_STORE_URL".into(), url.0.clone());
     }
     let workflows = vamp_core::ops::workflow::WorkflowController::new(
-        Arc::clone(&persistence),
+        Arc::clone(&loop_persistence),
         Arc::clone(&scheduler),
         Arc::clone(&events),
         workflow_options,
@@ -886,6 +1001,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         &loops,
         period,
         &stopped,
+        Some(&elector),
         hook("workflows"),
         Arc::new(workflows),
         |c| async move {
@@ -961,6 +1077,8 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         kv = %kv,
         scheduler = %scheduler,
         identity = %identity,
+        replica = %replica,
+        leases = %vamp_backends::url::redact(&lease_url),
         metrics = %metrics,
         agent = !config.no_agent,
         "vamp serves"
@@ -975,6 +1093,18 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         tasks,
         guard,
     })
+}
+
+/// A new replica id: the host name (when it is a valid name) and 4 random bytes in hex.
+fn new_replica_id() -> String {
+    let mut raw = [0u8; 4];
+    getrandom::fill(&mut raw).expect("the operating system's random source");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty() && h.len() <= 100 && vamp_core::lease::is_valid_name(h))
+        .unwrap_or_else(|| "vamp".into());
+    format!("{host}-{}", vamp_core::lookup::hex(&raw))
 }
 
 /// A new control-plane identity: 16 random bytes in hex.

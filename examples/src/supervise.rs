@@ -35,6 +35,9 @@ pub struct LoopState {
     pub artifact_errors: Vec<String>,
     /// Whether the loop has stopped (the server is stopping).
     pub stopped: bool,
+    /// Whether the loop waits because this replica is not the leader (its passes are the
+    /// leader's to run).
+    pub standby: bool,
 }
 
 impl LoopState {
@@ -48,6 +51,7 @@ impl LoopState {
             last_error_at: None,
             artifact_errors: Vec::new(),
             stopped: false,
+            standby: false,
         }
     }
 
@@ -55,6 +59,8 @@ impl LoopState {
     pub fn to_json(&self) -> serde_json::Value {
         let status = if self.stopped {
             "stopped"
+        } else if self.standby {
+            "standby"
         } else if self.failing {
             "failing"
         } else {
@@ -129,12 +135,14 @@ pub type PassResult = Result<Vec<String>, String>;
 
 /// Runs `pass` every `period` until `stop` turns true, each pass as its own task: a panic is
 /// recorded as a restart and followed by a new pass after a backoff; errors are logged and
-/// recorded in `loops` under `name`.
+/// recorded in `loops` under `name`. While `active()` is false (this replica is not the
+/// leader) no pass runs and the loop is on standby.
 pub async fn supervise<F, Fut>(
     name: &'static str,
     loops: Arc<Loops>,
     period: Duration,
     mut stop: watch::Receiver<bool>,
+    active: impl Fn() -> bool,
     pass: F,
 ) where
     F: Fn() -> Fut,
@@ -145,6 +153,15 @@ pub async fn supervise<F, Fut>(
     loop {
         if *stop.borrow() {
             break;
+        }
+        let standby = !active();
+        loops.update(name, |l| l.standby = standby);
+        if standby {
+            tokio::select! {
+                () = tokio::time::sleep(period) => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+            continue;
         }
         let wait = match tokio::spawn(pass()).await {
             Ok(Ok(artifact_errors)) => {
@@ -224,6 +241,7 @@ mod tests {
                     loops,
                     Duration::from_millis(1),
                     stopped,
+                    || true,
                     move || {
                         let n = calls.fetch_add(1, Ordering::SeqCst);
                         async move {

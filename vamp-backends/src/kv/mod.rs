@@ -300,15 +300,7 @@ impl KvBackendConfig {
         match self {
             Self::Memory { prefix } => prefixed(InMemoryKv::new(), &prefix),
             #[cfg(feature = "kv-etcd")]
-            Self::Etcd(c) => {
-                let user = match (&c.user, &c.password) {
-                    (Some(u), Some(p)) => Some((u.as_str(), p.0.as_str())),
-                    (None, None) => None,
-                    _ => return Err(invalid("etcd", "user and password go together")),
-                };
-                let kv = etcd::EtcdKv::connect(&c.endpoints, user).await?;
-                prefixed(kv, &c.prefix)
-            }
+            Self::Etcd(c) => prefixed(connect_etcd(&c).await?, &c.prefix),
             #[cfg(not(feature = "kv-etcd"))]
             Self::Etcd(_) => Err(Error::FeatureDisabled {
                 backend: "etcd",
@@ -353,22 +345,7 @@ impl KvBackendConfig {
                 feature: "kv-zookeeper",
             }),
             #[cfg(feature = "kv-redis")]
-            Self::Redis(c) => {
-                // Encoded: a password with `/`, `?`, `#` or `@` must stay the password.
-                let enc = crate::url::encode_component;
-                let auth = match (&c.user, &c.password) {
-                    (Some(u), Some(p)) => format!("{}:{}@", enc(u), enc(&p.0)),
-                    (None, Some(p)) => format!(":{}@", enc(&p.0)),
-                    (Some(u), None) => format!("{}@", enc(u)),
-                    (None, None) => String::new(),
-                };
-                let kv = redis::RedisKv::connect(
-                    &format!("redis://{auth}{}/{}", c.address, c.database),
-                    "vamp",
-                )
-                .await?;
-                prefixed(kv, &c.prefix)
-            }
+            Self::Redis(c) => prefixed(connect_redis(&c).await?, &c.prefix),
             #[cfg(not(feature = "kv-redis"))]
             Self::Redis(_) => Err(Error::FeatureDisabled {
                 backend: "redis",
@@ -376,4 +353,65 @@ impl KvBackendConfig {
             }),
         }
     }
+}
+
+impl KvBackendConfig {
+    /// The lease store on this key-value store, for the election of replicas
+    /// ([`vamp_core::lease`]): in memory (one process), etcd or Redis. The leases do not
+    /// live under the configured prefix: their names carry what separates control planes.
+    ///
+    /// # Errors
+    /// [`Error::NotSupported`] on Consul and ZooKeeper (no leases there yet);
+    /// [`Error::FeatureDisabled`], [`Error::InvalidConfig`] and connection errors as
+    /// [`KvBackendConfig::build`].
+    pub async fn build_leases(self) -> Result<Arc<vamp_core::lease::DynLeaseStore>, Error> {
+        match self {
+            Self::Memory { .. } => Ok(Arc::new(vamp_core::memory::InMemoryLeases::new())),
+            #[cfg(feature = "kv-etcd")]
+            Self::Etcd(c) => Ok(Arc::new(connect_etcd(&c).await?)),
+            #[cfg(feature = "kv-redis")]
+            Self::Redis(c) => Ok(Arc::new(connect_redis(&c).await?)),
+            #[cfg(not(feature = "kv-etcd"))]
+            Self::Etcd(_) => Err(Error::FeatureDisabled {
+                backend: "etcd",
+                feature: "kv-etcd",
+            }),
+            #[cfg(not(feature = "kv-redis"))]
+            Self::Redis(_) => Err(Error::FeatureDisabled {
+                backend: "redis",
+                feature: "kv-redis",
+            }),
+            Self::Consul(_) | Self::Zookeeper(_) => Err(Error::NotSupported {
+                backend: "consul and zookeeper".into(),
+                operation: "leases (use etcd, Redis or memory for the election)",
+            }),
+        }
+    }
+}
+
+#[cfg(feature = "kv-etcd")]
+async fn connect_etcd(c: &EtcdKvConfig) -> Result<etcd::EtcdKv, Error> {
+    let user = match (&c.user, &c.password) {
+        (Some(u), Some(p)) => Some((u.as_str(), p.0.as_str())),
+        (None, None) => None,
+        _ => return Err(invalid("etcd", "user and password go together")),
+    };
+    etcd::EtcdKv::connect(&c.endpoints, user).await
+}
+
+#[cfg(feature = "kv-redis")]
+async fn connect_redis(c: &RedisKvConfig) -> Result<redis::RedisKv, Error> {
+    // Encoded: a password with `/`, `?`, `#` or `@` must stay the password.
+    let enc = crate::url::encode_component;
+    let auth = match (&c.user, &c.password) {
+        (Some(u), Some(p)) => format!("{}:{}@", enc(u), enc(&p.0)),
+        (None, Some(p)) => format!(":{}@", enc(&p.0)),
+        (Some(u), None) => format!("{}@", enc(u)),
+        (None, None) => String::new(),
+    };
+    redis::RedisKv::connect(
+        &format!("redis://{auth}{}/{}", c.address, c.database),
+        "vamp",
+    )
+    .await
 }

@@ -493,21 +493,6 @@ impl KeyValueStore for RedisKv {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reconnects_back_off_doubling_up_to_five_seconds() {
-        assert_eq!(reconnect_delay(0), None, "the first attempt at once");
-        let delays: Vec<u128> = (1..=8)
-            .map(|f| reconnect_delay(f).unwrap().as_millis())
-            .collect();
-        assert_eq!(delays, [200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
-        assert_eq!(reconnect_delay(u32::MAX), Some(Duration::from_secs(5)));
-    }
-}
-
 /// Acquires or renews a lease: `KEYS[1]` the lease (`"<token> <holder>"`, expiring),
 /// `KEYS[2]` its token counter; `ARGV` the holder and the ttl in ms. The token, or -1 while
 /// another holds it.
@@ -598,5 +583,20 @@ impl vamp_core::lease::LeaseStore for RedisKv {
             .await
             .map_err(|e| map_err(&self.label, e))?;
         Ok(done == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnects_back_off_doubling_up_to_five_seconds() {
+        assert_eq!(reconnect_delay(0), None, "the first attempt at once");
+        let delays: Vec<u128> = (1..=8)
+            .map(|f| reconnect_delay(f).unwrap().as_millis())
+            .collect();
+        assert_eq!(delays, [200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+        assert_eq!(reconnect_delay(u32::MAX), Some(Duration::from_secs(5)));
     }
 }
