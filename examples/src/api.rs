@@ -30,6 +30,14 @@ use vamp_core::dsl::{AnyArtifact, load_documents, read_node, to_node};
 use vamp_core::kv::{DynKeyValueStore, KeyValueStoreExt, PutMode, Version, Versioned, keys};
 use vamp_core::layers::Owned;
 
+/// The artifacts an API decodes on most writes, cached by version.
+#[derive(Debug, Default)]
+struct Decoded {
+    deployments: vamp_core::persistence::DecodeCache<Deployment>,
+    gateways: vamp_core::persistence::DecodeCache<Gateway>,
+    breeds: vamp_core::persistence::DecodeCache<DefaultBreed>,
+}
+
 /// The scheduler as a control plane that records owners sees it.
 pub type OwnedScheduler = Owned<Arc<DynContainerScheduler>>;
 use vamp_core::metrics::{DynEventStore, EventStore};
@@ -160,6 +168,9 @@ pub struct Api {
     loops: Option<Arc<crate::supervise::Loops>>,
     /// The scheduler as its control plane's owner sees it (`/scheduler/unowned`).
     owned: Option<Arc<OwnedScheduler>>,
+    /// Deployments, gateways and breeds as last decoded (each request decodes only what was
+    /// written since).
+    decoded: Arc<Decoded>,
     /// This replica's part in the leader election (`/info`).
     elector: Option<Arc<vamp_core::ops::leader::Elector>>,
     /// The unowned services being adopted or removed now.
@@ -190,6 +201,7 @@ impl Api {
             streams: Arc::default(),
             loops: None,
             owned: None,
+            decoded: Arc::default(),
             elector: None,
             unowned_actions: Arc::default(),
             persistence,
@@ -226,6 +238,8 @@ impl Api {
             streams: Arc::clone(&self.streams),
             loops: self.loops.clone(),
             owned: self.owned.clone(),
+            // Another store: versions are its own.
+            decoded: Arc::default(),
             elector: self.elector.clone(),
             unowned_actions: Arc::clone(&self.unowned_actions),
         }
@@ -854,7 +868,11 @@ impl Api {
 
     /// Every deployment, normalised (internal gateway names and ports restored).
     async fn deployments(&self) -> Result<Vec<Versioned<Deployment>>, ApiError> {
-        let mut all = self.persistence.list_all::<Deployment>().await?;
+        let mut all = self
+            .decoded
+            .deployments
+            .list_all(&*self.persistence)
+            .await?;
         for d in &mut all {
             vamp_core::ops::deploy::normalize(&mut d.value);
         }
@@ -872,8 +890,9 @@ impl Api {
 
     async fn gateways(&self) -> Result<Vec<Gateway>, ApiError> {
         Ok(self
-            .persistence
-            .list_all::<Gateway>()
+            .decoded
+            .gateways
+            .list_all(&*self.persistence)
             .await?
             .into_iter()
             .map(|v| v.value)
@@ -907,7 +926,7 @@ impl Api {
     /// What a merge may reference; `others` are the stored deployments but the one merged into.
     async fn artifacts(&self, others: &[Deployment]) -> Result<Artifacts, ApiError> {
         let mut a = Artifacts::new();
-        for b in self.persistence.list_all::<DefaultBreed>().await? {
+        for b in self.decoded.breeds.list_all(&*self.persistence).await? {
             a = a.with_breed(b.value);
         }
         for s in self.persistence.list_all::<DefaultScale>().await? {

@@ -369,3 +369,86 @@ pub trait PersistenceExt: PersistenceStore {
 }
 
 impl<T: PersistenceStore + ?Sized> PersistenceExt for T {}
+
+/// The artifacts of one kind as last decoded, by name and version: [`DecodeCache::list_all`]
+/// lists the stored records and decodes only those written since the last call (decoding
+/// through the DSL costs far more than listing). One cache per store: versions identify
+/// records within a store only.
+///
+/// ```
+/// # futures_util::FutureExt::now_or_never(async {
+/// use vamp_core::memory::InMemoryPersistence;
+/// use vamp_core::model::DefaultBreed;
+/// use vamp_core::persistence::{DecodeCache, PersistenceExt};
+///
+/// let store = InMemoryPersistence::new();
+/// let cache = DecodeCache::<DefaultBreed>::new();
+/// let breed: DefaultBreed = serde_json::from_str(r#"{"name": "a", "deployable": "a:1"}"#).unwrap();
+/// store.create(&breed).await.unwrap();
+/// assert_eq!(cache.list_all(&store).await.unwrap(), store.list_all::<DefaultBreed>().await.unwrap());
+/// assert_eq!(cache.len(), 1);
+/// store.remove::<DefaultBreed>("a", None).await.unwrap();
+/// assert!(cache.list_all(&store).await.unwrap().is_empty());
+/// assert_eq!(cache.len(), 0, "what is no longer stored is dropped");
+/// # }).unwrap();
+/// ```
+#[derive(Debug)]
+pub struct DecodeCache<T> {
+    entries: parking_lot::Mutex<std::collections::HashMap<String, Versioned<T>>>,
+}
+
+impl<T> Default for DecodeCache<T> {
+    fn default() -> Self {
+        Self {
+            entries: parking_lot::Mutex::default(),
+        }
+    }
+}
+
+impl<T: Artifact> DecodeCache<T> {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many artifacts it holds.
+    pub fn len(&self) -> usize {
+        self.entries.lock().len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every stored artifact of type `T`, sorted by name, as
+    /// [`PersistenceExt::list_all`] returns them.
+    ///
+    /// # Errors
+    /// The store's errors; [`Error::Invalid`] for a record that does not decode.
+    pub async fn list_all<P: PersistenceStore + ?Sized>(
+        &self,
+        store: &P,
+    ) -> Result<Vec<Versioned<T>>> {
+        let records = store.list(T::KIND, ListOptions::all()).await?;
+        let mut fresh = std::collections::HashMap::with_capacity(records.len());
+        let mut out = Vec::with_capacity(records.len());
+        let mut entries = std::mem::take(&mut *self.entries.lock());
+        for r in records {
+            let known = entries
+                .remove(&r.name)
+                .filter(|v| v.version == r.version && r.content.is_some());
+            let name = r.name.clone();
+            let Some(v) = (match known {
+                Some(v) => Some(v),
+                None => decode::<T>(r)?,
+            }) else {
+                continue;
+            };
+            out.push(v.clone());
+            fresh.insert(name, v);
+        }
+        *self.entries.lock() = fresh;
+        Ok(out)
+    }
+}

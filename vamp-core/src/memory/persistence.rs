@@ -1,6 +1,6 @@
 //! The in-memory persistence store.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 
@@ -16,17 +16,33 @@ use crate::persistence::*;
 
 type Key = (ArtifactKind, String);
 
+/// How many versions of each artifact the in-memory store keeps for
+/// [`PersistenceStore::history`] (the latest ones).
+pub const MAX_HISTORY: usize = 16;
+/// How many writes the in-memory store keeps for [`PersistenceStore::changes`] from a
+/// version (the latest ones; a feed from before them starts with [`Error::WatchGap`]).
+pub const MAX_LOG: usize = 10_000;
+/// How many removed artifacts keep their history (the most recently removed).
+pub const MAX_REMOVED_HISTORIES: usize = 1_000;
+
 #[derive(Debug, Default)]
 struct State {
     current: BTreeMap<Key, ArtifactRecord>,
-    history: HashMap<Key, Vec<ArtifactRecord>>,
-    log: Vec<ArtifactRecord>,
+    /// The latest versions of each artifact, shared with the log.
+    history: HashMap<Key, VecDeque<Arc<ArtifactRecord>>>,
+    /// The artifacts removed, oldest first: their histories go when there are too many.
+    removed: VecDeque<Key>,
+    log: VecDeque<Arc<ArtifactRecord>>,
     seq: u64,
     subscribers: Vec<mpsc::UnboundedSender<Result<ArtifactRecord>>>,
 }
 
 /// An in-memory [`PersistenceStore`]: the embedded default. Everything is lost when the
 /// process ends. Cloning shares the store.
+///
+/// Its memory is bounded by what is stored now: history keeps the latest [`MAX_HISTORY`]
+/// versions of each artifact (and of the [`MAX_REMOVED_HISTORIES`] artifacts removed last),
+/// the change feed replays the latest [`MAX_LOG`] writes.
 #[derive(Clone, Default)]
 pub struct InMemoryPersistence {
     state: Arc<Mutex<State>>,
@@ -36,6 +52,34 @@ impl InMemoryPersistence {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+}
+
+impl State {
+    fn record(&mut self, record: ArtifactRecord) {
+        let key = (record.kind, record.name.clone());
+        let removed = record.content.is_none();
+        let record = Arc::new(record);
+        let history = self.history.entry(key.clone()).or_default();
+        history.push_back(Arc::clone(&record));
+        if history.len() > MAX_HISTORY {
+            history.pop_front();
+        }
+        if removed {
+            self.removed.push_back(key);
+            while self.removed.len() > MAX_REMOVED_HISTORIES {
+                if let Some(old) = self.removed.pop_front()
+                    && !self.current.contains_key(&old)
+                    && !self.removed.contains(&old)
+                {
+                    self.history.remove(&old);
+                }
+            }
+        }
+        self.log.push_back(record);
+        if self.log.len() > MAX_LOG {
+            self.log.pop_front();
+        }
     }
 }
 
@@ -182,10 +226,9 @@ impl PersistenceStore for InMemoryPersistence {
             } else {
                 s.current.remove(&key);
             }
-            s.history.entry(key).or_default().push(record.clone());
-            s.log.push(record.clone());
             s.subscribers
                 .retain(|tx| tx.unbounded_send(Ok(record.clone())).is_ok());
+            s.record(record);
         }
         Ok(results)
     }
@@ -210,7 +253,7 @@ impl PersistenceStore for InMemoryPersistence {
             .lock()
             .history
             .get(&(kind, name.to_owned()))
-            .cloned()
+            .map(|h| h.iter().map(|r| (**r).clone()).collect())
             .unwrap_or_default())
     }
 
@@ -218,8 +261,22 @@ impl PersistenceStore for InMemoryPersistence {
         let (tx, rx) = mpsc::unbounded();
         let mut s = self.state.lock();
         if let Some(since) = opts.since {
+            // Writes after `since` that the log no longer holds: say so first.
+            if let Some(oldest) = s.log.front()
+                && oldest.version.0 > since.0.saturating_add(1)
+                && s.seq > MAX_LOG as u64
+            {
+                let _ = tx.unbounded_send(Err(Error::WatchGap {
+                    backend: "InMemoryPersistence".into(),
+                    detail: format!(
+                        "the writes from version {} to {} are no longer kept",
+                        since.0 + 1,
+                        oldest.version.0 - 1
+                    ),
+                }));
+            }
             for r in s.log.iter().filter(|r| r.version > since) {
-                let _ = tx.unbounded_send(Ok(r.clone()));
+                let _ = tx.unbounded_send(Ok((**r).clone()));
             }
         }
         s.subscribers.push(tx);
@@ -351,14 +408,71 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(r.content, Some(serde_json::json!({"n": 800})));
+        // Every update is a version: the latest MAX_HISTORY of them are 785..=800.
+        let h = store
+            .history(ArtifactKind::Template, "counter")
+            .now_or_never()
+            .unwrap()
+            .unwrap();
+        let ns: Vec<u64> = h
+            .iter()
+            .map(|r| r.content.as_ref().unwrap()["n"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ns, (801 - MAX_HISTORY as u64..=800).collect::<Vec<_>>());
+    }
+
+    /// Memory follows what is stored now, not how many writes there were: history keeps the
+    /// latest versions, removed artifacts' histories go, and a change feed from a version
+    /// the log no longer holds starts with a gap.
+    #[tokio::test]
+    async fn history_and_log_are_bounded() {
+        let store = InMemoryPersistence::new();
+        let put = |name: String, i: usize| {
+            store.write(vec![ArtifactWrite::put(
+                ArtifactKind::Template,
+                name,
+                serde_json::json!({"i": i}),
+                PutMode::Overwrite,
+            )])
+        };
+        let first = put("a".into(), 0).await.unwrap()[0].unwrap();
+        for i in 1..MAX_LOG + 10 {
+            put("a".into(), i).await.unwrap();
+        }
         assert_eq!(
             store
-                .history(ArtifactKind::Template, "counter")
-                .now_or_never()
-                .unwrap()
+                .history(ArtifactKind::Template, "a")
+                .await
                 .unwrap()
                 .len(),
-            801
+            MAX_HISTORY
+        );
+        let mut feed = store.changes(ChangeOptions::new().since(first));
+        assert!(feed.next().await.unwrap().unwrap_err().is_gap());
+        let next = feed.next().await.unwrap().unwrap();
+        assert_eq!(next.content, Some(serde_json::json!({"i": 10})));
+        for i in 0..MAX_REMOVED_HISTORIES + 5 {
+            let name = format!("removed-{i}");
+            put(name.clone(), 0).await.unwrap();
+            store
+                .write(vec![ArtifactWrite::delete(
+                    ArtifactKind::Template,
+                    &name,
+                    None,
+                )])
+                .await
+                .unwrap();
+        }
+        let s = store.state.lock();
+        assert_eq!(
+            s.history.len(),
+            1 + MAX_REMOVED_HISTORIES,
+            "a and the last removed"
+        );
+        assert_eq!(s.log.len(), MAX_LOG);
+        assert!(
+            !s.history
+                .contains_key(&(ArtifactKind::Template, "removed-0".to_owned()))
         );
     }
 }

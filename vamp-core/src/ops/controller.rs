@@ -187,6 +187,9 @@ pub struct Controller {
     clock: Arc<dyn Clock>,
     options: ControllerOptions,
     state: Mutex<State>,
+    /// Deployments and gateways as last decoded: a pass decodes only what was written since.
+    decoded_deployments: crate::persistence::DecodeCache<Deployment>,
+    decoded_gateways: crate::persistence::DecodeCache<Gateway>,
 }
 
 impl fmt::Debug for Controller {
@@ -214,6 +217,8 @@ impl Controller {
             clock: Arc::new(SystemClock),
             options,
             state: Mutex::new(State::default()),
+            decoded_deployments: crate::persistence::DecodeCache::new(),
+            decoded_gateways: crate::persistence::DecodeCache::new(),
         }
     }
 
@@ -256,7 +261,7 @@ impl Controller {
     pub async fn tick(&self) -> Result<TickReport> {
         let now = self.clock.now_millis();
         let mut report = TickReport::default();
-        let desired = match self.persistence.list_all::<Deployment>().await {
+        let desired = match self.decoded_deployments.list_all(&*self.persistence).await {
             Ok(mut d) => {
                 for v in &mut d {
                     crate::ops::deploy::normalize(&mut v.value);
@@ -389,7 +394,7 @@ impl Controller {
         if let Some(sink) = &self.gateways {
             // The deployments' gateways, then the standalone ones stored on their own. Without
             // the stored ones nothing is pushed: a partial set would take gateways down.
-            match self.persistence.list_all::<Gateway>().await {
+            match self.decoded_gateways.list_all(&*self.persistence).await {
                 Ok(stored) => {
                     let mut gateways = crate::ops::reconcile::gateways(&outcome);
                     let names: BTreeSet<String> = gateways.iter().map(|g| g.name.clone()).collect();
