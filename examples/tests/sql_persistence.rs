@@ -3,7 +3,7 @@
 //! next one started on the same database serves. Required with CI=true or
 //! VAMP_TEST_INTEGRATION=1 (the test command starts both and sets VAMP_MYSQL_URL and
 //! VAMP_POSTGRES_URL); SQL Server when VAMP_TEST_MSSQL_URL gives one.
-#![cfg(all(feature = "postgres", feature = "mysql"))]
+#![cfg(all(feature = "postgres", feature = "mysql", feature = "mssql"))]
 
 mod support;
 
@@ -99,4 +99,53 @@ async fn vamp_serve_on_postgresql_by_url() {
     let url = format!("{url}{sep}table=url_{}", std::process::id());
     let dir = tempfile::tempdir().unwrap();
     stored_across_servers(dir.path(), |c| c.persistence = Some(url.clone())).await;
+}
+
+/// SQL Server cannot run on these machines: this runs when `VAMP_TEST_MSSQL_URL`
+/// (`mssql://user:password@host:1433/db`) names one, by this project's URL and by Vamp's
+/// JDBC variables, and says it is skipped otherwise (also in CI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vamp_serve_on_sql_server_when_one_is_given() {
+    let Ok(url) = std::env::var("VAMP_TEST_MSSQL_URL") else {
+        eprintln!("SKIPPED: set VAMP_TEST_MSSQL_URL=mssql://user:password@host:1433/db");
+        return;
+    };
+    let run = std::process::id();
+    let rest = url
+        .trim_start_matches("mssql://")
+        .trim_start_matches("sqlserver://");
+    let (userinfo, hostpath) = rest.split_once('@').expect("a user in VAMP_TEST_MSSQL_URL");
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let (host, db) = hostpath.split_once('/').unwrap_or((hostpath, "master"));
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let by_url = format!("{url}{sep}table=url_{run}");
+    let dir = tempfile::tempdir().unwrap();
+    stored_across_servers(&dir.path().join("url"), |c| {
+        c.persistence = Some(by_url.clone());
+    })
+    .await;
+    let jdbc = format!(
+        "jdbc:sqlserver://{host};databaseName={}",
+        db.split('?').next().unwrap_or(db)
+    );
+    stored_across_servers(&dir.path().join("vars"), |c| {
+        let vars = [
+            ("VAMP_PERSISTENCE_DATABASE_TYPE", "sqlserver".to_owned()),
+            ("VAMP_PERSISTENCE_DATABASE_SQL_URL", jdbc.clone()),
+            ("VAMP_PERSISTENCE_DATABASE_SQL_USER", user.to_owned()),
+            (
+                "VAMP_PERSISTENCE_DATABASE_SQL_PASSWORD",
+                password.to_owned(),
+            ),
+        ];
+        let taken = std::mem::replace(c, ServeConfig::new(""));
+        *c = taken.with_env(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()));
+        assert!(
+            c.persistence
+                .as_deref()
+                .is_some_and(|p| p.starts_with("sqlserver://")),
+            "{c:?}"
+        );
+    })
+    .await;
 }
