@@ -228,8 +228,9 @@ pub struct ServeConfig {
     #[arg(long, default_value_t = 5000)]
     pub pulse_ms: u64,
     /// Where the replicas of this control plane elect their leader (`memory://`, one process;
-    /// `etcd://…`, `redis://…`). Default: the key-value store when it is etcd or Redis, else
-    /// memory (a single replica).
+    /// `etcd://…`, `redis://…`, `postgres://…`, `mysql://…`, `sqlite://…`). Default: the
+    /// key-value store when it is etcd or Redis, else the persistence database when it is
+    /// PostgreSQL or MySQL/MariaDB, else memory (a single replica).
     #[arg(long, env = "VAMP_LEASE_URL")]
     pub lease: Option<String>,
     /// The leader lease's time to live in milliseconds: a leader that dies is replaced
@@ -284,14 +285,25 @@ impl ServeConfig {
     }
 
     /// Where the election's leases are: `--lease`, else the key-value store if it has leases
-    /// (etcd, Redis), else memory.
+    /// (etcd, Redis), else the persistence database if it is a server that replicas share
+    /// (PostgreSQL, MySQL/MariaDB), else memory (a single replica).
     fn lease_url(&self) -> String {
         if let Some(url) = &self.lease {
             return url.clone();
         }
         match self.kv.as_deref() {
             Some(kv) if kv.starts_with("etcd") || kv.starts_with("redis") => kv.to_owned(),
-            _ => "memory://".into(),
+            _ => {
+                let persistence = self.persistence_url();
+                if ["postgres", "mysql", "mariadb"]
+                    .iter()
+                    .any(|s| persistence.starts_with(s))
+                {
+                    persistence
+                } else {
+                    "memory://".into()
+                }
+            }
         }
     }
 
@@ -690,11 +702,28 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
     // Replicas that share the persistence elect one leader, which alone runs the loops; its
     // writes are fenced (a leader that lost the lease cannot write after another took over).
     let lease_url = config.lease_url();
-    let leases = KvBackendConfig::from_url(&lease_url)
-        .map_err(|e| format!("leases: {e}"))?
-        .build_leases()
-        .await
-        .map_err(|e| format!("leases: {e}"))?;
+    let sql = [
+        "postgres",
+        "mysql",
+        "mariadb",
+        "sqlite",
+        "mssql",
+        "sqlserver",
+    ]
+    .iter()
+    .any(|s| lease_url.starts_with(s));
+    let leases = if sql {
+        PersistenceBackendConfig::from_url(&lease_url)
+            .map_err(|e| format!("leases: {e}"))?
+            .build_leases()
+            .await
+    } else {
+        KvBackendConfig::from_url(&lease_url)
+            .map_err(|e| format!("leases: {e}"))?
+            .build_leases()
+            .await
+    }
+    .map_err(|e| format!("leases: {e}"))?;
     let replica = match &config.replica_id {
         Some(id) if vamp_core::lease::is_valid_name(id) => id.clone(),
         Some(id) => {

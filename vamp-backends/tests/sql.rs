@@ -26,6 +26,8 @@ const K: ArtifactKind = ArtifactKind::Breed;
 /// The restart tests stop the shared PostgreSQL and MariaDB servers: they hold this lock
 /// exclusively, every other test of this file holds it shared, so no test sees a server go
 /// away under it.
+mod fault_proxy;
+
 static SERVERS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 fn required() -> bool {
@@ -98,6 +100,7 @@ async fn drop_tables(url: &str, table: &str) {
             format!("{table}_log"),
             format!("{table}_seq"),
             format!("{table}_schema"),
+            format!("{table}_leases"),
             table.to_owned(),
         ] {
             let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {t}")))
@@ -560,6 +563,44 @@ async fn cancelled_writes_leave_no_half_written_batch() {
             "{label}: the deadlines must cancel some writes and let others finish: {report:?}"
         );
         drop(store);
+        drop_tables(&url, &t).await;
+    }
+}
+
+/// The lease conformance suite on every database (leases for replicas without another
+/// store), and on PostgreSQL through the tests' fault proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_stores_pass_the_lease_conformance_suite() {
+    let _servers = SERVERS.read().await;
+    let dir = tempfile::tempdir().unwrap();
+    for (label, url) in databases(dir.path()) {
+        let t = table("leases");
+        let store = connect(&url, &t).await;
+        eprintln!("lease conformance: {label}");
+        vamp_core::conformance::lease::run_all(&store, label).await;
+        if label == "postgres" {
+            let target = url
+                .split('@')
+                .next_back()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .to_owned();
+            let proxy =
+                fault_proxy::FaultProxy::start(target.clone(), Box::new(|| Box::pin(async {})))
+                    .await;
+            let mut options = SqlOptions::default().table(&t);
+            options.acquire_timeout = Duration::from_secs(2);
+            let faulty = SqlPersistence::connect(
+                &url.replacen(&target, &format!("127.0.0.1:{}", proxy.port), 1),
+                options,
+            )
+            .await
+            .unwrap();
+            vamp_core::conformance::lease::leases_survive_faults(&faulty, &store, "faults", &proxy)
+                .await;
+        }
         drop_tables(&url, &t).await;
     }
 }

@@ -153,6 +153,40 @@ impl PersistenceBackendConfig {
     }
 }
 
+impl PersistenceBackendConfig {
+    /// The lease store in this database, for the election of replicas
+    /// ([`vamp_core::lease`]): in memory (one process), or a leases table beside the
+    /// artifacts on PostgreSQL, MySQL/MariaDB or SQLite.
+    ///
+    /// # Errors
+    /// [`Error::NotSupported`] on SQL Server (no leases there yet); the errors of
+    /// [`PersistenceBackendConfig::build`].
+    pub async fn build_leases(self) -> Result<Arc<vamp_core::lease::DynLeaseStore>, Error> {
+        match self {
+            Self::Memory => Ok(Arc::new(vamp_core::memory::InMemoryLeases::new())),
+            Self::Postgres(c) | Self::Mysql(c) => sql_leases(&c.url.0, &c.table).await,
+            Self::Sqlite(c) => sql_leases(&format!("sqlite://{}", c.path), &c.table).await,
+            Self::Mssql(_) => Err(Error::NotSupported {
+                backend: "mssql".into(),
+                operation: "leases (use PostgreSQL, MySQL, etcd or Redis for the election)",
+            }),
+        }
+    }
+}
+
+#[cfg(feature = "sql")]
+async fn sql_leases(url: &str, table: &str) -> Result<Arc<vamp_core::lease::DynLeaseStore>, Error> {
+    let options = sql::SqlOptions::default().table(table);
+    Ok(Arc::new(sql::SqlPersistence::connect(url, options).await?))
+}
+
+#[cfg(not(feature = "sql"))]
+async fn sql_leases(url: &str, table: &str) -> Result<Arc<vamp_core::lease::DynLeaseStore>, Error> {
+    sql_store(url, table)
+        .await
+        .map(|_| unreachable!("without SQL features no store is built"))
+}
+
 #[cfg(feature = "sql")]
 async fn sql_store(url: &str, table: &str) -> Result<Arc<DynPersistenceStore>, Error> {
     let options = sql::SqlOptions::default().table(table);

@@ -457,6 +457,8 @@ pub struct SqlPersistence {
     label: String,
     statements: std::sync::Arc<Statements>,
     poll_interval: Duration,
+    /// Whether the leases table is known to exist.
+    leases_created: std::sync::Arc<std::sync::atomic::AtomicBool>,
     #[cfg_attr(not(feature = "persistence-postgres"), allow(dead_code))]
     url: crate::Secret,
 }
@@ -566,6 +568,7 @@ impl SqlPersistence {
             table: options.table,
             label,
             poll_interval: options.poll_interval,
+            leases_created: std::sync::Arc::default(),
             url: crate::Secret(url),
         };
         store.migrate().await?;
@@ -1091,6 +1094,166 @@ impl PersistenceStore for SqlPersistence {
         caps.changes_since = true;
         caps.history = true;
         caps
+    }
+}
+
+impl Dialect {
+    /// The database's clock in milliseconds since the Unix epoch, as an SQL expression.
+    fn now_ms(self) -> &'static str {
+        match self {
+            Self::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+            Self::Mysql => "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)",
+            Self::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+        }
+    }
+
+    fn leases_table(self, t: &str) -> String {
+        let key = match self {
+            Self::Mysql => "VARBINARY(128)",
+            _ => "VARCHAR(128)",
+        };
+        let engine = if self == Self::Mysql {
+            " ENGINE=InnoDB"
+        } else {
+            ""
+        };
+        format!(
+            "CREATE TABLE IF NOT EXISTS {t}_leases (name {key} NOT NULL PRIMARY KEY, holder {key} NOT NULL, \
+             token BIGINT NOT NULL, expires_ms BIGINT NOT NULL){engine}"
+        )
+    }
+
+    fn insert_ignore(self) -> &'static str {
+        match self {
+            Self::Postgres | Self::Sqlite => "INSERT INTO",
+            Self::Mysql => "INSERT IGNORE INTO",
+        }
+    }
+
+    fn on_conflict_nothing(self) -> &'static str {
+        match self {
+            Self::Postgres | Self::Sqlite => " ON CONFLICT DO NOTHING",
+            Self::Mysql => "",
+        }
+    }
+}
+
+impl SqlPersistence {
+    /// Creates the leases table the first time leases are used.
+    async fn leases_ready(&self) -> Result<(), Error> {
+        if self
+            .leases_created
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Ok(());
+        }
+        sqlx::query(AssertSqlSafe(self.dialect.leases_table(&self.table)))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        self.leases_created
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// The lease's holder and token while it is held, by the database's clock.
+    async fn lease_row(&self, name: &str) -> Result<Option<vamp_core::lease::LeaseHolder>, Error> {
+        let (t, d) = (&self.table, self.dialect);
+        let row = sqlx::query(AssertSqlSafe(d.sql(&format!(
+            "SELECT holder, token FROM {t}_leases WHERE name = ? AND expires_ms > {}",
+            d.now_ms()
+        ))))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        row.map(|r| {
+            Ok(vamp_core::lease::LeaseHolder {
+                holder: self.text(&r, "holder")?,
+                token: u64::try_from(r.try_get::<i64, _>("token").map_err(|e| self.err(e))?)
+                    .unwrap_or(0),
+            })
+        })
+        .transpose()
+    }
+}
+
+/// Leases in the persistence database (`<table>_leases`): one row per lease, its expiry in
+/// the database's own clock. A free lease is inserted with token 1; an expired one is taken
+/// by an `UPDATE` whose condition (held by the caller, or expired) the database checks
+/// atomically, the token growing by one; a renewal keeps it. Replicas on PostgreSQL, MySQL or
+/// SQLite need no other store to elect a leader.
+#[async_trait]
+impl vamp_core::lease::LeaseStore for SqlPersistence {
+    async fn try_acquire(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<vamp_core::lease::LeaseGrant>, Error> {
+        vamp_core::lease::check(name, holder, ttl)?;
+        self.leases_ready().await?;
+        let (t, d) = (&self.table, self.dialect);
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let now = d.now_ms();
+        sqlx::query(AssertSqlSafe(d.sql(&format!(
+            "{} {t}_leases (name, holder, token, expires_ms) VALUES (?, ?, 1, {now} + ?){}",
+            d.insert_ignore(),
+            d.on_conflict_nothing()
+        ))))
+        .bind(name)
+        .bind(holder)
+        .bind(ttl_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        // The token first: MySQL evaluates the assignments in order, on updated values.
+        sqlx::query(AssertSqlSafe(d.sql(&format!(
+            "UPDATE {t}_leases SET \
+             token = CASE WHEN holder = ? AND expires_ms > {now} THEN token ELSE token + 1 END, \
+             holder = ?, expires_ms = {now} + ? \
+             WHERE name = ? AND (holder = ? OR expires_ms <= {now})"
+        ))))
+        .bind(holder)
+        .bind(holder)
+        .bind(ttl_ms)
+        .bind(name)
+        .bind(holder)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(self
+            .lease_row(name)
+            .await?
+            .filter(|h| h.holder == holder)
+            .map(|h| vamp_core::lease::LeaseGrant {
+                name: name.to_owned(),
+                holder: holder.to_owned(),
+                token: h.token,
+                ttl,
+            }))
+    }
+
+    async fn observe(&self, name: &str) -> Result<Option<vamp_core::lease::LeaseHolder>, Error> {
+        self.leases_ready().await?;
+        self.lease_row(name).await
+    }
+
+    async fn release(&self, name: &str, holder: &str, token: u64) -> Result<bool, Error> {
+        self.leases_ready().await?;
+        let (t, d) = (&self.table, self.dialect);
+        let done = sqlx::query(AssertSqlSafe(d.sql(&format!(
+            "UPDATE {t}_leases SET expires_ms = 0 WHERE name = ? AND holder = ? AND token = ? AND expires_ms > {}",
+            d.now_ms()
+        ))))
+        .bind(name)
+        .bind(holder)
+        .bind(i64::try_from(token).unwrap_or(-1))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?
+        .rows_affected();
+        Ok(done == 1)
     }
 }
 
