@@ -753,7 +753,31 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
             .await
             .map_err(|e| format!("metrics store: {e}"))?;
     let metrics: Arc<DynMetricsStore> = stores.requests;
-    let events: Arc<DynEventStore> = stores.events;
+    let local_events: Arc<DynEventStore> = stores.events;
+    // Replicas share a key-value store (not an in-memory one): events published on one reach
+    // the event streams and event workflows of all, through it.
+    let shared_events = if kv_url.starts_with("memory") {
+        None
+    } else {
+        let prefix =
+            vamp_core::kv::KeyPath::parse(&format!("/vamp/{}/events-relay", config.namespace))
+                .map_err(|e| format!("namespace: {e}"))?;
+        let own_store = config
+            .metrics_store
+            .as_deref()
+            .is_none_or(|m| m.starts_with("memory"));
+        Some(Arc::new(vamp_core::layers::SharedEvents::new(
+            Arc::clone(&local_events),
+            Arc::clone(&kv),
+            prefix,
+            replica.clone(),
+            own_store,
+        )))
+    };
+    let events: Arc<DynEventStore> = match &shared_events {
+        Some(shared) => Arc::clone(shared) as Arc<DynEventStore>,
+        None => local_events,
+    };
 
     let socket_dir = config
         .haproxy_socket_dir
@@ -905,6 +929,24 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
             r
         },
     ));
+    if let Some(shared) = &shared_events {
+        // Other replicas' events, for as long as this one runs.
+        let shared = Arc::clone(shared);
+        let mut stop = stopped.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = shared.relay() => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                tracing::warn!("the event relay's watch ended; watching again");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        }));
+    }
     {
         // On stop, the lease is given up: another replica takes over at once.
         let elector = Arc::clone(&elector);

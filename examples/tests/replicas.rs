@@ -318,6 +318,41 @@ async fn replicas_fail_over(persistence: &str, kv: &str, test: &str) {
     )
     .await;
 
+    // An event posted to one replica reaches an event stream opened on another.
+    {
+        use futures_util::StreamExt;
+        let tag = format!("relay:{}", std::process::id());
+        let stream = client
+            .get(format!("{}/events/stream?tag={tag}", replicas[0].base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stream.status(), StatusCode::OK);
+        let mut stream = stream.bytes_stream();
+        // The stream is open (its first bytes, a keep-alive or the headers' flush, need not
+        // come): post until the event arrives, bounded.
+        let mut seen = String::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !seen.contains(&tag) {
+            send(
+                &client,
+                reqwest::Method::POST,
+                format!("{}/events", replicas[2].base),
+                format!("tags: ['{tag}']\nvalue: relayed\ntype: test\n"),
+            )
+            .await;
+            if let Ok(Some(Ok(chunk))) =
+                tokio::time::timeout(Duration::from_secs(2), stream.next()).await
+            {
+                seen.push_str(&String::from_utf8_lossy(&chunk));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the event never reached the other replica: {seen}"
+            );
+        }
+    }
+
     // Continuous traffic from now on; every failure counted.
     let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));

@@ -5,6 +5,7 @@
 //! * [`Policed`]: refuses to deploy what the operator's [`Policy`](crate::policy::Policy) refuses.
 //! * [`Fenced`]: a leader's persistence writes, refused once another replica took over.
 //! * [`Owned`]: acts only on the scheduler services its control plane created.
+//! * [`SharedEvents`]: events that reach every replica, through the key-value store.
 //! * [`Staged`]: keeps writes aside and commits them to a persistence store as one batch.
 
 mod fenced;
@@ -12,6 +13,7 @@ mod namespaced;
 mod owned;
 mod policed;
 mod retrying;
+mod shared_events;
 mod staged;
 
 pub use fenced::{FENCE_RECORD, Fence, Fenced};
@@ -19,4 +21,5 @@ pub use namespaced::Namespaced;
 pub use owned::{Owned, owner_of};
 pub use policed::Policed;
 pub use retrying::{Backoff, RetryConfig, Retrying};
+pub use shared_events::{MAX_RELAYED_BYTES, RELAY_SLOTS, SharedEvents};
 pub use staged::Staged;
