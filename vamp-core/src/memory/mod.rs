@@ -13,5 +13,5 @@ pub use lease::InMemoryLeases;
 pub use metrics::{
     DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_EVENTS, DEFAULT_MAX_RECORDS, InMemoryMetrics, event_bytes,
 };
-pub use persistence::InMemoryPersistence;
+pub use persistence::{InMemoryPersistence, MAX_HISTORY, MAX_LOG, MAX_REMOVED_HISTORIES};
 pub use scheduler::{InMemoryScheduler, MAX_INSTANCES};
