@@ -228,8 +228,8 @@ pub struct ServeConfig {
     #[arg(long, default_value_t = 5000)]
     pub pulse_ms: u64,
     /// Where the replicas of this control plane elect their leader (`memory://`, one process;
-    /// `etcd://…`, `redis://…`, `postgres://…`, `mysql://…`, `sqlite://…`). Default: the
-    /// key-value store when it is etcd or Redis, else the persistence database when it is
+    /// `etcd://…`, `redis://…`, `zk://…`, `postgres://…`, `mysql://…`, `sqlite://…`).
+    /// Default: the key-value store when it is etcd, Redis or ZooKeeper, else the persistence database when it is
     /// PostgreSQL or MySQL/MariaDB, else memory (a single replica).
     #[arg(long, env = "VAMP_LEASE_URL")]
     pub lease: Option<String>,
@@ -285,14 +285,20 @@ impl ServeConfig {
     }
 
     /// Where the election's leases are: `--lease`, else the key-value store if it has leases
-    /// (etcd, Redis), else the persistence database if it is a server that replicas share
+    /// (etcd, Redis, ZooKeeper), else the persistence database if it is a server that replicas share
     /// (PostgreSQL, MySQL/MariaDB), else memory (a single replica).
     fn lease_url(&self) -> String {
         if let Some(url) = &self.lease {
             return url.clone();
         }
         match self.kv.as_deref() {
-            Some(kv) if kv.starts_with("etcd") || kv.starts_with("redis") => kv.to_owned(),
+            Some(kv)
+                if ["etcd", "redis", "zk", "zookeeper"]
+                    .iter()
+                    .any(|s| kv.starts_with(s)) =>
+            {
+                kv.to_owned()
+            }
             _ => {
                 let persistence = self.persistence_url();
                 if ["postgres", "mysql", "mariadb"]

@@ -429,3 +429,20 @@ async fn trimming_the_log_is_no_gap_for_a_watch_that_keeps_up() {
         .unwrap();
     assert!(left.len() < 60, "{} log nodes left", left.len());
 }
+
+/// The lease conformance suite on the real ZooKeeper, directly and through the fault proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zookeeper_passes_the_lease_conformance_suite_including_faults() {
+    let Some(servers) = servers() else { return };
+    let root = store_root("leases");
+    let direct = ZookeeperKv::connect_with(&servers, &root, writer())
+        .await
+        .unwrap();
+    vamp_core::conformance::lease::run_all(&direct, "zk").await;
+    let target = servers.split(',').next().unwrap().to_owned();
+    let proxy = FaultProxy::start(target, Box::new(|| Box::pin(async {}))).await;
+    let faulty = ZookeeperKv::connect_with(&format!("127.0.0.1:{}", proxy.port), &root, writer())
+        .await
+        .unwrap();
+    vamp_core::conformance::lease::leases_survive_faults(&faulty, &direct, "zk", &proxy).await;
+}

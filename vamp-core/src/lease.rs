@@ -57,9 +57,12 @@ pub struct LeaseHolder {
     pub token: u64,
 }
 
-/// Whether `s` can name a lease or a holder: 1 to 128 ASCII letters, digits, `.`, `_` or `-`.
+/// Whether `s` can name a lease or a holder: 1 to 128 ASCII letters, digits, `.`, `_` or `-`,
+/// and not `.` or `..` (a path component in some stores).
 pub fn is_valid_name(s: &str) -> bool {
     (1..=128).contains(&s.len())
+        && s != "."
+        && s != ".."
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }

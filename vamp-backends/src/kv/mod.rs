@@ -319,26 +319,7 @@ impl KvBackendConfig {
                 feature: "kv-consul",
             }),
             #[cfg(feature = "kv-zookeeper")]
-            Self::Zookeeper(c) => {
-                let access = match (&c.user, &c.password, c.open_acl) {
-                    (Some(user), Some(password), false) => {
-                        zookeeper::ZookeeperAccess::digest(user, &password.0)
-                    }
-                    (None, None, true) => zookeeper::ZookeeperAccess::Open,
-                    (None, None, false) => zookeeper::ZookeeperAccess::ReadOnly,
-                    (_, _, true) => {
-                        return Err(invalid(
-                            "zookeeper",
-                            "acl=open and credentials exclude each other",
-                        ));
-                    }
-                    _ => return Err(invalid("zookeeper", "user and password go together")),
-                };
-                let kv =
-                    zookeeper::ZookeeperKv::connect_with(&c.servers.join(","), "/vamp-kv", access)
-                        .await?;
-                prefixed(kv, &c.prefix)
-            }
+            Self::Zookeeper(c) => prefixed(connect_zookeeper(&c).await?, &c.prefix),
             #[cfg(not(feature = "kv-zookeeper"))]
             Self::Zookeeper(_) => Err(Error::FeatureDisabled {
                 backend: "zookeeper",
@@ -357,11 +338,11 @@ impl KvBackendConfig {
 
 impl KvBackendConfig {
     /// The lease store on this key-value store, for the election of replicas
-    /// ([`vamp_core::lease`]): in memory (one process), etcd or Redis. The leases do not
+    /// ([`vamp_core::lease`]): in memory (one process), etcd, Redis or ZooKeeper. The leases do not
     /// live under the configured prefix: their names carry what separates control planes.
     ///
     /// # Errors
-    /// [`Error::NotSupported`] on Consul and ZooKeeper (no leases there yet);
+    /// [`Error::NotSupported`] on Consul (no leases there yet);
     /// [`Error::FeatureDisabled`], [`Error::InvalidConfig`] and connection errors as
     /// [`KvBackendConfig::build`].
     pub async fn build_leases(self) -> Result<Arc<vamp_core::lease::DynLeaseStore>, Error> {
@@ -381,9 +362,16 @@ impl KvBackendConfig {
                 backend: "redis",
                 feature: "kv-redis",
             }),
-            Self::Consul(_) | Self::Zookeeper(_) => Err(Error::NotSupported {
-                backend: "consul and zookeeper".into(),
-                operation: "leases (use etcd, Redis or memory for the election)",
+            #[cfg(feature = "kv-zookeeper")]
+            Self::Zookeeper(c) => Ok(Arc::new(connect_zookeeper(&c).await?)),
+            #[cfg(not(feature = "kv-zookeeper"))]
+            Self::Zookeeper(_) => Err(Error::FeatureDisabled {
+                backend: "zookeeper",
+                feature: "kv-zookeeper",
+            }),
+            Self::Consul(_) => Err(Error::NotSupported {
+                backend: "consul".into(),
+                operation: "leases (use etcd, Redis, ZooKeeper, PostgreSQL or MySQL for the election)",
             }),
         }
     }
@@ -414,4 +402,23 @@ async fn connect_redis(c: &RedisKvConfig) -> Result<redis::RedisKv, Error> {
         "vamp",
     )
     .await
+}
+
+#[cfg(feature = "kv-zookeeper")]
+async fn connect_zookeeper(c: &ZookeeperKvConfig) -> Result<zookeeper::ZookeeperKv, Error> {
+    let access = match (&c.user, &c.password, c.open_acl) {
+        (Some(user), Some(password), false) => {
+            zookeeper::ZookeeperAccess::digest(user, &password.0)
+        }
+        (None, None, true) => zookeeper::ZookeeperAccess::Open,
+        (None, None, false) => zookeeper::ZookeeperAccess::ReadOnly,
+        (_, _, true) => {
+            return Err(invalid(
+                "zookeeper",
+                "acl=open and credentials exclude each other",
+            ));
+        }
+        _ => return Err(invalid("zookeeper", "user and password go together")),
+    };
+    zookeeper::ZookeeperKv::connect_with(&c.servers.join(","), "/vamp-kv", access).await
 }

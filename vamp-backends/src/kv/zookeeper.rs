@@ -805,6 +805,148 @@ impl KeyValueStore for ZookeeperKv {
     }
 }
 
+impl ZookeeperKv {
+    /// The server's clock (milliseconds since the Unix epoch): the modification time of a
+    /// node touched now.
+    async fn server_now(&self, client: &zk::Client, acls: zk::Acls<'static>) -> Result<i64, Error> {
+        let clock = format!("{}/lease-clock", self.inner.root);
+        loop {
+            match client.set_data(&clock, b"", None).await {
+                Ok(stat) => return Ok(stat.mtime),
+                Err(zk::Error::NoNode) => {
+                    let mode = zk::CreateMode::Persistent.with_acls(acls);
+                    match client.create(&clock, b"", &mode).await {
+                        Ok(_) | Err(zk::Error::NodeExists) => {}
+                        Err(e) => return Err(self.err(e)),
+                    }
+                }
+                Err(e) => return Err(self.err(e)),
+            }
+        }
+    }
+
+    fn lease_node(&self, name: &str) -> String {
+        format!("{}/leases/{name}", self.inner.root)
+    }
+
+    /// The client, the ACLs and the server's time, for a lease operation (which writes).
+    async fn lease_session(&self) -> Result<(zk::Client, zk::Acls<'static>, i64), Error> {
+        let Some(acls) = self.acls() else {
+            return Err(crate::invalid(
+                "zookeeper",
+                "leases need a writable store: give zk://user:password@… or ?acl=open",
+            ));
+        };
+        let client = self.client().await?;
+        let mode = zk::CreateMode::Persistent.with_acls(acls);
+        match client
+            .mkdir(&format!("{}/leases", self.inner.root), &mode)
+            .await
+        {
+            Ok(()) | Err(zk::Error::NodeExists) => {}
+            Err(e) => return Err(self.err(e)),
+        }
+        let now = self.server_now(&client, acls).await?;
+        Ok((client, acls, now))
+    }
+
+    /// The lease's holder, token (the node's creation zxid), version, and whether it is live
+    /// at `now` (its last write plus its ttl, in the server's time).
+    async fn lease_state(
+        &self,
+        client: &zk::Client,
+        name: &str,
+        now: i64,
+    ) -> Result<Option<(String, u64, i32, bool)>, Error> {
+        match client.get_data(&self.lease_node(name)).await {
+            Ok((data, stat)) => {
+                let text = String::from_utf8_lossy(&data);
+                let (holder, ttl) = text.split_once(' ').unwrap_or((&text, "0"));
+                let ttl: i64 = ttl.parse().unwrap_or(0);
+                Ok(Some((
+                    holder.to_owned(),
+                    u64::try_from(stat.czxid).unwrap_or(0),
+                    stat.version,
+                    stat.mtime.saturating_add(ttl) > now,
+                )))
+            }
+            Err(zk::Error::NoNode) => Ok(None),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+}
+
+/// Leases on ZooKeeper: a node per lease under `<root>/leases` holding the holder and the
+/// ttl, live until its last write (the server's `mtime`) plus the ttl, in the server's time
+/// (read by touching a clock node). A renewal writes the node again at the version read; a
+/// free or expired lease is taken by deleting it at that version and creating it again, so
+/// the fencing token, the node's creation zxid, grows with every acquisition.
+#[async_trait]
+impl vamp_core::lease::LeaseStore for ZookeeperKv {
+    async fn try_acquire(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<vamp_core::lease::LeaseGrant>, Error> {
+        vamp_core::lease::check(name, holder, ttl)?;
+        let (client, acls, now) = self.lease_session().await?;
+        let node = self.lease_node(name);
+        let data = format!("{holder} {}", ttl.as_millis());
+        let grant = |token: u64| vamp_core::lease::LeaseGrant {
+            name: name.to_owned(),
+            holder: holder.to_owned(),
+            token,
+            ttl,
+        };
+        match self.lease_state(&client, name, now).await? {
+            Some((h, _, _, true)) if h != holder => return Ok(None),
+            Some((_, token, version, true)) => {
+                return match client.set_data(&node, data.as_bytes(), Some(version)).await {
+                    Ok(_) => Ok(Some(grant(token))),
+                    Err(zk::Error::BadVersion | zk::Error::NoNode) => Ok(None),
+                    Err(e) => Err(self.err(e)),
+                };
+            }
+            Some((_, _, version, false)) => match client.delete(&node, Some(version)).await {
+                Ok(()) | Err(zk::Error::NoNode) => {}
+                Err(zk::Error::BadVersion) => return Ok(None),
+                Err(e) => return Err(self.err(e)),
+            },
+            None => {}
+        }
+        let mode = zk::CreateMode::Persistent.with_acls(acls);
+        match client.create(&node, data.as_bytes(), &mode).await {
+            Ok((stat, _)) => Ok(Some(grant(u64::try_from(stat.czxid).unwrap_or(0)))),
+            Err(zk::Error::NodeExists) => Ok(None),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    async fn observe(&self, name: &str) -> Result<Option<vamp_core::lease::LeaseHolder>, Error> {
+        let (client, _, now) = self.lease_session().await?;
+        Ok(self
+            .lease_state(&client, name, now)
+            .await?
+            .filter(|s| s.3)
+            .map(|(holder, token, _, _)| vamp_core::lease::LeaseHolder { holder, token }))
+    }
+
+    async fn release(&self, name: &str, holder: &str, token: u64) -> Result<bool, Error> {
+        let (client, _, now) = self.lease_session().await?;
+        match self.lease_state(&client, name, now).await? {
+            Some((h, t, version, true)) if h == holder && t == token => {
+                match client.delete(&self.lease_node(name), Some(version)).await {
+                    Ok(()) => Ok(true),
+                    Err(zk::Error::BadVersion | zk::Error::NoNode) => Ok(false),
+                    Err(e) => Err(self.err(e)),
+                }
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
