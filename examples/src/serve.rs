@@ -228,8 +228,8 @@ pub struct ServeConfig {
     #[arg(long, default_value_t = 5000)]
     pub pulse_ms: u64,
     /// Where the replicas of this control plane elect their leader (`memory://`, one process;
-    /// `etcd://…`, `redis://…`, `zk://…`, `postgres://…`, `mysql://…`, `sqlite://…`).
-    /// Default: the key-value store when it is etcd, Redis or ZooKeeper, else the persistence database when it is
+    /// `etcd://…`, `redis://…`, `zk://…`, `consul://…`, `postgres://…`, `mysql://…`,
+    /// `sqlite://…`). Default: the key-value store when it is not in memory, else the persistence database when it is
     /// PostgreSQL or MySQL/MariaDB, else memory (a single replica).
     #[arg(long, env = "VAMP_LEASE_URL")]
     pub lease: Option<String>,
@@ -285,7 +285,7 @@ impl ServeConfig {
     }
 
     /// Where the election's leases are: `--lease`, else the key-value store if it has leases
-    /// (etcd, Redis, ZooKeeper), else the persistence database if it is a server that replicas share
+    /// (etcd, Redis, ZooKeeper, Consul), else the persistence database if it is a server that replicas share
     /// (PostgreSQL, MySQL/MariaDB), else memory (a single replica).
     fn lease_url(&self) -> String {
         if let Some(url) = &self.lease {

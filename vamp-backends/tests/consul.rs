@@ -361,3 +361,35 @@ async fn consul_watches_survive_injected_faults() {
     )
     .await;
 }
+
+/// The lease conformance suite on the Consul double's sessions, directly and through the
+/// fault proxy (the expiry checks wait for Consul's shortest session TTL, 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_double_passes_the_lease_conformance_suite_including_faults() {
+    let double = ConsulDouble::start().await;
+    let kv = ConsulKv::connect(options(&double)).await.unwrap();
+    vamp_core::conformance::lease::run_all(&kv, "consul").await;
+    let target = double.address().trim_start_matches("http://").to_owned();
+    let proxy = FaultProxy::start(target, Box::new(|| Box::pin(async {}))).await;
+    let mut through = options(&double);
+    through.address = format!("http://127.0.0.1:{}", proxy.port);
+    let faulty = ConsulKv::connect(through).await.unwrap();
+    vamp_core::conformance::lease::leases_survive_faults(&faulty, &kv, "consul", &proxy).await;
+}
+
+/// The same on a real Consul agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "no Consul can run here: set VAMP_TEST_CONSUL_ADDR and run with --ignored (scripts/test.sh does)"]
+async fn real_consul_passes_the_lease_conformance_suite() {
+    let address = std::env::var("VAMP_TEST_CONSUL_ADDR")
+        .expect("VAMP_TEST_CONSUL_ADDR=http://host:8500 names the Consul agent to test against");
+    let mut options = ConsulKvOptions::new(address.clone())
+        .with_root(format!("vamp-test-leases-{}", std::process::id()));
+    if let Ok(token) = std::env::var("VAMP_TEST_CONSUL_TOKEN") {
+        options = options.with_token(token);
+    }
+    let kv = ConsulKv::connect(options)
+        .await
+        .unwrap_or_else(|e| panic!("Consul at {address}: {e}"));
+    vamp_core::conformance::lease::run_all(&kv, "consul").await;
+}

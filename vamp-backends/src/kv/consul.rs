@@ -147,6 +147,8 @@ pub struct ConsulKv {
 }
 
 struct Inner {
+    /// The session of each (lease, holder) this handle holds or held.
+    sessions: std::sync::Mutex<std::collections::HashMap<(String, String), String>>,
     options: ConsulKvOptions,
     http: Client<HttpConnector, Full<Bytes>>,
     label: String,
@@ -279,6 +281,7 @@ impl ConsulKv {
                 http,
                 label,
                 writes: AtomicU64::new(0),
+                sessions: std::sync::Mutex::default(),
             }),
         };
         // Reachability (and the token's read permission) checked now, not at first use.
@@ -878,6 +881,195 @@ impl KeyValueStore for ConsulKv {
         caps.ttl = false;
         caps.value_max_bytes = Some(VALUE_MAX_BYTES);
         caps
+    }
+}
+
+/// One KV entry with its lock, as a lease reads it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct LockEntry {
+    #[serde(default)]
+    value: Option<String>,
+    #[serde(default)]
+    lock_index: u64,
+    #[serde(default)]
+    session: Option<String>,
+}
+
+/// Consul's shortest session TTL.
+const MIN_SESSION_TTL: Duration = Duration::from_secs(10);
+
+impl ConsulKv {
+    fn lease_key(&self, name: &str) -> String {
+        format!("{}/leases/{name}", self.root())
+    }
+
+    /// The lease's entry: its holder (the value), lock index and session.
+    async fn lease_entry(
+        &self,
+        name: &str,
+    ) -> Result<Option<(String, u64, Option<String>)>, Error> {
+        let timeout = self.inner.options.request_timeout;
+        let (status, _, body) = self
+            .call(
+                Method::GET,
+                &format!("/v1/kv/{}", encode_path(&self.lease_key(name))),
+                None,
+                timeout,
+            )
+            .await?;
+        match status {
+            StatusCode::NOT_FOUND => Ok(None),
+            StatusCode::OK => {
+                let entries: Vec<LockEntry> = serde_json::from_slice(&body)
+                    .map_err(|e| self.backend_err(format!("unreadable lease entry: {e}")))?;
+                Ok(entries.into_iter().next().map(|e| {
+                    let holder = e
+                        .value
+                        .and_then(|v| BASE64.decode(v).ok())
+                        .map(|v| String::from_utf8_lossy(&v).into_owned())
+                        .unwrap_or_default();
+                    (holder, e.lock_index, e.session)
+                }))
+            }
+            other => Err(self.unexpected("lease read", other, &body)),
+        }
+    }
+
+    async fn session_call(
+        &self,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes), Error> {
+        let timeout = self.inner.options.request_timeout;
+        let (status, _, body) = self.call(Method::PUT, path, body, timeout).await?;
+        Ok((status, body))
+    }
+
+    fn session_of(&self, name: &str, holder: &str) -> Option<String> {
+        self.inner
+            .sessions
+            .lock()
+            .expect("lock")
+            .get(&(name.to_owned(), holder.to_owned()))
+            .cloned()
+    }
+
+    fn forget_session(&self, name: &str, holder: &str) {
+        self.inner
+            .sessions
+            .lock()
+            .expect("lock")
+            .remove(&(name.to_owned(), holder.to_owned()));
+    }
+}
+
+/// Leases on Consul: a session per (lease, holder) with the lease's TTL (at least Consul's
+/// 10 s; Consul may take up to twice the TTL to invalidate it), `Behavior: release` and no
+/// lock-delay, and the key `<root>/leases/<name>` acquired with it (`?acquire=`). A renewal
+/// renews the session; a release destroys the session that holds the key. The fencing token
+/// is the key's `LockIndex`, which Consul increments with every acquisition by a new session.
+#[async_trait]
+impl vamp_core::lease::LeaseStore for ConsulKv {
+    async fn try_acquire(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<vamp_core::lease::LeaseGrant>, Error> {
+        vamp_core::lease::check(name, holder, ttl)?;
+        let grant = |token: u64| vamp_core::lease::LeaseGrant {
+            name: name.to_owned(),
+            holder: holder.to_owned(),
+            token,
+            ttl,
+        };
+        let key = encode_path(&self.lease_key(name));
+        if let Some(session) = self.session_of(name, holder) {
+            let (status, _) = self
+                .session_call(&format!("/v1/session/renew/{session}"), None)
+                .await?;
+            if status == StatusCode::OK {
+                if let Some((h, token, Some(s))) = self.lease_entry(name).await?
+                    && s == session
+                    && h == holder
+                {
+                    return Ok(Some(grant(token)));
+                }
+                // Renewed but not holding (released behind its back): try to acquire below.
+            } else {
+                self.forget_session(name, holder);
+            }
+        }
+        let session = match self.session_of(name, holder) {
+            Some(s) => s,
+            None => {
+                let seconds = ttl.max(MIN_SESSION_TTL).as_secs_f64().ceil();
+                let spec = json!({
+                    "Name": format!("vamp-lease-{name}"),
+                    "TTL": format!("{seconds}s"),
+                    "Behavior": "release",
+                    "LockDelay": "0s",
+                });
+                let (status, body) = self
+                    .session_call("/v1/session/create", Some(spec.to_string().into_bytes()))
+                    .await?;
+                if status != StatusCode::OK {
+                    return Err(self.unexpected("session create", status, &body));
+                }
+                let id: Json = serde_json::from_slice(&body)
+                    .map_err(|e| self.backend_err(format!("unreadable session: {e}")))?;
+                let id = id["ID"]
+                    .as_str()
+                    .ok_or_else(|| self.backend_err("a session without an ID"))?
+                    .to_owned();
+                self.inner
+                    .sessions
+                    .lock()
+                    .expect("lock")
+                    .insert((name.to_owned(), holder.to_owned()), id.clone());
+                id
+            }
+        };
+        let (status, body) = self
+            .session_call(
+                &format!("/v1/kv/{key}?acquire={session}"),
+                Some(holder.as_bytes().to_vec()),
+            )
+            .await?;
+        if status != StatusCode::OK {
+            return Err(self.unexpected("lease acquire", status, &body));
+        }
+        if body.as_ref() != b"true" {
+            return Ok(None);
+        }
+        match self.lease_entry(name).await? {
+            Some((h, token, Some(s))) if s == session && h == holder => Ok(Some(grant(token))),
+            _ => Ok(None),
+        }
+    }
+
+    async fn observe(&self, name: &str) -> Result<Option<vamp_core::lease::LeaseHolder>, Error> {
+        Ok(match self.lease_entry(name).await? {
+            Some((holder, token, Some(_))) => Some(vamp_core::lease::LeaseHolder { holder, token }),
+            _ => None,
+        })
+    }
+
+    async fn release(&self, name: &str, holder: &str, token: u64) -> Result<bool, Error> {
+        // The session holding it is destroyed, whichever handle made it: its lock is released.
+        let session = match self.lease_entry(name).await? {
+            Some((h, t, Some(s))) if h == holder && t == token => s,
+            _ => return Ok(false),
+        };
+        let (status, body) = self
+            .session_call(&format!("/v1/session/destroy/{session}"), None)
+            .await?;
+        if status != StatusCode::OK {
+            return Err(self.unexpected("session destroy", status, &body));
+        }
+        self.forget_session(name, holder);
+        Ok(body.as_ref() == b"true")
     }
 }
 

@@ -307,12 +307,7 @@ impl KvBackendConfig {
                 feature: "kv-etcd",
             }),
             #[cfg(feature = "kv-consul")]
-            Self::Consul(c) => {
-                let mut options = consul::ConsulKvOptions::new(c.address);
-                options.token = c.token.map(|t| t.0);
-                let kv = consul::ConsulKv::connect(options).await?;
-                prefixed(kv, &c.prefix)
-            }
+            Self::Consul(c) => prefixed(connect_consul(&c).await?, &c.prefix),
             #[cfg(not(feature = "kv-consul"))]
             Self::Consul(_) => Err(Error::FeatureDisabled {
                 backend: "consul",
@@ -338,11 +333,10 @@ impl KvBackendConfig {
 
 impl KvBackendConfig {
     /// The lease store on this key-value store, for the election of replicas
-    /// ([`vamp_core::lease`]): in memory (one process), etcd, Redis or ZooKeeper. The leases do not
+    /// ([`vamp_core::lease`]): in memory (one process), etcd, Redis, ZooKeeper or Consul. The leases do not
     /// live under the configured prefix: their names carry what separates control planes.
     ///
     /// # Errors
-    /// [`Error::NotSupported`] on Consul (no leases there yet);
     /// [`Error::FeatureDisabled`], [`Error::InvalidConfig`] and connection errors as
     /// [`KvBackendConfig::build`].
     pub async fn build_leases(self) -> Result<Arc<vamp_core::lease::DynLeaseStore>, Error> {
@@ -369,9 +363,12 @@ impl KvBackendConfig {
                 backend: "zookeeper",
                 feature: "kv-zookeeper",
             }),
-            Self::Consul(_) => Err(Error::NotSupported {
-                backend: "consul".into(),
-                operation: "leases (use etcd, Redis, ZooKeeper, PostgreSQL or MySQL for the election)",
+            #[cfg(feature = "kv-consul")]
+            Self::Consul(c) => Ok(Arc::new(connect_consul(&c).await?)),
+            #[cfg(not(feature = "kv-consul"))]
+            Self::Consul(_) => Err(Error::FeatureDisabled {
+                backend: "consul",
+                feature: "kv-consul",
             }),
         }
     }
@@ -421,4 +418,11 @@ async fn connect_zookeeper(c: &ZookeeperKvConfig) -> Result<zookeeper::Zookeeper
         _ => return Err(invalid("zookeeper", "user and password go together")),
     };
     zookeeper::ZookeeperKv::connect_with(&c.servers.join(","), "/vamp-kv", access).await
+}
+
+#[cfg(feature = "kv-consul")]
+async fn connect_consul(c: &ConsulKvConfig) -> Result<consul::ConsulKv, Error> {
+    let mut options = consul::ConsulKvOptions::new(c.address.clone());
+    options.token = c.token.as_ref().map(|t| t.0.clone());
+    consul::ConsulKv::connect(options).await
 }

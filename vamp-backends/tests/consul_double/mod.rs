@@ -18,6 +18,13 @@
 //! * Limits: values over 512 KiB, transaction bodies over 512 KiB (`txn_max_req_len`) and more
 //!   than 128 operations answer `413`.
 //! * ACLs: with a token set, requests without it (`X-Consul-Token` or `?token=`) get `403`.
+//! * Sessions (`/api-docs/session`): `PUT /v1/session/create` (`TTL` from 10 s to 24 h, else
+//!   `400`; `Behavior` `release` or `delete`), `PUT /v1/session/renew/<id>` (`404` for an
+//!   invalid session), `PUT /v1/session/destroy/<id>`; a session not renewed within its TTL is
+//!   invalidated (here exactly at the TTL; Consul may take up to twice as long), releasing or
+//!   deleting the keys it holds. KV `PUT ?acquire=<id>` / `?release=<id>` answer
+//!   `true`/`false`; an acquisition by a new session increments the key's `LockIndex`; entries
+//!   carry `LockIndex` and `Session`. No lock-delay.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -48,6 +55,15 @@ struct Entry {
     flags: u64,
     create_index: u64,
     modify_index: u64,
+    lock_index: u64,
+    session: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+struct Session {
+    ttl: Duration,
+    deadline: tokio::time::Instant,
+    delete: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -59,6 +75,8 @@ struct Store {
     graveyard: BTreeMap<String, u64>,
     /// Every changed key with its index, for waking blocking queries.
     changes: Vec<(u64, String)>,
+    sessions: HashMap<String, Session>,
+    next_session: u64,
 }
 
 impl Store {
@@ -94,7 +112,9 @@ impl Store {
     }
 
     fn set(&mut self, key: &str, value: Vec<u8>, flags: u64, index: u64) {
-        let create_index = self.entries.get(key).map_or(index, |e| e.create_index);
+        let old = self.entries.get(key);
+        let create_index = old.map_or(index, |e| e.create_index);
+        let (lock_index, session) = old.map_or((0, None), |e| (e.lock_index, e.session.clone()));
         self.entries.insert(
             key.to_owned(),
             Entry {
@@ -102,10 +122,54 @@ impl Store {
                 flags,
                 create_index,
                 modify_index: index,
+                lock_index,
+                session,
             },
         );
         self.graveyard.remove(key);
         self.changes.push((index, key.to_owned()));
+    }
+
+    /// Invalidates `id`: the keys it holds are released (or deleted, by its behavior).
+    /// Returns whether anything changed.
+    fn invalidate(&mut self, id: &str) -> bool {
+        let Some(session) = self.sessions.remove(id) else {
+            return false;
+        };
+        let held: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.session.as_deref() == Some(id))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in held {
+            self.index += 1;
+            let index = self.index;
+            if session.delete {
+                self.remove(&key, index);
+            } else if let Some(e) = self.entries.get_mut(&key) {
+                e.session = None;
+                e.modify_index = index;
+                self.changes.push((index, key));
+            }
+        }
+        true
+    }
+
+    /// Invalidates the sessions whose TTL passed.
+    fn expire(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        let expired: Vec<String> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.deadline <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut changed = false;
+        for id in expired {
+            changed |= self.invalidate(&id);
+        }
+        changed
     }
 
     fn remove(&mut self, key: &str, index: u64) -> bool {
@@ -125,14 +189,18 @@ fn entry_json(key: &str, e: &Entry, with_value: bool) -> Json {
     } else {
         Json::Null
     };
-    json!({
-        "LockIndex": 0,
+    let mut out = json!({
+        "LockIndex": e.lock_index,
         "Key": key,
         "Flags": e.flags,
         "Value": value,
         "CreateIndex": e.create_index,
         "ModifyIndex": e.modify_index,
-    })
+    });
+    if let Some(session) = &e.session {
+        out["Session"] = json!(session);
+    }
+    out
 }
 
 struct Shared {
@@ -353,6 +421,18 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
         Ok(b) => b.to_bytes(),
         Err(_) => return respond(StatusCode::BAD_REQUEST, None, "unreadable body"),
     };
+    {
+        let mut store = shared.store.lock().unwrap();
+        if store.expire() {
+            commit(shared, &store);
+        }
+    }
+    if let Some(rest) = path.strip_prefix("/v1/session/") {
+        if method != Method::PUT {
+            return respond(StatusCode::METHOD_NOT_ALLOWED, None, "");
+        }
+        return session(shared, rest, &body);
+    }
     if path == "/v1/txn" {
         if method != Method::PUT {
             return respond(StatusCode::METHOD_NOT_ALLOWED, None, "");
@@ -497,6 +577,60 @@ fn commit(shared: &Shared, store: &Store) {
     let _ = shared.changed.send(store.index);
 }
 
+/// `create`, `renew/<id>`, `destroy/<id>`.
+fn session(shared: &Shared, rest: &str, body: &Bytes) -> Response<Full<Bytes>> {
+    let mut store = shared.store.lock().unwrap();
+    if rest == "create" {
+        let spec: Json = serde_json::from_slice(body).unwrap_or(Json::Null);
+        let ttl = spec["TTL"].as_str().and_then(parse_wait);
+        let Some(ttl) =
+            ttl.filter(|t| *t >= Duration::from_secs(10) && *t <= Duration::from_secs(86_400))
+        else {
+            return respond(
+                StatusCode::BAD_REQUEST,
+                None,
+                "Request decode failed: Invalid Session TTL, must be between 10s and 24h0m0s",
+            );
+        };
+        store.next_session += 1;
+        let id = format!("00000000-0000-0000-0000-{:012x}", store.next_session);
+        store.sessions.insert(
+            id.clone(),
+            Session {
+                ttl,
+                deadline: tokio::time::Instant::now() + ttl,
+                delete: spec["Behavior"].as_str() == Some("delete"),
+            },
+        );
+        return respond(StatusCode::OK, None, json!({ "ID": id }).to_string());
+    }
+    if let Some(id) = rest.strip_prefix("renew/") {
+        return match store.sessions.get_mut(id) {
+            Some(s) => {
+                s.deadline = tokio::time::Instant::now() + s.ttl;
+                let ttl = format!("{}s", s.ttl.as_secs());
+                respond(
+                    StatusCode::OK,
+                    None,
+                    json!([{ "ID": id, "TTL": ttl }]).to_string(),
+                )
+            }
+            None => respond(
+                StatusCode::NOT_FOUND,
+                None,
+                format!("Session id '{id}' not found"),
+            ),
+        };
+    }
+    if let Some(id) = rest.strip_prefix("destroy/") {
+        if store.invalidate(id) {
+            commit(shared, &store);
+        }
+        return respond(StatusCode::OK, None, "true");
+    }
+    respond(StatusCode::NOT_FOUND, None, "")
+}
+
 fn put(
     shared: &Shared,
     key: &str,
@@ -527,9 +661,39 @@ fn put(
             return respond(StatusCode::OK, None, "false");
         }
     }
+    let lock = query
+        .get("acquire")
+        .map(|id| (id.clone(), true))
+        .or_else(|| query.get("release").map(|id| (id.clone(), false)));
+    if let Some((id, acquire)) = &lock {
+        if !store.sessions.contains_key(id) {
+            return respond(StatusCode::INTERNAL_SERVER_ERROR, None, "invalid session");
+        }
+        let holder = store.entries.get(key).and_then(|e| e.session.clone());
+        let ok = if *acquire {
+            holder.as_ref().is_none_or(|h| h == id)
+        } else {
+            holder.as_ref() == Some(id)
+        };
+        if !ok {
+            return respond(StatusCode::OK, None, "false");
+        }
+    }
     let index = store.index + 1;
     store.index = index;
     store.set(key, body.to_vec(), flags, index);
+    if let Some((id, acquire)) = lock
+        && let Some(e) = store.entries.get_mut(key)
+    {
+        if acquire {
+            if e.session.as_deref() != Some(&id) {
+                e.lock_index += 1;
+            }
+            e.session = Some(id);
+        } else {
+            e.session = None;
+        }
+    }
     commit(shared, &store);
     respond(StatusCode::OK, None, "true")
 }
