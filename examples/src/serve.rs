@@ -229,7 +229,8 @@ pub struct ServeConfig {
     pub pulse_ms: u64,
     /// Where the replicas of this control plane elect their leader (`memory://`, one process;
     /// `etcd://…`, `redis://…`, `zk://…`, `consul://…`, `postgres://…`, `mysql://…`,
-    /// `sqlite://…`). Default: the key-value store when it is not in memory, else the persistence database when it is
+    /// `sqlite://…`, `kubernetes://…`). Default: the key-value store when it is not in memory,
+    /// else the Kubernetes scheduler's Leases, else the persistence database when it is
     /// PostgreSQL or MySQL/MariaDB, else memory (a single replica).
     #[arg(long, env = "VAMP_LEASE_URL")]
     pub lease: Option<String>,
@@ -285,7 +286,7 @@ impl ServeConfig {
     }
 
     /// Where the election's leases are: `--lease`, else the key-value store if it has leases
-    /// (etcd, Redis, ZooKeeper, Consul), else the persistence database if it is a server that replicas share
+    /// (etcd, Redis, ZooKeeper, Consul), else Kubernetes' Leases when it is the scheduler, else the persistence database if it is a server that replicas share
     /// (PostgreSQL, MySQL/MariaDB), else memory (a single replica).
     fn lease_url(&self) -> String {
         if let Some(url) = &self.lease {
@@ -298,6 +299,13 @@ impl ServeConfig {
                     .any(|s| kv.starts_with(s)) =>
             {
                 kv.to_owned()
+            }
+            _ if self
+                .scheduler
+                .as_deref()
+                .is_some_and(|s| s.starts_with("kubernetes") || s.starts_with("k8s")) =>
+            {
+                self.scheduler_url()
             }
             _ => {
                 let persistence = self.persistence_url();
@@ -718,8 +726,16 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
     ]
     .iter()
     .any(|s| lease_url.starts_with(s));
+    let on_scheduler = ["kubernetes", "k8s"]
+        .iter()
+        .any(|s| lease_url.starts_with(s));
     let leases = if sql {
         PersistenceBackendConfig::from_url(&lease_url)
+            .map_err(|e| format!("leases: {e}"))?
+            .build_leases()
+            .await
+    } else if on_scheduler {
+        SchedulerBackendConfig::from_url(&lease_url)
             .map_err(|e| format!("leases: {e}"))?
             .build_leases()
             .await

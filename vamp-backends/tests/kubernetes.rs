@@ -5,6 +5,8 @@
 #![cfg(feature = "scheduler-kubernetes")]
 
 #[allow(dead_code)]
+mod fault_proxy;
+#[allow(dead_code)]
 mod http_double;
 mod kube_double;
 
@@ -528,4 +530,40 @@ async fn deployments_under_an_earlier_name_are_moved_and_removed() {
     create(legacy).await;
     assert!(s.undeploy(&spec.id).await.unwrap());
     assert!(names().await.is_empty());
+}
+
+/// The lease conformance suite on `coordination.k8s.io/v1` Leases in the double, directly
+/// and through the tests' fault proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_leases_pass_the_lease_conformance_suite_including_faults() {
+    let double = KubeDouble::start().await;
+    let direct = scheduler(&double).await;
+    vamp_core::conformance::lease::run_all(&direct, "kube").await;
+    let target = double.address().trim_start_matches("http://").to_owned();
+    let proxy = fault_proxy::FaultProxy::start(target, Box::new(|| Box::pin(async {}))).await;
+    vamp_backends::scheduler::kubernetes::install_tls_provider();
+    let mut config = kube::Config::new(format!("http://127.0.0.1:{}", proxy.port).parse().unwrap());
+    config.read_timeout = Some(std::time::Duration::from_secs(5));
+    config.connect_timeout = Some(std::time::Duration::from_secs(2));
+    let mut opts = KubernetesOptions::default();
+    opts.namespace = "vamp".into();
+    let faulty = KubernetesScheduler::connect(kube::Client::try_from(config).unwrap(), opts)
+        .await
+        .unwrap();
+    vamp_core::conformance::lease::leases_survive_faults(&faulty, &direct, "kube", &proxy).await;
+}
+
+/// The same on a real cluster's Leases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real cluster: set VAMP_TEST_KUBERNETES=1 or KUBECONFIG"]
+async fn a_real_cluster_s_leases_pass_the_lease_conformance_suite() {
+    let client = kube::Client::try_default()
+        .await
+        .expect("cluster credentials");
+    let mut opts = KubernetesOptions::default();
+    if let Ok(ns) = std::env::var("VAMP_TEST_KUBERNETES_NAMESPACE") {
+        opts.namespace = ns;
+    }
+    let s = KubernetesScheduler::connect(client, opts).await.unwrap();
+    vamp_core::conformance::lease::run_all(&s, &format!("vamp-test-{}", std::process::id())).await;
 }

@@ -97,6 +97,7 @@ pub struct KubernetesScheduler {
 struct Inner {
     deployments: Api<Deployment>,
     pods: Api<Pod>,
+    leases: Api<k8s_openapi::api::coordination::v1::Lease>,
     opts: KubernetesOptions,
     label: String,
     refresh: tokio::sync::Mutex<()>,
@@ -564,8 +565,10 @@ impl KubernetesScheduler {
             ));
         }
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), &opts.namespace);
+        let leases = Api::namespaced(client.clone(), &opts.namespace);
         let pods: Api<Pod> = Api::namespaced(client, &opts.namespace);
         let inner = Arc::new(Inner {
+            leases,
             label: format!("KubernetesScheduler(namespace {})", opts.namespace),
             deployments: deployments.clone(),
             pods: pods.clone(),
@@ -781,6 +784,164 @@ impl ContainerScheduler for KubernetesScheduler {
         caps.adopts_services = true;
         caps.deployable_types = Some(&DEPLOYABLE_TYPES);
         caps
+    }
+}
+
+/// The `Lease` object of lease `name`: the name itself when it is a DNS label, else a digest.
+fn lease_object(name: &str) -> String {
+    if dns_label(name, 63) {
+        name.to_owned()
+    } else {
+        format!(
+            "vamp-lease-{}",
+            &vamp_core::lookup::hex_sha1(name, "")[..20]
+        )
+    }
+}
+
+/// Whether a Lease is held at `now_ms`: a holder and a renewal less than its duration ago.
+fn lease_live(spec: &k8s_openapi::api::coordination::v1::LeaseSpec, now_ms: i64) -> bool {
+    let renewed = spec.renew_time.as_ref().map(|t| t.0.as_millisecond());
+    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(0)).saturating_mul(1000);
+    spec.holder_identity
+        .as_deref()
+        .is_some_and(|h| !h.is_empty())
+        && renewed.is_some_and(|r| r.saturating_add(duration) > now_ms)
+}
+
+/// Leases as `coordination.k8s.io/v1` `Lease` objects in the scheduler's namespace, as
+/// Kubernetes' own leader election keeps them: `holderIdentity`, `leaseDurationSeconds` (the
+/// ttl in whole seconds, rounded up), `acquireTime`, `renewTime`, and `leaseTransitions`, which
+/// grows with every acquisition and is the fencing token. Every write is a replace at the
+/// `resourceVersion` read, so two replicas never both take a lease. As in Kubernetes' leader
+/// election, times are the replicas' clocks (the holder writes `renewTime`, the others compare
+/// it with theirs): keep them in sync.
+#[async_trait]
+impl vamp_core::lease::LeaseStore for KubernetesScheduler {
+    async fn try_acquire(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<vamp_core::lease::LeaseGrant>, Error> {
+        use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+        vamp_core::lease::check(name, holder, ttl)?;
+        let inner = &self.inner;
+        let object = lease_object(name);
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let seconds = i32::try_from(ttl.as_millis().div_ceil(1000)).unwrap_or(i32::MAX);
+        let grant = |token: i32| vamp_core::lease::LeaseGrant {
+            name: name.to_owned(),
+            holder: holder.to_owned(),
+            token: u64::try_from(token).unwrap_or(0),
+            ttl,
+        };
+        let current = inner
+            .leases
+            .get_opt(&object)
+            .await
+            .map_err(|e| inner.error(e))?;
+        let Some(mut lease) = current else {
+            let lease = Lease {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(object.clone()),
+                    labels: Some(BTreeMap::from([("io.vamp".to_owned(), "lease".to_owned())])),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(holder.to_owned()),
+                    lease_duration_seconds: Some(seconds),
+                    acquire_time: Some(MicroTime(now)),
+                    renew_time: Some(MicroTime(now)),
+                    lease_transitions: Some(1),
+                    ..Default::default()
+                }),
+            };
+            return match inner.leases.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(Some(grant(1))),
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
+                Err(e) => Err(inner.error(e)),
+            };
+        };
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        let live = lease_live(spec, now.as_millisecond());
+        let mine = spec.holder_identity.as_deref() == Some(holder);
+        if live && !mine {
+            return Ok(None);
+        }
+        let mut token = spec.lease_transitions.unwrap_or(0);
+        if !live {
+            token = token.saturating_add(1);
+            spec.holder_identity = Some(holder.to_owned());
+            spec.acquire_time = Some(MicroTime(now));
+            spec.lease_transitions = Some(token);
+        }
+        spec.renew_time = Some(MicroTime(now));
+        spec.lease_duration_seconds = Some(seconds);
+        match inner
+            .leases
+            .replace(&object, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(Some(grant(token))),
+            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(None),
+            Err(e) => Err(inner.error(e)),
+        }
+    }
+
+    async fn observe(&self, name: &str) -> Result<Option<vamp_core::lease::LeaseHolder>, Error> {
+        let inner = &self.inner;
+        let now = k8s_openapi::jiff::Timestamp::now().as_millisecond();
+        let lease = inner
+            .leases
+            .get_opt(&lease_object(name))
+            .await
+            .map_err(|e| inner.error(e))?;
+        Ok(lease
+            .and_then(|l| l.spec)
+            .filter(|s| lease_live(s, now))
+            .map(|s| vamp_core::lease::LeaseHolder {
+                holder: s.holder_identity.unwrap_or_default(),
+                token: u64::try_from(s.lease_transitions.unwrap_or(0)).unwrap_or(0),
+            }))
+    }
+
+    async fn release(&self, name: &str, holder: &str, token: u64) -> Result<bool, Error> {
+        let inner = &self.inner;
+        let object = lease_object(name);
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let Some(mut lease) = inner
+            .leases
+            .get_opt(&object)
+            .await
+            .map_err(|e| inner.error(e))?
+        else {
+            return Ok(false);
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return Ok(false);
+        };
+        let held = lease_live(spec, now.as_millisecond())
+            && spec.holder_identity.as_deref() == Some(holder)
+            && u64::try_from(spec.lease_transitions.unwrap_or(0)).ok() == Some(token);
+        if !held {
+            return Ok(false);
+        }
+        // As Kubernetes' leader election releases: no holder, a renewal now.
+        spec.holder_identity = None;
+        spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+            now,
+        ));
+        match inner
+            .leases
+            .replace(&object, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(false),
+            Err(e) => Err(inner.error(e)),
+        }
     }
 }
 

@@ -237,35 +237,7 @@ impl SchedulerBackendConfig {
                 feature: "scheduler-docker",
             }),
             #[cfg(feature = "scheduler-kubernetes")]
-            Self::Kubernetes(c) => {
-                let unavailable = |e: String| Error::Unavailable {
-                    backend: "kubernetes".into(),
-                    source: e.into(),
-                };
-                kubernetes::install_tls_provider();
-                let client = match c.address {
-                    None => kube::Client::try_default().await.map_err(|e| {
-                        unavailable(format!("no in-cluster or kubeconfig credentials: {e}"))
-                    })?,
-                    Some(address) => {
-                        let url = address.parse().map_err(|_| {
-                            invalid("kubernetes", "the API server's address is not a URL")
-                        })?;
-                        let mut config = kube::Config::new(url);
-                        if let Some(token) = c.token {
-                            config.auth_info.token = Some(token.0.into());
-                        }
-                        kube::Client::try_from(config).map_err(|e| unavailable(e.to_string()))?
-                    }
-                };
-                let mut opts = kubernetes::KubernetesOptions::default();
-                if let Some(ns) = c.namespace {
-                    opts.namespace = ns;
-                }
-                Ok(Arc::new(
-                    kubernetes::KubernetesScheduler::connect(client, opts).await?,
-                ))
-            }
+            Self::Kubernetes(c) => Ok(Arc::new(connect_kubernetes(c).await?)),
             #[cfg(not(feature = "scheduler-kubernetes"))]
             Self::Kubernetes(_) => Err(Error::FeatureDisabled {
                 backend: "kubernetes",
@@ -294,4 +266,52 @@ impl SchedulerBackendConfig {
             }),
         }
     }
+}
+
+impl SchedulerBackendConfig {
+    /// The lease store of this scheduler's platform, for the election of replicas
+    /// ([`vamp_core::lease`]): `coordination.k8s.io` Leases on Kubernetes.
+    ///
+    /// # Errors
+    /// [`Error::NotSupported`] on the other schedulers (elect on the key-value store or the
+    /// database); the errors of [`SchedulerBackendConfig::build`].
+    pub async fn build_leases(self) -> Result<Arc<vamp_core::lease::DynLeaseStore>, Error> {
+        match self {
+            #[cfg(feature = "scheduler-kubernetes")]
+            Self::Kubernetes(c) => Ok(Arc::new(connect_kubernetes(c).await?)),
+            other => Err(Error::NotSupported {
+                backend: other.backend().into(),
+                operation: "leases (elect on Kubernetes, the key-value store or the database)",
+            }),
+        }
+    }
+}
+
+#[cfg(feature = "scheduler-kubernetes")]
+async fn connect_kubernetes(c: ApiConfig) -> Result<kubernetes::KubernetesScheduler, Error> {
+    let unavailable = |e: String| Error::Unavailable {
+        backend: "kubernetes".into(),
+        source: e.into(),
+    };
+    kubernetes::install_tls_provider();
+    let client = match c.address {
+        None => kube::Client::try_default()
+            .await
+            .map_err(|e| unavailable(format!("no in-cluster or kubeconfig credentials: {e}")))?,
+        Some(address) => {
+            let url = address
+                .parse()
+                .map_err(|_| invalid("kubernetes", "the API server's address is not a URL"))?;
+            let mut config = kube::Config::new(url);
+            if let Some(token) = c.token {
+                config.auth_info.token = Some(token.0.into());
+            }
+            kube::Client::try_from(config).map_err(|e| unavailable(e.to_string()))?
+        }
+    };
+    let mut opts = kubernetes::KubernetesOptions::default();
+    if let Some(ns) = c.namespace {
+        opts.namespace = ns;
+    }
+    kubernetes::KubernetesScheduler::connect(client, opts).await
 }

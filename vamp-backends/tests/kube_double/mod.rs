@@ -21,6 +21,9 @@
 //!   Pods are simulated but reachable: each gets its own loopback address (`127.x.y.z`) as
 //!   `podIP`, with an HTTP server on every container port answering `200` with the pod's name.
 //!   A pod is ready unless its readiness probe's path contains `fail` (no probe is run).
+//! * `coordination.k8s.io/v1` Leases: `GET|POST /apis/coordination.k8s.io/v1/namespaces/{ns}/leases`,
+//!   `GET|PUT|DELETE …/{name}`; a `PUT` needs the current `resourceVersion` (`409 Conflict`
+//!   otherwise), a `POST` of an existing name is `409 AlreadyExists`.
 //! * Every request is recorded (method, path with query, body) for request-shape tests.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -86,6 +89,7 @@ struct State {
     rv: u64,
     deployments: BTreeMap<(String, String), Value>,
     pods: BTreeMap<(String, String), PodEntry>,
+    leases: BTreeMap<(String, String), Value>,
     history: VecDeque<Ev>,
     requests: Vec<Recorded>,
     counter: u64,
@@ -665,6 +669,108 @@ fn watch(
         .unwrap()
 }
 
+/// The Lease routes (see the module).
+fn lease(
+    s: &Shared,
+    method: &Method,
+    ns: &str,
+    name: Option<&str>,
+    body: &Value,
+) -> Response<Body> {
+    let mut state = s.state.lock().unwrap();
+    let conflict = |name: &str, reason: &str, message: String| {
+        status(
+            409,
+            reason,
+            message,
+            json!({"name": name, "group": "coordination.k8s.io", "kind": "leases"}),
+        )
+    };
+    match (method.clone(), name) {
+        (Method::GET, None) => {
+            let items = state
+                .leases
+                .iter()
+                .filter(|(k, _)| k.0 == ns)
+                .map(|(_, l)| l.clone())
+                .collect();
+            full(
+                StatusCode::OK,
+                list_of("Lease", "coordination.k8s.io/v1", state.rv, items),
+            )
+        }
+        (Method::POST, None) => {
+            let name = body["metadata"]["name"].as_str().unwrap_or("").to_owned();
+            if !dns1123_subdomain(&name) {
+                return status(
+                    422,
+                    "Invalid",
+                    format!("Lease.coordination.k8s.io \"{name}\" is invalid: metadata.name"),
+                    json!({"name": name, "group": "coordination.k8s.io", "kind": "Lease"}),
+                );
+            }
+            let key = (ns.to_owned(), name.clone());
+            if state.leases.contains_key(&key) {
+                return conflict(
+                    &name,
+                    "AlreadyExists",
+                    format!("leases.coordination.k8s.io \"{name}\" already exists"),
+                );
+            }
+            let mut l = body.clone();
+            l["apiVersion"] = json!("coordination.k8s.io/v1");
+            l["kind"] = json!("Lease");
+            l["metadata"]["namespace"] = json!(ns);
+            l["metadata"]["uid"] = json!(format!("uid-lease-{name}"));
+            l["metadata"]["resourceVersion"] = json!(state.bump());
+            state.leases.insert(key, l.clone());
+            full(StatusCode::CREATED, l)
+        }
+        (Method::GET, Some(name)) => match state.leases.get(&(ns.to_owned(), name.to_owned())) {
+            Some(l) => full(StatusCode::OK, l.clone()),
+            None => not_found("leases", "coordination.k8s.io", name),
+        },
+        (Method::PUT, Some(name)) => {
+            let key = (ns.to_owned(), name.to_owned());
+            let Some(current) = state.leases.get(&key).cloned() else {
+                return not_found("leases", "coordination.k8s.io", name);
+            };
+            if body["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"] {
+                return conflict(
+                    name,
+                    "Conflict",
+                    format!(
+                        "Operation cannot be fulfilled on leases.coordination.k8s.io \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+                    ),
+                );
+            }
+            let mut l = body.clone();
+            l["apiVersion"] = json!("coordination.k8s.io/v1");
+            l["kind"] = json!("Lease");
+            l["metadata"]["namespace"] = json!(ns);
+            l["metadata"]["uid"] = current["metadata"]["uid"].clone();
+            l["metadata"]["resourceVersion"] = json!(state.bump());
+            state.leases.insert(key, l.clone());
+            full(StatusCode::OK, l)
+        }
+        (Method::DELETE, Some(name)) => {
+            match state.leases.remove(&(ns.to_owned(), name.to_owned())) {
+                Some(_) => full(
+                    StatusCode::OK,
+                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
+                ),
+                None => not_found("leases", "coordination.k8s.io", name),
+            }
+        }
+        _ => status(
+            405,
+            "MethodNotAllowed",
+            "method not allowed".into(),
+            json!({}),
+        ),
+    }
+}
+
 async fn handle(s: &Shared, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -717,6 +823,18 @@ async fn handle(s: &Shared, req: Request<Incoming>) -> Response<Body> {
     )
     .min(*s.watch_limit.lock().unwrap());
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if let [
+        "apis",
+        "coordination.k8s.io",
+        "v1",
+        "namespaces",
+        ns,
+        "leases",
+        rest @ ..,
+    ] = segments.as_slice()
+    {
+        return lease(s, &method, ns, rest.first().copied(), &body);
+    }
     match segments.as_slice() {
         ["apis", "apps", "v1", "namespaces", ns, "deployments"] => {
             let ns = (*ns).to_owned();

@@ -21,7 +21,9 @@ struct Held {
 }
 
 /// Leases in one process (the replicas of a test, or a single server that needs no
-/// election). Cloning shares the leases. Time is the given [`Clock`] (the system clock by
+/// election). Cloning shares the leases. A lease's first token is the clock's time in
+/// milliseconds, so that a later process's tokens exceed an earlier one's (a fence record in
+/// persistent storage outlives the process). Time is the given [`Clock`] (the system clock by
 /// default), so a test can expire a lease without waiting.
 #[derive(Clone)]
 pub struct InMemoryLeases {
@@ -91,15 +93,19 @@ impl LeaseStore for InMemoryLeases {
                 h.token
             }
             None => {
+                // The first token is the clock's time: a process started later (on the same
+                // fence record in a persistent store) starts above every token of an earlier
+                // one, whose tokens grew by one per acquisition.
+                let token = u64::try_from(now).unwrap_or(0).max(1);
                 leases.insert(
                     name.to_owned(),
                     Held {
                         holder: holder.to_owned(),
-                        token: 1,
+                        token,
                         expires_ms,
                     },
                 );
-                1
+                token
             }
         };
         Ok(Some(LeaseGrant {
