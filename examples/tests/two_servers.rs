@@ -13,6 +13,9 @@ use vamp_examples::serve::{Server, start};
 async fn server(dir: &std::path::Path, url: &str) -> Server {
     let mut config = support::memory_config(dir);
     config.persistence = Some(url.to_owned());
+    // Each server leads its own loops, as before replicas elected one: this test is about
+    // the API's writes on a shared database (the election has examples/tests/replicas.rs).
+    config.lease = Some("memory://".into());
     start(config).await.expect("the server starts")
 }
 
