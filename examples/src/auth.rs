@@ -277,14 +277,20 @@ struct Session {
     expires: Instant,
 }
 
+/// `bytes` bytes from the operating system's random source, in hex (session ids, the
+/// control plane's identity, replica ids).
+pub(crate) fn random_hex(bytes: usize) -> String {
+    let mut raw = vec![0u8; bytes];
+    getrandom::fill(&mut raw).expect("the operating system's random source");
+    vamp_core::lookup::hex(&raw)
+}
+
 impl Sessions {
     /// The most sessions kept at once.
     pub const MAX: usize = 10_000;
 
     fn create(&self, name: &str, role: Role, ttl: Duration) -> String {
-        let mut raw = [0u8; 32];
-        getrandom::fill(&mut raw).expect("the operating system's random source");
-        let id = vamp_core::lookup::hex(&raw);
+        let id = random_hex(32);
         let now = Instant::now();
         let mut map = self.map.lock();
         if map.len() >= Self::MAX {

@@ -1190,21 +1190,17 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
 
 /// A new replica id: the host name (when it is a valid name) and 4 random bytes in hex.
 fn new_replica_id() -> String {
-    let mut raw = [0u8; 4];
-    getrandom::fill(&mut raw).expect("the operating system's random source");
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .ok()
         .filter(|h| !h.is_empty() && h.len() <= 100 && vamp_core::lease::is_valid_name(h))
         .unwrap_or_else(|| "vamp".into());
-    format!("{host}-{}", vamp_core::lookup::hex(&raw))
+    format!("{host}-{}", crate::auth::random_hex(4))
 }
 
 /// A new control-plane identity: 16 random bytes in hex.
 fn new_identity() -> String {
-    let mut raw = [0u8; 16];
-    getrandom::fill(&mut raw).expect("the operating system's random source");
-    vamp_core::lookup::hex(&raw)
+    crate::auth::random_hex(16)
 }
 
 #[cfg(test)]

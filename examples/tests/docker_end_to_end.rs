@@ -37,16 +37,7 @@ async fn two_versions_in_containers_split_the_traffic_by_weight() {
         return;
     }
     let ns = docker_image::Namespace::new("e2e");
-    let engine = std::process::Command::new("docker")
-        .args(["version", "--format", "{{.Server.Version}}"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !engine {
-        assert!(
-            !support::required(),
-            "a Docker engine is required (scripts/test.sh uses the machine's or starts one)"
-        );
-        eprintln!("SKIPPED: no Docker engine");
+    if !support::docker_engine_or_skip() {
         return;
     }
     docker_image::ensure_image().expect("the test image");

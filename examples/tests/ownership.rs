@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use reqwest::{Client, StatusCode};
 use serde_json::Value;
-use support::{eventually, get_json};
+use support::{eventually, get_json, send_yaml};
 use vamp_backends::scheduler::SchedulerBackendConfig;
 use vamp_core::model::Deployable;
 use vamp_core::scheduler::{
@@ -45,22 +45,6 @@ fn config(
     config.no_agent = true;
     config.period_ms = 100;
     config
-}
-
-async fn send(client: &Client, method: reqwest::Method, url: String, body: String) -> Value {
-    let method_url = format!("{method} {url}");
-    let r = client
-        .request(method, url)
-        .header("Accept", "application/json")
-        .header("Content-Type", "application/x-yaml")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let text = r.text().await.unwrap();
-    assert!(status.is_success(), "{method_url}: {status}: {text}");
-    serde_json::from_str(&text).unwrap_or(Value::Null)
 }
 
 /// The reconcile loop's completed passes on the server at `base`.
@@ -115,7 +99,7 @@ async fn second_control_plane_leaves_the_first_ones_services(
         .await
         .unwrap_or_else(|e| panic!("the first vamp serve starts on {scheduler}: {e}"));
     let base_a = format!("http://{}/api/v1", a.addr);
-    send(
+    send_yaml(
         &client,
         reqwest::Method::PUT,
         base_a.clone(),
@@ -200,7 +184,7 @@ async fn second_control_plane_leaves_the_first_ones_services(
 
     // The second stores a deployment of the same name: its reconciler is refused the first
     // one's service, says why, and replaces nothing.
-    send(
+    send_yaml(
         &client,
         reqwest::Method::PUT,
         base_b.clone(),
@@ -225,7 +209,7 @@ async fn second_control_plane_leaves_the_first_ones_services(
     );
 
     // The operator removes the ownerless service through the second server.
-    let removed = send(
+    let removed = send_yaml(
         &client,
         reqwest::Method::POST,
         format!("{base_b}/scheduler/unowned/remove"),
@@ -251,7 +235,7 @@ async fn second_control_plane_leaves_the_first_ones_services(
     b.stop().await;
 
     // The first still owns and manages its service: removing its deployment removes it.
-    send(
+    send_yaml(
         &client,
         reqwest::Method::DELETE,
         format!("{base_a}/deployments/shop"),
@@ -269,16 +253,7 @@ async fn second_control_plane_leaves_the_first_ones_services(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_the_real_docker_engine() {
-    let engine = std::process::Command::new("docker")
-        .args(["version", "--format", "{{.Server.Version}}"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !engine {
-        assert!(
-            !support::required(),
-            "a Docker engine is required (scripts/test.sh uses the machine's or starts one)"
-        );
-        eprintln!("SKIPPED: no Docker engine");
+    if !support::docker_engine_or_skip() {
         return;
     }
     docker_image::ensure_image().expect("the test image");

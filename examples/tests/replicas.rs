@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use reqwest::{Client, StatusCode};
-use support::{eventually, free_port, get_json, haproxy_or_skip};
+use support::{eventually, free_port, get_json, haproxy_or_skip, send_yaml};
 
 /// The lease's time to live: a dead leader is replaced within it.
 const LEASE_TTL_MS: u64 = 3000;
@@ -131,23 +131,6 @@ fn containers(ns: &str, service: &str) -> usize {
     String::from_utf8_lossy(&out.stdout).lines().count()
 }
 
-async fn send(client: &Client, method: reqwest::Method, url: String, body: String) {
-    let r = client
-        .request(method.clone(), &url)
-        .header("Accept", "application/json")
-        .header("Content-Type", "application/x-yaml")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    assert!(
-        status.is_success(),
-        "{method} {url}: {status}: {}",
-        r.text().await.unwrap()
-    );
-}
-
 /// The replicas' views of the election: (id, leader, leader_id) of those that answer.
 async fn views(client: &Client, replicas: &[Replica]) -> Vec<(String, bool, Option<String>)> {
     let mut out = Vec::new();
@@ -184,24 +167,12 @@ fn with_table(url: &str, table: &str) -> String {
     )
 }
 
-fn docker_engine_or_skip() -> bool {
-    let engine = std::process::Command::new("docker")
-        .args(["version", "--format", "{{.Server.Version}}"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !engine {
-        assert!(!support::required(), "a Docker engine is required");
-        eprintln!("SKIPPED: no Docker engine");
-    }
-    engine
-}
-
 /// One election after the other: two control planes at once would both give their cluster
 /// gateway the first port of the gateway range, and their agents would compete for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_replicas_elect_one_leader_and_fail_over_on_postgresql_and_etcd_then_mariadb_and_redis()
  {
-    if !haproxy_or_skip() || !docker_engine_or_skip() {
+    if !haproxy_or_skip() || !support::docker_engine_or_skip() {
         return;
     }
     let (Some(pg), Some(etcd), Some(mysql), Some(redis)) = (
@@ -301,7 +272,7 @@ async fn replicas_fail_over(persistence: &str, kv: &str, test: &str) {
         )
     };
     let follower = replicas.iter().position(|r| r.id != leader).unwrap();
-    send(
+    send_yaml(
         &client,
         reqwest::Method::PUT,
         replicas[follower].base.clone(),
@@ -334,7 +305,7 @@ async fn replicas_fail_over(persistence: &str, kv: &str, test: &str) {
         let mut seen = String::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         while !seen.contains(&tag) {
-            send(
+            send_yaml(
                 &client,
                 reqwest::Method::POST,
                 format!("{}/events", replicas[2].base),
@@ -429,7 +400,7 @@ async fn replicas_fail_over(persistence: &str, kv: &str, test: &str) {
     // A merge and a weight change after the failover, through the remaining follower.
     eprintln!("merge at {:?}", started.elapsed());
     let follower = replicas.iter().position(|r| r.id != next).unwrap();
-    send(
+    send_yaml(
         &client,
         reqwest::Method::PUT,
         format!("{}/deployments/shop", replicas[follower].base),
@@ -454,7 +425,7 @@ async fn replicas_fail_over(persistence: &str, kv: &str, test: &str) {
     )
     .await;
     eprintln!("weights at {:?}", started.elapsed());
-    send(
+    send_yaml(
         &client,
         reqwest::Method::PUT,
         format!("{}/gateways/shop/web/port", replicas[follower].base),

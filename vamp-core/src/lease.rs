@@ -48,6 +48,18 @@ pub struct LeaseGrant {
     pub ttl: Duration,
 }
 
+impl LeaseGrant {
+    /// `holder`'s grant of lease `name` with `token`, for `ttl`.
+    pub fn new(name: &str, holder: &str, token: u64, ttl: Duration) -> Self {
+        Self {
+            name: name.to_owned(),
+            holder: holder.to_owned(),
+            token,
+            ttl,
+        }
+    }
+}
+
 /// Who holds a lease now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseHolder {

@@ -23,6 +23,45 @@ pub fn haproxy_or_skip() -> bool {
     false
 }
 
+/// Whether a Docker engine answers here; panics when one is required and none does.
+pub fn docker_engine_or_skip() -> bool {
+    let engine = std::process::Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !engine {
+        assert!(
+            !required(),
+            "a Docker engine is required (scripts/test.sh uses the machine's or starts one)"
+        );
+        eprintln!("SKIPPED: no Docker engine");
+    }
+    engine
+}
+
+/// A YAML request to the API that must succeed (any 2xx): its JSON answer (`Null` when it
+/// is not JSON).
+pub async fn send_yaml(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    body: String,
+) -> serde_json::Value {
+    let what = format!("{method} {url}");
+    let r = client
+        .request(method, url)
+        .header("Accept", "application/json")
+        .header("Content-Type", "application/x-yaml")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    assert!(status.is_success(), "{what}: {status}: {text}");
+    serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+}
+
 /// A server's configuration for API tests: a loopback port of its own, artifacts, keys and
 /// services in memory, no gateway agent, 50 ms between loop passes, and nothing left running
 /// when it stops.

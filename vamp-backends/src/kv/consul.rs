@@ -978,12 +978,7 @@ impl vamp_core::lease::LeaseStore for ConsulKv {
         ttl: Duration,
     ) -> Result<Option<vamp_core::lease::LeaseGrant>, Error> {
         vamp_core::lease::check(name, holder, ttl)?;
-        let grant = |token: u64| vamp_core::lease::LeaseGrant {
-            name: name.to_owned(),
-            holder: holder.to_owned(),
-            token,
-            ttl,
-        };
+        let grant = |token: u64| vamp_core::lease::LeaseGrant::new(name, holder, token, ttl);
         let key = encode_path(&self.lease_key(name));
         if let Some(session) = self.session_of(name, holder) {
             let (status, _) = self

@@ -451,11 +451,8 @@ impl vamp_core::lease::LeaseStore for EtcdKv {
         vamp_core::lease::check(name, holder, ttl)?;
         let key = lease_key(name);
         let mut c = self.client.clone();
-        let grant = |token: i64| vamp_core::lease::LeaseGrant {
-            name: name.to_owned(),
-            holder: holder.to_owned(),
-            token: u64::try_from(token).unwrap_or(0),
-            ttl,
+        let grant = |token: i64| {
+            vamp_core::lease::LeaseGrant::new(name, holder, u64::try_from(token).unwrap_or(0), ttl)
         };
         let current = c.get(key.as_str(), None).await.map_err(|e| self.err(e))?;
         if let Some(kv) = current.kvs().first() {

@@ -551,12 +551,7 @@ impl vamp_core::lease::LeaseStore for RedisKv {
             .map_err(|e| map_err(&self.label, e))?;
         Ok(u64::try_from(token)
             .ok()
-            .map(|token| vamp_core::lease::LeaseGrant {
-                name: name.to_owned(),
-                holder: holder.to_owned(),
-                token,
-                ttl,
-            }))
+            .map(|token| vamp_core::lease::LeaseGrant::new(name, holder, token, ttl)))
     }
 
     async fn observe(&self, name: &str) -> Result<Option<vamp_core::lease::LeaseHolder>, Error> {

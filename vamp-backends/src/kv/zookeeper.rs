@@ -893,12 +893,7 @@ impl vamp_core::lease::LeaseStore for ZookeeperKv {
         let (client, acls, now) = self.lease_session().await?;
         let node = self.lease_node(name);
         let data = format!("{holder} {}", ttl.as_millis());
-        let grant = |token: u64| vamp_core::lease::LeaseGrant {
-            name: name.to_owned(),
-            holder: holder.to_owned(),
-            token,
-            ttl,
-        };
+        let grant = |token: u64| vamp_core::lease::LeaseGrant::new(name, holder, token, ttl);
         match self.lease_state(&client, name, now).await? {
             Some((h, _, _, true)) if h != holder => return Ok(None),
             Some((_, token, version, true)) => {

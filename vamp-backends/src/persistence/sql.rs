@@ -1226,12 +1226,7 @@ impl vamp_core::lease::LeaseStore for SqlPersistence {
             .lease_row(name)
             .await?
             .filter(|h| h.holder == holder)
-            .map(|h| vamp_core::lease::LeaseGrant {
-                name: name.to_owned(),
-                holder: holder.to_owned(),
-                token: h.token,
-                ttl,
-            }))
+            .map(|h| vamp_core::lease::LeaseGrant::new(name, holder, h.token, ttl)))
     }
 
     async fn observe(&self, name: &str) -> Result<Option<vamp_core::lease::LeaseHolder>, Error> {

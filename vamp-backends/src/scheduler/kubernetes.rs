@@ -831,11 +831,8 @@ impl vamp_core::lease::LeaseStore for KubernetesScheduler {
         let object = lease_object(name);
         let now = k8s_openapi::jiff::Timestamp::now();
         let seconds = i32::try_from(ttl.as_millis().div_ceil(1000)).unwrap_or(i32::MAX);
-        let grant = |token: i32| vamp_core::lease::LeaseGrant {
-            name: name.to_owned(),
-            holder: holder.to_owned(),
-            token: u64::try_from(token).unwrap_or(0),
-            ttl,
+        let grant = |token: i32| {
+            vamp_core::lease::LeaseGrant::new(name, holder, u64::try_from(token).unwrap_or(0), ttl)
         };
         let current = inner
             .leases

@@ -36,6 +36,27 @@ async fn acquire(
         .unwrap_or_else(|e| panic!("try_acquire({name}, {holder}): {e}"))
 }
 
+/// `holder`'s grant of `name` once the lease held now has expired, waiting at most
+/// [`EXPIRY_LIMIT`] (`what` says which lease, in the failure).
+async fn acquire_after_expiry(
+    store: &DynLeaseStore,
+    name: &str,
+    holder: &str,
+    what: &str,
+) -> LeaseGrant {
+    let deadline = Instant::now() + EXPIRY_LIMIT;
+    loop {
+        if let Some(g) = acquire(store, name, holder, LONG_TTL).await {
+            return g;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} still held after {EXPIRY_LIMIT:?}"
+        );
+        crate::rt::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// One holder at a time; the holder renews with the same token; `observe` names it.
 pub async fn exclusive_and_renewable(store: &DynLeaseStore, prefix: &str) {
     let name = format!("{prefix}-exclusive");
@@ -117,17 +138,13 @@ pub async fn an_unrenewed_lease_expires(store: &DynLeaseStore, prefix: &str) {
     let a = acquire(store, &name, "holder-a", SHORT_TTL)
         .await
         .expect("a free lease is acquired");
-    let deadline = Instant::now() + EXPIRY_LIMIT;
-    let b = loop {
-        if let Some(b) = acquire(store, &name, "holder-b", LONG_TTL).await {
-            break b;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "a lease of {SHORT_TTL:?} still held after {EXPIRY_LIMIT:?}"
-        );
-        crate::rt::sleep(Duration::from_millis(100)).await;
-    };
+    let b = acquire_after_expiry(
+        store,
+        &name,
+        "holder-b",
+        &format!("a lease of {SHORT_TTL:?}"),
+    )
+    .await;
     assert!(b.token > a.token, "token {} after {}", b.token, a.token);
     assert!(
         acquire(store, &name, "holder-a", LONG_TTL).await.is_none(),
@@ -264,14 +281,7 @@ pub async fn leases_survive_faults(
             .is_err(),
         "a renewal through a held connection fails"
     );
-    let deadline = Instant::now() + EXPIRY_LIMIT;
-    let b = loop {
-        if let Some(b) = acquire(direct, &name, "holder-b", LONG_TTL).await {
-            break b;
-        }
-        assert!(Instant::now() < deadline, "the cut-off lease never expired");
-        crate::rt::sleep(Duration::from_millis(100)).await;
-    };
+    let b = acquire_after_expiry(direct, &name, "holder-b", "the cut-off lease").await;
     assert!(b.token > a.token);
     faults.release();
     let deadline = Instant::now() + EXPIRY_LIMIT;

@@ -63,6 +63,8 @@ pub struct SharedEvents {
     replica: String,
     store_relayed: bool,
     relayed: EventSubscribers,
+    /// The next slot of the ring this replica writes (each replica starts where its id
+    /// hashes to).
     seq: AtomicU64,
     failed: AtomicU64,
 }
@@ -93,14 +95,18 @@ impl SharedEvents {
         replica: impl Into<String>,
         store_relayed: bool,
     ) -> Self {
+        let replica = replica.into();
+        let start = replica
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
         Self {
             local,
             kv,
             prefix,
-            replica: replica.into(),
+            replica,
             store_relayed,
             relayed: EventSubscribers::default(),
-            seq: AtomicU64::new(0),
+            seq: AtomicU64::new(start),
             failed: AtomicU64::new(0),
         }
     }
@@ -163,12 +169,8 @@ impl EventStore for SharedEvents {
         })
         .to_string();
         if body.len() <= MAX_RELAYED_BYTES {
-            // One ring for all replicas, each starting where its id hashes to.
-            let start = self
-                .replica
-                .bytes()
-                .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-            let slot = start.wrapping_add(self.seq.fetch_add(1, Ordering::Relaxed)) % RELAY_SLOTS;
+            // One ring for all replicas.
+            let slot = self.seq.fetch_add(1, Ordering::Relaxed) % RELAY_SLOTS;
             let key = self.prefix.join(&KeyPath::parse(&format!("/{slot}"))?);
             if self.kv.put(&key, body.into()).await.is_err() {
                 self.failed.fetch_add(1, Ordering::Relaxed);

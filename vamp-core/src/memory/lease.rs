@@ -108,12 +108,7 @@ impl LeaseStore for InMemoryLeases {
                 token
             }
         };
-        Ok(Some(LeaseGrant {
-            name: name.to_owned(),
-            holder: holder.to_owned(),
-            token,
-            ttl,
-        }))
+        Ok(Some(LeaseGrant::new(name, holder, token, ttl)))
     }
 
     async fn observe(&self, name: &str) -> Result<Option<LeaseHolder>> {
