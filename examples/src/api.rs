@@ -30,21 +30,14 @@ use vamp_core::dsl::{AnyArtifact, load_documents, read_node, to_node};
 use vamp_core::kv::{DynKeyValueStore, KeyValueStoreExt, PutMode, Version, Versioned, keys};
 use vamp_core::layers::Owned;
 
-/// The artifacts an API decodes on most writes, cached by version.
-#[derive(Debug, Default)]
-struct Decoded {
-    deployments: vamp_core::persistence::DecodeCache<Deployment>,
-    gateways: vamp_core::persistence::DecodeCache<Gateway>,
-    breeds: vamp_core::persistence::DecodeCache<DefaultBreed>,
-}
-
 /// The scheduler as a control plane that records owners sees it.
 pub type OwnedScheduler = Owned<Arc<DynContainerScheduler>>;
 use vamp_core::metrics::{DynEventStore, EventStore};
 use vamp_core::model::*;
 use vamp_core::node::Node;
 use vamp_core::ops::artifacts::{Stored, check_gateway_delete, plan_put};
-use vamp_core::ops::deploy::{Artifacts, MergeOptions, export_blueprint, merge, slice};
+use vamp_core::ops::catalog::{Catalog, footprint};
+use vamp_core::ops::deploy::{MergeOptions, export_blueprint, merge, slice};
 use vamp_core::persistence::{
     ArtifactWrite, DynPersistenceStore, ListOptions, PersistenceExt, WriteOp,
 };
@@ -168,9 +161,9 @@ pub struct Api {
     loops: Option<Arc<crate::supervise::Loops>>,
     /// The scheduler as its control plane's owner sees it (`/scheduler/unowned`).
     owned: Option<Arc<OwnedScheduler>>,
-    /// Deployments, gateways and breeds as last decoded (each request decodes only what was
-    /// written since).
-    decoded: Arc<Decoded>,
+    /// The stored deployments, gateways and what merges reference, decoded and indexed: the
+    /// persistence above writes through it (see [`Api::catalog`]).
+    catalog: Arc<Catalog>,
     /// This replica's part in the leader election (`/info`).
     elector: Option<Arc<vamp_core::ops::leader::Elector>>,
     /// The unowned services being adopted or removed now.
@@ -196,12 +189,14 @@ impl Api {
         options: ApiOptions,
     ) -> Self {
         let guard = Arc::new(Guard::new(options.security.clone()));
+        let catalog = Arc::new(Catalog::new(persistence));
+        let persistence = Arc::clone(&catalog) as Arc<DynPersistenceStore>;
         Self {
             guard,
             streams: Arc::default(),
             loops: None,
             owned: None,
-            decoded: Arc::default(),
+            catalog,
             elector: None,
             unowned_actions: Arc::default(),
             persistence,
@@ -225,8 +220,11 @@ impl Api {
 
     /// The same API over other persistence and event stores (a bulk request's stage).
     fn over(&self, persistence: Arc<DynPersistenceStore>, events: Arc<DynEventStore>) -> Self {
+        // Another store (versions are its own): its own catalog, loaded on first use.
+        let catalog = Arc::new(Catalog::new(persistence));
         Self {
-            persistence,
+            persistence: Arc::clone(&catalog) as Arc<DynPersistenceStore>,
+            catalog,
             events,
             scheduler: Arc::clone(&self.scheduler),
             options: self.options.clone(),
@@ -238,8 +236,6 @@ impl Api {
             streams: Arc::clone(&self.streams),
             loops: self.loops.clone(),
             owned: self.owned.clone(),
-            // Another store: versions are its own.
-            decoded: Arc::default(),
             elector: self.elector.clone(),
             unowned_actions: Arc::clone(&self.unowned_actions),
         }
@@ -404,6 +400,14 @@ impl Api {
     /// The security layer's state (its settings and the console's sessions).
     pub fn guard(&self) -> &Arc<Guard> {
         &self.guard
+    }
+
+    /// The index of stored deployments, gateways and what merges reference that the API reads
+    /// (its writes go through it). Keep it current with [`Catalog::follow`] as a supervised
+    /// loop, as `vamp serve` does; without one it is loaded on first use and then sees only
+    /// this API's writes.
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
     }
 
     fn now() -> i64 {
@@ -755,6 +759,63 @@ fn artifact_json(a: &AnyArtifact) -> serde_json::Value {
     to_node(a).to_json()
 }
 
+/// The page asked for (`page`, from 1, and `per_page`, at most [`PER_PAGE`]) of `total`
+/// items, clamped to the pages there are.
+#[derive(Clone, Copy, Debug)]
+struct Page {
+    number: usize,
+    per_page: usize,
+    last: usize,
+    total: usize,
+}
+
+impl Page {
+    fn of(params: &[(String, String)], total: usize) -> Result<Self, ApiError> {
+        let number = |name: &str, default: usize| -> Result<usize, ApiError> {
+            match param(params, name) {
+                None => Ok(default),
+                Some(v) => v.parse::<usize>().map_err(|_| {
+                    ApiError::bad(format!("'{name}' must be a positive number: '{v}'"))
+                }),
+            }
+        };
+        let per_page = number("per_page", PER_PAGE)?.clamp(1, PER_PAGE);
+        let last = total.div_ceil(per_page).max(1);
+        let number = number("page", 1)?.clamp(1, last);
+        Ok(Self {
+            number,
+            per_page,
+            last,
+            total,
+        })
+    }
+
+    /// How many items come before the page.
+    fn offset(&self) -> usize {
+        (self.number - 1) * self.per_page
+    }
+
+    /// The page's `items` (already cut to the page) with `X-Total-Count` and `Link`.
+    fn response(&self, format: Format, path: &str, items: Vec<serde_json::Value>) -> Response {
+        let per_page = self.per_page;
+        let link = |p: usize| format!("<{path}?page={p}&per_page={per_page}>");
+        let links = format!(
+            "{}; rel=first, {}; rel=prev, {}; rel=next, {}; rel=last",
+            link(1),
+            link(self.number.saturating_sub(1).max(1)),
+            link((self.number + 1).min(self.last)),
+            link(self.last)
+        );
+        let mut response = body(StatusCode::OK, format, &serde_json::Value::Array(items));
+        let h = response.headers_mut();
+        h.insert("X-Total-Count", HeaderValue::from(self.total));
+        if let Ok(v) = HeaderValue::from_str(&links) {
+            h.insert(header::LINK, v);
+        }
+        response
+    }
+}
+
 /// One page of `items` with `X-Total-Count` and `Link`.
 fn paged(
     format: Format,
@@ -762,38 +823,13 @@ fn paged(
     params: &[(String, String)],
     items: Vec<serde_json::Value>,
 ) -> Result<Response, ApiError> {
-    let number = |name: &str, default: usize| -> Result<usize, ApiError> {
-        match param(params, name) {
-            None => Ok(default),
-            Some(v) => v
-                .parse::<usize>()
-                .map_err(|_| ApiError::bad(format!("'{name}' must be a positive number: '{v}'"))),
-        }
-    };
-    let per_page = number("per_page", PER_PAGE)?.clamp(1, PER_PAGE);
-    let total = items.len();
-    let last = total.div_ceil(per_page).max(1);
-    let page = number("page", 1)?.clamp(1, last);
+    let page = Page::of(params, items.len())?;
     let items: Vec<_> = items
         .into_iter()
-        .skip((page - 1) * per_page)
-        .take(per_page)
+        .skip(page.offset())
+        .take(page.per_page)
         .collect();
-    let link = |p: usize| format!("<{path}?page={p}&per_page={per_page}>");
-    let links = format!(
-        "{}; rel=first, {}; rel=prev, {}; rel=next, {}; rel=last",
-        link(1),
-        link(page.saturating_sub(1).max(1)),
-        link((page + 1).min(last)),
-        link(last)
-    );
-    let mut response = body(StatusCode::OK, format, &serde_json::Value::Array(items));
-    let h = response.headers_mut();
-    h.insert("X-Total-Count", HeaderValue::from(total));
-    if let Ok(v) = HeaderValue::from_str(&links) {
-        h.insert(header::LINK, v);
-    }
-    Ok(response)
+    Ok(page.response(format, path, items))
 }
 
 /// The documents of a request body.
@@ -866,36 +902,67 @@ impl Api {
         Ok(out)
     }
 
-    /// Every deployment, normalised (internal gateway names and ports restored).
-    async fn deployments(&self) -> Result<Vec<Versioned<Deployment>>, ApiError> {
-        let mut all = self
-            .decoded
-            .deployments
-            .list_all(&*self.persistence)
-            .await?;
-        for d in &mut all {
-            vamp_core::ops::deploy::normalize(&mut d.value);
-        }
-        Ok(all)
+    /// Every deployment, normalised (internal gateway names and ports restored), shared with
+    /// the catalog.
+    async fn deployments(&self) -> Result<Vec<Versioned<Arc<Deployment>>>, ApiError> {
+        self.catalog.ensure_loaded().await?;
+        Ok(self.catalog.deployments())
     }
 
-    /// One deployment, normalised.
-    async fn deployment(&self, name: &str) -> Result<Option<Versioned<Deployment>>, ApiError> {
-        let mut d = self.persistence.get::<Deployment>(name).await?;
+    /// Every deployment, normalised, as owned values (for the planners that take slices).
+    async fn deployments_owned(&self) -> Result<Vec<Deployment>, ApiError> {
+        Ok(self
+            .deployments()
+            .await?
+            .into_iter()
+            .map(|d| Arc::unwrap_or_clone(d.value))
+            .collect())
+    }
+
+    /// One deployment, normalised, as stored now: read from the store, decoded only when the
+    /// catalog does not hold that version.
+    async fn deployment(&self, name: &str) -> Result<Option<Versioned<Arc<Deployment>>>, ApiError> {
+        let Some(record) = self
+            .catalog
+            .inner()
+            .read(ArtifactKind::Deployment, name)
+            .await?
+        else {
+            return Ok(None);
+        };
+        if record.content.is_none() {
+            return Ok(None);
+        }
+        if let Some(d) = self.catalog.deployment(name)
+            && d.version == record.version
+        {
+            return Ok(Some(d));
+        }
+        self.catalog.apply(&record);
+        if let Some(d) = self.catalog.deployment(name)
+            && d.version == record.version
+        {
+            return Ok(Some(d));
+        }
+        // Not indexed at this version (the catalog holds a newer one, or the record does not
+        // decode): decoded here, as the store has it.
+        let mut d = self.catalog.inner().get::<Deployment>(name).await?;
         if let Some(d) = &mut d {
             vamp_core::ops::deploy::normalize(&mut d.value);
         }
-        Ok(d)
+        Ok(d.map(|d| Versioned {
+            value: Arc::new(d.value),
+            version: d.version,
+        }))
     }
 
     async fn gateways(&self) -> Result<Vec<Gateway>, ApiError> {
+        self.catalog.ensure_loaded().await?;
         Ok(self
-            .decoded
-            .gateways
-            .list_all(&*self.persistence)
-            .await?
+            .catalog
+            .gateways()
             .into_iter()
-            .map(|v| v.value)
+            .map(|v| Arc::unwrap_or_clone(v.value))
             .collect())
     }
 
@@ -905,42 +972,11 @@ impl Api {
         let mut out = self.gateways().await?;
         for d in self.deployments().await? {
             out.extend(vamp_core::ops::reconcile::gateways(std::slice::from_ref(
-                &d.value,
+                &*d.value,
             )));
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
-    }
-
-    /// The stored deployments but `name`.
-    async fn other_deployments(&self, name: &str) -> Result<Vec<Deployment>, ApiError> {
-        Ok(self
-            .deployments()
-            .await?
-            .into_iter()
-            .map(|d| d.value)
-            .filter(|d| d.name != name)
-            .collect())
-    }
-
-    /// What a merge may reference; `others` are the stored deployments but the one merged into.
-    async fn artifacts(&self, others: &[Deployment]) -> Result<Artifacts, ApiError> {
-        let mut a = Artifacts::new();
-        for b in self.decoded.breeds.list_all(&*self.persistence).await? {
-            a = a.with_breed(b.value);
-        }
-        for s in self.persistence.list_all::<DefaultScale>().await? {
-            a = a.with_scale(s.value);
-        }
-        for b in self.persistence.list_all::<DefaultBlueprint>().await? {
-            a.blueprints.insert(b.value.name.clone(), b.value);
-        }
-        for w in self.persistence.list_all::<Workflow>().await? {
-            a.workflows.insert(w.value.name);
-        }
-        let gateways = self.gateways().await?;
-        let other_gateways = vamp_core::ops::reconcile::gateways(others);
-        Ok(a.with_gateways(gateways.iter().chain(other_gateways.iter())))
     }
 
     fn merge_options(&self) -> MergeOptions {
@@ -985,32 +1021,19 @@ impl Api {
     }
 
     /// Refuses `updated` (the deployment `name` after a write) when the server's deployments
-    /// together would be over the service or instance quota.
-    /// `others` are the other stored deployments (read once by the caller for its plan).
-    fn check_quota(
-        &self,
-        name: &str,
-        updated: &Deployment,
-        others: &[Deployment],
-    ) -> Result<(), ApiError> {
-        let count = |d: &Deployment| {
-            d.clusters
-                .iter()
-                .flat_map(|c| &c.services)
-                .fold((0usize, 0u64), |(s, i), svc| {
-                    let n = svc
-                        .scale
-                        .as_ref()
-                        .map_or(1, |sc| u64::try_from(sc.instances).unwrap_or(0));
-                    (s + 1, i.saturating_add(n))
-                })
-        };
-        let (mut services, mut instances) = count(updated);
-        for d in others.iter().filter(|d| d.name != name) {
-            let (s, i) = count(d);
-            services += s;
-            instances = instances.saturating_add(i);
-        }
+    /// together would be over the service or instance quota (counted by the catalog, the
+    /// stored `name` replaced by `updated`).
+    fn check_quota(&self, name: &str, updated: &Deployment) -> Result<(), ApiError> {
+        let (all_services, all_instances) = self.catalog.footprint();
+        let (old_services, old_instances) = self
+            .catalog
+            .deployment(name)
+            .map_or((0, 0), |d| footprint(&d.value));
+        let (new_services, new_instances) = footprint(updated);
+        let services = (all_services - old_services).saturating_add(new_services);
+        let instances = all_instances
+            .saturating_sub(old_instances)
+            .saturating_add(new_instances);
         let l = &self.options.limits;
         if services > l.max_services {
             return Err(ApiError::bad(format!(
@@ -1295,12 +1318,7 @@ impl Api {
             (a, _) => a,
         };
         let gateways = self.gateways().await?;
-        let deployments: Vec<Deployment> = self
-            .deployments()
-            .await?
-            .into_iter()
-            .map(|d| d.value)
-            .collect();
+        let deployments = self.deployments_owned().await?;
         let stored = Stored::new(existing.as_ref(), &gateways, &deployments);
         self.check_artifact_policy(&artifact).await?;
         let writes = plan_put(artifact.clone(), &stored)?;
@@ -1356,7 +1374,7 @@ impl Api {
             .deployment(&path.segments[0])
             .await?
             .ok_or_else(ApiError::not_found)?;
-        let mut d = deployment.value.clone();
+        let mut d = (*deployment.value).clone();
         let cluster = d
             .clusters
             .iter_mut()
@@ -1408,12 +1426,7 @@ impl Api {
         }
         if kind == ArtifactKind::Gateway {
             let gateways = self.gateways().await?;
-            let deployments: Vec<Deployment> = self
-                .deployments()
-                .await?
-                .into_iter()
-                .map(|d| d.value)
-                .collect();
+            let deployments = self.deployments_owned().await?;
             check_gateway_delete(name, &Stored::new(None, &gateways, &deployments))?;
         }
         self.check_unused(kind, name).await?;
@@ -1654,17 +1667,20 @@ impl Api {
                 return Err(ApiError::precondition("deployments", &name, current, v));
             }
         }
-        let others = self.other_deployments(&name).await?;
-        let artifacts = self.artifacts(&others).await?;
-        let merged = merge(
-            existing.as_ref().map(|v| &v.value),
-            &name,
-            blueprint,
-            &artifacts,
-            &self.merge_options(),
-        )?;
+        self.catalog.ensure_loaded().await?;
+        // What the blueprint references, and the ports other gateways hold, from the catalog
+        // (a merge reads them without copying them).
+        let merged = self.catalog.with_artifacts(|artifacts| {
+            merge(
+                existing.as_ref().map(|v| &*v.value),
+                &name,
+                blueprint,
+                artifacts,
+                &self.merge_options(),
+            )
+        })?;
         self.check_deployables(&merged.deployment)?;
-        self.check_quota(&name, &merged.deployment, &others)?;
+        self.check_quota(&name, &merged.deployment)?;
         if validate_only {
             return Ok((merged.deployment, merged.new_breeds));
         }
@@ -1796,13 +1812,16 @@ async fn list_deployments(
 ) -> ApiResult {
     let format = accept(&headers)?;
     let as_blueprint = flag(&params, "as_blueprint");
-    let items = api
-        .deployments()
-        .await?
+    // Only the page is copied out of the catalog and written as JSON.
+    api.catalog.ensure_loaded().await?;
+    let (total, _) = api.catalog.deployments_page(0, 0);
+    let page = Page::of(&params, total)?;
+    let (_, deployments) = api.catalog.deployments_page(page.offset(), page.per_page);
+    let items = deployments
         .iter()
         .map(|d| deployment_json(&d.value, as_blueprint))
         .collect();
-    paged(format, "/api/v1/deployments", &params, items)
+    Ok(page.response(format, "/api/v1/deployments", items))
 }
 
 async fn get_deployment(
@@ -2073,7 +2092,7 @@ async fn put_scale(
             let existing = api.deployment(&d).await?.ok_or_else(ApiError::not_found)?;
             let updated =
                 vamp_core::ops::deploy::scale(&existing.value, &c, &s, scale.clone(), Api::now())?;
-            api.check_quota(&d, &updated, &api.other_deployments(&d).await?)?;
+            api.check_quota(&d, &updated)?;
             api.persistence.update(&updated, existing.version).await?;
             Ok::<(), ApiError>(())
         }
@@ -2998,6 +3017,16 @@ async fn info(State(api): Shared, headers: HeaderMap, Query(params): Params) -> 
     let mut out = serde_json::Map::new();
     out.insert("message".into(), "Hi, I'm Vamp! How are you?".into());
     out.insert("version".into(), env!("CARGO_PKG_VERSION").into());
+    out.insert("event_streams".into(), api.event_streams().into());
+    // What the API reads from: how many deployments it holds, and records it cannot read.
+    out.insert(
+        "catalog".into(),
+        serde_json::json!({
+            "loaded": api.catalog.is_loaded(),
+            "deployments": api.catalog.deployments_page(0, 0).0,
+            "problems": api.catalog.problems(),
+        }),
+    );
     if let Some(owned) = &api.owned {
         out.insert("identity".into(), owned.owner().into());
     }
@@ -3229,6 +3258,9 @@ mod tests {
         }
         fn capabilities(&self) -> PersistenceCapabilities {
             self.inner.capabilities()
+        }
+        async fn head(&self) -> vamp_core::Result<Option<Version>> {
+            self.inner.head().await
         }
     }
 

@@ -177,6 +177,10 @@ pub struct ServeConfig {
     /// The host services reach gateways on.
     #[arg(long, env = "VAMP_GATEWAY_DRIVER_HOST", default_value = "127.0.0.1")]
     pub gateway_host: String,
+    /// The ports given to gateways without one, `first-last` (Vamp's
+    /// `vamp.operation.gateway.port-range`; default `24000-29999`).
+    #[arg(long, env = "VAMP_OPERATION_GATEWAY_PORT_RANGE")]
+    pub gateway_port_range: Option<String>,
     /// Run no gateway agent in this process (run `gateway-agent` beside HAProxy instead).
     #[arg(long)]
     pub no_agent: bool,
@@ -273,6 +277,7 @@ impl ServeConfig {
             metrics_store: None,
             namespace: "default".into(),
             gateway_host: "127.0.0.1".into(),
+            gateway_port_range: None,
             no_agent: false,
             stop_on_exit: false,
             haproxy: "haproxy".into(),
@@ -649,6 +654,21 @@ impl Drop for Server {
     }
 }
 
+/// Reads a gateway port range, `first-last` (1 to 65535, first at most last).
+fn parse_port_range(range: &str) -> Result<(u16, u16), String> {
+    let bad = || {
+        format!(
+            "--gateway-port-range '{range}': expected first-last, two ports from 1 to 65535 with first at most last (e.g. 24000-29999)"
+        )
+    };
+    let (first, last) = range.trim().split_once('-').ok_or_else(bad)?;
+    let port = |p: &str| p.trim().parse::<u16>().ok().filter(|p| *p > 0);
+    match (port(first), port(last)) {
+        (Some(f), Some(l)) if f <= l => Ok((f, l)),
+        _ => Err(bad()),
+    }
+}
+
 /// Whether `bin` runs as HAProxy.
 pub fn haproxy_works(bin: &str) -> bool {
     std::process::Command::new(bin)
@@ -852,6 +872,10 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
     );
     let mut options = ApiOptions::default();
     options.merge = options.merge.with_gateway_host(config.gateway_host.clone());
+    if let Some(range) = &config.gateway_port_range {
+        let (first, last) = parse_port_range(range)?;
+        options.merge = options.merge.with_port_range(first, last);
+    }
     options.config = config_keys;
     options.security = security;
     options.policy = policy;
@@ -952,22 +976,56 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         },
     ));
     if let Some(shared) = &shared_events {
-        // Other replicas' events, for as long as this one runs.
-        let shared = Arc::clone(shared);
-        let mut stop = stopped.clone();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = shared.relay() => {}
-                    _ = stop.wait_for(|s| *s) => return,
+        // Other replicas' events, for as long as this one runs: a pass watches until the
+        // watch ends (recorded as the pass's error) or the server stops.
+        let stop = stopped.clone();
+        tasks.push(spawn_loop(
+            "event-relay",
+            &loops,
+            Duration::from_secs(1),
+            &stopped,
+            None,
+            false,
+            Arc::clone(shared),
+            move |shared| {
+                let mut stop = stop.clone();
+                async move {
+                    tokio::select! {
+                        // Reported with the pass (not failing it: the next pass watches again).
+                        () = shared.relay() => Ok(vec!["the event relay's watch ended; watching again".to_owned()]),
+                        _ = stop.wait_for(|s| *s) => Ok(Vec::new()),
+                    }
                 }
-                tracing::warn!("the event relay's watch ended; watching again");
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = stop.wait_for(|s| *s) => return,
+            },
+        ));
+    }
+    {
+        // The API's index of what is stored (on every replica), kept current from the
+        // store's change feed: a pass loads it and follows the feed until the feed fails (the
+        // next pass loads again) or the server stops.
+        let stop = stopped.clone();
+        tasks.push(spawn_loop(
+            "catalog",
+            &loops,
+            Duration::from_secs(1),
+            &stopped,
+            None,
+            false,
+            Arc::clone(api.catalog()),
+            move |catalog| {
+                let mut stop = stop.clone();
+                async move {
+                    tokio::select! {
+                        // Reported with the pass (not failing it: the next pass loads again).
+                        r = catalog.follow() => Ok(vec![match r {
+                            Ok(()) => "the store's change feed ended; loading again".to_owned(),
+                            Err(e) => format!("the store's change feed: {e}; loading again"),
+                        }]),
+                        _ = stop.wait_for(|s| *s) => Ok(Vec::new()),
+                    }
                 }
-            }
-        }));
+            },
+        ));
     }
     {
         // On stop, the lease is given up: another replica takes over at once.
@@ -1206,6 +1264,28 @@ fn new_identity() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gateway_port_ranges_are_read_and_bad_ones_named() {
+        assert_eq!(parse_port_range("10000-29999"), Ok((10000, 29999)));
+        assert_eq!(parse_port_range(" 40000 - 45000 "), Ok((40000, 45000)));
+        assert_eq!(parse_port_range("8080-8080"), Ok((8080, 8080)));
+        for bad in [
+            "",
+            "24000",
+            "0-10",
+            "30000-20000",
+            "1-70000",
+            "a-b",
+            "-5-10",
+        ] {
+            let e = parse_port_range(bad).unwrap_err();
+            assert!(
+                e.contains("--gateway-port-range") && e.contains(bad),
+                "{bad}: {e}"
+            );
+        }
+    }
 
     #[test]
     fn vamp_s_jdbc_urls_and_credentials_become_persistence_urls() {

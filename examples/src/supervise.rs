@@ -38,6 +38,10 @@ pub struct LoopState {
     /// Whether the loop waits because this replica is not the leader (its passes are the
     /// leader's to run).
     pub standby: bool,
+    /// How long the last finished pass took.
+    pub last_pass: Option<Duration>,
+    /// The longest pass so far.
+    pub longest_pass: Option<Duration>,
 }
 
 impl LoopState {
@@ -52,6 +56,8 @@ impl LoopState {
             artifact_errors: Vec::new(),
             stopped: false,
             standby: false,
+            last_pass: None,
+            longest_pass: None,
         }
     }
 
@@ -78,6 +84,8 @@ impl LoopState {
                 )
             }),
             "artifact_errors": self.artifact_errors,
+            "last_pass_ms": self.last_pass.map(|d| d.as_secs_f64() * 1000.0),
+            "longest_pass_ms": self.longest_pass.map(|d| d.as_secs_f64() * 1000.0),
         })
     }
 }
@@ -163,7 +171,16 @@ pub async fn supervise<F, Fut>(
             }
             continue;
         }
-        let wait = match tokio::spawn(pass()).await {
+        let started = std::time::Instant::now();
+        let outcome = tokio::spawn(pass()).await;
+        let took = started.elapsed();
+        if outcome.is_ok() {
+            loops.update(name, |l| {
+                l.last_pass = Some(took);
+                l.longest_pass = Some(l.longest_pass.map_or(took, |m| m.max(took)));
+            });
+        }
+        let wait = match outcome {
             Ok(Ok(artifact_errors)) => {
                 for e in &artifact_errors {
                     tracing::warn!(r#loop = name, error = %e, "an artifact failed in a pass");
@@ -275,6 +292,10 @@ mod tests {
                     l.artifact_errors.is_empty() && !l.failing && !loops.degraded(),
                     "{l:?}"
                 );
+                // Passes that finished are timed; the longest is at least the last.
+                let (last, longest) = (l.last_pass.unwrap(), l.longest_pass.unwrap());
+                assert!(longest >= last, "{l:?}");
+                assert!(l.to_json()["last_pass_ms"].as_f64().is_some(), "{l:?}");
                 break;
             }
             assert!(std::time::Instant::now() < deadline, "{l:?}");

@@ -215,6 +215,13 @@ pub trait PersistenceStore: Debug + Display + Send + Sync + 'static {
 
     /// What the store can do.
     fn capabilities(&self) -> PersistenceCapabilities;
+
+    /// The version of the latest applied write (`Version(0)` for a store never written), if
+    /// the store can tell: a reader that lists and then follows [`changes`](Self::changes)
+    /// from it misses no write. The default, `None`, is a store that cannot.
+    async fn head(&self) -> Result<Option<Version>> {
+        Ok(None)
+    }
 }
 
 /// The store behind a trait object.
@@ -245,6 +252,9 @@ macro_rules! forward_persistence {
             }
             fn capabilities(&self) -> PersistenceCapabilities {
                 (**self).capabilities()
+            }
+            async fn head(&self) -> Result<Option<Version>> {
+                (**self).head().await
             }
         }
     };

@@ -154,6 +154,9 @@ impl PersistenceStore for Unreliable {
     fn capabilities(&self) -> PersistenceCapabilities {
         self.inner.capabilities()
     }
+    async fn head(&self) -> Result<Option<vamp_core::kv::Version>> {
+        self.inner.head().await
+    }
 }
 
 /// Records what the gateway side receives.

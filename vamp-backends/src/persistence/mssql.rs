@@ -721,6 +721,9 @@ impl PersistenceStore for MssqlPersistence {
         caps.history = true;
         caps
     }
+    async fn head(&self) -> Result<Option<Version>, Error> {
+        self.current_version().await.map(Some)
+    }
 }
 
 #[cfg(test)]

@@ -1095,6 +1095,10 @@ impl PersistenceStore for SqlPersistence {
         caps.history = true;
         caps
     }
+
+    async fn head(&self) -> Result<Option<Version>, Error> {
+        self.current_version().await.map(Some)
+    }
 }
 
 impl Dialect {

@@ -616,6 +616,39 @@ pub async fn change_feed_in_order(store: &DynPersistenceStore, scope: &str) {
         .expect("cleanup");
 }
 
+/// A store that tells its head tells the version of its latest write, and a change feed from
+/// it starts with the next write.
+pub async fn head_is_the_latest_write(store: &DynPersistenceStore, scope: &str) {
+    let n = name(scope, "head");
+    let v1 = put(store, &n, json!({"h": 1}), PutMode::Overwrite)
+        .await
+        .expect("write");
+    let Some(head) = store.head().await.expect("head") else {
+        store.remove::<Template>(&n, None).await.expect("cleanup");
+        return;
+    };
+    // Other writers of the same store (other suites' scopes) may have written since.
+    assert!(
+        head >= v1,
+        "head {head:?} is older than the write at {v1:?}"
+    );
+    if store.capabilities().changes_since {
+        let mut feed = store.changes(ChangeOptions::new().since(head));
+        let v2 = put(store, &n, json!({"h": 2}), PutMode::Update(v1))
+            .await
+            .expect("update");
+        let r = loop {
+            let r = next_change(&mut feed, "the write after the head").await;
+            if r.name == n {
+                break r;
+            }
+        };
+        assert_eq!(r.version, v2, "the feed from the head starts after it");
+        assert!(store.head().await.expect("head").expect("head") >= v2);
+    }
+    store.remove::<Template>(&n, None).await.expect("cleanup");
+}
+
 /// 8 concurrent writers increment a counter with versioned updates; nothing is lost.
 pub async fn concurrent_writers_no_lost_update(store: &DynPersistenceStore, scope: &str) {
     let n = name(scope, "counter");
@@ -910,4 +943,5 @@ pub async fn run_all(store: &DynPersistenceStore, scope: &str) {
     if caps.changes && caps.changes_since {
         change_feed_in_order(store, scope).await;
     }
+    head_is_the_latest_write(store, scope).await;
 }

@@ -198,4 +198,8 @@ impl<P: PersistenceStore> PersistenceStore for Fenced<P> {
     fn capabilities(&self) -> PersistenceCapabilities {
         self.inner.capabilities()
     }
+
+    async fn head(&self) -> Result<Option<Version>> {
+        self.inner.head().await
+    }
 }

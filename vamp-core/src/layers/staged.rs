@@ -285,6 +285,11 @@ impl<T: PersistenceStore> PersistenceStore for Staged<T> {
     fn capabilities(&self) -> PersistenceCapabilities {
         self.inner.capabilities()
     }
+
+    /// Unknown: staged versions are not the store's.
+    async fn head(&self) -> Result<Option<Version>> {
+        Ok(None)
+    }
 }
 
 #[cfg(test)]

@@ -290,6 +290,10 @@ impl PersistenceStore for InMemoryPersistence {
             history: true,
         }
     }
+
+    async fn head(&self) -> Result<Option<Version>> {
+        Ok(Some(Version(self.state.lock().seq)))
+    }
 }
 
 #[cfg(test)]
@@ -348,6 +352,9 @@ mod tests {
         }
         fn capabilities(&self) -> PersistenceCapabilities {
             self.0.capabilities()
+        }
+        async fn head(&self) -> Result<Option<Version>> {
+            self.0.head().await
         }
     }
 

@@ -338,24 +338,20 @@ impl Controller {
         // The deployments as this pass leaves them: for the gateway side, and for the next
         // pass if the store cannot be read then.
         let outcome = planned.apply_to(deployments);
+        let versions: std::collections::HashMap<&str, crate::kv::Version> = desired
+            .iter()
+            .map(|v| (v.value.name.as_str(), v.version))
+            .collect();
+        let version_of = |name: &str| versions.get(name).copied();
         self.state.lock().last = outcome
             .iter()
             .map(|d| Versioned {
                 value: d.clone(),
-                version: desired
-                    .iter()
-                    .find(|v| v.value.name == d.name)
-                    .map_or(crate::kv::Version(0), |v| v.version),
+                version: version_of(&d.name).unwrap_or(crate::kv::Version(0)),
             })
             .collect();
 
         // Statuses and instances back to the store, at the version read.
-        let version_of = |name: &str| {
-            desired
-                .iter()
-                .find(|v| v.value.name == name)
-                .map(|v| v.version)
-        };
         for d in &planned.store {
             let result = match version_of(&d.name) {
                 Some(v) if v.0 > 0 => self.persistence.update(d, v).await.map(|_| ()),

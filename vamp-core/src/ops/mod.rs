@@ -9,6 +9,8 @@
 //!   time (`$db.host`, `$db.ports.port`, `${db.constants.x}`).
 //! * [`artifacts`]: writes of the other artifacts with Vamp's rules (inline breeds stored on
 //!   their own, internal gateways protected, gateway ports unique, equal writes no-ops).
+//! * [`catalog`]: the stored artifacts decoded and indexed for a server's reads, kept current
+//!   by its writes and the store's change feed.
 //! * [`reconcile`] and [`controller`]: the reconcile loop's planner and the loop itself, with
 //!   an injectable clock (the deterministic harness).
 //! * [`identity`]: the control plane's identity, kept in its persistence, which every scheduler
@@ -36,6 +38,7 @@
 
 pub mod artifacts;
 pub mod canary;
+pub mod catalog;
 pub mod controller;
 pub mod deploy;
 pub mod identity;
