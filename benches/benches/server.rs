@@ -71,6 +71,12 @@ fn child(spec: &str) {
         config.max_services = 1_000_000;
         config.max_instances = 1_000_000;
         config.gateway_port_range = Some("10000-32000".into());
+        if let Some(ms) = std::env::var("VAMP_BENCH_PULSE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            config.pulse_ms = ms;
+        }
         let server = vamp_examples::serve::start(config).await.unwrap();
         println!("listening {}", server.addr);
         tokio::task::spawn_blocking(|| {

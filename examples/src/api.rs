@@ -166,6 +166,8 @@ pub struct Api {
     catalog: Arc<Catalog>,
     /// This replica's part in the leader election (`/info`).
     elector: Option<Arc<vamp_core::ops::leader::Elector>>,
+    /// Told after every write: the reconcile loop's next pass comes sooner.
+    wake: Option<Arc<tokio::sync::Notify>>,
     /// The unowned services being adopted or removed now.
     unowned_actions: Arc<parking_lot::Mutex<BTreeSet<vamp_core::scheduler::ServiceId>>>,
 }
@@ -197,6 +199,7 @@ impl Api {
             loops: None,
             owned: None,
             catalog,
+            wake: None,
             elector: None,
             unowned_actions: Arc::default(),
             persistence,
@@ -237,8 +240,26 @@ impl Api {
             loops: self.loops.clone(),
             owned: self.owned.clone(),
             elector: self.elector.clone(),
+            wake: self.wake.clone(),
             unowned_actions: Arc::clone(&self.unowned_actions),
         }
+    }
+
+    /// Reads from and writes through `catalog` (shared with the loops, which write through it
+    /// too) instead of one of its own; `catalog` must be over this API's persistence.
+    #[must_use]
+    pub fn with_catalog(mut self, catalog: Arc<Catalog>) -> Self {
+        self.persistence = Arc::clone(&catalog) as Arc<DynPersistenceStore>;
+        self.catalog = catalog;
+        self
+    }
+
+    /// Notifies `wake` after every write (the reconcile loop of `vamp serve` waits on it, so
+    /// that a new deployment is acted on at once, not at the next period).
+    #[must_use]
+    pub fn with_wake(mut self, wake: Arc<tokio::sync::Notify>) -> Self {
+        self.wake = Some(wake);
+        self
     }
 
     /// Shows the state of these loops in `/info` (and reports the server degraded, with a 500,
@@ -738,6 +759,11 @@ macro_rules! retrying {
 }
 
 /// A body in the asked format.
+/// A JSON body already written.
+fn json_text(status: StatusCode, text: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], text).into_response()
+}
+
 fn body(status: StatusCode, format: Format, value: &serde_json::Value) -> Response {
     match format {
         Format::Json => (
@@ -797,6 +823,27 @@ impl Page {
 
     /// The page's `items` (already cut to the page) with `X-Total-Count` and `Link`.
     fn response(&self, format: Format, path: &str, items: Vec<serde_json::Value>) -> Response {
+        self.headers(
+            path,
+            body(StatusCode::OK, format, &serde_json::Value::Array(items)),
+        )
+    }
+
+    /// The page as a JSON array of items already written as JSON.
+    fn json_response(&self, path: &str, items: &[Arc<str>]) -> Response {
+        let mut text = String::with_capacity(items.iter().map(|i| i.len() + 1).sum::<usize>() + 2);
+        text.push('[');
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                text.push(',');
+            }
+            text.push_str(item);
+        }
+        text.push(']');
+        self.headers(path, json_text(StatusCode::OK, text))
+    }
+
+    fn headers(&self, path: &str, mut response: Response) -> Response {
         let per_page = self.per_page;
         let link = |p: usize| format!("<{path}?page={p}&per_page={per_page}>");
         let links = format!(
@@ -806,7 +853,6 @@ impl Page {
             link((self.number + 1).min(self.last)),
             link(self.last)
         );
-        let mut response = body(StatusCode::OK, format, &serde_json::Value::Array(items));
         let h = response.headers_mut();
         h.insert("X-Total-Count", HeaderValue::from(self.total));
         if let Ok(v) = HeaderValue::from_str(&links) {
@@ -995,6 +1041,10 @@ impl Api {
     }
 
     async fn archive(&self, kind: ArtifactKind, name: &str, what: &str, source: Node) {
+        // Every write is archived: the loops may have something to do.
+        if let Some(wake) = &self.wake {
+            wake.notify_one();
+        }
         self.publish(
             vec![
                 format!("{}:{name}", kind.as_str()),
@@ -1816,6 +1866,13 @@ async fn list_deployments(
     api.catalog.ensure_loaded().await?;
     let (total, _) = api.catalog.deployments_page(0, 0);
     let page = Page::of(&params, total)?;
+    if format == Format::Json && !as_blueprint {
+        // Each deployment's JSON is written once per version and kept by the catalog.
+        let (_, items) = api
+            .catalog
+            .deployments_json_page(page.offset(), page.per_page);
+        return Ok(page.json_response("/api/v1/deployments", &items));
+    }
     let (_, deployments) = api.catalog.deployments_page(page.offset(), page.per_page);
     let items = deployments
         .iter()
@@ -1835,6 +1892,16 @@ async fn get_deployment(
         .deployment(&name)
         .await?
         .ok_or_else(ApiError::not_found)?;
+    if format == Format::Json
+        && !flag(&params, "as_blueprint")
+        && let Some((version, json)) = api.catalog.deployment_json(&name)
+        && version == d.version
+    {
+        return Ok(with_etag(
+            json_text(StatusCode::OK, json.to_string()),
+            Some(d.version),
+        ));
+    }
     Ok(with_etag(
         body(
             StatusCode::OK,

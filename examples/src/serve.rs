@@ -61,6 +61,7 @@ fn spawn_loop<C, P, Fut>(
     name: &'static str,
     loops: &Arc<Loops>,
     period: Duration,
+    wake: Option<&Arc<tokio::sync::Notify>>,
     stopped: &watch::Receiver<bool>,
     leader: Option<&Arc<Elector>>,
     hook: bool,
@@ -78,6 +79,7 @@ where
         name,
         Arc::clone(loops),
         period,
+        wake.cloned(),
         stopped.clone(),
         move || leader.as_ref().is_none_or(|e| e.is_leader()),
         move || {
@@ -782,9 +784,14 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
             Duration::from_millis(config.lease_ttl_ms.clamp(1000, 600_000)),
         ),
     ));
+    // What is stored, decoded and indexed once for the API and the loops (kept current by
+    // their writes, which go through it, and by the store's change feed).
+    let catalog = Arc::new(vamp_core::ops::catalog::Catalog::new(Arc::clone(
+        &persistence,
+    )));
     // The loops' persistence: fenced by the leader's token.
     let loop_persistence: Arc<DynPersistenceStore> = Arc::new(vamp_core::layers::Fenced::new(
-        Arc::clone(&persistence),
+        Arc::clone(&catalog) as Arc<DynPersistenceStore>,
         elector.fence(),
     ));
     let scheduler: Arc<DynContainerScheduler> = Arc::clone(&owned) as Arc<DynContainerScheduler>;
@@ -844,7 +851,8 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
             controller_options,
         )
         .with_events(Arc::clone(&events))
-        .with_gateways(Arc::new(driver)),
+        .with_gateways(Arc::new(driver))
+        .with_catalog(Arc::clone(&catalog)),
     );
 
     let mut config_keys = BTreeMap::new();
@@ -883,6 +891,9 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
     options.limits.max_instances = config.max_instances;
     options.limits.max_event_streams = config.max_event_streams;
     let (shutdown, stopped) = watch::channel(false);
+    // Writes through the API bring the reconcile loop's next pass forward.
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let reconcile_wake = Arc::clone(&wake);
     let loops = Arc::new(Loops::default());
     let api = Arc::new(
         Api::new(
@@ -895,7 +906,9 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         .with_kv(Arc::clone(&kv), config.namespace.clone())
         .with_loops(Arc::clone(&loops))
         .with_owner(owned)
-        .with_election(Arc::clone(&elector)),
+        .with_election(Arc::clone(&elector))
+        .with_catalog(Arc::clone(&catalog))
+        .with_wake(Arc::clone(&wake)),
     );
 
     let until_stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -958,6 +971,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         "election",
         &loops,
         elector.options().renew_every(),
+        None,
         &stopped,
         None,
         false,
@@ -983,6 +997,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
             "event-relay",
             &loops,
             Duration::from_secs(1),
+            None,
             &stopped,
             None,
             false,
@@ -1008,6 +1023,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
             "catalog",
             &loops,
             Duration::from_secs(1),
+            None,
             &stopped,
             None,
             false,
@@ -1042,14 +1058,17 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         Arc::clone(&loop_persistence),
         Arc::clone(&metrics),
         Arc::clone(&events),
-    );
+    )
+    .with_catalog(Arc::clone(&catalog));
     let sla =
-        vamp_core::ops::sla::SlaController::new(Arc::clone(&loop_persistence), Arc::clone(&events));
+        vamp_core::ops::sla::SlaController::new(Arc::clone(&loop_persistence), Arc::clone(&events))
+            .with_catalog(Arc::clone(&catalog));
     let period = Duration::from_millis(config.period_ms.max(10));
     tasks.push(spawn_loop(
         "pulse",
         &loops,
         Duration::from_millis(config.pulse_ms.max(100)),
+        None,
         &stopped,
         Some(&elector),
         hook("pulse"),
@@ -1065,6 +1084,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         "sla",
         &loops,
         period,
+        None,
         &stopped,
         Some(&elector),
         hook("sla"),
@@ -1083,6 +1103,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         "canary",
         &loops,
         period,
+        None,
         &stopped,
         Some(&elector),
         hook("canary"),
@@ -1103,24 +1124,33 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         "reconcile",
         &loops,
         period,
+        Some(&wake),
         &stopped,
         Some(&elector),
         hook("reconcile"),
         Arc::clone(&controller),
-        |c| async move {
-            c.tick()
-                .await
-                .map(|r| {
-                    let mut errors = r.errors;
-                    errors.extend(
-                        r.failed
-                            .into_iter()
-                            .map(|(id, e)| format!("service {id}: {e}")),
-                    );
-                    errors.extend(r.persistence_error);
-                    errors
-                })
-                .map_err(|e| e.to_string())
+        move |c| {
+            let wake = Arc::clone(&reconcile_wake);
+            async move {
+                c.tick()
+                    .await
+                    .map(|r| {
+                        // Services acted on or on their way: the next pass soon (after the
+                        // wake gap), to record what they became.
+                        if !r.plan.actions.is_empty() || r.in_progress > 0 {
+                            wake.notify_one();
+                        }
+                        let mut errors = r.errors;
+                        errors.extend(
+                            r.failed
+                                .into_iter()
+                                .map(|(id, e)| format!("service {id}: {e}")),
+                        );
+                        errors.extend(r.persistence_error);
+                        errors
+                    })
+                    .map_err(|e| e.to_string())
+            }
         },
     ));
     let listener = tokio::net::TcpListener::bind(listen)
@@ -1151,6 +1181,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         "workflows",
         &loops,
         period,
+        None,
         &stopped,
         Some(&elector),
         hook("workflows"),

@@ -141,14 +141,22 @@ impl Loops {
 /// ended it.
 pub type PassResult = Result<Vec<String>, String>;
 
+/// The shortest time between a pass and the next one that `wake` brought forward.
+pub const MIN_WAKE_GAP: Duration = Duration::from_millis(50);
+
 /// Runs `pass` every `period` until `stop` turns true, each pass as its own task: a panic is
 /// recorded as a restart and followed by a new pass after a backoff; errors are logged and
 /// recorded in `loops` under `name`. While `active()` is false (this replica is not the
-/// leader) no pass runs and the loop is on standby.
+/// leader) no pass runs and the loop is on standby. A notification on `wake` (a write that
+/// changed what the loop acts on) brings the next pass forward: it starts after at least
+/// [`MIN_WAKE_GAP`], and at least as long as the last pass took, so that passes woken
+/// without pause still leave the process most of its time.
+#[allow(clippy::too_many_arguments)]
 pub async fn supervise<F, Fut>(
     name: &'static str,
     loops: Arc<Loops>,
     period: Duration,
+    wake: Option<Arc<tokio::sync::Notify>>,
     mut stop: watch::Receiver<bool>,
     active: impl Fn() -> bool,
     pass: F,
@@ -174,6 +182,7 @@ pub async fn supervise<F, Fut>(
         let started = std::time::Instant::now();
         let outcome = tokio::spawn(pass()).await;
         let took = started.elapsed();
+        let gap = MIN_WAKE_GAP.max(took);
         if outcome.is_ok() {
             loops.update(name, |l| {
                 l.last_pass = Some(took);
@@ -231,8 +240,18 @@ pub async fn supervise<F, Fut>(
                 wait
             }
         };
+        let woken = async {
+            match &wake {
+                Some(w) => {
+                    w.notified().await;
+                    tokio::time::sleep(gap.min(wait)).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
+            () = woken => {}
             _ = stop.wait_for(|s| *s) => break,
         }
     }
@@ -257,6 +276,7 @@ mod tests {
                     "test",
                     loops,
                     Duration::from_millis(1),
+                    None,
                     stopped,
                     || true,
                     move || {

@@ -112,6 +112,18 @@ async fn its_own_writes_are_read_at_once_and_removals_free_ports_and_counts() {
     assert_eq!(ports.get(&24000).map(String::as_str), Some("a/web/web"));
     assert_eq!(ports.get(&9050).map(String::as_str), Some("a/9050"));
 
+    // Its JSON is the DSL's canonical JSON of what it holds, page or single.
+    let (jv, json) = catalog.deployment_json("a").unwrap();
+    let canonical = vamp_core::dsl::to_node(&AnyArtifact::Deployment((*got.value).clone()))
+        .to_json()
+        .to_string();
+    assert_eq!((jv, &*json), (v, canonical.as_str()));
+    assert_eq!(
+        catalog.deployments_json_page(0, 30),
+        (1, vec![Arc::clone(&json)])
+    );
+    assert_eq!(catalog.deployments_json_page(1, 30), (1, vec![]));
+
     let breed: DefaultBreed =
         serde_json::from_str(r#"{"name": "b:1", "deployable": "b:1"}"#).unwrap();
     catalog.create(&breed).await.unwrap();

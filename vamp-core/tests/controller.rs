@@ -165,7 +165,8 @@ struct Recorder(Mutex<Vec<(Vec<Gateway>, Vec<Deployment>)>>);
 
 #[async_trait]
 impl GatewaySink for Recorder {
-    async fn push(&self, gateways: Vec<Gateway>, deployments: Vec<Deployment>) -> Result<()> {
+    async fn push(&self, gateways: Vec<Gateway>, deployments: Vec<Arc<Deployment>>) -> Result<()> {
+        let deployments = deployments.iter().map(|d| (**d).clone()).collect();
         self.0.lock().push((gateways, deployments));
         Ok(())
     }

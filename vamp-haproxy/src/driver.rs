@@ -486,7 +486,7 @@ impl vamp_core::ops::controller::GatewaySink for GatewayDriver {
     async fn push(
         &self,
         mut gateways: Vec<Gateway>,
-        deployments: Vec<vamp_core::model::Deployment>,
+        deployments: Vec<std::sync::Arc<vamp_core::model::Deployment>>,
     ) -> vamp_core::Result<()> {
         // Targets follow the instances: drop what an earlier pass resolved.
         for g in &mut gateways {

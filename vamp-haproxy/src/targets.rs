@@ -10,11 +10,22 @@
 use vamp_core::model::{Deployment, Gateway, Port, Route, RouteTarget};
 
 /// Fills the targets of routes that have none.
-pub fn resolve_targets(gateways: &mut [Gateway], deployments: &[Deployment]) {
-    let ports: Vec<(String, i64)> = gateways
-        .iter()
-        .map(|g| (g.name.clone(), g.port.number))
-        .collect();
+pub fn resolve_targets<D: std::borrow::Borrow<Deployment>>(
+    gateways: &mut [Gateway],
+    deployments: &[D],
+) {
+    // The first gateway of each name with a port, and the deployments by name: one lookup
+    // per route, whatever the counts.
+    let mut ports: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    for g in gateways.iter().filter(|g| g.port.number > 0) {
+        ports.entry(g.name.clone()).or_insert(g.port.number);
+    }
+    let mut by_name: std::collections::HashMap<&str, Vec<&Deployment>> =
+        std::collections::HashMap::new();
+    for d in deployments {
+        let d: &Deployment = d.borrow();
+        by_name.entry(d.name.as_str()).or_default().push(d);
+    }
     for g in gateways.iter_mut() {
         for r in &mut g.routes {
             let Route::Default(d) = r else { continue };
@@ -28,7 +39,7 @@ pub fn resolve_targets(gateways: &mut [Gateway], deployments: &[Deployment]) {
                 continue;
             }
             let path = d.path.normalized();
-            if let Some((name, port)) = ports.iter().find(|(n, p)| *n == path && *p > 0) {
+            if let Some((name, port)) = ports.get_key_value(path.as_str()) {
                 d.targets = vec![RouteTarget::Internal {
                     name: name.clone(),
                     host: None,
@@ -37,9 +48,10 @@ pub fn resolve_targets(gateways: &mut [Gateway], deployments: &[Deployment]) {
                 continue;
             }
             if let [dep, cluster, service, port] = d.path.segments.as_slice() {
-                let instances = deployments
-                    .iter()
-                    .filter(|x| &x.name == dep)
+                let instances = by_name
+                    .get(dep.as_str())
+                    .into_iter()
+                    .flatten()
                     .flat_map(|x| x.clusters.iter().filter(|c| &c.name == cluster))
                     .flat_map(|c| c.services.iter().filter(|s| &s.breed.name == service))
                     .flat_map(|s| s.instances.iter());
@@ -130,7 +142,7 @@ mod tests {
             panic!()
         };
         let mut gs = vec![a, b];
-        resolve_targets(&mut gs, &[]);
+        resolve_targets::<Deployment>(&mut gs, &[]);
         assert_eq!(
             gs[0].routes[0].definition().unwrap().targets,
             vec![RouteTarget::External {

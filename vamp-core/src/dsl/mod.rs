@@ -27,7 +27,7 @@ mod validate;
 mod write;
 
 pub use compose::{ComposeBlueprint, read_compose_ports, read_docker_compose};
-pub use write::{node_to_yaml, to_json, to_node, to_yaml};
+pub use write::{deployment_to_node, node_to_yaml, to_json, to_node, to_yaml};
 
 use crate::error::{Notification, ReadError, ReadResult};
 use crate::model::*;

@@ -906,6 +906,12 @@ pub(crate) fn top_escalation(e: &Escalation) -> Node {
     escalation_node(e, true)
 }
 
+/// The canonical DSL tree of a deployment (with `kind`): [`to_node`] of
+/// `AnyArtifact::Deployment`, without copying the deployment into one.
+pub fn deployment_to_node(d: &Deployment) -> Node {
+    deployment_node(d)
+}
+
 /// The canonical DSL tree of an artifact (with `kind`).
 pub fn to_node(artifact: &AnyArtifact) -> Node {
     match artifact {

@@ -25,14 +25,55 @@ pub const MAX_LOG: usize = 10_000;
 /// How many removed artifacts keep their history (the most recently removed).
 pub const MAX_REMOVED_HISTORIES: usize = 1_000;
 
+/// One stored version, its content kept as compact JSON text: a tenth of the memory of the
+/// parsed value, which a read rebuilds.
+#[derive(Debug)]
+struct Stored {
+    kind: ArtifactKind,
+    name: String,
+    version: Version,
+    content: Option<Box<str>>,
+    timestamp_ms: i64,
+}
+
+impl Stored {
+    fn of(r: &ArtifactRecord) -> Self {
+        Self {
+            kind: r.kind,
+            name: r.name.clone(),
+            version: r.version,
+            content: r.content.as_ref().map(|c| c.to_string().into_boxed_str()),
+            timestamp_ms: r.timestamp_ms,
+        }
+    }
+
+    fn content(&self) -> Option<serde_json::Value> {
+        // Our own serialisation of a JSON value: it always parses.
+        self.content
+            .as_deref()
+            .map(|t| serde_json::from_str(t).unwrap_or(serde_json::Value::Null))
+    }
+
+    fn record(&self) -> ArtifactRecord {
+        ArtifactRecord {
+            kind: self.kind,
+            name: self.name.clone(),
+            version: self.version,
+            content: self.content(),
+            timestamp_ms: self.timestamp_ms,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
-    current: BTreeMap<Key, ArtifactRecord>,
-    /// The latest versions of each artifact, shared with the log.
-    history: HashMap<Key, VecDeque<Arc<ArtifactRecord>>>,
+    /// The current version of each artifact, shared with its history and the log.
+    current: BTreeMap<Key, Arc<Stored>>,
+    /// The latest versions of each artifact.
+    history: HashMap<Key, VecDeque<Arc<Stored>>>,
     /// The artifacts removed, oldest first: their histories go when there are too many.
     removed: VecDeque<Key>,
-    log: VecDeque<Arc<ArtifactRecord>>,
+    log: VecDeque<Arc<Stored>>,
     seq: u64,
     subscribers: Vec<mpsc::UnboundedSender<Result<ArtifactRecord>>>,
 }
@@ -56,10 +97,9 @@ impl InMemoryPersistence {
 }
 
 impl State {
-    fn record(&mut self, record: ArtifactRecord) {
+    fn record(&mut self, record: Arc<Stored>) {
         let key = (record.kind, record.name.clone());
         let removed = record.content.is_none();
-        let record = Arc::new(record);
         let history = self.history.entry(key.clone()).or_default();
         history.push_back(Arc::clone(&record));
         if history.len() > MAX_HISTORY {
@@ -111,7 +151,7 @@ impl PersistenceStore for InMemoryPersistence {
             .lock()
             .current
             .get(&(kind, name.to_owned()))
-            .cloned())
+            .map(|r| r.record()))
     }
 
     async fn write(&self, writes: Vec<ArtifactWrite>) -> Result<Vec<Option<Version>>> {
@@ -130,7 +170,7 @@ impl PersistenceStore for InMemoryPersistence {
             let key = (w.kind, w.name.clone());
             let current = match overlay.get(&key) {
                 Some(v) => v.clone(),
-                None => s.current.get(&key).cloned(),
+                None => s.current.get(&key).map(|r| r.record()),
             };
             let label = format!("{}/{}", w.kind, w.name);
             match w.op {
@@ -221,14 +261,15 @@ impl PersistenceStore for InMemoryPersistence {
         s.seq = seq;
         for record in planned.into_iter().flatten() {
             let key = (record.kind, record.name.clone());
+            let stored = Arc::new(Stored::of(&record));
             if record.content.is_some() {
-                s.current.insert(key.clone(), record.clone());
+                s.current.insert(key.clone(), Arc::clone(&stored));
             } else {
                 s.current.remove(&key);
             }
             s.subscribers
                 .retain(|tx| tx.unbounded_send(Ok(record.clone())).is_ok());
-            s.record(record);
+            s.record(stored);
         }
         Ok(results)
     }
@@ -239,8 +280,8 @@ impl PersistenceStore for InMemoryPersistence {
             .current
             .range((kind, String::new())..)
             .take_while(|((k, _), _)| *k == kind)
-            .map(|(_, r)| r.clone())
-            .skip(opts.offset);
+            .skip(opts.offset)
+            .map(|(_, r)| r.record());
         Ok(match opts.limit {
             Some(n) => iter.take(n).collect(),
             None => iter.collect(),
@@ -253,7 +294,7 @@ impl PersistenceStore for InMemoryPersistence {
             .lock()
             .history
             .get(&(kind, name.to_owned()))
-            .map(|h| h.iter().map(|r| (**r).clone()).collect())
+            .map(|h| h.iter().map(|r| r.record()).collect())
             .unwrap_or_default())
     }
 
@@ -276,7 +317,7 @@ impl PersistenceStore for InMemoryPersistence {
                 }));
             }
             for r in s.log.iter().filter(|r| r.version > since) {
-                let _ = tx.unbounded_send(Ok((**r).clone()));
+                let _ = tx.unbounded_send(Ok(r.record()));
             }
         }
         s.subscribers.push(tx);

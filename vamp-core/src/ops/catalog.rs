@@ -120,11 +120,29 @@ fn decode(record: &ArtifactRecord) -> std::result::Result<Entry, String> {
     })
 }
 
+/// A deployment as the catalog holds it, with its canonical JSON once asked for.
+#[derive(Clone)]
+struct Held {
+    deployment: Versioned<Arc<Deployment>>,
+    json: Arc<std::sync::OnceLock<Arc<str>>>,
+}
+
+impl Held {
+    fn json(&self) -> Arc<str> {
+        Arc::clone(self.json.get_or_init(|| {
+            crate::dsl::deployment_to_node(&self.deployment.value)
+                .to_json()
+                .to_string()
+                .into()
+        }))
+    }
+}
+
 #[derive(Default)]
 struct State {
     loaded: bool,
     versions: HashMap<(ArtifactKind, String), Version>,
-    deployments: BTreeMap<String, Versioned<Arc<Deployment>>>,
+    deployments: BTreeMap<String, Held>,
     gateways: BTreeMap<String, Versioned<Arc<Gateway>>>,
     /// Breeds, scales, blueprints, workflow names, and every gateway's port.
     artifacts: Artifacts,
@@ -182,6 +200,7 @@ impl State {
         match kind {
             ArtifactKind::Deployment => {
                 if let Some(old) = self.deployments.remove(name) {
+                    let old = old.deployment;
                     let (s, i) = footprint(&old.value);
                     self.services -= s;
                     self.instances = self.instances.saturating_sub(i);
@@ -224,8 +243,13 @@ impl State {
                     let g = g.to_owned();
                     self.claim(port, &g);
                 }
-                self.deployments
-                    .insert(name.to_owned(), Versioned { value: d, version });
+                self.deployments.insert(
+                    name.to_owned(),
+                    Held {
+                        deployment: Versioned { value: d, version },
+                        json: Arc::default(),
+                    },
+                );
             }
             Entry::Gateway(g) => {
                 if let Some((port, n)) = gateway_port(&g) {
@@ -434,7 +458,35 @@ impl Catalog {
 
     /// A deployment, normalised, if it is indexed.
     pub fn deployment(&self, name: &str) -> Option<Versioned<Arc<Deployment>>> {
-        self.state.read().deployments.get(name).cloned()
+        self.state
+            .read()
+            .deployments
+            .get(name)
+            .map(|h| h.deployment.clone())
+    }
+
+    /// A deployment's canonical JSON (the DSL's, as `dsl::to_node(..).to_json()` writes it)
+    /// and version, written once per version and then shared.
+    pub fn deployment_json(&self, name: &str) -> Option<(Version, Arc<str>)> {
+        let held = self.state.read().deployments.get(name).cloned()?;
+        Some((held.deployment.version, held.json()))
+    }
+
+    /// How many deployments there are, and the canonical JSON of those of the page
+    /// `offset`, `limit`, in name order.
+    pub fn deployments_json_page(&self, offset: usize, limit: usize) -> (usize, Vec<Arc<str>>) {
+        let (total, page): (usize, Vec<Held>) = {
+            let s = self.state.read();
+            let page = s
+                .deployments
+                .values()
+                .skip(offset)
+                .take(limit)
+                .cloned()
+                .collect();
+            (s.deployments.len(), page)
+        };
+        (total, page.iter().map(Held::json).collect())
     }
 
     /// How many deployments there are, and those of the page `offset`, `limit`, in name order.
@@ -449,14 +501,19 @@ impl Catalog {
             .values()
             .skip(offset)
             .take(limit)
-            .cloned()
+            .map(|h| h.deployment.clone())
             .collect();
         (s.deployments.len(), page)
     }
 
     /// Every deployment, normalised, in name order (shared, not copied).
     pub fn deployments(&self) -> Vec<Versioned<Arc<Deployment>>> {
-        self.state.read().deployments.values().cloned().collect()
+        self.state
+            .read()
+            .deployments
+            .values()
+            .map(|h| h.deployment.clone())
+            .collect()
     }
 
     /// Every standalone gateway, in name order.

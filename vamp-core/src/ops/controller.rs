@@ -122,8 +122,9 @@ impl Clock for ManualClock {
 /// implements it.
 #[async_trait]
 pub trait GatewaySink: fmt::Debug + Send + Sync + 'static {
-    /// Makes these gateways the deployments' gateways.
-    async fn push(&self, gateways: Vec<Gateway>, deployments: Vec<Deployment>) -> Result<()>;
+    /// Makes these gateways the deployments' gateways (the deployments are shared with the
+    /// loop: a pass copies none of them).
+    async fn push(&self, gateways: Vec<Gateway>, deployments: Vec<Arc<Deployment>>) -> Result<()>;
 }
 
 /// How the loop runs.
@@ -170,11 +171,14 @@ pub struct TickReport {
     pub persistence_error: Option<String>,
     /// Other errors of the pass (writes, events, gateways).
     pub errors: Vec<String>,
+    /// Services on their way (neither deployed nor undeployed nor failed) after the pass: a
+    /// loop that passes again soon records them as soon as they arrive.
+    pub in_progress: usize,
 }
 
 #[derive(Default)]
 struct State {
-    last: Vec<Versioned<Deployment>>,
+    last: Vec<Versioned<Arc<Deployment>>>,
     backoff: BTreeMap<ServiceId, (u32, i64)>,
 }
 
@@ -190,6 +194,8 @@ pub struct Controller {
     /// Deployments and gateways as last decoded: a pass decodes only what was written since.
     decoded_deployments: crate::persistence::DecodeCache<Deployment>,
     decoded_gateways: crate::persistence::DecodeCache<Gateway>,
+    /// Where a pass reads deployments and gateways from instead, when set.
+    catalog: Option<Arc<crate::ops::catalog::Catalog>>,
 }
 
 impl fmt::Debug for Controller {
@@ -219,7 +225,57 @@ impl Controller {
             state: Mutex::new(State::default()),
             decoded_deployments: crate::persistence::DecodeCache::new(),
             decoded_gateways: crate::persistence::DecodeCache::new(),
+            catalog: None,
         }
+    }
+
+    /// Reads deployments and standalone gateways from `catalog` (kept current by its feed;
+    /// give it the writes of this loop's persistence too, by layering that over it) instead
+    /// of listing and decoding the store every pass: a pass then costs what the plan costs.
+    #[must_use]
+    pub fn with_catalog(mut self, catalog: Arc<crate::ops::catalog::Catalog>) -> Self {
+        self.catalog = Some(catalog);
+        self
+    }
+
+    /// The desired deployments, normalised.
+    async fn desired(&self) -> Result<Vec<Versioned<Arc<Deployment>>>> {
+        if let Some(catalog) = &self.catalog {
+            catalog.ensure_loaded().await?;
+            return Ok(catalog.deployments());
+        }
+        Ok(self
+            .decoded_deployments
+            .list_all(&*self.persistence)
+            .await?
+            .into_iter()
+            .map(|mut v| {
+                crate::ops::deploy::normalize(&mut v.value);
+                Versioned {
+                    value: Arc::new(v.value),
+                    version: v.version,
+                }
+            })
+            .collect())
+    }
+
+    /// The standalone gateways.
+    async fn stored_gateways(&self) -> Result<Vec<Gateway>> {
+        if let Some(catalog) = &self.catalog {
+            catalog.ensure_loaded().await?;
+            return Ok(catalog
+                .gateways()
+                .into_iter()
+                .map(|v| Arc::unwrap_or_clone(v.value))
+                .collect());
+        }
+        Ok(self
+            .decoded_gateways
+            .list_all(&*self.persistence)
+            .await?
+            .into_iter()
+            .map(|v| v.value)
+            .collect())
     }
 
     /// Publishes Vamp's synchronisation events to `events`.
@@ -261,11 +317,8 @@ impl Controller {
     pub async fn tick(&self) -> Result<TickReport> {
         let now = self.clock.now_millis();
         let mut report = TickReport::default();
-        let desired = match self.decoded_deployments.list_all(&*self.persistence).await {
-            Ok(mut d) => {
-                for v in &mut d {
-                    crate::ops::deploy::normalize(&mut v.value);
-                }
+        let desired = match self.desired().await {
+            Ok(d) => {
                 self.state.lock().last = d.clone();
                 d
             }
@@ -285,7 +338,8 @@ impl Controller {
             .filter(|(_, (_, until))| *until > now)
             .map(|(id, _)| id.clone())
             .collect();
-        let deployments: Vec<Deployment> = desired.iter().map(|v| v.value.clone()).collect();
+        let deployments: Vec<Arc<Deployment>> =
+            desired.iter().map(|v| Arc::clone(&v.value)).collect();
         let planned = plan(
             &deployments,
             &observed,
@@ -337,7 +391,16 @@ impl Controller {
 
         // The deployments as this pass leaves them: for the gateway side, and for the next
         // pass if the store cannot be read then.
-        let outcome = planned.apply_to(deployments);
+        let outcome = planned.apply_to_shared(&deployments);
+        report.in_progress = outcome
+            .iter()
+            .flat_map(|d| d.clusters.iter().flat_map(|c| &c.services))
+            .filter(|s| {
+                !crate::ops::status::is_deployed(&s.status)
+                    && !crate::ops::status::is_undeployed(&s.status)
+                    && !crate::ops::status::is_failed(&s.status)
+            })
+            .count();
         let versions: std::collections::HashMap<&str, crate::kv::Version> = desired
             .iter()
             .map(|v| (v.value.name.as_str(), v.version))
@@ -346,7 +409,7 @@ impl Controller {
         self.state.lock().last = outcome
             .iter()
             .map(|d| Versioned {
-                value: d.clone(),
+                value: Arc::clone(d),
                 version: version_of(&d.name).unwrap_or(crate::kv::Version(0)),
             })
             .collect();
@@ -390,16 +453,11 @@ impl Controller {
         if let Some(sink) = &self.gateways {
             // The deployments' gateways, then the standalone ones stored on their own. Without
             // the stored ones nothing is pushed: a partial set would take gateways down.
-            match self.decoded_gateways.list_all(&*self.persistence).await {
+            match self.stored_gateways().await {
                 Ok(stored) => {
                     let mut gateways = crate::ops::reconcile::gateways(&outcome);
                     let names: BTreeSet<String> = gateways.iter().map(|g| g.name.clone()).collect();
-                    gateways.extend(
-                        stored
-                            .into_iter()
-                            .map(|v| v.value)
-                            .filter(|g| !names.contains(&g.name)),
-                    );
+                    gateways.extend(stored.into_iter().filter(|g| !names.contains(&g.name)));
                     if let Err(e) = sink.push(gateways, outcome).await {
                         report.errors.push(format!("gateways: {e}"));
                     }

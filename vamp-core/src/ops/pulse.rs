@@ -57,6 +57,8 @@ pub fn events(
 /// The loop that publishes the events. Runtime-agnostic.
 pub struct PulseController {
     persistence: Arc<DynPersistenceStore>,
+    /// Where a pass reads deployments and gateways from instead of the store, when set.
+    catalog: Option<Arc<crate::ops::catalog::Catalog>>,
     metrics: Arc<DynMetricsStore>,
     events: Arc<DynEventStore>,
     clock: Arc<dyn Clock>,
@@ -82,12 +84,62 @@ impl PulseController {
     ) -> Self {
         Self {
             persistence,
+            catalog: None,
             metrics,
             events,
             clock: Arc::new(SystemClock),
             window: Duration::from_secs(30),
             health_window: Duration::from_secs(30),
         }
+    }
+
+    /// Reads deployments and gateways from `catalog` instead of listing and decoding the store
+    /// every pass.
+    #[must_use]
+    pub fn with_catalog(mut self, catalog: Arc<crate::ops::catalog::Catalog>) -> Self {
+        self.catalog = Some(catalog);
+        self
+    }
+
+    /// Every gateway: the deployments' (cluster and deployment gateways), then the
+    /// standalone ones.
+    async fn gateways(&self) -> Result<Vec<Gateway>> {
+        if let Some(catalog) = &self.catalog {
+            catalog.ensure_loaded().await?;
+            let mut gateways = crate::ops::reconcile::gateways(
+                &catalog
+                    .deployments()
+                    .into_iter()
+                    .map(|d| d.value)
+                    .collect::<Vec<_>>(),
+            );
+            gateways.extend(
+                catalog
+                    .gateways()
+                    .into_iter()
+                    .map(|g| Arc::unwrap_or_clone(g.value)),
+            );
+            return Ok(gateways);
+        }
+        let mut deployments: Vec<Deployment> = self
+            .persistence
+            .list_all::<Deployment>()
+            .await?
+            .into_iter()
+            .map(|v| v.value)
+            .collect();
+        for d in &mut deployments {
+            crate::ops::deploy::normalize(d);
+        }
+        let mut gateways = crate::ops::reconcile::gateways(&deployments);
+        gateways.extend(
+            self.persistence
+                .list_all::<Gateway>()
+                .await?
+                .into_iter()
+                .map(|v| v.value),
+        );
+        Ok(gateways)
     }
 
     /// Uses `clock` for the events' time.
@@ -111,24 +163,7 @@ impl PulseController {
     /// The gateways could not be read, or a store failed.
     pub async fn tick(&self) -> Result<usize> {
         let now = self.clock.now_millis();
-        let mut deployments: Vec<Deployment> = self
-            .persistence
-            .list_all::<Deployment>()
-            .await?
-            .into_iter()
-            .map(|v| v.value)
-            .collect();
-        for d in &mut deployments {
-            crate::ops::deploy::normalize(d);
-        }
-        let mut gateways = crate::ops::reconcile::gateways(&deployments);
-        gateways.extend(
-            self.persistence
-                .list_all::<Gateway>()
-                .await?
-                .into_iter()
-                .map(|v| v.value),
-        );
+        let gateways = self.gateways().await?;
         let mut published = 0;
         for g in &gateways {
             let mut targets = vec![(

@@ -115,25 +115,43 @@ impl Plan {
     /// The deployments as they will be stored: `desired` (the planner's input) with `store`
     /// applied and `delete` removed, in order.
     pub fn apply_to(&self, desired: Vec<Deployment>) -> Vec<Deployment> {
+        let stored: std::collections::HashMap<&str, &Deployment> =
+            self.store.iter().map(|d| (d.name.as_str(), d)).collect();
+        let deleted: BTreeSet<&str> = self.delete.iter().map(String::as_str).collect();
         desired
             .into_iter()
-            .filter(|d| !self.delete.contains(&d.name))
+            .filter(|d| !deleted.contains(d.name.as_str()))
+            .map(|d| stored.get(d.name.as_str()).map_or(d, |s| (*s).clone()))
+            .collect()
+    }
+
+    /// [`Plan::apply_to`] over shared deployments: those the plan did not change stay shared.
+    pub fn apply_to_shared(
+        &self,
+        desired: &[std::sync::Arc<Deployment>],
+    ) -> Vec<std::sync::Arc<Deployment>> {
+        let stored: std::collections::HashMap<&str, &Deployment> =
+            self.store.iter().map(|d| (d.name.as_str(), d)).collect();
+        let deleted: BTreeSet<&str> = self.delete.iter().map(String::as_str).collect();
+        desired
+            .iter()
+            .filter(|d| !deleted.contains(d.name.as_str()))
             .map(|d| {
-                self.store
-                    .iter()
-                    .find(|s| s.name == d.name)
-                    .cloned()
-                    .unwrap_or(d)
+                stored.get(d.name.as_str()).map_or_else(
+                    || std::sync::Arc::clone(d),
+                    |s| std::sync::Arc::new((*s).clone()),
+                )
             })
             .collect()
     }
 }
 
 /// Every gateway of `deployments`: internal (cluster) gateways, then deployment gateways.
-pub fn gateways(deployments: &[Deployment]) -> Vec<Gateway> {
+pub fn gateways<D: std::borrow::Borrow<Deployment>>(deployments: &[D]) -> Vec<Gateway> {
     deployments
         .iter()
-        .flat_map(|d| {
+        .map(std::borrow::Borrow::borrow)
+        .flat_map(|d: &Deployment| {
             d.clusters
                 .iter()
                 .flat_map(|c| c.gateways.iter().cloned())
@@ -258,8 +276,8 @@ fn dependencies_deployed(d: &Deployment, s: &DeploymentService) -> bool {
 
 /// Plans one pass. `backoff` holds services whose last action failed and that must not be
 /// acted on yet (the controller's error policy).
-pub fn plan(
-    deployments: &[Deployment],
+pub fn plan<D: std::borrow::Borrow<Deployment>>(
+    deployments: &[D],
     observed: &[DeployedService],
     backoff: &BTreeSet<ServiceId>,
     now: i64,
@@ -271,6 +289,7 @@ pub fn plan(
     let mut plan = Plan::default();
     let mut wanted: BTreeSet<ServiceId> = BTreeSet::new();
     for original in deployments {
+        let original: &Deployment = original.borrow();
         // Copied only when something changes: most passes change nothing.
         let mut d = std::borrow::Cow::Borrowed(original);
         for ci in dependency_order(original) {

@@ -33,6 +33,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::error::Result;
+use crate::kv::Versioned;
 use crate::metrics::{Aggregation, DynEventStore};
 use crate::model::*;
 use crate::node::Node;
@@ -228,6 +229,8 @@ pub fn escalate(
 /// the previous pass. Runtime-agnostic.
 pub struct SlaController {
     persistence: Arc<DynPersistenceStore>,
+    /// Where a pass reads deployments from instead of the store, when set.
+    catalog: Option<Arc<crate::ops::catalog::Catalog>>,
     events: Arc<DynEventStore>,
     clock: Arc<dyn Clock>,
     /// Where the previous pass read SLA events up to (ms).
@@ -275,10 +278,39 @@ impl SlaController {
     pub fn new(persistence: Arc<DynPersistenceStore>, events: Arc<DynEventStore>) -> Self {
         Self {
             persistence,
+            catalog: None,
             events,
             clock: Arc::new(SystemClock),
             since: Mutex::new(None),
         }
+    }
+
+    /// Reads deployments from `catalog` instead of listing and decoding the store every pass.
+    #[must_use]
+    pub fn with_catalog(mut self, catalog: Arc<crate::ops::catalog::Catalog>) -> Self {
+        self.catalog = Some(catalog);
+        self
+    }
+
+    /// Every deployment, normalised.
+    async fn deployments(&self) -> Result<Vec<Versioned<Arc<Deployment>>>> {
+        if let Some(catalog) = &self.catalog {
+            catalog.ensure_loaded().await?;
+            return Ok(catalog.deployments());
+        }
+        Ok(self
+            .persistence
+            .list_all::<Deployment>()
+            .await?
+            .into_iter()
+            .map(|mut d| {
+                crate::ops::deploy::normalize(&mut d.value);
+                Versioned {
+                    value: Arc::new(d.value),
+                    version: d.version,
+                }
+            })
+            .collect())
     }
 
     /// Uses `clock` for now.
@@ -325,10 +357,7 @@ impl SlaController {
     pub async fn tick(&self) -> Result<SlaReport> {
         let now = self.clock.now_millis();
         let mut report = SlaReport::default();
-        let mut deployments = self.persistence.list_all::<Deployment>().await?;
-        for d in &mut deployments {
-            crate::ops::deploy::normalize(&mut d.value);
-        }
+        let deployments = self.deployments().await?;
         // Checks.
         for d in &deployments {
             for c in &d.value.clusters {
