@@ -129,6 +129,57 @@ async fn instances_serve_on_their_ports_and_are_stopped_with_their_children() {
     }
 }
 
+/// Without health checks, an instance runs once its first port accepts connections: until
+/// then no gateway may send it a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_runs_once_it_listens_on_its_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let scheduler = LocalScheduler::new(dir.path()).unwrap();
+    let id = ServiceId::new("late", "late", "late:1.0.0");
+    // Listens only once the file `go` exists in its directory.
+    let spec = ServiceSpec::new(
+        id.clone(),
+        command("while [ ! -f go ]; do sleep 0.05; done; exec python3 -m http.server \"$PORT\" --bind 127.0.0.1"),
+    )
+    .with_port("web", 8080, PortType::Http);
+    scheduler
+        .deploy(spec, DeployOptions::default())
+        .await
+        .unwrap();
+    let instance = eventually("the instance's process", async || {
+        let s = scheduler.service(&id).await.unwrap()?;
+        let i = s.instances.first()?.clone();
+        dir.path()
+            .join(&i.name)
+            .join("instance.pid")
+            .exists()
+            .then_some(i)
+    })
+    .await;
+    // Started, not listening: not running, however often it is asked.
+    for _ in 0..10 {
+        let s = scheduler.service(&id).await.unwrap().unwrap();
+        assert!(
+            !s.instances[0].running,
+            "running before it listens: {:?}",
+            s.instances[0]
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::write(dir.path().join(&instance.name).join("go"), "").unwrap();
+    let port = instance.ports["web"];
+    eventually("running once it listens", async || {
+        let s = scheduler.service(&id).await.unwrap()?;
+        s.instances[0].running.then_some(())
+    })
+    .await;
+    let status = tokio::task::spawn_blocking(move || http_status(port))
+        .await
+        .unwrap();
+    assert_eq!(status, Some(200), "it answers once it runs");
+    assert!(scheduler.undeploy(&id).await.unwrap());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_that_dies_is_started_again() {
     let dir = tempfile::tempdir().unwrap();

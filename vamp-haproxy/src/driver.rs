@@ -498,7 +498,27 @@ impl vamp_core::ops::controller::GatewaySink for GatewayDriver {
                 }
             }
         }
-        crate::targets::resolve_targets(&mut gateways, &deployments);
+        // Routes go to running instances only (Vamp routed to every instance): a request
+        // sent to one that does not listen yet waits for HAProxy's connect retry, a second.
+        let running: Vec<std::sync::Arc<vamp_core::model::Deployment>> = deployments
+            .iter()
+            .map(|d| {
+                let all_running = d
+                    .clusters
+                    .iter()
+                    .flat_map(|c| &c.services)
+                    .all(|s| s.instances.iter().all(|i| i.deployed));
+                if all_running {
+                    return std::sync::Arc::clone(d);
+                }
+                let mut d = (**d).clone();
+                for s in d.clusters.iter_mut().flat_map(|c| &mut c.services) {
+                    s.instances.retain(|i| i.deployed);
+                }
+                std::sync::Arc::new(d)
+            })
+            .collect();
+        crate::targets::resolve_targets(&mut gateways, &running);
         match GatewayDriver::push(self, &gateways).await {
             Ok(_) => Ok(()),
             Err(PushError::Store(e)) => Err(e),

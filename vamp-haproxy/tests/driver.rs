@@ -266,3 +266,66 @@ fn incremental_pushes_write_what_a_full_render_writes() {
     .now_or_never()
     .unwrap();
 }
+
+/// As the reconcile loop's gateway side, the driver routes to running instances only: an
+/// instance the scheduler started that does not run yet gets no request.
+#[test]
+fn routes_go_to_running_instances_only() {
+    async {
+        use vamp_core::model::{Deployment, Instance};
+        use vamp_core::ops::controller::GatewaySink;
+        let kv = Arc::new(InMemoryKv::new());
+        let driver = GatewayDriver::new(
+            Arc::clone(&kv) as Arc<vamp_core::kv::DynKeyValueStore>,
+            "default",
+            vec![Marshaller::new("1.7").with_options(RenderOptions::default())],
+        );
+        let blueprint = match vamp_core::dsl::read_str(
+            "name: shop\nclusters:\n  web:\n    breed: {name: 'web:1', deployable: web, ports: {port: 8080/http}}\n    scale: {cpu: 0.1, memory: 32MB, instances: 2}\n",
+            Some(vamp_core::model::ArtifactKind::Blueprint),
+        )
+        .unwrap()
+        .remove(0)
+        {
+            vamp_core::dsl::AnyArtifact::Blueprint(b) => b,
+            other => panic!("{other:?}"),
+        };
+        let mut d: Deployment = vamp_core::ops::deploy::merge(
+            None,
+            "shop",
+            &blueprint,
+            &vamp_core::ops::deploy::Artifacts::new(),
+            &vamp_core::ops::deploy::MergeOptions::new(0),
+        )
+        .unwrap()
+        .deployment;
+        let instance = |name: &str, port: i64, deployed: bool| Instance {
+            name: name.into(),
+            host: "127.0.0.1".into(),
+            ports: [("port".to_owned(), port)].into_iter().collect(),
+            deployed,
+        };
+        d.clusters[0].services[0].instances =
+            vec![instance("up", 31001, true), instance("starting", 31002, false)];
+        let gateways = vamp_core::ops::reconcile::gateways(std::slice::from_ref(&d));
+        GatewaySink::push(&driver, gateways.clone(), vec![Arc::new(d.clone())])
+            .await
+            .unwrap();
+        let config_key = keys::haproxy_configuration("default", "1.7").unwrap();
+        let targets = kv.get_string(&config_key).await.unwrap().unwrap();
+        assert!(targets.contains("127.0.0.1:31001"), "{targets}");
+        assert!(!targets.contains("31002"), "{targets}");
+        // Once it runs, it is routed to as well.
+        d.clusters[0].services[0].instances[1].deployed = true;
+        GatewaySink::push(&driver, gateways, vec![Arc::new(d)])
+            .await
+            .unwrap();
+        let targets = kv.get_string(&config_key).await.unwrap().unwrap();
+        assert!(
+            targets.contains("127.0.0.1:31001") && targets.contains("127.0.0.1:31002"),
+            "{targets}"
+        );
+    }
+    .now_or_never()
+    .unwrap();
+}

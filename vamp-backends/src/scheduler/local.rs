@@ -20,7 +20,11 @@
 //! another process took while it was down is replaced by a free one (the instance's reported
 //! ports change with it). Health checks (`HTTP`/`HTTPS` as an HTTP `GET` of the path,
 //! anything else as a TCP connect, on the named port) run every `interval` seconds after
-//! `initial_delay`; an instance is unhealthy after `failures` failed checks in a row.
+//! `initial_delay`; an instance is unhealthy after `failures` failed checks in a row. Without
+//! health checks, an instance with ports counts as running once its first port (`$PORT`)
+//! accepts connections (at most [`LISTEN_WAIT`] after it started), so that no gateway routes a
+//! request to it before: HAProxy answers a request sent to a port nothing listens on yet only
+//! after its connect retry, a second later.
 //! Undeploying or scaling down sends `SIGTERM` to the instance's process group, then `SIGKILL`
 //! after 5 s. CPU and memory are not enforced; Docker `arguments` are ignored. A service may
 //! have at most [`DEFAULT_MAX_INSTANCES`] instances ([`LocalScheduler::with_max_instances`]);
@@ -697,6 +701,10 @@ struct Supervisor {
     keep: bool,
 }
 
+/// The longest an instance with ports (and without health checks) waits to listen on its
+/// first one before it counts as running anyway.
+pub const LISTEN_WAIT: Duration = Duration::from_secs(30);
+
 /// How a supervisor's wait ended.
 enum Ended {
     /// The process exited.
@@ -930,20 +938,36 @@ impl Supervisor {
             {
                 let _ = std::fs::write(self.dir.join(PID_FILE), format!("{pid} {t}\n"));
             }
-            if !self.update(|s| s.running = true) {
-                if !self.letting_go()
-                    && let Some(pgid) = pgid
-                {
-                    signal_group(pgid, "KILL").await;
+            // Running once it listens on its ports (without health checks, which say when it
+            // is ready themselves): no route sends a request to it before.
+            let early = {
+                let ready = self.until_listening();
+                tokio::pin!(ready);
+                tokio::select! {
+                    () = &mut ready => None,
+                    _ = child.wait() => Some(Ended::Exited),
+                    changed = stopped.changed() => Some(self.why_stopped(changed.is_err())),
                 }
-                return;
-            }
-            let health = self.health_loop();
-            tokio::pin!(health);
-            let exited = tokio::select! {
-                _ = child.wait() => Ended::Exited,
-                changed = stopped.changed() => self.why_stopped(changed.is_err()),
-                () = &mut health => Ended::Stop,
+            };
+            let exited = match early {
+                Some(ended) => ended,
+                None => {
+                    if !self.update(|s| s.running = true) {
+                        if !self.letting_go()
+                            && let Some(pgid) = pgid
+                        {
+                            signal_group(pgid, "KILL").await;
+                        }
+                        return;
+                    }
+                    let health = self.health_loop();
+                    tokio::pin!(health);
+                    tokio::select! {
+                        _ = child.wait() => Ended::Exited,
+                        changed = stopped.changed() => self.why_stopped(changed.is_err()),
+                        () = &mut health => Ended::Stop,
+                    }
+                }
             };
             match exited {
                 Ended::LetGo => return,
@@ -984,6 +1008,26 @@ impl Supervisor {
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
             }
+        }
+    }
+
+    /// Returns once the instance's first port (`$PORT`) accepts connections on 127.0.0.1; at
+    /// once for an instance with health checks (they tell when it is ready) or without ports;
+    /// after [`LISTEN_WAIT`] at most (a service that never listens still runs, as before).
+    async fn until_listening(&self) {
+        let Some(port) = self.ports.values().next().copied() else {
+            return;
+        };
+        if !self.spec.health_checks.is_empty() {
+            return;
+        }
+        let deadline = Instant::now() + LISTEN_WAIT;
+        while Instant::now() < deadline
+            && tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
