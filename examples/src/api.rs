@@ -1267,16 +1267,19 @@ impl Api {
         name: &str,
     ) -> Result<Option<(AnyArtifact, Option<Version>)>, ApiError> {
         if kind == ArtifactKind::Gateway {
-            let Some(g) = self
-                .all_gateways()
-                .await?
-                .into_iter()
-                .find(|g| g.name == name)
-            else {
-                return Ok(None);
-            };
-            let version = self.stored_version(kind, name).await?;
-            return Ok(Some((AnyArtifact::Gateway(g), version)));
+            // A deployment's gateway lives in its deployment, read as the store holds it now
+            // (another replica's write included); a standalone one is read below.
+            let path = GatewayPath::new(name);
+            if path.segments.len() > 1
+                && let Some(d) = self.deployment(&path.segments[0]).await?
+                && let Some(g) =
+                    vamp_core::ops::reconcile::gateways(std::slice::from_ref(&*d.value))
+                        .into_iter()
+                        .find(|g| g.name == name)
+            {
+                let version = self.stored_version(kind, name).await?;
+                return Ok(Some((AnyArtifact::Gateway(g), version)));
+            }
         }
         match self.persistence.read(kind, name).await? {
             Some(record) => match record.content {
