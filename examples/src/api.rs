@@ -976,14 +976,10 @@ impl Api {
         else {
             return Ok(None);
         };
-        if record.content.is_none() {
+        let Some(content) = &record.content else {
             return Ok(None);
-        }
-        if let Some(d) = self.catalog.deployment(name)
-            && d.version == record.version
-        {
-            return Ok(Some(d));
-        }
+        };
+        // Indexed at once unless the catalog holds this version (or a newer one) already.
         self.catalog.apply(&record);
         if let Some(d) = self.catalog.deployment(name)
             && d.version == record.version
@@ -991,14 +987,17 @@ impl Api {
             return Ok(Some(d));
         }
         // Not indexed at this version (the catalog holds a newer one, or the record does not
-        // decode): decoded here, as the store has it.
-        let mut d = self.catalog.inner().get::<Deployment>(name).await?;
-        if let Some(d) = &mut d {
-            vamp_core::ops::deploy::normalize(&mut d.value);
-        }
-        Ok(d.map(|d| Versioned {
-            value: Arc::new(d.value),
-            version: d.version,
+        // decode): the record read, decoded here.
+        let mut d: Deployment =
+            serde_json::from_value(content.clone()).map_err(|e| vamp_core::Error::Invalid {
+                what: "stored artifact",
+                value: format!("deployments/{name}"),
+                reason: e.to_string(),
+            })?;
+        vamp_core::ops::deploy::normalize(&mut d);
+        Ok(Some(Versioned {
+            value: Arc::new(d),
+            version: record.version,
         }))
     }
 
@@ -1867,8 +1866,7 @@ async fn list_deployments(
     let as_blueprint = flag(&params, "as_blueprint");
     // Only the page is copied out of the catalog and written as JSON.
     api.catalog.ensure_loaded().await?;
-    let (total, _) = api.catalog.deployments_page(0, 0);
-    let page = Page::of(&params, total)?;
+    let page = Page::of(&params, api.catalog.deployment_count())?;
     if format == Format::Json && !as_blueprint {
         // Each deployment's JSON is written once per version and kept by the catalog.
         let (_, items) = api
@@ -3093,7 +3091,7 @@ async fn info(State(api): Shared, headers: HeaderMap, Query(params): Params) -> 
         "catalog".into(),
         serde_json::json!({
             "loaded": api.catalog.is_loaded(),
-            "deployments": api.catalog.deployments_page(0, 0).0,
+            "deployments": api.catalog.deployment_count(),
             "problems": api.catalog.problems(),
         }),
     );

@@ -25,35 +25,8 @@ fn breed(name: &str) -> String {
     )
 }
 
-async fn send(
-    client: &Client,
-    method: reqwest::Method,
-    url: String,
-    body: String,
-) -> (StatusCode, String) {
-    let r = client
-        .request(method, url)
-        .header("Accept", "application/json")
-        .header("Content-Type", "application/x-yaml")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    (status, r.text().await.unwrap())
-}
-
 async fn write(client: &Client, method: reqwest::Method, url: String, body: String) -> bool {
-    let r = client
-        .request(method, url)
-        .header("Accept", "application/json")
-        .header("Content-Type", "application/x-yaml")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let text = r.text().await.unwrap();
+    let (status, text) = support::request_yaml(client, method, url, body).await;
     // A lost race retried five times may end in a 409: not acknowledged, and said so.
     assert!(
         status == StatusCode::ACCEPTED || status == StatusCode::CONFLICT,
@@ -133,7 +106,7 @@ async fn two_servers_on_one_database_lose_no_acknowledged_merge_or_weight_change
                     };
                     body.push_str(&format!("  {route}: {{weight: {weight}%}}\n"));
                 }
-                match send(
+                match support::request_yaml(
                     &client,
                     reqwest::Method::PUT,
                     on(&b, "/gateways/race/web/port"),

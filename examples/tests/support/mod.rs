@@ -39,15 +39,13 @@ pub fn docker_engine_or_skip() -> bool {
     engine
 }
 
-/// A YAML request to the API that must succeed (any 2xx): its JSON answer (`Null` when it
-/// is not JSON).
-pub async fn send_yaml(
+/// A YAML request to the API (answers asked for as JSON): its status and body.
+pub async fn request_yaml(
     client: &reqwest::Client,
     method: reqwest::Method,
     url: String,
     body: String,
-) -> serde_json::Value {
-    let what = format!("{method} {url}");
+) -> (reqwest::StatusCode, String) {
     let r = client
         .request(method, url)
         .header("Accept", "application/json")
@@ -57,7 +55,19 @@ pub async fn send_yaml(
         .await
         .unwrap();
     let status = r.status();
-    let text = r.text().await.unwrap();
+    (status, r.text().await.unwrap())
+}
+
+/// A YAML request to the API that must succeed (any 2xx): its JSON answer (`Null` when it
+/// is not JSON).
+pub async fn send_yaml(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    body: String,
+) -> serde_json::Value {
+    let what = format!("{method} {url}");
+    let (status, text) = request_yaml(client, method, url, body).await;
     assert!(status.is_success(), "{what}: {status}: {text}");
     serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
 }

@@ -489,6 +489,11 @@ impl Catalog {
         (total, page.iter().map(Held::json).collect())
     }
 
+    /// How many deployments it holds.
+    pub fn deployment_count(&self) -> usize {
+        self.state.read().deployments.len()
+    }
+
     /// How many deployments there are, and those of the page `offset`, `limit`, in name order.
     pub fn deployments_page(
         &self,
