@@ -94,6 +94,44 @@ where
     ))
 }
 
+/// Runs `watch` (a pass that lasts until what it watches ends, and says why) as a supervised
+/// loop on every replica: its end is reported with the pass, not as a failure (the next pass,
+/// a second later, watches again), and the server's stop ends it.
+fn spawn_watch<C, W, Fut>(
+    name: &'static str,
+    loops: &Arc<Loops>,
+    stopped: &watch::Receiver<bool>,
+    controller: Arc<C>,
+    watch: W,
+) -> tokio::task::JoinHandle<()>
+where
+    C: Send + Sync + 'static,
+    W: Fn(Arc<C>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = String> + Send + 'static,
+{
+    let stop = stopped.clone();
+    spawn_loop(
+        name,
+        loops,
+        Duration::from_secs(1),
+        None,
+        stopped,
+        None,
+        false,
+        controller,
+        move |c| {
+            let mut stop = stop.clone();
+            let ended = watch(c);
+            async move {
+                tokio::select! {
+                    why = ended => Ok(vec![why]),
+                    _ = stop.wait_for(|s| *s) => Ok(Vec::new()),
+                }
+            }
+        },
+    )
+}
+
 impl PanicHook {
     fn new(armed: bool) -> Self {
         Self(std::sync::atomic::AtomicBool::new(armed))
@@ -990,59 +1028,33 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         },
     ));
     if let Some(shared) = &shared_events {
-        // Other replicas' events, for as long as this one runs: a pass watches until the
-        // watch ends (recorded as the pass's error) or the server stops.
-        let stop = stopped.clone();
-        tasks.push(spawn_loop(
+        // Other replicas' events, for as long as this one runs.
+        tasks.push(spawn_watch(
             "event-relay",
             &loops,
-            Duration::from_secs(1),
-            None,
             &stopped,
-            None,
-            false,
             Arc::clone(shared),
-            move |shared| {
-                let mut stop = stop.clone();
-                async move {
-                    tokio::select! {
-                        // Reported with the pass (not failing it: the next pass watches again).
-                        () = shared.relay() => Ok(vec!["the event relay's watch ended; watching again".to_owned()]),
-                        _ = stop.wait_for(|s| *s) => Ok(Vec::new()),
-                    }
-                }
+            |shared| async move {
+                shared.relay().await;
+                "the event relay's watch ended; watching again".to_owned()
             },
         ));
     }
-    {
-        // The API's index of what is stored (on every replica), kept current from the
-        // store's change feed: a pass loads it and follows the feed until the feed fails (the
-        // next pass loads again) or the server stops.
-        let stop = stopped.clone();
-        tasks.push(spawn_loop(
-            "catalog",
-            &loops,
-            Duration::from_secs(1),
-            None,
-            &stopped,
-            None,
-            false,
-            Arc::clone(api.catalog()),
-            move |catalog| {
-                let mut stop = stop.clone();
-                async move {
-                    tokio::select! {
-                        // Reported with the pass (not failing it: the next pass loads again).
-                        r = catalog.follow() => Ok(vec![match r {
-                            Ok(()) => "the store's change feed ended; loading again".to_owned(),
-                            Err(e) => format!("the store's change feed: {e}; loading again"),
-                        }]),
-                        _ = stop.wait_for(|s| *s) => Ok(Vec::new()),
-                    }
-                }
-            },
-        ));
-    }
+    // The API's index of what is stored (on every replica), kept current from the store's
+    // change feed: a pass loads it and follows the feed until the feed fails (the next pass
+    // loads again) or the server stops.
+    tasks.push(spawn_watch(
+        "catalog",
+        &loops,
+        &stopped,
+        Arc::clone(api.catalog()),
+        |catalog| async move {
+            match catalog.follow().await {
+                Ok(()) => "the store's change feed ended; loading again".to_owned(),
+                Err(e) => format!("the store's change feed: {e}; loading again"),
+            }
+        },
+    ));
     {
         // On stop, the lease is given up: another replica takes over at once.
         let elector = Arc::clone(&elector);
