@@ -88,6 +88,58 @@ fn gateway_port(g: &Gateway) -> Option<(u16, &str)> {
         .map(|p| (p, g.name.as_str()))
 }
 
+/// Every deployment, normalised: from `catalog` when there is one (loaded if it never was),
+/// else listed and decoded from `store`. How a loop reads deployments with or without a
+/// catalog.
+///
+/// # Errors
+/// The store's errors; [`crate::Error::Invalid`] for a record that does not decode.
+pub async fn deployments(
+    catalog: Option<&Catalog>,
+    store: &DynPersistenceStore,
+) -> Result<Vec<Versioned<Arc<Deployment>>>> {
+    if let Some(catalog) = catalog {
+        catalog.ensure_loaded().await?;
+        return Ok(catalog.deployments());
+    }
+    Ok(store
+        .list_all::<Deployment>()
+        .await?
+        .into_iter()
+        .map(|mut d| {
+            deploy::normalize(&mut d.value);
+            Versioned {
+                value: Arc::new(d.value),
+                version: d.version,
+            }
+        })
+        .collect())
+}
+
+/// Every standalone gateway: from `catalog` when there is one, else from `store`.
+///
+/// # Errors
+/// The store's errors; [`crate::Error::Invalid`] for a record that does not decode.
+pub async fn gateways(
+    catalog: Option<&Catalog>,
+    store: &DynPersistenceStore,
+) -> Result<Vec<Gateway>> {
+    if let Some(catalog) = catalog {
+        catalog.ensure_loaded().await?;
+        return Ok(catalog
+            .gateways()
+            .into_iter()
+            .map(|g| Arc::unwrap_or_clone(g.value))
+            .collect());
+    }
+    Ok(store
+        .list_all::<Gateway>()
+        .await?
+        .into_iter()
+        .map(|v| v.value)
+        .collect())
+}
+
 /// One record, decoded for the index.
 enum Entry {
     Deployment(Arc<Deployment>),

@@ -22,7 +22,7 @@ use crate::metrics::{DynEventStore, DynMetricsStore, RequestMetrics};
 use crate::model::*;
 use crate::node::Node;
 use crate::ops::controller::{Clock, SystemClock};
-use crate::persistence::{DynPersistenceStore, PersistenceExt};
+use crate::persistence::DynPersistenceStore;
 
 /// The events for one gateway or route: `tags` are its own tags (`gateways:<g>`, `gateway`
 /// or `gateways:<g>`, `routes:<r>`, `route`).
@@ -104,41 +104,12 @@ impl PulseController {
     /// Every gateway: the deployments' (cluster and deployment gateways), then the
     /// standalone ones.
     async fn gateways(&self) -> Result<Vec<Gateway>> {
-        if let Some(catalog) = &self.catalog {
-            catalog.ensure_loaded().await?;
-            let mut gateways = crate::ops::reconcile::gateways(
-                &catalog
-                    .deployments()
-                    .into_iter()
-                    .map(|d| d.value)
-                    .collect::<Vec<_>>(),
-            );
-            gateways.extend(
-                catalog
-                    .gateways()
-                    .into_iter()
-                    .map(|g| Arc::unwrap_or_clone(g.value)),
-            );
-            return Ok(gateways);
-        }
-        let mut deployments: Vec<Deployment> = self
-            .persistence
-            .list_all::<Deployment>()
-            .await?
-            .into_iter()
-            .map(|v| v.value)
-            .collect();
-        for d in &mut deployments {
-            crate::ops::deploy::normalize(d);
-        }
-        let mut gateways = crate::ops::reconcile::gateways(&deployments);
-        gateways.extend(
-            self.persistence
-                .list_all::<Gateway>()
-                .await?
-                .into_iter()
-                .map(|v| v.value),
+        let catalog = self.catalog.as_deref();
+        let deployments = crate::ops::catalog::deployments(catalog, &*self.persistence).await?;
+        let mut gateways = crate::ops::reconcile::gateways(
+            &deployments.into_iter().map(|d| d.value).collect::<Vec<_>>(),
         );
+        gateways.extend(crate::ops::catalog::gateways(catalog, &*self.persistence).await?);
         Ok(gateways)
     }
 
@@ -215,7 +186,7 @@ mod tests {
     use crate::memory::{InMemoryMetrics, InMemoryPersistence};
     use crate::metrics::{EventStore, MetricsStore, RequestRecord};
     use crate::ops::controller::ManualClock;
-    use crate::persistence::ListOptions;
+    use crate::persistence::{ListOptions, PersistenceExt};
 
     const T0: i64 = 1_800_000_000_000;
 

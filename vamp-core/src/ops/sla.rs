@@ -294,23 +294,7 @@ impl SlaController {
 
     /// Every deployment, normalised.
     async fn deployments(&self) -> Result<Vec<Versioned<Arc<Deployment>>>> {
-        if let Some(catalog) = &self.catalog {
-            catalog.ensure_loaded().await?;
-            return Ok(catalog.deployments());
-        }
-        Ok(self
-            .persistence
-            .list_all::<Deployment>()
-            .await?
-            .into_iter()
-            .map(|mut d| {
-                crate::ops::deploy::normalize(&mut d.value);
-                Versioned {
-                    value: Arc::new(d.value),
-                    version: d.version,
-                }
-            })
-            .collect())
+        crate::ops::catalog::deployments(self.catalog.as_deref(), &*self.persistence).await
     }
 
     /// Uses `clock` for now.
