@@ -13,7 +13,9 @@ use vamp_core::error::{Error, Result};
 use vamp_core::memory::{InMemoryMetrics, InMemoryPersistence, InMemoryScheduler};
 use vamp_core::metrics::EventStore;
 use vamp_core::model::*;
-use vamp_core::ops::controller::{Controller, ControllerOptions, GatewaySink, ManualClock};
+use vamp_core::ops::controller::{
+    Controller, ControllerOptions, GatewayPass, GatewaySink, ManualClock,
+};
 use vamp_core::ops::deploy::{Artifacts, MergeOptions, merge, slice};
 use vamp_core::ops::reconcile::Action;
 use vamp_core::ops::status::{self, PhaseKind};
@@ -159,15 +161,19 @@ impl PersistenceStore for Unreliable {
     }
 }
 
-/// Records what the gateway side receives.
+/// Records what the gateway side receives (and the last pass as given).
 #[derive(Debug, Default)]
-struct Recorder(Mutex<Vec<(Vec<Gateway>, Vec<Deployment>)>>);
+struct Recorder(
+    Mutex<Vec<(Vec<Gateway>, Vec<Deployment>)>>,
+    Mutex<Option<GatewayPass>>,
+);
 
 #[async_trait]
 impl GatewaySink for Recorder {
-    async fn push(&self, gateways: Vec<Gateway>, deployments: Vec<Arc<Deployment>>) -> Result<()> {
-        let deployments = deployments.iter().map(|d| (**d).clone()).collect();
-        self.0.lock().push((gateways, deployments));
+    async fn push(&self, pass: GatewayPass) -> Result<()> {
+        let deployments = pass.deployments.iter().map(|d| (**d).clone()).collect();
+        self.0.lock().push((pass.gateways(), deployments));
+        *self.1.lock() = Some(pass);
         Ok(())
     }
 }
@@ -540,4 +546,53 @@ async fn two_control_planes_on_one_store_converge() {
     }
     assert_eq!(h.scheduler.services().await.unwrap().len(), 2);
     let _ = conflicts; // both may have written; a lost write is planned again
+}
+
+/// Standalone gateways stored as artifacts go to the gateway side after the deployments'
+/// gateways, but one named like a deployment's gateway (the deployment's wins); a pass that
+/// changed a deployment gives it anew, one that did not gives the same shared deployment, so
+/// the gateway side can skip it.
+#[tokio::test]
+async fn standalone_gateways_follow_and_unchanged_deployments_stay_shared() {
+    let h = Harness::new();
+    h.deploy(SHOP, "shop").await;
+    for doc in [
+        "name: edge\nport: 9100\nroutes: {shop/frontend/web: {weight: 100%}}",
+        "name: shop/frontend/web\nport: 9101\nroutes: {'[10.0.0.1:80]': {weight: 100%}}",
+    ] {
+        let AnyArtifact::Gateway(g) = read_str(doc, Some(ArtifactKind::Gateway))
+            .unwrap()
+            .remove(0)
+        else {
+            panic!("not a gateway")
+        };
+        h.store.create(&g).await.unwrap();
+    }
+    for _ in 0..4 {
+        h.tick().await;
+    }
+    let pass = h.gateways.1.lock().clone().unwrap();
+    let names: Vec<&str> = pass.standalone.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(names, ["edge"]);
+    let (gateways, _) = h.gateways.0.lock().last().cloned().unwrap();
+    let internal: Vec<&Gateway> = gateways
+        .iter()
+        .filter(|g| g.name == "shop/frontend/web")
+        .collect();
+    assert_eq!(internal.len(), 1, "{gateways:?}");
+    assert_ne!(
+        internal[0].port.number, 9101,
+        "the deployment's gateway wins"
+    );
+    assert_eq!(gateways.last().map(|g| g.name.as_str()), Some("edge"));
+    // Nothing changes: the next pass gives the same deployment.
+    h.tick().await;
+    let again = h.gateways.1.lock().clone().unwrap();
+    assert!(Arc::ptr_eq(&pass.deployments[0], &again.deployments[0]));
+    // A merge changes it: given anew.
+    h.deploy(&SHOP.replace("instances: 2", "instances: 3"), "shop")
+        .await;
+    h.tick().await;
+    let changed = h.gateways.1.lock().clone().unwrap();
+    assert!(!Arc::ptr_eq(&again.deployments[0], &changed.deployments[0]));
 }

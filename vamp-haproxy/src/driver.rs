@@ -41,11 +41,13 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use vamp_core::dsl::{AnyArtifact, to_node};
 use vamp_core::kv::{DynKeyValueStore, KeyValueStoreExt, keys};
 use vamp_core::metrics::DynEventStore;
-use vamp_core::model::{Event, Gateway};
+use vamp_core::model::{Deployment, Event, Gateway, Route};
 use vamp_core::node::Node;
+use vamp_core::ops::controller::{GatewayPass, GatewaySink};
 
 use crate::incremental::IncrementalRenderer;
 use crate::{RenderOptions, render};
@@ -153,7 +155,7 @@ pub fn plan_push(
         texts.push((m.name.clone(), render(gateways, &m.options)?.render()));
     }
     Ok(plan_with(
-        gateways,
+        gateways.iter().map(|g| g.name.clone()).collect(),
         json,
         texts,
         current_gateways,
@@ -184,7 +186,7 @@ fn gateways_json<S: AsRef<str>>(pieces: impl Iterator<Item = S>) -> String {
 
 /// The plan, from the rendered texts.
 fn plan_with<C: AsRef<[u8]>>(
-    gateways: &[Gateway],
+    after: BTreeSet<String>,
     json: String,
     texts: Vec<(String, String)>,
     current_gateways: Option<&str>,
@@ -201,7 +203,6 @@ fn plan_with<C: AsRef<[u8]>>(
             configurations.push((name, text));
         }
     }
-    let after: BTreeSet<String> = gateways.iter().map(|g| g.name.clone()).collect();
     PushPlan {
         gateways: (current_gateways != Some(json.as_str())).then_some(json),
         configurations,
@@ -210,15 +211,43 @@ fn plan_with<C: AsRef<[u8]>>(
     }
 }
 
+/// A gateway handed to a push: borrowed (copied when kept) or shared (kept as it is).
+trait GatewayRef {
+    fn gateway(&self) -> &Gateway;
+    fn share(&self) -> Arc<Gateway>;
+}
+
+impl GatewayRef for Gateway {
+    fn gateway(&self) -> &Gateway {
+        self
+    }
+    fn share(&self) -> Arc<Gateway> {
+        Arc::new(self.clone())
+    }
+}
+
+impl GatewayRef for Arc<Gateway> {
+    fn gateway(&self) -> &Gateway {
+        self
+    }
+    fn share(&self) -> Arc<Gateway> {
+        Arc::clone(self)
+    }
+}
+
 /// What a driver keeps between pushes: each gateway as last pushed, its JSON, and per
 /// marshaller an [`IncrementalRenderer`] holding its text, so a push renders and serialises
 /// only the gateways that changed.
 #[derive(Default)]
 struct Kept {
-    gateways: HashMap<String, (Gateway, String)>,
+    gateways: HashMap<String, (Arc<Gateway>, String)>,
     renderers: Vec<IncrementalRenderer>,
     /// The names of the last push, in its order.
     order: Vec<String>,
+    /// What the store held after the last push that completed (`/gateways`, then each
+    /// marshaller's configuration); cleared while a push is under way, so a push that
+    /// failed half-way is never taken for done.
+    written: Option<(Option<Bytes>, Vec<Option<Bytes>>)>,
 }
 
 impl Kept {
@@ -250,13 +279,35 @@ impl Kept {
         }
     }
 
+    /// Whether pushing `gateways` would change nothing: none of them changed (`changed`
+    /// names those that may have; the others are the kept ones), they are the kept ones in
+    /// the kept order, and the store holds what the last push left there.
+    fn unchanged<G: GatewayRef>(
+        &self,
+        gateways: &[G],
+        changed: Option<&HashSet<&str>>,
+        current: &(Option<Bytes>, Vec<Option<Bytes>>),
+    ) -> bool {
+        let Some(changed) = changed else {
+            return false;
+        };
+        self.written.as_ref() == Some(current)
+            && gateways.len() == self.order.len()
+            && gateways.iter().zip(&self.order).all(|(g, kept)| {
+                let name = g.gateway().name.as_str();
+                name == kept && !changed.contains(name)
+            })
+    }
+
     /// Brings the kept state to `gateways` and returns the `/gateways` value and each
-    /// marshaller's configuration. On a render error the state stays consistent (what was
+    /// marshaller's configuration. Gateways not in `changed` (when given) are taken to be the
+    /// kept ones without comparing. On a render error the state stays consistent (what was
     /// applied is recorded) and the error is returned.
-    fn update(
+    fn update<G: GatewayRef>(
         &mut self,
-        gateways: &[Gateway],
+        gateways: &[G],
         wanted: &HashSet<&str>,
+        changed: Option<&HashSet<&str>>,
         marshallers: &[Marshaller],
     ) -> Result<(String, Vec<(String, String)>), crate::RenderError> {
         if self.renderers.len() != marshallers.len() {
@@ -279,27 +330,35 @@ impl Kept {
             self.gateways.remove(&name);
         }
         for g in gateways {
-            if self
-                .gateways
-                .get(&g.name)
-                .is_some_and(|(kept, _)| kept == g)
-            {
+            let gateway = g.gateway();
+            let may_differ = changed.is_none_or(|c| c.contains(gateway.name.as_str()));
+            if self.gateways.get(&gateway.name).is_some_and(|(kept, _)| {
+                !may_differ || std::ptr::eq(&**kept, gateway) || **kept == *gateway
+            }) {
                 continue;
             }
             // A gateway some renderers took and another refused: forget it everywhere, so the
             // next push renders it again.
-            if let Err(e) = self.renderers.iter_mut().try_for_each(|r| r.upsert(g)) {
+            if let Err(e) = self
+                .renderers
+                .iter_mut()
+                .try_for_each(|r| r.upsert(gateway))
+            {
                 for r in &mut self.renderers {
-                    r.remove(&g.name);
+                    r.remove(&gateway.name);
                 }
-                self.gateways.remove(&g.name);
+                self.gateways.remove(&gateway.name);
                 return Err(e);
             }
             self.gateways
-                .insert(g.name.clone(), (g.clone(), gateway_json(g)));
+                .insert(gateway.name.clone(), (g.share(), gateway_json(gateway)));
         }
-        let json = gateways_json(gateways.iter().map(|g| self.gateways[&g.name].1.as_str()));
-        self.order = gateways.iter().map(|g| g.name.clone()).collect();
+        let json = gateways_json(
+            gateways
+                .iter()
+                .map(|g| self.gateways[&g.gateway().name].1.as_str()),
+        );
+        self.order = gateways.iter().map(|g| g.gateway().name.clone()).collect();
         // Each renderer keeps its text assembled and writes only the changed gateways in place.
         let texts = marshallers
             .iter()
@@ -307,6 +366,46 @@ impl Kept {
             .map(|(m, r)| (m.name.clone(), r.text().to_owned()))
             .collect();
         Ok((json, texts))
+    }
+}
+/// What the driver, as the reconcile loop's [`GatewaySink`], keeps between passes: each
+/// deployment as last given and its gateways with their targets, so a pass resolves and
+/// compares only the deployments it changed.
+#[derive(Default)]
+struct Resolved {
+    deployments: HashMap<String, (Arc<Deployment>, Vec<Arc<Gateway>>)>,
+    /// The standalone gateways' names and ports as last given (a deployment gateway's route
+    /// may name one): when they change, every deployment is resolved again.
+    standalone_ports: Vec<(String, i64)>,
+    /// The standalone gateways as last resolved: one resolved alike is not a change.
+    standalone: HashMap<String, Arc<Gateway>>,
+}
+
+/// `d` with only its running instances (routes go to running instances only).
+fn running_only(d: &Arc<Deployment>) -> std::borrow::Cow<'_, Deployment> {
+    let all_running = d
+        .clusters
+        .iter()
+        .flat_map(|c| &c.services)
+        .all(|s| s.instances.iter().all(|i| i.deployed));
+    if all_running {
+        return std::borrow::Cow::Borrowed(&**d);
+    }
+    let mut d = (**d).clone();
+    for s in d.clusters.iter_mut().flat_map(|c| &mut c.services) {
+        s.instances.retain(|i| i.deployed);
+    }
+    std::borrow::Cow::Owned(d)
+}
+
+/// Targets follow the instances: drops what an earlier pass resolved.
+fn clear_targets(g: &mut Gateway) {
+    for r in &mut g.routes {
+        if let Route::Default(d) = r
+            && d.path.external().is_none()
+        {
+            d.targets.clear();
+        }
     }
 }
 
@@ -318,6 +417,7 @@ pub struct GatewayDriver {
     namespace: String,
     marshallers: Vec<Marshaller>,
     kept: Arc<Mutex<Kept>>,
+    resolved: Arc<Mutex<Resolved>>,
 }
 
 impl std::fmt::Debug for GatewayDriver {
@@ -343,6 +443,7 @@ impl GatewayDriver {
             namespace: namespace.into(),
             marshallers,
             kept: Arc::default(),
+            resolved: Arc::default(),
         }
     }
 
@@ -372,13 +473,23 @@ impl GatewayDriver {
     /// # Errors
     /// [`PushError::Render`] (nothing written) or [`PushError::Store`].
     pub async fn push(&self, gateways: &[Gateway]) -> Result<PushReport, PushError> {
+        self.push_with(gateways, None).await
+    }
+
+    /// [`GatewayDriver::push`], told which gateways may have changed since the last push
+    /// (`changed`; the others are the kept ones): a push where none did, and the store holds
+    /// what the last push left there, reads the store and writes nothing.
+    async fn push_with<G: GatewayRef>(
+        &self,
+        gateways: &[G],
+        changed: Option<&HashSet<&str>>,
+    ) -> Result<PushReport, PushError> {
         let gateways_key = keys::gateways(&self.namespace)?;
-        let current_gateways = self.kv.get_string(&gateways_key).await?;
+        let current_gateways = self.kv.get(&gateways_key).await?.map(|v| v.value);
         let mut current = Vec::new();
         let mut ignored_templates = Vec::new();
         for m in &self.marshallers {
             let key = keys::haproxy_configuration(&self.namespace, &m.name)?;
-            // Compared as bytes: no copy of a configuration that may be tens of MiB.
             current.push(self.kv.get(&key).await?.map(|v| v.value));
             let template = keys::haproxy_template(&self.namespace, &m.name)?;
             if self
@@ -390,59 +501,95 @@ impl GatewayDriver {
                 ignored_templates.push(m.name.clone());
             }
         }
+        let found = (current_gateways, current);
+        let current_json = found
+            .0
+            .as_deref()
+            .map(|b| String::from_utf8_lossy(b).into_owned());
+        {
+            let mut kept = self
+                .kept
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if kept.unchanged(gateways, changed, &found) {
+                return Ok(PushReport {
+                    ignored_templates,
+                    ..PushReport::default()
+                });
+            }
+            kept.written = None;
+        }
         // Incrementally: only gateways changed since the last push are rendered (the result
         // is what `plan_push` renders in full; tested). Two gateways of one name (which the
         // model does not allow) take the full render, which keeps both.
-        let names: HashSet<&str> = gateways.iter().map(|g| g.name.as_str()).collect();
+        let names: HashSet<&str> = gateways.iter().map(|g| g.gateway().name.as_str()).collect();
         let plan = if names.len() == gateways.len() {
             let mut kept = self
                 .kept
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let before = kept.names_in(current_gateways.as_deref());
-            let (json, texts) = kept.update(gateways, &names, &self.marshallers)?;
+            let before = kept.names_in(current_json.as_deref());
+            let (json, texts) = kept.update(gateways, &names, changed, &self.marshallers)?;
             drop(kept);
             plan_with(
-                gateways,
+                names.iter().map(|n| (*n).to_owned()).collect(),
                 json,
                 texts,
-                current_gateways.as_deref(),
+                current_json.as_deref(),
                 before,
-                &current,
+                &found.1,
             )
         } else {
-            let current: Vec<Option<String>> = current
-                .into_iter()
-                .map(|c| c.map(|b| String::from_utf8_lossy(&b).into_owned()))
+            let all: Vec<Gateway> = gateways.iter().map(|g| g.gateway().clone()).collect();
+            let current: Vec<Option<String>> = found
+                .1
+                .iter()
+                .map(|c| c.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()))
                 .collect();
-            plan_push(
-                gateways,
-                &self.marshallers,
-                current_gateways.as_deref(),
-                &current,
-            )?
+            plan_push(&all, &self.marshallers, current_json.as_deref(), &current)?
         };
+        drop(current_json);
         let mut report = PushReport {
             ignored_templates,
             deployed: plan.deployed.clone(),
             undeployed: plan.undeployed.clone(),
             ..PushReport::default()
         };
+        let (mut now_gateways, mut now_configurations) = found;
         if let Some(json) = plan.gateways {
-            self.kv.put(&gateways_key, json.into()).await?;
+            let json = Bytes::from(json);
+            self.kv.put(&gateways_key, json.clone()).await?;
+            now_gateways = Some(json);
             report.gateways_written = true;
         }
         for (name, text) in plan.configurations {
             let key = keys::haproxy_configuration(&self.namespace, &name)?;
-            self.kv.put(&key, text.into()).await?;
+            let text = Bytes::from(text);
+            self.kv.put(&key, text.clone()).await?;
+            if let Some(i) = self.marshallers.iter().position(|m| m.name == name) {
+                now_configurations[i] = Some(text);
+            }
             report.configurations_written.push(name);
         }
+        if names.len() == gateways.len() {
+            self.kept
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .written = Some((now_gateways, now_configurations));
+        }
         if let Some(events) = &self.events {
-            let by_name = |name: &str| {
+            let by_name: HashMap<&str, &Gateway> = if report.deployed.is_empty() {
+                HashMap::new()
+            } else {
                 gateways
                     .iter()
-                    .find(|g| g.name == name)
-                    .map(|g| to_node(&AnyArtifact::Gateway(g.clone())))
+                    .map(|g| (g.gateway().name.as_str(), g.gateway()))
+                    .collect()
+            };
+            let node = |name: &str| {
+                by_name
+                    .get(name)
+                    .map(|g| to_node(&AnyArtifact::Gateway((*g).clone())))
                     .unwrap_or(Node::Null)
             };
             for (names, what) in [
@@ -453,7 +600,7 @@ impl GatewayDriver {
                     events
                         .publish(Event::new(
                             vec![format!("gateways:{name}"), what.to_owned()],
-                            by_name(name),
+                            node(name),
                             "event",
                         ))
                         .await?;
@@ -475,51 +622,119 @@ impl GatewayDriver {
         }
         Ok(report)
     }
+
+    /// The gateways of a pass with their targets, and the names of those that may differ
+    /// from the last pass's: a deployment given as the same `Arc` as last time keeps its
+    /// resolved gateways.
+    fn resolve_pass(&self, pass: &GatewayPass) -> (Vec<Arc<Gateway>>, HashSet<String>) {
+        let mut resolved = self
+            .resolved
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let standalone_ports: Vec<(String, i64)> = pass
+            .standalone
+            .iter()
+            .map(|g| (g.name.clone(), g.port.number))
+            .collect();
+        if standalone_ports != resolved.standalone_ports {
+            resolved.deployments.clear();
+            resolved.standalone_ports = standalone_ports;
+        }
+        let given: HashSet<&str> = pass.deployments.iter().map(|d| d.name.as_str()).collect();
+        resolved
+            .deployments
+            .retain(|name, _| given.contains(name.as_str()));
+        let mut changed = HashSet::new();
+        let mut all: Vec<Arc<Gateway>> =
+            Vec::with_capacity(pass.deployments.len() + pass.standalone.len());
+        for d in &pass.deployments {
+            if let Some((last, gateways)) = resolved.deployments.get(&d.name)
+                && Arc::ptr_eq(last, d)
+            {
+                all.extend(gateways.iter().map(Arc::clone));
+                continue;
+            }
+            // A deployment's routes name its own gateways and services (`<deployment>/…`),
+            // or a standalone gateway of such a name.
+            let gateways = vamp_core::ops::reconcile::gateways(std::slice::from_ref(d));
+            let ports: Vec<(String, i64)> = gateways
+                .iter()
+                .map(|g| (g.name.clone(), g.port.number))
+                .collect();
+            let running = running_only(d);
+            let mut lookup = crate::targets::Lookup::default();
+            for (name, port) in ports.iter().chain(&resolved.standalone_ports) {
+                lookup.add_port(name, *port);
+            }
+            lookup.add_deployment(&running);
+            let gateways: Vec<Arc<Gateway>> = gateways
+                .into_iter()
+                .map(|mut g| {
+                    clear_targets(&mut g);
+                    lookup.resolve(&mut g);
+                    changed.insert(g.name.clone());
+                    Arc::new(g)
+                })
+                .collect();
+            all.extend(gateways.iter().map(Arc::clone));
+            resolved
+                .deployments
+                .insert(d.name.clone(), (Arc::clone(d), gateways));
+        }
+        // Standalone gateways may name any gateway or service: resolved every pass.
+        let mut last_standalone = std::mem::take(&mut resolved.standalone);
+        if !pass.standalone.is_empty() {
+            let running: Vec<std::borrow::Cow<'_, Deployment>> =
+                pass.deployments.iter().map(running_only).collect();
+            let mut standalone: Vec<Gateway> =
+                pass.standalone.iter().map(|g| (**g).clone()).collect();
+            let ports: Vec<(String, i64)> = standalone
+                .iter()
+                .map(|g| (g.name.clone(), g.port.number))
+                .collect();
+            let mut lookup = crate::targets::Lookup::default();
+            for g in &all {
+                lookup.add_port(&g.name, g.port.number);
+            }
+            for (name, port) in &ports {
+                lookup.add_port(name, *port);
+            }
+            for d in &running {
+                lookup.add_deployment(d);
+            }
+            for g in &mut standalone {
+                clear_targets(g);
+                lookup.resolve(g);
+            }
+            drop(lookup);
+            for g in standalone {
+                let g = match last_standalone.remove(&g.name) {
+                    Some(last) if *last == g => last,
+                    _ => {
+                        changed.insert(g.name.clone());
+                        Arc::new(g)
+                    }
+                };
+                resolved.standalone.insert(g.name.clone(), Arc::clone(&g));
+                all.push(g);
+            }
+        }
+        (all, changed)
+    }
 }
 
 /// The gateway side of the reconcile loop ([`vamp_core::ops::controller::Controller`]): each
-/// pass's gateways get their targets from the deployments' instances (as Vamp's synchroniser
-/// did) and are pushed. The gateways pushed are exactly those given: a standalone gateway
-/// must be among them to stay.
+/// pass's gateways get their targets from the deployments' running instances (Vamp routed to
+/// every instance: a request sent to one that does not listen yet waits for HAProxy's
+/// connect retry, a second) and are pushed. Only what the pass changed is resolved, compared
+/// and rendered; a pass that changed nothing, with the store holding what the last one left
+/// there, writes nothing.
 #[async_trait::async_trait]
-impl vamp_core::ops::controller::GatewaySink for GatewayDriver {
-    async fn push(
-        &self,
-        mut gateways: Vec<Gateway>,
-        deployments: Vec<std::sync::Arc<vamp_core::model::Deployment>>,
-    ) -> vamp_core::Result<()> {
-        // Targets follow the instances: drop what an earlier pass resolved.
-        for g in &mut gateways {
-            for r in &mut g.routes {
-                if let vamp_core::model::Route::Default(d) = r
-                    && d.path.external().is_none()
-                {
-                    d.targets.clear();
-                }
-            }
-        }
-        // Routes go to running instances only (Vamp routed to every instance): a request
-        // sent to one that does not listen yet waits for HAProxy's connect retry, a second.
-        let running: Vec<std::sync::Arc<vamp_core::model::Deployment>> = deployments
-            .iter()
-            .map(|d| {
-                let all_running = d
-                    .clusters
-                    .iter()
-                    .flat_map(|c| &c.services)
-                    .all(|s| s.instances.iter().all(|i| i.deployed));
-                if all_running {
-                    return std::sync::Arc::clone(d);
-                }
-                let mut d = (**d).clone();
-                for s in d.clusters.iter_mut().flat_map(|c| &mut c.services) {
-                    s.instances.retain(|i| i.deployed);
-                }
-                std::sync::Arc::new(d)
-            })
-            .collect();
-        crate::targets::resolve_targets(&mut gateways, &running);
-        match GatewayDriver::push(self, &gateways).await {
+impl GatewaySink for GatewayDriver {
+    async fn push(&self, pass: GatewayPass) -> vamp_core::Result<()> {
+        let (gateways, changed) = self.resolve_pass(&pass);
+        let changed: HashSet<&str> = changed.iter().map(String::as_str).collect();
+        match self.push_with(&gateways, Some(&changed)).await {
             Ok(_) => Ok(()),
             Err(PushError::Store(e)) => Err(e),
             Err(e) => Err(vamp_core::Error::Backend {

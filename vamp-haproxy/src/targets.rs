@@ -7,6 +7,8 @@
 //!
 //! A route whose targets cannot all be resolved gets none, as in Vamp.
 
+use std::collections::HashMap;
+
 use vamp_core::model::{Deployment, Gateway, Port, Route, RouteTarget};
 
 /// Fills the targets of routes that have none.
@@ -16,17 +18,45 @@ pub fn resolve_targets<D: std::borrow::Borrow<Deployment>>(
 ) {
     // The first gateway of each name with a port, and the deployments by name: one lookup
     // per route, whatever the counts.
-    let mut ports: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
-    for g in gateways.iter().filter(|g| g.port.number > 0) {
-        ports.entry(g.name.clone()).or_insert(g.port.number);
+    let ports: Vec<(String, i64)> = gateways
+        .iter()
+        .map(|g| (g.name.clone(), g.port.number))
+        .collect();
+    let mut lookup = Lookup::default();
+    for (name, port) in &ports {
+        lookup.add_port(name, *port);
     }
-    let mut by_name: std::collections::HashMap<&str, Vec<&Deployment>> =
-        std::collections::HashMap::new();
     for d in deployments {
-        let d: &Deployment = d.borrow();
-        by_name.entry(d.name.as_str()).or_default().push(d);
+        lookup.add_deployment(d.borrow());
     }
     for g in gateways.iter_mut() {
+        lookup.resolve(g);
+    }
+}
+
+/// What route targets are resolved from: gateway ports by name (the first of each name with a
+/// port) and deployments by name.
+#[derive(Debug, Default)]
+pub(crate) struct Lookup<'a> {
+    ports: HashMap<&'a str, i64>,
+    deployments: HashMap<&'a str, Vec<&'a Deployment>>,
+}
+
+impl<'a> Lookup<'a> {
+    /// Gateway `name` listens on `port` (unless one of that name came first, or it has none).
+    pub(crate) fn add_port(&mut self, name: &'a str, port: i64) {
+        if port > 0 {
+            self.ports.entry(name).or_insert(port);
+        }
+    }
+
+    /// `d`'s instances are targets of the routes naming its services.
+    pub(crate) fn add_deployment(&mut self, d: &'a Deployment) {
+        self.deployments.entry(d.name.as_str()).or_default().push(d);
+    }
+
+    /// Fills the targets of `g`'s routes that have none.
+    pub(crate) fn resolve(&self, g: &mut Gateway) {
         for r in &mut g.routes {
             let Route::Default(d) = r else { continue };
             if !d.targets.is_empty() {
@@ -39,16 +69,17 @@ pub fn resolve_targets<D: std::borrow::Borrow<Deployment>>(
                 continue;
             }
             let path = d.path.normalized();
-            if let Some((name, port)) = ports.get_key_value(path.as_str()) {
+            if let Some((name, port)) = self.ports.get_key_value(path.as_str()) {
                 d.targets = vec![RouteTarget::Internal {
-                    name: name.clone(),
+                    name: (*name).to_owned(),
                     host: None,
                     port: *port,
                 }];
                 continue;
             }
             if let [dep, cluster, service, port] = d.path.segments.as_slice() {
-                let instances = by_name
+                let instances = self
+                    .deployments
                     .get(dep.as_str())
                     .into_iter()
                     .flatten()

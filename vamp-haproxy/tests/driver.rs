@@ -273,7 +273,7 @@ fn incremental_pushes_write_what_a_full_render_writes() {
 fn routes_go_to_running_instances_only() {
     async {
         use vamp_core::model::{Deployment, Instance};
-        use vamp_core::ops::controller::GatewaySink;
+        use vamp_core::ops::controller::{GatewayPass, GatewaySink};
         let kv = Arc::new(InMemoryKv::new());
         let driver = GatewayDriver::new(
             Arc::clone(&kv) as Arc<vamp_core::kv::DynKeyValueStore>,
@@ -307,8 +307,7 @@ fn routes_go_to_running_instances_only() {
         };
         d.clusters[0].services[0].instances =
             vec![instance("up", 31001, true), instance("starting", 31002, false)];
-        let gateways = vamp_core::ops::reconcile::gateways(std::slice::from_ref(&d));
-        GatewaySink::push(&driver, gateways.clone(), vec![Arc::new(d.clone())])
+        GatewaySink::push(&driver, GatewayPass::new(vec![Arc::new(d.clone())], vec![]))
             .await
             .unwrap();
         let config_key = keys::haproxy_configuration("default", "1.7").unwrap();
@@ -317,7 +316,7 @@ fn routes_go_to_running_instances_only() {
         assert!(!targets.contains("31002"), "{targets}");
         // Once it runs, it is routed to as well.
         d.clusters[0].services[0].instances[1].deployed = true;
-        GatewaySink::push(&driver, gateways, vec![Arc::new(d)])
+        GatewaySink::push(&driver, GatewayPass::new(vec![Arc::new(d)], vec![]))
             .await
             .unwrap();
         let targets = kv.get_string(&config_key).await.unwrap().unwrap();
@@ -325,6 +324,251 @@ fn routes_go_to_running_instances_only() {
             targets.contains("127.0.0.1:31001") && targets.contains("127.0.0.1:31002"),
             "{targets}"
         );
+    }
+    .now_or_never()
+    .unwrap();
+}
+
+/// The versions of `/gateways` and of marshaller 1.7's configuration.
+async fn versions(
+    kv: &InMemoryKv,
+) -> (
+    Option<vamp_core::kv::Version>,
+    Option<vamp_core::kv::Version>,
+) {
+    let g = kv.get(&keys::gateways("default").unwrap()).await.unwrap();
+    let c = kv
+        .get(&keys::haproxy_configuration("default", "1.7").unwrap())
+        .await
+        .unwrap();
+    (g.map(|v| v.version), c.map(|v| v.version))
+}
+
+/// A key-value store whose writes fail while `failing` is set.
+#[derive(Debug, Default)]
+struct FailingWrites {
+    inner: InMemoryKv,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Display for FailingWrites {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("failing-writes")
+    }
+}
+
+#[async_trait::async_trait]
+impl KeyValueStore for FailingWrites {
+    async fn get(
+        &self,
+        key: &vamp_core::kv::KeyPath,
+    ) -> vamp_core::Result<Option<vamp_core::kv::Versioned<bytes::Bytes>>> {
+        self.inner.get(key).await
+    }
+    async fn put_opts(
+        &self,
+        key: &vamp_core::kv::KeyPath,
+        value: bytes::Bytes,
+        opts: vamp_core::kv::PutOptions,
+    ) -> vamp_core::Result<vamp_core::kv::Version> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(vamp_core::Error::Unavailable {
+                backend: "failing-writes".into(),
+                source: "connection refused".into(),
+            });
+        }
+        self.inner.put_opts(key, value, opts).await
+    }
+    async fn delete(&self, key: &vamp_core::kv::KeyPath) -> vamp_core::Result<()> {
+        self.inner.delete(key).await
+    }
+    fn list(
+        &self,
+        prefix: &vamp_core::kv::KeyPath,
+    ) -> futures_util::stream::BoxStream<'static, vamp_core::Result<vamp_core::kv::KeyPath>> {
+        self.inner.list(prefix)
+    }
+    fn watch(
+        &self,
+        prefix: &vamp_core::kv::KeyPath,
+        opts: vamp_core::kv::WatchOptions,
+    ) -> futures_util::stream::BoxStream<'static, vamp_core::Result<vamp_core::kv::WatchEvent>>
+    {
+        self.inner.watch(prefix, opts)
+    }
+    fn capabilities(&self) -> vamp_core::kv::KvCapabilities {
+        self.inner.capabilities()
+    }
+}
+
+/// As the reconcile loop's gateway side, the driver resolves, compares and renders only what
+/// a pass changed (a deployment given as the same `Arc` as in the last pass is skipped, and a
+/// pass that changed nothing writes nothing). After every pass of a long pseudo-random
+/// sequence (deployments added, removed, their instances started, stopped and moved,
+/// standalone gateways routing to their services and gateways added, changed and removed, the
+/// store's values overwritten by someone else, writes failing), the store holds exactly what
+/// a full push of the pass's gateways, resolved from scratch, writes.
+#[test]
+fn passes_write_what_a_full_push_of_the_resolved_gateways_writes() {
+    use vamp_core::model::{Deployment, Instance};
+    use vamp_core::ops::controller::{GatewayPass, GatewaySink};
+    async {
+        let kv = Arc::new(FailingWrites::default());
+        let marshallers = vec![Marshaller::new("1.7").with_options(RenderOptions::default())];
+        let driver = GatewayDriver::new(
+            Arc::clone(&kv) as Arc<vamp_core::kv::DynKeyValueStore>,
+            "default",
+            marshallers.clone(),
+        );
+        let deployment = |i: u64| -> Deployment {
+            let doc = format!(
+                "name: shop{i}\ngateways: {{{}: web/port}}\nclusters:\n  web:\n    breed: {{name: 'web:1', deployable: web, ports: {{port: 8080/http}}}}\n    scale: {{cpu: 0.1, memory: 32MB, instances: 2}}\n",
+                20_000 + i
+            );
+            let vamp_core::dsl::AnyArtifact::Blueprint(b) =
+                vamp_core::dsl::read_str(&doc, Some(vamp_core::model::ArtifactKind::Blueprint))
+                    .unwrap()
+                    .remove(0)
+            else {
+                panic!("not a blueprint")
+            };
+            let mut d = vamp_core::ops::deploy::merge(
+                None,
+                &format!("shop{i}"),
+                &b,
+                &vamp_core::ops::deploy::Artifacts::new(),
+                &vamp_core::ops::deploy::MergeOptions::new(0),
+            )
+            .unwrap()
+            .deployment;
+            for g in &mut d.clusters[0].gateways {
+                g.port.number = i64::try_from(21_000 + i).unwrap();
+            }
+            d
+        };
+        let standalone = |k: u64, target: &str, weight: u64| -> Gateway {
+            gateway(&format!(
+                "name: front{k}\nport: {}\nroutes:\n  {target}: {{weight: {weight}%}}\n  '[10.0.0.9:80]': {{weight: {}%}}\n",
+                22_000 + k,
+                100 - weight
+            ))
+        };
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |n: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % n
+        };
+        let mut deployments: Vec<Arc<Deployment>> = (0..4).map(|i| Arc::new(deployment(i))).collect();
+        let mut fronts: Vec<Arc<Gateway>> = Vec::new();
+        let mut made = 4;
+        let (mut quiet, mut failed) = (0, 0);
+        // The last pass failed: the next one writes what it could not.
+        let mut behind = false;
+        for step in 0..300 {
+            // Some passes' writes fail (those with something to write count as failed).
+            let fail = next(6) == 0;
+            let mut nothing = false;
+            match next(8) {
+                0 => {
+                    deployments.push(Arc::new(deployment(made)));
+                    made += 1;
+                }
+                1 if deployments.len() > 1 => {
+                    let k = next(deployments.len() as u64) as usize;
+                    deployments.remove(k);
+                }
+                2 | 3 if !deployments.is_empty() => {
+                    let k = next(deployments.len() as u64) as usize;
+                    let mut d = (*deployments[k]).clone();
+                    let n = next(3) as usize;
+                    d.clusters[0].services[0].instances = (0..n)
+                        .map(|j| Instance {
+                            name: format!("i{j}"),
+                            host: format!("10.0.1.{}", next(4)),
+                            ports: [("port".to_owned(), 31_000 + next(3) as i64)].into_iter().collect(),
+                            deployed: next(3) != 0,
+                        })
+                        .collect();
+                    deployments[k] = Arc::new(d);
+                }
+                4 if !deployments.is_empty() => {
+                    let d = &deployments[next(deployments.len() as u64) as usize].name;
+                    let target = if next(2) == 0 {
+                        format!("{d}/web/web:1/port")
+                    } else {
+                        format!("{d}/web/port")
+                    };
+                    let g = Arc::new(standalone(next(3), &target, next(101)));
+                    fronts.retain(|f| f.name != g.name);
+                    fronts.push(g);
+                }
+                5 if !fronts.is_empty() => {
+                    let k = next(fronts.len() as u64) as usize;
+                    fronts.remove(k);
+                }
+                6 => {
+                    let key = if next(2) == 0 {
+                        keys::gateways("default").unwrap()
+                    } else {
+                        keys::haproxy_configuration("default", "1.7").unwrap()
+                    };
+                    kv.inner.put(&key, "edited".into()).await.unwrap();
+                }
+                _ => nothing = true,
+            }
+            let pass = GatewayPass::new(deployments.clone(), fronts.clone());
+            let before = versions(&kv.inner).await;
+            kv.failing.store(fail, std::sync::atomic::Ordering::SeqCst);
+            let result = GatewaySink::push(&driver, pass.clone()).await;
+            kv.failing.store(false, std::sync::atomic::Ordering::SeqCst);
+            if fail {
+                // Nothing to write (the last pass wrote it) is not a failure.
+                if result.is_err() {
+                    failed += 1;
+                    behind = true;
+                }
+                continue;
+            }
+            result.unwrap();
+            let was_behind = std::mem::take(&mut behind);
+            if nothing && step > 0 && !was_behind {
+                assert_eq!(versions(&kv.inner).await, before, "step {step}: a quiet pass wrote");
+                quiet += 1;
+            }
+            // What a full push of the same gateways, resolved from scratch, writes.
+            let running: Vec<Deployment> = pass
+                .deployments
+                .iter()
+                .map(|d| {
+                    let mut d = (**d).clone();
+                    for s in d.clusters.iter_mut().flat_map(|c| &mut c.services) {
+                        s.instances.retain(|i| i.deployed);
+                    }
+                    d
+                })
+                .collect();
+            let mut all = pass.gateways();
+            vamp_haproxy::targets::resolve_targets(&mut all, &running);
+            let expected = vamp_haproxy::driver::plan_push(&all, &marshallers, None, &[None])
+                .unwrap();
+            let written = kv
+                .inner
+                .get_string(&keys::gateways("default").unwrap())
+                .await
+                .unwrap();
+            assert_eq!(written, expected.gateways, "step {step}: /gateways");
+            let config = kv
+                .inner
+                .get_string(&keys::haproxy_configuration("default", "1.7").unwrap())
+                .await
+                .unwrap()
+                .unwrap_or_default();
+            assert_eq!(config, render(&all, &RenderOptions::default()).unwrap().render(), "step {step}");
+        }
+        // The sequence went through every case.
+        assert!(quiet > 10 && failed > 5 && made > 8, "quiet {quiet}, failed {failed}, made {made}");
     }
     .now_or_never()
     .unwrap();

@@ -117,14 +117,46 @@ impl Clock for ManualClock {
     }
 }
 
-/// The gateway side: receives every deployment gateway (with the deployments, whose
-/// instances are the routes' targets) after each pass. `vamp_haproxy::driver::GatewayDriver`
-/// implements it.
+/// What a pass hands to the gateway side: the deployments as the pass leaves them (their
+/// gateways, and their instances as the routes' targets) and the standalone gateways.
+///
+/// The deployments are shared with the loop, and a deployment no pass changed stays the same
+/// `Arc` from one pass to the next: a sink that remembers what it was given can skip it by
+/// pointer ([`Arc::ptr_eq`]), so a pass costs what changed, not what there is.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct GatewayPass {
+    /// The deployments, in the store's order.
+    pub deployments: Vec<Arc<Deployment>>,
+    /// The gateways stored as artifacts of their own, but those named like a deployment's
+    /// gateway (the deployment's wins).
+    pub standalone: Vec<Arc<Gateway>>,
+}
+
+impl GatewayPass {
+    /// A pass of these deployments and standalone gateways.
+    pub fn new(deployments: Vec<Arc<Deployment>>, standalone: Vec<Arc<Gateway>>) -> Self {
+        Self {
+            deployments,
+            standalone,
+        }
+    }
+
+    /// Every gateway of the pass, copied: each deployment's (internal gateways first, see
+    /// [`crate::ops::reconcile::gateways`]), then the standalone ones.
+    pub fn gateways(&self) -> Vec<Gateway> {
+        let mut out = crate::ops::reconcile::gateways(&self.deployments);
+        out.extend(self.standalone.iter().map(|g| (**g).clone()));
+        out
+    }
+}
+
+/// The gateway side: receives every pass's [`GatewayPass`].
+/// `vamp_haproxy::driver::GatewayDriver` implements it.
 #[async_trait]
 pub trait GatewaySink: fmt::Debug + Send + Sync + 'static {
-    /// Makes these gateways the deployments' gateways (the deployments are shared with the
-    /// loop: a pass copies none of them).
-    async fn push(&self, gateways: Vec<Gateway>, deployments: Vec<Arc<Deployment>>) -> Result<()>;
+    /// Makes the pass's gateways (each deployment's, then the standalone ones) the gateways.
+    async fn push(&self, pass: GatewayPass) -> Result<()>;
 }
 
 /// How the loop runs.
@@ -179,6 +211,9 @@ pub struct TickReport {
 #[derive(Default)]
 struct State {
     last: Vec<Versioned<Arc<Deployment>>>,
+    /// Without a catalog: each deployment as last read, so one read again at the same version
+    /// stays the same shared deployment.
+    read: std::collections::HashMap<String, Versioned<Arc<Deployment>>>,
     backoff: BTreeMap<ServiceId, (u32, i64)>,
 }
 
@@ -244,37 +279,46 @@ impl Controller {
             catalog.ensure_loaded().await?;
             return Ok(catalog.deployments());
         }
-        Ok(self
+        let listed = self
             .decoded_deployments
             .list_all(&*self.persistence)
-            .await?
+            .await?;
+        let mut state = self.state.lock();
+        let mut read = std::collections::HashMap::with_capacity(listed.len());
+        let desired = listed
             .into_iter()
             .map(|mut v| {
-                crate::ops::deploy::normalize(&mut v.value);
-                Versioned {
-                    value: Arc::new(v.value),
+                let value = match state.read.remove(&v.value.name) {
+                    Some(last) if last.version == v.version => last.value,
+                    _ => {
+                        crate::ops::deploy::normalize(&mut v.value);
+                        Arc::new(v.value)
+                    }
+                };
+                let out = Versioned {
+                    value,
                     version: v.version,
-                }
+                };
+                read.insert(out.value.name.clone(), out.clone());
+                out
             })
-            .collect())
+            .collect();
+        state.read = read;
+        Ok(desired)
     }
 
     /// The standalone gateways.
-    async fn stored_gateways(&self) -> Result<Vec<Gateway>> {
+    async fn stored_gateways(&self) -> Result<Vec<Arc<Gateway>>> {
         if let Some(catalog) = &self.catalog {
             catalog.ensure_loaded().await?;
-            return Ok(catalog
-                .gateways()
-                .into_iter()
-                .map(|v| Arc::unwrap_or_clone(v.value))
-                .collect());
+            return Ok(catalog.gateways().into_iter().map(|v| v.value).collect());
         }
         Ok(self
             .decoded_gateways
             .list_all(&*self.persistence)
             .await?
             .into_iter()
-            .map(|v| v.value)
+            .map(|v| Arc::new(v.value))
             .collect())
     }
 
@@ -454,11 +498,24 @@ impl Controller {
             // The deployments' gateways, then the standalone ones stored on their own. Without
             // the stored ones nothing is pushed: a partial set would take gateways down.
             match self.stored_gateways().await {
-                Ok(stored) => {
-                    let mut gateways = crate::ops::reconcile::gateways(&outcome);
-                    let names: BTreeSet<String> = gateways.iter().map(|g| g.name.clone()).collect();
-                    gateways.extend(stored.into_iter().filter(|g| !names.contains(&g.name)));
-                    if let Err(e) = sink.push(gateways, outcome).await {
+                Ok(mut standalone) => {
+                    if !standalone.is_empty() {
+                        // A deployment's gateways are named `<deployment>/…`: only a standalone
+                        // gateway whose first segment names a deployment can share a name.
+                        let by_name: std::collections::HashMap<&str, &Deployment> =
+                            outcome.iter().map(|d| (d.name.as_str(), &**d)).collect();
+                        standalone.retain(|g| {
+                            let first = g.name.split('/').next().unwrap_or_default();
+                            !by_name.get(first).is_some_and(|d| {
+                                d.clusters
+                                    .iter()
+                                    .flat_map(|c| &c.gateways)
+                                    .chain(&d.gateways)
+                                    .any(|x| x.name == g.name)
+                            })
+                        });
+                    }
+                    if let Err(e) = sink.push(GatewayPass::new(outcome, standalone)).await {
                         report.errors.push(format!("gateways: {e}"));
                     }
                 }
