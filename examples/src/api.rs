@@ -2539,13 +2539,23 @@ async fn list_events(
             &serde_json::json!({ "value": result.value }),
         ));
     }
-    let events = api.events.query(&query, ListOptions::all()).await?;
-    paged(
+    // Counted, then only the page read: a request costs its page, not every event stored.
+    let total = api
+        .events
+        .aggregate(&query, vamp_core::metrics::Aggregation::Count, "value")
+        .await?
+        .value
+        .map_or(0, |n| n as usize);
+    let page = Page::of(&params, total)?;
+    let events = api
+        .events
+        .query(&query, ListOptions::page(page.offset(), page.per_page))
+        .await?;
+    Ok(page.response(
         format,
         "/api/v1/events",
-        &params,
         events.iter().map(event_json).collect(),
-    )
+    ))
 }
 
 /// One open event stream, counted until it is dropped.

@@ -541,6 +541,33 @@ async fn events_health_and_metrics(http: &Http) {
         .await;
     assert_eq!(listed.header("x-total-count"), Some("1"));
     assert_eq!(listed.json()[0]["value"], 0.75);
+    // Pages of events: counted, newest first, only the page read.
+    for i in 0..35 {
+        let e = format!("tags: [paging]\ntype: paging\nvalue: {i}\n");
+        assert_eq!(
+            http.send(Method::POST, "/api/v1/events", &e).await.status,
+            StatusCode::CREATED
+        );
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for page in 1..=4 {
+        let listed = http
+            .get(&format!(
+                "/api/v1/events?tag=paging&per_page=10&page={page}"
+            ))
+            .await;
+        assert_eq!(listed.header("x-total-count"), Some("35"));
+        let got: Vec<i64> = listed
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["value"].as_i64().unwrap())
+            .collect();
+        assert_eq!(got.len(), if page == 4 { 5 } else { 10 }, "page {page}");
+        seen.extend(got);
+    }
+    assert_eq!(seen, (0..35).collect(), "every event on exactly one page");
     assert_eq!(http.get("/api/v1/health/gateways/sava").await.json(), 0.75);
     assert_eq!(
         http.get("/api/v1/metrics/gateways/sava/rate").await.json(),

@@ -138,7 +138,9 @@ impl InMemoryMetrics {
         self
     }
 
-    fn matching(&self, s: &State, query: &EventQuery) -> Result<Vec<Event>> {
+    /// The events matching `query`, newest first, borrowed: a query copies only the page it
+    /// returns.
+    fn matching<'s>(&self, s: &'s State, query: &EventQuery) -> Result<Vec<&'s Event>> {
         let now = (self.clock)();
         let bound = |t: &Option<String>| t.as_deref().map(|t| parse_query_time(t, now)).transpose();
         let range = query.timestamp.clone().unwrap_or_default();
@@ -148,7 +150,7 @@ impl InMemoryMetrics {
             bound(&range.gt)?,
             bound(&range.gte)?,
         );
-        let mut out: Vec<Event> = s
+        let mut out: Vec<&Event> = s
             .events
             .iter()
             .filter(|e| query.tags.iter().all(|t| e.tags.contains(t)))
@@ -162,11 +164,10 @@ impl InMemoryMetrics {
                     && gt.is_none_or(|b| ts > b)
                     && gte.is_none_or(|b| ts >= b)
             })
-            .cloned()
             .collect();
-        // Newest first; equal timestamps in reverse publication order.
+        // Newest first; equal timestamps in reverse publication order (the sort is stable).
         out.reverse();
-        out.sort_by_key(|e| std::cmp::Reverse(crate::time::parse_millis(&e.timestamp)));
+        out.sort_by_cached_key(|e| std::cmp::Reverse(crate::time::parse_millis(&e.timestamp)));
         Ok(out)
     }
 }
@@ -212,7 +213,7 @@ impl EventStore for InMemoryMetrics {
     async fn query(&self, query: &EventQuery, page: ListOptions) -> Result<Vec<Event>> {
         let s = self.state.lock();
         let all = self.matching(&s, query)?;
-        let it = all.into_iter().skip(page.offset);
+        let it = all.into_iter().skip(page.offset).cloned();
         Ok(match page.limit {
             Some(n) => it.take(n).collect(),
             None => it.collect(),
