@@ -7,6 +7,10 @@
 //! `cargo bench -p vamp-benches --bench deploy_to_traffic` (needs `haproxy` and `python3`;
 //! `VAMP_BENCH_DEPLOYS`, default 20; prints a table; no timing is asserted)
 
+/// The `vamp` program's allocator, so that the server is what `vamp serve` runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

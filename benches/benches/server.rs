@@ -34,6 +34,10 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+/// The `vamp` program's allocator, so that the child server is what `vamp serve` runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const CLIENTS: usize = 64;
 const SUBSCRIBERS: usize = 100;
 const PER_PAGE: usize = 30;
