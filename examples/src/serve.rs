@@ -874,8 +874,25 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
     let render = RenderOptions::default()
         .with_socket_dir(socket_dir.display().to_string())
         .with_bind_address("127.0.0.1");
+    // The driver's writes are the leader's: fenced in the key-value store too, where it can
+    // check a write against the fence key atomically (etcd, Redis, in memory; ZooKeeper and
+    // Consul do not yet, and write unfenced).
+    let fenced_kv = if kv.capabilities().guard {
+        Some(Arc::new(vamp_core::layers::FencedKv::new(
+            Arc::clone(&kv),
+            elector.fence(),
+            vamp_core::kv::keys::fence(&config.namespace).map_err(|e| format!("namespace: {e}"))?,
+            replica.clone(),
+        )))
+    } else {
+        None
+    };
+    let driver_kv: Arc<DynKeyValueStore> = match &fenced_kv {
+        Some(f) => Arc::clone(f) as Arc<DynKeyValueStore>,
+        None => Arc::clone(&kv),
+    };
     let driver = GatewayDriver::new(
-        Arc::clone(&kv),
+        driver_kv,
         config.namespace.clone(),
         vec![Marshaller::new("1.7").with_options(render)],
     )
@@ -1004,6 +1021,17 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
     if let Err(e) = elector.tick().await {
         tracing::warn!(error = %e, "the first round of the leader election failed");
     }
+    // A leader claims the key-value fence as it takes over (every round: a no-op once done).
+    let claim = move |fenced: Option<Arc<vamp_core::layers::FencedKv<Arc<DynKeyValueStore>>>>,
+                      leader: bool| async move {
+        match fenced {
+            Some(f) if leader => f.claim().await.map(drop).map_err(|e| e.to_string()),
+            _ => Ok(()),
+        }
+    };
+    if let Err(e) = claim(fenced_kv.clone(), elector.is_leader()).await {
+        tracing::warn!(error = %e, "the key-value fence could not be claimed");
+    }
     // Then a round every quarter of the lease's time to live.
     tasks.push(spawn_loop(
         "election",
@@ -1013,8 +1041,9 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         &stopped,
         None,
         false,
-        Arc::clone(&elector),
-        |e| async move {
+        Arc::new((Arc::clone(&elector), fenced_kv.clone())),
+        move |pair| async move {
+            let (e, fenced) = (&pair.0, pair.1.clone());
             let before = e.is_leader();
             let r = e
                 .tick()
@@ -1024,7 +1053,8 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
             if e.is_leader() != before {
                 tracing::info!(leader = e.is_leader(), "leadership changed");
             }
-            r
+            let claimed = claim(fenced, e.is_leader()).await;
+            r.and_then(|v| claimed.map(|()| v))
         },
     ));
     if let Some(shared) = &shared_events {

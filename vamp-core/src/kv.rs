@@ -191,6 +191,11 @@ pub struct PutOptions {
     pub mode: PutMode,
     /// Let the entry expire (requires capability `ttl`).
     pub ttl: Option<Duration>,
+    /// Write only if this other key is at this version, in the same atomic step
+    /// ([`Error::Conflict`] naming the guard key otherwise; requires capability `guard`). A
+    /// leader writes under its fence key this way, so that once another leader has rewritten
+    /// the fence key, the old one's writes are refused ([`crate::layers::FencedKv`]).
+    pub guard: Option<(KeyPath, Version)>,
 }
 
 impl PutOptions {
@@ -210,6 +215,13 @@ impl PutOptions {
     #[must_use]
     pub fn with_ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
+        self
+    }
+
+    /// Writes only if `key` is at `version`.
+    #[must_use]
+    pub fn with_guard(mut self, key: KeyPath, version: Version) -> Self {
+        self.guard = Some((key, version));
         self
     }
 }
@@ -272,6 +284,8 @@ pub struct KvCapabilities {
     pub ttl: bool,
     /// `list` is supported.
     pub list: bool,
+    /// `PutOptions::guard` is supported (checked atomically with the write).
+    pub guard: bool,
     /// The largest value the store accepts, if limited.
     pub value_max_bytes: Option<usize>,
 }
@@ -304,6 +318,12 @@ impl KvCapabilities {
                 operation: "put with ttl",
             });
         }
+        if opts.guard.is_some() && !self.guard {
+            return Err(Error::NotSupported {
+                backend: backend.to_owned(),
+                operation: "put with a guard",
+            });
+        }
         if let Some(max) = self.value_max_bytes
             && value_len > max
         {
@@ -323,6 +343,7 @@ impl KvCapabilities {
             cas: true,
             ttl: true,
             list: true,
+            guard: true,
             value_max_bytes: None,
         }
     }
@@ -513,6 +534,13 @@ pub mod keys {
     /// `/vamp/<namespace>`: the base path (`vamp.persistence.key-value-store.base-path`).
     pub fn base(namespace: &str) -> Result<KeyPath> {
         KeyPath::root().child("vamp")?.child(namespace)
+    }
+
+    /// `/vamp/<ns>/fence`: the current leader's fencing token in the key-value store
+    /// (`{"token": …, "holder": …}`), under whose version the leader writes
+    /// ([`crate::layers::FencedKv`]).
+    pub fn fence(namespace: &str) -> Result<KeyPath> {
+        base(namespace)?.child("fence")
     }
 
     /// `/vamp/<ns>/gateways`: the JSON list of gateways as last pushed.

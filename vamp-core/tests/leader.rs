@@ -102,3 +102,57 @@ async fn the_fence_never_goes_back_to_an_older_token() {
     assert!(matches!(e, Error::Fenced { .. }), "{e}");
     assert!(old.held().is_none());
 }
+
+/// The gateway side's key-value writes are fenced too: once a new leader has claimed the
+/// fence key (as it takes over), a paused old leader that still believes it leads has its
+/// writes refused by the store, and the value stays the new leader's.
+#[tokio::test]
+async fn a_paused_leaders_key_value_writes_are_refused() {
+    use vamp_core::kv::{KeyPath, KeyValueStore, KeyValueStoreExt, keys};
+    use vamp_core::layers::FencedKv;
+    use vamp_core::memory::InMemoryKv;
+    let clock = ManualClock::new(1_000_000);
+    let leases = Arc::new(InMemoryLeases::with_clock(Arc::new(clock.clone())));
+    let store = Arc::new(InMemoryPersistence::new());
+    let kv = Arc::new(InMemoryKv::new());
+    let ttl = Duration::from_secs(10);
+    let elector = |id: &str| {
+        Elector::new(
+            Arc::clone(&leases) as Arc<_>,
+            Arc::clone(&store) as Arc<_>,
+            ElectionOptions::new("vamp-default", id).with_ttl(ttl),
+        )
+    };
+    let (a, b) = (elector("replica-a"), elector("replica-b"));
+    let fence_key = keys::fence("default").unwrap();
+    let a_kv = FencedKv::new(Arc::clone(&kv), a.fence(), fence_key.clone(), "replica-a");
+    let b_kv = FencedKv::new(Arc::clone(&kv), b.fence(), fence_key.clone(), "replica-b");
+    let key = KeyPath::parse("/vamp/default/gateways").unwrap();
+
+    assert!(a.tick().await.unwrap().leader);
+    assert!(!b.tick().await.unwrap().leader);
+    assert!(matches!(
+        b_kv.put(&key, "[b]".into()).await,
+        Err(Error::Fenced { .. })
+    ));
+    a_kv.put(&key, "[a]".into()).await.unwrap();
+
+    // A pauses past its lease; B takes over and claims the fence key before writing.
+    clock.advance(ttl + Duration::from_millis(1));
+    let lb = b.tick().await.unwrap();
+    assert!(
+        lb.leader && a.is_leader(),
+        "B leads; paused A has not noticed"
+    );
+    b_kv.claim().await.unwrap();
+    let refused = a_kv.put(&key, "[late a]".into()).await;
+    assert!(matches!(refused, Err(Error::Fenced { .. })), "{refused:?}");
+    assert_eq!(kv.get_string(&key).await.unwrap().as_deref(), Some("[a]"));
+    b_kv.put(&key, "[b]".into()).await.unwrap();
+    let fence: serde_json::Value =
+        serde_json::from_slice(&kv.get(&fence_key).await.unwrap().unwrap().value).unwrap();
+    assert_eq!(fence, json!({"token": lb.token, "holder": "replica-b"}));
+    // A stale leader cannot take the fence key back with its older token.
+    assert!(matches!(a_kv.claim().await, Err(Error::Fenced { .. })));
+    assert_eq!(kv.get_string(&key).await.unwrap().as_deref(), Some("[b]"));
+}

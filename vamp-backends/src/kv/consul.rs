@@ -878,6 +878,8 @@ impl KeyValueStore for ConsulKv {
 
     fn capabilities(&self) -> KvCapabilities {
         let mut caps = KvCapabilities::all();
+        // Not yet: a write under another key's version (a multi-operation check there).
+        caps.guard = false;
         caps.ttl = false;
         caps.value_max_bytes = Some(VALUE_MAX_BYTES);
         caps

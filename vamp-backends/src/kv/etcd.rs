@@ -352,32 +352,62 @@ impl KeyValueStore for EtcdKv {
             put = put.with_lease(lease.id());
         }
         let k = key.as_str();
-        let compare = match opts.mode {
+        let mut compare = match opts.mode {
             PutMode::Create => vec![Compare::create_revision(k, CompareOp::Equal, 0)],
             PutMode::Update(expected) => vec![
                 Compare::create_revision(k, CompareOp::Greater, 0),
                 Compare::mod_revision(k, CompareOp::Equal, rev(expected)),
             ],
-            _ => {
+            _ if opts.guard.is_none() => {
                 let r = client
                     .put(k, value.to_vec(), Some(put))
                     .await
                     .map_err(|e| self.err(e))?;
                 return Ok(version(r.header().map_or(0, |h| h.revision())));
             }
+            _ => Vec::new(),
         };
+        // The guard: the other key exists at the version given, in the same transaction.
+        if let Some((guard, expected)) = &opts.guard {
+            compare.push(Compare::create_revision(
+                guard.as_str(),
+                CompareOp::Greater,
+                0,
+            ));
+            compare.push(Compare::mod_revision(
+                guard.as_str(),
+                CompareOp::Equal,
+                rev(*expected),
+            ));
+        }
+        let mut otherwise = vec![TxnOp::get(k, None)];
+        if let Some((guard, _)) = &opts.guard {
+            otherwise.push(TxnOp::get(guard.as_str(), None));
+        }
         let txn = Txn::new()
             .when(compare)
             .and_then(vec![TxnOp::put(k, value.to_vec(), Some(put))])
-            .or_else(vec![TxnOp::get(k, None)]);
+            .or_else(otherwise);
         let r = client.txn(txn).await.map_err(|e| self.err(e))?;
         if r.succeeded() {
             return Ok(version(r.header().map_or(0, |h| h.revision())));
         }
-        let found = r.op_responses().into_iter().find_map(|op| match op {
+        let mut gets = r.op_responses().into_iter().filter_map(|op| match op {
             TxnOpResponse::Get(g) => Some(g.kvs().first().map(|kv| version(kv.mod_revision()).0)),
             _ => None,
         });
+        let found = gets.next();
+        if let Some((guard, expected)) = &opts.guard {
+            let at = gets.next().flatten();
+            if at != Some(expected.0) {
+                return Err(Error::Conflict {
+                    backend: self.label.clone(),
+                    key: guard.to_string(),
+                    expected: expected.0,
+                    found: at,
+                });
+            }
+        }
         let found = match found {
             Some(f) => f,
             None => self.found(key).await?,
@@ -393,7 +423,17 @@ impl KeyValueStore for EtcdKv {
                 expected: expected.0,
                 found,
             },
-            _ => unreachable!("overwrite returned above"),
+            // Only the guard can fail an overwrite, and it was checked above: it moved
+            // between the transaction and its answer.
+            _ => Error::Conflict {
+                backend: self.label.clone(),
+                key: opts
+                    .guard
+                    .as_ref()
+                    .map_or_else(|| key.to_string(), |(g, _)| g.to_string()),
+                expected: opts.guard.as_ref().map_or(0, |(_, v)| v.0),
+                found: None,
+            },
         })
     }
 

@@ -23,6 +23,10 @@ use vamp_core::Error;
 use vamp_core::kv::*;
 
 const PUT: &str = r"
+if ARGV[5] ~= '' then
+  local g = redis.call('HGET', KEYS[5], 'v')
+  if g ~= ARGV[5] then return {-3, g or ''} end
+end
 local cur = redis.call('HGET', KEYS[1], 'v')
 if ARGV[3] == 'c' and cur then return {-1, cur} end
 if ARGV[3] == 'u' and ((not cur) or cur ~= ARGV[4]) then return {-2, cur or ''} end
@@ -424,15 +428,38 @@ impl KeyValueStore for RedisKv {
             .key(self.rev_key())
             .key(self.index_key())
             .key(self.stream_key())
+            // The guard's entry (the key itself when there is none: never read then).
+            .key(
+                opts.guard
+                    .as_ref()
+                    .map_or_else(|| self.data_key(key), |(g, _)| self.data_key(g)),
+            )
             .arg(key.as_str())
             .arg(value.as_ref())
             .arg(mode)
             .arg(expected.to_string())
+            .arg(
+                opts.guard
+                    .as_ref()
+                    .map_or_else(String::new, |(_, v)| v.0.to_string()),
+            )
             .invoke_async(&mut conn)
             .await
             .map_err(|e| map_err(&self.label, e))?;
         match status {
             0 => Ok(Version(v.parse().unwrap_or(0))),
+            -3 => {
+                let (guard, expected) = opts
+                    .guard
+                    .as_ref()
+                    .map_or_else(|| (key.to_string(), 0), |(g, v)| (g.to_string(), v.0));
+                Err(Error::Conflict {
+                    backend: self.label.clone(),
+                    key: guard,
+                    expected,
+                    found: v.parse().ok(),
+                })
+            }
             -1 => Err(Error::AlreadyExists {
                 backend: self.label.clone(),
                 key: key.to_string(),

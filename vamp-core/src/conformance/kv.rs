@@ -218,6 +218,95 @@ pub async fn compare_and_swap(store: &DynKeyValueStore, root: &KeyPath) {
     store.delete(&k).await.expect("cleanup");
 }
 
+/// `PutOptions::guard`: a write applies only while the guard key is at the version given,
+/// checked in the same atomic step, in every mode; a refused write names the guard key and
+/// changes nothing.
+pub async fn guarded_put(store: &DynKeyValueStore, root: &KeyPath) {
+    let fence = key(root, "guarded_put/fence");
+    let k = key(root, "guarded_put/a");
+    let missing = store
+        .put_opts(
+            &k,
+            Bytes::from_static(b"x"),
+            PutOptions::new().with_guard(fence.clone(), Version(1)),
+        )
+        .await;
+    assert!(
+        missing.as_ref().is_err_and(|e| e.is_conflict()),
+        "a guard on a missing key must conflict, got {missing:?}"
+    );
+    assert_eq!(
+        store.get(&k).await.expect("get"),
+        None,
+        "a refused write creates nothing"
+    );
+    let f1 = store
+        .put_opts(&fence, Bytes::from_static(b"1"), PutOptions::new())
+        .await
+        .expect("put the guard key");
+    let v1 = store
+        .put_opts(
+            &k,
+            Bytes::from_static(b"v1"),
+            PutOptions::new()
+                .with_mode(PutMode::Create)
+                .with_guard(fence.clone(), f1),
+        )
+        .await
+        .expect("a create under the guard's version");
+    let v2 = store
+        .put_opts(
+            &k,
+            Bytes::from_static(b"v2"),
+            PutOptions::new().with_guard(fence.clone(), f1),
+        )
+        .await
+        .expect("an overwrite under the guard's version");
+    assert!(v2 > v1);
+    // The guard key moves (another leader took the fence): writes under the old version fail.
+    let f2 = store
+        .put_opts(&fence, Bytes::from_static(b"2"), PutOptions::new())
+        .await
+        .expect("move the guard key");
+    for opts in [
+        PutOptions::new().with_guard(fence.clone(), f1),
+        PutOptions::new()
+            .with_mode(PutMode::Update(v2))
+            .with_guard(fence.clone(), f1),
+    ] {
+        match store.put_opts(&k, Bytes::from_static(b"stale"), opts).await {
+            Err(crate::Error::Conflict { key, .. }) => assert!(
+                key.trim_end_matches('/').ends_with("guarded_put/fence"),
+                "the conflict names the guard key, not {key}"
+            ),
+            other => panic!("a write under a moved guard must conflict, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        store
+            .get(&k)
+            .await
+            .expect("get")
+            .expect("exists")
+            .value
+            .as_ref(),
+        b"v2",
+        "a refused write leaves the value"
+    );
+    store
+        .put_opts(
+            &k,
+            Bytes::from_static(b"v3"),
+            PutOptions::new()
+                .with_mode(PutMode::Update(v2))
+                .with_guard(fence.clone(), f2),
+        )
+        .await
+        .expect("an update under the guard's new version");
+    store.delete(&k).await.expect("cleanup");
+    store.delete(&fence).await.expect("cleanup");
+}
+
 /// `list` yields the keys at or below a prefix, segment-wise, sorted.
 pub async fn list_prefix_isolation(store: &DynKeyValueStore, root: &KeyPath) {
     let base = key(root, "list");
@@ -565,6 +654,9 @@ pub async fn run_all(store: &DynKeyValueStore, root: &KeyPath) {
         compare_and_swap(store, root).await;
         concurrent_writers_no_lost_update(store, root).await;
         concurrent_creates(store, root).await;
+    }
+    if caps.guard {
+        guarded_put(store, root).await;
     }
     if caps.watch {
         watch_sees_put_and_delete(store, root).await;

@@ -203,3 +203,234 @@ impl<P: PersistenceStore> PersistenceStore for Fenced<P> {
         self.inner.head().await
     }
 }
+
+/// A [`KeyValueStore`](crate::kv::KeyValueStore) whose writes apply only while its replica is
+/// the leader, as [`Fenced`] does for persistence: when it takes over
+/// ([`FencedKv::claim`], or at its first write under a leadership, the token its [`Fence`]
+/// holds), it writes the token to a fence key (unless the key names a greater token:
+/// [`Error::Fenced`]), and every write then carries a guard on the fence key
+/// at the version it wrote ([`PutOptions::guard`](crate::kv::PutOptions::guard)), so once
+/// another leader has rewritten the fence key, the old leader's writes are refused by the
+/// store itself, in the same atomic step. Without leadership, writes are refused before they
+/// are sent. Deletes are checked against the leadership held, not guarded. Reads and watches
+/// pass through. The store must support guards (capability `guard`).
+///
+/// ```
+/// # futures_util::FutureExt::now_or_never(async {
+/// use std::sync::Arc;
+/// use vamp_core::kv::{KeyPath, KeyValueStore, KeyValueStoreExt};
+/// use vamp_core::layers::{Fence, FencedKv};
+/// use vamp_core::memory::{InMemoryKv, InMemoryPersistence};
+///
+/// let (store, kv) = (InMemoryPersistence::new(), Arc::new(InMemoryKv::new()));
+/// let fence_key = KeyPath::parse("/vamp/default/fence").unwrap();
+/// let (old, new) = (Arc::new(Fence::new()), Arc::new(Fence::new()));
+/// let old_leader = FencedKv::new(Arc::clone(&kv), Arc::clone(&old), fence_key.clone(), "a");
+/// let new_leader = FencedKv::new(Arc::clone(&kv), Arc::clone(&new), fence_key, "b");
+/// let key = KeyPath::parse("/vamp/default/gateways").unwrap();
+/// assert!(old_leader.put(&key, "[]".into()).await.is_err(), "no leadership, no write");
+/// old.take(&store, 1, "a").await.unwrap();
+/// old_leader.put(&key, "[1]".into()).await.unwrap();
+/// // Another replica takes over with a greater token and writes: the old one is refused.
+/// new.take(&store, 2, "b").await.unwrap();
+/// new_leader.put(&key, "[2]".into()).await.unwrap();
+/// assert!(old_leader.put(&key, "[stale]".into()).await.is_err());
+/// assert_eq!(kv.get_string(&key).await.unwrap().as_deref(), Some("[2]"));
+/// # }).unwrap();
+/// ```
+pub struct FencedKv<K> {
+    inner: K,
+    fence: Arc<Fence>,
+    key: crate::kv::KeyPath,
+    holder: String,
+    /// The token whose fence key this replica wrote, and the version it wrote.
+    taken: Mutex<Option<(u64, Version)>>,
+}
+
+impl<K> FencedKv<K> {
+    /// Wraps `inner`, writing under the token `fence` holds and the fence key `key`
+    /// ([`crate::kv::keys::fence`]) as `holder`.
+    pub fn new(
+        inner: K,
+        fence: Arc<Fence>,
+        key: crate::kv::KeyPath,
+        holder: impl Into<String>,
+    ) -> Self {
+        Self {
+            inner,
+            fence,
+            key,
+            holder: holder.into(),
+            taken: Mutex::new(None),
+        }
+    }
+}
+
+impl<K> fmt::Debug for FencedKv<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FencedKv")
+            .field("key", &self.key)
+            .field("holder", &self.holder)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K: fmt::Display> fmt::Display for FencedKv<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl<K: crate::kv::KeyValueStore> FencedKv<K> {
+    /// Writes this leadership's token to the fence key now, if it has not yet (otherwise the
+    /// first write does): a leader calls it as it takes over, so that from then on the old
+    /// leader's writes are refused, even before the new one writes anything. Returns the
+    /// fence key's version.
+    ///
+    /// # Errors
+    /// [`Error::Fenced`] without leadership, or when the fence key names a newer token; the
+    /// store's errors.
+    pub async fn claim(&self) -> Result<Version> {
+        let token = self.token()?;
+        self.take(token).await
+    }
+
+    /// The leadership's token, refused when none is held.
+    fn token(&self) -> Result<u64> {
+        self.fence
+            .held()
+            .map(|(t, _)| t)
+            .ok_or_else(|| Error::Fenced {
+                reason: "this replica does not hold the leader lease".into(),
+            })
+    }
+
+    /// The fence key's version for `token`: written now (unless it names a greater token),
+    /// or as written earlier under the same token.
+    async fn take(&self, token: u64) -> Result<Version> {
+        if let Some((t, v)) = *self.taken.lock()
+            && t == token
+        {
+            return Ok(v);
+        }
+        for _ in 0..8 {
+            let current = self.inner.get(&self.key).await?;
+            let stored = current.as_ref().and_then(|c| {
+                serde_json::from_slice::<serde_json::Value>(&c.value)
+                    .ok()?
+                    .get("token")?
+                    .as_u64()
+            });
+            match (stored, &current) {
+                (Some(t), _) if t > token => {
+                    return Err(Error::Fenced {
+                        reason: format!(
+                            "the key-value fence names token {t}, newer than this leader's {token}"
+                        ),
+                    });
+                }
+                (Some(t), Some(c)) if t == token => {
+                    *self.taken.lock() = Some((token, c.version));
+                    return Ok(c.version);
+                }
+                _ => {}
+            }
+            let mode = current
+                .as_ref()
+                .map_or(PutMode::Create, |c| PutMode::Update(c.version));
+            let value = serde_json::json!({ "token": token, "holder": self.holder }).to_string();
+            match self
+                .inner
+                .put_opts(
+                    &self.key,
+                    value.into(),
+                    crate::kv::PutOptions::new().with_mode(mode),
+                )
+                .await
+            {
+                Ok(version) => {
+                    *self.taken.lock() = Some((token, version));
+                    return Ok(version);
+                }
+                // Another replica wrote it meanwhile: read it again.
+                Err(e) if e.is_conflict() || matches!(e, Error::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Fenced {
+            reason: "the key-value fence kept changing".into(),
+        })
+    }
+}
+
+#[deny(clippy::missing_trait_methods)]
+#[async_trait]
+impl<K: crate::kv::KeyValueStore> crate::kv::KeyValueStore for FencedKv<K> {
+    async fn get(
+        &self,
+        key: &crate::kv::KeyPath,
+    ) -> Result<Option<crate::kv::Versioned<bytes::Bytes>>> {
+        self.inner.get(key).await
+    }
+
+    async fn put_opts(
+        &self,
+        key: &crate::kv::KeyPath,
+        value: bytes::Bytes,
+        opts: crate::kv::PutOptions,
+    ) -> Result<Version> {
+        if opts.guard.is_some() {
+            return Err(Error::NotSupported {
+                backend: self.to_string(),
+                operation: "a guarded put through a fenced store (it guards every put itself)",
+            });
+        }
+        let token = self.token()?;
+        let version = self.take(token).await?;
+        match self
+            .inner
+            .put_opts(key, value, opts.with_guard(self.key.clone(), version))
+            .await
+        {
+            Err(e) if e.is_conflict() => {
+                // The entry or the fence moved: tell which.
+                let fence = self.inner.get(&self.key).await?;
+                if fence.map(|f| f.version) == Some(version) {
+                    Err(e)
+                } else {
+                    *self.taken.lock() = None;
+                    Err(Error::Fenced {
+                        reason: format!(
+                            "another replica took the leader lease over from token {token}"
+                        ),
+                    })
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn delete(&self, key: &crate::kv::KeyPath) -> Result<()> {
+        self.token()?;
+        self.inner.delete(key).await
+    }
+
+    fn list(&self, prefix: &crate::kv::KeyPath) -> BoxStream<'static, Result<crate::kv::KeyPath>> {
+        self.inner.list(prefix)
+    }
+
+    fn watch(
+        &self,
+        prefix: &crate::kv::KeyPath,
+        opts: crate::kv::WatchOptions,
+    ) -> BoxStream<'static, Result<crate::kv::WatchEvent>> {
+        self.inner.watch(prefix, opts)
+    }
+
+    fn capabilities(&self) -> crate::kv::KvCapabilities {
+        crate::kv::KvCapabilities {
+            guard: false,
+            ..self.inner.capabilities()
+        }
+    }
+}

@@ -4,6 +4,7 @@
 //! * [`Retrying`]: retries temporary errors with exponential backoff and a deadline.
 //! * [`Policed`]: refuses to deploy what the operator's [`Policy`](crate::policy::Policy) refuses.
 //! * [`Fenced`]: a leader's persistence writes, refused once another replica took over.
+//! * [`FencedKv`]: the same for a leader's key-value writes (the gateway driver's).
 //! * [`Owned`]: acts only on the scheduler services its control plane created.
 //! * [`SharedEvents`]: events that reach every replica, through the key-value store.
 //! * [`Staged`]: keeps writes aside and commits them to a persistence store as one batch.
@@ -16,7 +17,7 @@ mod retrying;
 mod shared_events;
 mod staged;
 
-pub use fenced::{FENCE_RECORD, Fence, Fenced};
+pub use fenced::{FENCE_RECORD, Fence, Fenced, FencedKv};
 pub use namespaced::Namespaced;
 pub use owned::{Owned, owner_of};
 pub use policed::Policed;

@@ -69,7 +69,10 @@ impl<T: KeyValueStore> KeyValueStore for Namespaced<T> {
         self.inner.get(&self.prefix.join(key)).await
     }
 
-    async fn put_opts(&self, key: &KeyPath, value: Bytes, opts: PutOptions) -> Result<Version> {
+    async fn put_opts(&self, key: &KeyPath, value: Bytes, mut opts: PutOptions) -> Result<Version> {
+        if let Some((guard, _)) = &mut opts.guard {
+            *guard = self.prefix.join(guard);
+        }
         self.inner
             .put_opts(&self.prefix.join(key), value, opts)
             .await

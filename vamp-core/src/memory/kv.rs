@@ -150,6 +150,17 @@ impl KeyValueStore for InMemoryKv {
         self.capabilities()
             .check_put(&self.to_string(), key, value.len(), &opts)?;
         let mut s = self.state.lock();
+        if let Some((guard, expected)) = &opts.guard {
+            let found = s.entries.get(guard).map(|v| v.version);
+            if found != Some(*expected) {
+                return Err(Error::Conflict {
+                    backend: self.to_string(),
+                    key: guard.to_string(),
+                    expected: expected.0,
+                    found: found.map(|v| v.0),
+                });
+            }
+        }
         let current = s.entries.get(key).map(|v| v.version);
         match (opts.mode, current) {
             (PutMode::Create, Some(_)) => {
@@ -253,6 +264,7 @@ impl KeyValueStore for InMemoryKv {
             cas: true,
             ttl: false,
             list: true,
+            guard: true,
             value_max_bytes: None,
         }
     }
