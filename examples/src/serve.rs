@@ -874,9 +874,8 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
     let render = RenderOptions::default()
         .with_socket_dir(socket_dir.display().to_string())
         .with_bind_address("127.0.0.1");
-    // The driver's writes are the leader's: fenced in the key-value store too, where it can
-    // check a write against the fence key atomically (etcd, Redis, in memory; ZooKeeper and
-    // Consul do not yet, and write unfenced).
+    // The driver's writes are the leader's: fenced in the key-value store too (every store
+    // here checks a write against the fence key atomically; one that cannot writes unfenced).
     let fenced_kv = if kv.capabilities().guard {
         Some(Arc::new(vamp_core::layers::FencedKv::new(
             Arc::clone(&kv),

@@ -535,8 +535,20 @@ impl ConsulKv {
         data_op: Json,
         record: Vec<u8>,
     ) -> Result<Result<Version, TxnError>, Error> {
+        self.write_guarded(key, data_op, record, None).await
+    }
+
+    /// [`ConsulKv::write`], in a transaction that also checks `guard` (another key's modify
+    /// index, `check-index`): a guard that moved is a conflict naming the guard key.
+    async fn write_guarded(
+        &self,
+        key: &KeyPath,
+        data_op: Json,
+        record: Vec<u8>,
+        guard: Option<&(KeyPath, Version)>,
+    ) -> Result<Result<Version, TxnError>, Error> {
         let data_key = self.data_key(key);
-        let ops = [
+        let mut ops = vec![
             data_op,
             kv_write(
                 "set",
@@ -546,6 +558,13 @@ impl ConsulKv {
             ),
             kv_write("set", &self.rev_key(), b"", None),
         ];
+        if let Some((g, v)) = guard {
+            ops.push(json!({ "KV": {
+                "Verb": "check-index",
+                "Key": self.data_key(g),
+                "Index": v.0,
+            }}));
+        }
         match self.txn(&ops).await? {
             Txn::Committed(results) => {
                 let index = results
@@ -556,6 +575,17 @@ impl ConsulKv {
                     .ok_or_else(|| self.backend_err("the transaction returned no index"))?;
                 self.after_write().await;
                 Ok(Ok(Version(index)))
+            }
+            Txn::RolledBack(errors)
+                if guard.is_some() && errors.iter().any(|e| e.op_index == 3) =>
+            {
+                let (g, v) = guard.expect("checked above");
+                Err(Error::Conflict {
+                    backend: self.inner.label.clone(),
+                    key: g.to_string(),
+                    expected: v.0,
+                    found: self.get(g).await?.map(|x| x.version.0),
+                })
             }
             Txn::RolledBack(mut errors) => match errors.iter().position(|e| e.op_index == 0) {
                 Some(i) => Ok(Err(errors.swap_remove(i))),
@@ -807,7 +837,12 @@ impl KeyValueStore for ConsulKv {
             _ => (kv_write("set", &data_key, &value, None), None),
         };
         match self
-            .write(key, data_op, log_record(b'p', key, &value))
+            .write_guarded(
+                key,
+                data_op,
+                log_record(b'p', key, &value),
+                opts.guard.as_ref(),
+            )
             .await?
         {
             Ok(v) => Ok(v),
@@ -878,8 +913,6 @@ impl KeyValueStore for ConsulKv {
 
     fn capabilities(&self) -> KvCapabilities {
         let mut caps = KvCapabilities::all();
-        // Not yet: a write under another key's version (a multi-operation check there).
-        caps.guard = false;
         caps.ttl = false;
         caps.value_max_bytes = Some(VALUE_MAX_BYTES);
         caps

@@ -226,6 +226,14 @@ enum Write<'a> {
     Delete,
 }
 
+/// A put's guard ([`PutOptions::guard`]): the other key, the version it must be at, and its
+/// node's data version when that was seen (checked again in the write's transaction).
+struct Guard<'a> {
+    key: &'a KeyPath,
+    expected: Version,
+    data_version: i32,
+}
+
 impl ZookeeperKv {
     /// Connects to `servers` (`host:port,host:port`) and keeps the store under the node `root`
     /// (created when missing).
@@ -372,6 +380,64 @@ impl ZookeeperKv {
         key: &KeyPath,
         write: Write<'_>,
     ) -> Result<Result<Version, zk::Error>, Error> {
+        self.commit_guarded(key, write, None).await
+    }
+
+    /// The guard of `opts`, if any, with its node's data version: a conflict naming the guard
+    /// key when it is not at the version given.
+    async fn guard<'a>(&self, opts: &'a PutOptions) -> Result<Option<Guard<'a>>, Error> {
+        let Some((key, expected)) = &opts.guard else {
+            return Ok(None);
+        };
+        let client = self.client().await?;
+        match client
+            .check_stat(&self.entry(key))
+            .await
+            .map_err(|e| self.err(e))?
+        {
+            Some(stat) if version(stat.mzxid) == *expected => Ok(Some(Guard {
+                key,
+                expected: *expected,
+                data_version: stat.version,
+            })),
+            other => Err(Error::Conflict {
+                backend: self.inner.label.clone(),
+                key: key.to_string(),
+                expected: expected.0,
+                found: other.map(|s| version(s.mzxid).0),
+            }),
+        }
+    }
+
+    /// [`ZookeeperKv::commit`] with the guard checked in the same transaction; a transaction
+    /// that failed because the guard moved is a conflict naming the guard key.
+    async fn commit_checked(
+        &self,
+        key: &KeyPath,
+        write: Write<'_>,
+        guard: Option<&Guard<'_>>,
+    ) -> Result<Result<Version, zk::Error>, Error> {
+        let result = self.commit_guarded(key, write, guard).await?;
+        if let (Err(_), Some(g)) = (&result, guard) {
+            let found = self.get(g.key).await?.map(|v| v.version);
+            if found != Some(g.expected) {
+                return Err(Error::Conflict {
+                    backend: self.inner.label.clone(),
+                    key: g.key.to_string(),
+                    expected: g.expected.0,
+                    found: found.map(|v| v.0),
+                });
+            }
+        }
+        Ok(result)
+    }
+
+    async fn commit_guarded(
+        &self,
+        key: &KeyPath,
+        write: Write<'_>,
+        guard: Option<&Guard<'_>>,
+    ) -> Result<Result<Version, zk::Error>, Error> {
         let Some(acls) = self.acls() else {
             return Err(crate::invalid(
                 "zookeeper",
@@ -381,6 +447,11 @@ impl ZookeeperKv {
         let client = self.client().await?;
         let path = self.entry(key);
         let mut multi = client.new_multi_writer();
+        if let Some(g) = guard {
+            multi
+                .add_check_version(&self.entry(g.key), g.data_version)
+                .map_err(|e| self.err(e))?;
+        }
         let file = zk::CreateMode::Persistent.with_acls(acls);
         let log = zk::CreateMode::PersistentSequential.with_acls(acls);
         let record = match write {
@@ -702,8 +773,13 @@ impl KeyValueStore for ZookeeperKv {
         self.capabilities()
             .check_put(&self.inner.label, key, value.len(), &opts)?;
         let label = || self.inner.label.clone();
+        let guard = self.guard(&opts).await?;
+        let guard = guard.as_ref();
         match opts.mode {
-            PutMode::Create => match self.commit(key, Write::Create(&value)).await? {
+            PutMode::Create => match self
+                .commit_checked(key, Write::Create(&value), guard)
+                .await?
+            {
                 Ok(v) => Ok(v),
                 Err(zk::Error::NodeExists) => Err(Error::AlreadyExists {
                     backend: label(),
@@ -729,7 +805,7 @@ impl KeyValueStore for ZookeeperKv {
                     }
                 };
                 match self
-                    .commit(key, Write::Set(&value, Some(stat.version)))
+                    .commit_checked(key, Write::Set(&value, Some(stat.version)), guard)
                     .await?
                 {
                     Ok(v) => Ok(v),
@@ -749,12 +825,18 @@ impl KeyValueStore for ZookeeperKv {
                 // Overwrite: set if it exists, create if not; a concurrent create or delete
                 // between the two just means trying the other.
                 for _ in 0..10 {
-                    match self.commit(key, Write::Set(&value, None)).await? {
+                    match self
+                        .commit_checked(key, Write::Set(&value, None), guard)
+                        .await?
+                    {
                         Ok(v) => return Ok(v),
                         Err(zk::Error::NoNode) => {}
                         Err(e) => return Err(self.err(e)),
                     }
-                    match self.commit(key, Write::Create(&value)).await? {
+                    match self
+                        .commit_checked(key, Write::Create(&value), guard)
+                        .await?
+                    {
                         Ok(v) => return Ok(v),
                         Err(zk::Error::NodeExists) => {}
                         Err(e) => return Err(self.err(e)),
@@ -799,8 +881,6 @@ impl KeyValueStore for ZookeeperKv {
 
     fn capabilities(&self) -> KvCapabilities {
         let mut caps = KvCapabilities::all();
-        // Not yet: a write under another key's version (a multi-operation check there).
-        caps.guard = false;
         caps.ttl = false;
         caps.value_max_bytes = Some(VALUE_MAX_BYTES);
         caps
