@@ -567,3 +567,144 @@ async fn a_real_cluster_s_leases_pass_the_lease_conformance_suite() {
     let s = KubernetesScheduler::connect(client, opts).await.unwrap();
     vamp_core::conformance::lease::run_all(&s, &format!("vamp-test-{}", std::process::id())).await;
 }
+
+/// Waits (bounded, 10 s) until `f` gives a value.
+async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A workflow's one-shot run is a Job with the service's pod template, never restarted and
+/// labelled as a run; it completes and Kubernetes removes it after the run's time to live; a
+/// run still going is listed and can be stopped (its Job deleted). A run is no service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shot_runs_are_jobs_that_complete_and_are_cleaned_up() {
+    let double = KubeDouble::start().await;
+    let s = KubernetesScheduler::connect(
+        client(&double, None),
+        KubernetesOptions::new("vamp").with_run_ttl(std::time::Duration::from_secs(1)),
+    )
+    .await
+    .unwrap();
+    let id = ServiceId::new("vamp-workflows", "nightly", "job");
+    let mut spec = ServiceSpec::new(id.clone(), image());
+    spec.environment.insert("WORKFLOW".into(), "nightly".into());
+    s.run_once(spec.clone()).await.unwrap();
+    let jobs = double.jobs("vamp");
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let (name, job) = jobs.iter().next().unwrap();
+    assert!(
+        name.starts_with(&deployment_name(&id)[..20]) && name.len() <= 63,
+        "{name}"
+    );
+    assert_eq!(job["metadata"]["labels"]["io.vamp"], "workflow-run");
+    assert_eq!(job["spec"]["backoffLimit"], 0);
+    assert_eq!(job["spec"]["ttlSecondsAfterFinished"], 1);
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(pod["restartPolicy"], "Never");
+    assert_eq!(pod["containers"][0]["image"], "magneticio/sava:1.0.0");
+    assert!(
+        pod["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "WORKFLOW", "value": "nightly"})),
+        "{pod}"
+    );
+    assert!(
+        s.services().await.unwrap().is_empty(),
+        "a run is no service"
+    );
+    eventually("the run completes", async || {
+        s.runs(&id).await.unwrap().is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(
+        double.jobs("vamp")[name]["status"]["succeeded"],
+        1,
+        "completed, not deleted yet"
+    );
+    eventually(
+        "the finished Job is removed after its time to live",
+        async || double.jobs("vamp").is_empty().then_some(()),
+    )
+    .await;
+
+    // A run still going: listed, stopped by name, and only a run of its own service.
+    let mut long = spec;
+    long.deployable.definition = "example/long-running:1".into();
+    s.run_once(long).await.unwrap();
+    let runs = s.runs(&id).await.unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let other = ServiceId::new("vamp-workflows", "other", "job");
+    assert!(!s.stop_run(&other, &runs[0].name).await.unwrap());
+    assert!(s.stop_run(&id, &runs[0].name).await.unwrap());
+    assert!(double.jobs("vamp").is_empty());
+    assert!(s.runs(&id).await.unwrap().is_empty());
+}
+
+/// The same on a real cluster: a run completes as a Job and Kubernetes removes it after its
+/// time to live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real cluster: set VAMP_TEST_KUBERNETES=1 or KUBECONFIG"]
+async fn a_real_cluster_runs_one_shot_runs_as_jobs() {
+    let client = kube::Client::try_default()
+        .await
+        .expect("cluster credentials");
+    let ns = std::env::var("VAMP_TEST_KUBERNETES_NAMESPACE").unwrap_or_else(|_| "default".into());
+    let s = KubernetesScheduler::connect(
+        client.clone(),
+        KubernetesOptions::new(ns.clone()).with_run_ttl(std::time::Duration::from_secs(5)),
+    )
+    .await
+    .unwrap();
+    let id = ServiceId::new("vamp-test", format!("run{}", std::process::id()), "job");
+    let mut spec = ServiceSpec::new(
+        id.clone(),
+        Deployable {
+            deployable_type: Some("docker".into()),
+            definition: std::env::var("VAMP_TEST_KUBERNETES_RUN_IMAGE")
+                .unwrap_or_else(|_| "busybox:1.36".into()),
+        },
+    );
+    spec.dialects.insert(
+        "kubernetes".into(),
+        vamp_core::node::Node::from_json(
+            &json!({"container": {"command": ["sh", "-c", "exit 0"]}}),
+        ),
+    );
+    s.run_once(spec).await.unwrap();
+    let jobs: kube::Api<k8s_openapi::api::batch::v1::Job> = kube::Api::namespaced(client, &ns);
+    let selector = format!(
+        "io.vamp=workflow-run,io.vamp.deployment-service={}",
+        deployment_name(&id)
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let mut completed = false;
+    loop {
+        let listed = jobs
+            .list(&kube::api::ListParams::default().labels(&selector))
+            .await
+            .unwrap()
+            .items;
+        completed |= listed
+            .iter()
+            .any(|j| j.status.as_ref().and_then(|s| s.succeeded) == Some(1));
+        if completed && listed.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run did not complete and go in 300 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}

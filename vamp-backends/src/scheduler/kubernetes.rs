@@ -30,8 +30,11 @@
 //!
 //! The state lives in the cluster: a scheduler created after a restart finds every Deployment
 //! labelled `io.vamp=deployment-service` in its namespace. [`ContainerScheduler::watch`] is fed
-//! by `kube::runtime` watchers on those Deployments and their pods. One-shot runs are not
-//! supported yet ([`Error::NotSupported`]).
+//! by `kube::runtime` watchers on those Deployments and their pods. One-shot runs
+//! ([`ContainerScheduler::run_once`], a workflow's execution) are Jobs (`batch/v1`) with the
+//! same pod template, `restartPolicy: Never`, `backoffLimit: 0`, labelled `io.vamp: workflow-run`, and
+//! removed by Kubernetes [`KubernetesOptions::run_ttl`] after they finished
+//! (`ttlSecondsAfterFinished`).
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -77,6 +80,9 @@ pub struct KubernetesOptions {
     pub namespace: String,
     /// The most instances of one service (default 1000).
     pub max_instances: u32,
+    /// How long a finished one-shot run's Job stays before Kubernetes removes it
+    /// (`ttlSecondsAfterFinished`, default 300 s): time to read its pod's logs.
+    pub run_ttl: std::time::Duration,
 }
 
 impl Default for KubernetesOptions {
@@ -84,9 +90,30 @@ impl Default for KubernetesOptions {
         Self {
             namespace: "default".into(),
             max_instances: 1000,
+            run_ttl: std::time::Duration::from_secs(300),
         }
     }
 }
+
+impl KubernetesOptions {
+    /// Options for `namespace`, the rest default.
+    pub fn new(namespace: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Sets how long a finished run's Job stays.
+    #[must_use]
+    pub fn with_run_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.run_ttl = ttl;
+        self
+    }
+}
+
+/// The label value (`io.vamp`) of one-shot runs' Jobs and pods.
+pub const RUN_LABEL: &str = "workflow-run";
 
 /// A [`ContainerScheduler`] on a Kubernetes cluster. Cloning shares the scheduler.
 #[derive(Clone)]
@@ -96,6 +123,7 @@ pub struct KubernetesScheduler {
 
 struct Inner {
     deployments: Api<Deployment>,
+    jobs: Api<k8s_openapi::api::batch::v1::Job>,
     pods: Api<Pod>,
     leases: Api<k8s_openapi::api::coordination::v1::Lease>,
     opts: KubernetesOptions,
@@ -372,6 +400,57 @@ impl Inner {
         Ok(object)
     }
 
+    /// The Job of a one-shot run of `spec`, named `name`: the Deployment's pod template, not
+    /// restarted, labelled `io.vamp: workflow-run`, removed `run_ttl` after it finished.
+    fn job(&self, spec: &ServiceSpec, name: &str) -> Result<Value, Error> {
+        let deployment = self.object(spec)?;
+        let mut labels = deployment["metadata"]["labels"].clone();
+        labels["io.vamp"] = json!(RUN_LABEL);
+        let mut template = deployment["spec"]["template"].clone();
+        template["metadata"]["labels"] = labels.clone();
+        template["spec"]["restartPolicy"] = json!("Never");
+        let job = json!({
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {
+                "name": name,
+                "namespace": self.opts.namespace,
+                "labels": labels,
+                "annotations": deployment["metadata"]["annotations"],
+            },
+            "spec": {
+                "backoffLimit": 0,
+                "ttlSecondsAfterFinished": self.opts.run_ttl.as_secs().min(i32::MAX as u64),
+                "template": template,
+            },
+        });
+        serde_json::from_value::<k8s_openapi::api::batch::v1::Job>(job.clone()).map_err(|e| {
+            Error::Invalid {
+                what: "dialect",
+                value: format!("{}: kubernetes", spec.id),
+                reason: format!("not a pod spec for a Job: {e}"),
+            }
+        })?;
+        Ok(job)
+    }
+
+    /// The runs of `id` (their Jobs), finished or not.
+    async fn run_jobs(
+        &self,
+        id: &ServiceId,
+    ) -> Result<Vec<k8s_openapi::api::batch::v1::Job>, Error> {
+        let selector = format!(
+            "io.vamp={RUN_LABEL},io.vamp.deployment-service={}",
+            deployment_name(id)
+        );
+        Ok(self
+            .jobs
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| self.error(e))?
+            .items)
+    }
+
     fn spec_of(d: &Deployment) -> Option<ServiceSpec> {
         let text = d.metadata.annotations.as_ref()?.get(SPEC_ANNOTATION)?;
         let mut v: Value = serde_json::from_str(text).ok()?;
@@ -566,9 +645,11 @@ impl KubernetesScheduler {
         }
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), &opts.namespace);
         let leases = Api::namespaced(client.clone(), &opts.namespace);
+        let jobs = Api::namespaced(client.clone(), &opts.namespace);
         let pods: Api<Pod> = Api::namespaced(client, &opts.namespace);
         let inner = Arc::new(Inner {
             leases,
+            jobs,
             label: format!("KubernetesScheduler(namespace {})", opts.namespace),
             deployments: deployments.clone(),
             pods: pods.clone(),
@@ -771,6 +852,81 @@ impl ContainerScheduler for KubernetesScheduler {
 
     fn watch(&self) -> BoxStream<'static, Result<SchedulerEvent, Error>> {
         self.inner.watchers.subscribe()
+    }
+
+    /// Runs `spec` once as a Job (`batch/v1`): one pod, never restarted, the Job removed by
+    /// Kubernetes [`KubernetesOptions::run_ttl`] after it finished.
+    async fn run_once(&self, spec: ServiceSpec) -> Result<(), Error> {
+        let inner = &self.inner;
+        let spec = spec.normalized()?.with_instances(1);
+        inner.check_spec(&spec)?;
+        // `<service's name, cut>-<12 hex digits of the time and a counter>`: a DNS label.
+        static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stamp = (u64::try_from(vamp_core::time::now_millis()).unwrap_or(0) << 8) | (n & 0xff);
+        let base = deployment_name(&spec.id);
+        let base = base[..base.len().min(48)].trim_end_matches('-');
+        let name = format!("{base}-{:012x}", stamp & 0xffff_ffff_ffff);
+        let job: k8s_openapi::api::batch::v1::Job =
+            serde_json::from_value(inner.job(&spec, &name)?).map_err(|e| Error::Invalid {
+                what: "dialect",
+                value: format!("{}: kubernetes", spec.id),
+                reason: e.to_string(),
+            })?;
+        inner
+            .jobs
+            .create(&PostParams::default(), &job)
+            .await
+            .map(drop)
+            .map_err(|e| inner.error(e))
+    }
+
+    /// The runs of `id` whose Job has not finished.
+    async fn runs(&self, id: &ServiceId) -> Result<Vec<RunInfo>, Error> {
+        Ok(self
+            .inner
+            .run_jobs(id)
+            .await?
+            .into_iter()
+            .filter(|j| {
+                j.status.as_ref().is_none_or(|s| {
+                    s.completion_time.is_none()
+                        && s.failed.unwrap_or(0) == 0
+                        && s.succeeded.unwrap_or(0) == 0
+                })
+            })
+            .filter_map(|j| {
+                let started = j
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map_or(0, |t| t.0.as_millisecond());
+                Some(RunInfo::new(j.metadata.name?, started))
+            })
+            .collect())
+    }
+
+    /// Deletes the Job `name` (and its pod) when it is a run of `id`.
+    async fn stop_run(&self, id: &ServiceId, name: &str) -> Result<bool, Error> {
+        let inner = &self.inner;
+        let Some(job) = inner
+            .run_jobs(id)
+            .await?
+            .into_iter()
+            .find(|j| j.metadata.name.as_deref() == Some(name))
+        else {
+            return Ok(false);
+        };
+        let mut params = DeleteParams::background();
+        params.preconditions = Some(kube::api::Preconditions {
+            uid: job.metadata.uid.clone(),
+            resource_version: None,
+        });
+        match inner.jobs.delete(name, &params).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
+            Err(e) => Err(inner.error(e)),
+        }
     }
 
     fn capabilities(&self) -> SchedulerCapabilities {

@@ -21,6 +21,13 @@
 //!   Pods are simulated but reachable: each gets its own loopback address (`127.x.y.z`) as
 //!   `podIP`, with an HTTP server on every container port answering `200` with the pod's name.
 //!   A pod is ready unless its readiness probe's path contains `fail` (no probe is run).
+//! * `batch/v1` Jobs: `GET|POST /apis/batch/v1/namespaces/{ns}/jobs`, `GET|DELETE …/{name}`;
+//!   `422 Invalid` for a bad name, no containers, or a pod template whose `restartPolicy` is
+//!   not `Never` or `OnFailure` (as the API server validates). A Job controller of its own: a
+//!   Job's pod "runs" at once (`status.active: 1`) and succeeds 50 ms later (`succeeded: 1`,
+//!   `completionTime`, condition `Complete`), unless its image names `long-running` (it runs
+//!   until deleted); a finished Job with `ttlSecondsAfterFinished` is deleted that many
+//!   seconds later, as the TTL-after-finished controller does.
 //! * `coordination.k8s.io/v1` Leases: `GET|POST /apis/coordination.k8s.io/v1/namespaces/{ns}/leases`,
 //!   `GET|PUT|DELETE …/{name}`; a `PUT` needs the current `resourceVersion` (`409 Conflict`
 //!   otherwise), a `POST` of an existing name is `409 AlreadyExists`.
@@ -90,6 +97,7 @@ struct State {
     deployments: BTreeMap<(String, String), Value>,
     pods: BTreeMap<(String, String), PodEntry>,
     leases: BTreeMap<(String, String), Value>,
+    jobs: BTreeMap<(String, String), Value>,
     history: VecDeque<Ev>,
     requests: Vec<Recorded>,
     counter: u64,
@@ -307,6 +315,19 @@ impl KubeDouble {
     /// `http://127.0.0.1:<port>`.
     pub fn address(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The Jobs of namespace `ns`, by name.
+    pub fn jobs(&self, ns: &str) -> BTreeMap<String, Value> {
+        self.shared
+            .state
+            .lock()
+            .unwrap()
+            .jobs
+            .iter()
+            .filter(|(k, _)| k.0 == ns)
+            .map(|(k, j)| (k.1.clone(), j.clone()))
+            .collect()
     }
 
     /// The requests received so far.
@@ -669,6 +690,125 @@ fn watch(
         .unwrap()
 }
 
+/// The Job routes and the Job controller (see the module).
+fn job(
+    s: &Arc<Shared>,
+    method: &Method,
+    ns: &str,
+    name: Option<&str>,
+    body: &Value,
+    selector: &str,
+) -> Response<Body> {
+    let mut state = s.state.lock().unwrap();
+    match (method.clone(), name) {
+        (Method::GET, None) => {
+            let items = state
+                .jobs
+                .iter()
+                .filter(|(k, j)| k.0 == ns && matches(selector, &j["metadata"]["labels"]))
+                .map(|(_, j)| j.clone())
+                .collect();
+            full(StatusCode::OK, list_of("Job", "batch/v1", state.rv, items))
+        }
+        (Method::POST, None) => {
+            let name = body["metadata"]["name"].as_str().unwrap_or("").to_owned();
+            let mut causes = Vec::new();
+            if !dns1123_subdomain(&name) || name.len() > 63 {
+                causes.push(("metadata.name".to_owned(), format!("invalid name {name:?}")));
+            }
+            let pod = &body["spec"]["template"]["spec"];
+            if pod["containers"].as_array().is_none_or(Vec::is_empty) {
+                causes.push((
+                    "spec.template.spec.containers".to_owned(),
+                    "Required value".to_owned(),
+                ));
+            }
+            if !matches!(pod["restartPolicy"].as_str(), Some("Never" | "OnFailure")) {
+                causes.push((
+                    "spec.template.spec.restartPolicy".to_owned(),
+                    "Unsupported value: supported values: \"OnFailure\", \"Never\"".to_owned(),
+                ));
+            }
+            if !causes.is_empty() {
+                return invalid(&name, causes);
+            }
+            let key = (ns.to_owned(), name.clone());
+            if state.jobs.contains_key(&key) {
+                return status(
+                    409,
+                    "AlreadyExists",
+                    format!("jobs.batch \"{name}\" already exists"),
+                    json!({"name": name, "group": "batch", "kind": "jobs"}),
+                );
+            }
+            let mut j = body.clone();
+            j["metadata"]["namespace"] = json!(ns);
+            j["metadata"]["uid"] = json!(format!("uid-job-{name}"));
+            j["metadata"]["creationTimestamp"] = json!("2026-11-29T12:00:00Z");
+            j["metadata"]["resourceVersion"] = json!(state.bump());
+            j["status"] = json!({"active": 1, "startTime": "2026-11-29T12:00:00Z"});
+            state.jobs.insert(key.clone(), j.clone());
+            let long = pod["containers"][0]["image"]
+                .as_str()
+                .is_some_and(|i| i.contains("long-running"));
+            let ttl = body["spec"]["ttlSecondsAfterFinished"].as_u64();
+            if !long {
+                let s = Arc::clone(s);
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    {
+                        let mut state = s.state.lock().unwrap();
+                        let rv = state.bump();
+                        let Some(j) = state.jobs.get_mut(&key) else {
+                            return;
+                        };
+                        j["metadata"]["resourceVersion"] = json!(rv);
+                        j["status"] = json!({
+                            "succeeded": 1,
+                            "startTime": "2026-11-29T12:00:00Z",
+                            "completionTime": "2026-11-29T12:00:01Z",
+                            "conditions": [{"type": "Complete", "status": "True"}],
+                        });
+                    }
+                    if let Some(ttl) = ttl {
+                        tokio::time::sleep(Duration::from_secs(ttl)).await;
+                        s.state.lock().unwrap().jobs.remove(&key);
+                    }
+                });
+            }
+            full(StatusCode::CREATED, j)
+        }
+        (Method::GET, Some(name)) => match state.jobs.get(&(ns.to_owned(), name.to_owned())) {
+            Some(j) => full(StatusCode::OK, j.clone()),
+            None => not_found("jobs", "batch", name),
+        },
+        (Method::DELETE, Some(name)) => {
+            let key = (ns.to_owned(), name.to_owned());
+            let Some(j) = state.jobs.get(&key) else {
+                return not_found("jobs", "batch", name);
+            };
+            if let Some(uid) = body["preconditions"]["uid"].as_str()
+                && j["metadata"]["uid"].as_str() != Some(uid)
+            {
+                return status(
+                    409,
+                    "Conflict",
+                    format!("Precondition failed: UID in precondition: {uid}"),
+                    json!({"name": name, "group": "batch", "kind": "jobs"}),
+                );
+            }
+            let j = state.jobs.remove(&key).expect("read above");
+            full(StatusCode::OK, j)
+        }
+        _ => status(
+            405,
+            "MethodNotAllowed",
+            "method not allowed".into(),
+            json!({}),
+        ),
+    }
+}
+
 /// The Lease routes (see the module).
 fn lease(
     s: &Shared,
@@ -771,7 +911,7 @@ fn lease(
     }
 }
 
-async fn handle(s: &Shared, req: Request<Incoming>) -> Response<Body> {
+async fn handle(s: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
@@ -834,6 +974,9 @@ async fn handle(s: &Shared, req: Request<Incoming>) -> Response<Body> {
     ] = segments.as_slice()
     {
         return lease(s, &method, ns, rest.first().copied(), &body);
+    }
+    if let ["apis", "batch", "v1", "namespaces", ns, "jobs", rest @ ..] = segments.as_slice() {
+        return job(s, &method, ns, rest.first().copied(), &body, &selector);
     }
     match segments.as_slice() {
         ["apis", "apps", "v1", "namespaces", ns, "deployments"] => {
