@@ -896,6 +896,19 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         vec![Marshaller::new("1.7").with_options(render)],
     )
     .with_events(Arc::clone(&events));
+    // The platform's own gateway side beside the driver: on Kubernetes, a Service per gateway.
+    let platform_gateways = SchedulerBackendConfig::from_url(&scheduler_url)
+        .map_err(|e| format!("scheduler: {e}"))?
+        .build_gateway_services(&identity.to_string())
+        .await
+        .map_err(|e| format!("gateway services: {e}"))?;
+    let gateway_side: Arc<dyn vamp_core::ops::controller::GatewaySink> = match platform_gateways {
+        Some(services) => Arc::new(vamp_core::ops::controller::GatewaySinks(vec![
+            Arc::new(driver),
+            services,
+        ])),
+        None => Arc::new(driver),
+    };
     let mut controller_options = ControllerOptions::default();
     controller_options.period = Duration::from_millis(config.period_ms.max(10));
     let controller = Arc::new(
@@ -905,7 +918,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
             controller_options,
         )
         .with_events(Arc::clone(&events))
-        .with_gateways(Arc::new(driver))
+        .with_gateways(gateway_side)
         .with_catalog(Arc::clone(&catalog)),
     );
 

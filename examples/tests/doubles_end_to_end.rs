@@ -78,7 +78,29 @@ async fn on_kubernetes() {
                 .find(|(_, d)| body.starts_with(&format!("{d}-")))
                 .map(|(v, _)| v.clone())
         },
-        async || double.pods("vamp").is_empty(),
+        // Undeployed: no pod and no gateway Service left.
+        async || double.pods("vamp").is_empty() && double.services("vamp").is_empty(),
     )
     .await;
+    // While it ran, each gateway had a Service of its own (Vamp's create-services) selecting
+    // the gateway agents, labelled with this control plane.
+    let created: Vec<serde_json::Value> = double
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path == "/api/v1/namespaces/vamp/services")
+        .map(|r| r.body)
+        .collect();
+    let gateways: std::collections::BTreeSet<&str> = created
+        .iter()
+        .filter_map(|b| b["metadata"]["annotations"]["io.vamp/gateway"].as_str())
+        .collect();
+    assert!(
+        gateways.contains("shop/web/port")
+            && gateways.iter().any(|g| g.starts_with("shop/"))
+            && gateways.len() == 2,
+        "{gateways:?}"
+    );
+    assert!(created.iter().all(|b| b["spec"]["type"] == "NodePort"
+        && b["spec"]["selector"]["io.vamp"] == "vamp-gateway-agent"
+        && b["metadata"]["labels"]["io.vamp.owner"].is_string()));
 }

@@ -708,3 +708,79 @@ async fn a_real_cluster_runs_one_shot_runs_as_jobs() {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
+
+/// Gateway Services (Vamp's `create-services`), as the reconcile loop's gateway side: each
+/// gateway with a port gets a Service of the configured type selecting the gateway agents'
+/// pods; a changed port replaces it, a gateway gone removes it, and a pass with the same
+/// gateways does not call the API server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_get_services_of_the_configured_type() {
+    use std::collections::BTreeMap;
+    use vamp_backends::scheduler::kubernetes::{
+        GatewayServiceType, GatewayServices, gateway_service_name,
+    };
+    let double = KubeDouble::start().await;
+    let wanted = |pairs: &[(&str, u16)]| -> BTreeMap<String, u16> {
+        pairs.iter().map(|(n, p)| ((*n).to_owned(), *p)).collect()
+    };
+    let services = GatewayServices::new(
+        client(&double, None),
+        "vamp",
+        GatewayServiceType::parse("loadbalancer").unwrap(),
+    )
+    .with_owner("cp-1");
+    // Another control plane's gateway Service in the same namespace.
+    let other = GatewayServices::new(client(&double, None), "vamp", GatewayServiceType::NodePort)
+        .with_owner("cp-2");
+    other.sync(wanted(&[("theirs", 9999)])).await.unwrap();
+    let plan = services
+        .sync(wanted(&[("sava", 9050), ("shop/frontend/web", 40001)]))
+        .await
+        .unwrap();
+    assert_eq!(plan.create.len(), 2);
+    let listed = double.services("vamp");
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    let sava = &listed["sava"];
+    assert_eq!(sava["metadata"]["labels"]["io.vamp.owner"], "cp-1");
+    assert_eq!(sava["spec"]["type"], "LoadBalancer");
+    assert_eq!(
+        sava["spec"]["selector"],
+        json!({"io.vamp": "vamp-gateway-agent"})
+    );
+    assert_eq!(sava["spec"]["ports"][0]["port"], 9050);
+    assert_eq!(sava["metadata"]["labels"]["io.vamp"], "gateway");
+    let hashed = gateway_service_name("shop/frontend/web");
+    assert!(hashed.starts_with("hex") && hashed.len() == 23, "{hashed}");
+    assert_eq!(
+        listed[&hashed]["metadata"]["annotations"]["io.vamp/gateway"],
+        "shop/frontend/web"
+    );
+    // The same gateways: nothing asked of the API server.
+    let before = double.requests().len();
+    let plan = services
+        .sync(wanted(&[("sava", 9050), ("shop/frontend/web", 40001)]))
+        .await
+        .unwrap();
+    assert_eq!(plan, Default::default());
+    assert_eq!(double.requests().len(), before);
+    // A port changes and a gateway goes.
+    let plan = services.sync(wanted(&[("sava", 9060)])).await.unwrap();
+    assert_eq!((plan.replace.len(), plan.delete.len()), (1, 1), "{plan:?}");
+    let listed = double.services("vamp");
+    assert_eq!(listed.keys().collect::<Vec<_>>(), ["sava", "theirs"]);
+    assert_eq!(listed["sava"]["spec"]["ports"][0]["port"], 9060);
+    assert_eq!(
+        listed["sava"]["spec"]["clusterIP"], sava["spec"]["clusterIP"],
+        "replaced in place"
+    );
+    assert_eq!(
+        listed["theirs"]["spec"]["type"], "NodePort",
+        "another control plane's, untouched"
+    );
+    assert!(
+        listed["theirs"]["spec"]["ports"][0]["nodePort"]
+            .as_u64()
+            .is_some_and(|p| p >= 30000)
+    );
+    assert!(GatewayServiceType::parse("ExternalName").is_err());
+}

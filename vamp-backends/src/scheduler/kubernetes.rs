@@ -1098,6 +1098,316 @@ impl vamp_core::lease::LeaseStore for KubernetesScheduler {
     }
 }
 
+/// How gateways are exposed outside the cluster (Vamp's
+/// `vamp.container-driver.kubernetes.service-type`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GatewayServiceType {
+    /// A port on every node (Vamp's default).
+    #[default]
+    NodePort,
+    /// A load balancer of the cloud provider.
+    LoadBalancer,
+}
+
+impl GatewayServiceType {
+    /// The Service `spec.type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NodePort => "NodePort",
+            Self::LoadBalancer => "LoadBalancer",
+        }
+    }
+
+    /// `NodePort` or `LoadBalancer` (case-insensitive).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for anything else.
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        match s.to_ascii_lowercase().as_str() {
+            "nodeport" => Ok(Self::NodePort),
+            "loadbalancer" => Ok(Self::LoadBalancer),
+            _ => Err(crate::invalid(
+                "kubernetes",
+                format!("service type {s:?}: NodePort or LoadBalancer"),
+            )),
+        }
+    }
+}
+
+/// The annotation naming a gateway Service's gateway exactly (labels are sanitised).
+pub const GATEWAY_ANNOTATION: &str = "io.vamp/gateway";
+
+/// The Service name of gateway `name`: the name itself when it is a DNS-1035 label shorter
+/// than 25 characters, else `hex` and the first 20 hex digits of its SHA-1 (as Vamp named
+/// them).
+pub fn gateway_service_name(name: &str) -> String {
+    if name.len() < 25 && dns_label(name, 24) && name.starts_with(|c: char| c.is_ascii_lowercase())
+    {
+        name.to_owned()
+    } else {
+        format!("hex{}", &vamp_core::lookup::hex_sha1(name, "")[..20])
+    }
+}
+
+/// What [`plan_gateway_services`] decided.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct GatewayServicePlan {
+    /// Services to create (JSON objects).
+    pub create: Vec<Value>,
+    /// Services to replace, with the resourceVersion read (JSON objects).
+    pub replace: Vec<Value>,
+    /// Services to delete, by name.
+    pub delete: Vec<String>,
+}
+
+/// The Service exposing gateway `name` on `port`: selecting the gateway agents' pods
+/// (`selector`), of type `service_type`.
+pub fn gateway_service(
+    namespace: &str,
+    name: &str,
+    port: u16,
+    service_type: GatewayServiceType,
+    selector: &BTreeMap<String, String>,
+) -> Value {
+    gateway_service_of(namespace, name, port, service_type, selector, None)
+}
+
+/// [`gateway_service`] labelled with its control plane (`io.vamp.owner`), when given.
+fn gateway_service_of(
+    namespace: &str,
+    name: &str,
+    port: u16,
+    service_type: GatewayServiceType,
+    selector: &BTreeMap<String, String>,
+    owner: Option<&str>,
+) -> Value {
+    let mut labels = json!({"io.vamp": "gateway", "io.vamp.gateway": label_value(name)});
+    if let Some(owner) = owner {
+        labels[vamp_core::scheduler::labels::OWNER] = json!(label_value(owner));
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": gateway_service_name(name),
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": {GATEWAY_ANNOTATION: name},
+        },
+        "spec": {
+            "type": service_type.as_str(),
+            "selector": selector,
+            "ports": [{"name": "port", "protocol": "TCP", "port": port, "targetPort": port}],
+        },
+    })
+}
+
+/// The gateway Services to create, replace and delete so that every gateway with a port
+/// (`wanted`: name and port) has its Service and no other gateway has one. `existing` are the
+/// Services labelled `io.vamp=gateway` (and, with an `owner`, `io.vamp.owner=<owner>`; the
+/// Services created carry it) (pure: no I/O).
+pub fn plan_gateway_services(
+    namespace: &str,
+    existing: &[Value],
+    wanted: &BTreeMap<String, u16>,
+    service_type: GatewayServiceType,
+    selector: &BTreeMap<String, String>,
+    owner: Option<&str>,
+) -> GatewayServicePlan {
+    let mut plan = GatewayServicePlan::default();
+    let mut seen = std::collections::BTreeSet::new();
+    for svc in existing {
+        let service_name = svc["metadata"]["name"].as_str().unwrap_or_default();
+        let gateway = svc["metadata"]["annotations"][GATEWAY_ANNOTATION].as_str();
+        match gateway.and_then(|g| wanted.get_key_value(g)) {
+            Some((g, port))
+                if gateway_service_name(g) == service_name && seen.insert(g.clone()) =>
+            {
+                let mut want =
+                    gateway_service_of(namespace, g, *port, service_type, selector, owner);
+                let same = svc["spec"]["type"] == want["spec"]["type"]
+                    && svc["spec"]["selector"] == want["spec"]["selector"]
+                    && svc["spec"]["ports"][0]["port"] == want["spec"]["ports"][0]["port"];
+                if !same {
+                    want["metadata"]["resourceVersion"] =
+                        svc["metadata"]["resourceVersion"].clone();
+                    // Kept: the cluster IP it was given.
+                    want["spec"]["clusterIP"] = svc["spec"]["clusterIP"].clone();
+                    plan.replace.push(want);
+                }
+            }
+            _ => plan.delete.push(service_name.to_owned()),
+        }
+    }
+    for (g, port) in wanted {
+        if !seen.contains(g) {
+            plan.create.push(gateway_service_of(
+                namespace,
+                g,
+                *port,
+                service_type,
+                selector,
+                owner,
+            ));
+        }
+    }
+    plan
+}
+
+/// Gateway Services (Vamp's `create-services`): as the reconcile loop's gateway side (beside
+/// the gateway driver), it gives every gateway with a port a Service selecting the gateway
+/// agents' pods, of type NodePort or LoadBalancer, and removes those of gateways gone. It
+/// talks to the API server only when the gateways' names or ports changed since its last
+/// successful pass.
+pub struct GatewayServices {
+    services: Api<k8s_openapi::api::core::v1::Service>,
+    namespace: String,
+    service_type: GatewayServiceType,
+    selector: BTreeMap<String, String>,
+    owner: Option<String>,
+    last: tokio::sync::Mutex<Option<BTreeMap<String, u16>>>,
+}
+
+impl fmt::Debug for GatewayServices {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatewayServices")
+            .field("namespace", &self.namespace)
+            .field("service_type", &self.service_type)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GatewayServices {
+    /// Gateway Services in `namespace`, of `service_type`, selecting the pods labelled
+    /// `io.vamp: vamp-gateway-agent` (the agents' DaemonSet or Deployment, as Vamp's).
+    pub fn new(
+        client: kube::Client,
+        namespace: impl Into<String>,
+        service_type: GatewayServiceType,
+    ) -> Self {
+        let namespace = namespace.into();
+        Self {
+            services: Api::namespaced(client, &namespace),
+            namespace,
+            service_type,
+            selector: BTreeMap::from([("io.vamp".to_owned(), "vamp-gateway-agent".to_owned())]),
+            owner: None,
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Labels the Services with this control plane's identity (`io.vamp.owner`) and touches
+    /// only Services that carry it: another control plane's gateway Services in the same
+    /// namespace are left alone.
+    #[must_use]
+    pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
+    }
+
+    /// Brings the Services to these gateways (name and port); returns the plan carried out.
+    ///
+    /// # Errors
+    /// The API server's errors ([`Error::Unavailable`] for a temporary one); what was done
+    /// stays done and the next call plans again.
+    pub async fn sync(&self, wanted: BTreeMap<String, u16>) -> Result<GatewayServicePlan, Error> {
+        let mut last = self.last.lock().await;
+        if last.as_ref() == Some(&wanted) {
+            return Ok(GatewayServicePlan::default());
+        }
+        let err = |e: kube::Error| Error::Unavailable {
+            backend: format!("Kubernetes gateway services (namespace {})", self.namespace),
+            source: Box::new(e),
+        };
+        let selector = match &self.owner {
+            Some(o) => format!(
+                "io.vamp=gateway,{}={}",
+                vamp_core::scheduler::labels::OWNER,
+                label_value(o)
+            ),
+            None => "io.vamp=gateway".to_owned(),
+        };
+        let existing: Vec<Value> = self
+            .services
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(err)?
+            .items
+            .into_iter()
+            .filter_map(|s| serde_json::to_value(s).ok())
+            .collect();
+        let plan = plan_gateway_services(
+            &self.namespace,
+            &existing,
+            &wanted,
+            self.service_type,
+            &self.selector,
+            self.owner.as_deref(),
+        );
+        for name in &plan.delete {
+            match self.services.delete(name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(err(e)),
+            }
+        }
+        let typed = |v: &Value| {
+            serde_json::from_value::<k8s_openapi::api::core::v1::Service>(v.clone()).map_err(|e| {
+                Error::Invalid {
+                    what: "gateway service",
+                    value: v["metadata"]["name"].to_string(),
+                    reason: e.to_string(),
+                }
+            })
+        };
+        for svc in &plan.create {
+            match self
+                .services
+                .create(&PostParams::default(), &typed(svc)?)
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(err(e)),
+            }
+        }
+        for svc in &plan.replace {
+            let name = svc["metadata"]["name"].as_str().unwrap_or_default();
+            self.services
+                .replace(name, &PostParams::default(), &typed(svc)?)
+                .await
+                .map_err(err)?;
+        }
+        *last = Some(wanted);
+        Ok(plan)
+    }
+}
+
+#[async_trait]
+impl vamp_core::ops::controller::GatewaySink for GatewayServices {
+    async fn push(&self, pass: vamp_core::ops::controller::GatewayPass) -> Result<(), Error> {
+        let gateways = pass
+            .deployments
+            .iter()
+            .flat_map(|d| {
+                d.clusters
+                    .iter()
+                    .flat_map(|c| &c.gateways)
+                    .chain(&d.gateways)
+            })
+            .chain(pass.standalone.iter().map(|g| &**g));
+        let wanted = gateways
+            .filter_map(|g| {
+                let port = u16::try_from(g.port.number).ok().filter(|p| *p > 0)?;
+                Some((g.name.clone(), port))
+            })
+            .collect();
+        self.sync(wanted).await.map(drop)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -71,6 +71,14 @@ pub struct ApiConfig {
     /// The password of `user`.
     #[serde(default)]
     pub password: Option<Secret>,
+    /// Kubernetes: how gateways are exposed (`?service-type=NodePort|LoadBalancer`, Vamp's
+    /// `service-type`; default `NodePort`).
+    #[serde(default)]
+    pub service_type: Option<String>,
+    /// Kubernetes: whether gateways get Services (`?create-services=false` turns it off;
+    /// Vamp's `create-services`, default on).
+    #[serde(default)]
+    pub create_services: Option<bool>,
 }
 
 /// Local processes.
@@ -143,6 +151,11 @@ impl SchedulerBackendConfig {
                 network: u.query.get("network").cloned(),
                 user: u.user.clone(),
                 password: u.password.clone().map(Secret),
+                service_type: u.query.get("service-type").cloned(),
+                create_services: u
+                    .query
+                    .get("create-services")
+                    .map(|v| !matches!(v.as_str(), "false" | "0" | "no")),
             }
         };
         Ok(match u.scheme.as_str() {
@@ -287,8 +300,57 @@ impl SchedulerBackendConfig {
     }
 }
 
+impl SchedulerBackendConfig {
+    /// The platform's own gateway side, beside the gateway driver: on Kubernetes, a Service
+    /// per gateway (Vamp's `create-services`, on unless `?create-services=false`), of
+    /// `?service-type=` (`NodePort` by default), labelled with the control plane `owner`.
+    /// `None` on the other schedulers.
+    ///
+    /// # Errors
+    /// A bad service type; the errors of [`SchedulerBackendConfig::build`].
+    pub async fn build_gateway_services(
+        self,
+        owner: &str,
+    ) -> Result<Option<Arc<dyn vamp_core::ops::controller::GatewaySink>>, Error> {
+        match self {
+            #[cfg(feature = "scheduler-kubernetes")]
+            Self::Kubernetes(c) if c.create_services != Some(false) => {
+                let service_type = c
+                    .service_type
+                    .as_deref()
+                    .map(kubernetes::GatewayServiceType::parse)
+                    .transpose()?
+                    .unwrap_or_default();
+                let namespace = c.namespace.clone().unwrap_or_else(|| "default".into());
+                let client = kubernetes_client(c).await?;
+                Ok(Some(Arc::new(
+                    kubernetes::GatewayServices::new(client, namespace, service_type)
+                        .with_owner(owner),
+                )))
+            }
+            _ => {
+                let _ = owner;
+                Ok(None)
+            }
+        }
+    }
+}
+
 #[cfg(feature = "scheduler-kubernetes")]
 async fn connect_kubernetes(c: ApiConfig) -> Result<kubernetes::KubernetesScheduler, Error> {
+    let namespace = c.namespace.clone();
+    let client = kubernetes_client(c).await?;
+    let mut opts = kubernetes::KubernetesOptions::default();
+    if let Some(ns) = namespace {
+        opts.namespace = ns;
+    }
+    kubernetes::KubernetesScheduler::connect(client, opts).await
+}
+
+/// A client of the API server `c` names (in-cluster or kubeconfig credentials without an
+/// address).
+#[cfg(feature = "scheduler-kubernetes")]
+async fn kubernetes_client(c: ApiConfig) -> Result<kube::Client, Error> {
     let unavailable = |e: String| Error::Unavailable {
         backend: "kubernetes".into(),
         source: e.into(),
@@ -309,9 +371,5 @@ async fn connect_kubernetes(c: ApiConfig) -> Result<kubernetes::KubernetesSchedu
             kube::Client::try_from(config).map_err(|e| unavailable(e.to_string()))?
         }
     };
-    let mut opts = kubernetes::KubernetesOptions::default();
-    if let Some(ns) = c.namespace {
-        opts.namespace = ns;
-    }
-    kubernetes::KubernetesScheduler::connect(client, opts).await
+    Ok(client)
 }

@@ -28,6 +28,11 @@
 //!   `completionTime`, condition `Complete`), unless its image names `long-running` (it runs
 //!   until deleted); a finished Job with `ttlSecondsAfterFinished` is deleted that many
 //!   seconds later, as the TTL-after-finished controller does.
+//! * `v1` Services: `GET|POST /api/v1/namespaces/{ns}/services`, `GET|PUT|DELETE …/{name}`;
+//!   `422 Invalid` for a name that is not a DNS-1035 label, no ports, a port outside
+//!   1–65535 or an unknown `spec.type`; a `clusterIP` given (`10.96.x.y`), a `nodePort`
+//!   (from 30000) for `NodePort` and `LoadBalancer`; a `PUT` needs the current
+//!   `resourceVersion` (`409 Conflict` otherwise).
 //! * `coordination.k8s.io/v1` Leases: `GET|POST /apis/coordination.k8s.io/v1/namespaces/{ns}/leases`,
 //!   `GET|PUT|DELETE …/{name}`; a `PUT` needs the current `resourceVersion` (`409 Conflict`
 //!   otherwise), a `POST` of an existing name is `409 AlreadyExists`.
@@ -98,6 +103,8 @@ struct State {
     pods: BTreeMap<(String, String), PodEntry>,
     leases: BTreeMap<(String, String), Value>,
     jobs: BTreeMap<(String, String), Value>,
+    services: BTreeMap<(String, String), Value>,
+    next_node_port: u16,
     history: VecDeque<Ev>,
     requests: Vec<Recorded>,
     counter: u64,
@@ -315,6 +322,19 @@ impl KubeDouble {
     /// `http://127.0.0.1:<port>`.
     pub fn address(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The Services of namespace `ns`, by name.
+    pub fn services(&self, ns: &str) -> BTreeMap<String, Value> {
+        self.shared
+            .state
+            .lock()
+            .unwrap()
+            .services
+            .iter()
+            .filter(|(k, _)| k.0 == ns)
+            .map(|(k, v)| (k.1.clone(), v.clone()))
+            .collect()
     }
 
     /// The Jobs of namespace `ns`, by name.
@@ -690,6 +710,134 @@ fn watch(
         .unwrap()
 }
 
+/// The Service routes (see the module).
+fn service(
+    s: &Arc<Shared>,
+    method: &Method,
+    ns: &str,
+    name: Option<&str>,
+    body: &Value,
+    selector: &str,
+) -> Response<Body> {
+    let mut state = s.state.lock().unwrap();
+    let check = |svc: &Value, name: &str| {
+        let mut causes = Vec::new();
+        let dns1035 = name.len() <= 63
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && dns1123_label(name);
+        if !dns1035 {
+            causes.push(("metadata.name".to_owned(), format!("invalid name {name:?}")));
+        }
+        let ports = svc["spec"]["ports"].as_array().cloned().unwrap_or_default();
+        if ports.is_empty() {
+            causes.push(("spec.ports".to_owned(), "Required value".to_owned()));
+        }
+        for p in &ports {
+            if !p["port"].as_u64().is_some_and(|p| (1..=65535).contains(&p)) {
+                causes.push((
+                    "spec.ports.port".to_owned(),
+                    format!("invalid port {}", p["port"]),
+                ));
+            }
+        }
+        if !matches!(
+            svc["spec"]["type"].as_str(),
+            None | Some("ClusterIP" | "NodePort" | "LoadBalancer")
+        ) {
+            causes.push(("spec.type".to_owned(), "Unsupported value".to_owned()));
+        }
+        causes
+    };
+    match (method.clone(), name) {
+        (Method::GET, None) => {
+            let items = state
+                .services
+                .iter()
+                .filter(|(k, v)| k.0 == ns && matches(selector, &v["metadata"]["labels"]))
+                .map(|(_, v)| v.clone())
+                .collect();
+            full(StatusCode::OK, list_of("Service", "v1", state.rv, items))
+        }
+        (Method::POST, None) => {
+            let name = body["metadata"]["name"].as_str().unwrap_or("").to_owned();
+            let causes = check(body, &name);
+            if !causes.is_empty() {
+                return invalid(&name, causes);
+            }
+            let key = (ns.to_owned(), name.clone());
+            if state.services.contains_key(&key) {
+                return status(
+                    409,
+                    "AlreadyExists",
+                    format!("services \"{name}\" already exists"),
+                    json!({"name": name, "kind": "services"}),
+                );
+            }
+            let mut v = body.clone();
+            let n = state.services.len() as u64 + state.rv;
+            v["metadata"]["namespace"] = json!(ns);
+            v["metadata"]["uid"] = json!(format!("uid-svc-{name}"));
+            v["metadata"]["resourceVersion"] = json!(state.bump());
+            v["spec"]["clusterIP"] = json!(format!("10.96.{}.{}", (n >> 8) & 0xff, n & 0xff));
+            if matches!(
+                v["spec"]["type"].as_str(),
+                Some("NodePort" | "LoadBalancer")
+            ) && let Some(ports) = v["spec"]["ports"].as_array_mut()
+            {
+                for p in ports {
+                    state.next_node_port = state.next_node_port.max(30000) + 1;
+                    p["nodePort"] = json!(state.next_node_port - 1);
+                }
+            }
+            state.services.insert(key, v.clone());
+            full(StatusCode::CREATED, v)
+        }
+        (Method::GET, Some(name)) => match state.services.get(&(ns.to_owned(), name.to_owned())) {
+            Some(v) => full(StatusCode::OK, v.clone()),
+            None => not_found("services", "", name),
+        },
+        (Method::PUT, Some(name)) => {
+            let key = (ns.to_owned(), name.to_owned());
+            let Some(current) = state.services.get(&key).cloned() else {
+                return not_found("services", "", name);
+            };
+            let causes = check(body, name);
+            if !causes.is_empty() {
+                return invalid(name, causes);
+            }
+            if body["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"] {
+                return status(
+                    409,
+                    "Conflict",
+                    format!(
+                        "Operation cannot be fulfilled on services \"{name}\": the object has been modified"
+                    ),
+                    json!({"name": name, "kind": "services"}),
+                );
+            }
+            let mut v = body.clone();
+            v["metadata"]["namespace"] = json!(ns);
+            v["metadata"]["uid"] = current["metadata"]["uid"].clone();
+            v["metadata"]["resourceVersion"] = json!(state.bump());
+            v["spec"]["clusterIP"] = current["spec"]["clusterIP"].clone();
+            state.services.insert(key, v.clone());
+            full(StatusCode::OK, v)
+        }
+        (Method::DELETE, Some(name)) => {
+            match state.services.remove(&(ns.to_owned(), name.to_owned())) {
+                Some(v) => full(StatusCode::OK, v),
+                None => not_found("services", "", name),
+            }
+        }
+        _ => status(
+            405,
+            "MethodNotAllowed",
+            "method not allowed".into(),
+            json!({}),
+        ),
+    }
+}
+
 /// The Job routes and the Job controller (see the module).
 fn job(
     s: &Arc<Shared>,
@@ -974,6 +1122,9 @@ async fn handle(s: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     ] = segments.as_slice()
     {
         return lease(s, &method, ns, rest.first().copied(), &body);
+    }
+    if let ["api", "v1", "namespaces", ns, "services", rest @ ..] = segments.as_slice() {
+        return service(s, &method, ns, rest.first().copied(), &body, &selector);
     }
     if let ["apis", "batch", "v1", "namespaces", ns, "jobs", rest @ ..] = segments.as_slice() {
         return job(s, &method, ns, rest.first().copied(), &body, &selector);

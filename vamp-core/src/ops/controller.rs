@@ -159,6 +159,25 @@ pub trait GatewaySink: fmt::Debug + Send + Sync + 'static {
     async fn push(&self, pass: GatewayPass) -> Result<()>;
 }
 
+/// Several gateway sides (the gateway driver, and a platform's gateway Services): each gets
+/// every pass, in order; when some fail, every one has still been given the pass, and the
+/// first error is returned.
+#[derive(Debug, Default)]
+pub struct GatewaySinks(pub Vec<Arc<dyn GatewaySink>>);
+
+#[async_trait]
+impl GatewaySink for GatewaySinks {
+    async fn push(&self, pass: GatewayPass) -> Result<()> {
+        let mut first = None;
+        for sink in &self.0 {
+            if let Err(e) = sink.push(pass.clone()).await {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
 /// How the loop runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
