@@ -784,3 +784,166 @@ async fn gateways_get_services_of_the_configured_type() {
     );
     assert!(GatewayServiceType::parse("ExternalName").is_err());
 }
+
+/// The objects of `packaging/kubernetes/vamp.yaml`, as JSON.
+fn manifests() -> Vec<serde_json::Value> {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/kubernetes/vamp.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    vamp_core::dsl::load_documents(&text)
+        .unwrap()
+        .iter()
+        .map(vamp_core::node::Node::to_json)
+        .collect()
+}
+
+/// Every object of the manifests is what its `k8s-openapi` type reads: read and written back,
+/// it is unchanged (a misspelt or misplaced field would be dropped, and fail here).
+#[test]
+fn the_manifests_are_typed_kubernetes_objects() {
+    use k8s_openapi::api::{apps, core, rbac};
+    fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(v: &serde_json::Value) {
+        let typed: T = serde_json::from_value(v.clone())
+            .unwrap_or_else(|e| panic!("{}: {e}", v["metadata"]["name"]));
+        assert_eq!(
+            &serde_json::to_value(&typed).unwrap(),
+            v,
+            "{} {} reads back the same",
+            v["kind"],
+            v["metadata"]["name"]
+        );
+    }
+    let objects = manifests();
+    let kinds: Vec<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "ServiceAccount",
+            "Role",
+            "RoleBinding",
+            "ConfigMap",
+            "Deployment",
+            "Service",
+            "DaemonSet"
+        ]
+    );
+    for o in &objects {
+        match o["kind"].as_str().unwrap() {
+            "ServiceAccount" => round_trip::<core::v1::ServiceAccount>(o),
+            "Role" => round_trip::<rbac::v1::Role>(o),
+            "RoleBinding" => round_trip::<rbac::v1::RoleBinding>(o),
+            "ConfigMap" => round_trip::<core::v1::ConfigMap>(o),
+            "Deployment" => round_trip::<apps::v1::Deployment>(o),
+            "Service" => round_trip::<core::v1::Service>(o),
+            "DaemonSet" => round_trip::<apps::v1::DaemonSet>(o),
+            other => panic!("unexpected kind {other}"),
+        }
+    }
+    // The agents' pods carry the label gateway Services select, and no API token.
+    let agents = objects.iter().find(|o| o["kind"] == "DaemonSet").unwrap();
+    assert_eq!(
+        agents["spec"]["template"]["metadata"]["labels"]["io.vamp"],
+        "vamp-gateway-agent"
+    );
+    assert_eq!(
+        agents["spec"]["template"]["spec"]["automountServiceAccountToken"],
+        false
+    );
+}
+
+/// The Role grants exactly what `vamp serve` calls on Kubernetes (least privilege): every
+/// (API group, resource, verb) that the scheduler, its one-shot runs, the gateway Services
+/// and the election send to the API server, and nothing else. The gateway agents call no
+/// Kubernetes API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_role_grants_exactly_what_vamp_calls() {
+    use std::collections::{BTreeMap, BTreeSet};
+    use vamp_backends::scheduler::kubernetes::{GatewayServiceType, GatewayServices};
+    let double = KubeDouble::start().await;
+    // Everything vamp serve does on Kubernetes: services (deploy, scale, update, undeploy,
+    // watch, adoption), runs (start, list, stop), gateway Services, the election.
+    let s = KubernetesScheduler::connect(
+        client(&double, None),
+        KubernetesOptions::new("vamp").with_run_ttl(std::time::Duration::from_secs(1)),
+    )
+    .await
+    .unwrap();
+    suite::run_all(&s, "rbac", &image()).await;
+    let id = ServiceId::new("vamp-workflows", "nightly", "job");
+    let mut long = ServiceSpec::new(id.clone(), image());
+    long.deployable.definition = "example/long-running:1".into();
+    s.run_once(long).await.unwrap();
+    let run = s.runs(&id).await.unwrap().remove(0);
+    assert!(s.stop_run(&id, &run.name).await.unwrap());
+    let services =
+        GatewayServices::new(client(&double, None), "vamp", GatewayServiceType::NodePort);
+    for ports in [&[("a", 9050), ("b", 9051)][..], &[("a", 9060)][..]] {
+        services
+            .sync(
+                ports
+                    .iter()
+                    .map(|(n, p)| ((*n).to_owned(), *p))
+                    .collect::<BTreeMap<_, _>>(),
+            )
+            .await
+            .unwrap();
+    }
+    vamp_core::conformance::lease::run_all(&s, "rbac").await;
+
+    let called: BTreeSet<(String, String, String)> = double
+        .requests()
+        .iter()
+        .map(|r| {
+            let (path, query) = r.path.split_once('?').unwrap_or((&r.path, ""));
+            let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+            let (group, rest) = match segments.as_slice() {
+                ["api", "v1", "namespaces", _, rest @ ..] => ("", rest),
+                ["apis", group, _, "namespaces", _, rest @ ..] => (*group, rest),
+                other => panic!("a call outside the namespace: {other:?}"),
+            };
+            let resource = match rest {
+                [resource] | [resource, _] => (*resource).to_owned(),
+                [resource, _, sub] => format!("{resource}/{sub}"),
+                other => panic!("unexpected path {other:?}"),
+            };
+            let watch = query
+                .split('&')
+                .any(|p| p == "watch=true" || p == "watch=1");
+            let verb = match (r.method.as_str(), rest.len() > 1, watch) {
+                ("GET", _, true) => "watch",
+                ("GET", true, false) => "get",
+                ("GET", false, false) => "list",
+                ("POST", _, _) => "create",
+                ("PUT", _, _) => "update",
+                ("PATCH", _, _) => "patch",
+                ("DELETE", true, _) => "delete",
+                (m, _, _) => panic!("unexpected method {m} on {path}"),
+            };
+            (group.to_owned(), resource, verb.to_owned())
+        })
+        .collect();
+    let role = manifests()
+        .into_iter()
+        .find(|o| o["kind"] == "Role")
+        .unwrap();
+    let mut granted = BTreeSet::new();
+    for rule in role["rules"].as_array().unwrap() {
+        for g in rule["apiGroups"].as_array().unwrap() {
+            for res in rule["resources"].as_array().unwrap() {
+                for v in rule["verbs"].as_array().unwrap() {
+                    granted.insert((
+                        g.as_str().unwrap().to_owned(),
+                        res.as_str().unwrap().to_owned(),
+                        v.as_str().unwrap().to_owned(),
+                    ));
+                }
+            }
+        }
+    }
+    let missing: Vec<_> = called.difference(&granted).collect();
+    let unused: Vec<_> = granted.difference(&called).collect();
+    assert!(
+        missing.is_empty() && unused.is_empty(),
+        "called but not granted: {missing:?}; granted but never called: {unused:?}"
+    );
+}
