@@ -947,3 +947,61 @@ async fn the_role_grants_exactly_what_vamp_calls() {
         "called but not granted: {missing:?}; granted but never called: {unused:?}"
     );
 }
+
+/// Without `?namespace=` in the URL, `kubernetes://` works in the namespace its credentials
+/// name: the pod's own in a cluster, the kubeconfig context's outside one. Run in a child
+/// process of this test, so that its `KUBECONFIG` is its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_namespace_the_credentials_namespace_is_used() {
+    const CHILD: &str = "VAMP_TEST_KUBECONFIG_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        let s = vamp_backends::scheduler::SchedulerBackendConfig::from_url("kubernetes://")
+            .unwrap()
+            .build()
+            .await
+            .unwrap();
+        s.deploy(
+            ServiceSpec::new(ServiceId::new("ns", "web", "web"), image()),
+            DeployOptions::default(),
+        )
+        .await
+        .unwrap();
+        return;
+    }
+    let double = KubeDouble::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("config");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: double\n  cluster: {{server: '{}'}}\ncontexts:\n- name: double\n  context: {{cluster: double, namespace: team-a, user: nobody}}\ncurrent-context: double\nusers:\n- name: nobody\n  user: {{}}\n",
+            double.address()
+        ),
+    )
+    .unwrap();
+    let status = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "without_a_namespace_the_credentials_namespace_is_used",
+            "--nocapture",
+        ])
+        .env(CHILD, "1")
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success(), "the child test failed: {status}");
+    let created: Vec<String> = double
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(
+        created,
+        ["/apis/apps/v1/namespaces/team-a/deployments"],
+        "{created:?}"
+    );
+}

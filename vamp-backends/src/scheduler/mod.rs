@@ -321,8 +321,9 @@ impl SchedulerBackendConfig {
                     .map(kubernetes::GatewayServiceType::parse)
                     .transpose()?
                     .unwrap_or_default();
-                let namespace = c.namespace.clone().unwrap_or_else(|| "default".into());
+                let namespace = c.namespace.clone();
                 let client = kubernetes_client(c).await?;
+                let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
                 Ok(Some(Arc::new(
                     kubernetes::GatewayServices::new(client, namespace, service_type)
                         .with_owner(owner),
@@ -340,11 +341,11 @@ impl SchedulerBackendConfig {
 async fn connect_kubernetes(c: ApiConfig) -> Result<kubernetes::KubernetesScheduler, Error> {
     let namespace = c.namespace.clone();
     let client = kubernetes_client(c).await?;
-    let mut opts = kubernetes::KubernetesOptions::default();
-    if let Some(ns) = namespace {
-        opts.namespace = ns;
-    }
-    kubernetes::KubernetesScheduler::connect(client, opts).await
+    // Without `?namespace=`: the pod's own namespace in a cluster, the kubeconfig context's
+    // outside one ("default" for an address given in the URL).
+    let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
+    kubernetes::KubernetesScheduler::connect(client, kubernetes::KubernetesOptions::new(namespace))
+        .await
 }
 
 /// A client of the API server `c` names (in-cluster or kubeconfig credentials without an
