@@ -1007,3 +1007,54 @@ async fn without_a_namespace_the_credentials_namespace_is_used() {
         "{created:?}"
     );
 }
+
+/// The manifests apply through `kube`, each object as its `k8s-openapi` type, to the API-server
+/// double, in their order: everything is created, and the Deployment's two replicas start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manifests_apply_to_the_api_server_double() {
+    use k8s_openapi::api::{apps, core, rbac};
+    use kube::api::PostParams;
+    async fn create<K>(client: &kube::Client, o: &serde_json::Value)
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        let typed: K = serde_json::from_value(o.clone()).unwrap();
+        kube::Api::<K>::namespaced(client.clone(), "vamp")
+            .create(&PostParams::default(), &typed)
+            .await
+            .unwrap_or_else(|e| panic!("{} {}: {e}", o["kind"], o["metadata"]["name"]));
+    }
+    let double = KubeDouble::start().await;
+    let client = client(&double, None);
+    for o in manifests() {
+        match o["kind"].as_str().unwrap() {
+            "ServiceAccount" => create::<core::v1::ServiceAccount>(&client, &o).await,
+            "Role" => create::<rbac::v1::Role>(&client, &o).await,
+            "RoleBinding" => create::<rbac::v1::RoleBinding>(&client, &o).await,
+            "ConfigMap" => create::<core::v1::ConfigMap>(&client, &o).await,
+            "Deployment" => create::<apps::v1::Deployment>(&client, &o).await,
+            "Service" => create::<core::v1::Service>(&client, &o).await,
+            "DaemonSet" => create::<apps::v1::DaemonSet>(&client, &o).await,
+            other => panic!("unexpected kind {other}"),
+        }
+    }
+    let created: Vec<String> = double
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(created.len(), 7, "{created:?}");
+    assert!(double.services("vamp").contains_key("vamp"));
+    let pods = double.pods("vamp");
+    assert_eq!(
+        pods.iter().filter(|p| p.starts_with("vamp-")).count(),
+        2,
+        "{pods:?}"
+    );
+}

@@ -33,6 +33,9 @@
 //!   1–65535 or an unknown `spec.type`; a `clusterIP` given (`10.96.x.y`), a `nodePort`
 //!   (from 30000) for `NodePort` and `LoadBalancer`; a `PUT` needs the current
 //!   `resourceVersion` (`409 Conflict` otherwise).
+//! * Stored, not acted on: `v1` ServiceAccounts and ConfigMaps, `rbac.authorization.k8s.io/v1`
+//!   Roles and RoleBindings, `apps/v1` DaemonSets (`GET|POST …/{resource}`, `GET|DELETE
+//!   …/{name}`; `409 AlreadyExists`, `422 Invalid` for a name that is not a DNS subdomain).
 //! * `coordination.k8s.io/v1` Leases: `GET|POST /apis/coordination.k8s.io/v1/namespaces/{ns}/leases`,
 //!   `GET|PUT|DELETE …/{name}`; a `PUT` needs the current `resourceVersion` (`409 Conflict`
 //!   otherwise), a `POST` of an existing name is `409 AlreadyExists`.
@@ -103,6 +106,8 @@ struct State {
     pods: BTreeMap<(String, String), PodEntry>,
     leases: BTreeMap<(String, String), Value>,
     jobs: BTreeMap<(String, String), Value>,
+    /// Objects only stored: (group, resource, namespace, name).
+    stored: BTreeMap<(String, String, String, String), Value>,
     services: BTreeMap<(String, String), Value>,
     next_node_port: u16,
     history: VecDeque<Ev>,
@@ -710,6 +715,74 @@ fn watch(
         .unwrap()
 }
 
+/// The routes of objects only stored (see the module).
+fn stored(
+    s: &Arc<Shared>,
+    method: &Method,
+    (group, ns, resource): (&str, &str, &str),
+    name: Option<&str>,
+    body: &Value,
+) -> Response<Body> {
+    let mut state = s.state.lock().unwrap();
+    let key = |n: &str| {
+        (
+            group.to_owned(),
+            resource.to_owned(),
+            ns.to_owned(),
+            n.to_owned(),
+        )
+    };
+    match (method.clone(), name) {
+        (Method::GET, None) => {
+            let items = state
+                .stored
+                .iter()
+                .filter(|(k, _)| k.0 == group && k.1 == resource && k.2 == ns)
+                .map(|(_, v)| v.clone())
+                .collect();
+            let kind = body["kind"].as_str().unwrap_or("List").to_owned();
+            full(StatusCode::OK, list_of(&kind, "v1", state.rv, items))
+        }
+        (Method::POST, None) => {
+            let name = body["metadata"]["name"].as_str().unwrap_or("").to_owned();
+            if !dns1123_subdomain(&name) {
+                return invalid(
+                    &name,
+                    vec![("metadata.name".into(), format!("invalid name {name:?}"))],
+                );
+            }
+            if state.stored.contains_key(&key(&name)) {
+                return status(
+                    409,
+                    "AlreadyExists",
+                    format!("{resource} \"{name}\" already exists"),
+                    json!({"name": name, "group": group, "kind": resource}),
+                );
+            }
+            let mut v = body.clone();
+            v["metadata"]["namespace"] = json!(ns);
+            v["metadata"]["uid"] = json!(format!("uid-{resource}-{name}"));
+            v["metadata"]["resourceVersion"] = json!(state.bump());
+            state.stored.insert(key(&name), v.clone());
+            full(StatusCode::CREATED, v)
+        }
+        (Method::GET, Some(name)) => match state.stored.get(&key(name)) {
+            Some(v) => full(StatusCode::OK, v.clone()),
+            None => not_found(resource, group, name),
+        },
+        (Method::DELETE, Some(name)) => match state.stored.remove(&key(name)) {
+            Some(v) => full(StatusCode::OK, v),
+            None => not_found(resource, group, name),
+        },
+        _ => status(
+            405,
+            "MethodNotAllowed",
+            "method not allowed".into(),
+            json!({}),
+        ),
+    }
+}
+
 /// The Service routes (see the module).
 fn service(
     s: &Arc<Shared>,
@@ -1122,6 +1195,38 @@ async fn handle(s: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     ] = segments.as_slice()
     {
         return lease(s, &method, ns, rest.first().copied(), &body);
+    }
+    let stored_kind = match segments.as_slice() {
+        [
+            "api",
+            "v1",
+            "namespaces",
+            ns,
+            r @ ("serviceaccounts" | "configmaps"),
+            rest @ ..,
+        ] => Some(("", *ns, *r, rest.first().copied())),
+        [
+            "apis",
+            "rbac.authorization.k8s.io",
+            "v1",
+            "namespaces",
+            ns,
+            r @ ("roles" | "rolebindings"),
+            rest @ ..,
+        ] => Some(("rbac.authorization.k8s.io", *ns, *r, rest.first().copied())),
+        [
+            "apis",
+            "apps",
+            "v1",
+            "namespaces",
+            ns,
+            r @ "daemonsets",
+            rest @ ..,
+        ] => Some(("apps", *ns, *r, rest.first().copied())),
+        _ => None,
+    };
+    if let Some((group, ns, resource, name)) = stored_kind {
+        return stored(s, &method, (group, ns, resource), name, &body);
     }
     if let ["api", "v1", "namespaces", ns, "services", rest @ ..] = segments.as_slice() {
         return service(s, &method, ns, rest.first().copied(), &body, &selector);
