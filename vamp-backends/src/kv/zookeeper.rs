@@ -169,12 +169,23 @@ fn map_err(label: &str, e: zk::Error) -> Error {
 
 fn io_caused(e: &zk::Error) -> bool {
     // `Error::Custom` does not expose its inner error as a source: start from it.
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = match e {
+    io_in_chain(match e {
         zk::Error::Custom(c) => Some(c),
         other => std::error::Error::source(other),
-    };
+    })
+}
+
+/// Whether an I/O error is `cause` or among its sources.
+fn io_in_chain(mut cause: Option<&(dyn std::error::Error + 'static)>) -> bool {
     while let Some(c) = cause {
         if c.is::<std::io::Error>() {
+            return true;
+        }
+        // The client keeps its sources as `Arc<dyn Error>`: the `dyn Error` seen is the `Arc`
+        // (a reset connection was reported as permanent when it came this way).
+        if c.downcast_ref::<std::sync::Arc<dyn std::error::Error + Send + Sync>>()
+            .is_some_and(|inner| inner.is::<std::io::Error>())
+        {
             return true;
         }
         cause = c.source();
@@ -1026,6 +1037,41 @@ impl vamp_core::lease::LeaseStore for ZookeeperKv {
 
 #[cfg(test)]
 mod tests {
+    /// An error keeping its source as the ZooKeeper client's `CustomError` does.
+    #[derive(Debug)]
+    struct Wrapped {
+        source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
+    }
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("wrapped")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.source
+                .as_ref()
+                .map(|s| s as &(dyn std::error::Error + 'static))
+        }
+    }
+
+    #[test]
+    fn a_reset_connection_behind_an_arc_is_an_io_failure() {
+        let reset = Wrapped {
+            source: Some(std::sync::Arc::new(std::io::Error::from(
+                std::io::ErrorKind::ConnectionReset,
+            ))),
+        };
+        assert!(super::io_in_chain(Some(&reset)));
+        let other = Wrapped {
+            source: Some(std::sync::Arc::new(std::fmt::Error)),
+        };
+        assert!(!super::io_in_chain(Some(&other)));
+        assert!(!super::io_in_chain(Some(&Wrapped { source: None })));
+    }
+
     use super::*;
 
     #[test]
