@@ -502,10 +502,6 @@ impl GatewayDriver {
             }
         }
         let found = (current_gateways, current);
-        let current_json = found
-            .0
-            .as_deref()
-            .map(|b| String::from_utf8_lossy(b).into_owned());
         {
             let mut kept = self
                 .kept
@@ -519,6 +515,9 @@ impl GatewayDriver {
             }
             kept.written = None;
         }
+        // Borrowed from the value read (no copy of a value that may be tens of MiB), and only
+        // once a push is needed.
+        let current_json = found.0.as_deref().map(String::from_utf8_lossy);
         // Incrementally: only gateways changed since the last push are rendered (the result
         // is what `plan_push` renders in full; tested). Two gateways of one name (which the
         // model does not allow) take the full render, which keeps both.

@@ -1388,17 +1388,8 @@ impl GatewayServices {
 #[async_trait]
 impl vamp_core::ops::controller::GatewaySink for GatewayServices {
     async fn push(&self, pass: vamp_core::ops::controller::GatewayPass) -> Result<(), Error> {
-        let gateways = pass
-            .deployments
+        let wanted = pass
             .iter()
-            .flat_map(|d| {
-                d.clusters
-                    .iter()
-                    .flat_map(|c| &c.gateways)
-                    .chain(&d.gateways)
-            })
-            .chain(pass.standalone.iter().map(|g| &**g));
-        let wanted = gateways
             .filter_map(|g| {
                 let port = u16::try_from(g.port.number).ok().filter(|p| *p > 0)?;
                 Some((g.name.clone(), port))

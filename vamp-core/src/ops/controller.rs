@@ -145,9 +145,15 @@ impl GatewayPass {
     /// Every gateway of the pass, copied: each deployment's (internal gateways first, see
     /// [`crate::ops::reconcile::gateways`]), then the standalone ones.
     pub fn gateways(&self) -> Vec<Gateway> {
-        let mut out = crate::ops::reconcile::gateways(&self.deployments);
-        out.extend(self.standalone.iter().map(|g| (**g).clone()));
-        out
+        self.iter().cloned().collect()
+    }
+
+    /// Every gateway of the pass, borrowed, in the order of [`GatewayPass::gateways`].
+    pub fn iter(&self) -> impl Iterator<Item = &Gateway> {
+        self.deployments
+            .iter()
+            .flat_map(|d| crate::ops::reconcile::gateways_of(d))
+            .chain(self.standalone.iter().map(|g| &**g))
     }
 }
 
@@ -526,11 +532,7 @@ impl Controller {
                         standalone.retain(|g| {
                             let first = g.name.split('/').next().unwrap_or_default();
                             !by_name.get(first).is_some_and(|d| {
-                                d.clusters
-                                    .iter()
-                                    .flat_map(|c| &c.gateways)
-                                    .chain(&d.gateways)
-                                    .any(|x| x.name == g.name)
+                                crate::ops::reconcile::gateways_of(d).any(|x| x.name == g.name)
                             })
                         });
                     }

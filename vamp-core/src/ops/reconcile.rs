@@ -150,14 +150,18 @@ impl Plan {
 pub fn gateways<D: std::borrow::Borrow<Deployment>>(deployments: &[D]) -> Vec<Gateway> {
     deployments
         .iter()
-        .map(std::borrow::Borrow::borrow)
-        .flat_map(|d: &Deployment| {
-            d.clusters
-                .iter()
-                .flat_map(|c| c.gateways.iter().cloned())
-                .chain(d.gateways.iter().cloned())
-        })
+        .flat_map(|d| gateways_of(d.borrow()))
+        .cloned()
         .collect()
+}
+
+/// The gateways of one deployment, borrowed: its internal (cluster) gateways, then its
+/// deployment gateways.
+pub fn gateways_of(d: &Deployment) -> impl Iterator<Item = &Gateway> {
+    d.clusters
+        .iter()
+        .flat_map(|c| &c.gateways)
+        .chain(&d.gateways)
 }
 
 fn event(d: &str, c: &str, s: &str, what: &str) -> Event {
