@@ -43,70 +43,10 @@ enum Output {
     Json,
 }
 
-/// `vamp serve`'s command line.
-#[derive(clap::Parser)]
-#[command(
-    name = "vamp serve",
-    about = "A one-machine Vamp: REST API, reconcile loop, gateway agent"
-)]
-struct Serve {
-    #[command(flatten)]
-    config: vamp_examples::serve::ServeConfig,
-}
-
-fn serve(args: &[String]) -> ExitCode {
-    use clap::Parser;
-    let parsed = match Serve::try_parse_from(
-        std::iter::once("vamp serve".to_owned()).chain(args.iter().cloned()),
-    ) {
-        Ok(p) => p,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
-        }
-    };
-    tracing_subscriber::fmt()
-        .with_target(false)
-        // Colours only on a terminal: a container's or a journal's log stays plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .init();
-    let config = parsed
-        .config
-        .with_env(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    runtime.block_on(async {
-        let server = match vamp_examples::serve::start(config).await {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("vamp serve: {e}");
-                return ExitCode::from(1);
-            }
-        };
-        println!("vamp serves on http://{}/api/v1", server.addr);
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("vamp serve: {e}");
-                    return ExitCode::from(1);
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        server.stop().await;
-        ExitCode::SUCCESS
-    })
-}
-
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("serve") {
-        return serve(&args[1..]);
+        return vamp_examples::serve::main(&args[1..]);
     }
     let code = run(
         &args,

@@ -311,6 +311,11 @@ fi
 if [ -n "${KUBECONFIG:-}" ] || [ "${VAMP_TEST_KUBERNETES:-}" = 1 ]; then
   step "real Kubernetes cluster"
   cargo test -p vamp-backends --features scheduler-kubernetes --test kubernetes -- --ignored 2>&1 | tee -a "${CARGO_TARGET_DIR}/test.log"
+  # Vamp installed from packaging/kubernetes (its images loaded, a database and a key-value
+  # store the pods reach).
+  if [ -n "${VAMP_TEST_KUBERNETES_PERSISTENCE_URL:-}" ] && [ -n "${VAMP_TEST_KUBERNETES_KV_URL:-}" ]; then
+    cargo test -p vamp-examples --all-features --test kubernetes_install -- --ignored a_real_cluster 2>&1 | tee -a "${CARGO_TARGET_DIR}/test.log"
+  fi
 fi
 if [ -n "${VAMP_TEST_ELASTICSEARCH_URL:-}" ]; then
   step "real Elasticsearch at $VAMP_TEST_ELASTICSEARCH_URL"

@@ -870,7 +870,13 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         .haproxy_socket_dir
         .clone()
         .unwrap_or_else(|| config.data_dir.join("haproxy"));
-    std::fs::create_dir_all(&socket_dir).map_err(|e| e.to_string())?;
+    // Only an agent of this process uses the directory; without one it is a path on the
+    // standalone agents' machines (`/usr/local/vamp` in their image), which this process may
+    // not be allowed to create (vamp's image runs as a user of its own).
+    if !config.no_agent {
+        std::fs::create_dir_all(&socket_dir)
+            .map_err(|e| format!("HAProxy socket directory {}: {e}", socket_dir.display()))?;
+    }
     let render = RenderOptions::default()
         .with_socket_dir(socket_dir.display().to_string())
         .with_bind_address("127.0.0.1");
@@ -1344,6 +1350,76 @@ fn new_replica_id() -> String {
 /// A new control-plane identity: 16 random bytes in hex.
 fn new_identity() -> String {
     crate::auth::random_hex(16)
+}
+
+/// `vamp serve`'s command line.
+#[derive(clap::Parser)]
+#[command(
+    name = "vamp serve",
+    about = "A one-machine Vamp: REST API, reconcile loop, gateway agent"
+)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ServeConfig,
+}
+
+/// The `vamp serve` program: parses `args` (those after `serve`) and the environment, serves
+/// until SIGTERM or Ctrl-C, then stops. Exit codes: 0 stopped, 1 could not start, 2 usage.
+pub fn main(args: &[String]) -> std::process::ExitCode {
+    use clap::Parser;
+    use std::process::ExitCode;
+    let parsed = match ServeArgs::try_parse_from(
+        std::iter::once("vamp serve".to_owned()).chain(args.iter().cloned()),
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    // `try_init`: a process that set its own subscriber keeps it.
+    let _ = tracing_subscriber::fmt()
+        .with_target(false)
+        // Colours only on a terminal: a container's or a journal's log stays plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .try_init();
+    let config = parsed
+        .config
+        .with_env(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vamp serve: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async {
+        let server = match start(config).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("vamp serve: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        println!("vamp serves on http://{}/api/v1", server.addr);
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("vamp serve: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        server.stop().await;
+        ExitCode::SUCCESS
+    })
 }
 
 #[cfg(test)]

@@ -185,6 +185,15 @@ fn urls_carry_their_settings() {
         (k.address.as_deref(), k.namespace.as_deref()),
         (Some("https://10.0.0.1:6443"), Some("vamp"))
     );
+    assert_eq!(k.run_ttl_s, None);
+    let SchedulerBackendConfig::Kubernetes(k) =
+        SchedulerBackendConfig::from_url("kubernetes://?namespace=vamp&run-ttl=30").unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!((k.address, k.run_ttl_s), (None, Some(30)));
+    let bad = SchedulerBackendConfig::from_url("kubernetes://?run-ttl=soon").unwrap_err();
+    assert!(bad.to_string().contains("run-ttl 'soon'"), "{bad}");
     let SchedulerBackendConfig::Docker(d) =
         SchedulerBackendConfig::from_url("docker:///run/docker.sock").unwrap()
     else {

@@ -79,6 +79,10 @@ pub struct ApiConfig {
     /// Vamp's `create-services`, default on).
     #[serde(default)]
     pub create_services: Option<bool>,
+    /// Kubernetes: how long a finished workflow run's Job stays, in seconds (`?run-ttl=`;
+    /// default 300).
+    #[serde(default)]
+    pub run_ttl_s: Option<u64>,
 }
 
 /// Local processes.
@@ -114,7 +118,8 @@ pub enum SchedulerBackendConfig {
 impl SchedulerBackendConfig {
     /// Parses a URL: `memory://`, `local:///workdir`, `docker://` (local socket),
     /// `docker:///path/to/docker.sock`, `docker://host:2375` (`?namespace=`, `?network=host`), `kubernetes://` (in-cluster) or
-    /// `kubernetes://host:6443?namespace=vamp`, `marathon://host:8080?group=vamp`,
+    /// `kubernetes://host:6443?namespace=vamp` (`&service-type=`, `&create-services=`,
+    /// `&run-ttl=SECONDS`), `marathon://host:8080?group=vamp`,
     /// `marathon://user:password@host:8080`, `dcos://cluster.example.com/service/marathon?tls=true&token=…`.
     ///
     /// # Errors
@@ -156,8 +161,21 @@ impl SchedulerBackendConfig {
                     .query
                     .get("create-services")
                     .map(|v| !matches!(v.as_str(), "false" | "0" | "no")),
+                run_ttl_s: None,
             }
         };
+        let run_ttl_s = u
+            .query
+            .get("run-ttl")
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| {
+                    invalid(
+                        "scheduler",
+                        format!("run-ttl '{v}' is not a number of seconds"),
+                    )
+                })
+            })
+            .transpose()?;
         Ok(match u.scheme.as_str() {
             "memory" | "mem" => Self::Memory,
             "local" => Self::Local(LocalConfig {
@@ -165,7 +183,10 @@ impl SchedulerBackendConfig {
                 keep: u.query.get("keep").is_some_and(|v| v == "true"),
             }),
             "docker" => Self::Docker(api(2375, false, false)),
-            "kubernetes" | "k8s" => Self::Kubernetes(api(6443, !tls_off, false)),
+            "kubernetes" | "k8s" => Self::Kubernetes(ApiConfig {
+                run_ttl_s,
+                ..api(6443, !tls_off, false)
+            }),
             "marathon" | "dcos" => Self::Marathon(api(8080, false, true)),
             other => {
                 return Err(invalid(
@@ -340,12 +361,16 @@ impl SchedulerBackendConfig {
 #[cfg(feature = "scheduler-kubernetes")]
 async fn connect_kubernetes(c: ApiConfig) -> Result<kubernetes::KubernetesScheduler, Error> {
     let namespace = c.namespace.clone();
+    let run_ttl_s = c.run_ttl_s;
     let client = kubernetes_client(c).await?;
     // Without `?namespace=`: the pod's own namespace in a cluster, the kubeconfig context's
     // outside one ("default" for an address given in the URL).
     let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
-    kubernetes::KubernetesScheduler::connect(client, kubernetes::KubernetesOptions::new(namespace))
-        .await
+    let mut options = kubernetes::KubernetesOptions::new(namespace);
+    if let Some(ttl) = run_ttl_s {
+        options = options.with_run_ttl(std::time::Duration::from_secs(ttl));
+    }
+    kubernetes::KubernetesScheduler::connect(client, options).await
 }
 
 /// A client of the API server `c` names (in-cluster or kubeconfig credentials without an

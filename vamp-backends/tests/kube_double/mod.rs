@@ -21,6 +21,24 @@
 //!   Pods are simulated but reachable: each gets its own loopback address (`127.x.y.z`) as
 //!   `podIP`, with an HTTP server on every container port answering `200` with the pod's name.
 //!   A pod is ready unless its readiness probe's path contains `fail` (no probe is run).
+//! * A container runtime of its own for images a test names ([`KubeDouble::run_images`]):
+//!   such a pod's container runs as a local process (the test builds its command from a
+//!   [`PodRun`]: the image, `command` and `args` with `$(VAR)` expanded, and the environment
+//!   as the kubelet gives it: `envFrom` ConfigMaps and Secrets, then `env` with `value`,
+//!   `fieldRef` (`metadata.name`, `metadata.namespace`, `status.podIP`,
+//!   `spec.serviceAccountName`), `configMapKeyRef` and `secretKeyRef`; a missing reference
+//!   not marked `optional` leaves the container waiting, `CreateContainerConfigError`, as
+//!   the kubelet does). The pod is ready once its `httpGet` readiness probe answers `2xx`
+//!   at the pod's address; the process is killed when the pod goes. With one network
+//!   namespace for every pod, the test gives the process the pod's own address to listen on
+//!   where a container would listen on all of its pod's.
+//! * Service-account tokens ([`KubeDouble::service_account_token`], and a run pod's own
+//!   unless `automountServiceAccountToken: false`): a request bearing one is authorized as
+//!   `system:serviceaccount:<ns>:<name>` against the stored Roles bound to it by RoleBindings
+//!   in the request's namespace (`apiGroups`, `resources` with `resource/subresource`,
+//!   `verbs`, `resourceNames`), as the RBAC authorizer does: `403 Forbidden` otherwise
+//!   (recorded: [`KubeDouble::forbidden`]). Discovery (`GET /version`, `/api`, `/apis`) is
+//!   open to any authenticated caller.
 //! * `batch/v1` Jobs: `GET|POST /apis/batch/v1/namespaces/{ns}/jobs`, `GET|DELETE …/{name}`;
 //!   `422 Invalid` for a bad name, no containers, or a pod template whose `restartPolicy` is
 //!   not `Never` or `OnFailure` (as the API server validates). A Job controller of its own: a
@@ -33,7 +51,8 @@
 //!   1–65535 or an unknown `spec.type`; a `clusterIP` given (`10.96.x.y`), a `nodePort`
 //!   (from 30000) for `NodePort` and `LoadBalancer`; a `PUT` needs the current
 //!   `resourceVersion` (`409 Conflict` otherwise).
-//! * Stored, not acted on: `v1` ServiceAccounts and ConfigMaps, `rbac.authorization.k8s.io/v1`
+//! * Stored, not acted on: `v1` ServiceAccounts, ConfigMaps and Secrets (`stringData` merged
+//!   into base64 `data` on create, as the API server does), `rbac.authorization.k8s.io/v1`
 //!   Roles and RoleBindings, `apps/v1` DaemonSets (`GET|POST …/{resource}`, `GET|DELETE
 //!   …/{name}`; `409 AlreadyExists`, `422 Invalid` for a name that is not a DNS subdomain).
 //! * `coordination.k8s.io/v1` Leases: `GET|POST /apis/coordination.k8s.io/v1/namespaces/{ns}/leases`,
@@ -89,7 +108,30 @@ struct PodEntry {
     json: Value,
     owner: String,
     servers: Vec<JoinHandle<()>>,
+    /// The container's process, for a pod of an image the double runs (killed on drop).
+    _process: Option<tokio::process::Child>,
 }
+
+/// A container the double runs as a local process (see [`KubeDouble::run_images`]).
+#[derive(Clone, Debug)]
+#[allow(dead_code)] // read by the tests that run images (examples/tests)
+pub struct PodRun {
+    pub namespace: String,
+    pub pod: String,
+    /// The pod's own address.
+    pub ip: Ipv4Addr,
+    pub image: String,
+    /// The container's `command` and `args`, `$(VAR)` expanded from `env`.
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    /// The environment the kubelet gives the container, in its order.
+    pub env: Vec<(String, String)>,
+    /// The pod's service-account token, unless `automountServiceAccountToken: false`.
+    pub token: Option<String>,
+}
+
+/// Builds the command of a run pod's container; `None`: the double's text server instead.
+pub type Runtime = Arc<dyn Fn(&PodRun) -> Option<std::process::Command> + Send + Sync>;
 
 impl Drop for PodEntry {
     fn drop(&mut self) {
@@ -114,9 +156,15 @@ struct State {
     requests: Vec<Recorded>,
     counter: u64,
     next_ip: u32,
+    /// Service-account tokens: token → (namespace, service account).
+    sa_tokens: BTreeMap<String, (String, String)>,
+    /// Requests refused by RBAC: "<user> <verb> <resource> <group> <namespace>".
+    forbidden: Vec<String>,
 }
 
 struct Shared {
+    /// Itself, for the tasks it starts.
+    me: std::sync::Weak<Shared>,
     state: Mutex<State>,
     events: broadcast::Sender<Ev>,
     token: Option<String>,
@@ -127,6 +175,8 @@ struct Shared {
     expire: std::sync::atomic::AtomicU32,
     /// `410 Expired` answers given.
     expired: std::sync::atomic::AtomicU32,
+    /// The container runtime for run images.
+    runtime: Mutex<Option<Runtime>>,
 }
 
 /// The double; stops serving when dropped.
@@ -139,6 +189,10 @@ pub struct KubeDouble {
 impl Drop for KubeDouble {
     fn drop(&mut self) {
         self.server.abort();
+        // Run pods' processes end with their pods.
+        if let Ok(mut state) = self.shared.state.lock() {
+            state.pods.clear();
+        }
     }
 }
 
@@ -301,7 +355,8 @@ impl KubeDouble {
             (seed >> 8) as u8,
             2,
         ));
-        let shared = Arc::new(Shared {
+        let shared = Arc::new_cyclic(|me| Shared {
+            me: std::sync::Weak::clone(me),
             state: Mutex::new(State::default()),
             events: broadcast::channel(4096).0,
             token: token.map(str::to_owned),
@@ -309,6 +364,7 @@ impl KubeDouble {
             watch_limit: Mutex::new(Duration::from_secs(290)),
             expire: std::sync::atomic::AtomicU32::new(0),
             expired: std::sync::atomic::AtomicU32::new(0),
+            runtime: Mutex::new(None),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -322,6 +378,23 @@ impl KubeDouble {
             shared,
             server,
         }
+    }
+
+    /// Runs the containers `runtime` gives a command for as local processes (pods created
+    /// after this call).
+    #[allow(dead_code)] // used by the tests that run images (examples/tests)
+    pub fn run_images(&self, runtime: Runtime) {
+        *self.shared.runtime.lock().unwrap() = Some(runtime);
+    }
+
+    /// A token of service account `ns/name`: requests bearing it are authorized by RBAC.
+    pub fn service_account_token(&self, ns: &str, name: &str) -> String {
+        self.shared.sa_token(ns, name)
+    }
+
+    /// The requests RBAC refused: "<user> <verb> <resource> <group> <namespace>".
+    pub fn forbidden(&self) -> Vec<String> {
+        self.shared.state.lock().unwrap().forbidden.clone()
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -457,7 +530,11 @@ impl Shared {
         for _ in keep.len()..replicas {
             self.launch(ns, name, &template, &hash).await;
         }
-        // Status.
+        self.refresh_status(ns, name, replicas);
+    }
+
+    /// Deployment `ns/name`'s status from its pods.
+    fn refresh_status(&self, ns: &str, name: &str, replicas: usize) {
         let mut state = self.state.lock().unwrap();
         let ready = state
             .pods
@@ -498,8 +575,12 @@ impl Shared {
             (state.counter, state.next_ip)
         };
         let name = format!("{owner}-{hash}-{n:05x}");
+        let runtime = self.runtime.lock().unwrap().clone();
+        let container = &template["spec"]["containers"][0];
+        let image = container["image"].as_str().unwrap_or("").to_owned();
+        let has_runtime = runtime.is_some();
         // An address of its own where every container port can be bound.
-        let (ip, servers) = loop {
+        let (ip, mut servers) = loop {
             let ip = Ipv4Addr::from(self.ip_base + ip_n);
             ip_n += 1;
             let mut listeners = Vec::new();
@@ -509,6 +590,10 @@ impl Shared {
                     Err(_) => break,
                 }
             }
+            if listeners.len() == ports.len() && has_runtime {
+                // The process binds them; the double only checked they are free.
+                break (ip, Vec::new());
+            }
             if listeners.len() == ports.len() {
                 let servers = listeners
                     .into_iter()
@@ -517,10 +602,76 @@ impl Shared {
                 break (ip, servers);
             }
         };
-        let probe_path = template["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"]
+        // A run image's container: its environment as the kubelet makes it, then its process.
+        let mut process = None;
+        let mut waiting = None;
+        let mut run = false;
+        if let Some(runtime) = runtime {
+            let sa = template["spec"]["serviceAccountName"]
+                .as_str()
+                .unwrap_or("default")
+                .to_owned();
+            let env = {
+                let state = self.state.lock().unwrap();
+                container_env(&state, ns, &name, ip, &sa, container)
+            };
+            match env {
+                Err(why) => waiting = Some(why),
+                Ok(env) => {
+                    let token = (template["spec"]["automountServiceAccountToken"] != json!(false))
+                        .then(|| self.sa_token(ns, &sa));
+                    let expand = |v: &Value| -> Vec<String> {
+                        v.as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(Value::as_str)
+                            .map(|a| expand_vars(a, &env))
+                            .collect()
+                    };
+                    let pod_run = PodRun {
+                        namespace: ns.to_owned(),
+                        pod: name.clone(),
+                        ip,
+                        image: image.clone(),
+                        command: expand(&container["command"]),
+                        args: expand(&container["args"]),
+                        env: env.clone(),
+                        token,
+                    };
+                    if let Some(command) = runtime(&pod_run) {
+                        run = true;
+                        let mut command = tokio::process::Command::from(command);
+                        command.kill_on_drop(true);
+                        match command.spawn() {
+                            Ok(child) => process = Some(child),
+                            Err(e) => waiting = Some(format!("RunContainerError: {e}")),
+                        }
+                    }
+                }
+            }
+            if run {
+                if let Some(probe) = http_probe(container, ip) {
+                    servers.push(tokio::spawn(probe_until_ready(
+                        std::sync::Weak::clone(&self.me),
+                        ns.to_owned(),
+                        name.clone(),
+                        owner.to_owned(),
+                        probe,
+                    )));
+                }
+            } else if waiting.is_none() {
+                // Not a run image: the double's text servers after all.
+                for p in &ports {
+                    if let Ok(l) = TcpListener::bind((ip, *p)).await {
+                        servers.push(tokio::spawn(http_double::text_server(l, name.clone())));
+                    }
+                }
+            }
+        }
+        let probe_path = container["readinessProbe"]["httpGet"]["path"]
             .as_str()
             .unwrap_or("");
-        let ready = !probe_path.contains("fail");
+        let ready = !run && waiting.is_none() && !probe_path.contains("fail");
         let mut labels = template["metadata"]["labels"].clone();
         labels["pod-template-hash"] = json!(hash);
         let containers = template["spec"]["containers"]
@@ -544,7 +695,11 @@ impl Shared {
                 "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
                 "containerStatuses": containers.iter().map(|c| json!({
                     "name": c["name"], "ready": ready, "restartCount": 0, "image": c["image"], "imageID": "",
-                    "started": true, "state": {"running": {"startedAt": "2026-11-29T12:00:01Z"}},
+                    "started": waiting.is_none(),
+                    "state": match &waiting {
+                        None => json!({"running": {"startedAt": "2026-11-29T12:00:01Z"}}),
+                        Some(why) => json!({"waiting": {"reason": "CreateContainerConfigError", "message": why}}),
+                    },
                 })).collect::<Vec<_>>(),
             },
         });
@@ -554,6 +709,7 @@ impl Shared {
                 json: pod.clone(),
                 owner: owner.to_owned(),
                 servers,
+                _process: process,
             },
         );
         state.emit(&self.events, Kind::Pod, ns, "ADDED", pod);
@@ -622,6 +778,319 @@ impl Shared {
             }
         }
         causes
+    }
+}
+
+/// The environment the kubelet gives `container` of pod `ns/pod`: `envFrom` (ConfigMaps,
+/// Secrets), then `env`; an error for a missing reference not marked `optional`.
+fn container_env(
+    state: &State,
+    ns: &str,
+    pod: &str,
+    ip: Ipv4Addr,
+    sa: &str,
+    container: &Value,
+) -> Result<Vec<(String, String)>, String> {
+    let object = |resource: &str, name: &str| {
+        state.stored.get(&(
+            String::new(),
+            resource.to_owned(),
+            ns.to_owned(),
+            name.to_owned(),
+        ))
+    };
+    // A ConfigMap's or Secret's entries as text (a Secret's `data` is base64).
+    let entries = |resource: &str, name: &str| -> Option<Vec<(String, String)>> {
+        let o = object(resource, name)?;
+        Some(
+            o["data"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| {
+                    let v = v.as_str().unwrap_or("");
+                    let text = if resource == "secrets" {
+                        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, v)
+                            .ok()
+                            .and_then(|b| String::from_utf8(b).ok())
+                            .unwrap_or_default()
+                    } else {
+                        v.to_owned()
+                    };
+                    (k.clone(), text)
+                })
+                .collect(),
+        )
+    };
+    let optional = |r: &Value| r["optional"] == json!(true);
+    let mut env: Vec<(String, String)> = Vec::new();
+    let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
+        env.retain(|(n, _)| *n != k);
+        env.push((k, v));
+    };
+    for from in container["envFrom"].as_array().into_iter().flatten() {
+        for (resource, r) in [
+            ("configmaps", &from["configMapRef"]),
+            ("secrets", &from["secretRef"]),
+        ] {
+            let Some(name) = r["name"].as_str() else {
+                continue;
+            };
+            match entries(resource, name) {
+                Some(e) => {
+                    let prefix = from["prefix"].as_str().unwrap_or("");
+                    for (k, v) in e {
+                        set(&mut env, format!("{prefix}{k}"), v);
+                    }
+                }
+                None if optional(r) => {}
+                None => return Err(format!("{resource} \"{name}\" not found")),
+            }
+        }
+    }
+    for e in container["env"].as_array().into_iter().flatten() {
+        let name = e["name"].as_str().unwrap_or("").to_owned();
+        let from = &e["valueFrom"];
+        let value = if let Some(v) = e["value"].as_str() {
+            Some(expand_vars(v, &env))
+        } else if let Some(path) = from["fieldRef"]["fieldPath"].as_str() {
+            Some(match path {
+                "metadata.name" => pod.to_owned(),
+                "metadata.namespace" => ns.to_owned(),
+                "status.podIP" => ip.to_string(),
+                "status.hostIP" => "127.0.0.1".to_owned(),
+                "spec.serviceAccountName" => sa.to_owned(),
+                "spec.nodeName" => "node-1".to_owned(),
+                other => return Err(format!("unsupported fieldPath {other}")),
+            })
+        } else {
+            let mut found = None;
+            for (resource, r) in [
+                ("configmaps", &from["configMapKeyRef"]),
+                ("secrets", &from["secretKeyRef"]),
+            ] {
+                let (Some(o), Some(key)) = (r["name"].as_str(), r["key"].as_str()) else {
+                    continue;
+                };
+                let v = entries(resource, o)
+                    .and_then(|e| e.into_iter().find(|(k, _)| k == key).map(|(_, v)| v));
+                match v {
+                    Some(v) => found = Some(Some(v)),
+                    None if optional(r) => found = Some(None),
+                    None => return Err(format!("{resource} \"{o}\" has no key {key:?}")),
+                }
+            }
+            found.flatten()
+        };
+        if let Some(v) = value {
+            set(&mut env, name, v);
+        }
+    }
+    Ok(env)
+}
+
+/// `$(VAR)` replaced by `env`'s value where defined, `$$` by `$`, as the kubelet expands
+/// `command`, `args` and `env` values.
+fn expand_vars(s: &str, env: &[(String, String)]) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(r) = after.strip_prefix('$') {
+            out.push('$');
+            rest = r;
+        } else if let Some(inner) = after.strip_prefix('(')
+            && let Some(end) = inner.find(')')
+            && let Some((_, v)) = env.iter().rev().find(|(k, _)| *k == inner[..end])
+        {
+            out.push_str(v);
+            rest = &inner[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A container's `httpGet` readiness probe at `ip`: (port, path); a named port resolved
+/// against the container's ports.
+fn http_probe(container: &Value, ip: Ipv4Addr) -> Option<(SocketAddr, String)> {
+    let get = &container["readinessProbe"]["httpGet"];
+    let port = match &get["port"] {
+        Value::Number(n) => u16::try_from(n.as_u64()?).ok()?,
+        Value::String(name) => container["ports"]
+            .as_array()?
+            .iter()
+            .find(|p| p["name"].as_str() == Some(name))
+            .and_then(|p| u16::try_from(p["containerPort"].as_u64()?).ok())?,
+        _ => return None,
+    };
+    let path = get["path"].as_str().unwrap_or("/").to_owned();
+    Some((SocketAddr::from((ip, port)), path))
+}
+
+/// Probes a run pod until it answers `2xx`, then marks it ready and updates its Deployment's
+/// status (the kubelet's readiness probe, every 100 ms).
+async fn probe_until_ready(
+    shared: std::sync::Weak<Shared>,
+    ns: String,
+    pod: String,
+    owner: String,
+    (addr, path): (SocketAddr, String),
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let answer = async {
+            let mut c = tokio::net::TcpStream::connect(addr).await.ok()?;
+            c.write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .ok()?;
+            let mut head = [0u8; 12];
+            c.read_exact(&mut head).await.ok()?;
+            Some(head[9] == b'2')
+        };
+        let ok = tokio::time::timeout(Duration::from_secs(1), answer)
+            .await
+            .ok()
+            .flatten()
+            == Some(true);
+        if ok {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let Some(s) = shared.upgrade() else {
+        return;
+    };
+    {
+        let mut state = s.state.lock().unwrap();
+        let Some(json) = state
+            .pods
+            .get(&(ns.clone(), pod.clone()))
+            .map(|p| p.json.clone())
+        else {
+            return;
+        };
+        let mut json = json;
+        json["status"]["conditions"] = json!([{"type": "Ready", "status": "True"}]);
+        for c in json["status"]["containerStatuses"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+        {
+            c["ready"] = json!(true);
+        }
+        json["metadata"]["resourceVersion"] = json!(state.bump());
+        if let Some(p) = state.pods.get_mut(&(ns.clone(), pod.clone())) {
+            p.json = json.clone();
+        }
+        state.emit(&s.events, Kind::Pod, &ns, "MODIFIED", json);
+    }
+    let replicas = s
+        .state
+        .lock()
+        .unwrap()
+        .deployments
+        .get(&(ns.clone(), owner.clone()))
+        .and_then(|d| d["spec"]["replicas"].as_u64());
+    if let Some(r) = replicas {
+        s.refresh_status(&ns, &owner, r as usize);
+    }
+}
+
+/// What RBAC checks of a request: (verb, group, resource[/subresource], namespace, name).
+fn attributes<'a>(
+    method: &Method,
+    segments: &[&'a str],
+    watching: bool,
+) -> Option<(&'static str, &'a str, String, &'a str, Option<&'a str>)> {
+    let (group, rest) = match segments {
+        ["api", "v1", rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => return None,
+    };
+    let ["namespaces", ns, resource, rest @ ..] = rest else {
+        return None;
+    };
+    let (name, sub) = (rest.first().copied(), rest.get(1).copied());
+    let verb = match (method.as_str(), name) {
+        ("GET", _) if watching => "watch",
+        ("GET", Some(_)) => "get",
+        ("GET", None) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", Some(_)) => "delete",
+        ("DELETE", None) => "deletecollection",
+        _ => return None,
+    };
+    let resource = match sub {
+        Some(sub) => format!("{resource}/{sub}"),
+        None => (*resource).to_owned(),
+    };
+    Some((verb, group, resource, ns, name))
+}
+
+/// Whether service account `(sa_ns, sa)` may do `verb` on `resource` of `group` in `ns`
+/// (named `name`): a rule of a Role bound to it there grants it.
+fn rbac_allows(
+    state: &State,
+    (sa_ns, sa): (&str, &str),
+    (verb, group, resource, ns, name): (&str, &str, &str, &str, Option<&str>),
+) -> bool {
+    let rbac = "rbac.authorization.k8s.io";
+    let has = |list: &Value, v: &str| {
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .any(|x| x.as_str() == Some(v) || x.as_str() == Some("*"))
+    };
+    state
+        .stored
+        .iter()
+        .filter(|(k, _)| k.0 == rbac && k.1 == "rolebindings" && k.2 == ns)
+        .filter(|(_, b)| {
+            b["subjects"].as_array().into_iter().flatten().any(|s| {
+                s["kind"] == json!("ServiceAccount")
+                    && s["name"].as_str() == Some(sa)
+                    && s["namespace"].as_str().unwrap_or(ns) == sa_ns
+            })
+        })
+        .filter(|(_, b)| b["roleRef"]["kind"] == json!("Role"))
+        .filter_map(|(_, b)| {
+            state.stored.get(&(
+                rbac.to_owned(),
+                "roles".to_owned(),
+                ns.to_owned(),
+                b["roleRef"]["name"].as_str()?.to_owned(),
+            ))
+        })
+        .flat_map(|role| role["rules"].as_array().cloned().unwrap_or_default())
+        .any(|rule| {
+            has(&rule["apiGroups"], group)
+                && has(&rule["resources"], resource)
+                && has(&rule["verbs"], verb)
+                && (rule["resourceNames"].as_array().is_none_or(Vec::is_empty)
+                    || name.is_some_and(|n| has(&rule["resourceNames"], n)))
+        })
+}
+
+impl Shared {
+    /// A new token of service account `ns/name`.
+    fn sa_token(&self, ns: &str, name: &str) -> String {
+        let mut state = self.state.lock().unwrap();
+        state.counter += 1;
+        let token = format!("sa-token-{ns}-{name}-{}-{}", state.counter, self.ip_base);
+        state
+            .sa_tokens
+            .insert(token.clone(), (ns.to_owned(), name.to_owned()));
+        token
     }
 }
 
@@ -760,6 +1229,17 @@ fn stored(
                 );
             }
             let mut v = body.clone();
+            // A Secret's `stringData` is write-only: merged into `data`, base64.
+            if let Some(Value::Object(strings)) =
+                v.as_object_mut().and_then(|o| o.remove("stringData"))
+            {
+                for (k, text) in strings {
+                    v["data"][k] = json!(base64::Engine::encode(
+                        &base64::engine::general_purpose::STANDARD,
+                        text.as_str().unwrap_or("")
+                    ));
+                }
+            }
             v["metadata"]["namespace"] = json!(ns);
             v["metadata"]["uid"] = json!(format!("uid-{resource}-{name}"));
             v["metadata"]["resourceVersion"] = json!(state.bump());
@@ -1136,12 +1616,17 @@ async fn handle(s: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
-    let authorized = s.token.as_ref().is_none_or(|t| {
-        req.headers()
-            .get("authorization")
-            .and_then(|h| h.to_str().ok())
-            == Some(format!("Bearer {t}").as_str())
-    });
+    let bearer = req
+        .headers()
+        .get("authorization")
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let service_account = bearer
+        .as_ref()
+        .and_then(|b| s.state.lock().unwrap().sa_tokens.get(b).cloned());
+    let authorized =
+        service_account.is_some() || s.token.as_ref().is_none_or(|t| bearer.as_ref() == Some(t));
     let body = req
         .into_body()
         .collect()
@@ -1184,6 +1669,38 @@ async fn handle(s: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     )
     .min(*s.watch_limit.lock().unwrap());
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // RBAC, for a service account's token.
+    if let Some((sa_ns, sa)) = &service_account {
+        let discovery = method == Method::GET
+            && matches!(
+                segments.as_slice(),
+                ["version"] | ["api"] | ["apis"] | ["api", _] | ["apis", _, _]
+            );
+        let allowed = discovery
+            || attributes(&method, &segments, watching).is_some_and(
+                |(verb, group, resource, ns, name)| {
+                    let state = s.state.lock().unwrap();
+                    rbac_allows(&state, (sa_ns, sa), (verb, group, &resource, ns, name))
+                },
+            );
+        if !allowed {
+            let what = attributes(&method, &segments, watching)
+                .map(|(verb, group, resource, ns, _)| format!("{verb} {resource} {group:?} {ns}"))
+                .unwrap_or_else(|| format!("{method} {path}"));
+            let user = format!("system:serviceaccount:{sa_ns}:{sa}");
+            s.state
+                .lock()
+                .unwrap()
+                .forbidden
+                .push(format!("{user} {what}"));
+            return status(
+                403,
+                "Forbidden",
+                format!("User \"{user}\" cannot {what}"),
+                json!({}),
+            );
+        }
+    }
     if let [
         "apis",
         "coordination.k8s.io",
@@ -1202,7 +1719,7 @@ async fn handle(s: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             "v1",
             "namespaces",
             ns,
-            r @ ("serviceaccounts" | "configmaps"),
+            r @ ("serviceaccounts" | "configmaps" | "secrets"),
             rest @ ..,
         ] => Some(("", *ns, *r, rest.first().copied())),
         [
