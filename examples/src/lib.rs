@@ -2,6 +2,7 @@
 //! composes it with the backends, the reconcile loop and a gateway agent ([`serve`]). The
 //! `vamp` example's `serve` subcommand runs it; the tests start it in-process.
 
+pub mod agent;
 pub mod api;
 pub mod auth;
 pub mod health;

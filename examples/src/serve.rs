@@ -221,6 +221,11 @@ pub struct ServeConfig {
     /// `vamp.operation.gateway.port-range`; default `24000-29999`).
     #[arg(long, env = "VAMP_OPERATION_GATEWAY_PORT_RANGE")]
     pub gateway_port_range: Option<String>,
+    /// The address gateways bind on in the rendered configuration (`bind <address>:<port>`).
+    /// Default `127.0.0.1` with this process's own agent; with `--no-agent`, whose agents run
+    /// on other hosts (or pods), `0.0.0.0`, as Vamp rendered it.
+    #[arg(long, env = "VAMP_GATEWAY_DRIVER_BIND_ADDRESS")]
+    pub gateway_bind_address: Option<std::net::IpAddr>,
     /// Run no gateway agent in this process (run `gateway-agent` beside HAProxy instead).
     #[arg(long)]
     pub no_agent: bool,
@@ -318,6 +323,7 @@ impl ServeConfig {
             namespace: "default".into(),
             gateway_host: "127.0.0.1".into(),
             gateway_port_range: None,
+            gateway_bind_address: None,
             no_agent: false,
             stop_on_exit: false,
             haproxy: "haproxy".into(),
@@ -618,6 +624,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("cors_origins", &self.cors_origins)
             .field("allowed_hosts", &self.allowed_hosts)
             .field("policy", &self.policy)
+            .field("gateway_bind_address", &self.gateway_bind_address)
             .field("no_agent", &self.no_agent)
             .field("stop_on_exit", &self.stop_on_exit)
             .field("workflow_kv_url", &self.workflow_kv_url)
@@ -877,9 +884,14 @@ pub async fn start(config: ServeConfig) -> Result<Server, String> {
         std::fs::create_dir_all(&socket_dir)
             .map_err(|e| format!("HAProxy socket directory {}: {e}", socket_dir.display()))?;
     }
+    let bind_address = config.gateway_bind_address.unwrap_or(if config.no_agent {
+        std::net::IpAddr::from([0, 0, 0, 0])
+    } else {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    });
     let render = RenderOptions::default()
         .with_socket_dir(socket_dir.display().to_string())
-        .with_bind_address("127.0.0.1");
+        .with_bind_address(bind_address.to_string());
     // The driver's writes are the leader's: fenced in the key-value store too (every store
     // here checks a write against the fence key atomically; one that cannot writes unfenced).
     let fenced_kv = if kv.capabilities().guard {

@@ -1309,3 +1309,39 @@ async fn a_bulk_request_with_one_invalid_document_stores_none() {
     );
     s.stop().await;
 }
+
+/// Gateways bind on all addresses in the rendered configuration when the agents run elsewhere
+/// (`--no-agent`, as Vamp rendered them), on the address given when one is
+/// (`--gateway-bind-address`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_bind_where_the_agents_can_be_reached() {
+    for (given, expected) in [(None, "0.0.0.0"), (Some("127.0.0.9"), "127.0.0.9")] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = support::memory_config(dir.path());
+        config.gateway_bind_address = given.map(|a| a.parse().unwrap());
+        let server = start(config).await.expect("the server starts");
+        let http = Http::new(&server);
+        let a = http
+            .send(
+                Method::POST,
+                "/api/v1/gateways",
+                "name: edge\nport: 9050\nroutes:\n  '[127.0.0.1:8080]': {weight: 100%}\n",
+            )
+            .await;
+        assert!(a.status.is_success(), "{}", a.text);
+        let key = vamp_core::kv::keys::haproxy_configuration("default", "1.7").unwrap();
+        let text = support::eventually(
+            "the gateway rendered",
+            Duration::from_secs(30),
+            async || {
+                use vamp_core::kv::KeyValueStore;
+                let v = server.kv.get(&key).await.ok()??;
+                let text = String::from_utf8_lossy(&v.value).into_owned();
+                text.contains("9050").then_some(text)
+            },
+        )
+        .await;
+        assert!(text.contains(&format!("bind {expected}:9050")), "{text}");
+        server.stop().await;
+    }
+}

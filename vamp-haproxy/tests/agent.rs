@@ -1123,3 +1123,103 @@ async fn the_first_change_is_applied_at_once_and_a_burst_after_it_once() {
     assert_eq!(applied, 1, "the burst is one update: {:?}", done.counts);
     agent.stop().await;
 }
+
+/// Two agents on one host applying the same value, each binding the gateways on an address of
+/// its own and keeping its sockets in a directory of its own (`with_bind_address`,
+/// `with_rendered_socket_dir`): both apply all of it, nothing left out, each serves on its
+/// address, and one stopped leaves the other serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_sharing_a_host_serve_on_their_own_addresses() {
+    let (a, b) = (HttpBackend::start("a"), HttpBackend::start("b"));
+    let port = free_port();
+    let key = KeyPath::parse("/vamp/host/haproxy").unwrap();
+    // As a control plane renders it for its agents: all addresses, Vamp's socket directory.
+    let g = gateway(&format!(
+        "name: host/{port}\nport: {port}\nroutes:\n  a: {{weight: 50%}}\n  b: {{weight: 50%}}\n"
+    ));
+    let g = with_targets(
+        with_targets(g, 0, vec![a.target("a")]),
+        1,
+        vec![b.target("b")],
+    );
+    let value = render(
+        &[g],
+        &RenderOptions::default().with_socket_dir("/usr/local/vamp"),
+    )
+    .unwrap()
+    .render();
+    assert!(value.contains(&format!("bind 0.0.0.0:{port}")), "{value}");
+    let kv: Arc<DynKeyValueStore> = Arc::new(InMemoryKv::new());
+    kv.put(&key, value.into()).await.unwrap();
+    let metrics = || -> Arc<DynMetricsStore> { Arc::new(InMemoryMetrics::new()) };
+    let events = || -> Arc<DynEventStore> { Arc::new(InMemoryMetrics::new()) };
+    let mut agents = Vec::new();
+    let mut dirs = Vec::new();
+    for ip in ["127.0.0.2", "127.0.0.3"] {
+        let dir = tempfile::tempdir().unwrap();
+        let address: std::net::IpAddr = ip.parse().unwrap();
+        let Some(mut agent) = Running::start(
+            Arc::clone(&kv),
+            &key,
+            dir.path(),
+            metrics(),
+            events(),
+            |o| {
+                o.with_bind_address(address)
+                    .with_rendered_socket_dir("/usr/local/vamp")
+            },
+        )
+        .await
+        else {
+            return;
+        };
+        let status = agent
+            .until("applied", |s| s.ready && s.applied_version.is_some())
+            .await;
+        assert!(status.unavailable.is_empty(), "{:?}", status.unavailable);
+        agents.push(agent);
+        dirs.push(dir);
+    }
+    let served = |ip: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..20 {
+                let mut s = std::net::TcpStream::connect((ip, port)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                std::io::Write::write_all(
+                    &mut s,
+                    b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                )
+                .unwrap();
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut s, &mut text).unwrap();
+                let body = text.split_once("\r\n\r\n").map_or("", |x| x.1);
+                seen.insert(body.split_whitespace().next().unwrap_or("").to_owned());
+            }
+            seen
+        })
+    };
+    for ip in ["127.0.0.2", "127.0.0.3"] {
+        let seen = served(ip).await.unwrap();
+        assert_eq!(
+            seen,
+            ["a", "b"].iter().map(|s| (*s).to_owned()).collect(),
+            "{ip}"
+        );
+    }
+    // Each HAProxy has its own sockets.
+    for d in &dirs {
+        assert!(
+            std::fs::read_dir(d.path())
+                .unwrap()
+                .flatten()
+                .any(|e| e.path().extension().is_some_and(|x| x == "sock")),
+            "sockets in {}",
+            d.path().display()
+        );
+    }
+    agents.remove(0).stop().await;
+    let seen = served("127.0.0.3").await.unwrap();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    agents.remove(0).stop().await;
+}

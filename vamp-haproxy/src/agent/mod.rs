@@ -118,6 +118,14 @@ pub struct AgentOptions {
     pub drain: Duration,
     /// On shutdown, HAProxy is left serving for a later agent to adopt (default false).
     pub keep_haproxy: bool,
+    /// The address this agent's HAProxy binds the gateways on, whatever the control plane
+    /// rendered (`bind 0.0.0.0:9050` becomes `bind <address>:9050`): one of several agents on
+    /// a host, each on an address of its own. Default `None`: as rendered.
+    pub bind_address: Option<std::net::IpAddr>,
+    /// The socket directory the control plane renders, when this agent's
+    /// ([`AgentOptions::socket_dir`]) is another: `unix@<rendered>/` becomes
+    /// `unix@<socket_dir>/` (several agents on a host cannot share one). Default `None`.
+    pub rendered_socket_dir: Option<PathBuf>,
 }
 
 impl AgentOptions {
@@ -141,7 +149,80 @@ impl AgentOptions {
             max_backoff: Duration::from_secs(30),
             drain: Duration::ZERO,
             keep_haproxy: false,
+            bind_address: None,
+            rendered_socket_dir: None,
         }
+    }
+
+    /// Binds the gateways on `address` (see [`AgentOptions::bind_address`]).
+    #[must_use]
+    pub fn with_bind_address(mut self, address: std::net::IpAddr) -> Self {
+        self.bind_address = Some(address);
+        self
+    }
+
+    /// Moves the sockets of the control plane's socket directory `dir` to this agent's (see
+    /// [`AgentOptions::rendered_socket_dir`]).
+    #[must_use]
+    pub fn with_rendered_socket_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.rendered_socket_dir = Some(dir.into());
+        self
+    }
+
+    /// A received value made this agent's: the gateways bound on [`AgentOptions::bind_address`]
+    /// and the sockets of [`AgentOptions::rendered_socket_dir`] moved to
+    /// [`AgentOptions::socket_dir`]. Only `bind <ip>:<port>` and `unix@<dir>/` are touched; the
+    /// result is checked as any value is.
+    pub fn localize<'a>(&self, value: &'a str) -> std::borrow::Cow<'a, str> {
+        use std::borrow::Cow;
+        let mut out = Cow::Borrowed(value);
+        if let Some(from) = &self.rendered_socket_dir
+            && *from != self.socket_dir
+        {
+            let from = format!("unix@{}/", from.display());
+            if out.contains(&from) {
+                let to = format!("unix@{}/", self.socket_dir.display());
+                out = Cow::Owned(out.replace(&from, &to));
+            }
+        }
+        if let Some(address) = self.bind_address {
+            let host = match address {
+                std::net::IpAddr::V4(a) => a.to_string(),
+                std::net::IpAddr::V6(a) => format!("[{a}]"),
+            };
+            let mut changed = false;
+            let lines: Vec<Cow<'_, str>> = out
+                .lines()
+                .map(|line| {
+                    let trimmed = line.trim_start();
+                    let indent = &line[..line.len() - trimmed.len()];
+                    let Some(rest) = trimmed.strip_prefix("bind ") else {
+                        return Cow::Borrowed(line);
+                    };
+                    let (addr, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                    match addr.rsplit_once(':') {
+                        Some((_, port))
+                            if !addr.contains('@')
+                                && !port.is_empty()
+                                && port.bytes().all(|b| b.is_ascii_digit()) =>
+                        {
+                            changed = true;
+                            let sep = if tail.is_empty() { "" } else { " " };
+                            Cow::Owned(format!("{indent}bind {host}:{port}{sep}{tail}"))
+                        }
+                        _ => Cow::Borrowed(line),
+                    }
+                })
+                .collect();
+            if changed {
+                let mut text = lines.join("\n");
+                if out.ends_with('\n') {
+                    text.push('\n');
+                }
+                out = Cow::Owned(text);
+            }
+        }
+        out
     }
 
     /// On shutdown, leaves HAProxy serving its configuration (a later agent on the same work
@@ -919,6 +1000,7 @@ impl GatewayAgent {
                 .reject(version, "the value is not UTF-8 text".into())
                 .await;
         };
+        let value = &*self.options.localize(value);
         let policy = crate::allow::AllowPolicy::new(self.options.socket_dir.to_string_lossy());
         if let Err(refusal) = crate::allow::check(value, &policy) {
             return self
@@ -1074,5 +1156,37 @@ fn restore(config: &Path, previous: Option<&[u8]>) {
     };
     if let Err(e) = result {
         tracing::error!(error = %e, file = %config.display(), "cannot restore the configuration file");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> AgentOptions {
+        AgentOptions::new(KeyPath::parse("/k").unwrap(), "/run/agent")
+            .with_socket_dir("/run/agent-sockets")
+    }
+
+    #[test]
+    fn a_value_is_localized_only_where_asked() {
+        let value = "frontend g\n  bind 0.0.0.0:9050\n  bind [::]:9051 v4v6\n  bind unix@/usr/local/vamp/r.sock accept-proxy\nbackend r\n  server s unix@/usr/local/vamp/r.sock send-proxy\n";
+        // Nothing asked: borrowed, unchanged.
+        assert!(matches!(
+            options().localize(value),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        let o = options()
+            .with_bind_address("127.0.0.2".parse().unwrap())
+            .with_rendered_socket_dir("/usr/local/vamp");
+        assert_eq!(
+            o.localize(value),
+            "frontend g\n  bind 127.0.0.2:9050\n  bind 127.0.0.2:9051 v4v6\n  bind unix@/run/agent-sockets/r.sock accept-proxy\nbackend r\n  server s unix@/run/agent-sockets/r.sock send-proxy\n"
+        );
+        let v6 = options().with_bind_address("::1".parse().unwrap());
+        assert_eq!(v6.localize("bind *:80"), "bind [::1]:80");
+        // Other directories and address families are left for the checks to judge.
+        let other = "  bind unix@/elsewhere/x.sock\n  bind abns@x\n  bind fd@3\n";
+        assert_eq!(o.localize(other), other);
     }
 }
