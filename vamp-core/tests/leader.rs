@@ -156,3 +156,42 @@ async fn a_paused_leaders_key_value_writes_are_refused() {
     assert!(matches!(a_kv.claim().await, Err(Error::Fenced { .. })));
     assert_eq!(kv.get_string(&key).await.unwrap().as_deref(), Some("[b]"));
 }
+
+/// A replica restarted before its lease expired, with the same replica id (a container
+/// restarted in its pod): the lease store renews the lease for that holder with its earlier
+/// token, which the fence already names. The new process gives that lease up and takes it
+/// anew with a greater token, instead of holding a leadership that can never write (and that
+/// no other replica can take).
+#[tokio::test]
+async fn a_replica_restarted_under_its_own_lease_leads_again_with_a_new_token() {
+    let clock = ManualClock::new(1_000_000);
+    let leases = Arc::new(InMemoryLeases::with_clock(Arc::new(clock.clone())));
+    let store = Arc::new(InMemoryPersistence::new());
+    let ttl = Duration::from_secs(10);
+    let elector = || {
+        Elector::new(
+            Arc::clone(&leases) as Arc<_>,
+            Arc::clone(&store) as Arc<_>,
+            ElectionOptions::new("vamp-default", "replica-a").with_ttl(ttl),
+        )
+    };
+    let first = elector();
+    let before = first.tick().await.unwrap();
+    assert!(before.leader);
+    // Killed: no resignation; restarted at once, within the lease.
+    drop(first);
+    let again = elector();
+    let writes = Fenced::new(Arc::clone(&store), again.fence());
+    let mut rounds = 0;
+    let now = loop {
+        rounds += 1;
+        assert!(rounds <= 3, "the restarted replica never leads");
+        if let Ok(l) = again.tick().await
+            && l.leader
+        {
+            break l;
+        }
+    };
+    assert!(now.token > before.token, "{now:?} after {before:?}");
+    writes.write(write("after-restart")).await.unwrap();
+}

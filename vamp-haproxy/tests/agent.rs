@@ -1142,8 +1142,19 @@ async fn agents_sharing_a_host_serve_on_their_own_addresses() {
         1,
         vec![b.target("b")],
     );
+    // A second gateway in front of the first, as a deployment's gateway is in front of its
+    // cluster's: a hop to 127.0.0.1, this same HAProxy.
+    let front = free_port();
+    let f = gateway(&format!(
+        "name: host/{front}\nport: {front}\nroutes:\n  '[127.0.0.1:{port}]': {{weight: 100%}}\n"
+    ));
+    let f = with_targets(
+        f,
+        0,
+        vec![target("hop", Some("127.0.0.1"), i64::from(port))],
+    );
     let value = render(
-        &[g],
+        &[g, f],
         &RenderOptions::default().with_socket_dir("/usr/local/vamp"),
     )
     .unwrap()
@@ -1180,7 +1191,7 @@ async fn agents_sharing_a_host_serve_on_their_own_addresses() {
         agents.push(agent);
         dirs.push(dir);
     }
-    let served = |ip: &'static str| {
+    let served = |ip: &'static str, port: u16| {
         tokio::task::spawn_blocking(move || {
             let mut seen = std::collections::BTreeSet::new();
             for _ in 0..20 {
@@ -1200,12 +1211,14 @@ async fn agents_sharing_a_host_serve_on_their_own_addresses() {
         })
     };
     for ip in ["127.0.0.2", "127.0.0.3"] {
-        let seen = served(ip).await.unwrap();
-        assert_eq!(
-            seen,
-            ["a", "b"].iter().map(|s| (*s).to_owned()).collect(),
-            "{ip}"
-        );
+        for p in [port, front] {
+            let seen = served(ip, p).await.unwrap();
+            assert_eq!(
+                seen,
+                ["a", "b"].iter().map(|s| (*s).to_owned()).collect(),
+                "{ip}:{p}"
+            );
+        }
     }
     // Each HAProxy has its own sockets.
     for d in &dirs {
@@ -1219,7 +1232,7 @@ async fn agents_sharing_a_host_serve_on_their_own_addresses() {
         );
     }
     agents.remove(0).stop().await;
-    let seen = served("127.0.0.3").await.unwrap();
+    let seen = served("127.0.0.3", front).await.unwrap();
     assert_eq!(seen.len(), 2, "{seen:?}");
     agents.remove(0).stop().await;
 }

@@ -179,7 +179,16 @@ impl Elector {
                     .take(&*self.persistence, grant.token, &o.holder)
                     .await
                 {
+                    let never_held = self.state.lock().token != Some(grant.token);
                     self.step_down(None);
+                    if never_held && matches!(e, crate::Error::Fenced { .. }) {
+                        // A lease of this holder that this process never held: left by an
+                        // earlier process of the same replica id (restarted before the lease
+                        // expired) and renewed with its token, which the fence already names.
+                        // Given up, so that the next round acquires it anew with a greater
+                        // token instead of renewing a leadership that can never write.
+                        let _ = self.leases.release(&o.lease, &o.holder, grant.token).await;
+                    }
                     return Err(e);
                 }
                 let mut s = self.state.lock();

@@ -170,9 +170,11 @@ impl AgentOptions {
     }
 
     /// A received value made this agent's: the gateways bound on [`AgentOptions::bind_address`]
-    /// and the sockets of [`AgentOptions::rendered_socket_dir`] moved to
-    /// [`AgentOptions::socket_dir`]. Only `bind <ip>:<port>` and `unix@<dir>/` are touched; the
-    /// result is checked as any value is.
+    /// (and a server on a loopback address at a port the value binds, a hop from one gateway
+    /// to another of the same HAProxy, sent there too), and the sockets of
+    /// [`AgentOptions::rendered_socket_dir`] moved to [`AgentOptions::socket_dir`]. Only
+    /// `bind <ip>:<port>`, such servers and `unix@<dir>/` are touched; the result is checked as
+    /// any value is.
     pub fn localize<'a>(&self, value: &'a str) -> std::borrow::Cow<'a, str> {
         use std::borrow::Cow;
         let mut out = Cow::Borrowed(value);
@@ -190,12 +192,44 @@ impl AgentOptions {
                 std::net::IpAddr::V4(a) => a.to_string(),
                 std::net::IpAddr::V6(a) => format!("[{a}]"),
             };
+            // The ports this configuration binds: a server on loopback at one of them is a
+            // hop to a gateway of this same HAProxy, which now listens on `address`.
+            let own_ports: std::collections::BTreeSet<&str> = out
+                .lines()
+                .filter_map(|l| l.trim_start().strip_prefix("bind "))
+                .filter_map(|rest| rest.split(' ').next())
+                .filter(|addr| !addr.contains('@'))
+                .filter_map(|addr| addr.rsplit_once(':').map(|(_, p)| p))
+                .collect();
             let mut changed = false;
             let lines: Vec<Cow<'_, str>> = out
                 .lines()
                 .map(|line| {
                     let trimmed = line.trim_start();
                     let indent = &line[..line.len() - trimmed.len()];
+                    if let Some(rest) = trimmed.strip_prefix("server ") {
+                        let mut words = rest.splitn(3, ' ');
+                        let (Some(name), Some(addr)) = (words.next(), words.next()) else {
+                            return Cow::Borrowed(line);
+                        };
+                        let tail = words.next();
+                        let hop = addr.rsplit_once(':').is_some_and(|(ip, port)| {
+                            own_ports.contains(port)
+                                && ip
+                                    .trim_matches(|c| c == '[' || c == ']')
+                                    .parse::<std::net::IpAddr>()
+                                    .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified())
+                        });
+                        if !hop {
+                            return Cow::Borrowed(line);
+                        }
+                        changed = true;
+                        let port = addr.rsplit_once(':').map_or("", |(_, p)| p);
+                        return Cow::Owned(match tail {
+                            Some(t) => format!("{indent}server {name} {host}:{port} {t}"),
+                            None => format!("{indent}server {name} {host}:{port}"),
+                        });
+                    }
                     let Some(rest) = trimmed.strip_prefix("bind ") else {
                         return Cow::Borrowed(line);
                     };
@@ -1170,7 +1204,7 @@ mod tests {
 
     #[test]
     fn a_value_is_localized_only_where_asked() {
-        let value = "frontend g\n  bind 0.0.0.0:9050\n  bind [::]:9051 v4v6\n  bind unix@/usr/local/vamp/r.sock accept-proxy\nbackend r\n  server s unix@/usr/local/vamp/r.sock send-proxy\n";
+        let value = "frontend g\n  bind 0.0.0.0:9050\n  bind [::]:9051 v4v6\n  bind unix@/usr/local/vamp/r.sock accept-proxy\nbackend r\n  server s unix@/usr/local/vamp/r.sock send-proxy\n  server hop 127.0.0.1:9051 weight 1\n  server out 127.0.0.1:8080 weight 1\n  server far 10.0.0.1:9051\n";
         // Nothing asked: borrowed, unchanged.
         assert!(matches!(
             options().localize(value),
@@ -1181,7 +1215,7 @@ mod tests {
             .with_rendered_socket_dir("/usr/local/vamp");
         assert_eq!(
             o.localize(value),
-            "frontend g\n  bind 127.0.0.2:9050\n  bind 127.0.0.2:9051 v4v6\n  bind unix@/run/agent-sockets/r.sock accept-proxy\nbackend r\n  server s unix@/run/agent-sockets/r.sock send-proxy\n"
+            "frontend g\n  bind 127.0.0.2:9050\n  bind 127.0.0.2:9051 v4v6\n  bind unix@/run/agent-sockets/r.sock accept-proxy\nbackend r\n  server s unix@/run/agent-sockets/r.sock send-proxy\n  server hop 127.0.0.2:9051 weight 1\n  server out 127.0.0.1:8080 weight 1\n  server far 10.0.0.1:9051\n"
         );
         let v6 = options().with_bind_address("::1".parse().unwrap());
         assert_eq!(v6.localize("bind *:80"), "bind [::1]:80");

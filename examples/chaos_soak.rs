@@ -1,0 +1,1034 @@
+//! `chaos_soak`: Vamp's control plane under random faults, with its invariants counted.
+//!
+//! ```text
+//! cargo run --release --example chaos_soak --features postgres,etcd -- [--duration SECS]
+//!     [--seed N] [--fault-every SECS] [--report FILE] [--unprotected KIND]
+//! ```
+//!
+//! On loopback, in a directory of its own: a private PostgreSQL (persistence), a three-member
+//! etcd cluster (key-value store and leader election), three `vamp serve` replicas and two
+//! gateway agents with their own HAProxy, each on an address of its own (`127.0.0.2`,
+//! `127.0.0.3`). A deployment with a gateway runs two instances (local processes, adopted by
+//! whichever replica leads). Traffic goes through both agents all along, and a writer stores a
+//! breed through a random replica every half second. Every `--fault-every` seconds a fault,
+//! chosen with the printed `--seed` (the same seed, the same schedule):
+//!
+//! | kind | what | recovery (as a supervisor would) |
+//! | --- | --- | --- |
+//! | `kill-replica` | SIGKILL of a replica, the leader half of the time | restarted after 1 s |
+//! | `kill-agent` | SIGKILL of a gateway agent (its HAProxy keeps serving) | restarted after 1 s, adopting it |
+//! | `kill-haproxy` | SIGKILL of an agent's HAProxy | the agent starts another |
+//! | `kill-etcd` | SIGKILL of an etcd member | restarted after 2 s |
+//! | `restart-postgres` | PostgreSQL stopped (`immediate`) and started | at once |
+//! | `pause-leader` | SIGSTOP of the leader past its lease, then SIGCONT | — |
+//!
+//! Invariants, checked throughout and reported at the end (the exit code is 1 when one broke):
+//! at most one replica says it leads at any poll; every acknowledged write is readable at the
+//! end; no request fails but through an agent a fault took down (from the fault until it
+//! serves again, plus a second), those counted apart; nothing the soak started is left
+//! running at the end. `--unprotected KIND` turns a protection off (the soak must then catch
+//! the fault): `adopt` (a killed agent's HAProxy is killed with it, so its restart is not
+//! hitless).
+
+#[path = "common/sava_service.rs"]
+mod sava_service;
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+
+const LEASE_TTL_MS: u64 = 3000;
+const AGENT_IPS: [&str; 2] = ["127.0.0.2", "127.0.0.3"];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        // Re-executed as one of its parts.
+        Some("serve") => return vamp_examples::serve::main(&args[1..]),
+        Some("agent") => return vamp_examples::agent::main(args[1..].to_vec()),
+        Some("sava") => {
+            let (Some(version), Some(port)) = (args.get(1), args.get(2)) else {
+                return ExitCode::from(2);
+            };
+            let Ok(listener) = TcpListener::bind(("127.0.0.1", port.parse().unwrap_or(0))) else {
+                return ExitCode::from(1);
+            };
+            sava_service::serve(listener, version.clone(), 0);
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
+    let options = match Options::parse(&args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!(
+                "chaos_soak: {e}\nusage: chaos_soak [--duration SECS] [--seed N] [--fault-every SECS] [--report FILE] [--unprotected adopt]"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    match runtime.block_on(soak(options)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("chaos_soak: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+struct Options {
+    duration: Duration,
+    seed: u64,
+    fault_every: Duration,
+    report: Option<PathBuf>,
+    unprotected: Option<String>,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> Result<Self, String> {
+        let mut o = Self {
+            duration: Duration::from_secs(180),
+            seed: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_secs()),
+            fault_every: Duration::from_secs(5),
+            report: None,
+            unprotected: None,
+        };
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+            let secs = || {
+                value
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .map(Duration::from_secs)
+                    .ok_or_else(|| format!("{flag} takes a positive number of seconds"))
+            };
+            match flag.as_str() {
+                "--duration" => o.duration = secs()?,
+                "--fault-every" => o.fault_every = secs()?,
+                "--seed" => o.seed = value.parse().map_err(|_| "--seed takes a number")?,
+                "--report" => o.report = Some(value.into()),
+                "--unprotected" if value == "adopt" => {
+                    o.unprotected = Some(value.clone());
+                }
+                other => return Err(format!("unknown flag {other} {value}")),
+            }
+        }
+        Ok(o)
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status();
+}
+
+/// A process the soak started, restarted by the same command.
+struct Part {
+    name: String,
+    command: Vec<String>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Part {
+    fn new(name: &str, command: Vec<String>, log: PathBuf) -> Self {
+        Self {
+            name: name.to_owned(),
+            command,
+            env: Vec::new(),
+            log,
+            child: None,
+        }
+    }
+
+    fn start(&mut self) -> Result<(), String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| format!("{}: {e}", self.log.display()))?;
+        let err = log.try_clone().map_err(|e| e.to_string())?;
+        let child = Command::new(&self.command[0])
+            .args(&self.command[1..])
+            .envs(self.env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("{}: {e}", self.name))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(c.id(), "TERM");
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Part {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A private PostgreSQL cluster (as the `postgres` user when run as root).
+struct Postgres {
+    bin: PathBuf,
+    data: PathBuf,
+    port: u16,
+    as_postgres: bool,
+}
+
+impl Postgres {
+    fn command(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            Command::new(path)
+        }
+    }
+
+    fn start(work: &Path) -> Result<Self, String> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .map_err(|_| "PostgreSQL is not installed (Debian: apt-get install postgresql)")?
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .find(|p| p.join("initdb").exists())
+            .ok_or("no initdb under /usr/lib/postgresql")?;
+        let as_postgres = std::fs::metadata("/proc/self")
+            .is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
+        let dir = work.join("pg");
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        if as_postgres {
+            let _ = Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(&dir)
+                .status();
+        }
+        let pg = Self {
+            bin,
+            data: dir.join("data"),
+            port: free_port(),
+            as_postgres,
+        };
+        let ok = pg
+            .command("initdb")
+            .arg("-D")
+            .arg(&pg.data)
+            .args(["-A", "trust", "-U", "postgres"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return Err("initdb failed".into());
+        }
+        pg.ctl(&["start", "-w"])?;
+        Ok(pg)
+    }
+
+    fn ctl(&self, args: &[&str]) -> Result<(), String> {
+        let dir = self.data.parent().expect("the pg directory");
+        let ok = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-o")
+            .arg(format!(
+                "-p {} -k {} -h 127.0.0.1",
+                self.port,
+                dir.display()
+            ))
+            .arg("-l")
+            .arg(dir.join("log"))
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("pg_ctl {args:?} failed"))
+        }
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?table=soak",
+            self.port
+        )
+    }
+
+    fn restart(&self) {
+        let _ = self.ctl(&["stop", "-m", "immediate"]);
+        let _ = self.ctl(&["start", "-w"]);
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self.ctl(&["stop", "-m", "fast"]);
+    }
+}
+
+/// What the soak saw.
+#[derive(Default)]
+struct Report {
+    faults: Vec<(f64, String)>,
+    requests: u64,
+    failed_in_windows: u64,
+    failed_outside: Vec<String>,
+    leader_changes: u64,
+    two_leaders: Vec<String>,
+    writes_acknowledged: u64,
+    writes_lost: Vec<String>,
+    orphans: Vec<String>,
+}
+
+/// When each agent was down for a fault: (from, until), until `None` while still down.
+type Windows = Arc<Mutex<Vec<Vec<(Instant, Option<Instant>)>>>>;
+
+struct Soak {
+    started: Instant,
+    exe: String,
+    replicas: Vec<Part>,
+    replica_urls: Vec<String>,
+    agents: Vec<Part>,
+    agent_health: Vec<String>,
+    etcd: Vec<Part>,
+    windows: Windows,
+    report: Arc<Mutex<Report>>,
+    http: reqwest::Client,
+}
+
+impl Soak {
+    fn at(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    fn fault(&self, what: String) {
+        println!("  {:>7.1}s  {what}", self.at());
+        self.report.lock().unwrap().faults.push((self.at(), what));
+    }
+
+    async fn info(&self, i: usize) -> Option<serde_json::Value> {
+        let r = self
+            .http
+            .get(format!("{}/api/v1/info?on=loops", self.replica_urls[i]))
+            .timeout(Duration::from_millis(800))
+            .send()
+            .await
+            .ok()?;
+        r.json().await.ok()
+    }
+
+    async fn leader(&self) -> Option<usize> {
+        for i in 0..self.replicas.len() {
+            if self.info(i).await?["leader"] == true {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    async fn agent_serving(&self, i: usize) -> bool {
+        let r = self
+            .http
+            .get(format!("http://{}/health", self.agent_health[i]))
+            .timeout(Duration::from_millis(800))
+            .send()
+            .await;
+        r.is_ok_and(|r| r.status().is_success())
+    }
+
+    /// The agent `i` is down from now until it serves again (and a second more).
+    fn open_window(&self, i: usize) {
+        self.windows.lock().unwrap()[i].push((Instant::now(), None));
+    }
+
+    async fn close_window(&self, i: usize, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.agent_serving(i).await && get(&self.http, AGENT_IPS[i], port).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let end = Instant::now() + Duration::from_secs(1);
+        if let Some(w) = self.windows.lock().unwrap()[i].last_mut() {
+            w.1 = Some(end);
+        }
+    }
+}
+
+/// One request through the agent at `ip`: its body, or why it failed.
+async fn get(http: &reqwest::Client, ip: &str, port: u16) -> Result<String, String> {
+    let r = http
+        .get(format!("http://{ip}:{port}/"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .map_err(|e| format!("{e}"))?;
+    let status = r.status();
+    let text = r.text().await.map_err(|e| format!("{e}"))?;
+    if status.is_success() {
+        Ok(text)
+    } else {
+        Err(format!("{status}: {}", text.trim()))
+    }
+}
+
+async fn until(
+    what: &str,
+    limit: Duration,
+    mut f: impl AsyncFnMut() -> bool,
+) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    while !f().await {
+        if Instant::now() > deadline {
+            return Err(format!("never: {what}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// Runs the soak in a directory of its own; whatever happens, nothing it started is left
+/// running (its processes all name that directory), and its logs stay when it failed.
+async fn soak(o: Options) -> Result<bool, String> {
+    let work = std::env::temp_dir().join(format!("vamp-chaos-soak-{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+    let work = work.canonicalize().map_err(|e| e.to_string())?;
+    let result = run(&o, &work).await;
+    let marker = work.display().to_string();
+    for (pid, _) in processes_where(|cmd| cmd.contains(&marker)) {
+        signal(pid, "KILL");
+    }
+    if matches!(result, Ok(true)) {
+        let _ = std::fs::remove_dir_all(&work);
+    } else {
+        println!("logs kept in {}", work.display());
+    }
+    result
+}
+
+#[allow(clippy::too_many_lines)]
+async fn run(o: &Options, work: &Path) -> Result<bool, String> {
+    let work = work.to_path_buf();
+    println!(
+        "chaos soak: seed {}, {} s, a fault every {} s{}; in {}",
+        o.seed,
+        o.duration.as_secs(),
+        o.fault_every.as_secs(),
+        o.unprotected
+            .as_ref()
+            .map_or(String::new(), |u| format!(", protection '{u}' OFF")),
+        work.display()
+    );
+    let exe = std::env::current_exe()
+        .map_err(|e| e.to_string())?
+        .display()
+        .to_string();
+    let pg = Postgres::start(&work)?;
+
+    // etcd: three members.
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let cluster = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("e{i}=http://127.0.0.1:{peer}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut etcd = Vec::new();
+    for (i, (client, peer)) in ports.iter().enumerate() {
+        let mut p = Part::new(
+            &format!("etcd e{i}"),
+            vec![
+                "etcd".into(),
+                "--name".into(),
+                format!("e{i}"),
+                "--data-dir".into(),
+                work.join(format!("etcd{i}")).display().to_string(),
+                "--listen-client-urls".into(),
+                format!("http://127.0.0.1:{client}"),
+                "--advertise-client-urls".into(),
+                format!("http://127.0.0.1:{client}"),
+                "--listen-peer-urls".into(),
+                format!("http://127.0.0.1:{peer}"),
+                "--initial-advertise-peer-urls".into(),
+                format!("http://127.0.0.1:{peer}"),
+                "--initial-cluster".into(),
+                cluster.clone(),
+                "--initial-cluster-state".into(),
+                "new".into(),
+            ],
+            work.join(format!("etcd{i}.log")),
+        );
+        p.start()?;
+        etcd.push(p);
+    }
+    let endpoints = ports
+        .iter()
+        .map(|(c, _)| format!("127.0.0.1:{c}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let kv = format!("etcd://{endpoints}/soak");
+    let http = reqwest::Client::new();
+    until("the etcd cluster", Duration::from_secs(30), async || {
+        http.get(format!("http://127.0.0.1:{}/health", ports[0].0))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await?;
+
+    // Three replicas.
+    let rendered_sockets = work.join("rendered-sockets").display().to_string();
+    let instances = work.join("instances");
+    let mut replicas = Vec::new();
+    let mut replica_urls = Vec::new();
+    for i in 0..3 {
+        let port = free_port();
+        let command = vec![
+            exe.clone(),
+            "serve".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--data-dir".into(),
+            work.join(format!("r{i}")).display().to_string(),
+            "--persistence".into(),
+            pg.url(),
+            "--kv".into(),
+            kv.clone(),
+            "--scheduler".into(),
+            format!("local://{}?keep=true", instances.display()),
+            "--no-agent".into(),
+            "--haproxy-socket-dir".into(),
+            rendered_sockets.clone(),
+            "--replica-id".into(),
+            format!("r{i}"),
+            "--lease-ttl-ms".into(),
+            LEASE_TTL_MS.to_string(),
+            "--period-ms".into(),
+            "200".into(),
+            "--gateway-port-range".into(),
+            "41000-41999".into(),
+        ];
+        let mut p = Part::new(
+            &format!("replica r{i}"),
+            command,
+            work.join(format!("r{i}.log")),
+        );
+        p.start()?;
+        replicas.push(p);
+        replica_urls.push(format!("http://127.0.0.1:{port}"));
+    }
+
+    // Two gateway agents, each on an address and with sockets of its own.
+    let key =
+        vamp_core::kv::keys::haproxy_configuration("default", "1.7").map_err(|e| e.to_string())?;
+    let mut agents = Vec::new();
+    let mut agent_health = Vec::new();
+    for (i, ip) in AGENT_IPS.iter().enumerate() {
+        let health = format!("127.0.0.1:{}", free_port());
+        let p = Part::new(
+            &format!("agent a{i}"),
+            vec![
+                exe.clone(),
+                "agent".into(),
+                "--kv".into(),
+                kv.clone(),
+                "--key".into(),
+                key.to_string(),
+                "--work-dir".into(),
+                work.join(format!("a{i}")).display().to_string(),
+                "--socket-dir".into(),
+                work.join(format!("a{i}-sockets")).display().to_string(),
+                "--rendered-socket-dir".into(),
+                rendered_sockets.clone(),
+                "--bind-address".into(),
+                (*ip).to_owned(),
+                "--health".into(),
+                health.clone(),
+            ],
+            work.join(format!("a{i}.log")),
+        );
+        agents.push(p);
+        agent_health.push(health);
+    }
+    for a in &mut agents {
+        a.start()?;
+    }
+    let mut soak = Soak {
+        started: Instant::now(),
+        exe,
+        replicas,
+        replica_urls,
+        agents,
+        agent_health,
+        etcd,
+        windows: Arc::new(Mutex::new(vec![Vec::new(), Vec::new()])),
+        report: Arc::default(),
+        http: http.clone(),
+    };
+    until("one leader", Duration::from_secs(60), async || {
+        soak.leader().await.is_some()
+    })
+    .await?;
+
+    // The deployment and its gateway, through both agents.
+    let gateway = free_port();
+    let blueprint = format!(
+        "name: soak\ngateways:\n  {gateway}: web/webport\nclusters:\n  web:\n    services:\n    - breed:\n        name: web:1\n        deployable:\n          type: command\n          definition: exec '{}' sava 1 \"$PORT\" '{}'\n        ports: {{webport: 8080/http}}\n      scale: {{cpu: 0.1, memory: 64MB, instances: 2}}\n",
+        soak.exe,
+        work.display()
+    );
+    let r = http
+        .put(format!("{}/api/v1/deployments/soak", soak.replica_urls[0]))
+        .header("Content-Type", "application/x-yaml")
+        .body(blueprint.clone())
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !r.status().is_success() {
+        return Err(format!(
+            "the deployment: {}",
+            r.text().await.unwrap_or_default()
+        ));
+    }
+    until(
+        "traffic through both agents",
+        Duration::from_secs(120),
+        async || {
+            get(&http, AGENT_IPS[0], gateway).await.is_ok()
+                && get(&http, AGENT_IPS[1], gateway).await.is_ok()
+        },
+    )
+    .await?;
+    println!(
+        "  {:>7.1}s  serving through both agents on port {gateway}",
+        soak.at()
+    );
+
+    // Traffic, writes and the leader watch, until told to stop.
+    let done = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for i in 0..2 {
+        let (http, done, report, windows) = (
+            http.clone(),
+            Arc::clone(&done),
+            Arc::clone(&soak.report),
+            Arc::clone(&soak.windows),
+        );
+        let started = soak.started;
+        tasks.push(tokio::spawn(async move {
+            while !done.load(Ordering::Relaxed) {
+                let sent = Instant::now();
+                let result = get(&http, AGENT_IPS[i], gateway).await;
+                {
+                    let mut r = report.lock().unwrap();
+                    r.requests += 1;
+                    if let Err(why) = result {
+                        let now = Instant::now();
+                        let inside = windows.lock().unwrap()[i].iter().any(|(from, to)| {
+                            sent >= *from - Duration::from_millis(100)
+                                && to.is_none_or(|t| now <= t)
+                        });
+                        if inside {
+                            r.failed_in_windows += 1;
+                        } else {
+                            r.failed_outside.push(format!(
+                                "{:.1}s through agent a{i}: {why}",
+                                (sent - started).as_secs_f64()
+                            ));
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    let written = Arc::new(Mutex::new(Vec::<String>::new()));
+    {
+        let (http, done, written, urls) = (
+            http.clone(),
+            Arc::clone(&done),
+            Arc::clone(&written),
+            soak.replica_urls.clone(),
+        );
+        let seed = o.seed;
+        tasks.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5752_4954);
+            let n = AtomicU64::new(0);
+            while !done.load(Ordering::Relaxed) {
+                let name = format!("soak-{}", n.fetch_add(1, Ordering::Relaxed));
+                let url = &urls[rng.random_range(0..urls.len())];
+                let r = http
+                    .post(format!("{url}/api/v1/breeds"))
+                    .header("Content-Type", "application/x-yaml")
+                    .body(format!("name: {name}\ndeployable: command://true\n"))
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await;
+                if r.is_ok_and(|r| r.status().is_success()) {
+                    written.lock().unwrap().push(name);
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }));
+    }
+    {
+        let (http, done, report, urls) = (
+            http.clone(),
+            Arc::clone(&done),
+            Arc::clone(&soak.report),
+            soak.replica_urls.clone(),
+        );
+        let started = soak.started;
+        tasks.push(tokio::spawn(async move {
+            let mut last: Option<String> = None;
+            while !done.load(Ordering::Relaxed) {
+                let mut leading = Vec::new();
+                for (i, url) in urls.iter().enumerate() {
+                    let info: Option<serde_json::Value> = async {
+                        http.get(format!("{url}/api/v1/info?on=loops"))
+                            .timeout(Duration::from_millis(500))
+                            .send()
+                            .await
+                            .ok()?
+                            .json()
+                            .await
+                            .ok()
+                    }
+                    .await;
+                    if info.is_some_and(|v| v["leader"] == true) {
+                        leading.push(format!("r{i}"));
+                    }
+                }
+                {
+                    let mut r = report.lock().unwrap();
+                    if leading.len() > 1 {
+                        r.two_leaders.push(format!(
+                            "{:.1}s: {} say they lead",
+                            started.elapsed().as_secs_f64(),
+                            leading.join(", ")
+                        ));
+                    }
+                    if let [one] = leading.as_slice()
+                        && last.as_ref() != Some(one)
+                    {
+                        if last.is_some() {
+                            r.leader_changes += 1;
+                        }
+                        last = Some(one.clone());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }));
+    }
+
+    // The faults.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(o.seed);
+    let end = Instant::now() + o.duration;
+    let kinds = [
+        "kill-replica",
+        "kill-agent",
+        "kill-haproxy",
+        "kill-etcd",
+        "restart-postgres",
+        "pause-leader",
+    ];
+    while Instant::now() + o.fault_every < end {
+        tokio::time::sleep(o.fault_every).await;
+        let kind = kinds[rng.random_range(0..kinds.len())];
+        match kind {
+            "kill-replica" => {
+                let leader = soak.leader().await;
+                let i = if rng.random_bool(0.5) {
+                    leader.unwrap_or(0)
+                } else {
+                    rng.random_range(0..3)
+                };
+                let was = if leader == Some(i) {
+                    " (the leader)"
+                } else {
+                    ""
+                };
+                soak.fault(format!("kill-replica r{i}{was}"));
+                soak.replicas[i].kill();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                soak.replicas[i].start()?;
+            }
+            "kill-agent" => {
+                let i = rng.random_range(0..2);
+                soak.fault(format!("kill-agent a{i}"));
+                soak.open_window(i);
+                if o.unprotected.as_deref() == Some("adopt") {
+                    if let Some(pid) = haproxy_pid(&work, i) {
+                        signal(pid, "KILL");
+                    }
+                }
+                soak.agents[i].kill();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                soak.agents[i].start()?;
+                soak.close_window(i, gateway).await;
+            }
+            "kill-haproxy" => {
+                let i = rng.random_range(0..2);
+                let Some(pid) = haproxy_pid(&work, i) else {
+                    continue;
+                };
+                soak.fault(format!("kill-haproxy of a{i} (pid {pid})"));
+                soak.open_window(i);
+                signal(pid, "KILL");
+                soak.close_window(i, gateway).await;
+            }
+            "kill-etcd" => {
+                let i = rng.random_range(0..3);
+                soak.fault(format!("kill-etcd e{i}"));
+                soak.etcd[i].kill();
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                soak.etcd[i].start()?;
+            }
+            "restart-postgres" => {
+                soak.fault("restart-postgres".into());
+                pg.restart();
+            }
+            _ => {
+                let Some(i) = soak.leader().await else {
+                    continue;
+                };
+                let Some(pid) = soak.replicas[i].pid() else {
+                    continue;
+                };
+                soak.fault(format!("pause-leader r{i} for {} ms", LEASE_TTL_MS + 2000));
+                signal(pid, "STOP");
+                tokio::time::sleep(Duration::from_millis(LEASE_TTL_MS + 2000)).await;
+                signal(pid, "CONT");
+            }
+        }
+    }
+    tokio::time::sleep(end.saturating_duration_since(Instant::now())).await;
+    done.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+
+    // The end: every acknowledged write readable, then everything stopped and nothing left.
+    until(
+        "one leader at the end",
+        Duration::from_secs(60),
+        async || soak.leader().await.is_some(),
+    )
+    .await?;
+    let names = written.lock().unwrap().clone();
+    let mut lost = Vec::new();
+    for name in &names {
+        let found = http
+            .get(format!("{}/api/v1/breeds/{name}", soak.replica_urls[0]))
+            .header("Accept", "application/json")
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if !found {
+            lost.push(name.clone());
+        }
+    }
+    {
+        let mut r = soak.report.lock().unwrap();
+        r.writes_acknowledged = names.len() as u64;
+        r.writes_lost = lost;
+    }
+    let r = http
+        .delete(format!("{}/api/v1/deployments/soak", soak.replica_urls[0]))
+        .header("Content-Type", "application/x-yaml")
+        .body(blueprint)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !r.status().is_success() {
+        return Err(format!(
+            "the undeployment: {}",
+            r.text().await.unwrap_or_default()
+        ));
+    }
+    let marker = work.display().to_string();
+    let instances_left = || processes_where(|cmd| cmd.contains(" sava ") && cmd.contains(&marker));
+    let _ = until(
+        "the instances stopped",
+        Duration::from_secs(60),
+        async || instances_left().is_empty(),
+    )
+    .await;
+    for a in &mut soak.agents {
+        a.stop();
+    }
+    for r in &mut soak.replicas {
+        r.stop();
+    }
+    for e in &mut soak.etcd {
+        e.stop();
+    }
+    drop(pg);
+    let _ = until("everything stopped", Duration::from_secs(20), async || {
+        processes_where(|cmd| cmd.contains(&marker)).is_empty()
+    })
+    .await;
+    let orphans = processes_where(|cmd| cmd.contains(&marker));
+    for (pid, _) in &orphans {
+        signal(*pid, "KILL");
+    }
+    let mut report = std::mem::take(&mut *soak.report.lock().unwrap());
+    report.orphans = orphans
+        .into_iter()
+        .map(|(pid, cmd)| format!("{pid} {cmd}"))
+        .collect();
+    let held = print_report(&report, o.seed);
+    if let Some(path) = &o.report {
+        let json = serde_json::json!({
+            "seed": o.seed,
+            "duration_s": o.duration.as_secs(),
+            "faults": report.faults.iter().map(|(t, f)| serde_json::json!({"at_s": t, "fault": f})).collect::<Vec<_>>(),
+            "requests": report.requests,
+            "failed_in_fault_windows": report.failed_in_windows,
+            "failed_outside": report.failed_outside,
+            "leader_changes": report.leader_changes,
+            "two_leaders": report.two_leaders,
+            "writes_acknowledged": report.writes_acknowledged,
+            "writes_lost": report.writes_lost,
+            "orphans": report.orphans,
+            "invariants_held": held,
+        });
+        std::fs::write(
+            path,
+            serde_json::to_string_pretty(&json).unwrap_or_default(),
+        )
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(held)
+}
+
+/// The PID of agent `i`'s HAProxy master (its pid file).
+fn haproxy_pid(work: &Path, i: usize) -> Option<u32> {
+    std::fs::read_to_string(work.join(format!("a{i}")).join("haproxy.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The processes whose command line `wanted` accepts: (pid, command line).
+fn processes_where(wanted: impl Fn(&str) -> bool) -> Vec<(u32, String)> {
+    let me = std::process::id();
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if !cmd.is_empty() && wanted(&cmd) {
+            out.push((pid, cmd.trim().to_owned()));
+        }
+    }
+    out
+}
+
+/// Prints the report; whether every invariant held.
+fn print_report(r: &Report, seed: u64) -> bool {
+    let mut by_kind: BTreeMap<&str, u32> = BTreeMap::new();
+    for (_, f) in &r.faults {
+        *by_kind
+            .entry(f.split_whitespace().next().unwrap_or(""))
+            .or_default() += 1;
+    }
+    println!("\nchaos soak report (seed {seed}: the same seed replays the same fault schedule)");
+    println!("  faults: {} {by_kind:?}", r.faults.len());
+    println!(
+        "  requests: {} sent, {} failed through an agent a fault took down, {} failed otherwise",
+        r.requests,
+        r.failed_in_windows,
+        r.failed_outside.len()
+    );
+    println!("  leader changes: {}", r.leader_changes);
+    println!(
+        "  writes: {} acknowledged, {} not found at the end",
+        r.writes_acknowledged,
+        r.writes_lost.len()
+    );
+    let invariants: [(&str, &[String]); 4] = [
+        ("at most one leader at any poll", &r.two_leaders),
+        (
+            "no request failed outside a fault window",
+            &r.failed_outside,
+        ),
+        ("every acknowledged write readable", &r.writes_lost),
+        ("nothing left running", &r.orphans),
+    ];
+    let mut held = true;
+    for (name, evidence) in invariants {
+        match evidence.first() {
+            None => println!("  held    {name}"),
+            Some(first) => {
+                held = false;
+                println!("  BROKEN  {name}: {} times; first: {first}", evidence.len());
+            }
+        }
+    }
+    held
+}
