@@ -1,22 +1,23 @@
 //! `chaos_soak`: Vamp's control plane under random faults, with its invariants counted.
 //!
 //! ```text
-//! cargo run --release --example chaos_soak --features postgres,etcd -- [--duration SECS]
+//! cargo run --release --example chaos_soak --features postgres,etcd,docker -- [--duration SECS]
 //!     [--seed N] [--fault-every SECS] [--report FILE] [--unprotected KIND]
 //! ```
 //!
 //! On loopback, in a directory of its own: a private PostgreSQL (persistence), a three-member
 //! etcd cluster (key-value store and leader election), three `vamp serve` replicas and two
 //! gateway agents with their own HAProxy, each on an address of its own (`127.0.0.2`,
-//! `127.0.0.3`). A deployment with a gateway runs two instances (local processes, adopted by
-//! whichever replica leads). Traffic goes through both agents all along, and a writer stores a
+//! `127.0.0.3`). A deployment with a gateway runs two instances, containers of the machine's
+//! Docker engine (the scheduler replicas share: its state is the engine's, each container
+//! labelled with the control plane that owns it). Traffic goes through both agents all along, and a writer stores a
 //! breed through a random replica every half second. Every `--fault-every` seconds a fault,
 //! chosen with the printed `--seed` (the same seed, the same schedule):
 //!
 //! | kind | what | recovery (as a supervisor would) |
 //! | --- | --- | --- |
 //! | `kill-replica` | SIGKILL of a replica, the leader half of the time | restarted after 1 s |
-//! | `kill-agent` | SIGKILL of a gateway agent (its HAProxy keeps serving) | restarted after 1 s, adopting it |
+//! | `kill-agent` | SIGKILL of a gateway agent (its HAProxy keeps serving: no request may fail) | restarted after 1 s, adopting it |
 //! | `kill-haproxy` | SIGKILL of an agent's HAProxy | the agent starts another |
 //! | `kill-etcd` | SIGKILL of an etcd member | restarted after 2 s |
 //! | `restart-postgres` | PostgreSQL stopped (`immediate`) and started | at once |
@@ -24,14 +25,14 @@
 //!
 //! Invariants, checked throughout and reported at the end (the exit code is 1 when one broke):
 //! at most one replica says it leads at any poll; every acknowledged write is readable at the
-//! end; no request fails but through an agent a fault took down (from the fault until it
-//! serves again, plus a second), those counted apart; nothing the soak started is left
+//! end; no request fails but through an agent whose HAProxy a fault took down (from the
+//! fault until it serves again, plus a second), those counted apart; nothing the soak started is left
 //! running at the end. `--unprotected KIND` turns a protection off (the soak must then catch
 //! the fault): `adopt` (a killed agent's HAProxy is killed with it, so its restart is not
 //! hitless).
 
-#[path = "common/sava_service.rs"]
-mod sava_service;
+#[path = "../vamp-backends/tests/docker_image/mod.rs"]
+mod docker_image;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -52,16 +53,6 @@ fn main() -> ExitCode {
         // Re-executed as one of its parts.
         Some("serve") => return vamp_examples::serve::main(&args[1..]),
         Some("agent") => return vamp_examples::agent::main(args[1..].to_vec()),
-        Some("sava") => {
-            let (Some(version), Some(port)) = (args.get(1), args.get(2)) else {
-                return ExitCode::from(2);
-            };
-            let Ok(listener) = TcpListener::bind(("127.0.0.1", port.parse().unwrap_or(0))) else {
-                return ExitCode::from(1);
-            };
-            sava_service::serve(listener, version.clone(), 0);
-            return ExitCode::SUCCESS;
-        }
         _ => {}
     }
     let options = match Options::parse(&args) {
@@ -325,7 +316,7 @@ impl Drop for Postgres {
 struct Report {
     faults: Vec<(f64, String)>,
     requests: u64,
-    failed_in_windows: u64,
+    failed_in_windows: BTreeMap<&'static str, u64>,
     failed_outside: Vec<String>,
     leader_changes: u64,
     two_leaders: Vec<String>,
@@ -335,11 +326,10 @@ struct Report {
 }
 
 /// When each agent was down for a fault: (from, until), until `None` while still down.
-type Windows = Arc<Mutex<Vec<Vec<(Instant, Option<Instant>)>>>>;
+type Windows = Arc<Mutex<Vec<Vec<(Instant, Option<Instant>, &'static str)>>>>;
 
 struct Soak {
     started: Instant,
-    exe: String,
     replicas: Vec<Part>,
     replica_urls: Vec<String>,
     agents: Vec<Part>,
@@ -391,8 +381,8 @@ impl Soak {
     }
 
     /// The agent `i` is down from now until it serves again (and a second more).
-    fn open_window(&self, i: usize) {
-        self.windows.lock().unwrap()[i].push((Instant::now(), None));
+    fn open_window(&self, i: usize, kind: &'static str) {
+        self.windows.lock().unwrap()[i].push((Instant::now(), None, kind));
     }
 
     async fn close_window(&self, i: usize, port: u16) {
@@ -533,7 +523,8 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
 
     // Three replicas.
     let rendered_sockets = work.join("rendered-sockets").display().to_string();
-    let instances = work.join("instances");
+    docker_image::ensure_image()?;
+    let namespace = docker_image::Namespace(format!("soak{}", std::process::id()));
     let mut replicas = Vec::new();
     let mut replica_urls = Vec::new();
     for i in 0..3 {
@@ -550,7 +541,7 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
             "--kv".into(),
             kv.clone(),
             "--scheduler".into(),
-            format!("local://{}?keep=true", instances.display()),
+            format!("docker://?namespace={}", namespace.0),
             "--no-agent".into(),
             "--haproxy-socket-dir".into(),
             rendered_sockets.clone(),
@@ -610,7 +601,7 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
     }
     let mut soak = Soak {
         started: Instant::now(),
-        exe,
+
         replicas,
         replica_urls,
         agents,
@@ -628,9 +619,8 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
     // The deployment and its gateway, through both agents.
     let gateway = free_port();
     let blueprint = format!(
-        "name: soak\ngateways:\n  {gateway}: web/webport\nclusters:\n  web:\n    services:\n    - breed:\n        name: web:1\n        deployable:\n          type: command\n          definition: exec '{}' sava 1 \"$PORT\" '{}'\n        ports: {{webport: 8080/http}}\n      scale: {{cpu: 0.1, memory: 64MB, instances: 2}}\n",
-        soak.exe,
-        work.display()
+        "name: soak\ngateways:\n  {gateway}: web/webport\nclusters:\n  web:\n    services:\n    - breed:\n        name: web:1\n        deployable:\n          type: docker\n          definition: {}\n        ports: {{webport: 8080/http}}\n        environment_variables: {{VERSION: '1'}}\n      scale: {{cpu: 0.1, memory: 64MB, instances: 2}}\n",
+        docker_image::IMAGE
     );
     let r = http
         .put(format!("{}/api/v1/deployments/soak", soak.replica_urls[0]))
@@ -679,12 +669,16 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
                     r.requests += 1;
                     if let Err(why) = result {
                         let now = Instant::now();
-                        let inside = windows.lock().unwrap()[i].iter().any(|(from, to)| {
-                            sent >= *from - Duration::from_millis(100)
-                                && to.is_none_or(|t| now <= t)
-                        });
-                        if inside {
-                            r.failed_in_windows += 1;
+                        let inside = windows.lock().unwrap()[i]
+                            .iter()
+                            .rev()
+                            .find(|(from, to, _)| {
+                                sent >= *from - Duration::from_millis(100)
+                                    && to.is_none_or(|t| now <= t)
+                            })
+                            .map(|w| w.2);
+                        if let Some(kind) = inside {
+                            *r.failed_in_windows.entry(kind).or_default() += 1;
                         } else {
                             r.failed_outside.push(format!(
                                 "{:.1}s through agent a{i}: {why}",
@@ -735,7 +729,7 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
         );
         let started = soak.started;
         tasks.push(tokio::spawn(async move {
-            let mut last: Option<String> = None;
+            let mut terms = std::collections::BTreeSet::new();
             while !done.load(Ordering::Relaxed) {
                 let mut leading = Vec::new();
                 for (i, url) in urls.iter().enumerate() {
@@ -750,8 +744,11 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
                             .ok()
                     }
                     .await;
-                    if info.is_some_and(|v| v["leader"] == true) {
+                    if let Some(v) = info.filter(|v| v["leader"] == true) {
                         leading.push(format!("r{i}"));
+                        if let Some(t) = v["leader_token"].as_u64() {
+                            terms.insert(t);
+                        }
                     }
                 }
                 {
@@ -763,14 +760,7 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
                             leading.join(", ")
                         ));
                     }
-                    if let [one] = leading.as_slice()
-                        && last.as_ref() != Some(one)
-                    {
-                        if last.is_some() {
-                            r.leader_changes += 1;
-                        }
-                        last = Some(one.clone());
-                    }
+                    r.leader_changes = (terms.len() as u64).saturating_sub(1);
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -812,7 +802,7 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
             "kill-agent" => {
                 let i = rng.random_range(0..2);
                 soak.fault(format!("kill-agent a{i}"));
-                soak.open_window(i);
+                // No window: its HAProxy keeps serving, and the restarted agent adopts it.
                 if o.unprotected.as_deref() == Some("adopt") {
                     if let Some(pid) = haproxy_pid(&work, i) {
                         signal(pid, "KILL");
@@ -821,7 +811,6 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
                 soak.agents[i].kill();
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 soak.agents[i].start()?;
-                soak.close_window(i, gateway).await;
             }
             "kill-haproxy" => {
                 let i = rng.random_range(0..2);
@@ -829,7 +818,7 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
                     continue;
                 };
                 soak.fault(format!("kill-haproxy of a{i} (pid {pid})"));
-                soak.open_window(i);
+                soak.open_window(i, "kill-haproxy");
                 signal(pid, "KILL");
                 soak.close_window(i, gateway).await;
             }
@@ -903,13 +892,34 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
         ));
     }
     let marker = work.display().to_string();
-    let instances_left = || processes_where(|cmd| cmd.contains(" sava ") && cmd.contains(&marker));
-    let _ = until(
+    let instances_left = || containers(&namespace.0);
+    println!("  {:>7.1}s  undeploying", soak.at());
+    if until(
         "the instances stopped",
         Duration::from_secs(60),
         async || instances_left().is_empty(),
     )
-    .await;
+    .await
+    .is_err()
+    {
+        let leader = soak.leader().await.unwrap_or(0);
+        let d: serde_json::Value = async {
+            http.get(format!(
+                "{}/api/v1/deployments/soak",
+                soak.replica_urls[leader]
+            ))
+            .header("Accept", "application/json")
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()
+        }
+        .await
+        .unwrap_or_default();
+        println!("  the instances did not stop; the deployment, as r{leader} says: {d}");
+    }
     for a in &mut soak.agents {
         a.stop();
     }
@@ -931,8 +941,14 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
     let mut report = std::mem::take(&mut *soak.report.lock().unwrap());
     report.orphans = orphans
         .into_iter()
-        .map(|(pid, cmd)| format!("{pid} {cmd}"))
+        .map(|(pid, cmd)| format!("process {pid} {cmd}"))
+        .chain(
+            containers(&namespace.0)
+                .into_iter()
+                .map(|c| format!("container {c}")),
+        )
         .collect();
+    drop(namespace);
     let held = print_report(&report, o.seed);
     if let Some(path) = &o.report {
         let json = serde_json::json!({
@@ -956,6 +972,25 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
         .map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(held)
+}
+
+/// The containers (running or not) of Docker namespace `ns`.
+fn containers(ns: &str) -> Vec<String> {
+    Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=io.vamp.namespace={ns}"),
+        ])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The PID of agent `i`'s HAProxy master (its pid file).
@@ -1000,8 +1035,9 @@ fn print_report(r: &Report, seed: u64) -> bool {
     println!("\nchaos soak report (seed {seed}: the same seed replays the same fault schedule)");
     println!("  faults: {} {by_kind:?}", r.faults.len());
     println!(
-        "  requests: {} sent, {} failed through an agent a fault took down, {} failed otherwise",
+        "  requests: {} sent, {} failed through an agent a fault took down {:?}, {} failed otherwise",
         r.requests,
+        r.failed_in_windows.values().sum::<u64>(),
         r.failed_in_windows,
         r.failed_outside.len()
     );

@@ -281,7 +281,8 @@ impl Api {
     }
 
     /// Shows this replica's part in the leader election in `/info`: `leader` (whether it
-    /// runs the loops), `replica` (its id) and `leader_id`.
+    /// runs the loops), `leader_token` (its fencing token while it does: one per leadership
+    /// term), `replica` (its id) and `leader_id`.
     #[must_use]
     pub fn with_election(mut self, elector: Arc<vamp_core::ops::leader::Elector>) -> Self {
         self.elector = Some(elector);
@@ -3111,6 +3112,7 @@ async fn info(State(api): Shared, headers: HeaderMap, Query(params): Params) -> 
     if let Some(elector) = &api.elector {
         let l = elector.leadership();
         out.insert("leader".into(), l.leader.into());
+        out.insert("leader_token".into(), l.token.into());
         out.insert("replica".into(), elector.options().holder.clone().into());
         out.insert("leader_id".into(), l.leader_id.into());
     }

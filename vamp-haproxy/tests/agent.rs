@@ -1178,6 +1178,8 @@ async fn agents_sharing_a_host_serve_on_their_own_addresses() {
             |o| {
                 o.with_bind_address(address)
                     .with_rendered_socket_dir("/usr/local/vamp")
+                    // The first one's HAProxy outlives it (as when an agent is killed).
+                    .with_keep_haproxy(ip == "127.0.0.2")
             },
         )
         .await
@@ -1231,8 +1233,38 @@ async fn agents_sharing_a_host_serve_on_their_own_addresses() {
             d.path().display()
         );
     }
+    // An agent restarted (its HAProxy left serving) adopts its HAProxy and keeps every
+    // gateway: the other agent's listeners on the same ports are not in its way.
     agents.remove(0).stop().await;
-    let seen = served("127.0.0.3", front).await.unwrap();
-    assert_eq!(seen.len(), 2, "{seen:?}");
+    let seen = served("127.0.0.2", front).await.unwrap();
+    assert_eq!(
+        seen.len(),
+        2,
+        "the first agent's HAProxy serves on: {seen:?}"
+    );
+    let mut again = Running::start(
+        Arc::clone(&kv),
+        &key,
+        dirs[0].path(),
+        metrics(),
+        events(),
+        |o| {
+            o.with_bind_address("127.0.0.2".parse().unwrap())
+                .with_rendered_socket_dir("/usr/local/vamp")
+        },
+    )
+    .await
+    .unwrap();
+    let status = again
+        .until("adopted and applied", |s| {
+            s.adopted && s.applied_version.is_some()
+        })
+        .await;
+    assert!(status.unavailable.is_empty(), "{:?}", status.unavailable);
+    for ip in ["127.0.0.2", "127.0.0.3"] {
+        let seen = served(ip, front).await.unwrap();
+        assert_eq!(seen.len(), 2, "{ip}: {seen:?}");
+    }
+    again.stop().await;
     agents.remove(0).stop().await;
 }

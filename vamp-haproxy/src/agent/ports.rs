@@ -11,9 +11,10 @@
 
 use std::net::SocketAddr;
 
-/// The inodes of the sockets listening on TCP `port` (IPv4 and IPv6), from `/proc/net`;
-/// `None` when they cannot be read.
-fn listeners_on(port: u16) -> Option<Vec<u64>> {
+/// The inodes of the sockets listening where `addr` would (its port, on its address or on
+/// every address; IPv4 and IPv6), from `/proc/net`; `None` when they cannot be read. Another
+/// address's listener on the same port (another agent on the same host) is not in the way.
+fn listeners_on(addr: SocketAddr) -> Option<Vec<u64>> {
     let mut out = Vec::new();
     let mut read_any = false;
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
@@ -29,12 +30,17 @@ fn listeners_on(port: u16) -> Option<Vec<u64>> {
                 continue;
             };
             let listening = *state == "0A";
-            let on_port = local
-                .rsplit_once(':')
-                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
-                == Some(port);
+            let Some((ip, port)) = local.rsplit_once(':') else {
+                continue;
+            };
+            let on_port = u16::from_str_radix(port, 16).ok() == Some(addr.port());
+            // An address we cannot read counts as overlapping (the safe side).
+            let overlaps = proc_ip(ip).is_none_or(|ip| {
+                ip == addr.ip() || ip.is_unspecified() || addr.ip().is_unspecified()
+            });
             if listening
                 && on_port
+                && overlaps
                 && let Ok(inode) = inode.parse()
             {
                 out.push(inode);
@@ -42,6 +48,30 @@ fn listeners_on(port: u16) -> Option<Vec<u64>> {
         }
     }
     read_any.then_some(out)
+}
+
+/// An address as `/proc/net/tcp{,6}` prints it: 32-bit words in hex, each in the host's byte
+/// order; an IPv4-mapped IPv6 address as its IPv4 address.
+fn proc_ip(hex: &str) -> Option<std::net::IpAddr> {
+    let word = |i: usize| -> Option<[u8; 4]> {
+        Some(
+            u32::from_str_radix(hex.get(i * 8..i * 8 + 8)?, 16)
+                .ok()?
+                .to_ne_bytes(),
+        )
+    };
+    match hex.len() {
+        8 => Some(std::net::Ipv4Addr::from(word(0)?).into()),
+        32 => {
+            let mut bytes = [0u8; 16];
+            for i in 0..4 {
+                bytes[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+            let v6 = std::net::Ipv6Addr::from(bytes);
+            Some(v6.to_ipv4_mapped().map_or(v6.into(), Into::into))
+        }
+        _ => None,
+    }
 }
 
 /// The socket inodes held by the processes `roots` and their descendants.
@@ -138,7 +168,7 @@ fn bindable(
             // Otherwise ours only if every listener on it is a socket of our HAProxy (read
             // from /proc, only when the configuration it runs is unknown: `own_sockets` is
             // empty otherwise).
-            match listeners_on(addr.port()) {
+            match listeners_on(addr) {
                 Some(listeners) if !listeners.is_empty() && !own_sockets.is_empty() => {
                     listeners.iter().all(|i| own_sockets.contains(i))
                 }
@@ -260,6 +290,31 @@ pub(crate) fn without_frontends(config: &str, lookups: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A listener on another address of the same port (another agent on the same host) is
+    /// not in the way; one on the address, or on every address, is.
+    #[test]
+    fn only_listeners_where_the_address_would_bind_are_in_the_way() {
+        let other = std::net::TcpListener::bind("127.0.0.3:0").unwrap();
+        let port = other.local_addr().unwrap().port();
+        let at = |ip: &str| listeners_on(SocketAddr::new(ip.parse().unwrap(), port)).unwrap();
+        assert!(at("127.0.0.2").is_empty());
+        assert_eq!(at("127.0.0.3").len(), 1);
+        assert_eq!(at("0.0.0.0").len(), 1);
+        assert_eq!(
+            proc_ip("0100007F"),
+            Some(std::net::Ipv4Addr::LOCALHOST.into())
+        );
+        assert_eq!(
+            proc_ip("0000000000000000FFFF00000300007F"),
+            Some(std::net::Ipv4Addr::new(127, 0, 0, 3).into())
+        );
+        assert_eq!(
+            proc_ip("00000000000000000000000001000000"),
+            Some(std::net::Ipv6Addr::LOCALHOST.into())
+        );
+        assert_eq!(proc_ip("zz"), None);
+    }
 
     #[test]
     fn a_port_held_by_another_process_is_found_and_its_frontend_left_out() {
