@@ -512,7 +512,12 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
         .collect::<Vec<_>>()
         .join(",");
     let kv = format!("etcd://{endpoints}/soak");
-    let http = reqwest::Client::new();
+    // A new connection per request: a client's idle keep-alive connection closed by a
+    // reload's old worker as the client reuses it is HTTP/1.1's race, not a fault of Vamp's.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .map_err(|e| e.to_string())?;
     until("the etcd cluster", Duration::from_secs(30), async || {
         http.get(format!("http://127.0.0.1:{}/health", ports[0].0))
             .send()
