@@ -10,9 +10,10 @@
 //! gateway agents with their own HAProxy, each on an address of its own (`127.0.0.2`,
 //! `127.0.0.3`). A deployment with a gateway runs two instances, containers of the machine's
 //! Docker engine (the scheduler replicas share: its state is the engine's, each container
-//! labelled with the control plane that owns it). Traffic goes through both agents all along, and a writer stores a
-//! breed through a random replica every half second. Every `--fault-every` seconds a fault,
-//! chosen with the printed `--seed` (the same seed, the same schedule):
+//! labelled with the control plane that owns it). Traffic goes through both agents all along
+//! (a new connection per request), and a writer stores a breed through a random replica every
+//! half second. Every `--fault-every` seconds a fault, drawn with the printed `--seed` (the
+//! same seed draws the same kinds and targets; "the leader" is whichever leads then):
 //!
 //! | kind | what | recovery (as a supervisor would) |
 //! | --- | --- | --- |
@@ -22,17 +23,21 @@
 //! | `kill-etcd` | SIGKILL of an etcd member | restarted after 2 s |
 //! | `restart-postgres` | PostgreSQL stopped (`immediate`) and started | at once |
 //! | `pause-leader` | SIGSTOP of the leader past its lease, then SIGCONT | — |
+//! | `partition-replica` | a replica (the leader half of the time) cut off from etcd: each replica reaches the members through proxies of its own (`vamp-backends/tests/fault_proxy`), which refuse and cut its connections | healed after its lease and 2 s more |
 //!
 //! Invariants, checked throughout and reported at the end (the exit code is 1 when one broke):
 //! at most one replica says it leads at any poll; every acknowledged write is readable at the
 //! end; no request fails but through an agent whose HAProxy a fault took down (from the
-//! fault until it serves again, plus a second), those counted apart; nothing the soak started is left
-//! running at the end. `--unprotected KIND` turns a protection off (the soak must then catch
-//! the fault): `adopt` (a killed agent's HAProxy is killed with it, so its restart is not
-//! hitless).
+//! fault until it serves again, plus a second), those counted apart by fault kind; nothing
+//! the soak started (process or container) is left running at the end. `--unprotected KIND`
+//! turns a protection off, so that the soak is seen to catch what it protects against:
+//! `adopt` (a killed agent's HAProxy is killed with it, so its restart is not hitless).
 
 #[path = "../vamp-backends/tests/docker_image/mod.rs"]
 mod docker_image;
+#[path = "../vamp-backends/tests/fault_proxy/mod.rs"]
+#[allow(dead_code)]
+mod fault_proxy;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -43,6 +48,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
+use vamp_core::conformance::kv::Faults;
 
 const LEASE_TTL_MS: u64 = 3000;
 const AGENT_IPS: [&str; 2] = ["127.0.0.2", "127.0.0.3"];
@@ -370,6 +376,25 @@ impl Soak {
         None
     }
 
+    /// A replica to break: the leader half of the time, else any (drawn from `rng`); and
+    /// whether it leads, for the report.
+    async fn pick_replica(&self, rng: &mut rand::rngs::StdRng) -> (usize, &'static str) {
+        let leader = self.leader().await;
+        let i = if rng.random_bool(0.5) {
+            leader.unwrap_or(0)
+        } else {
+            rng.random_range(0..self.replicas.len())
+        };
+        (
+            i,
+            if leader == Some(i) {
+                " (the leader)"
+            } else {
+                ""
+            },
+        )
+    }
+
     async fn agent_serving(&self, i: usize) -> bool {
         let r = self
             .http
@@ -438,7 +463,19 @@ async fn soak(o: Options) -> Result<bool, String> {
     let work = std::env::temp_dir().join(format!("vamp-chaos-soak-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
     let work = work.canonicalize().map_err(|e| e.to_string())?;
-    let result = run(&o, &work).await;
+    // Stopped by a signal: the run is dropped, and with it everything it started.
+    let stopped = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            Some(()) = async { term.as_mut()?.recv().await } => {}
+        }
+    };
+    let result = tokio::select! {
+        r = run(&o, &work) => r,
+        () = stopped => Err("stopped by a signal".into()),
+    };
     let marker = work.display().to_string();
     for (pid, _) in processes_where(|cmd| cmd.contains(&marker)) {
         signal(pid, "KILL");
@@ -512,6 +549,21 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
         .collect::<Vec<_>>()
         .join(",");
     let kv = format!("etcd://{endpoints}/soak");
+    // Each replica reaches etcd through proxies of its own, which a partition cuts.
+    let mut partitions: Vec<Vec<fault_proxy::FaultProxy>> = Vec::new();
+    for _ in 0..3 {
+        let mut proxies = Vec::new();
+        for (client, _) in &ports {
+            proxies.push(
+                fault_proxy::FaultProxy::start(
+                    format!("127.0.0.1:{client}"),
+                    Box::new(|| Box::pin(async {})),
+                )
+                .await,
+            );
+        }
+        partitions.push(proxies);
+    }
     // A new connection per request: a client's idle keep-alive connection closed by a
     // reload's old worker as the client reuses it is HTTP/1.1's race, not a fault of Vamp's.
     let http = reqwest::Client::builder()
@@ -532,7 +584,7 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
     let namespace = docker_image::Namespace(format!("soak{}", std::process::id()));
     let mut replicas = Vec::new();
     let mut replica_urls = Vec::new();
-    for i in 0..3 {
+    for (i, proxies) in partitions.iter().enumerate() {
         let port = free_port();
         let command = vec![
             exe.clone(),
@@ -544,7 +596,14 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
             "--persistence".into(),
             pg.url(),
             "--kv".into(),
-            kv.clone(),
+            format!(
+                "etcd://{}/soak",
+                proxies
+                    .iter()
+                    .map(|p| format!("127.0.0.1:{}", p.port))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
             "--scheduler".into(),
             format!("docker://?namespace={}", namespace.0),
             "--no-agent".into(),
@@ -657,7 +716,7 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
     // Traffic, writes and the leader watch, until told to stop.
     let done = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
-    for i in 0..2 {
+    for (i, ip) in AGENT_IPS.iter().enumerate() {
         let (http, done, report, windows) = (
             http.clone(),
             Arc::clone(&done),
@@ -668,7 +727,7 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
         tasks.push(tokio::spawn(async move {
             while !done.load(Ordering::Relaxed) {
                 let sent = Instant::now();
-                let result = get(&http, AGENT_IPS[i], gateway).await;
+                let result = get(&http, ip, gateway).await;
                 {
                     let mut r = report.lock().unwrap();
                     r.requests += 1;
@@ -782,23 +841,14 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
         "kill-etcd",
         "restart-postgres",
         "pause-leader",
+        "partition-replica",
     ];
     while Instant::now() + o.fault_every < end {
         tokio::time::sleep(o.fault_every).await;
         let kind = kinds[rng.random_range(0..kinds.len())];
         match kind {
             "kill-replica" => {
-                let leader = soak.leader().await;
-                let i = if rng.random_bool(0.5) {
-                    leader.unwrap_or(0)
-                } else {
-                    rng.random_range(0..3)
-                };
-                let was = if leader == Some(i) {
-                    " (the leader)"
-                } else {
-                    ""
-                };
+                let (i, was) = soak.pick_replica(&mut rng).await;
                 soak.fault(format!("kill-replica r{i}{was}"));
                 soak.replicas[i].kill();
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -808,10 +858,10 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
                 let i = rng.random_range(0..2);
                 soak.fault(format!("kill-agent a{i}"));
                 // No window: its HAProxy keeps serving, and the restarted agent adopts it.
-                if o.unprotected.as_deref() == Some("adopt") {
-                    if let Some(pid) = haproxy_pid(&work, i) {
-                        signal(pid, "KILL");
-                    }
+                if o.unprotected.as_deref() == Some("adopt")
+                    && let Some(pid) = haproxy_pid(&work, i)
+                {
+                    signal(pid, "KILL");
                 }
                 soak.agents[i].kill();
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -833,6 +883,20 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
                 soak.etcd[i].kill();
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 soak.etcd[i].start()?;
+            }
+            "partition-replica" => {
+                let (i, was) = soak.pick_replica(&mut rng).await;
+                soak.fault(format!(
+                    "partition-replica r{i}{was} from etcd for {} ms",
+                    LEASE_TTL_MS + 2000
+                ));
+                for p in &partitions[i] {
+                    p.hold();
+                }
+                tokio::time::sleep(Duration::from_millis(LEASE_TTL_MS + 2000)).await;
+                for p in &partitions[i] {
+                    p.release();
+                }
             }
             "restart-postgres" => {
                 soak.fault("restart-postgres".into());

@@ -326,6 +326,10 @@ if [ -n "${VAMP_TEST_MSSQL_URL:-}" ]; then
   cargo test -p vamp-backends --features persistence-mssql --test mssql -- --ignored 2>&1 | tee -a "${CARGO_TARGET_DIR}/test.log"
 fi
 
+step "the chaos soak, short (examples/chaos_soak.rs; README, The chaos soak)"
+# The build of the test step above (all features); fails the run when an invariant breaks.
+cargo run --quiet --all-features --example chaos_soak -- --duration 150 --report "${CARGO_TARGET_DIR}/chaos-soak.json"
+
 step "the canary demo (the README's first command)"
 cargo run --example canary_demo
 
