@@ -8,7 +8,7 @@
 //! On loopback, in a directory of its own: a private PostgreSQL (persistence), a three-member
 //! etcd cluster (key-value store and leader election), three `vamp serve` replicas and two
 //! gateway agents with their own HAProxy, each on an address of its own (`127.0.0.2`,
-//! `127.0.0.3`). A deployment with a gateway runs two instances, containers of the machine's
+//! `127.0.0.3`). A deployment with a gateway runs two services, containers of the machine's
 //! Docker engine (the scheduler replicas share: its state is the engine's, each container
 //! labelled with the control plane that owns it). Traffic goes through both agents all along
 //! (a new connection per request), and a writer stores a breed through a random replica every
@@ -26,8 +26,10 @@
 //! | `partition-replica` | a replica (the leader half of the time) cut off from etcd: each replica reaches the members through proxies of its own (`vamp-backends/tests/fault_proxy`), which refuse and cut its connections | healed after its lease and 2 s more |
 //!
 //! Invariants, checked throughout and reported at the end (the exit code is 1 when one broke):
-//! at most one replica says it leads at any poll; every acknowledged write is readable at the
-//! end; no request fails but through an agent whose HAProxy a fault took down (from the
+//! at most one replica says it leads at any poll; every acknowledged weight change (the
+//! cluster's gateway all to `web:1`, then all to `web:2`, and so on, through a random replica)
+//! reaches both agents within 30 s and none goes back; every acknowledged write is readable
+//! at the end; no request fails but through an agent whose HAProxy a fault took down (from the
 //! fault until it serves again, plus a second), those counted apart by fault kind; nothing
 //! the soak started (process or container) is left running at the end. `--unprotected KIND`
 //! turns a protection off, so that the soak is seen to catch what it protects against:
@@ -329,7 +331,28 @@ struct Report {
     writes_acknowledged: u64,
     writes_lost: Vec<String>,
     orphans: Vec<String>,
+    /// Weight changes acknowledged, and how long each took to reach both agents.
+    changes_reached: Vec<f64>,
+    changes_not_reached: Vec<String>,
+    changes_reverted: Vec<String>,
 }
+
+/// The weight change in force: the version every agent must come to serve, since when it was
+/// acknowledged, and when each agent came to serve it alone (`STREAK` answers of it in a row:
+/// a change of two weights passes through a state that serves both).
+#[derive(Default)]
+struct Expected {
+    version: String,
+    acknowledged: Option<Instant>,
+    streak: [u32; 2],
+    reached: [Option<Instant>; 2],
+}
+
+/// Answers of the expected version in a row that count as an agent serving it alone.
+const STREAK: u32 = 10;
+
+/// How long an acknowledged weight change may take to reach both agents (through faults).
+const REACH_WITHIN: Duration = Duration::from_secs(30);
 
 /// When each agent was down for a fault: (from, until), until `None` while still down.
 type Windows = Arc<Mutex<Vec<Vec<(Instant, Option<Instant>, &'static str)>>>>;
@@ -682,9 +705,16 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
 
     // The deployment and its gateway, through both agents.
     let gateway = free_port();
+    let service = |v: u32| {
+        format!(
+            "    - breed:\n        name: web:{v}\n        deployable:\n          type: docker\n          definition: {}\n        ports: {{webport: 8080/http}}\n        environment_variables: {{VERSION: '{v}'}}\n      scale: {{cpu: 0.1, memory: 64MB, instances: 1}}\n",
+            docker_image::IMAGE
+        )
+    };
     let blueprint = format!(
-        "name: soak\ngateways:\n  {gateway}: web/webport\nclusters:\n  web:\n    services:\n    - breed:\n        name: web:1\n        deployable:\n          type: docker\n          definition: {}\n        ports: {{webport: 8080/http}}\n        environment_variables: {{VERSION: '1'}}\n      scale: {{cpu: 0.1, memory: 64MB, instances: 2}}\n",
-        docker_image::IMAGE
+        "name: soak\ngateways:\n  {gateway}: web/webport\nclusters:\n  web:\n    services:\n{}{}",
+        service(1),
+        service(2)
     );
     let r = http
         .put(format!("{}/api/v1/deployments/soak", soak.replica_urls[0]))
@@ -715,13 +745,15 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
 
     // Traffic, writes and the leader watch, until told to stop.
     let done = Arc::new(AtomicBool::new(false));
+    let expected = Arc::new(Mutex::new(Expected::default()));
     let mut tasks = Vec::new();
     for (i, ip) in AGENT_IPS.iter().enumerate() {
-        let (http, done, report, windows) = (
+        let (http, done, report, windows, expected) = (
             http.clone(),
             Arc::clone(&done),
             Arc::clone(&soak.report),
             Arc::clone(&soak.windows),
+            Arc::clone(&expected),
         );
         let started = soak.started;
         tasks.push(tokio::spawn(async move {
@@ -731,6 +763,30 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
                 {
                     let mut r = report.lock().unwrap();
                     r.requests += 1;
+                    // The version served: the weights in force, or an earlier one come back.
+                    if let Ok(body) = &result {
+                        let now = Instant::now();
+                        let mut e = expected.lock().unwrap();
+                        if e.acknowledged.is_some() {
+                            if body.trim() == e.version {
+                                e.streak[i] += 1;
+                                if e.streak[i] >= STREAK {
+                                    e.reached[i].get_or_insert(now);
+                                }
+                            } else if let Some(t) = e.reached[i]
+                                && sent > t
+                            {
+                                r.changes_reverted.push(format!(
+                                    "{:.1}s through agent a{i}: version {} after {} had reached it",
+                                    (sent - started).as_secs_f64(),
+                                    body.trim(),
+                                    e.version
+                                ));
+                            } else {
+                                e.streak[i] = 0;
+                            }
+                        }
+                    }
                     if let Err(why) = result {
                         let now = Instant::now();
                         let inside = windows.lock().unwrap()[i]
@@ -752,6 +808,69 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    // Weight changes through a random replica, each awaited at both agents: all traffic to
+    // web:1, then to web:2, and so on.
+    {
+        let (http, done, report, expected, urls) = (
+            http.clone(),
+            Arc::clone(&done),
+            Arc::clone(&soak.report),
+            Arc::clone(&expected),
+            soak.replica_urls.clone(),
+        );
+        let (seed, started) = (o.seed, soak.started);
+        tasks.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5745_4947);
+            let mut n = 0u32;
+            while !done.load(Ordering::Relaxed) {
+                let (to, from) = if n.is_multiple_of(2) { (1, 2) } else { (2, 1) };
+                let url = &urls[rng.random_range(0..urls.len())];
+                let r = http
+                    .put(format!("{url}/api/v1/gateways/soak/web/webport"))
+                    .header("Content-Type", "application/x-yaml")
+                    .body(format!(
+                        "name: soak/web/webport\nroutes:\n  soak/web/web:{to}/webport: {{weight: 100%}}\n  soak/web/web:{from}/webport: {{weight: 0%}}\n"
+                    ))
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await;
+                if !r.is_ok_and(|r| r.status().is_success()) {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                let acknowledged = Instant::now();
+                *expected.lock().unwrap() = Expected {
+                    version: to.to_string(),
+                    acknowledged: Some(acknowledged),
+                    ..Expected::default()
+                };
+                n += 1;
+                // Both agents serve it within the bound, or the invariant broke.
+                loop {
+                    let reached = expected.lock().unwrap().reached;
+                    if let [Some(a), Some(b)] = reached {
+                        let took = a.max(b) - acknowledged;
+                        report.lock().unwrap().changes_reached.push(took.as_secs_f64());
+                        break;
+                    }
+                    if done.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    if acknowledged.elapsed() > REACH_WITHIN {
+                        report.lock().unwrap().changes_not_reached.push(format!(
+                            "{:.1}s: all traffic to web:{to}, acknowledged, reached {:?} of the agents after {} s",
+                            (acknowledged - started).as_secs_f64(),
+                            reached.iter().filter(|r| r.is_some()).count(),
+                            REACH_WITHIN.as_secs()
+                        ));
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
             }
         }));
     }
@@ -1031,6 +1150,9 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
             "two_leaders": report.two_leaders,
             "writes_acknowledged": report.writes_acknowledged,
             "writes_lost": report.writes_lost,
+            "weight_changes_reached_s": report.changes_reached,
+            "weight_changes_not_reached": report.changes_not_reached,
+            "weight_changes_reverted": report.changes_reverted,
             "orphans": report.orphans,
             "invariants_held": held,
         });
@@ -1116,8 +1238,22 @@ fn print_report(r: &Report, seed: u64) -> bool {
         r.writes_acknowledged,
         r.writes_lost.len()
     );
-    let invariants: [(&str, &[String]); 4] = [
+    let reached = &r.changes_reached;
+    let slowest = reached.iter().copied().fold(0.0_f64, f64::max);
+    println!(
+        "  weight changes: {} reached both agents (slowest {slowest:.1} s), {} not within {} s, {} went back",
+        reached.len(),
+        r.changes_not_reached.len(),
+        REACH_WITHIN.as_secs(),
+        r.changes_reverted.len()
+    );
+    let invariants: [(&str, &[String]); 6] = [
         ("at most one leader at any poll", &r.two_leaders),
+        (
+            "every acknowledged weight change reached both agents",
+            &r.changes_not_reached,
+        ),
+        ("no agent went back to earlier weights", &r.changes_reverted),
         (
             "no request failed outside a fault window",
             &r.failed_outside,
