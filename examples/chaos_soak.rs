@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example chaos_soak --features postgres,etcd,docker -- [--duration SECS]
-//!     [--seed N] [--fault-every SECS] [--report FILE] [--unprotected KIND]
+//!     [--seed N] [--fault-every SECS] [--faults KIND,...] [--report FILE] [--unprotected WHAT]
 //! ```
 //!
 //! On loopback, in a directory of its own: a private PostgreSQL (persistence), a three-member
@@ -22,18 +22,23 @@
 //! | `kill-haproxy` | SIGKILL of an agent's HAProxy | the agent starts another |
 //! | `kill-etcd` | SIGKILL of an etcd member | restarted after 2 s |
 //! | `restart-postgres` | PostgreSQL stopped (`immediate`) and started | at once |
-//! | `pause-leader` | SIGSTOP of the leader past its lease, then SIGCONT | — |
+//! | `pause-leader` | SIGSTOP of the leader for its lease and 2 s more, then SIGCONT | — |
 //! | `partition-replica` | a replica (the leader half of the time) cut off from etcd: each replica reaches the members through proxies of its own (`vamp-backends/tests/fault_proxy`), which refuse and cut its connections | healed after its lease and 2 s more |
 //!
 //! Invariants, checked throughout and reported at the end (the exit code is 1 when one broke):
 //! at most one replica says it leads at any poll; every acknowledged weight change (the
 //! cluster's gateway all to `web:1`, then all to `web:2`, and so on, through a random replica)
-//! reaches both agents within 30 s and none goes back; every acknowledged write is readable
-//! at the end; no request fails but through an agent whose HAProxy a fault took down (from the
+//! reaches both agents within 30 s and none goes back; never more than 30 s without an
+//! acknowledged write; every acknowledged write is readable at the end; no request fails but through an agent whose HAProxy a fault took down (from the
 //! fault until it serves again, plus a second), those counted apart by fault kind; nothing
 //! the soak started (process or container) is left running at the end. `--unprotected KIND`
 //! turns a protection off, so that the soak is seen to catch what it protects against:
-//! `adopt` (a killed agent's HAProxy is killed with it, so its restart is not hitless).
+//! `adopt` (a killed agent's HAProxy is killed with it, so its restart is not hitless);
+//! `supervision` (nothing killed is started again: no replica, agent or etcd member, and a
+//! killed HAProxy's agent is killed with it; PostgreSQL stopped is not started; a fault window
+//! lasts at most 15 s); `lease` (a lease of ten minutes: no other replica takes over from a
+//! paused or partitioned leader, whose pause or partition then lasts 40 s). `--faults` limits
+//! the kinds drawn.
 
 #[path = "../vamp-backends/tests/docker_image/mod.rs"]
 mod docker_image;
@@ -53,6 +58,20 @@ use rand::{Rng, SeedableRng};
 use vamp_core::conformance::kv::Faults;
 
 const LEASE_TTL_MS: u64 = 3000;
+/// The lease without the protection of its expiry (`--unprotected lease`).
+const UNPROTECTED_LEASE_TTL_MS: u64 = 600_000;
+/// The fault kinds.
+const KINDS: [&str; 7] = [
+    "kill-replica",
+    "kill-agent",
+    "kill-haproxy",
+    "kill-etcd",
+    "restart-postgres",
+    "pause-leader",
+    "partition-replica",
+];
+/// The longest the API may go without acknowledging a write.
+const LONGEST_WRITE_GAP: Duration = Duration::from_secs(30);
 const AGENT_IPS: [&str; 2] = ["127.0.0.2", "127.0.0.3"];
 
 fn main() -> ExitCode {
@@ -67,7 +86,7 @@ fn main() -> ExitCode {
         Ok(o) => o,
         Err(e) => {
             eprintln!(
-                "chaos_soak: {e}\nusage: chaos_soak [--duration SECS] [--seed N] [--fault-every SECS] [--report FILE] [--unprotected adopt]"
+                "chaos_soak: {e}\nusage: chaos_soak [--duration SECS] [--seed N] [--fault-every SECS] [--faults KIND,...] [--report FILE] [--unprotected adopt|supervision|lease]"
             );
             return ExitCode::from(2);
         }
@@ -92,6 +111,7 @@ struct Options {
     fault_every: Duration,
     report: Option<PathBuf>,
     unprotected: Option<String>,
+    faults: Vec<&'static str>,
 }
 
 impl Options {
@@ -104,6 +124,7 @@ impl Options {
             fault_every: Duration::from_secs(5),
             report: None,
             unprotected: None,
+            faults: KINDS.to_vec(),
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -121,8 +142,20 @@ impl Options {
                 "--fault-every" => o.fault_every = secs()?,
                 "--seed" => o.seed = value.parse().map_err(|_| "--seed takes a number")?,
                 "--report" => o.report = Some(value.into()),
-                "--unprotected" if value == "adopt" => {
+                "--unprotected" if matches!(value.as_str(), "adopt" | "supervision" | "lease") => {
                     o.unprotected = Some(value.clone());
+                }
+                "--faults" => {
+                    o.faults = value
+                        .split(',')
+                        .map(|k| {
+                            KINDS
+                                .iter()
+                                .find(|known| **known == k)
+                                .copied()
+                                .ok_or_else(|| format!("unknown fault kind {k} (of {KINDS:?})"))
+                        })
+                        .collect::<Result<_, _>>()?;
                 }
                 other => return Err(format!("unknown flag {other} {value}")),
             }
@@ -148,7 +181,6 @@ fn signal(pid: u32, sig: &str) {
 struct Part {
     name: String,
     command: Vec<String>,
-    env: Vec<(String, String)>,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -158,7 +190,6 @@ impl Part {
         Self {
             name: name.to_owned(),
             command,
-            env: Vec::new(),
             log,
             child: None,
         }
@@ -171,9 +202,16 @@ impl Part {
             .open(&self.log)
             .map_err(|e| format!("{}: {e}", self.log.display()))?;
         let err = log.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new(&self.command[0])
+        let mut command = Command::new(&self.command[0]);
+        // Its settings are its flags alone: none of Vamp's variables of the soak's own
+        // environment (a test command's, say) reach it.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("VAMP_") {
+                command.env_remove(k);
+            }
+        }
+        let child = command
             .args(&self.command[1..])
-            .envs(self.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
@@ -308,8 +346,12 @@ impl Postgres {
     }
 
     fn restart(&self) {
-        let _ = self.ctl(&["stop", "-m", "immediate"]);
+        self.stop();
         let _ = self.ctl(&["start", "-w"]);
+    }
+
+    fn stop(&self) {
+        let _ = self.ctl(&["stop", "-m", "immediate"]);
     }
 }
 
@@ -331,6 +373,9 @@ struct Report {
     writes_acknowledged: u64,
     writes_lost: Vec<String>,
     orphans: Vec<String>,
+    /// The longest time without an acknowledged write, and the gaps past the bound.
+    longest_write_gap_s: f64,
+    write_gaps: Vec<String>,
     /// Weight changes acknowledged, and how long each took to reach both agents.
     changes_reached: Vec<f64>,
     changes_not_reached: Vec<String>,
@@ -353,6 +398,10 @@ const STREAK: u32 = 10;
 
 /// How long an acknowledged weight change may take to reach both agents (through faults).
 const REACH_WITHIN: Duration = Duration::from_secs(30);
+
+/// The longest an agent's HAProxy may be down for a fault: failures later than this after the
+/// fault count as failures outside fault windows.
+const LONGEST_WINDOW: Duration = Duration::from_secs(15);
 
 /// When each agent was down for a fault: (from, until), until `None` while still down.
 type Windows = Arc<Mutex<Vec<Vec<(Instant, Option<Instant>, &'static str)>>>>;
@@ -514,6 +563,11 @@ async fn soak(o: Options) -> Result<bool, String> {
 #[allow(clippy::too_many_lines)]
 async fn run(o: &Options, work: &Path) -> Result<bool, String> {
     let work = work.to_path_buf();
+    let lease_ttl_ms = if o.unprotected.as_deref() == Some("lease") {
+        UNPROTECTED_LEASE_TTL_MS
+    } else {
+        LEASE_TTL_MS
+    };
     println!(
         "chaos soak: seed {}, {} s, a fault every {} s{}; in {}",
         o.seed,
@@ -635,7 +689,7 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
             "--replica-id".into(),
             format!("r{i}"),
             "--lease-ttl-ms".into(),
-            LEASE_TTL_MS.to_string(),
+            lease_ttl_ms.to_string(),
             "--period-ms".into(),
             "200".into(),
             "--gateway-port-range".into(),
@@ -795,6 +849,7 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
                             .find(|(from, to, _)| {
                                 sent >= *from - Duration::from_millis(100)
                                     && to.is_none_or(|t| now <= t)
+                                    && now <= *from + LONGEST_WINDOW
                             })
                             .map(|w| w.2);
                         if let Some(kind) = inside {
@@ -876,16 +931,32 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
     }
     let written = Arc::new(Mutex::new(Vec::<String>::new()));
     {
-        let (http, done, written, urls) = (
+        let (http, done, written, urls, report) = (
             http.clone(),
             Arc::clone(&done),
             Arc::clone(&written),
             soak.replica_urls.clone(),
+            Arc::clone(&soak.report),
         );
-        let seed = o.seed;
+        let (seed, started) = (o.seed, soak.started);
         tasks.push(tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5752_4954);
             let n = AtomicU64::new(0);
+            // The API stays writable: no longer than LONGEST_WRITE_GAP without an
+            // acknowledged write.
+            let mut last = Instant::now();
+            let gap = |at: Instant, last: Instant, report: &Mutex<Report>| {
+                let g = at - last;
+                let mut r = report.lock().unwrap();
+                r.longest_write_gap_s = r.longest_write_gap_s.max(g.as_secs_f64());
+                if g > LONGEST_WRITE_GAP {
+                    r.write_gaps.push(format!(
+                        "{:.1}s: no write acknowledged for {:.1} s",
+                        (at - started).as_secs_f64(),
+                        g.as_secs_f64()
+                    ));
+                }
+            };
             while !done.load(Ordering::Relaxed) {
                 let name = format!("soak-{}", n.fetch_add(1, Ordering::Relaxed));
                 let url = &urls[rng.random_range(0..urls.len())];
@@ -898,9 +969,13 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
                     .await;
                 if r.is_ok_and(|r| r.status().is_success()) {
                     written.lock().unwrap().push(name);
+                    let now = Instant::now();
+                    gap(now, last, &report);
+                    last = now;
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
+            gap(Instant::now(), last, &report);
         }));
     }
     {
@@ -953,15 +1028,12 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
     // The faults.
     let mut rng = rand::rngs::StdRng::seed_from_u64(o.seed);
     let end = Instant::now() + o.duration;
-    let kinds = [
-        "kill-replica",
-        "kill-agent",
-        "kill-haproxy",
-        "kill-etcd",
-        "restart-postgres",
-        "pause-leader",
-        "partition-replica",
-    ];
+    let kinds = &o.faults;
+    // A pause or a partition lasts the lease and 2 s more: past the lease, another replica
+    // leads. Without that protection (a lease too long to expire), 40 s.
+    let outage = Duration::from_millis(lease_ttl_ms + 2000).min(Duration::from_secs(40));
+    // Without supervision, nothing the soak kills comes back.
+    let supervised = o.unprotected.as_deref() != Some("supervision");
     while Instant::now() + o.fault_every < end {
         tokio::time::sleep(o.fault_every).await;
         let kind = kinds[rng.random_range(0..kinds.len())];
@@ -971,7 +1043,9 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
                 soak.fault(format!("kill-replica r{i}{was}"));
                 soak.replicas[i].kill();
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                soak.replicas[i].start()?;
+                if supervised {
+                    soak.replicas[i].start()?;
+                }
             }
             "kill-agent" => {
                 let i = rng.random_range(0..2);
@@ -984,7 +1058,9 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
                 }
                 soak.agents[i].kill();
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                soak.agents[i].start()?;
+                if supervised {
+                    soak.agents[i].start()?;
+                }
             }
             "kill-haproxy" => {
                 let i = rng.random_range(0..2);
@@ -993,6 +1069,10 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
                 };
                 soak.fault(format!("kill-haproxy of a{i} (pid {pid})"));
                 soak.open_window(i, "kill-haproxy");
+                if !supervised {
+                    // Nothing starts another HAProxy.
+                    soak.agents[i].kill();
+                }
                 signal(pid, "KILL");
                 soak.close_window(i, gateway).await;
             }
@@ -1001,25 +1081,31 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
                 soak.fault(format!("kill-etcd e{i}"));
                 soak.etcd[i].kill();
                 tokio::time::sleep(Duration::from_secs(2)).await;
-                soak.etcd[i].start()?;
+                if supervised {
+                    soak.etcd[i].start()?;
+                }
             }
             "partition-replica" => {
                 let (i, was) = soak.pick_replica(&mut rng).await;
                 soak.fault(format!(
                     "partition-replica r{i}{was} from etcd for {} ms",
-                    LEASE_TTL_MS + 2000
+                    outage.as_millis()
                 ));
                 for p in &partitions[i] {
                     p.hold();
                 }
-                tokio::time::sleep(Duration::from_millis(LEASE_TTL_MS + 2000)).await;
+                tokio::time::sleep(outage).await;
                 for p in &partitions[i] {
                     p.release();
                 }
             }
             "restart-postgres" => {
                 soak.fault("restart-postgres".into());
-                pg.restart();
+                if supervised {
+                    pg.restart();
+                } else {
+                    pg.stop();
+                }
             }
             _ => {
                 let Some(i) = soak.leader().await else {
@@ -1028,9 +1114,9 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
                 let Some(pid) = soak.replicas[i].pid() else {
                     continue;
                 };
-                soak.fault(format!("pause-leader r{i} for {} ms", LEASE_TTL_MS + 2000));
+                soak.fault(format!("pause-leader r{i} for {} ms", outage.as_millis()));
                 signal(pid, "STOP");
-                tokio::time::sleep(Duration::from_millis(LEASE_TTL_MS + 2000)).await;
+                tokio::time::sleep(outage).await;
                 signal(pid, "CONT");
             }
         }
@@ -1042,17 +1128,21 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
     }
 
     // The end: every acknowledged write readable, then everything stopped and nothing left.
-    until(
+    // (Without supervision there may be none: what it could not do then shows as broken
+    // invariants, not as an error.)
+    let leader = until(
         "one leader at the end",
         Duration::from_secs(60),
         async || soak.leader().await.is_some(),
     )
-    .await?;
+    .await
+    .is_ok();
+    let api = soak.leader().await.unwrap_or(0);
     let names = written.lock().unwrap().clone();
     let mut lost = Vec::new();
     for name in &names {
         let found = http
-            .get(format!("{}/api/v1/breeds/{name}", soak.replica_urls[0]))
+            .get(format!("{}/api/v1/breeds/{name}", soak.replica_urls[api]))
             .header("Accept", "application/json")
             .send()
             .await
@@ -1066,18 +1156,22 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
         r.writes_acknowledged = names.len() as u64;
         r.writes_lost = lost;
     }
-    let r = http
-        .delete(format!("{}/api/v1/deployments/soak", soak.replica_urls[0]))
+    let undeployed = http
+        .delete(format!(
+            "{}/api/v1/deployments/soak",
+            soak.replica_urls[api]
+        ))
         .header("Content-Type", "application/x-yaml")
         .body(blueprint)
         .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    if !r.status().is_success() {
-        return Err(format!(
-            "the undeployment: {}",
-            r.text().await.unwrap_or_default()
-        ));
+        .await;
+    match undeployed {
+        Ok(r) if r.status().is_success() => {}
+        Ok(r) => println!("  the undeployment: {}", r.text().await.unwrap_or_default()),
+        Err(e) => println!("  the undeployment: {e}"),
+    }
+    if !leader {
+        println!("  no leader at the end");
     }
     let marker = work.display().to_string();
     let instances_left = || containers(&namespace.0);
@@ -1150,6 +1244,8 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
             "two_leaders": report.two_leaders,
             "writes_acknowledged": report.writes_acknowledged,
             "writes_lost": report.writes_lost,
+            "longest_write_gap_s": report.longest_write_gap_s,
+            "write_gaps": report.write_gaps,
             "weight_changes_reached_s": report.changes_reached,
             "weight_changes_not_reached": report.changes_not_reached,
             "weight_changes_reverted": report.changes_reverted,
@@ -1247,8 +1343,16 @@ fn print_report(r: &Report, seed: u64) -> bool {
         REACH_WITHIN.as_secs(),
         r.changes_reverted.len()
     );
-    let invariants: [(&str, &[String]); 6] = [
+    println!(
+        "  writes: at most {:.1} s without one acknowledged",
+        r.longest_write_gap_s
+    );
+    let invariants: [(&str, &[String]); 7] = [
         ("at most one leader at any poll", &r.two_leaders),
+        (
+            "never more than 30 s without an acknowledged write",
+            &r.write_gaps,
+        ),
         (
             "every acknowledged weight change reached both agents",
             &r.changes_not_reached,

@@ -20,6 +20,7 @@
 //! | `--scheduler` | `VAMP_CONTAINER_DRIVER_URL`, or `VAMP_CONTAINER_DRIVER_TYPE` (`docker`, `kubernetes`, `marathon` with `VAMP_CONTAINER_DRIVER_MARATHON_URL`) | `local://<data-dir>/instances` |
 //! | `--namespace` | `VAMP_NAMESPACE` | `default` |
 //! | `--gateway-host` | `VAMP_GATEWAY_DRIVER_HOST` | `127.0.0.1` |
+//! | `--gateway-bind-address` | `VAMP_GATEWAY_DRIVER_BIND_ADDRESS` | `127.0.0.1` with the in-process agent; `0.0.0.0` with `--no-agent` |
 //! | `--agent` / `--no-agent` | `VAMP_GATEWAY_AGENT` (`true`/`false`) | an in-process agent when HAProxy is found |
 //! | `--stop-on-exit` | | off: local services and the agent's HAProxy keep running when the server stops, and are adopted by the next start |
 //! | `--haproxy` | `VAMP_HAPROXY_BIN` | `haproxy` |
