@@ -232,6 +232,17 @@ impl Part {
         }
     }
 
+    /// Killed, and after `pause` started again by the same command when `supervised` (as a
+    /// supervisor would).
+    async fn kill_and_restart(&mut self, pause: Duration, supervised: bool) -> Result<(), String> {
+        self.kill();
+        tokio::time::sleep(pause).await;
+        if supervised {
+            self.start()?;
+        }
+        Ok(())
+    }
+
     fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             signal(c.id(), "TERM");
@@ -429,14 +440,12 @@ impl Soak {
     }
 
     async fn info(&self, i: usize) -> Option<serde_json::Value> {
-        let r = self
-            .http
-            .get(format!("{}/api/v1/info?on=loops", self.replica_urls[i]))
-            .timeout(Duration::from_millis(800))
-            .send()
-            .await
-            .ok()?;
-        r.json().await.ok()
+        info(
+            &self.http,
+            &self.replica_urls[i],
+            Duration::from_millis(800),
+        )
+        .await
     }
 
     async fn leader(&self) -> Option<usize> {
@@ -495,6 +504,24 @@ impl Soak {
             w.1 = Some(end);
         }
     }
+}
+
+/// A replica's `/api/v1/info?on=loops` (at `base`), if it answers within `limit`.
+async fn info(http: &reqwest::Client, base: &str, limit: Duration) -> Option<serde_json::Value> {
+    json_at(http, &format!("{base}/api/v1/info?on=loops"), limit).await
+}
+
+/// The JSON `url` answers, if it answers within `limit`.
+async fn json_at(http: &reqwest::Client, url: &str, limit: Duration) -> Option<serde_json::Value> {
+    http.get(url)
+        .header("Accept", "application/json")
+        .timeout(limit)
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
 }
 
 /// One request through the agent at `ip`: its body, or why it failed.
@@ -991,17 +1018,7 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
             while !done.load(Ordering::Relaxed) {
                 let mut leading = Vec::new();
                 for (i, url) in urls.iter().enumerate() {
-                    let info: Option<serde_json::Value> = async {
-                        http.get(format!("{url}/api/v1/info?on=loops"))
-                            .timeout(Duration::from_millis(500))
-                            .send()
-                            .await
-                            .ok()?
-                            .json()
-                            .await
-                            .ok()
-                    }
-                    .await;
+                    let info = info(&http, url, Duration::from_millis(500)).await;
                     if let Some(v) = info.filter(|v| v["leader"] == true) {
                         leading.push(format!("r{i}"));
                         if let Some(t) = v["leader_token"].as_u64() {
@@ -1041,11 +1058,9 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
             "kill-replica" => {
                 let (i, was) = soak.pick_replica(&mut rng).await;
                 soak.fault(format!("kill-replica r{i}{was}"));
-                soak.replicas[i].kill();
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                if supervised {
-                    soak.replicas[i].start()?;
-                }
+                soak.replicas[i]
+                    .kill_and_restart(Duration::from_secs(1), supervised)
+                    .await?;
             }
             "kill-agent" => {
                 let i = rng.random_range(0..2);
@@ -1056,11 +1071,9 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
                 {
                     signal(pid, "KILL");
                 }
-                soak.agents[i].kill();
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                if supervised {
-                    soak.agents[i].start()?;
-                }
+                soak.agents[i]
+                    .kill_and_restart(Duration::from_secs(1), supervised)
+                    .await?;
             }
             "kill-haproxy" => {
                 let i = rng.random_range(0..2);
@@ -1079,11 +1092,9 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
             "kill-etcd" => {
                 let i = rng.random_range(0..3);
                 soak.fault(format!("kill-etcd e{i}"));
-                soak.etcd[i].kill();
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                if supervised {
-                    soak.etcd[i].start()?;
-                }
+                soak.etcd[i]
+                    .kill_and_restart(Duration::from_secs(2), supervised)
+                    .await?;
             }
             "partition-replica" => {
                 let (i, was) = soak.pick_replica(&mut rng).await;
@@ -1174,30 +1185,23 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
         println!("  no leader at the end");
     }
     let marker = work.display().to_string();
-    let instances_left = || containers(&namespace.0);
+    // Containers that cannot be listed count as left.
+    let none_left = || namespace.containers().is_ok_and(|c| c.is_empty());
     println!("  {:>7.1}s  undeploying", soak.at());
     if until(
         "the instances stopped",
         Duration::from_secs(60),
-        async || instances_left().is_empty(),
+        async || none_left(),
     )
     .await
     .is_err()
     {
         let leader = soak.leader().await.unwrap_or(0);
-        let d: serde_json::Value = async {
-            http.get(format!(
-                "{}/api/v1/deployments/soak",
-                soak.replica_urls[leader]
-            ))
-            .header("Accept", "application/json")
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()
-        }
+        let d = json_at(
+            &http,
+            &format!("{}/api/v1/deployments/soak", soak.replica_urls[leader]),
+            Duration::from_secs(10),
+        )
         .await
         .unwrap_or_default();
         println!("  the instances did not stop; the deployment, as r{leader} says: {d}");
@@ -1224,11 +1228,10 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
     report.orphans = orphans
         .into_iter()
         .map(|(pid, cmd)| format!("process {pid} {cmd}"))
-        .chain(
-            containers(&namespace.0)
-                .into_iter()
-                .map(|c| format!("container {c}")),
-        )
+        .chain(match namespace.containers() {
+            Ok(left) => left.into_iter().map(|c| format!("container {c}")).collect(),
+            Err(e) => vec![format!("containers of {} not listed: {e}", namespace.0)],
+        })
         .collect();
     drop(namespace);
     let held = print_report(&report, o.seed);
@@ -1259,25 +1262,6 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
         .map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(held)
-}
-
-/// The containers (running or not) of Docker namespace `ns`.
-fn containers(ns: &str) -> Vec<String> {
-    Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=io.vamp.namespace={ns}"),
-        ])
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// The PID of agent `i`'s HAProxy master (its pid file).

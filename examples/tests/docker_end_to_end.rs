@@ -17,20 +17,6 @@ fn breed(version: &str) -> String {
     )
 }
 
-/// The containers of namespace `ns`.
-fn containers(ns: &str) -> usize {
-    let out = std::process::Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=io.vamp.namespace={ns}"),
-        ])
-        .output()
-        .expect("the docker command");
-    String::from_utf8_lossy(&out.stdout).lines().count()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_versions_in_containers_split_the_traffic_by_weight() {
     if !haproxy_or_skip() {
@@ -52,7 +38,7 @@ async fn two_versions_in_containers_split_the_traffic_by_weight() {
         url,
         breed,
         |body| Some(body.to_owned()),
-        async || containers(&ns.0) == 0,
+        async || ns.containers().expect("the containers").is_empty(),
     )
     .await;
 }

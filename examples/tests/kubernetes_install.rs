@@ -58,17 +58,6 @@ fn vamp_image() {
     assert_eq!(code, std::process::ExitCode::SUCCESS, "vamp serve's exit");
 }
 
-/// The objects of `packaging/kubernetes/vamp.yaml`, as JSON.
-fn manifests() -> Vec<Value> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/kubernetes/vamp.yaml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    vamp_core::dsl::load_documents(&text)
-        .unwrap()
-        .iter()
-        .map(vamp_core::node::Node::to_json)
-        .collect()
-}
-
 /// The image's `ENV` of a Dockerfile (`ENV K=V \` continued lines).
 fn image_env(dockerfile: &str) -> Vec<(String, String)> {
     let text = std::fs::read_to_string(
@@ -128,7 +117,7 @@ async fn install(client: &kube::Client, ns: &str, token: &str, settings: &[(&str
         .create(&PostParams::default(), &secret)
         .await
         .expect("the API token's Secret");
-    for mut o in manifests() {
+    for mut o in kube_double::KubeDouble::vamp_manifests() {
         if o["kind"] == "ConfigMap" {
             for (k, v) in settings {
                 assert!(o["data"].get(*k).is_some(), "the ConfigMap sets {k}");
@@ -372,13 +361,7 @@ async fn the_manifests_install_vamp_on_the_api_server_double() {
         return;
     };
     let run = std::process::id();
-    let etcd_host = etcd
-        .split(',')
-        .next()
-        .unwrap()
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned();
+    let etcd_host = support::etcd_host(&etcd);
     let double = kube_double::KubeDouble::start().await;
     let dir = tempfile::tempdir().unwrap();
     let _logs = Logs(dir.path().to_owned());

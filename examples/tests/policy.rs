@@ -143,18 +143,7 @@ async fn the_policy_refuses_on_the_real_docker_engine() {
     if std::env::var("VAMP_TEST_DOCKER_NETWORK").is_ok_and(|n| n == "host") {
         url.push_str("&network=host");
     }
-    let containers = || {
-        let out = std::process::Command::new("docker")
-            .args([
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=io.vamp.namespace={}", ns.0),
-            ])
-            .output()
-            .expect("the docker command");
-        String::from_utf8_lossy(&out.stdout).lines().count()
-    };
+    let containers = || ns.containers().expect("the containers").len();
     refused_then_allowed(
         url,
         docker_image::IMAGE,

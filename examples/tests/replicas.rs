@@ -184,13 +184,7 @@ async fn three_replicas_elect_one_leader_and_fail_over_on_postgresql_and_etcd_th
         return;
     };
     let run = std::process::id();
-    let etcd_host = etcd
-        .split(',')
-        .next()
-        .unwrap()
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned();
+    let etcd_host = support::etcd_host(&etcd);
     replicas_fail_over(
         &with_table(&pg, &format!("replicas_pg_{run}")),
         &format!("etcd://{etcd_host}/replicas-{run}"),

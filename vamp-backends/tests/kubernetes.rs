@@ -785,18 +785,6 @@ async fn gateways_get_services_of_the_configured_type() {
     assert!(GatewayServiceType::parse("ExternalName").is_err());
 }
 
-/// The objects of `packaging/kubernetes/vamp.yaml`, as JSON.
-fn manifests() -> Vec<serde_json::Value> {
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/kubernetes/vamp.yaml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    vamp_core::dsl::load_documents(&text)
-        .unwrap()
-        .iter()
-        .map(vamp_core::node::Node::to_json)
-        .collect()
-}
-
 /// Every object of the manifests is what its `k8s-openapi` type reads: read and written back,
 /// it is unchanged (a misspelt or misplaced field would be dropped, and fail here).
 #[test]
@@ -813,7 +801,7 @@ fn the_manifests_are_typed_kubernetes_objects() {
             v["metadata"]["name"]
         );
     }
-    let objects = manifests();
+    let objects = KubeDouble::vamp_manifests();
     let kinds: Vec<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
     assert_eq!(
         kinds,
@@ -866,7 +854,7 @@ async fn the_role_grants_exactly_what_vamp_calls() {
     // The manifests' Role and its binding to vamp's service account, whose token every call
     // below bears: the double's RBAC refuses what the Role does not grant.
     let admin = client(&double, None);
-    for o in manifests() {
+    for o in KubeDouble::vamp_manifests() {
         match o["kind"].as_str() {
             Some("Role") => {
                 kube::Api::<Role>::namespaced(admin.clone(), "vamp")
@@ -935,35 +923,15 @@ async fn the_role_grants_exactly_what_vamp_calls() {
         .iter()
         .filter(|r| !r.path.contains("/secrets"))
         .map(|r| {
-            let (path, query) = r.path.split_once('?').unwrap_or((&r.path, ""));
-            let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-            let (group, rest) = match segments.as_slice() {
-                ["api", "v1", "namespaces", _, rest @ ..] => ("", rest),
-                ["apis", group, _, "namespaces", _, rest @ ..] => (*group, rest),
-                other => panic!("a call outside the namespace: {other:?}"),
-            };
-            let resource = match rest {
-                [resource] | [resource, _] => (*resource).to_owned(),
-                [resource, _, sub] => format!("{resource}/{sub}"),
-                other => panic!("unexpected path {other:?}"),
-            };
-            let watch = query
-                .split('&')
-                .any(|p| p == "watch=true" || p == "watch=1");
-            let verb = match (r.method.as_str(), rest.len() > 1, watch) {
-                ("GET", _, true) => "watch",
-                ("GET", true, false) => "get",
-                ("GET", false, false) => "list",
-                ("POST", _, _) => "create",
-                ("PUT", _, _) => "update",
-                ("PATCH", _, _) => "patch",
-                ("DELETE", true, _) => "delete",
-                (m, _, _) => panic!("unexpected method {m} on {path}"),
-            };
-            (group.to_owned(), resource, verb.to_owned())
+            r.rbac_attributes().unwrap_or_else(|| {
+                panic!(
+                    "a call outside the namespace or of another method: {} {}",
+                    r.method, r.path
+                )
+            })
         })
         .collect();
-    let role = manifests()
+    let role = KubeDouble::vamp_manifests()
         .into_iter()
         .find(|o| o["kind"] == "Role")
         .unwrap();

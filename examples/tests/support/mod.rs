@@ -102,6 +102,18 @@ pub fn pids_where(wanted: impl Fn(&str) -> bool) -> Vec<u32> {
     out
 }
 
+/// The first `host:port` of etcd endpoints as the test command gives them
+/// (`VAMP_ETCD_ENDPOINTS`: `http://h1:2379,http://h2:2379`).
+pub fn etcd_host(endpoints: &str) -> String {
+    endpoints
+        .split(',')
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned()
+}
+
 /// A loopback port nothing listens on now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -67,6 +67,31 @@ impl Namespace {
     }
 }
 
+impl Namespace {
+    /// The ids of its containers, running or not.
+    pub fn containers(&self) -> Result<Vec<String>, String> {
+        let out = std::process::Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=io.vamp.namespace={}", self.0),
+            ])
+            .output()
+            .map_err(|e| format!("the docker command: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "docker ps: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect())
+    }
+}
+
 impl Drop for Namespace {
     fn drop(&mut self) {
         let label = format!("label=io.vamp.namespace={}", self.0);

@@ -89,6 +89,23 @@ pub struct Recorded {
     pub body: Value,
 }
 
+impl Recorded {
+    /// What RBAC checks of it, as the double's authorizer reads it: (API group,
+    /// resource[/subresource], verb); `None` for a call outside a namespace or an unknown
+    /// method.
+    #[allow(dead_code)] // used by the RBAC test (vamp-backends/tests/kubernetes.rs)
+    pub fn rbac_attributes(&self) -> Option<(String, String, String)> {
+        let (path, query) = self.path.split_once('?').unwrap_or((&self.path, ""));
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let watching = query
+            .split('&')
+            .any(|p| p == "watch=true" || p == "watch=1");
+        let method = Method::from_bytes(self.method.as_bytes()).ok()?;
+        let (verb, group, resource, _, _) = attributes(&method, &segments, watching)?;
+        Some((group.to_owned(), resource, verb.to_owned()))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
     Deployment,
@@ -395,6 +412,19 @@ impl KubeDouble {
     /// The requests RBAC refused: "<user> <verb> <resource> <group> <namespace>".
     pub fn forbidden(&self) -> Vec<String> {
         self.shared.state.lock().unwrap().forbidden.clone()
+    }
+
+    /// The objects of Vamp's manifests, `packaging/kubernetes/vamp.yaml`, as JSON: what
+    /// the tests apply to the double.
+    pub fn vamp_manifests() -> Vec<Value> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../packaging/kubernetes/vamp.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        vamp_core::dsl::load_documents(&text)
+            .unwrap()
+            .iter()
+            .map(vamp_core::node::Node::to_json)
+            .collect()
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -1018,7 +1048,12 @@ fn attributes<'a>(
     let ["namespaces", ns, resource, rest @ ..] = rest else {
         return None;
     };
-    let (name, sub) = (rest.first().copied(), rest.get(1).copied());
+    let (name, sub) = match rest {
+        [] => (None, None),
+        [name] => (Some(*name), None),
+        [name, sub] => (Some(*name), Some(*sub)),
+        _ => return None,
+    };
     let verb = match (method.as_str(), name) {
         ("GET", _) if watching => "watch",
         ("GET", Some(_)) => "get",

@@ -194,12 +194,9 @@ impl AgentOptions {
             };
             // The ports this configuration binds: a server on loopback at one of them is a
             // hop to a gateway of this same HAProxy, which now listens on `address`.
-            let own_ports: std::collections::BTreeSet<&str> = out
-                .lines()
-                .filter_map(|l| l.trim_start().strip_prefix("bind "))
-                .filter_map(|rest| rest.split(' ').next())
-                .filter(|addr| !addr.contains('@'))
-                .filter_map(|addr| addr.rsplit_once(':').map(|(_, p)| p))
+            let own_ports: std::collections::BTreeSet<u16> = ports::binds(&out)
+                .into_iter()
+                .filter_map(|(_, _, _, parsed)| parsed.map(|a| a.port()))
                 .collect();
             let mut changed = false;
             let lines: Vec<Cow<'_, str>> = out
@@ -214,7 +211,7 @@ impl AgentOptions {
                         };
                         let tail = words.next();
                         let hop = addr.rsplit_once(':').is_some_and(|(ip, port)| {
-                            own_ports.contains(port)
+                            port.parse().is_ok_and(|p: u16| own_ports.contains(&p))
                                 && ip
                                     .trim_matches(|c| c == '[' || c == ']')
                                     .parse::<std::net::IpAddr>()

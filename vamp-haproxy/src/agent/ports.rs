@@ -181,7 +181,7 @@ fn bindable(
 
 /// The TCP bind addresses of `config`'s frontends: (lookup, gateway, address as written,
 /// parsed address).
-fn binds(config: &str) -> Vec<(String, String, String, Option<SocketAddr>)> {
+pub(super) fn binds(config: &str) -> Vec<(String, String, String, Option<SocketAddr>)> {
     let mut out = Vec::new();
     let mut comment: Option<String> = None;
     let mut frontend: Option<(String, String)> = None;
