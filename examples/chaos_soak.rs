@@ -448,9 +448,11 @@ impl Soak {
         .await
     }
 
+    /// The replica that says it leads; replicas that do not answer (killed, paused) are
+    /// passed over.
     async fn leader(&self) -> Option<usize> {
         for i in 0..self.replicas.len() {
-            if self.info(i).await?["leader"] == true {
+            if self.info(i).await.is_some_and(|v| v["leader"] == true) {
                 return Some(i);
             }
         }
