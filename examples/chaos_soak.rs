@@ -1,18 +1,26 @@
 //! `chaos_soak`: Vamp's control plane under random faults, with its invariants counted.
 //!
 //! ```text
-//! cargo run --release --example chaos_soak --features postgres,etcd,docker -- [--duration SECS]
+//! cargo run --release --example chaos_soak --features postgres,etcd,docker,elasticsearch -- [--duration SECS]
 //!     [--seed N] [--fault-every SECS] [--faults KIND,...] [--report FILE] [--unprotected WHAT]
 //! ```
 //!
 //! On loopback, in a directory of its own: a private PostgreSQL (persistence), a three-member
 //! etcd cluster (key-value store and leader election), three `vamp serve` replicas and two
 //! gateway agents with their own HAProxy, each on an address of its own (`127.0.0.2`,
-//! `127.0.0.3`). A deployment with a gateway runs two services, containers of the machine's
-//! Docker engine (the scheduler replicas share: its state is the engine's, each container
-//! labelled with the control plane that owns it). Traffic goes through both agents all along
-//! (a new connection per request), and a writer stores a breed through a random replica every
-//! half second. Every `--fault-every` seconds a fault, drawn with the printed `--seed` (the
+//! `127.0.0.3`). A deployment runs its services as containers of the machine's Docker engine
+//! (the scheduler replicas share: its state is the engine's, each container labelled with the
+//! control plane that owns it): the cluster `web`, two versions behind a gateway whose weights
+//! move, and the cluster `shop`, behind a gateway of its own, into which canary versions are
+//! merged one after another, failing (a fifth of their requests answer `503`) and healthy in
+//! turn, each with a canary policy (steps of 20, 50 and 100%, a check every 3 s, a relative
+//! error-rate gate) that the leading replica's loop decides from the request records both
+//! agents ship to a shared metrics store (Elasticsearch's API: osmem-server, from PyPI, found
+//! at `VAMP_OSMEM_SERVER` or where scripts/test.sh installs it). A rolled-back version is
+//! removed from the deployment once neither agent serves it; a promoted one's policy slices
+//! the stable version out. Traffic goes through both agents to both gateways all along (a new
+//! connection per request), and a writer stores a breed through a random replica every half
+//! second. Every `--fault-every` seconds a fault, drawn with the printed `--seed` (the
 //! same seed draws the same kinds and targets; "the leader" is whichever leads then):
 //!
 //! | kind | what | recovery (as a supervisor would) |
@@ -30,8 +38,10 @@
 //! cluster's gateway all to `web:1`, then all to `web:2`, and so on, through a random replica)
 //! reaches both agents within 30 s and none goes back; never more than 30 s without an
 //! acknowledged write; every acknowledged write is readable at the end; no request fails but through an agent whose HAProxy a fault took down (from the
-//! fault until it serves again, plus a second), those counted apart by fault kind; nothing
-//! the soak started (process or container) is left running at the end. `--unprotected KIND`
+//! fault until it serves again, plus a second), those counted apart by fault kind (a failing
+//! canary's own `503`s are counted apart too); every failing canary is rolled back and every
+//! healthy one promoted, each within 120 s of running; nothing the soak started (process or
+//! container) is left running at the end. `--unprotected KIND`
 //! turns a protection off, so that the soak is seen to catch what it protects against:
 //! `adopt` (a killed agent's HAProxy is killed with it, so its restart is not hitless);
 //! `supervision` (nothing killed is started again: no replica, agent or etcd member, and a
@@ -391,6 +401,13 @@ struct Report {
     changes_reached: Vec<f64>,
     changes_not_reached: Vec<String>,
     changes_reverted: Vec<String>,
+    /// Answers of a failing canary's own errors (what its policy judges).
+    canary_errors: u64,
+    /// Canaries decided, by kind and verdict ("failing rolled_back"), and how long each took
+    /// from its merge.
+    canaries_decided: BTreeMap<String, u64>,
+    canaries_took_s: Vec<f64>,
+    canaries_wrong: Vec<String>,
 }
 
 /// The weight change in force: the version every agent must come to serve, since when it was
@@ -416,6 +433,133 @@ const LONGEST_WINDOW: Duration = Duration::from_secs(15);
 
 /// When each agent was down for a fault: (from, until), until `None` while still down.
 type Windows = Arc<Mutex<Vec<Vec<(Instant, Option<Instant>, &'static str)>>>>;
+
+/// The versions each agent served through the shop's gateway, and when last.
+type Seen = Arc<Mutex<Vec<BTreeMap<String, Instant>>>>;
+
+/// The share of its requests a failing canary fails, in percent.
+const FAIL_PERCENT: u32 = 20;
+
+/// How long a merged canary may take to run, and then to be decided, and a rolled-back one
+/// to leave the agents (through faults).
+const CANARY_WITHIN: Duration = Duration::from_secs(120);
+
+/// How long an agent must not have served a rolled-back version before it is removed.
+const QUIET: Duration = Duration::from_secs(3);
+
+/// A service of `cluster`'s version `v` in a blueprint: the test image answering `v`, failing
+/// `fail_percent` of its requests.
+fn service(cluster: &str, v: u32, fail_percent: Option<u32>) -> String {
+    let fail = fail_percent.map_or(String::new(), |p| format!(", FAIL_PERCENT: '{p}'"));
+    format!(
+        "    - breed:\n        name: {cluster}:{v}\n        deployable:\n          type: docker\n          definition: {}\n        ports: {{webport: 8080/http}}\n        environment_variables: {{VERSION: '{v}'{fail}}}\n      scale: {{cpu: 0.1, memory: 64MB, instances: 1}}\n",
+        docker_image::IMAGE
+    )
+}
+
+/// The API through a replica drawn at random for each request, until the soak ends.
+struct Writer {
+    http: reqwest::Client,
+    urls: Vec<String>,
+    rng: rand::rngs::StdRng,
+    done: Arc<AtomicBool>,
+}
+
+impl Writer {
+    fn url(&mut self, path: &str) -> String {
+        let i = self.rng.random_range(0..self.urls.len());
+        format!("{}/api/v1{path}", self.urls[i])
+    }
+
+    /// Sends `yaml` until a replica acknowledges it; `false` when the soak ended first. A `409`
+    /// to a POST is an earlier attempt that created it with its answer lost (the names are
+    /// unique), a `404` to a DELETE one that removed it.
+    async fn send(&mut self, method: reqwest::Method, path: &str, yaml: &str) -> bool {
+        let done = match method {
+            reqwest::Method::POST => Some(reqwest::StatusCode::CONFLICT),
+            reqwest::Method::DELETE => Some(reqwest::StatusCode::NOT_FOUND),
+            _ => None,
+        };
+        while !self.done.load(Ordering::Relaxed) {
+            let url = self.url(path);
+            let r = self
+                .http
+                .request(method.clone(), url)
+                .header("Content-Type", "application/x-yaml")
+                .body(yaml.to_owned())
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await;
+            if r.is_ok_and(|r| r.status().is_success() || Some(r.status()) == done) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        false
+    }
+
+    async fn json(&mut self, path: &str) -> Option<serde_json::Value> {
+        let url = self.url(path);
+        json_at(&self.http, &url, Duration::from_secs(2)).await
+    }
+
+    /// What `f` makes of what `path` answers, polled for at most `limit`; `None` when it never
+    /// yielded or the soak ended.
+    async fn until<T>(
+        &mut self,
+        limit: Duration,
+        path: &str,
+        f: impl Fn(&serde_json::Value) -> Option<T>,
+    ) -> Option<T> {
+        let deadline = Instant::now() + limit;
+        while !self.done.load(Ordering::Relaxed) && Instant::now() < deadline {
+            if let Some(v) = self.json(path).await.as_ref().and_then(&f) {
+                return Some(v);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        None
+    }
+}
+
+/// Whether `f` came to hold within `limit` (polled), before the soak ended.
+async fn until_within(limit: Duration, f: impl Fn() -> bool, done: &AtomicBool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// osmem-server's binary: `VAMP_OSMEM_SERVER`, else where scripts/test.sh installs it.
+fn osmem_server() -> Result<PathBuf, String> {
+    if let Some(bin) = std::env::var_os("VAMP_OSMEM_SERVER") {
+        return Ok(bin.into());
+    }
+    let lib = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default()
+        .join(".cache/vamp-rs/osmem-venv/lib");
+    std::fs::read_dir(&lib)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|python| {
+            python
+                .path()
+                .join("site-packages/osmem_server/bin/osmem-server")
+        })
+        .find(|bin| bin.is_file())
+        .ok_or_else(|| {
+            "osmem-server (PyPI; Elasticsearch's API, the canaries' metrics store) is needed: \
+             set VAMP_OSMEM_SERVER to its binary (scripts/test.sh installs it in \
+             ~/.cache/vamp-rs/osmem-venv)"
+                .to_owned()
+        })
+}
 
 struct Soak {
     started: Instant,
@@ -613,6 +757,25 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
         .to_string();
     let pg = Postgres::start(&work)?;
 
+    // The metrics store the agents write HAProxy's request records to and the leader's canary
+    // releases read: Elasticsearch's API (osmem-server), started through a link in the work
+    // directory so that its command line names it.
+    let link = work.join("osmem-server");
+    std::os::unix::fs::symlink(osmem_server()?, &link).map_err(|e| e.to_string())?;
+    let es_port = free_port();
+    let mut osmem = Part::new(
+        "osmem-server",
+        vec![
+            link.display().to_string(),
+            "-addr".into(),
+            format!("127.0.0.1:{es_port}"),
+            "-no-stdin-watch".into(),
+        ],
+        work.join("osmem.log"),
+    );
+    osmem.start()?;
+    let metrics_store = format!("elasticsearch://127.0.0.1:{es_port}");
+
     // etcd: three members.
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
     let cluster = ports
@@ -723,6 +886,8 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
             "200".into(),
             "--gateway-port-range".into(),
             "41000-41999".into(),
+            "--metrics-store".into(),
+            metrics_store.clone(),
         ];
         let mut p = Part::new(
             &format!("replica r{i}"),
@@ -760,6 +925,8 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
                 (*ip).to_owned(),
                 "--health".into(),
                 health.clone(),
+                "--metrics-store".into(),
+                metrics_store.clone(),
             ],
             work.join(format!("a{i}.log")),
         );
@@ -785,19 +952,23 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
         soak.leader().await.is_some()
     })
     .await?;
+    until("the metrics store", Duration::from_secs(30), async || {
+        http.get(format!("http://127.0.0.1:{es_port}/"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await?;
 
-    // The deployment and its gateway, through both agents.
+    // The deployment and its gateways, through both agents: the cluster `web`, whose weights
+    // move, and `shop`, whose canary releases decide for themselves.
     let gateway = free_port();
-    let service = |v: u32| {
-        format!(
-            "    - breed:\n        name: web:{v}\n        deployable:\n          type: docker\n          definition: {}\n        ports: {{webport: 8080/http}}\n        environment_variables: {{VERSION: '{v}'}}\n      scale: {{cpu: 0.1, memory: 64MB, instances: 1}}\n",
-            docker_image::IMAGE
-        )
-    };
+    let shop_gateway = free_port();
     let blueprint = format!(
-        "name: soak\ngateways:\n  {gateway}: web/webport\nclusters:\n  web:\n    services:\n{}{}",
-        service(1),
-        service(2)
+        "name: soak\ngateways:\n  {gateway}: web/webport\n  {shop_gateway}: shop/webport\nclusters:\n  web:\n    services:\n{}{}  shop:\n    services:\n{}",
+        service("web", 1, None),
+        service("web", 2, None),
+        service("shop", 1, None)
     );
     let r = http
         .put(format!("{}/api/v1/deployments/soak", soak.replica_urls[0]))
@@ -816,8 +987,13 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
         "traffic through both agents",
         Duration::from_secs(120),
         async || {
-            get(&http, AGENT_IPS[0], gateway).await.is_ok()
-                && get(&http, AGENT_IPS[1], gateway).await.is_ok()
+            let mut all = true;
+            for ip in AGENT_IPS {
+                for port in [gateway, shop_gateway] {
+                    all = all && get(&http, ip, port).await.is_ok();
+                }
+            }
+            all
         },
     )
     .await?;
@@ -830,70 +1006,94 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
     let done = Arc::new(AtomicBool::new(false));
     let expected = Arc::new(Mutex::new(Expected::default()));
     let mut tasks = Vec::new();
+    // The versions each agent served through the shop's gateway, and when last.
+    let seen: Seen = Arc::new(Mutex::new(vec![BTreeMap::new(), BTreeMap::new()]));
     for (i, ip) in AGENT_IPS.iter().enumerate() {
-        let (http, done, report, windows, expected) = (
-            http.clone(),
-            Arc::clone(&done),
-            Arc::clone(&soak.report),
-            Arc::clone(&soak.windows),
-            Arc::clone(&expected),
-        );
-        let started = soak.started;
-        tasks.push(tokio::spawn(async move {
-            while !done.load(Ordering::Relaxed) {
-                let sent = Instant::now();
-                let result = get(&http, ip, gateway).await;
-                {
-                    let mut r = report.lock().unwrap();
-                    r.requests += 1;
-                    // The version served: the weights in force, or an earlier one come back.
-                    if let Ok(body) = &result {
-                        let now = Instant::now();
-                        let mut e = expected.lock().unwrap();
-                        if e.acknowledged.is_some() {
-                            if body.trim() == e.version {
-                                e.streak[i] += 1;
-                                if e.streak[i] >= STREAK {
-                                    e.reached[i].get_or_insert(now);
+        for port in [gateway, shop_gateway] {
+            let (http, done, report, windows, expected, seen) = (
+                http.clone(),
+                Arc::clone(&done),
+                Arc::clone(&soak.report),
+                Arc::clone(&soak.windows),
+                Arc::clone(&expected),
+                Arc::clone(&seen),
+            );
+            let (started, shop) = (soak.started, port == shop_gateway);
+            tasks.push(tokio::spawn(async move {
+                while !done.load(Ordering::Relaxed) {
+                    let sent = Instant::now();
+                    let mut result = get(&http, ip, port).await;
+                    let now = Instant::now();
+                    {
+                        let mut r = report.lock().unwrap();
+                        r.requests += 1;
+                        if shop {
+                            // A failing canary's own errors are what its policy judges, not a
+                            // failure of the control plane.
+                            let failing = result
+                                .as_ref()
+                                .err()
+                                .and_then(|why| why.strip_suffix(" failing")?.rsplit(": ").next());
+                            let version = match (&result, failing) {
+                                (_, Some(v)) => Some(v.to_owned()),
+                                (Ok(body), None) => Some(body.trim().to_owned()),
+                                (Err(_), None) => None,
+                            };
+                            if let Some(v) = version {
+                                if failing.is_some() {
+                                    r.canary_errors += 1;
+                                    result = Ok(String::new());
                                 }
-                            } else if let Some(t) = e.reached[i]
-                                && sent > t
-                            {
-                                r.changes_reverted.push(format!(
+                                seen.lock().unwrap()[i].insert(v, now);
+                            }
+                        } else if let Ok(body) = &result {
+                            // The version served: the weights in force, or an earlier one come
+                            // back.
+                            let mut e = expected.lock().unwrap();
+                            if e.acknowledged.is_some() {
+                                if body.trim() == e.version {
+                                    e.streak[i] += 1;
+                                    if e.streak[i] >= STREAK {
+                                        e.reached[i].get_or_insert(now);
+                                    }
+                                } else if let Some(t) = e.reached[i]
+                                    && sent > t
+                                {
+                                    r.changes_reverted.push(format!(
                                     "{:.1}s through agent a{i}: version {} after {} had reached it",
                                     (sent - started).as_secs_f64(),
                                     body.trim(),
                                     e.version
                                 ));
+                                } else {
+                                    e.streak[i] = 0;
+                                }
+                            }
+                        }
+                        if let Err(why) = result {
+                            let inside = windows.lock().unwrap()[i]
+                                .iter()
+                                .rev()
+                                .find(|(from, to, _)| {
+                                    sent >= *from - Duration::from_millis(100)
+                                        && to.is_none_or(|t| now <= t)
+                                        && now <= *from + LONGEST_WINDOW
+                                })
+                                .map(|w| w.2);
+                            if let Some(kind) = inside {
+                                *r.failed_in_windows.entry(kind).or_default() += 1;
                             } else {
-                                e.streak[i] = 0;
+                                r.failed_outside.push(format!(
+                                    "{:.1}s through agent a{i}, port {port}: {why}",
+                                    (sent - started).as_secs_f64()
+                                ));
                             }
                         }
                     }
-                    if let Err(why) = result {
-                        let now = Instant::now();
-                        let inside = windows.lock().unwrap()[i]
-                            .iter()
-                            .rev()
-                            .find(|(from, to, _)| {
-                                sent >= *from - Duration::from_millis(100)
-                                    && to.is_none_or(|t| now <= t)
-                                    && now <= *from + LONGEST_WINDOW
-                            })
-                            .map(|w| w.2);
-                        if let Some(kind) = inside {
-                            *r.failed_in_windows.entry(kind).or_default() += 1;
-                        } else {
-                            r.failed_outside.push(format!(
-                                "{:.1}s through agent a{i}: {why}",
-                                (sent - started).as_secs_f64()
-                            ));
-                        }
-                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }));
+            }));
+        }
     }
     // Weight changes through a random replica, each awaited at both agents: all traffic to
     // web:1, then to web:2, and so on.
@@ -912,6 +1112,9 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
             while !done.load(Ordering::Relaxed) {
                 let (to, from) = if n.is_multiple_of(2) { (1, 2) } else { (2, 1) };
                 let url = &urls[rng.random_range(0..urls.len())];
+                // Nothing is judged while the change is in flight: the agents may serve it
+                // before its acknowledgement arrives.
+                *expected.lock().unwrap() = Expected::default();
                 let r = http
                     .put(format!("{url}/api/v1/gateways/soak/web/webport"))
                     .header("Content-Type", "application/x-yaml")
@@ -955,6 +1158,129 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }));
+    }
+    // Canary releases of the shop, merged into the deployment one after another, failing and
+    // healthy in turn, each decided by its policy in the leading replica's loop.
+    {
+        let (http, done, report, urls, seen) = (
+            http.clone(),
+            Arc::clone(&done),
+            Arc::clone(&soak.report),
+            soak.replica_urls.clone(),
+            Arc::clone(&seen),
+        );
+        let (seed, started) = (o.seed, soak.started);
+        tasks.push(tokio::spawn(async move {
+            let mut api = Writer {
+                http,
+                urls,
+                rng: rand::rngs::StdRng::seed_from_u64(seed ^ 0x4341_4e41),
+                done,
+            };
+            let mut stable = 1u32;
+            let mut version = 1u32;
+            while !api.done.load(Ordering::Relaxed) {
+                version += 1;
+                let failing = version.is_multiple_of(2);
+                let kind = if failing { "failing" } else { "healthy" };
+                let merged = Instant::now();
+                let at = (merged - started).as_secs_f64();
+                let shop = format!(
+                    "name: soak\nclusters:\n  shop:\n    services:\n{}",
+                    service("shop", version, failing.then_some(FAIL_PERCENT))
+                );
+                // Merged into the deployment; the policy once it runs.
+                if !api.send(reqwest::Method::PUT, "/deployments/soak", &shop).await {
+                    break;
+                }
+                let running = api
+                    .until(CANARY_WITHIN, "/deployments/soak", |d| {
+                        let services = d["clusters"]["shop"]["services"].as_array()?;
+                        services
+                            .iter()
+                            .any(|s| {
+                                s["breed"]["name"] == format!("shop:{version}")
+                                    && s["status"]["phase"]["name"] == "Done"
+                            })
+                            .then_some(())
+                    })
+                    .await;
+                let policy = format!(
+                    "name: shop-{version}\ngateway: soak/shop/webport\nstable: soak/shop/shop:{stable}/webport\ncanary: soak/shop/shop:{version}/webport\nsteps: [20%, 50%, 100%]\ninterval: 3s\nfailures: 2\nminimum_requests: 30\ngates:\n  relative:\n    error_rate: 1%\nslice_stable: true\n"
+                );
+                let decided = match running {
+                    None => None,
+                    Some(()) => {
+                        if !api.send(reqwest::Method::POST, "/canary-policies", &policy).await {
+                            break;
+                        }
+                        let path = format!("/canary-policies/shop-{version}/status");
+                        api.until(CANARY_WITHIN, &path, |s| {
+                            let phase = s["phase"].as_str()?;
+                            matches!(phase, "promoted" | "rolled_back")
+                                .then(|| (phase.to_owned(), s["reason"].to_string()))
+                        })
+                        .await
+                    }
+                };
+                if api.done.load(Ordering::Relaxed) {
+                    // In progress at the end: neither right nor wrong.
+                    break;
+                }
+                let took = merged.elapsed().as_secs_f64();
+                let Some((phase, reason)) = decided else {
+                    report.lock().unwrap().canaries_wrong.push(format!(
+                        "{at:.1}s: shop:{version} ({kind}) merged, {} within {} s",
+                        if running.is_some() { "not decided" } else { "not running" },
+                        CANARY_WITHIN.as_secs()
+                    ));
+                    // Nothing more can be said of the next ones.
+                    break;
+                };
+                println!(
+                    "  {:>7.1}s  canary shop:{version} ({kind}) {phase} after {took:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
+                {
+                    let mut r = report.lock().unwrap();
+                    *r.canaries_decided
+                        .entry(format!("{kind} {phase}"))
+                        .or_default() += 1;
+                    r.canaries_took_s.push(took);
+                    if (phase == "promoted") == failing {
+                        r.canaries_wrong.push(format!(
+                            "{at:.1}s: shop:{version} ({kind}) {phase}: {reason}"
+                        ));
+                    }
+                }
+                if phase == "promoted" {
+                    // Its policy sliced the stable version out.
+                    stable = version;
+                    continue;
+                }
+                // Rolled back: removed once neither agent serves it.
+                let gone = until_within(CANARY_WITHIN, || {
+                    let now = Instant::now();
+                    seen.lock().unwrap().iter().all(|served| {
+                        served.get(&version.to_string()).is_none_or(|t| now - *t > QUIET)
+                            && served.values().any(|t| now - *t < Duration::from_secs(1))
+                    })
+                }, &api.done)
+                .await;
+                if !gone {
+                    if !api.done.load(Ordering::Relaxed) {
+                        report.lock().unwrap().canaries_wrong.push(format!(
+                            "{at:.1}s: shop:{version} rolled back, still served after {} s",
+                            CANARY_WITHIN.as_secs()
+                        ));
+                    }
+                    break;
+                }
+                if !api.send(reqwest::Method::DELETE, "/deployments/soak", &shop).await {
+                    break;
+                }
             }
         }));
     }
@@ -1169,13 +1495,21 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
         r.writes_acknowledged = names.len() as u64;
         r.writes_lost = lost;
     }
+    // The deployment as it is now (its shop's versions came and went) is what goes.
+    let now = json_at(
+        &http,
+        &format!("{}/api/v1/deployments/soak", soak.replica_urls[api]),
+        Duration::from_secs(10),
+    )
+    .await
+    .map_or(blueprint, |d| d.to_string());
     let undeployed = http
         .delete(format!(
             "{}/api/v1/deployments/soak",
             soak.replica_urls[api]
         ))
-        .header("Content-Type", "application/x-yaml")
-        .body(blueprint)
+        .header("Content-Type", "application/json")
+        .body(now)
         .send()
         .await;
     match undeployed {
@@ -1217,6 +1551,7 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
     for e in &mut soak.etcd {
         e.stop();
     }
+    osmem.stop();
     drop(pg);
     let _ = until("everything stopped", Duration::from_secs(20), async || {
         processes_where(|cmd| cmd.contains(&marker)).is_empty()
@@ -1254,6 +1589,10 @@ async fn run(o: &Options, work: &Path) -> Result<bool, String> {
             "weight_changes_reached_s": report.changes_reached,
             "weight_changes_not_reached": report.changes_not_reached,
             "weight_changes_reverted": report.changes_reverted,
+            "canaries_decided": report.canaries_decided,
+            "canaries_decided_after_s": report.canaries_took_s,
+            "canaries_wrong": report.canaries_wrong,
+            "canary_errors_answered": report.canary_errors,
             "orphans": report.orphans,
             "invariants_held": held,
         });
@@ -1333,7 +1672,14 @@ fn print_report(r: &Report, seed: u64) -> bool {
         "  writes: at most {:.1} s without one acknowledged",
         r.longest_write_gap_s
     );
-    let invariants: [(&str, &[String]); 7] = [
+    let slowest = r.canaries_took_s.iter().copied().fold(0.0_f64, f64::max);
+    println!(
+        "  canaries: {} decided {:?} (slowest {slowest:.1} s from its merge), {} answers of a failing canary's own errors",
+        r.canaries_took_s.len(),
+        r.canaries_decided,
+        r.canary_errors
+    );
+    let invariants: [(&str, &[String]); 8] = [
         ("at most one leader at any poll", &r.two_leaders),
         (
             "never more than 30 s without an acknowledged write",
@@ -1349,6 +1695,10 @@ fn print_report(r: &Report, seed: u64) -> bool {
             &r.failed_outside,
         ),
         ("every acknowledged write readable", &r.writes_lost),
+        (
+            "every failing canary rolled back, every healthy one promoted",
+            &r.canaries_wrong,
+        ),
         ("nothing left running", &r.orphans),
     ];
     let mut held = true;

@@ -2,8 +2,19 @@
 //! programs' end-to-end test (`#[path]`-included there).
 #![allow(dead_code)]
 
-/// The test image: busybox's `httpd` serving `$VERSION` (or the host name) on `$PORT`.
-pub const IMAGE: &str = "vamp-test/busybox-httpd:1";
+/// The test image: busybox's `httpd` serving `$VERSION` (or the host name) on `$PORT`; with
+/// `$FAIL_PERCENT` set, a CGI that answers `503` with `$VERSION failing` to about that share of
+/// requests, drawn at random (busybox `sh`'s `$RANDOM`), and `$VERSION` to the rest.
+pub const IMAGE: &str = "vamp-test/busybox-httpd:2";
+
+/// The CGI of a service failing a share of its requests (`$FAIL_PERCENT`).
+const FAILING_CGI: &str = r#"#!/bin/sh
+if [ "$((RANDOM % 100))" -lt "$FAIL_PERCENT" ]; then
+  printf 'Status: 503 Service Unavailable\r\nContent-Type: text/plain\r\n\r\n%s failing\n' "$VERSION"
+else
+  printf 'Content-Type: text/plain\r\n\r\n%s\n' "$VERSION"
+fi
+"#;
 
 pub fn integration_required() -> bool {
     std::env::var("VAMP_TEST_INTEGRATION").is_ok_and(|v| !v.is_empty() && v != "0")
@@ -32,10 +43,15 @@ pub fn ensure_image() -> Result<(), String> {
     let bin = root.path().join("bin");
     std::fs::create_dir_all(&bin).map_err(|e| e.to_string())?;
     std::fs::copy(busybox, bin.join("busybox")).map_err(|e| e.to_string())?;
-    for applet in ["sh", "httpd", "mkdir", "echo", "sleep", "cat"] {
+    for applet in ["sh", "httpd", "mkdir", "echo", "sleep", "cat", "cp"] {
         std::os::unix::fs::symlink("busybox", bin.join(applet)).map_err(|e| e.to_string())?;
     }
-    let script = r#"mkdir -p /www && echo "${VERSION:-$HOSTNAME}" > /www/index.html && echo ok > /www/health && exec httpd -f -p "${PORT:-8080}" -h /www"#;
+    let cgi = root.path().join("failing.cgi");
+    std::fs::write(&cgi, FAILING_CGI).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&cgi, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
+    // Without index.html, busybox httpd answers `/` with /cgi-bin/index.cgi.
+    let script = r#"mkdir -p /www/cgi-bin && echo ok > /www/health && if [ -n "$FAIL_PERCENT" ]; then cp /failing.cgi /www/cgi-bin/index.cgi; else echo "${VERSION:-$HOSTNAME}" > /www/index.html; fi && exec httpd -f -p "${PORT:-8080}" -h /www"#;
     let cmd = serde_json::to_string(&["/bin/sh", "-c", script]).unwrap();
     let status = std::process::Command::new("sh")
         .arg("-c")
