@@ -394,7 +394,8 @@ impl Api {
     }
 
     /// The routes, behind the security layer ([`auth::guard`]: host, origin, content type,
-    /// caller and role) and the conventions.
+    /// caller and role) and the conventions. Every route also answers with one trailing slash
+    /// (`/api/v1/`, `/api/v1/breeds/`), as Vamp's did and its clients send.
     pub fn router(self: Arc<Self>) -> Router {
         let limit = self.options.body_limit;
         let timeout = self.options.request_timeout;
@@ -403,13 +404,14 @@ impl Api {
         for (path, verbs) in Self::table() {
             api = api.route(path, verbs.router);
         }
-        let api = api
-            .fallback(|| async { StatusCode::NOT_FOUND })
-            .with_state(self);
-        Router::new()
+        let routes = Router::new()
             .route(auth::LIVENESS_PATH, get(auth::liveness))
-            .nest("/api/v1", api)
-            .fallback(|| async { StatusCode::NOT_FOUND })
+            .nest("/api/v1", api.with_state(self))
+            .fallback(|| async { StatusCode::NOT_FOUND });
+        // Routed inside a router of its own, so that the layers below (the outermost
+        // trimming the path first) run before its routing.
+        Router::new()
+            .fallback_service(routes)
             .layer(axum::extract::DefaultBodyLimit::max(limit))
             .layer(middleware::from_fn_with_state(guard, auth::guard))
             .layer(middleware::from_fn(conventions))
@@ -417,6 +419,7 @@ impl Api {
                 StatusCode::SERVICE_UNAVAILABLE,
                 timeout,
             ))
+            .layer(middleware::map_request(trim_trailing_slash))
     }
 
     /// The security layer's state (its settings and the console's sessions).
@@ -456,6 +459,30 @@ async fn conventions(request: Request, next: Next) -> Response {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     response
+}
+
+/// A request's path without its one trailing slash, as every layer and route sees it.
+async fn trim_trailing_slash(mut request: Request) -> Request {
+    if let Some(uri) = without_trailing_slash(request.uri()) {
+        *request.uri_mut() = uri;
+    }
+    request
+}
+
+/// `uri` without the one trailing slash of its path (`/api/v1/breeds/` → `/api/v1/breeds`),
+/// if it has one (and is more than `/`).
+fn without_trailing_slash(uri: &axum::http::Uri) -> Option<axum::http::Uri> {
+    let path = uri.path();
+    let trimmed = path
+        .strip_suffix('/')
+        .filter(|p| !p.is_empty() && !p.ends_with('/'))?;
+    let path_and_query = match uri.query() {
+        Some(q) => format!("{trimmed}?{q}"),
+        None => trimmed.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse().ok()?);
+    axum::http::Uri::from_parts(parts).ok()
 }
 
 /// One route of [`Api::routes`].
@@ -1402,7 +1429,9 @@ impl Api {
             .find(|(a, _)| a.kind() == kind && a.name() == name)
             .and_then(|(_, v)| *v);
         for a in &writes {
-            let what = if a.name() == name && existing.is_some() {
+            // A PUT is an update, also of what it creates (Vamp's bulk PUT: `archive:update`).
+            let itself = a.kind() == kind && a.name() == name;
+            let what = if itself && (existing.is_some() || !creating) {
                 "update"
             } else {
                 "create"
@@ -2371,6 +2400,14 @@ async fn bulk(
         let read: Result<_, ApiError> = (|| {
             if kind == ArtifactKind::Deployment {
                 Ok((kind, name.clone(), Some(Api::blueprint_of(doc)?), None))
+            } else if op == Bulk::Delete && CRUD_KINDS.contains(&kind) {
+                // As Vamp's: a deletion reads the document's kind and name alone (a
+                // reference such as `{kind: breed, name: x}` deletes the breed).
+                if name.is_empty() {
+                    return Err(ApiError::bad("A document to delete needs a 'name'."));
+                }
+                vamp_core::persistence::validate_name(&name)?;
+                Ok((kind, name.clone(), None, None))
             } else if CRUD_KINDS.contains(&kind) {
                 let artifact = read_node(doc, Some(kind))?;
                 Ok((kind, artifact.name().to_owned(), None, Some(artifact)))
@@ -2407,9 +2444,11 @@ async fn bulk(
                     results.push(deployment_json(&d, false));
                 }
                 (Bulk::Delete, Some(_), _) => {}
-                (Bulk::Delete, None, Some(a)) => {
-                    tx.delete_artifact(kind, &name).await?;
-                    results.push(artifact_json(&a));
+                (Bulk::Delete, None, _) => {
+                    if let Some((stored, _)) = tx.find_versioned(kind, &name).await? {
+                        tx.delete_artifact(kind, &name).await?;
+                        results.push(artifact_json(&stored));
+                    }
                 }
                 (_, Some(bp), _) => {
                     let name = (!name.is_empty()).then_some(name.as_str());

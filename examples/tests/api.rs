@@ -1345,3 +1345,133 @@ async fn gateways_bind_where_the_agents_can_be_reached() {
         server.stop().await;
     }
 }
+
+/// What Vamp's own clients send (its integration client ran against Vamp 1.x) works
+/// unchanged: one trailing slash on any route, a bulk deletion reading only each document's
+/// kind and name, `archive:update` after a bulk `PUT` that creates, and blueprint variables in
+/// the two-part form of Vamp's documentation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vamp_clients_requests_work_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path(), None).await;
+    let http = Http::new(&s);
+    // A bulk PUT that creates, sent to `/api/v1/`.
+    let bulk =
+        format!("kind: breed\n{BREED}---\nkind: breed\nname: other\ndeployable: command://true\n");
+    let a = http.send(Method::PUT, "/api/v1/", &bulk).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
+    let a = http.get("/api/v1/breeds/").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let listed = a.json();
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|b| b["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"sava:1.0") && names.contains(&"other"),
+        "{listed}"
+    );
+    // The query stays.
+    let a = http.get("/api/v1/breeds/?per_page=1").await;
+    assert_eq!(a.json().as_array().unwrap().len(), 1, "{}", a.text);
+    let a = http.get("/api/v1/breeds/sava:1.0/").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json()["name"], "sava:1.0");
+    assert_eq!(http.get("/api/v1/info/").await.status, StatusCode::OK);
+    // One slash only.
+    assert_eq!(
+        http.get("/api/v1/breeds//").await.status,
+        StatusCode::NOT_FOUND
+    );
+    // Both were created by a PUT: each archived as an update, as Vamp's bulk PUT did.
+    for name in ["sava:1.0", "other"] {
+        let events = |what: &str| format!("/api/v1/events?tag=breeds:{name}&tag=archive:{what}");
+        let updates = http.get(&events("update")).await.json();
+        assert_eq!(updates.as_array().unwrap().len(), 1, "{name}: {updates}");
+        let creates = http.get(&events("create")).await.json();
+        assert_eq!(creates.as_array().unwrap().len(), 0, "{name}: {creates}");
+    }
+    // A bulk deletion of references (kind and name, no deployable), with the trailing slash;
+    // one names a breed that is not there.
+    let a = http
+        .call(
+            Method::DELETE,
+            "/api/v1/",
+            Some("application/json"),
+            Some("application/x-yaml"),
+            Some("kind: breed\nname: other\n---\nkind: breed\nname: never-stored\n".into()),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
+    assert_eq!(a.json().as_array().unwrap().len(), 1, "{}", a.text);
+    assert_eq!(
+        http.get("/api/v1/breeds/other").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        http.get("/api/v1/breeds/sava:1.0").await.status,
+        StatusCode::OK
+    );
+    // A document to delete still needs a name; nothing is deleted then.
+    let a = http
+        .call(
+            Method::DELETE,
+            "/api/v1",
+            Some("application/json"),
+            None,
+            Some("kind: breed\nname: sava:1.0\n---\nkind: breed\n".into()),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
+    assert!(a.message().contains("Document 2"), "{}", a.text);
+    assert_eq!(
+        http.get("/api/v1/breeds/sava:1.0").await.status,
+        StatusCode::OK
+    );
+    // The two-part blueprint variable (cluster and name) is the three-part one.
+    let blueprint = |name: &str, var: &str| {
+        format!(
+            "name: {name}\nenvironment_variables:\n  {var}: runner-7\nclusters:\n  sava:\n    breed:\n      name: runner:1.0\n      deployable: command://exec sleep 600\n      environment_variables: {{SAVA_RUNNER_ID: ~}}\n"
+        )
+    };
+    let a = http
+        .send(
+            Method::POST,
+            "/api/v1/blueprints",
+            &blueprint("two", "sava.SAVA_RUNNER_ID"),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    let two = http.get("/api/v1/blueprints/two").await.json();
+    assert_eq!(
+        two["environment_variables"]["sava.environment_variables.SAVA_RUNNER_ID"], "runner-7",
+        "{two}"
+    );
+    let a = http
+        .send(
+            Method::POST,
+            "/api/v1/deployments",
+            &blueprint("runner", "sava.SAVA_RUNNER_ID"),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
+    let d = http.get("/api/v1/deployments/runner").await.json();
+    assert_eq!(
+        d["environment_variables"],
+        json!([{"name": "sava.environment_variables.SAVA_RUNNER_ID", "value": "runner-7"}]),
+        "{d}"
+    );
+    // Named as written when no breed of the cluster declares it.
+    let a = http
+        .send(
+            Method::POST,
+            "/api/v1/blueprints",
+            &blueprint("bad", "sava.NOPE"),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
+    assert!(a.message().contains("sava.NOPE"), "{}", a.text);
+    s.stop().await;
+}

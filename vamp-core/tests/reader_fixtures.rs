@@ -58,11 +58,7 @@ const TABLE: &[(&str, ArtifactKind, &str)] = &[
     ("breed/breed39.yml", Breed, "OK"),
     ("breed/breed41.yml", Breed, "NegativeFailuresNumberError"),
     ("blueprint/blueprint1.yml", Blueprint, "OK"),
-    (
-        "blueprint/blueprint2.yml",
-        Blueprint,
-        "UnresolvedEnvironmentVariableError",
-    ),
+    ("blueprint/blueprint2.yml", Blueprint, "OK"),
     ("blueprint/blueprint3.yml", Blueprint, "OK"),
     ("blueprint/blueprint4.yml", Blueprint, "OK"),
     ("blueprint/blueprint6.yml", Blueprint, "OK"),
@@ -81,11 +77,7 @@ const TABLE: &[(&str, ArtifactKind, &str)] = &[
     ("blueprint/blueprint17.yml", Blueprint, "OK"),
     ("blueprint/blueprint18.yml", Blueprint, "OK"),
     ("blueprint/blueprint19.yml", Blueprint, "OK"),
-    (
-        "blueprint/blueprint21.yml",
-        Blueprint,
-        "UnresolvedEnvironmentVariableError",
-    ),
+    ("blueprint/blueprint21.yml", Blueprint, "OK"),
     ("blueprint/blueprint22.yml", Blueprint, "OK"),
     (
         "blueprint/blueprint23.yml",
@@ -97,11 +89,7 @@ const TABLE: &[(&str, ArtifactKind, &str)] = &[
         Blueprint,
         "UnresolvedGatewayPortError",
     ),
-    (
-        "blueprint/blueprint26.yml",
-        Blueprint,
-        "UnresolvedEnvironmentVariableError",
-    ),
+    ("blueprint/blueprint26.yml", Blueprint, "OK"),
     (
         "blueprint/blueprint27.yml",
         Blueprint,
@@ -220,11 +208,7 @@ const TABLE: &[(&str, ArtifactKind, &str)] = &[
     ("blueprint/blueprint82.yml", Blueprint, "OK"),
     ("blueprint/blueprint83.yml", Blueprint, "OK"),
     ("blueprint/blueprint84.yml", Blueprint, "OK"),
-    (
-        "blueprint/blueprint86.yml",
-        Blueprint,
-        "UnresolvedEnvironmentVariableError",
-    ),
+    ("blueprint/blueprint86.yml", Blueprint, "OK"),
     ("blueprint/blueprint87.yml", Blueprint, "OK"),
     ("blueprint/blueprint88.yml", Blueprint, "OK"),
     ("blueprint/blueprint89.yml", Blueprint, "OK"),

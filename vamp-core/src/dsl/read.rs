@@ -1443,6 +1443,18 @@ fn cluster(name: String, m: &mut Map, path: &str) -> ReadResult<Cluster> {
 }
 
 /// A blueprint.
+/// A blueprint variable's name in its three-part form: the two-part form of Vamp's
+/// documentation (`sava.SAVA_RUNNER_ID`: the cluster and the name) is the three-part one
+/// (`sava.environment_variables.SAVA_RUNNER_ID`), which Vamp 1.x alone accepted.
+fn blueprint_variable(name: &str) -> String {
+    match name.split_once('.') {
+        Some((cluster, var)) if !cluster.is_empty() && !var.is_empty() && !var.contains('.') => {
+            format!("{cluster}.environment_variables.{var}")
+        }
+        _ => name.to_owned(),
+    }
+}
+
 pub(crate) fn blueprint(m: &mut Map, path: &str) -> ReadResult<DefaultBlueprint> {
     let name = req_string(m, "name", path)?;
     let with = |e: ReadError| e.in_artifact(ArtifactKind::Blueprint, Some(&name));
@@ -1485,6 +1497,10 @@ pub(crate) fn blueprint(m: &mut Map, path: &str) -> ReadResult<DefaultBlueprint>
             dialects,
         };
         super::validate::blueprint(&mut bp, path)?;
+        // Validated as written (its errors name what the user wrote), stored as one form.
+        for e in &mut bp.environment_variables {
+            e.name = blueprint_variable(&e.name);
+        }
         Ok(bp)
     })()
     .map_err(with)

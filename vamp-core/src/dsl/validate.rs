@@ -306,7 +306,8 @@ pub(crate) fn blueprint(bp: &mut DefaultBlueprint, path: &str) -> ReadResult<()>
             }
         }
     }
-    // 2b. blueprint environment variables: cluster.environment_variables.NAME
+    // 2b. blueprint environment variables: cluster.environment_variables.NAME, or the
+    // two-part cluster.NAME of Vamp's documentation (Vamp 1.x refused it at HEAD).
     for e in &bp.environment_variables {
         let value = e.value.clone().unwrap_or_default();
         let unresolved = || {
@@ -319,10 +320,11 @@ pub(crate) fn blueprint(bp: &mut DefaultBlueprint, path: &str) -> ReadResult<()>
             )
         };
         let parts: Vec<&str> = e.name.splitn(3, '.').collect();
-        let [c, group, name] = parts.as_slice() else {
-            return unresolved();
+        let (c, name) = match parts.as_slice() {
+            [c, "environment_variables", name] | [c, name] => (c, name),
+            _ => return unresolved(),
         };
-        if *group != "environment_variables" {
+        if c.is_empty() || name.is_empty() {
             return unresolved();
         }
         match cluster(c) {
