@@ -6,7 +6,11 @@
 //! vamp render haproxy [--check] [--socket-dir DIR] FILE...
 //! vamp serve [--listen ADDR] [--data-dir DIR] [--in-memory] [--persistence URL] [--kv URL]
 //!            [--scheduler URL] [--no-agent] [--haproxy BIN] ...
+//! vamp list|describe|create|delete|deploy|merge|undeploy|update-gateway|emit|generate ...
 //! ```
+//!
+//! The last line is vamp-cli's commands (Vamp 1.x's Node.js client) against a `vamp serve` at
+//! `VAMP_HOST` with the token `VAMP_TOKEN` ([`vamp_examples::cli`]).
 //!
 //! `serve` runs a one-machine Vamp: its REST API (`/api/v1`), the reconcile loop and a
 //! gateway agent with its own HAProxy, on SQLite, the in-memory key-value store and local
@@ -35,7 +39,10 @@ use vamp_core::dsl::{AnyArtifact, document_kind, load_documents, read_node, to_n
 type Artifact = AnyArtifact;
 use vamp_core::model::ArtifactKind;
 
-const USAGE: &str = "usage: vamp validate [--kind KIND] [--output text|json] FILE...\n       vamp convert --to yaml|json [--kind KIND] FILE\n       vamp render haproxy [--check] [--socket-dir DIR] FILE...\n       vamp serve [--help]\n       vamp check-health [HOST:PORT]";
+const USAGE: &str = concat!(
+    "usage: vamp validate [--kind KIND] [--output text|json] FILE...\n       vamp convert --to yaml|json [--kind KIND] FILE\n       vamp render haproxy [--check] [--socket-dir DIR] FILE...\n       vamp serve [--help]\n       vamp check-health [HOST:PORT]\n",
+    "       (against a vamp serve, as vamp-cli:)\n"
+);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Output {
@@ -63,8 +70,9 @@ fn run(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         Some("convert") => convert(&args[1..], out, err),
         Some("render") => render(&args[1..], out, err),
         Some("check-health") => check_health(&args[1..], err),
+        Some(c) if vamp_examples::cli::COMMANDS.contains(&c) => client(args, out, err),
         Some("-h" | "--help" | "help") => {
-            let _ = writeln!(out, "{USAGE}");
+            let _ = writeln!(out, "{USAGE}{}", vamp_examples::cli::USAGE);
             0
         }
         _ => usage(err, "expected a command"),
@@ -88,8 +96,33 @@ fn check_health(args: &[String], err: &mut dyn Write) -> u8 {
     }
 }
 
+/// A vamp-cli command against a `vamp serve` ([`vamp_examples::cli`]): 0 done, 1 refused or
+/// unreachable (with the server's message), 2 a wrong command line.
+fn client(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    use vamp_examples::cli;
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(err, "vamp: {e}");
+            return 1;
+        }
+    };
+    let mut stdin = std::io::stdin().lock();
+    match runtime.block_on(cli::run(args, cli::Context::of_process(&mut stdin), out)) {
+        Ok(()) => 0,
+        Err(cli::CliError::Usage(why)) => usage(err, &why),
+        Err(e) => {
+            let _ = writeln!(err, "vamp: {e}");
+            1
+        }
+    }
+}
+
 fn usage(err: &mut dyn Write, why: &str) -> u8 {
-    let _ = writeln!(err, "vamp: {why}\n{USAGE}");
+    let _ = writeln!(err, "vamp: {why}\n{USAGE}{}", vamp_examples::cli::USAGE);
     2
 }
 
