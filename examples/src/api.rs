@@ -318,6 +318,8 @@ impl Api {
             ("/config/{key}", v().get(config_key)),
             ("/events", v().get(list_events).post(publish_event)),
             ("/events/stream", v().get(event_stream)),
+            ("/logs", v().get(log_stream)),
+            ("/log", v().get(log_stream)),
             (
                 "/deployments",
                 v().get(list_deployments).post(create_deployment),
@@ -2621,19 +2623,8 @@ async fn event_stream(
 ) -> Result<Response, ApiError> {
     let query = event_query(&params, &bytes)?;
     api.check_tags(&query.tags)?;
-    let max = api.options.limits.max_event_streams;
-    let open = Arc::clone(&api.streams);
-    if open.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= max {
-        open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        return Err(ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: Some(format!(
-                "{max} event streams are open, the most this server serves at once (--max-event-streams)."
-            )),
-        });
-    }
     // Counted while the stream lives: dropped with it when the client goes.
-    let counted = StreamSlot(open);
+    let counted = stream_slot(&api)?;
     let stream = api
         .events
         .subscribe(query.tags.clone(), query.event_type.clone())
@@ -2650,18 +2641,83 @@ async fn event_stream(
                 }
             }
         });
+    Ok(sse(&api, counted, stream))
+}
+
+/// The answer of a Server-Sent Events stream: kept alive, ended by the server's shutdown, and
+/// counted in `slot` while it lives.
+fn sse(
+    api: &Api,
+    slot: StreamSlot,
+    stream: impl futures_util::Stream<Item = Result<SseEvent, std::convert::Infallible>>
+    + Send
+    + 'static,
+) -> Response {
     let mut shutdown = api.shutdown.clone();
     let stream = stream
         .take_until(async move {
             let _ = shutdown.wait_for(|s| *s).await;
         })
         .map(move |item| {
-            let _slot = &counted;
+            let _slot = &slot;
             item
         });
-    Ok(Sse::new(stream)
+    Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(api.options.keep_alive))
-        .into_response())
+        .into_response()
+}
+
+/// Opens a counted stream slot, or refuses past `--max-event-streams`.
+fn stream_slot(api: &Api) -> Result<StreamSlot, ApiError> {
+    let max = api.options.limits.max_event_streams;
+    let open = Arc::clone(&api.streams);
+    if open.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= max {
+        open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        return Err(ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: Some(format!(
+                "{max} event streams are open, the most this server serves at once (--max-event-streams)."
+            )),
+        });
+    }
+    Ok(StreamSlot(open))
+}
+
+/// `GET /logs?level=INFO&logger=PREFIX` (also `/log`): the server's own log records from now
+/// on, as Server-Sent Events of type `log` (`crate::logs`); records a slow client could not
+/// take are skipped, and a `log` event from `vamp` says how many.
+async fn log_stream(State(api): Shared, Query(params): Params) -> Result<Response, ApiError> {
+    let least = crate::logs::level(param(&params, "level")).map_err(ApiError::bad)?;
+    let logger = param(&params, "logger")
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned);
+    let feed = crate::logs::feed().ok_or_else(|| ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: Some(
+            "This process keeps no log feed (vamp_examples::logs::install was not called).".into(),
+        ),
+    })?;
+    let counted = stream_slot(&api)?;
+    let stream =
+        tokio_stream::wrappers::BroadcastStream::new(feed.subscribe()).filter_map(move |item| {
+            let logger = logger.clone();
+            async move {
+                let record = match item {
+                    Ok(r) => r,
+                    Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                        Arc::new(crate::logs::LogRecord::skipped(n))
+                    }
+                };
+                crate::logs::shown(&record, least, logger.as_deref()).then(|| {
+                    Ok::<_, std::convert::Infallible>(
+                        SseEvent::default()
+                            .event("log")
+                            .data(record.to_json().to_string()),
+                    )
+                })
+            }
+        });
+    Ok(sse(&api, counted, stream))
 }
 
 // ------------------------------------------------------------------------------------------

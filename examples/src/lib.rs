@@ -8,6 +8,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod health;
+pub mod logs;
 pub mod serve;
 pub mod supervise;
 pub mod tls;

@@ -1390,12 +1390,9 @@ pub fn main(args: &[String]) -> std::process::ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    // `try_init`: a process that set its own subscriber keeps it.
-    let _ = tracing_subscriber::fmt()
-        .with_target(false)
-        // Colours only on a terminal: a container's or a journal's log stays plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .try_init();
+    // The usual output, and the records of `GET /api/v1/logs` (a process that set its own
+    // subscriber keeps it).
+    crate::logs::install();
     let config = parsed
         .config
         .with_env(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
