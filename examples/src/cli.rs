@@ -194,31 +194,24 @@ impl Client {
         self.call(Method::GET, path, None).await
     }
 
-    /// Every artifact of `kind`, page by page.
+    /// Every artifact of `kind`, page by page until an empty one (the server caps a page's
+    /// size).
     async fn list(&self, kind: ArtifactKind) -> Result<Vec<Value>, CliError> {
-        const PER_PAGE: usize = 100;
         let mut all = Vec::new();
         for page in 1.. {
             let answer = self
-                .get(&format!(
-                    "/{}?page={page}&per_page={PER_PAGE}",
-                    kind.as_str()
-                ))
+                .get(&format!("/{}?page={page}&per_page=30", kind.as_str()))
                 .await?;
-            let items = match answer {
-                Value::Array(items) => items,
-                other => {
-                    return Err(CliError::Transport(format!(
-                        "the list of {} is not a list: {other}",
-                        kind.as_str()
-                    )));
-                }
+            let Value::Array(items) = answer else {
+                return Err(CliError::Transport(format!(
+                    "the list of {} is not a list: {answer}",
+                    kind.as_str()
+                )));
             };
-            let n = items.len();
-            all.extend(items);
-            if n < PER_PAGE {
+            if items.is_empty() {
                 break;
             }
+            all.extend(items);
         }
         Ok(all)
     }

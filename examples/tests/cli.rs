@@ -152,13 +152,26 @@ async fn every_vamp_cli_command_works_against_a_real_server() {
             .any(|l| l.starts_with("sava:1.0") && l.contains("exec sleep 600")),
         "{table}"
     );
+    // More than a page (the server's pages hold 30 at most): all of them.
+    let more: String = (0..34)
+        .map(|i| format!("kind: breed\nname: more-{i}\ndeployable: command://true\n---\n"))
+        .collect();
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/api/v1", s.addr))
+        .bearer_auth(TOKEN)
+        .header("Content-Type", "application/x-yaml")
+        .body(more)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
     let json: Value = serde_json::from_str(
         &vamp(&s, t, &["list", "breed", "--output", "json"], "")
             .await
             .unwrap(),
     )
     .unwrap();
-    assert_eq!(json.as_array().unwrap().len(), 1, "{json}");
+    assert_eq!(json.as_array().unwrap().len(), 35, "{json}");
 
     // deploy: the stored blueprint, under the deployment's name.
     vamp(&s, t, &["deploy", "sava:1.0", "shop"], "")
