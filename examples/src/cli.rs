@@ -137,6 +137,16 @@ impl Client {
         path: &str,
         body: Option<Body>,
     ) -> Result<Value, CliError> {
+        Ok(self.exchange(method, path, body).await?.0)
+    }
+
+    /// [`Client::call`], with the answer's `X-Total-Count` (of a list).
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Body>,
+    ) -> Result<(Value, Option<usize>), CliError> {
         let mut request = self
             .http
             .request(method.clone(), format!("{}{path}", self.base))
@@ -158,6 +168,11 @@ impl Client {
             .await
             .map_err(|e| CliError::Transport(format!("{} is not answering: {e}", self.base)))?;
         let status = response.status();
+        let total = response
+            .headers()
+            .get("x-total-count")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
         let text = response
             .text()
             .await
@@ -168,7 +183,7 @@ impl Client {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
         if status.is_success() {
-            return Ok(value);
+            return Ok((value, total));
         }
         let message = match &value {
             Value::Object(o) => o
@@ -194,13 +209,17 @@ impl Client {
         self.call(Method::GET, path, None).await
     }
 
-    /// Every artifact of `kind`, page by page until an empty one (the server caps a page's
-    /// size).
+    /// Every artifact of `kind`, page by page (the server caps a page's size) until its
+    /// `X-Total-Count`.
     async fn list(&self, kind: ArtifactKind) -> Result<Vec<Value>, CliError> {
         let mut all = Vec::new();
         for page in 1.. {
-            let answer = self
-                .get(&format!("/{}?page={page}&per_page=30", kind.as_str()))
+            let (answer, total) = self
+                .exchange(
+                    Method::GET,
+                    &format!("/{}?page={page}&per_page=30", kind.as_str()),
+                    None,
+                )
                 .await?;
             let Value::Array(items) = answer else {
                 return Err(CliError::Transport(format!(
@@ -208,10 +227,12 @@ impl Client {
                     kind.as_str()
                 )));
             };
-            if items.is_empty() {
+            let empty = items.is_empty();
+            all.extend(items);
+            // Without a count, one page is all there is.
+            if empty || total.is_none_or(|t| all.len() >= t) {
                 break;
             }
-            all.extend(items);
         }
         Ok(all)
     }
