@@ -816,10 +816,13 @@ fn artifact_json(a: &AnyArtifact) -> serde_json::Value {
 }
 
 /// The page asked for (`page`, from 1, and `per_page`, at most [`PER_PAGE`]) of `total`
-/// items, clamped to the pages there are.
+/// items; a page past the last is empty.
 #[derive(Clone, Copy, Debug)]
 struct Page {
+    /// The page asked for, within `1..=last` (for the links).
     number: usize,
+    /// Whether the page asked for is past the last: it holds nothing (as Vamp's did).
+    past_last: bool,
     per_page: usize,
     last: usize,
     total: usize,
@@ -837,18 +840,23 @@ impl Page {
         };
         let per_page = number("per_page", PER_PAGE)?.clamp(1, PER_PAGE);
         let last = total.div_ceil(per_page).max(1);
-        let number = number("page", 1)?.clamp(1, last);
+        let asked = number("page", 1)?.max(1);
         Ok(Self {
-            number,
+            number: asked.min(last),
+            past_last: asked > last,
             per_page,
             last,
             total,
         })
     }
 
-    /// How many items come before the page.
+    /// How many items come before the page (all of them for a page past the last).
     fn offset(&self) -> usize {
-        (self.number - 1) * self.per_page
+        if self.past_last {
+            self.total
+        } else {
+            (self.number - 1) * self.per_page
+        }
     }
 
     /// The page's `items` (already cut to the page) with `X-Total-Count` and `Link`.

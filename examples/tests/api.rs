@@ -275,6 +275,16 @@ async fn artifacts_are_created_read_updated_listed_and_deleted() {
     assert!(link.contains("page=2&per_page=30>; rel=last"), "{link}");
     let second = http.get("/api/v1/breeds?page=2").await;
     assert_eq!(second.json().as_array().unwrap().len(), 5);
+    // A page past the last holds nothing, as Vamp's did (a client reading pages until an
+    // empty one stops), and says which page is the last.
+    for past in ["3", "18446744073709551615"] {
+        let beyond = http.get(&format!("/api/v1/breeds?page={past}")).await;
+        assert_eq!(beyond.status, StatusCode::OK, "{}", beyond.text);
+        assert_eq!(beyond.json(), json!([]), "page {past}");
+        assert_eq!(beyond.header("x-total-count"), Some("35"));
+        let link = beyond.header("link").unwrap();
+        assert!(link.contains("page=2&per_page=30>; rel=last"), "{link}");
+    }
     let small = http.get("/api/v1/breeds?page=3&per_page=10").await;
     assert_eq!(small.json().as_array().unwrap().len(), 10);
     assert_eq!(
