@@ -360,19 +360,11 @@ fn kind_of(name: &str) -> Result<ArtifactKind, CliError> {
     ArtifactKind::parse(name).ok_or_else(|| CliError::Usage(format!("unknown kind '{name}'")))
 }
 
-/// A path segment (or segments, for gateway names) of an artifact's name, percent-encoded.
+/// An artifact's name in a URL path: each of its segments (a gateway's name has several)
+/// percent-encoded.
 fn encode(name: &str) -> String {
     name.split('/')
-        .map(|s| {
-            s.bytes()
-                .map(|b| match b {
-                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b':' => {
-                        char::from(b).to_string()
-                    }
-                    _ => format!("%{b:02X}"),
-                })
-                .collect::<String>()
-        })
+        .map(vamp_backends::url::encode_component)
         .collect::<Vec<_>>()
         .join("/")
 }
